@@ -1,0 +1,318 @@
+package eventstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Querier runs queries: a *pgxpool.Pool, a *pgx.Conn or a pgx.Tx.
+type Querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// DB is a Querier that can also begin transactions: a pool or a connection.
+type DB interface {
+	Querier
+	Executor
+}
+
+// AppendResult tells where appended events landed.
+type AppendResult struct {
+	// FirstPosition and LastPosition of the appended events.
+	FirstPosition, LastPosition int64
+	// Version is the aggregate's version after the append.
+	Version int64
+}
+
+// Append appends events to one aggregate in one transaction. expected is the
+// version the aggregate must be at (ExpectNoStream for a new aggregate,
+// ExpectAny to skip the check). When another writer got there first, the
+// error is a *VersionConflictError (errors.Is ErrVersionConflict) and nothing
+// is stored.
+func Append(ctx context.Context, db Executor, aggregateType, aggregateID string, expected int64, events ...NewEvent) (AppendResult, error) {
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return AppendResult{}, fmt.Errorf("eventstore: begin: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+	res, err := AppendTx(ctx, tx, aggregateType, aggregateID, expected, events...)
+	if err != nil {
+		return res, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return AppendResult{}, fmt.Errorf("eventstore: commit: %w", err)
+	}
+	return res, nil
+}
+
+// AppendTx is Append inside the caller's transaction, so that an application
+// can store events together with its own writes. A version conflict may
+// surface here or, for ExpectAny racing another writer, at commit.
+func AppendTx(ctx context.Context, tx Querier, aggregateType, aggregateID string, expected int64, events ...NewEvent) (AppendResult, error) {
+	if len(events) == 0 {
+		return AppendResult{}, fmt.Errorf("%w: no events to append", ErrInvalidEvent)
+	}
+	if expected < ExpectAny {
+		return AppendResult{}, fmt.Errorf("%w: expected version %d", ErrInvalidEvent, expected)
+	}
+	types := make([]string, len(events))
+	payloads := make([]string, len(events))
+	metas := make([]string, len(events))
+	for i, e := range events {
+		if e.Type == "" {
+			return AppendResult{}, fmt.Errorf("%w: event %d has no type", ErrInvalidEvent, i)
+		}
+		p, err := marshalPayload(e.Payload)
+		if err != nil {
+			return AppendResult{}, fmt.Errorf("%w: event %d (%s) payload: %v", ErrInvalidEvent, i, e.Type, err)
+		}
+		m := e.Metadata
+		if m == nil {
+			m = map[string]string{}
+		}
+		mb, err := json.Marshal(m)
+		if err != nil {
+			return AppendResult{}, fmt.Errorf("%w: event %d metadata: %v", ErrInvalidEvent, i, err)
+		}
+		types[i], payloads[i], metas[i] = e.Type, string(p), string(mb)
+	}
+
+	var current int64
+	if err := tx.QueryRow(ctx,
+		`SELECT coalesce(max(version), 0) FROM eventstore.events WHERE aggregate_type = $1 AND aggregate_id = $2`,
+		aggregateType, aggregateID).Scan(&current); err != nil {
+		return AppendResult{}, fmt.Errorf("eventstore: read version: %w", err)
+	}
+	if expected != ExpectAny && current != expected {
+		return AppendResult{}, &VersionConflictError{aggregateType, aggregateID, expected, current}
+	}
+
+	rows, err := tx.Query(ctx, `
+INSERT INTO eventstore.events (aggregate_type, aggregate_id, version, event_type, payload, metadata)
+SELECT $1, $2, $3 + n, t, p::jsonb, m::jsonb
+FROM unnest($4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS e(t, p, m, n)
+ORDER BY n
+RETURNING position`, aggregateType, aggregateID, current, types, payloads, metas)
+	if err != nil {
+		return AppendResult{}, conflictOr(err, aggregateType, aggregateID, expected, current)
+	}
+	var res AppendResult
+	for rows.Next() {
+		var pos int64
+		if err := rows.Scan(&pos); err != nil {
+			rows.Close()
+			return AppendResult{}, err
+		}
+		if res.FirstPosition == 0 || pos < res.FirstPosition {
+			res.FirstPosition = pos
+		}
+		res.LastPosition = max(res.LastPosition, pos)
+	}
+	if err := rows.Err(); err != nil {
+		return AppendResult{}, conflictOr(err, aggregateType, aggregateID, expected, current)
+	}
+	res.Version = current + int64(len(events))
+	return res, nil
+}
+
+func conflictOr(err error, aggType, aggID string, expected, current int64) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "events_aggregate_version" {
+		return &VersionConflictError{aggType, aggID, expected, current + 1}
+	}
+	return fmt.Errorf("eventstore: insert: %w", err)
+}
+
+func marshalPayload(p any) ([]byte, error) {
+	switch v := p.(type) {
+	case nil:
+		return []byte("{}"), nil
+	case json.RawMessage:
+		if !json.Valid(v) {
+			return nil, errors.New("not valid JSON")
+		}
+		return v, nil
+	case []byte:
+		if !json.Valid(v) {
+			return nil, errors.New("not valid JSON")
+		}
+		return v, nil
+	default:
+		return json.Marshal(v)
+	}
+}
+
+const selectEvent = `SELECT position, transaction_id, aggregate_type, aggregate_id, version,
+       event_type, payload, metadata, recorded_at FROM eventstore.events `
+
+func scanEvents(rows pgx.Rows, out []Event) ([]Event, error) {
+	defer rows.Close()
+	for rows.Next() {
+		var e Event
+		var payload, meta []byte
+		if err := rows.Scan(&e.Position, &e.TransactionID, &e.AggregateType, &e.AggregateID, &e.Version,
+			&e.Type, &payload, &meta, &e.RecordedAt); err != nil {
+			return out, err
+		}
+		e.Payload = payload
+		if len(meta) > 0 {
+			if err := json.Unmarshal(meta, &e.Metadata); err != nil {
+				return out, fmt.Errorf("eventstore: event %d metadata: %w", e.Position, err)
+			}
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// ReadFrom reads up to limit events with position > after, in position
+// order. It sees only committed rows, so a reader that must not miss rows
+// committed late should use ReadCommitted instead.
+func ReadFrom(ctx context.Context, db Querier, after int64, limit int) ([]Event, error) {
+	rows, err := db.Query(ctx, selectEvent+`WHERE position > $1 ORDER BY position LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("eventstore: read: %w", err)
+	}
+	return scanEvents(rows, nil)
+}
+
+// ReadAggregate reads one aggregate's events with version > afterVersion, in
+// version order.
+func ReadAggregate(ctx context.Context, db Querier, aggregateType, aggregateID string, afterVersion int64) ([]Event, error) {
+	rows, err := db.Query(ctx, selectEvent+`WHERE aggregate_type = $1 AND aggregate_id = $2 AND version > $3 ORDER BY version`,
+		aggregateType, aggregateID, afterVersion)
+	if err != nil {
+		return nil, fmt.Errorf("eventstore: read aggregate: %w", err)
+	}
+	return scanEvents(rows, nil)
+}
+
+// Filter narrows ReadCommitted to some aggregate and event types. Empty
+// lists match everything. Event types are matched in SQL with LIKE patterns
+// (see GlobToLike).
+type Filter struct {
+	AggregateTypes []string
+	EventTypeLike  []string
+}
+
+// ReadCommitted reads up to limit events after cursor c in (transaction id,
+// position) order, only from transactions that have finished: rows below the
+// snapshot's xmin can no longer change, so reading in this order never skips
+// a row that commits late, and a rolled-back row simply never appears.
+//
+// scanned is the cursor of the last row the query passed over (it may be
+// beyond the last returned event when a filter skipped rows), so a filtered
+// reader advances through rows it does not want.
+func ReadCommitted(ctx context.Context, db Querier, c Cursor, limit int, f Filter) (events []Event, scanned Cursor, err error) {
+	scanned = c
+	if len(f.AggregateTypes) == 0 && len(f.EventTypeLike) == 0 {
+		rows, err := db.Query(ctx, selectEvent+`
+WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+  AND (transaction_id, position) > ($1::xid8, $2::bigint)
+ORDER BY transaction_id, position
+LIMIT $3`, c.TransactionID, c.Position, limit)
+		if err != nil {
+			return nil, c, fmt.Errorf("eventstore: read committed: %w", err)
+		}
+		events, err = scanEvents(rows, nil)
+		if err != nil {
+			return nil, c, fmt.Errorf("eventstore: read committed: %w", err)
+		}
+		if len(events) > 0 {
+			scanned = events[len(events)-1].Cursor()
+		}
+		return events, scanned, nil
+	}
+	// Filtered: page over the tail index and mark the wanted rows, so that
+	// the scanned cursor advances even when nothing in the page matches.
+	rows, err := db.Query(ctx, `
+SELECT position, transaction_id, aggregate_type, aggregate_id, version, event_type,
+       CASE WHEN wanted THEN payload END, CASE WHEN wanted THEN metadata END, recorded_at, wanted
+FROM (
+    SELECT *, (cardinality($4::text[]) = 0 OR aggregate_type = ANY($4::text[]))
+          AND (cardinality($5::text[]) = 0 OR event_type LIKE ANY($5::text[])) AS wanted
+    FROM eventstore.events
+    WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+      AND (transaction_id, position) > ($1::xid8, $2::bigint)
+    ORDER BY transaction_id, position
+    LIMIT $3
+) page
+ORDER BY transaction_id, position`, c.TransactionID, c.Position, limit, nonNil(f.AggregateTypes), nonNil(f.EventTypeLike))
+	if err != nil {
+		return nil, c, fmt.Errorf("eventstore: read committed: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			e       Event
+			payload []byte
+			meta    []byte
+			wanted  bool
+		)
+		if err := rows.Scan(&e.Position, &e.TransactionID, &e.AggregateType, &e.AggregateID, &e.Version,
+			&e.Type, &payload, &meta, &e.RecordedAt, &wanted); err != nil {
+			return nil, c, fmt.Errorf("eventstore: read committed: %w", err)
+		}
+		scanned = e.Cursor()
+		if !wanted {
+			continue
+		}
+		e.Payload = payload
+		if len(meta) > 0 {
+			if err := json.Unmarshal(meta, &e.Metadata); err != nil {
+				return nil, c, fmt.Errorf("eventstore: event %d metadata: %w", e.Position, err)
+			}
+		}
+		events = append(events, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, c, fmt.Errorf("eventstore: read committed: %w", err)
+	}
+	return events, scanned, nil
+}
+
+// GlobToLike turns an event-type glob into a SQL LIKE pattern: "*" matches
+// any run of characters, "?" one character; everything else is literal.
+// "Ticket.*" becomes "Ticket.%".
+func GlobToLike(glob string) string {
+	var b strings.Builder
+	for _, r := range glob {
+		switch r {
+		case '*':
+			b.WriteByte('%')
+		case '?':
+			b.WriteByte('_')
+		case '%', '_', '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// Head returns the highest position in the store (0 when empty), committed
+// or not yet visible rows aside.
+func Head(ctx context.Context, db Querier) (int64, error) {
+	var head int64
+	if err := db.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM eventstore.events`).Scan(&head); err != nil {
+		return 0, fmt.Errorf("eventstore: head: %w", err)
+	}
+	return head, nil
+}
