@@ -316,3 +316,15 @@ func Head(ctx context.Context, db Querier) (int64, error) {
 	}
 	return head, nil
 }
+
+// Pending reports whether committed rows exist after c that ReadCommitted
+// does not return yet because an older transaction is still open.
+func Pending(ctx context.Context, db Querier, c Cursor) (bool, error) {
+	var ok bool
+	err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM eventstore.events
+WHERE (transaction_id, position) > ($1::xid8, $2::bigint))`, c.TransactionID, c.Position).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("eventstore: pending: %w", err)
+	}
+	return ok, nil
+}

@@ -1,0 +1,165 @@
+// Package eventmsg maps stored events to JetStream messages and back: the
+// subject, the headers of the contract and the body. The feeder writes these
+// messages; projections read them.
+package eventmsg
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/jetproj/jetproj/pkg/eventstore"
+	"github.com/jetproj/jetproj/pkg/subject"
+)
+
+// Header names of an event message. They are part of the contract.
+const (
+	HeaderMsgID            = nats.MsgIdHdr // "Nats-Msg-Id"
+	HeaderEventType        = "Event-Type"
+	HeaderEventPosition    = "Event-Position"
+	HeaderEventTransaction = "Event-Transaction"
+	HeaderAggregateType    = "Aggregate-Type"
+	HeaderAggregateID      = "Aggregate-Id"
+	HeaderAggregateVersion = "Aggregate-Version"
+	HeaderRecordedAt       = "Recorded-At"
+	HeaderTraceParent      = "traceparent"
+	HeaderTraceState       = "tracestate"
+	// MetaPrefix prefixes one header per metadata entry: metadata key
+	// "tenant" becomes header "Meta-tenant". Keys are encoded like subject
+	// tokens (see package subject); values that are JSON strings are sent as
+	// their contents, other JSON values as compact JSON, and values holding
+	// control characters as a quoted JSON string.
+	MetaPrefix = "Meta-"
+)
+
+// MsgID is the deterministic Nats-Msg-Id of the event at position.
+func MsgID(position int64) string { return "event-" + strconv.FormatInt(position, 10) }
+
+// New builds the message for e, published under subject prefix (normally
+// "events").
+func New(prefix string, e eventstore.Event) (*nats.Msg, error) {
+	subj, err := subject.EventWithPrefix(prefix, e.AggregateType, e.AggregateID)
+	if err != nil {
+		return nil, err
+	}
+	h := make(nats.Header, 10+len(e.Metadata))
+	h[HeaderMsgID] = []string{MsgID(e.Position)}
+	h[HeaderEventType] = []string{headerValue(e.Type)}
+	h[HeaderEventPosition] = []string{strconv.FormatInt(e.Position, 10)}
+	h[HeaderEventTransaction] = []string{strconv.FormatUint(e.TransactionID, 10)}
+	h[HeaderAggregateType] = []string{headerValue(e.AggregateType)}
+	h[HeaderAggregateID] = []string{headerValue(e.AggregateID)}
+	h[HeaderAggregateVersion] = []string{strconv.FormatInt(e.Version, 10)}
+	h[HeaderRecordedAt] = []string{e.RecordedAt.UTC().Format(time.RFC3339Nano)}
+	if len(e.Metadata) > 0 {
+		keys := make([]string, 0, len(e.Metadata))
+		for k := range e.Metadata {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			v, _ := e.Metadata.String(k)
+			switch k {
+			case HeaderTraceParent, HeaderTraceState:
+				h[k] = []string{headerValue(v)}
+			}
+			h[MetaPrefix+subject.EncodeToken(k)] = []string{headerValue(v)}
+		}
+	}
+	return &nats.Msg{Subject: subj, Header: h, Data: e.Payload}, nil
+}
+
+// headerValue keeps a value on one header line: values with control
+// characters are sent as a quoted JSON-style string.
+func headerValue(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
+
+// ErrNotEvent reports a message that lacks the headers of an event message.
+var ErrNotEvent = errors.New("eventmsg: not an event message")
+
+// Event is what a reader learns from an event message.
+type Event struct {
+	Position      int64
+	TransactionID uint64
+	AggregateType string
+	AggregateID   string
+	Version       int64
+	Type          string
+	RecordedAt    time.Time
+	Payload       []byte
+	// Metadata holds the Meta-* headers, keys decoded.
+	Metadata map[string]string
+	// TraceParent is the W3C traceparent header, if any.
+	TraceParent string
+}
+
+// Parse reads an event message. Messages published by something other than
+// a feeder give an error wrapping ErrNotEvent that names what is missing.
+func Parse(m *nats.Msg) (Event, error) {
+	var e Event
+	var problems []string
+	get := func(name string) string {
+		v := m.Header.Get(name)
+		if v == "" {
+			problems = append(problems, "no "+name+" header")
+		}
+		return v
+	}
+	var err error
+	if e.Position, err = strconv.ParseInt(get(HeaderEventPosition), 10, 64); err != nil {
+		problems = append(problems, "bad "+HeaderEventPosition)
+	}
+	if v := m.Header.Get(HeaderEventTransaction); v != "" {
+		if e.TransactionID, err = strconv.ParseUint(v, 10, 64); err != nil {
+			problems = append(problems, "bad "+HeaderEventTransaction)
+		}
+	}
+	if e.Version, err = strconv.ParseInt(get(HeaderAggregateVersion), 10, 64); err != nil {
+		problems = append(problems, "bad "+HeaderAggregateVersion)
+	}
+	e.Type = unquote(get(HeaderEventType))
+	e.AggregateType = unquote(m.Header.Get(HeaderAggregateType))
+	e.AggregateID = unquote(m.Header.Get(HeaderAggregateID))
+	if _, ok := m.Header[HeaderAggregateType]; !ok {
+		problems = append(problems, "no "+HeaderAggregateType+" header")
+	}
+	if t := m.Header.Get(HeaderRecordedAt); t != "" {
+		e.RecordedAt, _ = time.Parse(time.RFC3339Nano, t)
+	}
+	if len(problems) > 0 {
+		return e, fmt.Errorf("%w: %s: %s", ErrNotEvent, m.Subject, strings.Join(problems, ", "))
+	}
+	e.Payload = m.Data
+	e.TraceParent = m.Header.Get(HeaderTraceParent)
+	for k, v := range m.Header {
+		if name, ok := strings.CutPrefix(k, MetaPrefix); ok && len(v) > 0 {
+			if key, err := subject.DecodeToken(name); err == nil {
+				if e.Metadata == nil {
+					e.Metadata = make(map[string]string)
+				}
+				e.Metadata[key] = unquote(v[0])
+			}
+		}
+	}
+	return e, nil
+}
+
+func unquote(s string) string {
+	if len(s) >= 2 && s[0] == '"' {
+		if u, err := strconv.Unquote(s); err == nil {
+			return u
+		}
+	}
+	return s
+}

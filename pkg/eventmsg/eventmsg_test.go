@@ -1,0 +1,73 @@
+package eventmsg_test
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/pkg/eventstore"
+)
+
+func TestRoundTrip(t *testing.T) {
+	e := eventstore.Event{
+		Position: 42, TransactionID: 777, AggregateType: "wallet", AggregateID: "a.b c",
+		Version: 3, Type: "MoneyWasAddedToWallet", Payload: json.RawMessage(`{"amount":5}`),
+		Metadata: eventstore.Metadata{
+			"traceparent": json.RawMessage(`"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"`),
+			"tenant":      json.RawMessage(`"acme"`),
+			"multi.line":  json.RawMessage(`"a\nb"`),
+			"n":           json.RawMessage(`7`),
+		},
+		RecordedAt: time.Date(2026, 11, 22, 8, 0, 0, 123, time.UTC),
+	}
+	m, err := eventmsg.New("events", e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Subject != "events.wallet.a%2Eb%20c" {
+		t.Errorf("subject = %q", m.Subject)
+	}
+	if got := m.Header.Get(nats.MsgIdHdr); got != "event-42" {
+		t.Errorf("msg id = %q", got)
+	}
+	if got := m.Header.Get("traceparent"); got != "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" {
+		t.Errorf("traceparent = %q", got)
+	}
+	if got := m.Header.Get("Recorded-At"); got != "2026-11-22T08:00:00.000000123Z" {
+		t.Errorf("Recorded-At = %q", got)
+	}
+	for k, vs := range m.Header {
+		for _, v := range vs {
+			for i := 0; i < len(v); i++ {
+				if v[i] < 0x20 {
+					t.Errorf("header %s has a control character: %q", k, v)
+				}
+			}
+		}
+	}
+	got, err := eventmsg.Parse(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Position != 42 || got.TransactionID != 777 || got.AggregateID != "a.b c" || got.Version != 3 ||
+		got.Type != e.Type || !got.RecordedAt.Equal(e.RecordedAt) || string(got.Payload) != `{"amount":5}` {
+		t.Errorf("parsed %+v", got)
+	}
+	want := map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tenant": "acme", "multi.line": "a\nb", "n": "7"}
+	for k, v := range want {
+		if got.Metadata[k] != v {
+			t.Errorf("metadata %q = %q, want %q", k, got.Metadata[k], v)
+		}
+	}
+}
+
+func TestParseRejectsForeignMessages(t *testing.T) {
+	_, err := eventmsg.Parse(&nats.Msg{Subject: "events.x.y", Header: nats.Header{}})
+	if !errors.Is(err, eventmsg.ErrNotEvent) {
+		t.Fatalf("got %v, want ErrNotEvent", err)
+	}
+}

@@ -1,0 +1,573 @@
+package feeder
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/pkg/eventstore"
+	"github.com/jetproj/jetproj/pkg/lease"
+)
+
+// Log keys.
+const (
+	logFeeder   = "feeder"
+	logPosition = "position"
+	logCursor   = "cursor"
+	logError    = "error"
+)
+
+// Deps are the clients a Feeder uses. Pool and NC are required.
+type Deps struct {
+	Pool   *pgxpool.Pool
+	NC     *nats.Conn
+	Logger *slog.Logger
+	// Registerer receives the feeder's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+}
+
+// Feeder publishes the event store to JetStream. Create it with New, run it
+// with Run.
+type Feeder struct {
+	cfg     Config
+	pool    *pgxpool.Pool
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	log     *slog.Logger
+	metrics *metrics
+	filter  eventstore.Filter
+	wake    chan struct{}
+
+	mu     sync.Mutex
+	status Status
+}
+
+// New checks cfg (with defaults applied) and builds a Feeder.
+func New(cfg Config, deps Deps) (*Feeder, error) {
+	cfg = cfg.Defaults()
+	if p := cfg.Validate(); len(p) > 0 {
+		return nil, fmt.Errorf("feeder: invalid configuration:\n  %s", strings.Join(p, "\n  "))
+	}
+	if deps.Pool == nil || deps.NC == nil {
+		return nil, errors.New("feeder: Deps.Pool and Deps.NC are required")
+	}
+	js, err := jetstream.New(deps.NC,
+		jetstream.WithPublishAsyncMaxPending(cfg.MaxPending),
+		jetstream.WithPublishAsyncTimeout(10*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("feeder: jetstream: %w", err)
+	}
+	log := deps.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(deps.Registerer, cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	f := &Feeder{
+		cfg: cfg, pool: deps.Pool, nc: deps.NC, js: js, metrics: m,
+		log:    log.With(logFeeder, cfg.Name),
+		wake:   make(chan struct{}, 1),
+		status: Status{Name: cfg.Name, Stream: cfg.Stream, State: StateStarting},
+	}
+	f.filter.AggregateTypes = cfg.AggregateTypes
+	for _, g := range cfg.EventTypes {
+		f.filter.EventTypeLike = append(f.filter.EventTypeLike, eventstore.GlobToLike(g))
+	}
+	return f, nil
+}
+
+// Config returns the configuration in use, defaults applied.
+func (f *Feeder) Config() Config { return f.cfg }
+
+// Run feeds until ctx is done. It waits as a standby while another instance
+// holds the feeder's lease, and feeds while it holds it. Errors that a retry
+// can cure (PostgreSQL or NATS restarting) are logged and retried with
+// backoff; Run returns nil when ctx is cancelled, or an error it cannot
+// recover from (such as a stream whose configuration differs).
+func (f *Feeder) Run(ctx context.Context) error {
+	leases, err := lease.EnsureBucket(ctx, f.js, f.cfg.LeaseBucket, f.cfg.LeaseTTL, f.cfg.StreamReplicas)
+	if err != nil {
+		return fmt.Errorf("feeder: lease bucket: %w", err)
+	}
+	if _, err := f.stateKV(ctx); err != nil {
+		return err
+	}
+	f.setState(StateStandby, nil)
+	err = lease.Run(ctx, leases, f.cfg.Name, f.cfg.Instance, lease.Options{
+		Logger: f.log,
+		OnState: func(held bool) {
+			f.metrics.active.Set(b2f(held))
+			if !held {
+				f.setState(StateStandby, nil)
+			}
+		},
+	}, func(ctx context.Context, _ *lease.Lease) error { return f.feed(ctx) })
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// stallRetry is how long a feeder stopped at an oversized event waits before
+// it tries the event again (the server's max payload may have been raised).
+var stallRetry = 30 * time.Second
+
+// feed runs sessions while the lease is held. It returns nil when ctx ends
+// and an error only for what retrying cannot cure.
+func (f *Feeder) feed(ctx context.Context) error {
+	stream, res, err := EnsureStream(ctx, f.js, f.cfg)
+	if err != nil {
+		f.setState(StateFailed, err)
+		return err
+	}
+	switch {
+	case res.Created:
+		f.log.Info("stream created", "stream", f.cfg.Stream)
+	case len(res.Updated) > 0:
+		f.log.Warn("stream configuration updated", "stream", f.cfg.Stream, "changes", strings.Join(res.Updated, "; "))
+	}
+	if owner := streamOwner(stream.CachedInfo().Config.Description); owner != "" && owner != f.cfg.Name {
+		err := fmt.Errorf("feeder: stream %s is fed by feeder %q; each feeder needs its own stream", f.cfg.Stream, owner)
+		f.setState(StateFailed, err)
+		return err
+	}
+
+	lctx, stopListen := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { f.listen(lctx) })
+	defer func() { stopListen(); wg.Wait() }()
+
+	backoff := 100 * time.Millisecond
+	for {
+		err := f.session(ctx, stream)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var over *OversizedError
+		wait := backoff
+		if errors.As(err, &over) {
+			f.setState(StateStalled, err)
+			f.saveStatus(ctx)
+			f.log.Error("feeder stopped at an event larger than the server's max payload; raise max_payload or set FEEDER_ON_OVERSIZED=dead-letter",
+				logPosition, over.Position, "aggregate_type", over.AggregateType, "aggregate_id", over.AggregateID,
+				"event_type", over.EventType, "size", over.Size, "max_payload", over.MaxPayload)
+			wait = stallRetry
+		} else {
+			f.metrics.errors.Inc()
+			f.setState(StateRetrying, err)
+			f.log.Warn("feeding interrupted; retrying", logError, err, "in", backoff)
+			backoff = min(backoff*2, 5*time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+const ownerPrefix = "jetproj events fed from eventstore.events by feeder "
+
+func streamOwner(desc string) string {
+	owner, ok := strings.CutPrefix(desc, ownerPrefix)
+	if !ok {
+		return ""
+	}
+	return owner
+}
+
+// listen wakes the feeder on every insert notification. It reconnects when
+// PostgreSQL goes away and wakes the feeder after reconnecting, in case a
+// notification was missed.
+func (f *Feeder) listen(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		err := f.listenOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		f.log.Debug("notification listener reconnecting", logError, err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+func (f *Feeder) listenOnce(ctx context.Context) error {
+	conn, err := f.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "LISTEN eventstore_events"); err != nil {
+		return err
+	}
+	// Hijack-free: the connection is released with LISTEN still active on
+	// error paths, so make sure it is unlistened or closed.
+	defer func() {
+		if ctx.Err() != nil || conn.Conn().IsClosed() {
+			return
+		}
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		if _, err := conn.Exec(uctx, "UNLISTEN *"); err != nil {
+			_ = conn.Conn().Close(uctx)
+		}
+	}()
+	f.poke()
+	for {
+		if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+			if ctx.Err() != nil {
+				_ = conn.Conn().Close(context.Background())
+			}
+			return err
+		}
+		f.poke()
+	}
+}
+
+func (f *Feeder) poke() {
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pending is a publish awaiting its acknowledgement, or (fut nil) a marker
+// that the rows up to cur were scanned.
+type pending struct {
+	fut jetstream.PubAckFuture
+	cur eventstore.Cursor
+	pos int64
+}
+
+// session resolves where the stream ends and feeds from there until ctx
+// ends or something fails.
+func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
+	start, err := f.resolveStart(ctx, stream)
+	if err != nil {
+		return err
+	}
+	f.log.Info("feeding", logCursor, start.Cursor.String(), "stream_seq", start.StreamSeq)
+	var (
+		cur       = start.Cursor // next read starts after it
+		seq       = start.StreamSeq
+		acked     = start
+		queue     []pending
+		lastSaved = time.Now()
+		idleWait  = time.Millisecond
+	)
+	f.setProgress(acked, StateFeeding)
+
+	// settle pops acknowledged publishes from the head of the queue; with
+	// wait it blocks on the head. It returns the first failure.
+	settle := func(wait bool) error {
+		for len(queue) > 0 {
+			p := queue[0]
+			if p.fut != nil {
+				select {
+				case ack := <-p.fut.Ok():
+					acked.StreamSeq = ack.Sequence
+					f.metrics.published.Inc()
+					f.metrics.position.Set(float64(p.pos))
+				case err := <-p.fut.Err():
+					return fmt.Errorf("feeder: publish event %d: %w", p.pos, err)
+				default:
+					if !wait {
+						return nil
+					}
+					select {
+					case ack := <-p.fut.Ok():
+						acked.StreamSeq = ack.Sequence
+						f.metrics.published.Inc()
+						f.metrics.position.Set(float64(p.pos))
+					case err := <-p.fut.Err():
+						return fmt.Errorf("feeder: publish event %d: %w", p.pos, err)
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+			}
+			acked.Cursor = p.cur
+			queue = queue[1:]
+		}
+		return nil
+	}
+	// drain waits for every publish in flight, so that nothing lands after
+	// the session ended, and records the checkpoint.
+	drain := func() error {
+		err := settle(true)
+		if err != nil {
+			// Later publishes fail on the sequence expectation; wait for
+			// them so the next session sees the final stream.
+			for _, p := range queue {
+				if p.fut != nil {
+					select {
+					case <-p.fut.Ok():
+					case <-p.fut.Err():
+					case <-time.After(15 * time.Second):
+					}
+				}
+			}
+			queue = nil
+		}
+		f.setProgress(acked, "")
+		if serr := f.saveCheckpoint(context.WithoutCancel(ctx), acked); serr != nil && err == nil {
+			f.log.Warn("checkpoint not saved", logError, serr)
+		}
+		return err
+	}
+
+	for {
+		if err := ctx.Err(); err != nil {
+			_ = drain()
+			return err
+		}
+		evs, scanned, err := eventstore.ReadCommitted(ctx, f.pool, cur, f.cfg.BatchSize, f.filter)
+		if err != nil {
+			if derr := drain(); derr != nil {
+				return errors.Join(err, derr)
+			}
+			return err
+		}
+		for _, e := range evs {
+			msg, err := eventmsg.New(f.cfg.SubjectPrefix, e)
+			if err != nil {
+				_ = drain()
+				return fmt.Errorf("feeder: event %d: %w", e.Position, err)
+			}
+			fut, err := f.js.PublishMsgAsync(msg, jetstream.WithExpectLastSequence(seq))
+			if errors.Is(err, nats.ErrMaxPayload) {
+				if derr := drain(); derr != nil {
+					return derr
+				}
+				over := &OversizedError{Position: e.Position, AggregateType: e.AggregateType, AggregateID: e.AggregateID,
+					EventType: e.Type, Size: msgSize(msg), MaxPayload: f.nc.MaxPayload()}
+				f.metrics.oversized.Inc()
+				if f.cfg.OnOversized != OversizedDeadLetter {
+					return over
+				}
+				if err := f.deadLetter(ctx, e, over); err != nil {
+					return err
+				}
+				queue = append(queue, pending{cur: e.Cursor(), pos: e.Position})
+				continue
+			}
+			if err != nil {
+				if derr := drain(); derr != nil {
+					return errors.Join(err, derr)
+				}
+				return fmt.Errorf("feeder: publish event %d: %w", e.Position, err)
+			}
+			seq++
+			queue = append(queue, pending{fut: fut, cur: e.Cursor(), pos: e.Position})
+			if len(queue) >= f.cfg.MaxPending {
+				if err := settle(true); err != nil {
+					_ = drain()
+					return err
+				}
+			}
+		}
+		progressed := scanned != cur
+		if progressed {
+			queue = append(queue, pending{cur: scanned})
+			cur = scanned
+		}
+		if err := settle(false); err != nil {
+			_ = drain()
+			return err
+		}
+		if len(evs) > 0 && time.Since(lastSaved) > time.Second {
+			f.setProgress(acked, "")
+			if err := f.saveCheckpoint(ctx, acked); err != nil {
+				f.log.Warn("checkpoint not saved", logError, err)
+			}
+			lastSaved = time.Now()
+		}
+		if progressed {
+			idleWait = time.Millisecond
+			continue // there may be more to read
+		}
+		// Caught up with what is below the horizon.
+		if err := drain(); err != nil {
+			return err
+		}
+		lastSaved = time.Now()
+		f.setProgress(acked, StateCaughtUp)
+		// Rows above the horizon are committed but wait for an older
+		// transaction to finish; look again soon rather than at the poll.
+		above, err := eventstore.Pending(ctx, f.pool, cur)
+		if err != nil {
+			return err
+		}
+		wait := f.cfg.PollInterval
+		if above {
+			wait = idleWait
+			idleWait = min(idleWait*2, 50*time.Millisecond)
+		} else {
+			idleWait = time.Millisecond
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+		case <-f.wake:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+func msgSize(m *nats.Msg) int64 {
+	n := len(m.Subject) + len(m.Data) + len("NATS/1.0\r\n\r\n")
+	for k, vs := range m.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return int64(n)
+}
+
+func (f *Feeder) deadLetter(ctx context.Context, e eventstore.Event, over *OversizedError) error {
+	_, err := f.pool.Exec(ctx, `
+INSERT INTO eventstore.dead_letters (feeder, position, transaction_id, aggregate_type, aggregate_id, event_type, reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (feeder, position) DO NOTHING`,
+		f.cfg.Name, e.Position, e.TransactionID, e.AggregateType, e.AggregateID, e.Type, over.Error())
+	if err != nil {
+		return fmt.Errorf("feeder: dead-letter event %d: %w", e.Position, err)
+	}
+	f.metrics.deadLettered.Inc()
+	f.log.Warn("event dead-lettered", logPosition, e.Position, "reason", over.Error())
+	return nil
+}
+
+// Checkpoint is where the feed stands: the last row handled (published,
+// dead-lettered or skipped by a filter) and the stream sequence after it.
+type Checkpoint struct {
+	Cursor    eventstore.Cursor `json:"cursor"`
+	StreamSeq uint64            `json:"stream_seq"`
+	Stream    string            `json:"stream"`
+	Updated   time.Time         `json:"updated"`
+}
+
+// resolveStart finds where to resume: after the stream's last message, or
+// after the checkpoint when it is at the same stream sequence (rows skipped
+// by filters after the last message).
+func (f *Feeder) resolveStart(ctx context.Context, stream jetstream.Stream) (Checkpoint, error) {
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("feeder: stream info: %w", err)
+	}
+	last := info.State.LastSeq
+	start := Checkpoint{StreamSeq: last, Stream: f.cfg.Stream}
+	found := last == 0
+	if last > 0 {
+		raw, err := stream.GetMsg(ctx, last)
+		switch {
+		case err == nil:
+			c, perr := cursorOf(raw.Header)
+			if perr != nil {
+				return Checkpoint{}, fmt.Errorf("feeder: stream %s message %d: %w; is something else publishing to it?", f.cfg.Stream, last, perr)
+			}
+			start.Cursor, found = c, true
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		default:
+			return Checkpoint{}, fmt.Errorf("feeder: read stream %s message %d: %w", f.cfg.Stream, last, err)
+		}
+	}
+	ck, err := f.loadCheckpoint(ctx)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	if ck != nil && ck.Stream == f.cfg.Stream && ck.StreamSeq == last && (!found || start.Cursor.Less(ck.Cursor)) {
+		start.Cursor, found = ck.Cursor, true
+	}
+	if !found {
+		return Checkpoint{}, fmt.Errorf("feeder: stream %s: its last message %d is gone (max age or purge) and the checkpoint does not match it; cannot tell where to resume", f.cfg.Stream, last)
+	}
+	return start, nil
+}
+
+func cursorOf(h nats.Header) (eventstore.Cursor, error) {
+	pos, err := strconv.ParseInt(h.Get(eventmsg.HeaderEventPosition), 10, 64)
+	if err != nil {
+		return eventstore.Cursor{}, fmt.Errorf("no valid %s header", eventmsg.HeaderEventPosition)
+	}
+	tx, err := strconv.ParseUint(h.Get(eventmsg.HeaderEventTransaction), 10, 64)
+	if err != nil {
+		return eventstore.Cursor{}, fmt.Errorf("no valid %s header", eventmsg.HeaderEventTransaction)
+	}
+	return eventstore.Cursor{TransactionID: tx, Position: pos}, nil
+}
+
+func (f *Feeder) stateKV(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := f.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      f.cfg.StateBucket,
+		Description: "jetproj feeder checkpoints and status",
+		History:     1,
+		Replicas:    f.cfg.StreamReplicas,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("feeder: state bucket %s: %w", f.cfg.StateBucket, err)
+	}
+	return kv, nil
+}
+
+func checkpointKey(name string) string { return "checkpoint." + name }
+func statusKey(name string) string     { return "status." + name }
+
+func (f *Feeder) loadCheckpoint(ctx context.Context) (*Checkpoint, error) {
+	kv, err := f.js.KeyValue(ctx, f.cfg.StateBucket)
+	if err != nil {
+		return nil, fmt.Errorf("feeder: state bucket: %w", err)
+	}
+	e, err := kv.Get(ctx, checkpointKey(f.cfg.Name))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("feeder: load checkpoint: %w", err)
+	}
+	var ck Checkpoint
+	if err := json.Unmarshal(e.Value(), &ck); err != nil {
+		return nil, fmt.Errorf("feeder: checkpoint %s is not valid: %w", checkpointKey(f.cfg.Name), err)
+	}
+	return &ck, nil
+}
+
+func (f *Feeder) saveCheckpoint(ctx context.Context, ck Checkpoint) error {
+	ck.Stream, ck.Updated = f.cfg.Stream, time.Now().UTC()
+	b, _ := json.Marshal(ck)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	kv, err := f.js.KeyValue(ctx, f.cfg.StateBucket)
+	if err != nil {
+		return err
+	}
+	_, err = kv.Put(ctx, checkpointKey(f.cfg.Name), b)
+	return err
+}

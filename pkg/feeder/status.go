@@ -1,0 +1,175 @@
+package feeder
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// States of a feeder.
+const (
+	StateStarting = "starting"
+	StateStandby  = "standby"   // another instance holds the lease
+	StateFeeding  = "feeding"   // publishing a backlog
+	StateCaughtUp = "caught-up" // waiting for new events
+	StateRetrying = "retrying"  // a dependency failed; retrying with backoff
+	StateStalled  = "stalled"   // stopped at an event it cannot publish
+	StateFailed   = "failed"    // cannot go on (configuration)
+)
+
+// Status is a snapshot of what a feeder is doing.
+type Status struct {
+	Name      string     `json:"name"`
+	Stream    string     `json:"stream"`
+	Instance  string     `json:"instance,omitempty"`
+	State     string     `json:"state"`
+	Position  int64      `json:"position"`
+	Cursor    string     `json:"cursor"`
+	StreamSeq uint64     `json:"stream_seq"`
+	Error     string     `json:"error,omitempty"`
+	Updated   time.Time  `json:"updated"`
+	Stalled   *Oversized `json:"stalled_at,omitempty"`
+}
+
+// Oversized names an event the feeder could not publish.
+type Oversized struct {
+	Position      int64  `json:"position"`
+	AggregateType string `json:"aggregate_type"`
+	AggregateID   string `json:"aggregate_id"`
+	EventType     string `json:"event_type"`
+	Size          int64  `json:"size"`
+	MaxPayload    int64  `json:"max_payload"`
+}
+
+// ErrOversized is matched by an *OversizedError.
+var ErrOversized = errors.New("feeder: event larger than the server's max payload")
+
+// OversizedError reports an event larger than the server's max payload.
+type OversizedError Oversized
+
+func (e *OversizedError) Error() string {
+	return fmt.Sprintf("feeder: event %d (%s of %s %q) is %d bytes, more than the server's max payload of %d bytes",
+		e.Position, e.EventType, e.AggregateType, e.AggregateID, e.Size, e.MaxPayload)
+}
+
+// Is makes errors.Is(err, ErrOversized) true.
+func (e *OversizedError) Is(target error) bool { return target == ErrOversized }
+
+// Status returns what the feeder is doing now.
+func (f *Feeder) Status() Status {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.status
+}
+
+func (f *Feeder) setState(state string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.status.State, f.status.Updated, f.status.Instance = state, time.Now().UTC(), f.cfg.Instance
+	f.status.Error, f.status.Stalled = "", nil
+	if err != nil {
+		f.status.Error = err.Error()
+		var over *OversizedError
+		if errors.As(err, &over) {
+			o := Oversized(*over)
+			f.status.Stalled = &o
+		}
+	}
+}
+
+func (f *Feeder) setProgress(ck Checkpoint, state string) {
+	f.mu.Lock()
+	f.status.Position, f.status.Cursor, f.status.StreamSeq = ck.Cursor.Position, ck.Cursor.String(), ck.StreamSeq
+	f.mu.Unlock()
+	if state != "" {
+		prev := f.Status().State
+		f.setState(state, nil)
+		if prev == StateStalled || prev == StateRetrying {
+			f.saveStatus(context.Background())
+		}
+	}
+}
+
+// saveStatus publishes the status to the state bucket, where `feeder status`
+// and other instances read it.
+func (f *Feeder) saveStatus(ctx context.Context) {
+	b, _ := json.Marshal(f.Status())
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	kv, err := f.js.KeyValue(ctx, f.cfg.StateBucket)
+	if err == nil {
+		_, err = kv.Put(ctx, statusKey(f.cfg.Name), b)
+	}
+	if err != nil {
+		f.log.Warn("status not saved", logError, err)
+	}
+}
+
+// Report is what `feeder status` shows: the saved status and checkpoint of a
+// feeder, read from its state bucket.
+type Report struct {
+	Status     *Status     `json:"status,omitempty"`
+	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
+}
+
+// ReadReport reads a feeder's saved status and checkpoint.
+func ReadReport(ctx context.Context, js jetstream.JetStream, cfg Config) (Report, error) {
+	cfg = cfg.Defaults()
+	var r Report
+	kv, err := js.KeyValue(ctx, cfg.StateBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return r, nil
+	}
+	if err != nil {
+		return r, err
+	}
+	for key, dst := range map[string]any{statusKey(cfg.Name): &r.Status, checkpointKey(cfg.Name): &r.Checkpoint} {
+		e, err := kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return r, err
+		}
+		if err := json.Unmarshal(e.Value(), dst); err != nil {
+			return r, fmt.Errorf("feeder: %s: %w", key, err)
+		}
+	}
+	return r, nil
+}
+
+type metrics struct {
+	published, oversized, deadLettered, errors prometheus.Counter
+	position, active                           prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer, name string) (*metrics, error) {
+	labels := prometheus.Labels{"feeder": name}
+	m := &metrics{
+		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_feeder_events_published_total",
+			Help: "Events published and acknowledged by JetStream.", ConstLabels: labels}),
+		oversized: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_feeder_events_oversized_total",
+			Help: "Events larger than the server's max payload.", ConstLabels: labels}),
+		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_feeder_events_dead_lettered_total",
+			Help: "Events moved to eventstore.dead_letters.", ConstLabels: labels}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_feeder_errors_total",
+			Help: "Feeding interruptions (PostgreSQL or NATS errors) that were retried.", ConstLabels: labels}),
+		position: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_feeder_position",
+			Help: "Store position of the last event acknowledged by JetStream.", ConstLabels: labels}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_feeder_lease_held",
+			Help: "1 while this instance holds the feeder's lease.", ConstLabels: labels}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.published, m.oversized, m.deadLettered, m.errors, m.position, m.active} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("feeder: register metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
