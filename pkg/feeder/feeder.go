@@ -49,6 +49,7 @@ type Feeder struct {
 	metrics *metrics
 	filter  eventstore.Filter
 	wake    chan struct{}
+	state   jetstream.KeyValue // checkpoints and status
 
 	mu     sync.Mutex
 	status Status
@@ -103,7 +104,7 @@ func (f *Feeder) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("feeder: lease bucket: %w", err)
 	}
-	if _, err := f.stateKV(ctx); err != nil {
+	if f.state, err = f.stateKV(ctx); err != nil {
 		return err
 	}
 	f.setState(StateStandby, nil)
@@ -295,6 +296,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 					f.metrics.published.Inc()
 					f.metrics.position.Set(float64(p.pos))
 				case err := <-p.fut.Err():
+					queue = queue[1:] // its outcome is consumed
 					return fmt.Errorf("feeder: publish event %d: %w", p.pos, err)
 				default:
 					if !wait {
@@ -306,6 +308,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 						f.metrics.published.Inc()
 						f.metrics.position.Set(float64(p.pos))
 					case err := <-p.fut.Err():
+						queue = queue[1:] // its outcome is consumed
 						return fmt.Errorf("feeder: publish event %d: %w", p.pos, err)
 					case <-ctx.Done():
 						return ctx.Err()
@@ -319,7 +322,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 	}
 	// drain waits for every publish in flight, so that nothing lands after
 	// the session ended, and records the checkpoint.
-	drain := func() error {
+	drain := func(force bool) error {
 		err := settle(true)
 		if err != nil {
 			// Later publishes fail on the sequence expectation; wait for
@@ -336,20 +339,23 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			queue = nil
 		}
 		f.setProgress(acked, "")
-		if serr := f.saveCheckpoint(context.WithoutCancel(ctx), acked); serr != nil && err == nil {
-			f.log.Warn("checkpoint not saved", logError, serr)
+		if force || err != nil || time.Since(lastSaved) > time.Second {
+			if serr := f.saveCheckpoint(context.WithoutCancel(ctx), acked); serr != nil && err == nil {
+				f.log.Warn("checkpoint not saved", logError, serr)
+			}
+			lastSaved = time.Now()
 		}
 		return err
 	}
 
 	for {
 		if err := ctx.Err(); err != nil {
-			_ = drain()
+			_ = drain(true)
 			return err
 		}
 		evs, scanned, err := eventstore.ReadCommitted(ctx, f.pool, cur, f.cfg.BatchSize, f.filter)
 		if err != nil {
-			if derr := drain(); derr != nil {
+			if derr := drain(true); derr != nil {
 				return errors.Join(err, derr)
 			}
 			return err
@@ -357,12 +363,12 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		for _, e := range evs {
 			msg, err := eventmsg.New(f.cfg.SubjectPrefix, e)
 			if err != nil {
-				_ = drain()
+				_ = drain(true)
 				return fmt.Errorf("feeder: event %d: %w", e.Position, err)
 			}
 			fut, err := f.js.PublishMsgAsync(msg, jetstream.WithExpectLastSequence(seq))
 			if errors.Is(err, nats.ErrMaxPayload) {
-				if derr := drain(); derr != nil {
+				if derr := drain(true); derr != nil {
 					return derr
 				}
 				over := &OversizedError{Position: e.Position, AggregateType: e.AggregateType, AggregateID: e.AggregateID,
@@ -378,7 +384,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 				continue
 			}
 			if err != nil {
-				if derr := drain(); derr != nil {
+				if derr := drain(true); derr != nil {
 					return errors.Join(err, derr)
 				}
 				return fmt.Errorf("feeder: publish event %d: %w", e.Position, err)
@@ -387,7 +393,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			queue = append(queue, pending{fut: fut, cur: e.Cursor(), pos: e.Position})
 			if len(queue) >= f.cfg.MaxPending {
 				if err := settle(true); err != nil {
-					_ = drain()
+					_ = drain(true)
 					return err
 				}
 			}
@@ -398,7 +404,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			cur = scanned
 		}
 		if err := settle(false); err != nil {
-			_ = drain()
+			_ = drain(true)
 			return err
 		}
 		if len(evs) > 0 && time.Since(lastSaved) > time.Second {
@@ -413,10 +419,9 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			continue // there may be more to read
 		}
 		// Caught up with what is below the horizon.
-		if err := drain(); err != nil {
+		if err := drain(f.Status().State != StateCaughtUp); err != nil {
 			return err
 		}
-		lastSaved = time.Now()
 		f.setProgress(acked, StateCaughtUp)
 		// Rows above the horizon are committed but wait for an older
 		// transaction to finish; look again soon rather than at the poll.
@@ -541,11 +546,7 @@ func checkpointKey(name string) string { return "checkpoint." + name }
 func statusKey(name string) string     { return "status." + name }
 
 func (f *Feeder) loadCheckpoint(ctx context.Context) (*Checkpoint, error) {
-	kv, err := f.js.KeyValue(ctx, f.cfg.StateBucket)
-	if err != nil {
-		return nil, fmt.Errorf("feeder: state bucket: %w", err)
-	}
-	e, err := kv.Get(ctx, checkpointKey(f.cfg.Name))
+	e, err := f.state.Get(ctx, checkpointKey(f.cfg.Name))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, nil
 	}
@@ -564,10 +565,9 @@ func (f *Feeder) saveCheckpoint(ctx context.Context, ck Checkpoint) error {
 	b, _ := json.Marshal(ck)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	kv, err := f.js.KeyValue(ctx, f.cfg.StateBucket)
-	if err != nil {
+	if _, err := f.state.Put(ctx, checkpointKey(f.cfg.Name), b); err != nil {
 		return err
 	}
-	_, err = kv.Put(ctx, checkpointKey(f.cfg.Name), b)
-	return err
+	f.saveStatus(ctx)
+	return nil
 }

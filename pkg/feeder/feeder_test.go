@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,7 +71,7 @@ func (b *bundle) start(t *testing.T, cfg feeder.Config) *running {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := feeder.New(cfg, feeder.Deps{Pool: pool, NC: nc})
+	f, err := feeder.New(cfg, feeder.Deps{Pool: pool, NC: nc, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,11 +437,13 @@ func TestNATSRestartMidStream(t *testing.T) {
 		}
 		return err
 	})
+	began := time.Now()
 	if err := b.nats.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("NATS restarted in %v", time.Since(began))
 	appendN(t, b.pool, "ticket", 100, 1)
-	waitStream(t, b.js, "EVENTS", 20100, 90*time.Second)
+	waitStream(t, b.js, "EVENTS", 20100, 30*time.Second)
 	r.stop(t)
 	verifyExactlyOnce(t, b, "EVENTS")
 }
@@ -601,6 +605,14 @@ func TestOneActiveInstance(t *testing.T) {
 	c.stop(t)
 	verifyExactlyOnce(t, b, "EVENTS")
 	_ = ctx
+}
+
+// testLogger logs to stderr when JETPROJ_TEST_LOG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("JETPROJ_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 func withInstance(c feeder.Config, id string) feeder.Config { c.Instance = id; return c }

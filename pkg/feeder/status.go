@@ -86,12 +86,8 @@ func (f *Feeder) setProgress(ck Checkpoint, state string) {
 	f.mu.Lock()
 	f.status.Position, f.status.Cursor, f.status.StreamSeq = ck.Cursor.Position, ck.Cursor.String(), ck.StreamSeq
 	f.mu.Unlock()
-	if state != "" {
-		prev := f.Status().State
+	if state != "" && state != f.Status().State {
 		f.setState(state, nil)
-		if prev == StateStalled || prev == StateRetrying {
-			f.saveStatus(context.Background())
-		}
 	}
 }
 
@@ -101,11 +97,7 @@ func (f *Feeder) saveStatus(ctx context.Context) {
 	b, _ := json.Marshal(f.Status())
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	kv, err := f.js.KeyValue(ctx, f.cfg.StateBucket)
-	if err == nil {
-		_, err = kv.Put(ctx, statusKey(f.cfg.Name), b)
-	}
-	if err != nil {
+	if _, err := f.state.Put(ctx, statusKey(f.cfg.Name), b); err != nil {
 		f.log.Warn("status not saved", logError, err)
 	}
 }

@@ -42,15 +42,41 @@ func (tr *tracker) check(t *testing.T) {
 type contender struct {
 	name    string
 	cancel  context.CancelFunc
-	done    chan struct{}     // closed when Run has returned, with err
+	done    chan struct{} // closed when Run has returned, with err
 	err     error
 	started chan *lease.Lease // work started
 	stopped chan error        // work's context ended, with its cause
 	states  chan bool         // OnState calls
+	held    chan struct{}     // a standby attempt found the key held
 }
 
 func logger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// standbyHandler signals each time Run logs that the key is held by
+// another holder, that is after a failed attempt as standby.
+type standbyHandler struct {
+	slog.Handler
+	held chan struct{}
+}
+
+func (h standbyHandler) Handle(ctx context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "held_by" {
+			select {
+			case h.held <- struct{}{}:
+			default:
+			}
+			return false
+		}
+		return true
+	})
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h standbyHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return standbyHandler{Handler: h.Handler.WithAttrs(as), held: h.held}
 }
 
 // start runs a contender for runKey whose work runs until its context ends.
@@ -65,8 +91,9 @@ func start(t *testing.T, kv jetstream.KeyValue, name string, tr *tracker) *conte
 		stopped: make(chan error, 16),
 		states:  make(chan bool, 16),
 	}
+	c.held = make(chan struct{}, 1)
 	opts := lease.Options{
-		Logger:  logger(t).With("contender", name),
+		Logger:  slog.New(standbyHandler{Handler: logger(t).Handler(), held: c.held}).With("contender", name),
 		OnState: func(held bool) { c.states <- held },
 	}
 	go func() {
@@ -126,15 +153,8 @@ func TestRunHandsOverOnRelease(t *testing.T) {
 	}
 	s := start(t, b.kvFor(t), "s", tr)
 
-	// s is standby: it must not run while a holds the key.
-	devtest.Eventually(t, 5*time.Second, func() error {
-		_, err := lease.Acquire(t.Context(), b.kv, runKey, "probe")
-		var held *lease.HeldError
-		if errors.As(err, &held) && held.Holder == "a" {
-			return nil
-		}
-		return err
-	})
+	// s is standby: it tried, found the key held, and waits.
+	recv(t, s.held, 5*time.Second, "standby attempt of s")
 	select {
 	case <-s.started:
 		t.Fatal("standby started while a holds the lease")
@@ -285,4 +305,12 @@ func TestRunInvalidOptions(t *testing.T) {
 		t.Fatal("Run with invalid options: got nil error")
 	}
 	t.Log(err)
+
+	err = lease.Run(t.Context(), b.kv, "bad key", "a", lease.Options{}, func(context.Context, *lease.Lease) error {
+		t.Error("work ran with an invalid key")
+		return nil
+	})
+	if !errors.Is(err, jetstream.ErrInvalidKey) {
+		t.Fatalf("Run with an invalid key: got %v, want ErrInvalidKey", err)
+	}
 }

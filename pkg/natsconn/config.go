@@ -39,7 +39,7 @@ type Config struct {
 
 	EmbeddedDir        string `env:"NATS_EMBEDDED_DIR" envDefault:".data/nats" doc:"JetStream store directory of the embedded server (NATS_URL empty). Data survives restarts."`
 	EmbeddedPort       int    `env:"NATS_EMBEDDED_PORT" envDefault:"4222" doc:"Loopback port of the embedded server, so that the nats CLI reaches the demo with its defaults. 0: a random free port."`
-	EmbeddedMaxPayload int32  `env:"NATS_EMBEDDED_MAX_PAYLOAD" doc:"Largest message the embedded server accepts, in bytes. 0: the server default (1 MiB)."`
+	EmbeddedMaxPayload int32  `env:"NATS_EMBEDDED_MAX_PAYLOAD" envDefault:"0" doc:"Largest message the embedded server accepts, in bytes. 0: the server default (1 MiB)."`
 }
 
 // Embedded reports whether Connect starts an embedded server.

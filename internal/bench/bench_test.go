@@ -1,0 +1,91 @@
+package bench_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/jetproj/jetproj/internal/bench"
+	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+)
+
+func TestMain(m *testing.M) { devtest.Main(m) }
+
+// TestFeeder runs the feeder benchmark's whole code path on a small scale
+// against real servers, so that it cannot rot.
+func TestFeeder(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	target := bench.Target{DatabaseURL: devtest.Postgres(t), NATSURL: devtest.NATS(t).URL(), NATSNoSync: true}
+	var progress bytes.Buffer
+	res, err := bench.Feeder(ctx, target, bench.FeederOptions{
+		Events: 2000, Rounds: 2, Rate: 200, Duration: time.Second, Writers: 2, Progress: &progress,
+	})
+	if err != nil {
+		t.Fatalf("Feeder: %v\nprogress:\n%s", err, progress.String())
+	}
+	if got, want := len(res.Raw), 2; got != want {
+		t.Errorf("raw runs: got %d, want %d", got, want)
+	}
+	if got, want := len(res.Feeder), 2; got != want {
+		t.Errorf("feeder runs: got %d, want %d", got, want)
+	}
+	for _, r := range append(res.Raw, res.Feeder...) {
+		if r.Events != 2000 || r.Rate() <= 0 {
+			t.Errorf("run: got %d events at %.0f ev/s, want 2000 at a positive rate", r.Events, r.Rate())
+		}
+	}
+	if got, want := res.Live.Events, 200; got != want {
+		t.Errorf("live events: got %d, want %d", got, want)
+	}
+	if l := res.Live; l.P50 > l.P90 || l.P90 > l.P99 || l.P99 > l.Max || l.Max <= 0 {
+		t.Errorf("live percentiles out of order: %+v", l)
+	}
+	sum := res.Summary()
+	for _, want := range []string{"feeder backfill: 2000 events", "live latency @200 ev/s", "NoSync=true"} {
+		if !strings.Contains(sum, want) {
+			t.Errorf("summary lacks %q:\n%s", want, sum)
+		}
+	}
+	md := res.Markdown("go run ./internal/cmd/bench feeder -events 2000")
+	if want := "| " + res.Date.Format(time.DateOnly) + " | `go run ./internal/cmd/bench feeder -events 2000` | 2000 |"; !strings.Contains(md, want) {
+		t.Errorf("markdown lacks %q:\n%s", want, md)
+	}
+}
+
+// TestStartServers starts and removes the servers the command uses.
+func TestStartServers(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv, err := bench.StartServers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	target := srv.Target()
+	if !target.NATSNoSync {
+		t.Error("NATSNoSync: got false, want true")
+	}
+	conn, err := pgx.Connect(ctx, target.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	natsDir := srv.NATS.Dir()
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(natsDir); !os.IsNotExist(err) {
+		t.Errorf("NATS store %s not removed: %v", natsDir, err)
+	}
+	if err := srv.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}

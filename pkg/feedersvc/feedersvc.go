@@ -1,0 +1,171 @@
+// Package feedersvc is the feeder service: its configuration, its command
+// line (run, migrate, status) and its wiring of PostgreSQL, NATS and the
+// feeder. services/feeder/main.go only calls Main.
+package feedersvc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jetproj/jetproj/pkg/config"
+	"github.com/jetproj/jetproj/pkg/eventstore"
+	"github.com/jetproj/jetproj/pkg/feeder"
+	"github.com/jetproj/jetproj/pkg/lifecycle"
+	"github.com/jetproj/jetproj/pkg/logging"
+	"github.com/jetproj/jetproj/pkg/natsconn"
+	"github.com/jetproj/jetproj/pkg/pgconn"
+)
+
+// Config is the feeder service's configuration, read from the environment.
+type Config struct {
+	DB     pgconn.Config
+	NATS   natsconn.Config
+	Feeder feeder.Config
+	Log    logging.Config
+}
+
+// Prefixes are the variable prefixes checked for typos.
+var Prefixes = []string{"FEEDER_", "NATS_", "LOG_", "DATABASE_"}
+
+const usage = `Usage: feeder [command]
+
+Commands:
+  run       publish the event store to JetStream (default)
+  migrate   apply the event store migrations and exit
+  status    print the feeder's saved status and checkpoint (--json)
+  help      print this help
+
+Configuration comes from the environment; see README.md.
+`
+
+// Main runs the command in args and returns the exit code.
+func Main(ctx context.Context, args []string, environ map[string]string, stdout, stderr io.Writer) int {
+	cmd := "run"
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "run", "migrate", "status":
+	default:
+		fmt.Fprintf(stderr, "feeder: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+	opts := []config.Option{config.WithPrefixCheck(Prefixes...)}
+	if environ != nil {
+		opts = append(opts, config.WithEnvironment(environ))
+	}
+	cfg, err := config.Load[Config](opts...)
+	if err != nil {
+		fmt.Fprintf(stderr, "feeder: %v\n", err)
+		return 2
+	}
+	log := logging.New(stderr, cfg.Log).With("service", "feeder")
+	ctx, stop := lifecycle.SignalContext(ctx, log, os.Exit)
+	defer stop()
+
+	switch cmd {
+	case "migrate":
+		err = migrate(ctx, cfg, log)
+	case "status":
+		fs := flag.NewFlagSet("status", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		asJSON := fs.Bool("json", false, "print JSON")
+		if err := fs.Parse(args); err != nil {
+			return 2
+		}
+		err = status(ctx, cfg, log, stdout, *asJSON)
+	default:
+		err = run(ctx, cfg, log)
+	}
+	if err != nil {
+		log.Error("feeder failed", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func migrate(ctx context.Context, cfg Config, log *slog.Logger) error {
+	pool, err := pgconn.Open(ctx, cfg.DB)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	applied, err := eventstore.Migrate(ctx, pool)
+	if err != nil {
+		return err
+	}
+	log.Info("event store migrated", "applied", applied)
+	return nil
+}
+
+func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	pool, err := pgconn.Open(ctx, cfg.DB)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	applied, err := eventstore.Migrate(ctx, pool)
+	if err != nil {
+		return err
+	}
+	if len(applied) > 0 {
+		log.Info("event store migrated", "applied", applied)
+	}
+	conn, err := natsconn.Connect(ctx, cfg.NATS, log)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if conn.Embedded != nil {
+		log.Info("embedded NATS server started", "url", conn.Embedded.URL(), "dir", conn.Embedded.Dir())
+	}
+	f, err := feeder.New(cfg.Feeder, feeder.Deps{Pool: pool, NC: conn.NC, Logger: log})
+	if err != nil {
+		return err
+	}
+	log.Info("feeder starting", "name", f.Config().Name, "stream", f.Config().Stream, "instance", f.Config().Instance)
+	return f.Run(ctx)
+}
+
+func status(ctx context.Context, cfg Config, _ *slog.Logger, out io.Writer, asJSON bool) error {
+	if cfg.NATS.Embedded() {
+		return errors.New("status needs NATS_URL: the feeder's state lives in the NATS server it runs against")
+	}
+	conn, err := natsconn.Connect(ctx, cfg.NATS, nil)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	rep, err := feeder.ReadReport(ctx, conn.JS, cfg.Feeder)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FEEDER\tSTREAM\tSTATE\tPOSITION\tCURSOR\tSTREAM SEQ\tUPDATED\tERROR")
+	name, stream := cfg.Feeder.Defaults().Name, cfg.Feeder.Defaults().Stream
+	st, pos, cur, seq, upd, msg := "unknown", int64(0), "-", uint64(0), "-", ""
+	if rep.Checkpoint != nil {
+		pos, cur, seq, upd = rep.Checkpoint.Cursor.Position, rep.Checkpoint.Cursor.String(), rep.Checkpoint.StreamSeq, rep.Checkpoint.Updated.Format(time.RFC3339)
+	}
+	if rep.Status != nil {
+		st, msg = rep.Status.State, rep.Status.Error
+	}
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n", name, stream, st, pos, cur, seq, upd, msg)
+	return tw.Flush()
+}
