@@ -12,7 +12,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/pkg/devenv"
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 )
@@ -101,7 +104,7 @@ func TestDiagTimeline(t *testing.T) {
 		url += "&plan_cache_mode=force_custom_plan"
 	}
 	n := devtest.NATS(t)
-	res, err := Feeder(ctx, Target{DatabaseURL: url, NATSURL: n.URL(), NATSNoSync: true}, FeederOptions{Events: 20000, Rounds: 1, Progress: os.Stdout})
+	res, err := Feeder(ctx, Target{DatabaseURL: url, NATSURL: n.URL(), NATSNoSync: true}, FeederOptions{Events: 20000, Rounds: 1, Progress: os.Stdout, Writers: writersEnv()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,3 +123,78 @@ func TestDiagTimeline(t *testing.T) {
 }
 
 func ms1(d time.Duration) float64 { return float64(d) / 1e6 }
+
+func writersEnv() int {
+	var w int
+	fmt.Sscan(os.Getenv("WRITERS"), &w)
+	return w
+}
+
+func TestDiagStatements(t *testing.T) {
+	ctx := context.Background()
+	pg, err := devenv.StartPostgres(ctx, devenv.PostgresOptions{Settings: map[string]string{
+		"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	url, err := pg.CreateDatabase(ctx, "diag")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Getenv("CUSTOM") != "" {
+		url += "&plan_cache_mode=force_custom_plan"
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE EXTENSION pg_stat_statements"); err != nil {
+		t.Fatal(err)
+	}
+	n := devtest.NATS(t)
+	o := FeederOptions{Events: 20000, Rounds: 1, Progress: os.Stdout, Writers: writersEnv()}
+	o = o.withDefaults()
+	tg := Target{DatabaseURL: url, NATSURL: n.URL(), NATSNoSync: true}
+	pool, _ := pgxpool.New(ctx, url)
+	defer pool.Close()
+	eventstore.Migrate(ctx, pool)
+	head, err := loadEvents(ctx, pool, o.Events, o.Aggregates, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(devtestConn(t, n.URL()))
+	if _, err := feederBackfill(ctx, tg, js, head, o.Events, o.Logger); err != nil {
+		t.Fatal(err)
+	}
+	conn.Exec(ctx, "SELECT pg_stat_statements_reset()")
+	lat, err := liveLatency(ctx, tg, head, liveOptions{rate: 2000, duration: 10 * time.Second, writers: o.Writers, seed: 1, log: o.Logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("live p50 %v p90 %v p99 %v max %v rate %.0f\n", lat.P50, lat.P90, lat.P99, lat.Max, lat.Achieved)
+	rows, err := conn.Query(ctx, `SELECT calls, round(total_exec_time::numeric,1), round(mean_exec_time::numeric,3), round(max_exec_time::numeric,2), rows, left(regexp_replace(query, '\s+', ' ', 'g'), 90) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var calls, nrows int64
+		var total, mean, mx float64
+		var q string
+		if err := rows.Scan(&calls, &total, &mean, &mx, &nrows, &q); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("%7d calls %9.1f ms total %7.3f mean %7.2f max %7d rows  %s\n", calls, total, mean, mx, nrows, q)
+	}
+}
+
+func devtestConn(t *testing.T, url string) *nats.Conn {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}

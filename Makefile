@@ -1,0 +1,57 @@
+# jetproj — run `make help` for the targets.
+GO      ?= go
+BIN     ?= bin
+SERVICES = feeder projector emitter demo
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: demo
+demo: deps ## Run the demo pipeline on embedded NATS and a throwaway PostgreSQL
+	$(GO) run ./services/demo
+
+.PHONY: test
+test: deps check ## Run every test (unit, integration, end-to-end) against real PostgreSQL and NATS
+	$(GO) test -count=1 -timeout 15m ./...
+
+.PHONY: deps
+deps: ## Make sure the PostgreSQL server binaries the tests start are installed
+	@./scripts/ensure-postgres.sh
+
+.PHONY: check
+check: ## gofmt, go vet and generated docs up to date
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run ./internal/cmd/envdoc -check README.md
+
+.PHONY: race
+race: ## Run the unit and integration tests with the race detector
+	$(GO) test -race -count=1 -timeout 20m ./pkg/...
+
+.PHONY: build
+build: ## Build the service binaries into ./bin
+	@mkdir -p $(BIN)
+	@for s in $(SERVICES); do \
+	  if [ -d services/$$s ] && ls services/$$s/*.go >/dev/null 2>&1; then \
+	    echo "build $(BIN)/$$s"; CGO_ENABLED=0 $(GO) build -o $(BIN)/$$s ./services/$$s || exit 1; fi; done
+
+.PHONY: docs
+docs: ## Regenerate the configuration tables in README.md
+	$(GO) run ./internal/cmd/envdoc -w README.md
+
+.PHONY: bench-feeder
+bench-feeder: ## Benchmark the feeder against the raw relay, and live latency
+	$(GO) run ./internal/cmd/bench feeder
+
+.PHONY: fuzz
+fuzz: ## Fuzz the subject token encoding for 30s each
+	$(GO) test ./pkg/subject -run '^$$' -fuzz FuzzTokenRoundTrip -fuzztime 30s
+	$(GO) test ./pkg/subject -run '^$$' -fuzz FuzzDecodeToken -fuzztime 30s
+
+.PHONY: clean
+clean: ## Remove binaries and the demo's data
+	rm -rf $(BIN) .data
