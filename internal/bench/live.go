@@ -59,7 +59,14 @@ func liveLatency(ctx context.Context, t Target, head int64, o liveOptions) (Late
 	if err != nil {
 		return Latency{}, err
 	}
-	lat, err := measureLive(ctx, t, r, head, o)
+	lat, err := func() (Latency, error) {
+		if err := r.waitFor(ctx, head, func() (bool, error) {
+			return r.f.Status().State == feeder.StateCaughtUp, nil
+		}); err != nil {
+			return Latency{}, err
+		}
+		return measureLive(ctx, t, r.f.Config().Stream, o)
+	}()
 	if serr := r.stop(); err == nil {
 		err = serr
 	}
@@ -71,13 +78,10 @@ type commit struct {
 	at  time.Time
 }
 
-func measureLive(ctx context.Context, t Target, r *runningFeeder, head int64, o liveOptions) (Latency, error) {
-	if err := r.waitFor(ctx, head, func() (bool, error) {
-		return r.f.Status().State == feeder.StateCaughtUp, nil
-	}); err != nil {
-		return Latency{}, err
-	}
-
+// measureLive appends paced events and measures each one's latency until
+// it is delivered from stream by an ordered consumer started before the
+// first append.
+func measureLive(ctx context.Context, t Target, streamName string, o liveOptions) (Latency, error) {
 	c, err := connect(ctx, t)
 	if err != nil {
 		return Latency{}, err
@@ -87,7 +91,7 @@ func measureLive(ctx context.Context, t Target, r *runningFeeder, head int64, o 
 	if err != nil {
 		return Latency{}, err
 	}
-	stream, err := js.Stream(ctx, r.f.Config().Stream)
+	stream, err := js.Stream(ctx, streamName)
 	if err != nil {
 		return Latency{}, fmt.Errorf("bench: stream: %w", err)
 	}

@@ -43,6 +43,8 @@ func (c Config) StreamConfig() jetstream.StreamConfig {
 		Discard:      jetstream.DiscardOld,
 		MaxMsgs:      -1,
 		MaxBytes:     -1,
+		// Projections read single partitions with direct get.
+		AllowDirect: true,
 	}
 }
 
@@ -62,6 +64,7 @@ func StreamDiff(want, have jetstream.StreamConfig) []string {
 	cmp("max consumers", want.MaxConsumers, have.MaxConsumers)
 	cmp("storage", want.Storage, have.Storage)
 	cmp("retention", want.Retention, have.Retention)
+	cmp("allow direct", want.AllowDirect, have.AllowDirect)
 	return d
 }
 
@@ -102,7 +105,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 	// Keep what the feeder does not manage as the operator set it.
 	upd := have
 	upd.Subjects, upd.Replicas, upd.MaxAge = want.Subjects, want.Replicas, want.MaxAge
-	upd.Duplicates, upd.MaxConsumers = want.Duplicates, want.MaxConsumers
+	upd.Duplicates, upd.MaxConsumers, upd.AllowDirect = want.Duplicates, want.MaxConsumers, want.AllowDirect
 	if have.Storage != want.Storage || have.Retention != want.Retention {
 		return nil, StreamResult{}, fmt.Errorf("feeder: stream %s: storage and retention cannot be changed in place (%s)", want.Name, strings.Join(diff, "; "))
 	}

@@ -1,0 +1,521 @@
+package projection
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/jetproj/jetproj/pkg/subject"
+)
+
+// Kind is how a projection divides its events.
+type Kind int
+
+const (
+	// Partitioned projections keep one partition per aggregate (or per
+	// partition key of a streaming source): each partition has its own
+	// position, state and failures, and partitions are shared by replicas.
+	Partitioned Kind = iota
+	// Global projections see every event in stream order, in one partition
+	// run by exactly one replica at a time.
+	Global
+)
+
+func (k Kind) String() string {
+	if k == Global {
+		return "global"
+	}
+	return "partitioned"
+}
+
+// Mode is how the projection is driven.
+type Mode int
+
+const (
+	// EventDriven projections react to new messages within milliseconds.
+	EventDriven Mode = iota
+	// Polling projections look for new messages on an interval, for heavy
+	// batch work that should not run per event.
+	Polling
+)
+
+// Source is where a projection's messages come from.
+type Source struct {
+	// Stream is the JetStream stream, EVENTS by default.
+	Stream string
+	// Subjects are the filter subjects pushed to the server.
+	Subjects []string
+	// AggregateTypes is set for sources on the feeder's stream.
+	AggregateTypes []string
+	// PartitionKey maps a message subject to its partition; nil for
+	// aggregate sources (the partition is aggregate_type/aggregate_id).
+	PartitionKey func(subject string) string
+}
+
+// GlobalPartition is the key of a global projection's only partition.
+const GlobalPartition = "global"
+
+// Event is one event delivered to a handler, with its payload decoded.
+type Event[T any] struct {
+	Data T
+	Meta
+}
+
+// Meta describes a delivered message.
+type Meta struct {
+	// Type is the event type (the Event-Type header).
+	Type string
+	// Subject of the message.
+	Subject string
+	// Partition is the key of the partition this event belongs to:
+	// "<aggregate_type>/<aggregate_id>" for aggregate sources.
+	Partition     string
+	AggregateType string
+	AggregateID   string
+	// Version is the aggregate's version (0 when the source has none).
+	Version int64
+	// Position is the event store position (0 when the source has none).
+	Position int64
+	// Sequence is the message's stream sequence: the partition's position.
+	Sequence   uint64
+	RecordedAt time.Time
+	Metadata   map[string]string
+	// Raw is the undecoded payload.
+	Raw []byte
+}
+
+// Tenant is the tenant named by the event's metadata ("tenant"), if any.
+func (m Meta) Tenant() string { return m.Metadata["tenant"] }
+
+// Context is a handler's view of one partition during a batch.
+type Context[S any] struct {
+	// State is the partition's state; changes are stored with its position
+	// when the batch commits, and discarded when a handler fails.
+	State *S
+	c     *PartitionContext
+}
+
+// Partition is the partition's key.
+func (c *Context[S]) Partition() string { return c.c.Key }
+
+// Tx is the batch's PostgreSQL transaction for projections with a Postgres
+// sink; writes made with it commit together with the positions. It is nil
+// for other projections.
+func (c *Context[S]) Tx() pgx.Tx { return c.c.Tx }
+
+// Tenant is the tenant of the partition's last delivered event.
+func (c *Context[S]) Tenant() string { return c.c.Tenant }
+
+// Emit records a derived event to publish on project.<name>.<partition>
+// once the batch commits. Emissions are dropped during rebuilds.
+func (c *Context[S]) Emit(eventType string, payload any) error {
+	return c.c.emit(eventType, payload, "")
+}
+
+// LinkTo records a derived event for the named stream as well.
+func (c *Context[S]) LinkTo(stream, eventType string, payload any) error {
+	return c.c.emit(eventType, payload, stream)
+}
+
+// Emission is an event derived by a handler or flush hook.
+type Emission struct {
+	Type    string
+	Payload json.RawMessage
+	LinkTo  string
+}
+
+// PartitionContext is the untyped partition context the runtime manages.
+// Users meet it through Context[S].
+type PartitionContext struct {
+	Key    string
+	Tx     pgx.Tx
+	Tenant string
+	// State is a pointer to the decoded state value (*S).
+	State any
+	// Emitted collects Emit and LinkTo calls of the current batch.
+	Emitted []Emission
+}
+
+func (c *PartitionContext) emit(eventType string, payload any, link string) error {
+	if eventType == "" {
+		return errors.New("projection: Emit needs an event type")
+	}
+	b, err := json.Marshal(payload)
+	if err != nil {
+		return fmt.Errorf("projection: emit %s: %w", eventType, err)
+	}
+	c.Emitted = append(c.Emitted, Emission{Type: eventType, Payload: b, LinkTo: link})
+	return nil
+}
+
+// HandlerFunc is the untyped form of a handler, used by the runtime.
+type HandlerFunc func(ctx context.Context, pc *PartitionContext, m Meta) error
+
+// Hook runs at a lifecycle step; tx is a transaction on the projection's
+// database (nil without a Postgres sink).
+type Hook func(ctx context.Context, tx pgx.Tx) error
+
+// PartitionHook runs for one partition, e.g. to remove its read-model rows
+// before it is rebuilt.
+type PartitionHook func(ctx context.Context, tx pgx.Tx, partition string) error
+
+// Definition is a projection: its name, source, kind, handlers and hooks.
+// Create it with New; add handlers with On.
+type Definition struct {
+	name        string
+	source      Source
+	kind        Kind
+	mode        Mode
+	interval    time.Duration
+	batchSize   int
+	maxAttempts int
+	backoffMin  time.Duration
+	backoffMax  time.Duration
+	slots       int
+	pool        *pgxpool.Pool
+	tenantPools func(tenant string) (*pgxpool.Pool, error)
+	newState    func() any
+	stateType   reflect.Type
+	handlers    map[string]HandlerFunc
+	catchAll    HandlerFunc
+	flush       func(ctx context.Context, pc *PartitionContext) error
+	onInit      Hook
+	onReset     Hook
+	onDelete    Hook
+	onResetPart PartitionHook
+	errs        []string
+}
+
+// Projection is a typed definition: handlers see state of type S.
+type Projection[S any] struct {
+	*Definition
+}
+
+// Option configures a definition.
+type Option func(*Definition)
+
+// New defines a projection named name ([a-z0-9_]+) whose partitions carry
+// state of type S (use struct{} for none).
+func New[S any](name string, opts ...Option) *Projection[S] {
+	d := &Definition{
+		name:        name,
+		batchSize:   500,
+		maxAttempts: 5,
+		backoffMin:  100 * time.Millisecond,
+		backoffMax:  30 * time.Second,
+		slots:       64,
+		handlers:    map[string]HandlerFunc{},
+		newState:    func() any { return new(S) },
+		stateType:   reflect.TypeFor[S](),
+		interval:    time.Second,
+	}
+	if err := subject.ValidName(name); err != nil {
+		d.errs = append(d.errs, err.Error())
+	}
+	for _, o := range opts {
+		o(d)
+	}
+	if d.source.Stream == "" && len(d.source.Subjects) == 0 {
+		d.errs = append(d.errs, "no source: use FromAggregates or FromSubjects")
+	}
+	if d.kind == Global {
+		d.slots = 1
+	}
+	return &Projection[S]{d}
+}
+
+// FromAggregates reads the feeder's stream EVENTS for the given aggregate
+// types (pushed to the server as subject filters events.<type>.*). The
+// partition of an event is its aggregate.
+func FromAggregates(types ...string) Option {
+	return func(d *Definition) {
+		d.source.Stream = "EVENTS"
+		d.source.AggregateTypes = append(d.source.AggregateTypes, types...)
+		for _, t := range types {
+			if t == "" {
+				d.errs = append(d.errs, "FromAggregates: empty aggregate type")
+				continue
+			}
+			d.source.Subjects = append(d.source.Subjects, subject.EventFilter(t))
+		}
+	}
+}
+
+// FromStream reads aggregate types from another feeder's stream and subject
+// prefix.
+func FromStream(stream string) Option {
+	return func(d *Definition) { d.source.Stream = stream }
+}
+
+// FromSubjects streams from any JetStream subjects of stream — an external
+// "orders.>" or another projection's "project.wallet_balance.>". By default
+// the partition key is the subject without its first two tokens (for
+// project.<name>.<partition…> that is the emitting partition); use
+// PartitionBy to choose another.
+func FromSubjects(stream string, subjects ...string) Option {
+	return func(d *Definition) {
+		d.source.Stream = stream
+		d.source.Subjects = append(d.source.Subjects, subjects...)
+		if stream == "" || len(subjects) == 0 {
+			d.errs = append(d.errs, "FromSubjects needs a stream and at least one subject")
+		}
+		if d.source.PartitionKey == nil {
+			d.source.PartitionKey = defaultPartitionKey
+		}
+	}
+}
+
+func defaultPartitionKey(subj string) string {
+	toks := strings.SplitN(subj, ".", 3)
+	if len(toks) < 3 {
+		return subj
+	}
+	return toks[2]
+}
+
+// PartitionBy sets how a streaming source's subjects map to partitions.
+func PartitionBy(f func(subject string) string) Option {
+	return func(d *Definition) { d.source.PartitionKey = f }
+}
+
+// AsGlobal makes the projection global: one partition, every event in
+// stream order, one active replica.
+func AsGlobal() Option { return func(d *Definition) { d.kind = Global; d.slots = 1 } }
+
+// BatchSize sets how many messages a batch takes at most (default 500).
+func BatchSize(n int) Option {
+	return func(d *Definition) {
+		if n < 1 {
+			d.errs = append(d.errs, fmt.Sprintf("BatchSize %d: want at least 1", n))
+		}
+		d.batchSize = n
+	}
+}
+
+// WithPolling runs the projection on an interval instead of per event.
+func WithPolling(interval time.Duration) Option {
+	return func(d *Definition) {
+		if interval <= 0 {
+			d.errs = append(d.errs, "WithPolling: interval must be positive")
+		}
+		d.mode, d.interval = Polling, interval
+	}
+}
+
+// Retries sets how often a failing partition is tried (default 5) before it
+// is parked, and the backoff between tries (default 100ms doubling to 30s).
+func Retries(maxAttempts int, min, max time.Duration) Option {
+	return func(d *Definition) {
+		if maxAttempts < 1 || min <= 0 || max < min {
+			d.errs = append(d.errs, "Retries: want maxAttempts ≥ 1 and 0 < min ≤ max")
+		}
+		d.maxAttempts, d.backoffMin, d.backoffMax = maxAttempts, min, max
+	}
+}
+
+// Slots sets the number of hash slots partitions are spread over; replicas
+// own slots (default 64). Changing it needs a rebuild.
+func Slots(n int) Option {
+	return func(d *Definition) {
+		if n < 1 || n > 4096 {
+			d.errs = append(d.errs, fmt.Sprintf("Slots %d: want 1..4096", n))
+		}
+		d.slots = n
+	}
+}
+
+// Postgres makes handlers write their read model in pool's database: each
+// batch runs in one transaction (Context.Tx) that also stores the
+// partitions' positions and state, so effects are exactly once.
+func Postgres(pool *pgxpool.Pool) Option { return func(d *Definition) { d.pool = pool } }
+
+// PostgresPerTenant routes each tenant (metadata "tenant") to its own
+// database: a batch opens one transaction per tenant it touches.
+func PostgresPerTenant(pools func(tenant string) (*pgxpool.Pool, error)) Option {
+	return func(d *Definition) { d.tenantPools = pools }
+}
+
+// OnInit runs when the projection is initialised (idempotent: create
+// tables IF NOT EXISTS).
+func OnInit(h Hook) Option { return func(d *Definition) { d.onInit = h } }
+
+// OnReset runs when the projection is reset or rebuilt: remove the read
+// model's rows.
+func OnReset(h Hook) Option { return func(d *Definition) { d.onReset = h } }
+
+// OnDelete runs when the projection is deleted: drop the read model.
+func OnDelete(h Hook) Option { return func(d *Definition) { d.onDelete = h } }
+
+// OnResetPartition runs before one partition is rebuilt: remove its rows.
+func OnResetPartition(h PartitionHook) Option { return func(d *Definition) { d.onResetPart = h } }
+
+// eventTypeOf names the event type of T: its EventType() method if it has
+// one, otherwise the type's name.
+func eventTypeOf[T any]() string {
+	var zero T
+	if n, ok := any(zero).(interface{ EventType() string }); ok {
+		return n.EventType()
+	}
+	if n, ok := any(&zero).(interface{ EventType() string }); ok {
+		return n.EventType()
+	}
+	return reflect.TypeFor[T]().Name()
+}
+
+// On adds a handler for events whose type is T's name (or T's EventType()
+// method). The payload is decoded into T once; a payload that does not
+// decode is a handler error with the event named.
+func On[S, T any](p *Projection[S], h func(ctx context.Context, c *Context[S], e Event[T]) error) {
+	OnType(p, eventTypeOf[T](), h)
+}
+
+// OnType adds a handler for the named event type.
+func OnType[S, T any](p *Projection[S], eventType string, h func(ctx context.Context, c *Context[S], e Event[T]) error) {
+	if _, dup := p.handlers[eventType]; dup {
+		p.errs = append(p.errs, fmt.Sprintf("two handlers for event type %q", eventType))
+	}
+	p.handlers[eventType] = func(ctx context.Context, pc *PartitionContext, m Meta) error {
+		e := Event[T]{Meta: m}
+		if len(m.Raw) > 0 {
+			if err := json.Unmarshal(m.Raw, &e.Data); err != nil {
+				return &DecodeError{EventType: m.Type, Sequence: m.Sequence, Err: err}
+			}
+		}
+		return h(ctx, &Context[S]{State: pc.State.(*S), c: pc}, e)
+	}
+}
+
+// OnAny adds a handler for every event type that has no handler of its own.
+func OnAny[S any](p *Projection[S], h func(ctx context.Context, c *Context[S], m Meta) error) {
+	p.catchAll = func(ctx context.Context, pc *PartitionContext, m Meta) error {
+		return h(ctx, &Context[S]{State: pc.State.(*S), c: pc}, m)
+	}
+}
+
+// OnFlush sets a hook that runs once per partition per batch, after its
+// handlers: the place to emit one summarising event per batch.
+func OnFlush[S any](p *Projection[S], h func(ctx context.Context, c *Context[S]) error) {
+	p.flush = func(ctx context.Context, pc *PartitionContext) error {
+		return h(ctx, &Context[S]{State: pc.State.(*S), c: pc})
+	}
+}
+
+// DecodeError reports a payload that does not decode into the handler's
+// event type.
+type DecodeError struct {
+	EventType string
+	Sequence  uint64
+	Err       error
+}
+
+func (e *DecodeError) Error() string {
+	return fmt.Sprintf("projection: event %s at sequence %d: payload does not decode: %v", e.EventType, e.Sequence, e.Err)
+}
+
+func (e *DecodeError) Unwrap() error { return e.Err }
+
+// ErrInvalid is matched by the error of Validate.
+var ErrInvalid = errors.New("projection: invalid definition")
+
+// Validate reports every problem with the definition.
+func (d *Definition) Validate() error {
+	errs := append([]string(nil), d.errs...)
+	if len(d.handlers) == 0 && d.catchAll == nil {
+		errs = append(errs, "no handlers: add some with On")
+	}
+	if d.pool != nil && d.tenantPools != nil {
+		errs = append(errs, "Postgres and PostgresPerTenant exclude each other")
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w %q:\n  %s", ErrInvalid, d.name, strings.Join(errs, "\n  "))
+}
+
+// Name is the projection's name.
+func (d *Definition) Name() string { return d.name }
+
+// Kind is partitioned or global.
+func (d *Definition) Kind() Kind { return d.kind }
+
+// Source is where the messages come from.
+func (d *Definition) Source() Source { return d.source }
+
+// Spec exposes the settings the runtime needs.
+type Spec struct {
+	BatchSize   int
+	MaxAttempts int
+	BackoffMin  time.Duration
+	BackoffMax  time.Duration
+	Slots       int
+	Mode        Mode
+	Interval    time.Duration
+	Pool        *pgxpool.Pool
+	TenantPools func(tenant string) (*pgxpool.Pool, error)
+}
+
+// Spec returns the runtime settings.
+func (d *Definition) Spec() Spec {
+	return Spec{BatchSize: d.batchSize, MaxAttempts: d.maxAttempts, BackoffMin: d.backoffMin, BackoffMax: d.backoffMax,
+		Slots: d.slots, Mode: d.mode, Interval: d.interval, Pool: d.pool, TenantPools: d.tenantPools}
+}
+
+// Handles reports whether the definition has a handler for eventType.
+func (d *Definition) Handles(eventType string) bool {
+	_, ok := d.handlers[eventType]
+	return ok || d.catchAll != nil
+}
+
+// Apply runs the handler for m on the partition; events without a handler
+// are ignored.
+func (d *Definition) Apply(ctx context.Context, pc *PartitionContext, m Meta) error {
+	h, ok := d.handlers[m.Type]
+	if !ok {
+		h = d.catchAll
+	}
+	if h == nil {
+		return nil
+	}
+	return h(ctx, pc, m)
+}
+
+// Flush runs the flush hook, if any.
+func (d *Definition) Flush(ctx context.Context, pc *PartitionContext) error {
+	if d.flush == nil {
+		return nil
+	}
+	return d.flush(ctx, pc)
+}
+
+// NewState returns a pointer to a fresh zero state.
+func (d *Definition) NewState() any { return d.newState() }
+
+// DecodeState decodes stored state; empty data gives the zero state.
+func (d *Definition) DecodeState(data []byte) (any, error) {
+	s := d.newState()
+	if len(data) == 0 {
+		return s, nil
+	}
+	if err := json.Unmarshal(data, s); err != nil {
+		return nil, fmt.Errorf("projection %s: stored state does not decode into %v: %w", d.name, d.stateType, err)
+	}
+	return s, nil
+}
+
+// Hooks returns the lifecycle hooks (nil when not set).
+func (d *Definition) Hooks() (init, reset, del Hook, resetPartition PartitionHook) {
+	return d.onInit, d.onReset, d.onDelete, d.onResetPart
+}
+
+// Definer is anything that carries a definition: *Projection[S].
+type Definer interface{ Def() *Definition }
+
+// Def returns the untyped definition.
+func (d *Definition) Def() *Definition { return d }

@@ -1,0 +1,373 @@
+package projector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/lease"
+	"github.com/jetproj/jetproj/pkg/projection"
+)
+
+// Init prepares a projection: its state store, its init hook and its
+// registry entry (active). It is idempotent and also revives a deleted
+// projection.
+func Init(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) error {
+	reg, err := OpenRegistry(ctx, js, replicas)
+	if err != nil {
+		return err
+	}
+	store := StoreFor(js, d, replicas)
+	if err := store.Init(ctx); err != nil {
+		return err
+	}
+	init, _, _, _ := d.Hooks()
+	if err := runHook(ctx, d, init); err != nil {
+		return fmt.Errorf("projector: %s: init hook: %w", d.Name(), err)
+	}
+	_, err = reg.Update(ctx, d.Name(), func(e *Entry, exists bool) error {
+		if exists && e.State == StateActive {
+			return nil
+		}
+		e.State, e.Kind, e.Slots, e.Reason = StateActive, d.Kind().String(), d.Spec().Slots, ""
+		e.Store = "kv"
+		if d.Spec().Pool != nil {
+			e.Store = "postgres"
+		}
+		return nil
+	})
+	return err
+}
+
+func runHook(ctx context.Context, d *projection.Definition, h projection.Hook) error {
+	if h == nil {
+		return nil
+	}
+	pool := d.Spec().Pool
+	if pool == nil {
+		return h(ctx, nil)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck
+	if err := h(ctx, tx); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// Progress receives progress lines of long operations; nil discards them.
+type Progress func(format string, args ...any)
+
+// pause marks the projection paused and waits until no replica holds a slot.
+func pause(ctx context.Context, js jetstream.JetStream, reg *Registry, name, reason string, progress Progress) error {
+	if _, err := reg.Update(ctx, name, func(e *Entry, exists bool) error {
+		if !exists {
+			return fmt.Errorf("projector: no projection %q: run init first", name)
+		}
+		e.State, e.Reason = StatePaused, reason
+		return nil
+	}); err != nil {
+		return err
+	}
+	kv, err := js.KeyValue(ctx, leaseBucket(name))
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	progress("waiting for replicas to give %s's slots back …", name)
+	for {
+		lister, err := kv.ListKeys(ctx)
+		held := 0
+		if err == nil {
+			for k := range lister.Keys() {
+				if strings.HasPrefix(k, "s.") {
+					held++
+				}
+			}
+		} else if !errors.Is(err, jetstream.ErrNoKeysFound) {
+			return err
+		}
+		if held == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func resume(ctx context.Context, reg *Registry, name string, bump bool) error {
+	_, err := reg.Update(ctx, name, func(e *Entry, _ bool) error {
+		e.State, e.Reason = StateActive, ""
+		if bump {
+			e.Generation++
+		}
+		return nil
+	})
+	return err
+}
+
+// Reset pauses the projection, runs its reset hook, removes its positions
+// and state, and resumes it: replicas then rebuild it from the start of its
+// source. Rebuild is Reset under another name (emission is suppressed while
+// replaying, see issue 4).
+func Reset(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int, progress Progress) error {
+	if progress == nil {
+		progress = func(string, ...any) {}
+	}
+	reg, err := OpenRegistry(ctx, js, replicas)
+	if err != nil {
+		return err
+	}
+	if err := pause(ctx, js, reg, d.Name(), "reset", progress); err != nil {
+		return err
+	}
+	_, reset, _, _ := d.Hooks()
+	if err := runHook(ctx, d, reset); err != nil {
+		return fmt.Errorf("projector: %s: reset hook: %w", d.Name(), err)
+	}
+	store := StoreFor(js, d, replicas)
+	if err := store.Init(ctx); err != nil {
+		return err
+	}
+	if err := store.Reset(ctx); err != nil {
+		return err
+	}
+	progress("%s reset; replicas replay it from the start", d.Name())
+	return resume(ctx, reg, d.Name(), true)
+}
+
+// Delete pauses the projection, runs its delete hook and removes its state,
+// its lease bucket and (issue 4) its own stream; the registry keeps a
+// "deleted" entry so running replicas do not bring it back.
+func Delete(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int, progress Progress) error {
+	if progress == nil {
+		progress = func(string, ...any) {}
+	}
+	reg, err := OpenRegistry(ctx, js, replicas)
+	if err != nil {
+		return err
+	}
+	if err := pause(ctx, js, reg, d.Name(), "delete", progress); err != nil {
+		return err
+	}
+	_, _, del, _ := d.Hooks()
+	if err := runHook(ctx, d, del); err != nil {
+		return fmt.Errorf("projector: %s: delete hook: %w", d.Name(), err)
+	}
+	switch s := StoreFor(js, d, replicas).(type) {
+	case *KVStore:
+		if err := s.Delete(ctx); err != nil {
+			return err
+		}
+	case *PGStore:
+		if err := s.Init(ctx); err != nil {
+			return err
+		}
+		if err := s.Delete(ctx); err != nil {
+			return err
+		}
+	}
+	if err := js.DeleteKeyValue(ctx, leaseBucket(d.Name())); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return err
+	}
+	_, err = reg.Update(ctx, d.Name(), func(e *Entry, _ bool) error {
+		e.State, e.Reason = StateDeleted, ""
+		return nil
+	})
+	return err
+}
+
+// controlSubject is where partition commands reach the owning replica.
+func controlSubject(name string) string { return "jetproj.control." + name }
+
+// Command is a partition command.
+type Command struct {
+	Op        string `json:"op"` // retry, skip, rebuild
+	Partition string `json:"partition"`
+}
+
+// CommandReply is the owner's answer.
+type CommandReply struct {
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// ErrNoOwner reports that no running replica owns the partition and the
+// command was carried out directly on the store.
+var ErrNoOwner = errors.New("projector: no replica owns the partition")
+
+// PartitionCommand asks the replica owning the partition to retry it, skip
+// its failing event, or rebuild it. When no replica owns its slot, the
+// command is applied to the store directly under the slot's lease.
+func PartitionCommand(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, d *projection.Definition, replicas int, cmd Command) error {
+	b, _ := json.Marshal(cmd)
+	msg, err := nc.RequestWithContext(ctx, controlSubject(d.Name()), b)
+	if err == nil {
+		var rep CommandReply
+		if err := json.Unmarshal(msg.Data, &rep); err != nil {
+			return err
+		}
+		if !rep.OK {
+			return errors.New(rep.Error)
+		}
+		return nil
+	}
+	if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+		return err
+	}
+	// Nobody answered: take the slot's lease and change the record.
+	slot := SlotOf(cmd.Partition, d.Spec().Slots)
+	kv, err := lease.EnsureBucket(ctx, js, leaseBucket(d.Name()), 6*time.Second, replicas)
+	if err != nil {
+		var mm *lease.ConfigMismatchError
+		if !errors.As(err, &mm) {
+			return err
+		}
+		if kv, err = js.KeyValue(ctx, leaseBucket(d.Name())); err != nil {
+			return err
+		}
+	}
+	l, err := lease.Acquire(ctx, kv, slotKey(slot), "cli")
+	if err != nil {
+		return fmt.Errorf("projector: partition %s: its owner did not answer and its slot is held: %w", cmd.Partition, err)
+	}
+	defer l.Release(context.WithoutCancel(ctx)) //nolint:errcheck
+	store := StoreFor(js, d, replicas)
+	if err := store.Init(ctx); err != nil {
+		return err
+	}
+	if err := store.Fence(ctx, slot, l.Revision()); err != nil {
+		return err
+	}
+	rec, err := store.Get(ctx, slot, cmd.Partition)
+	if err != nil {
+		return err
+	}
+	if rec == nil {
+		return fmt.Errorf("projector: no partition %q in %s", cmd.Partition, d.Name())
+	}
+	if err := applyCommand(ctx, d, rec, cmd, nil); err != nil {
+		return err
+	}
+	bt, err := store.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	if cmd.Op == "rebuild" {
+		_, _, _, resetPart := d.Hooks()
+		if resetPart != nil {
+			if err := resetPart(ctx, bt.Tx(), cmd.Partition); err != nil {
+				bt.Rollback(ctx)
+				return err
+			}
+		}
+	}
+	bt.Put(slot, l.Revision(), *rec)
+	_, err = bt.Commit(ctx)
+	return err
+}
+
+// applyCommand changes a record as the command asks; the partition then
+// catches up from its position.
+func applyCommand(_ context.Context, _ *projection.Definition, rec *Record, cmd Command, _ any) error {
+	switch cmd.Op {
+	case "retry":
+		if rec.Parked == nil && !rec.Behind {
+			return fmt.Errorf("projector: partition %s is not parked", rec.Key)
+		}
+		rec.Parked, rec.Failing, rec.Behind = nil, nil, true
+	case "skip":
+		p := rec.Parked
+		if p == nil {
+			p = rec.Failing
+		}
+		if p == nil {
+			return fmt.Errorf("projector: partition %s has no failing event to skip", rec.Key)
+		}
+		rec.Skip = p.Seq
+		rec.Parked, rec.Failing, rec.Behind = nil, nil, true
+	case "rebuild":
+		rec.Seq, rec.Position, rec.State = 0, 0, nil
+		rec.Parked, rec.Failing, rec.Behind = nil, nil, true
+	default:
+		return fmt.Errorf("projector: unknown command %q", cmd.Op)
+	}
+	return nil
+}
+
+// control handles a partition command addressed to this projection; only
+// the replica owning the partition's slot answers.
+func (r *runner) control(ctx context.Context, m *nats.Msg) {
+	var cmd Command
+	if err := json.Unmarshal(m.Data, &cmd); err != nil {
+		return
+	}
+	slot := SlotOf(cmd.Partition, r.spec.Slots)
+	if _, owned := r.slots[slot]; !owned {
+		return
+	}
+	reply := func(err error) {
+		rep := CommandReply{OK: err == nil}
+		if err != nil {
+			rep.Error = err.Error()
+		}
+		b, _ := json.Marshal(rep)
+		_ = m.Respond(b)
+	}
+	p := r.parts[cmd.Partition]
+	if p == nil {
+		reply(fmt.Errorf("projector: no partition %q in %s", cmd.Partition, r.def.Name()))
+		return
+	}
+	rec := p.rec
+	if err := applyCommand(ctx, r.def, &rec, cmd, nil); err != nil {
+		reply(err)
+		return
+	}
+	b, err := r.store.Begin(ctx)
+	if err != nil {
+		reply(err)
+		return
+	}
+	if cmd.Op == "rebuild" {
+		_, _, _, resetPart := r.def.Hooks()
+		if resetPart != nil {
+			if err := resetPart(ctx, b.Tx(), cmd.Partition); err != nil {
+				b.Rollback(ctx)
+				reply(err)
+				return
+			}
+		}
+	}
+	b.Put(slot, r.slots[slot].token, rec)
+	revs, err := b.Commit(ctx)
+	if err != nil {
+		reply(err)
+		return
+	}
+	rec.Revision = revs[rec.Key]
+	p.rec, p.state = rec, nil
+	p.fail = &failure{next: time.Now()}
+	if r.def.Kind() == projection.Global {
+		p.fail.retrying = true
+		if r.restartAt == 0 || rec.Seq+1 < r.restartAt {
+			r.restartAt = rec.Seq + 1
+		}
+	}
+	r.log.Info("partition command", "op", cmd.Op, "partition", cmd.Partition)
+	reply(nil)
+}

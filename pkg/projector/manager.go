@@ -1,0 +1,177 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/lease"
+)
+
+// manage keeps this replica's share of the slots: it heartbeats membership,
+// renews owned slot leases, acquires free slots up to its share and releases
+// slots beyond it, handing each change to the loop.
+func (r *runner) manage(ctx context.Context) {
+	owned := map[int]*lease.Lease{}
+	tick := r.ttl / 3
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	defer func() {
+		// Graceful stop: give every slot back so others take over at once.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+		defer cancel()
+		for slot, l := range owned {
+			r.tell(ctx, slotEvent{kind: evRelease, slot: slot}, true)
+			_ = l.Release(rctx)
+		}
+		_ = r.leases.Delete(rctx, memberKey(r.replica))
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		r.manageOnce(ctx, owned)
+		timer.Reset(jitter(tick))
+	}
+}
+
+func memberKey(replica string) string { return "m." + replica }
+func slotKey(slot int) string         { return "s." + strconv.Itoa(slot) }
+
+func (r *runner) manageOnce(ctx context.Context, owned map[int]*lease.Lease) {
+	// Forget slots the loop gave up (fenced or failed to load).
+	for {
+		select {
+		case ev := <-r.forgotten:
+			if l, ok := owned[ev]; ok {
+				delete(owned, ev)
+				_ = l
+			}
+			continue
+		default:
+		}
+		break
+	}
+	if _, err := r.leases.Put(ctx, memberKey(r.replica), []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
+		r.log.Debug("membership heartbeat failed", "error", err)
+	}
+	// Renew, and tell the loop about lost slots.
+	for slot, l := range owned {
+		err := l.Renew(ctx)
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, lease.ErrLost) || time.Since(l.RenewedAt()) > r.ttl*2/3 {
+			delete(owned, slot)
+			r.tell(ctx, slotEvent{kind: evLost, slot: slot}, true)
+			r.log.Warn("slot lease lost", "slot", slot, "error", err)
+		}
+	}
+	if paused := r.reg.paused(r.def.Name()); paused {
+		for slot, l := range owned {
+			r.tell(ctx, slotEvent{kind: evRelease, slot: slot}, true)
+			_ = l.Release(ctx)
+			delete(owned, slot)
+		}
+		return
+	}
+	members, held, err := r.census(ctx)
+	if err != nil {
+		r.log.Debug("census failed", "error", err)
+		return
+	}
+	members = max(members, 1)
+	target := (r.spec.Slots + members - 1) / members
+	// Release beyond the share (highest slots first) so newcomers get work.
+	if len(owned) > target {
+		extra := len(owned) - target
+		slots := make([]int, 0, len(owned))
+		for s := range owned {
+			slots = append(slots, s)
+		}
+		for i := 0; i < len(slots); i++ {
+			for j := i + 1; j < len(slots); j++ {
+				if slots[j] > slots[i] {
+					slots[i], slots[j] = slots[j], slots[i]
+				}
+			}
+		}
+		for _, s := range slots[:extra] {
+			r.tell(ctx, slotEvent{kind: evRelease, slot: s}, true)
+			_ = owned[s].Release(ctx)
+			delete(owned, s)
+		}
+		return
+	}
+	// Acquire free slots up to the share, in random order.
+	free := make([]int, 0, r.spec.Slots)
+	for s := 0; s < r.spec.Slots; s++ {
+		if _, mine := owned[s]; !mine && !held[s] {
+			free = append(free, s)
+		}
+	}
+	rand.Shuffle(len(free), func(i, j int) { free[i], free[j] = free[j], free[i] })
+	for _, s := range free {
+		if len(owned) >= target {
+			break
+		}
+		l, err := lease.Acquire(ctx, r.leases, slotKey(s), r.replica)
+		if err != nil {
+			continue
+		}
+		owned[s] = l
+		if !r.tell(ctx, slotEvent{kind: evAcquired, slot: s, lease: l}, true) {
+			return
+		}
+	}
+}
+
+// census counts live members and the slots someone holds.
+func (r *runner) census(ctx context.Context) (members int, held map[int]bool, err error) {
+	lister, err := r.leases.ListKeys(ctx)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return 0, map[int]bool{}, nil
+		}
+		return 0, nil, err
+	}
+	held = map[int]bool{}
+	for k := range lister.Keys() {
+		switch {
+		case strings.HasPrefix(k, "m."):
+			members++
+		case strings.HasPrefix(k, "s."):
+			if n, err := strconv.Atoi(k[2:]); err == nil {
+				held[n] = true
+			}
+		}
+	}
+	return members, held, nil
+}
+
+// tell hands an event to the loop and, with wait, waits until it is handled.
+func (r *runner) tell(ctx context.Context, ev slotEvent, wait bool) bool {
+	if wait {
+		ev.done = make(chan struct{})
+	}
+	select {
+	case r.events <- ev:
+	case <-ctx.Done():
+		if ev.kind == evAcquired {
+			return false
+		}
+		// Stopping: the loop drains events until the manager returns.
+		r.events <- ev
+	}
+	if wait {
+		<-ev.done
+	}
+	return true
+}

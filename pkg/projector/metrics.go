@@ -1,0 +1,32 @@
+package projector
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	processed *prometheus.CounterVec
+	errors    *prometheus.CounterVec
+	retries   *prometheus.CounterVec
+	parked    *prometheus.CounterVec
+	slots     *prometheus.GaugeVec
+	batch     *prometheus.HistogramVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	l := []string{"projection"}
+	m := &metrics{
+		processed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetproj_projector_messages_total", Help: "Messages handled (applied or skipped)."}, l),
+		errors:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetproj_projector_batch_errors_total", Help: "Batches that did not commit and were read again."}, l),
+		retries:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetproj_projector_partition_failures_total", Help: "Handler failures of partitions."}, l),
+		parked:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetproj_projector_partitions_parked_total", Help: "Partitions parked after their last attempt."}, l),
+		slots:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jetproj_projector_slots_owned", Help: "Slots this replica owns."}, l),
+		batch:     prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "jetproj_projector_batch_seconds", Help: "Batch durations.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, l),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.processed, m.errors, m.retries, m.parked, m.slots, m.batch} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,186 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/jetproj/jetproj/pkg/lease"
+	"github.com/jetproj/jetproj/pkg/projection"
+)
+
+// Options configure a Projector.
+type Options struct {
+	// Replica identifies this process in slot leases; default host-pid.
+	Replica string
+	// LeaseTTL of slot leases and membership (default 6s): a dead replica's
+	// slots move within about LeaseTTL plus a third of it.
+	LeaseTTL time.Duration
+	// Replicas of the KV buckets and state stores the projector creates.
+	Replicas int
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Registerer receives metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+}
+
+// Projector runs projections.
+type Projector struct {
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	opts    Options
+	defs    []*projection.Definition
+	log     *slog.Logger
+	metrics *metrics
+	runners []*runner
+}
+
+// New checks every definition and builds a Projector.
+func New(nc *nats.Conn, opts Options, defs ...projection.Definer) (*Projector, error) {
+	if opts.Replica == "" {
+		host, _ := os.Hostname()
+		opts.Replica = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	if opts.LeaseTTL == 0 {
+		opts.LeaseTTL = 6 * time.Second
+	}
+	if opts.Replicas == 0 {
+		opts.Replicas = 1
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192), jetstream.WithPublishAsyncTimeout(10*time.Second))
+	if err != nil {
+		return nil, err
+	}
+	var problems []string
+	seen := map[string]bool{}
+	p := &Projector{nc: nc, js: js, opts: opts, log: opts.Logger}
+	for _, d := range defs {
+		def := d.Def()
+		if err := def.Validate(); err != nil {
+			problems = append(problems, err.Error())
+		}
+		if seen[def.Name()] {
+			problems = append(problems, fmt.Sprintf("projection %q defined twice", def.Name()))
+		}
+		seen[def.Name()] = true
+		p.defs = append(p.defs, def)
+	}
+	if len(problems) > 0 {
+		return nil, errors.New(strings.Join(problems, "\n"))
+	}
+	if p.metrics, err = newMetrics(opts.Registerer); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// StoreFor returns the state store a definition uses: PostgreSQL with its
+// read model when it has a Postgres sink, otherwise a KV bucket.
+func StoreFor(js jetstream.JetStream, d *projection.Definition, replicas int) StateStore {
+	if pool := d.Spec().Pool; pool != nil {
+		return NewPGStore(pool, d.Name())
+	}
+	return NewKVStore(js, "jetproj_state_"+d.Name(), replicas)
+}
+
+func leaseBucket(name string) string { return "jetproj_leases_" + name }
+
+// Run initialises the projections that are not yet and runs them all until
+// ctx ends; it returns nil then.
+func (p *Projector) Run(ctx context.Context) error {
+	err := p.run(ctx)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func (p *Projector) run(ctx context.Context) error {
+	reg, err := OpenRegistry(ctx, p.js, p.opts.Replicas)
+	if err != nil {
+		return err
+	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	if err := reg.Watch(wctx); err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, d := range p.defs {
+		r, err := p.prepare(ctx, reg, d)
+		if err != nil {
+			return err
+		}
+		if r == nil {
+			continue
+		}
+		p.runners = append(p.runners, r)
+		g.Go(func() error { return r.run(gctx) })
+	}
+	return g.Wait()
+}
+
+// prepare initialises d if needed and builds its runner; nil when the
+// projection was deleted and must be initialised again explicitly.
+func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.Definition) (*runner, error) {
+	e, ok, err := reg.Get(ctx, d.Name())
+	if err != nil {
+		return nil, err
+	}
+	if ok && e.State == StateDeleted {
+		p.log.Warn("projection was deleted; run `projector init` to start it again", "projection", d.Name())
+		return nil, nil
+	}
+	if !ok {
+		if err := Init(ctx, p.js, d, p.opts.Replicas); err != nil {
+			return nil, err
+		}
+		p.log.Info("projection initialised", "projection", d.Name())
+	}
+	stream, err := p.js.Stream(ctx, d.Source().Stream)
+	if err != nil {
+		return nil, fmt.Errorf("projector: %s: source stream %s: %w", d.Name(), d.Source().Stream, err)
+	}
+	leases, err := lease.EnsureBucket(ctx, p.js, leaseBucket(d.Name()), p.opts.LeaseTTL, p.opts.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	store := StoreFor(p.js, d, p.opts.Replicas)
+	if err := store.Init(ctx); err != nil {
+		return nil, err
+	}
+	return &runner{
+		def: d, spec: d.Spec(), store: store, js: p.js, nc: p.nc, stream: stream, leases: leases, reg: reg,
+		replica: p.opts.Replica, ttl: p.opts.LeaseTTL, metrics: p.metrics,
+		log:    p.log.With("projection", d.Name()),
+		status: RunnerStatus{Projection: d.Name(), Replica: p.opts.Replica},
+	}, nil
+}
+
+// Statuses reports what each runner of this process does.
+func (p *Projector) Statuses() []RunnerStatus {
+	out := make([]RunnerStatus, 0, len(p.runners))
+	for _, r := range p.runners {
+		r.mu.Lock()
+		s := r.status
+		s.Slots = append([]int(nil), s.Slots...)
+		r.mu.Unlock()
+		out = append(out, s)
+	}
+	return out
+}
+
+// Definitions returns the projections this projector runs.
+func (p *Projector) Definitions() []*projection.Definition { return p.defs }

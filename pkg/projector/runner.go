@@ -1,0 +1,820 @@
+package projector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/pkg/lease"
+	"github.com/jetproj/jetproj/pkg/projection"
+)
+
+// SlotOf maps a partition key to its slot.
+func SlotOf(key string, slots int) int {
+	if slots <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return int(h.Sum32() % uint32(slots))
+}
+
+// part is a partition of an owned slot, in memory.
+type part struct {
+	rec     Record
+	slot    int
+	subject string
+	state   any // decoded state; nil until needed
+	fail    *failure
+}
+
+type failure struct {
+	retrying bool // global: the consumer re-reads from the position
+	attempts int
+	next     time.Time
+	err      string
+	seq      uint64
+	typ      string
+	pos      int64
+}
+
+type ownedSlot struct {
+	lease     *lease.Lease
+	token     uint64
+	watermark uint64 // handled up to here
+	saved     uint64 // watermark last written
+}
+
+// runner runs one projection in this process.
+type runner struct {
+	def     *projection.Definition
+	spec    projection.Spec
+	store   StateStore
+	js      jetstream.JetStream
+	nc      *nats.Conn
+	stream  jetstream.Stream
+	leases  jetstream.KeyValue
+	reg     *Registry
+	replica string
+	ttl     time.Duration
+	log     *slog.Logger
+	metrics *metrics
+
+	events    chan slotEvent // from the slot manager to the loop
+	forgotten chan int       // slots the loop gave up, to the manager
+
+	// Owned by the loop goroutine.
+	parts     map[string]*part
+	slots     map[int]*ownedSlot
+	next      uint64 // next stream sequence the consumer delivers
+	restartAt uint64 // restart the consumer here before the next batch (0: no)
+	cons      *consumer
+	lastMark  time.Time
+
+	mu     sync.Mutex
+	status RunnerStatus
+}
+
+// RunnerStatus is what a runner reports about itself.
+type RunnerStatus struct {
+	Projection string `json:"projection"`
+	Replica    string `json:"replica"`
+	Slots      []int  `json:"slots"`
+	Partitions int    `json:"partitions"`
+	Processed  uint64 `json:"processed_seq"`
+	Failing    int    `json:"failing"`
+	State      string `json:"state"`
+}
+
+type slotEvent struct {
+	kind  int // evAcquired, evLost, evRelease
+	slot  int
+	lease *lease.Lease
+	done  chan struct{}
+}
+
+const (
+	evAcquired = iota
+	evLost
+	evRelease
+	evPause
+)
+
+// run processes until ctx ends.
+func (r *runner) run(ctx context.Context) error {
+	r.parts, r.slots = map[string]*part{}, map[int]*ownedSlot{}
+	r.events = make(chan slotEvent)
+	r.forgotten = make(chan int, 4096)
+	mctx, stopManager := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { r.manage(mctx) })
+	defer func() {
+		stopManager()
+		// Drain manager requests so it can finish.
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		for {
+			select {
+			case ev := <-r.events:
+				if ev.done != nil {
+					close(ev.done)
+				}
+			case <-done:
+				r.stopConsumer()
+				return
+			}
+		}
+	}()
+
+	ctlCh := make(chan *nats.Msg, 16)
+	ctl, err := r.nc.ChanSubscribe(controlSubject(r.def.Name()), ctlCh)
+	if err != nil {
+		return err
+	}
+	defer ctl.Unsubscribe() //nolint:errcheck
+
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	for {
+		// Apply ownership changes between batches.
+		for drained := false; !drained; {
+			select {
+			case ev := <-r.events:
+				r.handleSlotEvent(ctx, ev)
+			default:
+				drained = true
+			}
+		}
+		if len(r.slots) == 0 {
+			r.stopConsumer()
+			r.setState("standby")
+			select {
+			case <-ctx.Done():
+				return nil
+			case ev := <-r.events:
+				r.handleSlotEvent(ctx, ev)
+			case m := <-ctlCh:
+				r.control(ctx, m)
+			}
+			continue
+		}
+		if r.cons == nil || r.restartAt != 0 {
+			if err := r.startConsumer(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				r.log.Warn("consumer start failed; retrying", "error", err)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(500 * time.Millisecond):
+				}
+				continue
+			}
+		}
+		r.setState("running")
+		// Wait for work: messages, ownership changes, due retries, commands.
+		r.armRetry(retry)
+		var first jetstream.Msg
+		var tick <-chan time.Time
+		if r.spec.Mode == projection.Polling {
+			tick = time.After(r.spec.Interval)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-r.events:
+			r.handleSlotEvent(ctx, ev)
+			continue
+		case m := <-ctlCh:
+			r.control(ctx, m)
+			continue
+		case <-retry.C:
+			r.retryDue(ctx)
+			continue
+		case err := <-r.cons.errs:
+			r.log.Warn("consumer failed; restarting", "error", err)
+			r.restartAt = r.next
+			continue
+		case <-tick:
+		case first = <-r.cons.msgs:
+		}
+		if r.spec.Mode == projection.Polling && first == nil {
+			select {
+			case first = <-r.cons.msgs:
+			default:
+				continue
+			}
+		}
+		batch := []jetstream.Msg{first}
+	collect:
+		for len(batch) < r.spec.BatchSize {
+			select {
+			case m := <-r.cons.msgs:
+				batch = append(batch, m)
+			default:
+				break collect
+			}
+		}
+		r.process(ctx, batch)
+	}
+}
+
+func (r *runner) setState(s string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.State = s
+	r.status.Slots = r.status.Slots[:0]
+	for s := range r.slots {
+		r.status.Slots = append(r.status.Slots, s)
+	}
+	slices.Sort(r.status.Slots)
+	r.status.Partitions = len(r.parts)
+	r.status.Processed = r.next - 1
+}
+
+func (r *runner) armRetry(t *time.Timer) {
+	var earliest time.Time
+	for _, p := range r.parts {
+		if p.fail != nil && p.rec.Parked == nil && (earliest.IsZero() || p.fail.next.Before(earliest)) {
+			earliest = p.fail.next
+		}
+	}
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
+	if earliest.IsZero() {
+		t.Reset(time.Hour)
+		return
+	}
+	t.Reset(max(time.Until(earliest), time.Millisecond))
+}
+
+func (r *runner) handleSlotEvent(ctx context.Context, ev slotEvent) {
+	switch ev.kind {
+	case evAcquired:
+		if err := r.acquireSlot(ctx, ev.slot, ev.lease); err != nil {
+			r.log.Warn("slot not taken", "slot", ev.slot, "error", err)
+			// Give it back so someone can take it.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			_ = ev.lease.Release(rctx)
+			cancel()
+			r.managerForget(ev.slot)
+		}
+	case evLost, evRelease:
+		r.dropSlot(ev.slot)
+	}
+	if ev.done != nil {
+		close(ev.done)
+	}
+}
+
+// managerForget tells the manager the loop gave a slot up.
+func (r *runner) managerForget(slot int) {
+	select {
+	case r.forgotten <- slot:
+	default:
+	}
+}
+
+func (r *runner) acquireSlot(ctx context.Context, slot int, l *lease.Lease) error {
+	if err := r.store.Fence(ctx, slot, l.Revision()); err != nil {
+		return err
+	}
+	recs, wm, err := r.store.LoadSlot(ctx, slot)
+	if err != nil {
+		return err
+	}
+	for _, rec := range recs {
+		p := &part{rec: rec, slot: slot, subject: rec.Subject}
+		switch {
+		case rec.Parked != nil:
+			p.fail = &failure{attempts: rec.Parked.Attempts, err: rec.Parked.Error, seq: rec.Parked.Seq, typ: rec.Parked.EventType}
+		case rec.Behind:
+			p.fail = &failure{next: time.Now()}
+			if f := rec.Failing; f != nil {
+				p.fail.attempts, p.fail.err, p.fail.seq, p.fail.typ = f.Attempts, f.Error, f.Seq, f.EventType
+			}
+			if r.def.Kind() == projection.Global && (r.restartAt == 0 || rec.Seq+1 < r.restartAt) {
+				r.restartAt = rec.Seq + 1
+				p.fail.retrying = true
+			}
+		}
+		r.parts[rec.Key] = p
+	}
+	r.slots[slot] = &ownedSlot{lease: l, token: l.Revision(), watermark: wm, saved: wm}
+	if r.cons == nil || wm+1 < r.next {
+		if r.restartAt == 0 || wm+1 < r.restartAt {
+			r.restartAt = wm + 1
+		}
+	}
+	r.metrics.slots.WithLabelValues(r.def.Name()).Set(float64(len(r.slots)))
+	r.log.Info("slot acquired", "slot", slot, "partitions", len(recs), "watermark", wm, "token", l.Revision())
+	return nil
+}
+
+func (r *runner) dropSlot(slot int) {
+	if _, ok := r.slots[slot]; !ok {
+		return
+	}
+	delete(r.slots, slot)
+	for k, p := range r.parts {
+		if p.slot == slot {
+			delete(r.parts, k)
+		}
+	}
+	r.metrics.slots.WithLabelValues(r.def.Name()).Set(float64(len(r.slots)))
+	r.log.Info("slot dropped", "slot", slot)
+}
+
+// consumer is an ordered consumer feeding a channel.
+type consumer struct {
+	cc   jetstream.ConsumeContext
+	msgs chan jetstream.Msg
+	errs chan error
+}
+
+func (r *runner) startConsumer(ctx context.Context) error {
+	start := r.restartAt
+	if start == 0 {
+		start = r.next
+	}
+	if start == 0 {
+		start = 1
+	}
+	r.stopConsumer()
+	cfg := jetstream.OrderedConsumerConfig{
+		FilterSubjects: r.def.Source().Subjects,
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    start,
+	}
+	c, err := r.stream.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("projector: consumer for %s: %w", r.def.Name(), err)
+	}
+	cons := &consumer{msgs: make(chan jetstream.Msg, 2*r.spec.BatchSize), errs: make(chan error, 1)}
+	cc, err := c.Consume(func(m jetstream.Msg) { cons.msgs <- m },
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+				select {
+				case cons.errs <- err:
+				default:
+				}
+			}
+		}),
+		jetstream.PullMaxMessages(2*r.spec.BatchSize))
+	if err != nil {
+		return err
+	}
+	cons.cc = cc
+	r.cons, r.next, r.restartAt = cons, start, 0
+	return nil
+}
+
+func (r *runner) stopConsumer() {
+	if r.cons == nil {
+		return
+	}
+	r.cons.cc.Stop()
+	// Unblock a callback waiting to send, then discard what is buffered.
+	for {
+		select {
+		case <-r.cons.msgs:
+			continue
+		case <-r.cons.cc.Closed():
+		}
+		break
+	}
+	r.cons = nil
+}
+
+// msgMeta extracts what handlers see from a message.
+func (r *runner) msgMeta(m jetstream.Msg) (projection.Meta, error) {
+	md, err := m.Metadata()
+	if err != nil {
+		return projection.Meta{}, err
+	}
+	h := m.Headers()
+	meta := projection.Meta{Subject: m.Subject(), Sequence: md.Sequence.Stream, Raw: m.Data(), RecordedAt: md.Timestamp}
+	meta.Type = h.Get(eventmsg.HeaderEventType)
+	src := r.def.Source()
+	if len(src.AggregateTypes) > 0 {
+		e, err := eventmsg.Parse(&nats.Msg{Subject: m.Subject(), Header: h, Data: m.Data()})
+		if err != nil {
+			return meta, err
+		}
+		meta.AggregateType, meta.AggregateID, meta.Version, meta.Position = e.AggregateType, e.AggregateID, e.Version, e.Position
+		meta.RecordedAt, meta.Metadata = e.RecordedAt, e.Metadata
+		meta.Partition = e.AggregateType + "/" + e.AggregateID
+	} else {
+		meta.Partition = src.PartitionKey(m.Subject())
+		if p := h.Get(eventmsg.HeaderEventPosition); p != "" {
+			meta.Position, _ = strconv.ParseInt(p, 10, 64)
+		}
+		for k, v := range h {
+			if name, ok := strings.CutPrefix(k, eventmsg.MetaPrefix); ok && len(v) > 0 {
+				if meta.Metadata == nil {
+					meta.Metadata = map[string]string{}
+				}
+				meta.Metadata[name] = v[0]
+			}
+		}
+	}
+	if r.def.Kind() == projection.Global {
+		meta.Partition = projection.GlobalPartition
+	}
+	return meta, nil
+}
+
+// work is one partition's share of a batch.
+type work struct {
+	p    *part
+	msgs []projection.Meta
+}
+
+// process runs a batch of consumer messages.
+func (r *runner) process(ctx context.Context, msgs []jetstream.Msg) {
+	began := time.Now()
+	lastSeq := uint64(0)
+	var order []*work
+	byKey := map[string]*work{}
+	for _, m := range msgs {
+		meta, err := r.msgMeta(m)
+		if err != nil {
+			r.log.Error("message skipped: not readable", "subject", m.Subject(), "error", err)
+			if md, e := m.Metadata(); e == nil {
+				lastSeq = md.Sequence.Stream
+			}
+			continue
+		}
+		lastSeq = meta.Sequence
+		slot := SlotOf(meta.Partition, r.spec.Slots)
+		if _, owned := r.slots[slot]; !owned {
+			continue
+		}
+		p := r.parts[meta.Partition]
+		if p == nil {
+			p = &part{rec: Record{Key: meta.Partition, Subject: meta.Subject}, slot: slot, subject: meta.Subject}
+			if r.def.Kind() == projection.Global {
+				p.rec.Subject, p.subject = "", ""
+			}
+			r.parts[meta.Partition] = p
+		}
+		if meta.Sequence <= p.rec.Seq || (p.fail != nil && !p.fail.retrying) {
+			continue // already handled, or waiting for its own retry
+		}
+		w := byKey[meta.Partition]
+		if w == nil {
+			w = &work{p: p}
+			byKey[meta.Partition] = w
+			order = append(order, w)
+		}
+		w.msgs = append(w.msgs, meta)
+	}
+	if lastSeq > 0 {
+		r.next = lastSeq + 1
+	}
+	if err := r.commit(ctx, order, lastSeq); err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Warn("batch not committed; reading again", "error", err)
+		r.metrics.errors.WithLabelValues(r.def.Name()).Inc()
+		var fenced *FencedError
+		if errors.As(err, &fenced) {
+			for _, s := range fenced.Slots {
+				r.dropSlot(s)
+				r.managerForget(s)
+			}
+		}
+		// Forget what the batch did in memory and read it again.
+		for _, w := range order {
+			w.p.state = nil
+		}
+		r.reloadTouched(ctx, order)
+		if first := msgSeq(msgs[0]); first > 0 {
+			r.restartAt = first
+		}
+		return
+	}
+	r.metrics.batch.WithLabelValues(r.def.Name()).Observe(time.Since(began).Seconds())
+	r.metrics.processed.WithLabelValues(r.def.Name()).Add(float64(len(msgs)))
+}
+
+func msgSeq(m jetstream.Msg) uint64 {
+	md, err := m.Metadata()
+	if err != nil {
+		return 0
+	}
+	return md.Sequence.Stream
+}
+
+// reloadTouched reloads the records of partitions whose batch failed, so the
+// cache matches the store again.
+func (r *runner) reloadTouched(ctx context.Context, order []*work) {
+	for _, w := range order {
+		rec, err := r.store.Get(ctx, w.p.slot, w.p.rec.Key)
+		if err != nil {
+			r.log.Warn("reload failed; dropping slot", "slot", w.p.slot, "error", err)
+			r.dropSlot(w.p.slot)
+			r.managerForget(w.p.slot)
+			continue
+		}
+		if rec == nil {
+			w.p.rec = Record{Key: w.p.rec.Key}
+		} else {
+			w.p.rec = *rec
+		}
+	}
+}
+
+// commit applies each partition's messages in one store batch. A failing
+// partition's writes roll back to its savepoint; it is scheduled for retry.
+func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64) error {
+	markDue := time.Since(r.lastMark) > time.Second
+	if len(order) == 0 && !markDue {
+		for _, s := range r.slots {
+			s.watermark = max(s.watermark, lastSeq)
+		}
+		return nil
+	}
+	b, err := r.store.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	type result struct {
+		w     *work
+		rec   Record
+		state any
+		fail  *failure
+	}
+	results := make([]result, 0, len(order))
+	for _, w := range order {
+		res, err := r.applyPartition(ctx, b, w, w.p.fail)
+		if err != nil {
+			b.Rollback(ctx)
+			return err
+		}
+		results = append(results, result{w, res.rec, res.state, res.fail})
+		b.Put(w.p.slot, r.slots[w.p.slot].token, res.rec)
+	}
+	if markDue {
+		for n, s := range r.slots {
+			wm := max(s.watermark, lastSeq)
+			if wm > s.saved {
+				b.Watermark(n, s.token, wm)
+			}
+		}
+	}
+	revs, err := b.Commit(ctx)
+	if err != nil {
+		return err
+	}
+	for _, res := range results {
+		p := res.w.p
+		p.rec = res.rec
+		p.rec.Revision = revs[p.rec.Key]
+		p.state = res.state
+		p.fail = res.fail
+		if res.fail != nil && res.rec.Parked != nil {
+			r.metrics.parked.WithLabelValues(r.def.Name()).Inc()
+		}
+	}
+	for _, s := range r.slots {
+		s.watermark = max(s.watermark, lastSeq)
+		if markDue {
+			s.saved = s.watermark
+		}
+	}
+	if markDue {
+		r.lastMark = time.Now()
+	}
+	return nil
+}
+
+type applied struct {
+	rec   Record
+	state any
+	fail  *failure
+}
+
+// applyPartition runs the handlers and flush hook of one partition inside
+// the batch. Handler errors are not returned: they mark the partition as
+// failing. Returned errors are the store's.
+func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *failure) (applied, error) {
+	p := w.p
+	state := p.state
+	if state == nil {
+		s, err := r.def.DecodeState(p.rec.State)
+		if err != nil {
+			state = r.def.NewState()
+			return r.failed(p, w.msgs[0], err, prev), nil
+		}
+		state = s
+	}
+	// Handlers mutate a copy so that a failure leaves the cache untouched.
+	work, err := cloneState(r.def, state)
+	if err != nil {
+		return applied{}, err
+	}
+	if err := b.Savepoint(ctx); err != nil {
+		return applied{}, err
+	}
+	pc := &projection.PartitionContext{Key: p.rec.Key, Tx: b.Tx(), State: work}
+	rec := p.rec
+	for _, m := range w.msgs {
+		if m.Sequence == rec.Skip {
+			r.log.Warn("message skipped by operator", "partition", rec.Key, "seq", m.Sequence, "event_type", m.Type)
+			rec.Seq, rec.Position, rec.Skip = m.Sequence, m.Position, 0
+			continue
+		}
+		pc.Tenant = m.Tenant()
+		if err := r.safeApply(ctx, pc, m); err != nil {
+			if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
+				return applied{}, rerr
+			}
+			// Keep what succeeded before the failing message? No: the batch
+			// for this partition is all or nothing; retry from its position.
+			return r.failed(p, m, err, prev), nil
+		}
+		rec.Seq, rec.Position = m.Sequence, m.Position
+	}
+	if err := r.safeFlush(ctx, pc); err != nil {
+		if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
+			return applied{}, rerr
+		}
+		return r.failed(p, w.msgs[len(w.msgs)-1], err, prev), nil
+	}
+	data, err := json.Marshal(work)
+	if err != nil {
+		return applied{}, fmt.Errorf("projector: %s: state does not encode: %w", r.def.Name(), err)
+	}
+	rec.State, rec.Parked, rec.Failing, rec.Behind = data, nil, nil, false
+	return applied{rec: rec, state: work}, nil
+}
+
+func (r *runner) safeApply(ctx context.Context, pc *projection.PartitionContext, m projection.Meta) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("handler panicked: %v", v)
+		}
+	}()
+	return r.def.Apply(ctx, pc, m)
+}
+
+func (r *runner) safeFlush(ctx context.Context, pc *projection.PartitionContext) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("flush panicked: %v", v)
+		}
+	}()
+	return r.def.Flush(ctx, pc)
+}
+
+// failed records a handler failure: back off, or park after MaxAttempts.
+func (r *runner) failed(p *part, m projection.Meta, err error, prev *failure) applied {
+	f := &failure{attempts: 1, err: err.Error(), seq: m.Sequence, typ: m.Type, pos: m.Position}
+	if prev != nil && prev.seq == m.Sequence {
+		f.attempts = prev.attempts + 1
+	}
+	backoff := r.spec.BackoffMin << min(f.attempts-1, 20)
+	if backoff > r.spec.BackoffMax || backoff <= 0 {
+		backoff = r.spec.BackoffMax
+	}
+	f.next = time.Now().Add(backoff)
+	rec := p.rec
+	info := &Parked{Seq: m.Sequence, Position: m.Position, EventType: m.Type, Error: f.err, Attempts: f.attempts, Since: time.Now().UTC()}
+	rec.Behind, rec.Failing = true, info
+	if f.attempts >= r.spec.MaxAttempts {
+		rec.Parked, rec.Failing = info, nil
+		r.log.Error("partition parked", "partition", p.rec.Key, "seq", m.Sequence, "event_type", m.Type, "attempts", f.attempts, "error", err)
+	} else {
+		r.log.Warn("partition failed; retrying", "partition", p.rec.Key, "seq", m.Sequence, "event_type", m.Type, "attempt", f.attempts, "in", backoff, "error", err)
+	}
+	r.metrics.retries.WithLabelValues(r.def.Name()).Inc()
+	return applied{rec: rec, state: p.state, fail: f}
+}
+
+// retryDue catches failing partitions up from their own position, one by
+// one, with direct gets.
+func (r *runner) retryDue(ctx context.Context) {
+	now := time.Now()
+	for _, p := range r.parts {
+		if p.fail == nil || p.rec.Parked != nil || p.fail.next.After(now) {
+			continue
+		}
+		if err := r.catchUp(ctx, p); err != nil && ctx.Err() == nil {
+			r.log.Warn("catch-up failed", "partition", p.rec.Key, "error", err)
+			p.fail.next = time.Now().Add(r.spec.BackoffMax)
+		}
+	}
+}
+
+// catchUp reads one partition's messages after its position with direct
+// get, up to what the consumer has delivered, and applies them.
+func (r *runner) catchUp(ctx context.Context, p *part) error {
+	if r.def.Kind() == projection.Global || p.subject == "" {
+		// One partition: read the stream again from its position.
+		p.fail.retrying = true
+		p.fail.next = time.Now().Add(time.Hour)
+		if r.restartAt == 0 || p.rec.Seq+1 < r.restartAt {
+			r.restartAt = p.rec.Seq + 1
+		}
+		return nil
+	}
+	var metas []projection.Meta
+	seq := p.rec.Seq + 1
+	limit := r.next - 1
+	for seq <= limit && len(metas) < r.spec.BatchSize {
+		raw, err := r.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(p.subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if raw.Sequence > limit {
+			break
+		}
+		m := &rawMsg{raw: raw}
+		meta, err := r.msgMeta(m)
+		if err != nil {
+			return err
+		}
+		metas = append(metas, meta)
+		seq = raw.Sequence + 1
+	}
+	if len(metas) == 0 {
+		p.fail = nil
+		return nil
+	}
+	prev := p.fail
+	p.fail = nil
+	w := &work{p: p, msgs: metas}
+	b, err := r.store.Begin(ctx)
+	if err != nil {
+		p.fail = prev
+		return err
+	}
+	res, err := r.applyPartition(ctx, b, w, prev)
+	if err != nil {
+		b.Rollback(ctx)
+		p.fail = prev
+		return err
+	}
+	more := len(metas) == r.spec.BatchSize
+	if more && res.fail == nil {
+		res.rec.Behind = true
+	}
+	b.Put(p.slot, r.slots[p.slot].token, res.rec)
+	revs, err := b.Commit(ctx)
+	if err != nil {
+		p.fail = prev
+		return err
+	}
+	p.rec, p.state, p.fail = res.rec, res.state, res.fail
+	p.rec.Revision = revs[p.rec.Key]
+	if p.fail == nil && more {
+		p.fail = &failure{next: time.Now()} // more to read
+	}
+	return nil
+}
+
+// rawMsg adapts a stored message to the jetstream.Msg methods msgMeta uses.
+type rawMsg struct {
+	jetstream.Msg
+	raw *jetstream.RawStreamMsg
+}
+
+func (m *rawMsg) Subject() string      { return m.raw.Subject }
+func (m *rawMsg) Headers() nats.Header { return m.raw.Header }
+func (m *rawMsg) Data() []byte         { return m.raw.Data }
+func (m *rawMsg) Metadata() (*jetstream.MsgMetadata, error) {
+	return &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: m.raw.Sequence}, Timestamp: m.raw.Time}, nil
+}
+
+func cloneState(d *projection.Definition, s any) (any, error) {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return nil, fmt.Errorf("projector: %s: state does not encode: %w", d.Name(), err)
+	}
+	return d.DecodeState(b)
+}
+
+var jitter = func(d time.Duration) time.Duration { return d/2 + rand.N(d/2+1) }

@@ -1,0 +1,127 @@
+package projector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Record is what is stored per partition: its position and state, and when
+// it failed too often, why it is parked.
+type Record struct {
+	Key string `json:"key"`
+	// Subject is the subject of the partition's messages (aggregate
+	// sources), used to read them alone with direct get.
+	Subject string `json:"subject,omitempty"`
+	// Seq is the stream sequence of the last message the partition handled
+	// (applied or skipped): its position.
+	Seq uint64 `json:"seq"`
+	// Position is the event store position of that message, when known.
+	Position int64           `json:"position,omitempty"`
+	State    json.RawMessage `json:"state,omitempty"`
+	Parked   *Parked         `json:"parked,omitempty"`
+	// Behind is set while the partition has messages after Seq that the
+	// stream's consumer has passed: they are read with direct get.
+	Behind bool `json:"behind,omitempty"`
+	// Failing describes the last failure of a partition that is retrying.
+	Failing *Parked `json:"failing,omitempty"`
+	// Skip is the sequence of a message an operator chose to skip.
+	Skip    uint64    `json:"skip,omitempty"`
+	Updated time.Time `json:"updated"`
+	// Revision is the store's revision of the record, for compare-and-set;
+	// it is not stored in the value.
+	Revision uint64 `json:"-"`
+}
+
+// Parked tells why a partition stopped.
+type Parked struct {
+	// Seq is the sequence of the failing message.
+	Seq       uint64    `json:"seq"`
+	Position  int64     `json:"position,omitempty"`
+	EventType string    `json:"event_type"`
+	Error     string    `json:"error"`
+	Attempts  int       `json:"attempts"`
+	Since     time.Time `json:"since"`
+}
+
+// ErrFenced reports that another replica took over a slot: the batch was not
+// committed.
+var ErrFenced = errors.New("projector: slot taken over by another replica")
+
+// StateStore keeps partitions' records and slot watermarks. Every
+// implementation must pass the behaviour suite in package storetest.
+type StateStore interface {
+	// Init prepares the storage (idempotent).
+	Init(ctx context.Context) error
+	// LoadSlot returns every record of the slot and its watermark: the
+	// stream sequence up to which every message of the slot was handled.
+	LoadSlot(ctx context.Context, slot int) (records []Record, watermark uint64, err error)
+	// Fence records that token now owns slot; commits with an older
+	// token fail with ErrFenced from then on. Tokens only grow.
+	Fence(ctx context.Context, slot int, token uint64) error
+	// Begin starts a batch. For transactional stores Tx is the
+	// transaction handlers write the read model with.
+	Begin(ctx context.Context) (Batch, error)
+	// Reset deletes every record and watermark.
+	Reset(ctx context.Context) error
+	// Get reads one record (nil when absent).
+	Get(ctx context.Context, slot int, key string) (*Record, error)
+	// List returns the parked records and the number of records.
+	Summary(ctx context.Context) (parked []Record, partitions int, err error)
+}
+
+// Batch is one commit.
+type Batch interface {
+	// Tx is the transaction handlers write with; nil for stores without one.
+	Tx() pgx.Tx
+	// Savepoint marks a point a failing partition's writes roll back to.
+	Savepoint(ctx context.Context) error
+	// RollbackToSavepoint undoes the writes since the last Savepoint.
+	RollbackToSavepoint(ctx context.Context) error
+	// Put stores a record with compare-and-set on its Revision, fenced by
+	// the slot's token.
+	Put(slot int, token uint64, r Record)
+	// Watermark records a slot's watermark.
+	Watermark(slot int, token uint64, seq uint64)
+	// Commit writes everything atomically per record (and atomically in all
+	// for transactional stores). It returns the new revisions by key.
+	// ErrFenced (wrapped, with the slots) when a slot was taken over.
+	Commit(ctx context.Context) (map[string]uint64, error)
+	// Rollback abandons the batch.
+	Rollback(ctx context.Context)
+}
+
+// FencedError names the slots whose commit was refused.
+type FencedError struct{ Slots []int }
+
+func (e *FencedError) Error() string {
+	return fmt.Sprintf("projector: slots %v taken over by another replica", e.Slots)
+}
+
+// Is makes errors.Is(err, ErrFenced) true.
+func (e *FencedError) Is(target error) bool { return target == ErrFenced }
+
+// kvKeyToken turns a partition key into KV-key characters: letters, digits,
+// '-', '_' and '/' stay; every other byte becomes =XX.
+func kvKeyToken(key string) string {
+	var b strings.Builder
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '/':
+			b.WriteByte(c)
+		default:
+			b.WriteString("=" + strings.ToUpper(strconv.FormatUint(uint64(c)|0x100, 16)[1:]))
+		}
+	}
+	if b.Len() == 0 {
+		return "="
+	}
+	return b.String()
+}

@@ -1,0 +1,304 @@
+package projector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// KVStore keeps records in a JetStream KV bucket: key p.<slot>.<key> holds a
+// partition, w.<slot> a slot's watermark, f.<slot> its fence token. Writes
+// are pipelined compare-and-set publishes.
+type KVStore struct {
+	js       jetstream.JetStream
+	bucket   string
+	replicas int
+	kv       jetstream.KeyValue
+}
+
+var _ StateStore = (*KVStore)(nil)
+
+// NewKVStore returns a store in bucket (created by Init).
+func NewKVStore(js jetstream.JetStream, bucket string, replicas int) *KVStore {
+	if replicas < 1 {
+		replicas = 1
+	}
+	return &KVStore{js: js, bucket: bucket, replicas: replicas}
+}
+
+// Init creates the bucket.
+func (s *KVStore) Init(ctx context.Context) error {
+	kv, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: s.bucket, History: 1, Replicas: s.replicas, Storage: jetstream.FileStorage,
+		Description: "jetproj projection positions and state",
+	})
+	if err != nil {
+		return fmt.Errorf("projector: state bucket %s: %w", s.bucket, err)
+	}
+	s.kv = kv
+	return nil
+}
+
+func (s *KVStore) bucketKV(ctx context.Context) (jetstream.KeyValue, error) {
+	if s.kv != nil {
+		return s.kv, nil
+	}
+	kv, err := s.js.KeyValue(ctx, s.bucket)
+	if err != nil {
+		return nil, fmt.Errorf("projector: state bucket %s: %w", s.bucket, err)
+	}
+	s.kv = kv
+	return kv, nil
+}
+
+func partKey(slot int, key string) string { return "p." + strconv.Itoa(slot) + "." + kvKeyToken(key) }
+
+// LoadSlot reads the slot's records with one ordered consumer.
+func (s *KVStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64, error) {
+	kv, err := s.bucketKV(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	var wm uint64
+	if e, err := kv.Get(ctx, "w."+strconv.Itoa(slot)); err == nil {
+		wm, _ = strconv.ParseUint(string(e.Value()), 10, 64)
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, err
+	}
+	w, err := kv.Watch(ctx, "p."+strconv.Itoa(slot)+".>", jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, 0, err
+	}
+	defer w.Stop() //nolint:errcheck
+	var out []Record
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return out, wm, nil
+			}
+			if e == nil { // initial values done
+				return out, wm, nil
+			}
+			var r Record
+			if err := json.Unmarshal(e.Value(), &r); err != nil {
+				return nil, 0, fmt.Errorf("projector: record %s: %w", e.Key(), err)
+			}
+			r.Revision = e.Revision()
+			out = append(out, r)
+		}
+	}
+}
+
+// Get reads one record.
+func (s *KVStore) Get(ctx context.Context, slot int, key string) (*Record, error) {
+	kv, err := s.bucketKV(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e, err := kv.Get(ctx, partKey(slot, key))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r Record
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return nil, err
+	}
+	r.Revision = e.Revision()
+	return &r, nil
+}
+
+// Fence stores the slot's token; a token only grows.
+func (s *KVStore) Fence(ctx context.Context, slot int, token uint64) error {
+	kv, err := s.bucketKV(ctx)
+	if err != nil {
+		return err
+	}
+	key := "f." + strconv.Itoa(slot)
+	for range 10 {
+		e, err := kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			_, err = kv.Create(ctx, key, []byte(strconv.FormatUint(token, 10)))
+		case err != nil:
+			return err
+		default:
+			cur, _ := strconv.ParseUint(string(e.Value()), 10, 64)
+			if cur >= token {
+				if cur > token {
+					return &FencedError{Slots: []int{slot}}
+				}
+				return nil
+			}
+			_, err = kv.Update(ctx, key, []byte(strconv.FormatUint(token, 10)), e.Revision())
+		}
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return err
+		}
+	}
+	return fmt.Errorf("projector: fence slot %d: too much contention", slot)
+}
+
+// Reset purges the bucket.
+func (s *KVStore) Reset(ctx context.Context) error {
+	st, err := s.js.Stream(ctx, "KV_"+s.bucket)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return st.Purge(ctx)
+}
+
+// Delete removes the bucket.
+func (s *KVStore) Delete(ctx context.Context) error {
+	err := s.js.DeleteKeyValue(ctx, s.bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil
+	}
+	s.kv = nil
+	return err
+}
+
+// Summary lists parked records and counts partitions.
+func (s *KVStore) Summary(ctx context.Context) ([]Record, int, error) {
+	kv, err := s.bucketKV(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	w, err := kv.Watch(ctx, "p.>", jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, 0, err
+	}
+	defer w.Stop() //nolint:errcheck
+	var parked []Record
+	n := 0
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		n++
+		if strings.Contains(string(e.Value()), `"parked"`) {
+			var r Record
+			if json.Unmarshal(e.Value(), &r) == nil && r.Parked != nil {
+				r.Revision = e.Revision()
+				parked = append(parked, r)
+			}
+		}
+	}
+	return parked, n, nil
+}
+
+type kvBatch struct {
+	s      *KVStore
+	puts   []kvPut
+	marks  map[int]uint64
+	tokens map[int]uint64
+}
+
+type kvPut struct {
+	slot int
+	rec  Record
+}
+
+// Begin starts a batch.
+func (s *KVStore) Begin(ctx context.Context) (Batch, error) {
+	if _, err := s.bucketKV(ctx); err != nil {
+		return nil, err
+	}
+	return &kvBatch{s: s, marks: map[int]uint64{}, tokens: map[int]uint64{}}, nil
+}
+
+func (b *kvBatch) Tx() pgx.Tx                                { return nil }
+func (b *kvBatch) Savepoint(context.Context) error           { return nil }
+func (b *kvBatch) RollbackToSavepoint(context.Context) error { return nil }
+func (b *kvBatch) Rollback(context.Context)                  {}
+func (b *kvBatch) Put(slot int, token uint64, r Record) {
+	b.puts = append(b.puts, kvPut{slot, r})
+	b.tokens[slot] = token
+}
+func (b *kvBatch) Watermark(slot int, token uint64, seq uint64) {
+	b.marks[slot] = seq
+	b.tokens[slot] = token
+}
+
+// Commit publishes every record with its expected revision, pipelined, and
+// waits for all acknowledgements.
+func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
+	revs := make(map[string]uint64, len(b.puts))
+	type pend struct {
+		key  string
+		slot int
+		fut  jetstream.PubAckFuture
+	}
+	futs := make([]pend, 0, len(b.puts)+len(b.marks))
+	prefix := "$KV." + b.s.bucket + "."
+	now := time.Now().UTC()
+	for _, p := range b.puts {
+		p.rec.Updated = now
+		data, err := json.Marshal(p.rec)
+		if err != nil {
+			return nil, err
+		}
+		key := partKey(p.slot, p.rec.Key)
+		m := nats.NewMsg(prefix + key)
+		m.Data = data
+		fut, err := b.s.js.PublishMsgAsync(m, jetstream.WithExpectLastSequencePerSubject(p.rec.Revision))
+		if err != nil {
+			return nil, fmt.Errorf("projector: write %s: %w", key, err)
+		}
+		futs = append(futs, pend{p.rec.Key, p.slot, fut})
+	}
+	for slot, seq := range b.marks {
+		m := nats.NewMsg(prefix + "w." + strconv.Itoa(slot))
+		m.Data = []byte(strconv.FormatUint(seq, 10))
+		fut, err := b.s.js.PublishMsgAsync(m)
+		if err != nil {
+			return nil, err
+		}
+		futs = append(futs, pend{"", slot, fut})
+	}
+	var fenced []int
+	var firstErr error
+	for _, p := range futs {
+		select {
+		case ack := <-p.fut.Ok():
+			if p.key != "" {
+				revs[p.key] = ack.Sequence
+			}
+		case err := <-p.fut.Err():
+			var apiErr *jetstream.APIError
+			if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+				fenced = append(fenced, p.slot)
+			} else if firstErr == nil {
+				firstErr = err
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if len(fenced) > 0 {
+		return revs, &FencedError{Slots: fenced}
+	}
+	if firstErr != nil {
+		return revs, fmt.Errorf("projector: commit: %w", firstErr)
+	}
+	return revs, nil
+}

@@ -1,0 +1,315 @@
+package projector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// PGStore keeps records in PostgreSQL tables, written in the same
+// transaction as the read model: jetproj.partitions and jetproj.slots.
+type PGStore struct {
+	pool       *pgxpool.Pool
+	projection string
+}
+
+var _ StateStore = (*PGStore)(nil)
+
+// NewPGStore returns a store for projection in pool's database.
+func NewPGStore(pool *pgxpool.Pool, projection string) *PGStore {
+	return &PGStore{pool: pool, projection: projection}
+}
+
+const pgSchema = `
+CREATE SCHEMA IF NOT EXISTS jetproj;
+CREATE TABLE IF NOT EXISTS jetproj.partitions (
+    projection text        NOT NULL,
+    partition  text        NOT NULL,
+    slot       integer     NOT NULL,
+    subject    text        NOT NULL DEFAULT '',
+    behind     boolean     NOT NULL DEFAULT false,
+    failing    jsonb,
+    skip       bigint      NOT NULL DEFAULT 0,
+    seq        bigint      NOT NULL,
+    position   bigint      NOT NULL DEFAULT 0,
+    state      jsonb,
+    parked     jsonb,
+    revision   bigint      NOT NULL DEFAULT 1,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projection, partition)
+);
+CREATE INDEX IF NOT EXISTS partitions_slot ON jetproj.partitions (projection, slot);
+CREATE TABLE IF NOT EXISTS jetproj.slots (
+    projection text    NOT NULL,
+    slot       integer NOT NULL,
+    token      bigint  NOT NULL DEFAULT 0,
+    watermark  bigint  NOT NULL DEFAULT 0,
+    PRIMARY KEY (projection, slot)
+);`
+
+// Init creates the tables (idempotent; serialised by an advisory lock).
+func (s *PGStore) Init(ctx context.Context) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(7305726)`); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, pgSchema); err != nil {
+		return fmt.Errorf("projector: create jetproj tables: %w", err)
+	}
+	return tx.Commit(ctx)
+}
+
+// LoadSlot reads the slot's records.
+func (s *PGStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64, error) {
+	var wm int64
+	err := s.pool.QueryRow(ctx, `SELECT watermark FROM jetproj.slots WHERE projection = $1 AND slot = $2`, s.projection, slot).Scan(&wm)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return nil, 0, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, seq, position, state, parked, revision, updated_at
+FROM jetproj.partitions WHERE projection = $1 AND slot = $2`, s.projection, slot)
+	if err != nil {
+		return nil, 0, err
+	}
+	recs, err := scanRecords(rows)
+	return recs, uint64(wm), err
+}
+
+func scanRecords(rows pgx.Rows) ([]Record, error) {
+	defer rows.Close()
+	var out []Record
+	for rows.Next() {
+		var r Record
+		var seq, rev, skip int64
+		var state, parked, failing []byte
+		if err := rows.Scan(&r.Key, &r.Subject, &r.Behind, &failing, &skip, &seq, &r.Position, &state, &parked, &rev, &r.Updated); err != nil {
+			return nil, err
+		}
+		r.Seq, r.Revision, r.Skip = uint64(seq), uint64(rev), uint64(skip)
+		if len(state) > 0 {
+			r.State = state
+		}
+		if len(parked) > 0 {
+			r.Parked = new(Parked)
+			if err := json.Unmarshal(parked, r.Parked); err != nil {
+				return nil, err
+			}
+		}
+		if len(failing) > 0 {
+			r.Failing = new(Parked)
+			if err := json.Unmarshal(failing, r.Failing); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// Get reads one record.
+func (s *PGStore) Get(ctx context.Context, _ int, key string) (*Record, error) {
+	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, seq, position, state, parked, revision, updated_at
+FROM jetproj.partitions WHERE projection = $1 AND partition = $2`, s.projection, key)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := scanRecords(rows)
+	if err != nil || len(recs) == 0 {
+		return nil, err
+	}
+	return &recs[0], nil
+}
+
+// Fence raises the slot's token; it waits for a batch of the previous owner
+// in flight (which holds the row FOR SHARE) to finish.
+func (s *PGStore) Fence(ctx context.Context, slot int, token uint64) error {
+	var cur int64
+	err := s.pool.QueryRow(ctx, `
+INSERT INTO jetproj.slots (projection, slot, token) VALUES ($1, $2, $3)
+ON CONFLICT (projection, slot) DO UPDATE SET token = greatest(jetproj.slots.token, excluded.token)
+RETURNING token`, s.projection, slot, int64(token)).Scan(&cur)
+	if err != nil {
+		return fmt.Errorf("projector: fence slot %d: %w", slot, err)
+	}
+	if uint64(cur) > token {
+		return &FencedError{Slots: []int{slot}}
+	}
+	return nil
+}
+
+// Reset deletes the projection's records and watermarks (not its tokens).
+func (s *PGStore) Reset(ctx context.Context) error {
+	_, err := s.pool.Exec(ctx, `DELETE FROM jetproj.partitions WHERE projection = $1;`, s.projection)
+	if err == nil {
+		_, err = s.pool.Exec(ctx, `UPDATE jetproj.slots SET watermark = 0 WHERE projection = $1`, s.projection)
+	}
+	return err
+}
+
+// Delete removes everything of the projection.
+func (s *PGStore) Delete(ctx context.Context) error {
+	_, err := s.pool.Exec(ctx, `DELETE FROM jetproj.partitions WHERE projection = $1`, s.projection)
+	if err == nil {
+		_, err = s.pool.Exec(ctx, `DELETE FROM jetproj.slots WHERE projection = $1`, s.projection)
+	}
+	return err
+}
+
+// Summary lists parked records and counts partitions.
+func (s *PGStore) Summary(ctx context.Context) ([]Record, int, error) {
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.partitions WHERE projection = $1`, s.projection).Scan(&n); err != nil {
+		return nil, 0, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, seq, position, state, parked, revision, updated_at
+FROM jetproj.partitions WHERE projection = $1 AND parked IS NOT NULL ORDER BY partition`, s.projection)
+	if err != nil {
+		return nil, 0, err
+	}
+	recs, err := scanRecords(rows)
+	return recs, n, err
+}
+
+type pgBatch struct {
+	s      *PGStore
+	tx     pgx.Tx
+	sp     int
+	puts   []kvPut
+	marks  map[int]uint64
+	tokens map[int]uint64
+}
+
+// Begin starts the batch's transaction.
+func (s *PGStore) Begin(ctx context.Context) (Batch, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &pgBatch{s: s, tx: tx, marks: map[int]uint64{}, tokens: map[int]uint64{}}, nil
+}
+
+func (b *pgBatch) Tx() pgx.Tx { return b.tx }
+
+func (b *pgBatch) Savepoint(ctx context.Context) error {
+	b.sp++
+	_, err := b.tx.Exec(ctx, fmt.Sprintf("SAVEPOINT p%d", b.sp))
+	return err
+}
+
+func (b *pgBatch) RollbackToSavepoint(ctx context.Context) error {
+	_, err := b.tx.Exec(ctx, fmt.Sprintf("ROLLBACK TO SAVEPOINT p%d", b.sp))
+	return err
+}
+
+func (b *pgBatch) Put(slot int, token uint64, r Record) {
+	b.puts = append(b.puts, kvPut{slot, r})
+	b.tokens[slot] = token
+}
+
+func (b *pgBatch) Watermark(slot int, token uint64, seq uint64) {
+	b.marks[slot] = seq
+	b.tokens[slot] = token
+}
+
+func (b *pgBatch) Rollback(ctx context.Context) { _ = b.tx.Rollback(ctx) }
+
+// Commit checks the fence tokens, writes the records with compare-and-set on
+// their revision, and commits the transaction.
+func (b *pgBatch) Commit(ctx context.Context) (map[string]uint64, error) {
+	defer b.tx.Rollback(ctx) //nolint:errcheck
+	slots := make([]int32, 0, len(b.tokens))
+	for s := range b.tokens {
+		slots = append(slots, int32(s))
+	}
+	rows, err := b.tx.Query(ctx, `SELECT slot, token FROM jetproj.slots WHERE projection = $1 AND slot = ANY($2) FOR SHARE`, b.s.projection, slots)
+	if err != nil {
+		return nil, err
+	}
+	have := map[int]uint64{}
+	for rows.Next() {
+		var slot int32
+		var tok int64
+		if err := rows.Scan(&slot, &tok); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		have[int(slot)] = uint64(tok)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	var fenced []int
+	for s, tok := range b.tokens {
+		if have[s] != tok {
+			fenced = append(fenced, s)
+		}
+	}
+	if len(fenced) > 0 {
+		return nil, &FencedError{Slots: fenced}
+	}
+	revs := make(map[string]uint64, len(b.puts))
+	now := time.Now().UTC()
+	batch := &pgx.Batch{}
+	for _, p := range b.puts {
+		var parked, failing []byte
+		if p.rec.Parked != nil {
+			parked, _ = json.Marshal(p.rec.Parked)
+		}
+		if p.rec.Failing != nil {
+			failing, _ = json.Marshal(p.rec.Failing)
+		}
+		var state []byte
+		if len(p.rec.State) > 0 {
+			state = p.rec.State
+		}
+		key, rev := p.rec.Key, p.rec.Revision
+		if rev == 0 {
+			batch.Queue(`INSERT INTO jetproj.partitions (projection, partition, slot, seq, position, state, parked, revision, updated_at, subject, behind, failing, skip)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING`, b.s.projection, key, p.slot, int64(p.rec.Seq), p.rec.Position, state, parked, now,
+				p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip)).
+				Exec(func(tag pgconn.CommandTag) error {
+					if tag.RowsAffected() != 1 {
+						fenced = append(fenced, p.slot)
+					}
+					revs[key] = 1
+					return nil
+				})
+			continue
+		}
+		batch.Queue(`UPDATE jetproj.partitions SET seq = $3, position = $4, state = $5, parked = $6, revision = revision + 1, updated_at = $7,
+    subject = $9, behind = $10, failing = $11, skip = $12
+WHERE projection = $1 AND partition = $2 AND revision = $8`, b.s.projection, key, int64(p.rec.Seq), p.rec.Position, state, parked, now, int64(rev),
+			p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip)).
+			Exec(func(tag pgconn.CommandTag) error {
+				if tag.RowsAffected() != 1 {
+					fenced = append(fenced, p.slot)
+				}
+				revs[key] = rev + 1
+				return nil
+			})
+	}
+	for slot, seq := range b.marks {
+		batch.Queue(`UPDATE jetproj.slots SET watermark = greatest(watermark, $3) WHERE projection = $1 AND slot = $2`, b.s.projection, slot, int64(seq))
+	}
+	if err := b.tx.SendBatch(ctx, batch).Close(); err != nil {
+		return nil, fmt.Errorf("projector: write positions: %w", err)
+	}
+	if len(fenced) > 0 {
+		return nil, &FencedError{Slots: fenced}
+	}
+	if err := b.tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("projector: commit: %w", err)
+	}
+	return revs, nil
+}
