@@ -302,3 +302,19 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 	}
 	return revs, nil
 }
+
+// Watermark reads one slot's watermark.
+func (s *KVStore) Watermark(ctx context.Context, slot int) (uint64, error) {
+	kv, err := s.bucketKV(ctx)
+	if err != nil {
+		return 0, err
+	}
+	e, err := kv.Get(ctx, "w."+strconv.Itoa(slot))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(string(e.Value()), 10, 64)
+}

@@ -313,3 +313,13 @@ WHERE projection = $1 AND partition = $2 AND revision = $8`, b.s.projection, key
 	}
 	return revs, nil
 }
+
+// Watermark reads one slot's watermark.
+func (s *PGStore) Watermark(ctx context.Context, slot int) (uint64, error) {
+	var wm int64
+	err := s.pool.QueryRow(ctx, `SELECT watermark FROM jetproj.slots WHERE projection = $1 AND slot = $2`, s.projection, slot).Scan(&wm)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return uint64(wm), err
+}

@@ -1,0 +1,115 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/projection"
+)
+
+// Status describes a projection across all replicas, as `projector status`
+// shows it.
+type Status struct {
+	Name       string `json:"name"`
+	Kind       string `json:"kind"`
+	State      string `json:"state"`
+	Store      string `json:"store"`
+	Generation int    `json:"generation"`
+	Partitions int    `json:"partitions"`
+	// Position is the lowest slot watermark: every message up to it is
+	// handled (failing partitions aside).
+	Position uint64 `json:"position"`
+	// Head is the source stream's last sequence; Lag = Head - Position.
+	Head uint64 `json:"head"`
+	Lag  uint64 `json:"lag"`
+	// Owners maps replica names to the number of slots they hold.
+	Owners map[string]int `json:"owners"`
+	Slots  int            `json:"slots"`
+	Parked []Record       `json:"parked,omitempty"`
+}
+
+// ReadStatus reports on a projection from the registry, its leases, its
+// state store and its source stream.
+func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) (Status, error) {
+	st := Status{Name: d.Name(), Kind: d.Kind().String(), Slots: d.Spec().Slots, Owners: map[string]int{}, State: "not initialised"}
+	reg, err := OpenRegistry(ctx, js, replicas)
+	if err != nil {
+		return st, err
+	}
+	if e, ok, err := reg.Get(ctx, d.Name()); err != nil {
+		return st, err
+	} else if ok {
+		st.State, st.Generation, st.Store = e.State, e.Generation, e.Store
+	}
+	if s, err := js.Stream(ctx, d.Source().Stream); err == nil {
+		st.Head = s.CachedInfo().State.LastSeq
+	}
+	if kv, err := js.KeyValue(ctx, leaseBucket(d.Name())); err == nil {
+		if lister, err := kv.ListKeys(ctx); err == nil {
+			for k := range lister.Keys() {
+				if !strings.HasPrefix(k, "s.") {
+					continue
+				}
+				if e, err := kv.Get(ctx, k); err == nil {
+					st.Owners[holderOf(e.Value())]++
+				}
+			}
+		}
+	}
+	store := StoreFor(js, d, replicas)
+	if st.State == "not initialised" {
+		return st, nil
+	}
+	if err := store.Init(ctx); err != nil {
+		return st, err
+	}
+	parked, n, err := store.Summary(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return st, err
+	}
+	st.Parked, st.Partitions = parked, n
+	first := true
+	for slot := range d.Spec().Slots {
+		_, wm, err := loadWatermark(ctx, store, slot)
+		if err != nil {
+			return st, err
+		}
+		if first || wm < st.Position {
+			st.Position, first = wm, false
+		}
+	}
+	if st.Head > st.Position {
+		st.Lag = st.Head - st.Position
+	}
+	return st, nil
+}
+
+// loadWatermark reads a slot's watermark without its records when the
+// store can.
+func loadWatermark(ctx context.Context, s StateStore, slot int) (int, uint64, error) {
+	if w, ok := s.(interface {
+		Watermark(ctx context.Context, slot int) (uint64, error)
+	}); ok {
+		wm, err := w.Watermark(ctx, slot)
+		return 0, wm, err
+	}
+	recs, wm, err := s.LoadSlot(ctx, slot)
+	return len(recs), wm, err
+}
+
+func holderOf(v []byte) string {
+	// The lease value is JSON with a "holder" field.
+	s := string(v)
+	i := strings.Index(s, `"holder":"`)
+	if i < 0 {
+		return "?"
+	}
+	s = s[i+len(`"holder":"`):]
+	if j := strings.IndexByte(s, '"'); j >= 0 {
+		return s[:j]
+	}
+	return "?"
+}
