@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -41,6 +42,8 @@ type Projector struct {
 	defs    []*projection.Definition
 	log     *slog.Logger
 	metrics *metrics
+
+	mu      sync.Mutex
 	runners []*runner
 }
 
@@ -126,7 +129,9 @@ func (p *Projector) run(ctx context.Context) error {
 		if r == nil {
 			continue
 		}
+		p.mu.Lock()
 		p.runners = append(p.runners, r)
+		p.mu.Unlock()
 		g.Go(func() error { return r.run(gctx) })
 	}
 	return g.Wait()
@@ -171,8 +176,11 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.De
 
 // Statuses reports what each runner of this process does.
 func (p *Projector) Statuses() []RunnerStatus {
-	out := make([]RunnerStatus, 0, len(p.runners))
-	for _, r := range p.runners {
+	p.mu.Lock()
+	runners := append([]*runner(nil), p.runners...)
+	p.mu.Unlock()
+	out := make([]RunnerStatus, 0, len(runners))
+	for _, r := range runners {
 		r.mu.Lock()
 		s := r.status
 		s.Slots = append([]int(nil), s.Slots...)

@@ -252,7 +252,7 @@ func TestReplicasShareAndSurviveKills(t *testing.T) {
 	b.waitFold(t, "wallet_balance", 30*time.Second)
 	// Both replicas own slots.
 	devtest.Eventually(t, 15*time.Second, func() error {
-		s1, s2 := r1.p.Statuses()[0].Slots, r2.p.Statuses()[0].Slots
+		s1, s2 := slotsOf(r1), slotsOf(r2)
 		if len(s1) == 0 || len(s2) == 0 || len(s1)+len(s2) != 64 {
 			return fmt.Errorf("slots r1 %d, r2 %d", len(s1), len(s2))
 		}

@@ -190,8 +190,10 @@ func (r *runner) run(ctx context.Context) error {
 		r.armRetry(retry)
 		var first jetstream.Msg
 		var tick <-chan time.Time
+		msgs := r.cons.msgs
 		if r.spec.Mode == projection.Polling {
-			tick = time.After(r.spec.Interval)
+			// Polling projections look at what arrived once per interval.
+			tick, msgs = time.After(r.spec.Interval), nil
 		}
 		select {
 		case <-ctx.Done():
@@ -210,7 +212,7 @@ func (r *runner) run(ctx context.Context) error {
 			r.restartAt = r.next
 			continue
 		case <-tick:
-		case first = <-r.cons.msgs:
+		case first = <-msgs:
 		}
 		if r.spec.Mode == projection.Polling && first == nil {
 			select {

@@ -125,9 +125,9 @@ func storeEvents(t *testing.T, pool *pgxpool.Pool) map[int64]storedEvent {
 	out := map[int64]storedEvent{}
 	for rows.Next() {
 		var (
-			pos          int64
-			aggT, aggID  string
-			e            storedEvent
+			pos         int64
+			aggT, aggID string
+			e           storedEvent
 		)
 		if err := rows.Scan(&pos, &aggT, &aggID, &e.version, &e.typ); err != nil {
 			t.Fatal(err)
@@ -289,4 +289,23 @@ func verifyExactlyOnce(t *testing.T, pool *pgxpool.Pool, js jetstream.JetStream)
 			len(msgs), len(want), strings.Join(problems, "\n  "))
 	}
 	t.Logf("stream EVENTS holds each of the %d committed events exactly once, in version order per aggregate", len(want))
+}
+
+// appendWallets opens wallets prefix-0 … prefix-(n-1), each with a
+// WalletOpened and perWallet-1 MoneyWasAddedToWallet events, and returns the
+// number of events appended.
+func appendWallets(t *testing.T, pool *pgxpool.Pool, prefix string, n, perWallet int) int {
+	t.Helper()
+	ctx := context.Background()
+	for i := range n {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		evs := []eventstore.NewEvent{{Type: "WalletOpened", Payload: map[string]string{"owner": id}}}
+		for j := 1; j < perWallet; j++ {
+			evs = append(evs, eventstore.NewEvent{Type: "MoneyWasAddedToWallet", Payload: map[string]int{"amount": 100 * j}})
+		}
+		if _, err := eventstore.Append(ctx, pool, "wallet", id, eventstore.ExpectNoStream, evs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return n * perWallet
 }

@@ -269,13 +269,29 @@ type result struct {
 	took           time.Duration
 }
 
-// runFeeder runs a feeder command to its end, within a deadline.
+// runFeeder runs a feeder command with exactly the environment env, to its
+// end within a deadline. The caller reports its output when it matters.
 func runFeeder(t *testing.T, env map[string]string, args ...string) result {
 	t.Helper()
+	path := bins.build(t).feeder
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Env = []string{}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
-	p := startProc(t, "feeder "+strings.Join(args, " "), bins.build(t).feeder, env, args...)
-	code := p.wait(t, 30*time.Second)
-	return result{code: code, stdout: p.stdout.String(), stderr: p.stderr.String(), took: time.Since(start)}
+	err := cmd.Run()
+	r := result{code: cmd.ProcessState.ExitCode(), stdout: stdout.String(), stderr: stderr.String(), took: time.Since(start)}
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) || ctx.Err() != nil {
+		t.Fatalf("feeder %s: %v (ctx: %v)\nstderr:\n%s", strings.Join(args, " "), err, ctx.Err(), r.stderr)
+	}
+	return r
 }
 
 // leaseHolder reads the holder of the feeder's lease from the KV bucket

@@ -1,0 +1,153 @@
+package projector_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/projection"
+)
+
+type Totals struct {
+	Events int   `json:"events"`
+	Cents  int64 `json:"cents"`
+	// LastSeq proves stream order: every event has a higher sequence.
+	LastSeq uint64 `json:"last_seq"`
+}
+
+func totals(name string, opts ...projection.Option) *projection.Projection[Totals] {
+	p := projection.New[Totals](name, append([]projection.Option{projection.FromAggregates("wallet"), projection.AsGlobal()}, opts...)...)
+	projection.OnAny(p, func(_ context.Context, c *projection.Context[Totals], m projection.Meta) error {
+		if m.Sequence <= c.State.LastSeq {
+			return fmt.Errorf("sequence %d after %d", m.Sequence, c.State.LastSeq)
+		}
+		c.State.LastSeq = m.Sequence
+		c.State.Events++
+		var amount int64
+		if _, err := fmt.Sscanf(string(m.Raw), `{"amount":%d}`, &amount); err == nil {
+			switch m.Type {
+			case "MoneyWasAddedToWallet":
+				c.State.Cents += amount
+			case "MoneyWasWithdrawnFromWallet":
+				c.State.Cents -= amount
+			}
+		}
+		return nil
+	})
+	return p
+}
+
+func (b *bundle) foldTotals() Totals {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var t Totals
+	for _, bal := range b.fold {
+		t.Events += bal.Count
+		t.Cents += bal.Cents
+	}
+	return t
+}
+
+func (b *bundle) waitTotals(t *testing.T, name string, within time.Duration) {
+	t.Helper()
+	devtest.Eventually(t, within, func() error {
+		got := b.states(t, name)["global"]
+		var tot Totals
+		if err := jsonUnmarshal(got.State, &tot); err != nil && len(got.State) > 0 {
+			return err
+		}
+		want := b.foldTotals()
+		if tot.Events != want.Events || tot.Cents != want.Cents {
+			return fmt.Errorf("totals %+v, want %+v", tot, want)
+		}
+		return nil
+	})
+}
+
+// TestGlobalBesidePartitioned runs a global and a partitioned projection of
+// the same events side by side, on two replicas: the global one runs on one
+// replica only, sees stream order, and agrees with the sum of the
+// partitioned one.
+func TestGlobalBesidePartitioned(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.publishWallets(t, 100, 5)
+	r1 := b.run(t, "r1", totals("wallet_totals"), walletBalance("wallet_balance"))
+	r2 := b.run(t, "r2", totals("wallet_totals"), walletBalance("wallet_balance"))
+	b.waitTotals(t, "wallet_totals", 30*time.Second)
+	b.waitFold(t, "wallet_balance", 30*time.Second)
+	owners := 0
+	for _, r := range []*running{r1, r2} {
+		for _, st := range r.p.Statuses() {
+			if st.Projection == "wallet_totals" && len(st.Slots) > 0 {
+				owners++
+			}
+		}
+	}
+	if owners != 1 {
+		t.Fatalf("the global projection runs on %d replicas, want 1", owners)
+	}
+	// Sum of the partitioned states equals the global total.
+	var sum int64
+	for _, r := range b.states(t, "wallet_balance") {
+		var bal Balance
+		_ = jsonUnmarshal(r.State, &bal)
+		sum += bal.Cents
+	}
+	if want := b.foldTotals().Cents; sum != want {
+		t.Fatalf("partitioned sum %d, global %d", sum, want)
+	}
+	// The global projection's replica dies: the other takes over.
+	r1.kill(t)
+	b.publishWallets(t, 20, 2)
+	b.waitTotals(t, "wallet_totals", 30*time.Second)
+}
+
+// TestStreamingFromAnotherStream reads any JetStream subjects: here a
+// stream of the test's own, partitioned by subject.
+func TestStreamingFromAnotherStream(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}, AllowDirect: true}); err != nil {
+		t.Fatal(err)
+	}
+	type Count struct{ N int }
+	p := projection.New[Count]("order_counts", projection.FromSubjects("ORDERS", "orders.>"))
+	projection.OnAny(p, func(_ context.Context, c *projection.Context[Count], m projection.Meta) error {
+		c.State.N++
+		return nil
+	})
+	for i := range 30 {
+		if _, err := b.js.Publish(ctx, fmt.Sprintf("orders.created.o%d", i%3), []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.run(t, "r1", p)
+	devtest.Eventually(t, 20*time.Second, func() error {
+		got := b.states(t, "order_counts")
+		for i := range 3 {
+			var c Count
+			_ = jsonUnmarshal(got[fmt.Sprintf("o%d", i)].State, &c)
+			if c.N != 10 {
+				return fmt.Errorf("o%d: %d events, want 10 (%d partitions)", i, c.N, len(got))
+			}
+		}
+		return nil
+	})
+}
+
+// TestPolling runs a projection on an interval.
+func TestPolling(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.publishWallets(t, 20, 3)
+	b.run(t, "r1", totals("wallet_totals", projection.WithPolling(200*time.Millisecond)))
+	b.waitTotals(t, "wallet_totals", 20*time.Second)
+	b.publishWallets(t, 5, 1)
+	b.waitTotals(t, "wallet_totals", 20*time.Second)
+}
