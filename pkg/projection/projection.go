@@ -46,8 +46,8 @@ const (
 	Polling
 )
 
-// Source is where a projection's messages come from.
-type Source struct {
+// SourceConfig says where a projection's messages come from.
+type SourceConfig struct {
 	// Stream is the JetStream stream, EVENTS by default.
 	Stream string
 	// Subjects are the filter subjects pushed to the server.
@@ -170,7 +170,7 @@ type PartitionHook func(ctx context.Context, tx pgx.Tx, partition string) error
 // Create it with New; add handlers with On.
 type Definition struct {
 	name        string
-	source      Source
+	source      SourceConfig
 	kind        Kind
 	mode        Mode
 	interval    time.Duration
@@ -191,6 +191,9 @@ type Definition struct {
 	onDelete    Hook
 	onResetPart PartitionHook
 	errs        []string
+
+	customSource Source
+	partitions   PartitionProvider
 }
 
 // Projection is a typed definition: handlers see state of type S.
@@ -222,7 +225,7 @@ func New[S any](name string, opts ...Option) *Projection[S] {
 	for _, o := range opts {
 		o(d)
 	}
-	if d.source.Stream == "" && len(d.source.Subjects) == 0 {
+	if d.source.Stream == "" && len(d.source.Subjects) == 0 && d.customSource == nil {
 		d.errs = append(d.errs, "no source: use FromAggregates or FromSubjects")
 	}
 	if d.kind == Global {
@@ -445,8 +448,8 @@ func (d *Definition) Name() string { return d.name }
 // Kind is partitioned or global.
 func (d *Definition) Kind() Kind { return d.kind }
 
-// Source is where the messages come from.
-func (d *Definition) Source() Source { return d.source }
+// SourceConfig says where the messages come from.
+func (d *Definition) SourceConfig() SourceConfig { return d.source }
 
 // Spec exposes the settings the runtime needs.
 type Spec struct {

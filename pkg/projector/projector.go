@@ -154,9 +154,14 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.De
 		}
 		p.log.Info("projection initialised", "projection", d.Name())
 	}
-	stream, err := p.js.Stream(ctx, d.Source().Stream)
-	if err != nil {
-		return nil, fmt.Errorf("projector: %s: source stream %s: %w", d.Name(), d.Source().Stream, err)
+	source := d.CustomSource()
+	if source == nil {
+		s, err := NewJetStreamSource(ctx, p.js, d.SourceConfig().Stream, d.SourceConfig().Subjects)
+		if err != nil {
+			return nil, fmt.Errorf("projector: %s: %w", d.Name(), err)
+		}
+		s.Buffer = 2 * d.Spec().BatchSize
+		source = s
 	}
 	leases, err := lease.EnsureBucket(ctx, p.js, leaseBucket(d.Name()), p.opts.LeaseTTL, p.opts.Replicas)
 	if err != nil {
@@ -167,7 +172,7 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.De
 		return nil, err
 	}
 	return &runner{
-		def: d, spec: d.Spec(), store: store, js: p.js, nc: p.nc, stream: stream, leases: leases, reg: reg,
+		def: d, spec: d.Spec(), store: store, js: p.js, nc: p.nc, source: source, parts_: d.Partitions(), leases: leases, reg: reg,
 		replica: p.opts.Replica, ttl: p.opts.LeaseTTL, metrics: p.metrics,
 		log:    p.log.With("projection", d.Name()),
 		status: RunnerStatus{Projection: d.Name(), Replica: p.opts.Replica},

@@ -65,7 +65,8 @@ type runner struct {
 	store   StateStore
 	js      jetstream.JetStream
 	nc      *nats.Conn
-	stream  jetstream.Stream
+	source  projection.Source
+	parts_  projection.PartitionProvider
 	leases  jetstream.KeyValue
 	reg     *Registry
 	replica string
@@ -188,7 +189,8 @@ func (r *runner) run(ctx context.Context) error {
 		r.setState("running")
 		// Wait for work: messages, ownership changes, due retries, commands.
 		r.armRetry(retry)
-		var first jetstream.Msg
+		var first projection.Message
+		got := false
 		var tick <-chan time.Time
 		msgs := r.cons.msgs
 		if r.spec.Mode == projection.Polling {
@@ -207,21 +209,22 @@ func (r *runner) run(ctx context.Context) error {
 		case <-retry.C:
 			r.retryDue(ctx)
 			continue
-		case err := <-r.cons.errs:
+		case err := <-r.cons.sub.Err():
 			r.log.Warn("consumer failed; restarting", "error", err)
 			r.restartAt = r.next
 			continue
 		case <-tick:
 		case first = <-msgs:
+			got = true
 		}
-		if r.spec.Mode == projection.Polling && first == nil {
+		if !got {
 			select {
 			case first = <-r.cons.msgs:
 			default:
 				continue
 			}
 		}
-		batch := []jetstream.Msg{first}
+		batch := []projection.Message{first}
 	collect:
 		for len(batch) < r.spec.BatchSize {
 			select {
@@ -345,11 +348,11 @@ func (r *runner) dropSlot(slot int) {
 	r.log.Info("slot dropped", "slot", slot)
 }
 
-// consumer is an ordered consumer feeding a channel.
+// consumer is the source's subscription feeding a channel.
 type consumer struct {
-	cc   jetstream.ConsumeContext
-	msgs chan jetstream.Msg
-	errs chan error
+	sub  projection.Subscription
+	msgs chan projection.Message
+	stop chan struct{}
 }
 
 func (r *runner) startConsumer(ctx context.Context) error {
@@ -361,30 +364,17 @@ func (r *runner) startConsumer(ctx context.Context) error {
 		start = 1
 	}
 	r.stopConsumer()
-	cfg := jetstream.OrderedConsumerConfig{
-		FilterSubjects: r.def.Source().Subjects,
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    start,
-	}
-	c, err := r.stream.OrderedConsumer(ctx, cfg)
+	cons := &consumer{msgs: make(chan projection.Message, 2*r.spec.BatchSize), stop: make(chan struct{})}
+	sub, err := r.source.Consume(ctx, start, func(m projection.Message) {
+		select {
+		case cons.msgs <- m:
+		case <-cons.stop:
+		}
+	})
 	if err != nil {
-		return fmt.Errorf("projector: consumer for %s: %w", r.def.Name(), err)
+		return fmt.Errorf("projector: consume %s: %w", r.def.Name(), err)
 	}
-	cons := &consumer{msgs: make(chan jetstream.Msg, 2*r.spec.BatchSize), errs: make(chan error, 1)}
-	cc, err := c.Consume(func(m jetstream.Msg) { cons.msgs <- m },
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerDeleted) {
-				select {
-				case cons.errs <- err:
-				default:
-				}
-			}
-		}),
-		jetstream.PullMaxMessages(2*r.spec.BatchSize))
-	if err != nil {
-		return err
-	}
-	cons.cc = cc
+	cons.sub = sub
 	r.cons, r.next, r.restartAt = cons, start, 0
 	return nil
 }
@@ -393,53 +383,41 @@ func (r *runner) stopConsumer() {
 	if r.cons == nil {
 		return
 	}
-	r.cons.cc.Stop()
-	// Unblock a callback waiting to send, then discard what is buffered.
-	for {
-		select {
-		case <-r.cons.msgs:
-			continue
-		case <-r.cons.cc.Closed():
-		}
-		break
-	}
+	close(r.cons.stop)
+	r.cons.sub.Stop()
 	r.cons = nil
 }
 
 // msgMeta extracts what handlers see from a message.
-func (r *runner) msgMeta(m jetstream.Msg) (projection.Meta, error) {
-	md, err := m.Metadata()
+func (r *runner) msgMeta(m projection.Message) (projection.Meta, error) {
+	key, err := r.parts_.Partition(m)
 	if err != nil {
 		return projection.Meta{}, err
 	}
-	h := m.Headers()
-	meta := projection.Meta{Subject: m.Subject(), Sequence: md.Sequence.Stream, Raw: m.Data(), RecordedAt: md.Timestamp}
+	if key == "" {
+		return projection.Meta{}, fmt.Errorf("%w: empty key for %s", projection.ErrNoPartition, m.Subject)
+	}
+	meta := projection.Meta{Subject: m.Subject, Sequence: m.Sequence, Raw: m.Data, RecordedAt: m.Time, Partition: key}
+	h := m.Header
 	meta.Type = h.Get(eventmsg.HeaderEventType)
-	src := r.def.Source()
-	if len(src.AggregateTypes) > 0 {
-		e, err := eventmsg.Parse(&nats.Msg{Subject: m.Subject(), Header: h, Data: m.Data()})
-		if err != nil {
-			return meta, err
-		}
-		meta.AggregateType, meta.AggregateID, meta.Version, meta.Position = e.AggregateType, e.AggregateID, e.Version, e.Position
-		meta.RecordedAt, meta.Metadata = e.RecordedAt, e.Metadata
-		meta.Partition = e.AggregateType + "/" + e.AggregateID
-	} else {
-		meta.Partition = src.PartitionKey(m.Subject())
-		if p := h.Get(eventmsg.HeaderEventPosition); p != "" {
-			meta.Position, _ = strconv.ParseInt(p, 10, 64)
-		}
-		for k, v := range h {
-			if name, ok := strings.CutPrefix(k, eventmsg.MetaPrefix); ok && len(v) > 0 {
-				if meta.Metadata == nil {
-					meta.Metadata = map[string]string{}
-				}
-				meta.Metadata[name] = v[0]
-			}
+	if h.Get(eventmsg.HeaderEventPosition) != "" && h.Get(eventmsg.HeaderAggregateVersion) != "" {
+		e, err := eventmsg.Parse(&nats.Msg{Subject: m.Subject, Header: h, Data: m.Data})
+		if err == nil {
+			meta.AggregateType, meta.AggregateID, meta.Version, meta.Position = e.AggregateType, e.AggregateID, e.Version, e.Position
+			meta.RecordedAt, meta.Metadata = e.RecordedAt, e.Metadata
+			return meta, nil
 		}
 	}
-	if r.def.Kind() == projection.Global {
-		meta.Partition = projection.GlobalPartition
+	if p := h.Get(eventmsg.HeaderEventPosition); p != "" {
+		meta.Position, _ = strconv.ParseInt(p, 10, 64)
+	}
+	for k, v := range h {
+		if name, ok := strings.CutPrefix(k, eventmsg.MetaPrefix); ok && len(v) > 0 {
+			if meta.Metadata == nil {
+				meta.Metadata = map[string]string{}
+			}
+			meta.Metadata[name] = v[0]
+		}
 	}
 	return meta, nil
 }
@@ -451,7 +429,7 @@ type work struct {
 }
 
 // process runs a batch of consumer messages.
-func (r *runner) process(ctx context.Context, msgs []jetstream.Msg) {
+func (r *runner) process(ctx context.Context, msgs []projection.Message) {
 	began := time.Now()
 	lastSeq := uint64(0)
 	var order []*work
@@ -459,10 +437,8 @@ func (r *runner) process(ctx context.Context, msgs []jetstream.Msg) {
 	for _, m := range msgs {
 		meta, err := r.msgMeta(m)
 		if err != nil {
-			r.log.Error("message skipped: not readable", "subject", m.Subject(), "error", err)
-			if md, e := m.Metadata(); e == nil {
-				lastSeq = md.Sequence.Stream
-			}
+			r.log.Error("message skipped: no partition", "subject", m.Subject, "seq", m.Sequence, "error", err)
+			lastSeq = m.Sequence
 			continue
 		}
 		lastSeq = meta.Sequence
@@ -510,21 +486,11 @@ func (r *runner) process(ctx context.Context, msgs []jetstream.Msg) {
 			w.p.state = nil
 		}
 		r.reloadTouched(ctx, order)
-		if first := msgSeq(msgs[0]); first > 0 {
-			r.restartAt = first
-		}
+		r.restartAt = msgs[0].Sequence
 		return
 	}
 	r.metrics.batch.WithLabelValues(r.def.Name()).Observe(time.Since(began).Seconds())
 	r.metrics.processed.WithLabelValues(r.def.Name()).Add(float64(len(msgs)))
-}
-
-func msgSeq(m jetstream.Msg) uint64 {
-	md, err := m.Metadata()
-	if err != nil {
-		return 0
-	}
-	return md.Sequence.Stream
 }
 
 // reloadTouched reloads the records of partitions whose batch failed, so the
@@ -744,23 +710,24 @@ func (r *runner) catchUp(ctx context.Context, p *part) error {
 	seq := p.rec.Seq + 1
 	limit := r.next - 1
 	for seq <= limit && len(metas) < r.spec.BatchSize {
-		raw, err := r.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(p.subject))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
+		m, err := r.source.Next(ctx, p.subject, seq)
+		if errors.Is(err, projection.ErrNoMessage) {
 			break
 		}
 		if err != nil {
 			return err
 		}
-		if raw.Sequence > limit {
+		if m.Sequence > limit {
 			break
 		}
-		m := &rawMsg{raw: raw}
 		meta, err := r.msgMeta(m)
 		if err != nil {
 			return err
 		}
-		metas = append(metas, meta)
-		seq = raw.Sequence + 1
+		if meta.Partition == p.rec.Key {
+			metas = append(metas, meta)
+		}
+		seq = m.Sequence + 1
 	}
 	if len(metas) == 0 {
 		p.fail = nil
@@ -796,19 +763,6 @@ func (r *runner) catchUp(ctx context.Context, p *part) error {
 		p.fail = &failure{next: time.Now()} // more to read
 	}
 	return nil
-}
-
-// rawMsg adapts a stored message to the jetstream.Msg methods msgMeta uses.
-type rawMsg struct {
-	jetstream.Msg
-	raw *jetstream.RawStreamMsg
-}
-
-func (m *rawMsg) Subject() string      { return m.raw.Subject }
-func (m *rawMsg) Headers() nats.Header { return m.raw.Header }
-func (m *rawMsg) Data() []byte         { return m.raw.Data }
-func (m *rawMsg) Metadata() (*jetstream.MsgMetadata, error) {
-	return &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: m.raw.Sequence}, Timestamp: m.raw.Time}, nil
 }
 
 func cloneState(d *projection.Definition, s any) (any, error) {

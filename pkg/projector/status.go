@@ -44,7 +44,7 @@ func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Defin
 	} else if ok {
 		st.State, st.Generation, st.Store = e.State, e.Generation, e.Store
 	}
-	if s, err := js.Stream(ctx, d.Source().Stream); err == nil {
+	if s, err := js.Stream(ctx, d.SourceConfig().Stream); err == nil {
 		st.Head = s.CachedInfo().State.LastSeq
 	}
 	if kv, err := js.KeyValue(ctx, leaseBucket(d.Name())); err == nil {

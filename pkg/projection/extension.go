@@ -1,0 +1,136 @@
+package projection
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Message is a message as a Source delivers it.
+type Message struct {
+	Subject  string
+	Header   nats.Header
+	Data     []byte
+	Sequence uint64
+	Time     time.Time
+}
+
+// ErrNoMessage is returned by Source.Next when no message matches.
+var ErrNoMessage = errors.New("projection: no message")
+
+// Subscription is a running Consume.
+type Subscription interface {
+	// Stop ends delivery; no callback runs after it returns.
+	Stop()
+	// Err reports a failure after which delivery stopped and Consume must
+	// be called again.
+	Err() <-chan error
+}
+
+// Source is where a projection's messages come from. The built-in one reads
+// a JetStream stream with an ordered consumer and direct gets; every
+// implementation must pass the behaviour suite in package
+// projector/sourcetest.
+type Source interface {
+	// Consume delivers, in sequence order, every message with sequence ≥
+	// from that matches the source's subjects, calling deliver from one
+	// goroutine, until Stop. deliver may block: that is backpressure.
+	Consume(ctx context.Context, from uint64, deliver func(Message)) (Subscription, error)
+	// Next returns the first message on subject with sequence ≥ from, or
+	// ErrNoMessage.
+	Next(ctx context.Context, subject string, from uint64) (Message, error)
+	// Head is the sequence of the source's last message (0 when empty).
+	Head(ctx context.Context) (uint64, error)
+}
+
+// PartitionProvider maps a message to its partition. Every implementation
+// must pass the behaviour suite in package projector/partitiontest.
+type PartitionProvider interface {
+	// Partition returns the key of m's partition: the same key for every
+	// message of one partition, never empty.
+	Partition(m Message) (string, error)
+}
+
+// ErrNoPartition reports a message a provider cannot place.
+var ErrNoPartition = errors.New("projection: message has no partition")
+
+// AggregatePartitions places a feeder message in its aggregate's partition,
+// "<aggregate_type>/<aggregate_id>", from the Aggregate-Type and
+// Aggregate-Id headers.
+type AggregatePartitions struct{}
+
+// Partition implements PartitionProvider.
+func (AggregatePartitions) Partition(m Message) (string, error) {
+	t, okT := m.Header["Aggregate-Type"]
+	id, okID := m.Header["Aggregate-Id"]
+	if !okT || !okID || len(t) == 0 || len(id) == 0 {
+		return "", errors.Join(ErrNoPartition, errors.New("no Aggregate-Type or Aggregate-Id header on "+m.Subject))
+	}
+	return unquoteHeader(t[0]) + "/" + unquoteHeader(id[0]), nil
+}
+
+func unquoteHeader(s string) string {
+	if len(s) >= 2 && s[0] == '"' {
+		if u, err := strconvUnquote(s); err == nil {
+			return u
+		}
+	}
+	return s
+}
+
+// SubjectPartitions places a message by its subject without the first Skip
+// tokens: project.wallet_balance.wallet.w1 with Skip 2 is "wallet.w1".
+type SubjectPartitions struct{ Skip int }
+
+// Partition implements PartitionProvider.
+func (p SubjectPartitions) Partition(m Message) (string, error) {
+	toks := strings.Split(m.Subject, ".")
+	if len(toks) <= p.Skip {
+		return "", errors.Join(ErrNoPartition, errors.New("subject "+m.Subject+" is too short"))
+	}
+	return strings.Join(toks[p.Skip:], "."), nil
+}
+
+// GlobalPartitions places every message in the one global partition.
+type GlobalPartitions struct{}
+
+// Partition implements PartitionProvider.
+func (GlobalPartitions) Partition(Message) (string, error) { return GlobalPartition, nil }
+
+// PartitionFunc adapts a function.
+type PartitionFunc func(m Message) (string, error)
+
+// Partition implements PartitionProvider.
+func (f PartitionFunc) Partition(m Message) (string, error) { return f(m) }
+
+// WithSource reads the projection's messages from a custom source.
+func WithSource(s Source) Option { return func(d *Definition) { d.customSource = s } }
+
+// WithPartitions places messages in partitions with a custom provider.
+func WithPartitions(p PartitionProvider) Option { return func(d *Definition) { d.partitions = p } }
+
+// CustomSource is the source set with WithSource, if any.
+func (d *Definition) CustomSource() Source { return d.customSource }
+
+// Partitions is the partition provider in effect.
+func (d *Definition) Partitions() PartitionProvider {
+	switch {
+	case d.kind == Global:
+		return GlobalPartitions{}
+	case d.partitions != nil:
+		return d.partitions
+	case len(d.source.AggregateTypes) > 0:
+		return AggregatePartitions{}
+	case d.source.PartitionKey != nil:
+		f := d.source.PartitionKey
+		return PartitionFunc(func(m Message) (string, error) { return f(m.Subject), nil })
+	default:
+		return SubjectPartitions{Skip: 2}
+	}
+}
+
+var strconvUnquote = func(s string) (string, error) { return strconv.Unquote(s) }

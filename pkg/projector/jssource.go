@@ -1,0 +1,106 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/projection"
+)
+
+// JetStreamSource is the built-in Source: an ordered consumer on a stream's
+// subjects for Consume, direct get (next by subject) for Next.
+type JetStreamSource struct {
+	Stream   jetstream.Stream
+	Subjects []string
+	// Buffer is how many messages the consumer pulls ahead (default 1000).
+	Buffer int
+}
+
+var _ projection.Source = (*JetStreamSource)(nil)
+
+// NewJetStreamSource opens the named stream.
+func NewJetStreamSource(ctx context.Context, js jetstream.JetStream, stream string, subjects []string) (*JetStreamSource, error) {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil, fmt.Errorf("projector: source stream %s: %w", stream, err)
+	}
+	return &JetStreamSource{Stream: s, Subjects: subjects}, nil
+}
+
+type jsSub struct {
+	cc   jetstream.ConsumeContext
+	errs chan error
+}
+
+func (s *jsSub) Stop() {
+	s.cc.Stop()
+	<-s.cc.Closed()
+}
+
+func (s *jsSub) Err() <-chan error { return s.errs }
+
+// Consume implements projection.Source.
+func (s *JetStreamSource) Consume(ctx context.Context, from uint64, deliver func(projection.Message)) (projection.Subscription, error) {
+	if from == 0 {
+		from = 1
+	}
+	buf := s.Buffer
+	if buf <= 0 {
+		buf = 1000
+	}
+	c, err := s.Stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: s.Subjects,
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    from,
+	})
+	if err != nil {
+		return nil, err
+	}
+	sub := &jsSub{errs: make(chan error, 1)}
+	cc, err := c.Consume(func(m jetstream.Msg) {
+		md, err := m.Metadata()
+		if err != nil {
+			return
+		}
+		deliver(projection.Message{Subject: m.Subject(), Header: m.Headers(), Data: m.Data(), Sequence: md.Sequence.Stream, Time: md.Timestamp})
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+			select {
+			case sub.errs <- err:
+			default:
+			}
+		}
+	}), jetstream.PullMaxMessages(buf))
+	if err != nil {
+		return nil, err
+	}
+	sub.cc = cc
+	return sub, nil
+}
+
+// Next implements projection.Source with a direct get.
+func (s *JetStreamSource) Next(ctx context.Context, subject string, from uint64) (projection.Message, error) {
+	if from == 0 {
+		from = 1
+	}
+	raw, err := s.Stream.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return projection.Message{}, projection.ErrNoMessage
+	}
+	if err != nil {
+		return projection.Message{}, err
+	}
+	return projection.Message{Subject: raw.Subject, Header: raw.Header, Data: raw.Data, Sequence: raw.Sequence, Time: raw.Time}, nil
+}
+
+// Head implements projection.Source.
+func (s *JetStreamSource) Head(ctx context.Context) (uint64, error) {
+	info, err := s.Stream.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.State.LastSeq, nil
+}
