@@ -180,7 +180,7 @@ type Definition struct {
 	backoffMax  time.Duration
 	slots       int
 	pool        *pgxpool.Pool
-	tenantPools func(tenant string) (*pgxpool.Pool, error)
+	tenantPools map[string]*pgxpool.Pool
 	newState    func() any
 	stateType   reflect.Type
 	handlers    map[string]HandlerFunc
@@ -339,10 +339,18 @@ func Slots(n int) Option {
 // partitions' positions and state, so effects are exactly once.
 func Postgres(pool *pgxpool.Pool) Option { return func(d *Definition) { d.pool = pool } }
 
-// PostgresPerTenant routes each tenant (metadata "tenant") to its own
-// database: a batch opens one transaction per tenant it touches.
-func PostgresPerTenant(pools func(tenant string) (*pgxpool.Pool, error)) Option {
-	return func(d *Definition) { d.tenantPools = pools }
+// PostgresPerTenant routes each tenant (the "tenant" metadata entry of an
+// event) to its own database: a partition's read-model writes, position and
+// state go to its tenant's database, in one transaction there, so one
+// tenant's read model never sees another's events. An event whose tenant is
+// missing or unknown fails its partition (it is parked with the error).
+func PostgresPerTenant(pools map[string]*pgxpool.Pool) Option {
+	return func(d *Definition) {
+		if len(pools) == 0 {
+			d.errs = append(d.errs, "PostgresPerTenant: no tenants")
+		}
+		d.tenantPools = pools
+	}
 }
 
 // OnInit runs when the projection is initialised (idempotent: create
@@ -461,7 +469,7 @@ type Spec struct {
 	Mode        Mode
 	Interval    time.Duration
 	Pool        *pgxpool.Pool
-	TenantPools func(tenant string) (*pgxpool.Pool, error)
+	TenantPools map[string]*pgxpool.Pool
 }
 
 // Spec returns the runtime settings.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -49,10 +50,25 @@ func runHook(ctx context.Context, d *projection.Definition, h projection.Hook) e
 	if h == nil {
 		return nil
 	}
-	pool := d.Spec().Pool
-	if pool == nil {
+	pools := []*pgxpool.Pool{d.Spec().Pool}
+	if d.Spec().Pool == nil {
+		pools = nil
+		for _, p := range d.Spec().TenantPools {
+			pools = append(pools, p)
+		}
+	}
+	if len(pools) == 0 {
 		return h(ctx, nil)
 	}
+	for _, pool := range pools {
+		if err := runHookIn(ctx, pool, h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func runHookIn(ctx context.Context, pool *pgxpool.Pool, h projection.Hook) error {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return err

@@ -1,9 +1,13 @@
 package projector_test
 
 import (
+	"context"
 	"encoding/json"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
@@ -16,4 +20,10 @@ func slotsOf(r *running) []int {
 		return nil
 	}
 	return st[0].Slots
+}
+
+// projectorInit initialises a projection before replicas run it, as
+// `projector init` does.
+func projectorInit(ctx context.Context, b *bundle, d projection.Definer) error {
+	return projector.Init(ctx, b.js, d.Def(), 1)
 }

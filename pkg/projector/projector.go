@@ -95,6 +95,9 @@ func StoreFor(js jetstream.JetStream, d *projection.Definition, replicas int) St
 	if pool := d.Spec().Pool; pool != nil {
 		return NewPGStore(pool, d.Name())
 	}
+	if pools := d.Spec().TenantPools; len(pools) > 0 {
+		return NewTenantStore(pools, d.Name())
+	}
 	return NewKVStore(js, "jetproj_state_"+d.Name(), replicas)
 }
 

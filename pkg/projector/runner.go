@@ -601,12 +601,34 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	if err != nil {
 		return applied{}, err
 	}
+	rec := p.rec
+	if tb, ok := b.(TenantBatch); ok {
+		tenant := rec.Tenant
+		if tenant == "" {
+			tenant = w.msgs[0].Tenant()
+		}
+		if tenant != rec.Tenant && rec.Tenant != "" {
+			return r.failed(p, w.msgs[0], fmt.Errorf("partition of tenant %q got an event of tenant %q", rec.Tenant, tenant), prev), nil
+		}
+		if err := tb.Use(ctx, tenant); err != nil {
+			if errors.Is(err, ErrUnknownTenant) {
+				return r.failed(p, w.msgs[0], err, prev), nil
+			}
+			return applied{}, err
+		}
+		rec.Tenant = tenant
+	}
 	if err := b.Savepoint(ctx); err != nil {
 		return applied{}, err
 	}
 	pc := &projection.PartitionContext{Key: p.rec.Key, Tx: b.Tx(), State: work}
-	rec := p.rec
 	for _, m := range w.msgs {
+		if rec.Tenant != "" && m.Tenant() != rec.Tenant && m.Sequence != rec.Skip {
+			if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
+				return applied{}, rerr
+			}
+			return r.failed(p, m, fmt.Errorf("partition of tenant %q got an event of tenant %q", rec.Tenant, m.Tenant()), prev), nil
+		}
 		if m.Sequence == rec.Skip {
 			r.log.Warn("message skipped by operator", "partition", rec.Key, "seq", m.Sequence, "event_type", m.Type)
 			rec.Seq, rec.Position, rec.Skip = m.Sequence, m.Position, 0

@@ -31,6 +31,8 @@ type Record struct {
 	Behind bool `json:"behind,omitempty"`
 	// Failing describes the last failure of a partition that is retrying.
 	Failing *Parked `json:"failing,omitempty"`
+	// Tenant is the tenant whose database holds the record (TenantStore).
+	Tenant string `json:"tenant,omitempty"`
 	// Skip is the sequence of a message an operator chose to skip.
 	Skip    uint64    `json:"skip,omitempty"`
 	Updated time.Time `json:"updated"`
@@ -95,6 +97,13 @@ type Batch interface {
 	Commit(ctx context.Context) (map[string]uint64, error)
 	// Rollback abandons the batch.
 	Rollback(ctx context.Context)
+}
+
+// TenantBatch is a Batch that writes to one database per tenant: Use picks
+// the tenant before a partition's writes.
+type TenantBatch interface {
+	Batch
+	Use(ctx context.Context, tenant string) error
 }
 
 // FencedError names the slots whose commit was refused.

@@ -1,0 +1,99 @@
+package projector_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/pkg/eventstore"
+	"github.com/jetproj/jetproj/pkg/projection"
+)
+
+// TestTenantsNeverSeeEachOthersEvents routes each tenant to its own
+// database: every row in a tenant's database belongs to that tenant, and an
+// event of an unknown tenant parks its partition.
+func TestTenantsNeverSeeEachOthersEvents(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	pools := map[string]*pgxpool.Pool{}
+	for _, tenant := range []string{"acme", "globex"} {
+		pool, err := pgxpool.New(ctx, devtest.Postgres(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		pools[tenant] = pool
+	}
+	p := projection.New[struct{}]("tenant_balances", projection.FromAggregates("wallet"), projection.PostgresPerTenant(pools),
+		projection.Retries(2, 10*time.Millisecond, 20*time.Millisecond),
+		projection.OnInit(func(ctx context.Context, tx projectionTx) error {
+			_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS balances (wallet text PRIMARY KEY, tenant text NOT NULL, cents bigint NOT NULL)`)
+			return err
+		}))
+	projection.On(p, func(ctx context.Context, c *projection.Context[struct{}], e projection.Event[MoneyWasAddedToWallet]) error {
+		_, err := c.Tx().Exec(ctx, `INSERT INTO balances VALUES ($1, $2, $3) ON CONFLICT (wallet) DO UPDATE SET cents = balances.cents + $3`,
+			e.AggregateID, e.Tenant(), e.Data.Amount)
+		return err
+	})
+	pos := int64(0)
+	publish := func(tenant, wallet string, version int64) {
+		pos++
+		meta := eventstore.Metadata{}
+		if tenant != "" {
+			meta["tenant"] = []byte(fmt.Sprintf("%q", tenant))
+		}
+		m, err := eventmsg.New("events", eventstore.Event{Position: pos, TransactionID: uint64(pos), AggregateType: "wallet", AggregateID: wallet,
+			Version: version, Type: "MoneyWasAddedToWallet", Payload: []byte(`{"amount":10}`), Metadata: meta, RecordedAt: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for v := int64(1); v <= 5; v++ {
+		for i := range 20 {
+			tenant := []string{"acme", "globex"}[i%2]
+			publish(tenant, fmt.Sprintf("%s-w%d", tenant, i), v)
+		}
+	}
+	publish("initech", "initech-w1", 1)
+	if err := projectorInit(ctx, b, p); err != nil {
+		t.Fatal(err)
+	}
+	b.run(t, "r1", p)
+	devtest.Eventually(t, 30*time.Second, func() error {
+		for tenant, pool := range pools {
+			var n, wrong int
+			var total int64
+			err := pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE tenant <> $1 OR wallet NOT LIKE $1 || '-%'), coalesce(sum(cents), 0) FROM balances`, tenant).Scan(&n, &wrong, &total)
+			if err != nil {
+				return err
+			}
+			if wrong != 0 {
+				t.Fatalf("tenant %s's database has %d rows of another tenant", tenant, wrong)
+			}
+			if n != 10 || total != 500 {
+				return fmt.Errorf("tenant %s: %d rows totalling %d, want 10 totalling 500", tenant, n, total)
+			}
+		}
+		return nil
+	})
+	devtest.Eventually(t, 20*time.Second, func() error {
+		var parked []byte
+		err := pools["acme"].QueryRow(ctx, `SELECT parked FROM jetproj.partitions WHERE projection = 'tenant_balances' AND partition = 'wallet/initech-w1'`).Scan(&parked)
+		if err != nil {
+			return err
+		}
+		if len(parked) == 0 {
+			return fmt.Errorf("initech-w1 not parked")
+		}
+		return nil
+	})
+}
