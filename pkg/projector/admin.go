@@ -61,19 +61,25 @@ func runHook(ctx context.Context, d *projection.Definition, h projection.Hook) e
 		return h(ctx, nil)
 	}
 	for _, pool := range pools {
-		if err := runHookIn(ctx, pool, h); err != nil {
+		if err := runHookIn(ctx, pool, d.Name(), h); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func runHookIn(ctx context.Context, pool *pgxpool.Pool, h projection.Hook) error {
+// runHookIn runs a hook in a transaction that holds the projection's
+// advisory lock, so replicas starting together do not race (CREATE TABLE IF
+// NOT EXISTS is not safe concurrently).
+func runHookIn(ctx context.Context, pool *pgxpool.Pool, name string, h projection.Hook) error {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('jetproj.projection.' || $1))`, name); err != nil {
+		return err
+	}
 	if err := h(ctx, tx); err != nil {
 		return err
 	}
