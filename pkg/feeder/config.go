@@ -105,13 +105,13 @@ func (c Config) Validate() []string {
 	var p []string
 	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
 	if !nameRE.MatchString(c.Name) {
-		add("FEEDER_NAME %q: want 1-64 characters of [a-z0-9_-]", c.Name)
+		add("FEEDER_NAME: %q: want 1-64 characters of [a-z0-9_-]", c.Name)
 	}
 	if !streamRE.MatchString(c.Stream) {
-		add("FEEDER_STREAM %q: want 1-64 characters of [A-Za-z0-9_-]", c.Stream)
+		add("FEEDER_STREAM: %q: want 1-64 characters of [A-Za-z0-9_-]", c.Stream)
 	}
 	if err := subject.ValidPrefix(c.SubjectPrefix); err != nil {
-		add("FEEDER_SUBJECT_PREFIX %q: %v", c.SubjectPrefix, err)
+		add("FEEDER_SUBJECT_PREFIX: %q: %v", c.SubjectPrefix, err)
 	}
 	for _, t := range c.AggregateTypes {
 		if t == "" {
@@ -124,45 +124,45 @@ func (c Config) Validate() []string {
 		}
 	}
 	if c.BatchSize < 1 || c.BatchSize > 100000 {
-		add("FEEDER_BATCH_SIZE %d: want 1..100000", c.BatchSize)
+		add("FEEDER_BATCH_SIZE: %d: want 1..100000", c.BatchSize)
 	}
 	if c.MaxPending < 1 || c.MaxPending > 1000000 {
-		add("FEEDER_MAX_PENDING %d: want 1..1000000", c.MaxPending)
+		add("FEEDER_MAX_PENDING: %d: want 1..1000000", c.MaxPending)
 	}
 	if c.PollInterval < time.Millisecond {
-		add("FEEDER_POLL_INTERVAL %v: want at least 1ms", c.PollInterval)
+		add("FEEDER_POLL_INTERVAL: %v: want at least 1ms", c.PollInterval)
 	}
 	if c.OnOversized != OversizedStop && c.OnOversized != OversizedDeadLetter {
-		add("FEEDER_ON_OVERSIZED %q: want %q or %q", c.OnOversized, OversizedStop, OversizedDeadLetter)
+		add("FEEDER_ON_OVERSIZED: %q: want %q or %q", c.OnOversized, OversizedStop, OversizedDeadLetter)
 	}
 	switch c.StreamReplicas {
 	case 1, 3, 5:
 	default:
-		add("FEEDER_STREAM_REPLICAS %d: want 1, 3 or 5", c.StreamReplicas)
+		add("FEEDER_STREAM_REPLICAS: %d: want 1, 3 or 5", c.StreamReplicas)
 	}
 	if c.StreamMaxAge < 0 {
-		add("FEEDER_STREAM_MAX_AGE %v: must not be negative", c.StreamMaxAge)
+		add("FEEDER_STREAM_MAX_AGE: %v: must not be negative", c.StreamMaxAge)
 	}
 	if c.DuplicateWindow <= 0 {
-		add("FEEDER_DUPLICATE_WINDOW %v: must be positive", c.DuplicateWindow)
+		add("FEEDER_DUPLICATE_WINDOW: %v: must be positive", c.DuplicateWindow)
 	}
 	if c.StreamMaxAge > 0 && c.DuplicateWindow > c.StreamMaxAge {
-		add("FEEDER_DUPLICATE_WINDOW %v: must not exceed FEEDER_STREAM_MAX_AGE %v", c.DuplicateWindow, c.StreamMaxAge)
+		add("FEEDER_DUPLICATE_WINDOW: %v: must not exceed FEEDER_STREAM_MAX_AGE %v", c.DuplicateWindow, c.StreamMaxAge)
 	}
 	if c.MaxConsumers < -1 || c.MaxConsumers == 0 {
-		add("FEEDER_STREAM_MAX_CONSUMERS %d: want -1 (unlimited) or a positive number", c.MaxConsumers)
+		add("FEEDER_STREAM_MAX_CONSUMERS: %d: want -1 (unlimited) or a positive number", c.MaxConsumers)
 	}
 	if !bucketRE.MatchString(c.LeaseBucket) {
-		add("FEEDER_LEASE_BUCKET %q: want 1-64 characters of [A-Za-z0-9_-]", c.LeaseBucket)
+		add("FEEDER_LEASE_BUCKET: %q: want 1-64 characters of [A-Za-z0-9_-]", c.LeaseBucket)
 	}
 	if !bucketRE.MatchString(c.StateBucket) {
-		add("FEEDER_STATE_BUCKET %q: want 1-64 characters of [A-Za-z0-9_-]", c.StateBucket)
+		add("FEEDER_STATE_BUCKET: %q: want 1-64 characters of [A-Za-z0-9_-]", c.StateBucket)
 	}
 	if c.LeaseBucket == c.StateBucket {
-		add("FEEDER_STATE_BUCKET %q: must differ from FEEDER_LEASE_BUCKET (leases expire, checkpoints must not)", c.StateBucket)
+		add("FEEDER_STATE_BUCKET: %q: must differ from FEEDER_LEASE_BUCKET (leases expire, checkpoints must not)", c.StateBucket)
 	}
 	if c.LeaseTTL < time.Second {
-		add("FEEDER_LEASE_TTL %v: want at least 1s", c.LeaseTTL)
+		add("FEEDER_LEASE_TTL: %v: want at least 1s", c.LeaseTTL)
 	}
 	return p
 }

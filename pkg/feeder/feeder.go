@@ -320,6 +320,20 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		}
 		return nil
 	}
+	// save records the checkpoint and status, unless nothing changed since
+	// the last time: an idle feeder writes nothing.
+	savedCk, savedState := Checkpoint{}, ""
+	save := func() {
+		st := f.Status().State
+		if acked == savedCk && st == savedState {
+			return
+		}
+		if err := f.saveCheckpoint(context.WithoutCancel(ctx), acked); err != nil {
+			f.log.Warn("checkpoint not saved", logError, err)
+			return
+		}
+		savedCk, savedState, lastSaved = acked, st, time.Now()
+	}
 	// drain waits for every publish in flight, so that nothing lands after
 	// the session ended, and records the checkpoint.
 	drain := func(force bool) error {
@@ -339,11 +353,8 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			queue = nil
 		}
 		f.setProgress(acked, "")
-		if force || err != nil || time.Since(lastSaved) > time.Second {
-			if serr := f.saveCheckpoint(context.WithoutCancel(ctx), acked); serr != nil && err == nil {
-				f.log.Warn("checkpoint not saved", logError, serr)
-			}
-			lastSaved = time.Now()
+		if force || err != nil || (acked != savedCk && time.Since(lastSaved) > time.Second) {
+			save()
 		}
 		return err
 	}
@@ -409,20 +420,18 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		}
 		if len(evs) > 0 && time.Since(lastSaved) > time.Second {
 			f.setProgress(acked, "")
-			if err := f.saveCheckpoint(ctx, acked); err != nil {
-				f.log.Warn("checkpoint not saved", logError, err)
-			}
-			lastSaved = time.Now()
+			save()
 		}
 		if progressed {
 			idleWait = time.Millisecond
 			continue // there may be more to read
 		}
 		// Caught up with what is below the horizon.
-		if err := drain(f.Status().State != StateCaughtUp); err != nil {
+		if err := drain(false); err != nil {
 			return err
 		}
 		f.setProgress(acked, StateCaughtUp)
+		save()
 		// Rows above the horizon are committed but wait for an older
 		// transaction to finish; look again soon rather than at the poll.
 		above, err := eventstore.Pending(ctx, f.pool, cur)

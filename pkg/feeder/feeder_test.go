@@ -645,7 +645,7 @@ func TestConfigListsEveryProblem(t *testing.T) {
 	cfg := feeder.Config{Name: "Bad Name", Stream: "a.b", SubjectPrefix: "x.*", EventTypes: []string{"Ticket .*"},
 		BatchSize: -1, OnOversized: "drop", StreamReplicas: 2, LeaseBucket: "same", StateBucket: "same"}.Defaults()
 	problems := cfg.Validate()
-	for _, want := range []string{"FEEDER_NAME", "FEEDER_STREAM ", "FEEDER_SUBJECT_PREFIX", "FEEDER_EVENT_TYPES", "FEEDER_BATCH_SIZE",
+	for _, want := range []string{"FEEDER_NAME", "FEEDER_STREAM:", "FEEDER_SUBJECT_PREFIX", "FEEDER_EVENT_TYPES", "FEEDER_BATCH_SIZE",
 		"FEEDER_ON_OVERSIZED", "FEEDER_STREAM_REPLICAS", "FEEDER_STATE_BUCKET"} {
 		found := false
 		for _, p := range problems {

@@ -61,11 +61,37 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 		fmt.Fprintf(stderr, "feeder: unknown command %q\n\n%s", cmd, usage)
 		return 2
 	}
-	opts := []config.Option{config.WithPrefixCheck(Prefixes...)}
+	var opts []config.Option
 	if environ != nil {
 		opts = append(opts, config.WithEnvironment(environ))
 	}
-	cfg, err := config.Load[Config](opts...)
+	if cmd == "status" {
+		// DATABASE_URL may be set (the same environment as the service) but
+		// is not used.
+		opts = append(opts, config.WithPrefixCheck("FEEDER_", "NATS_", "LOG_"))
+		// status reads the feeder's state from NATS: no database needed.
+		fs := flag.NewFlagSet("status", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		asJSON := fs.Bool("json", false, "print JSON")
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return 0
+			}
+			return 2
+		}
+		cfg, err := config.Load[StatusConfig](opts...)
+		if err != nil {
+			fmt.Fprintf(stderr, "feeder: %v\n", err)
+			return 2
+		}
+		log := logging.New(stderr, cfg.Log).With("service", "feeder")
+		if err := status(ctx, cfg, stdout, *asJSON); err != nil {
+			log.Error("feeder status failed", "error", err)
+			return 1
+		}
+		return 0
+	}
+	cfg, err := config.Load[Config](append(opts, config.WithPrefixCheck(Prefixes...))...)
 	if err != nil {
 		fmt.Fprintf(stderr, "feeder: %v\n", err)
 		return 2
@@ -74,18 +100,9 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 	ctx, stop := lifecycle.SignalContext(ctx, log, os.Exit)
 	defer stop()
 
-	switch cmd {
-	case "migrate":
+	if cmd == "migrate" {
 		err = migrate(ctx, cfg, log)
-	case "status":
-		fs := flag.NewFlagSet("status", flag.ContinueOnError)
-		fs.SetOutput(stderr)
-		asJSON := fs.Bool("json", false, "print JSON")
-		if err := fs.Parse(args); err != nil {
-			return 2
-		}
-		err = status(ctx, cfg, log, stdout, *asJSON)
-	default:
+	} else {
 		err = run(ctx, cfg, log)
 	}
 	if err != nil {
@@ -138,7 +155,14 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return f.Run(ctx)
 }
 
-func status(ctx context.Context, cfg Config, _ *slog.Logger, out io.Writer, asJSON bool) error {
+// StatusConfig is what `feeder status` needs: no database.
+type StatusConfig struct {
+	NATS   natsconn.Config
+	Feeder feeder.Config
+	Log    logging.Config
+}
+
+func status(ctx context.Context, cfg StatusConfig, out io.Writer, asJSON bool) error {
 	if cfg.NATS.Embedded() {
 		return errors.New("status needs NATS_URL: the feeder's state lives in the NATS server it runs against")
 	}

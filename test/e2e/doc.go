@@ -10,5 +10,5 @@
 //	go test ./test/e2e/ -count=1 -v
 //
 // They need the PostgreSQL server binaries (see package devenv) and the go
-// command, and take about a minute on two cores.
+// command, and take about half a minute on two cores.
 package e2e

@@ -45,6 +45,18 @@ func waitNewMessages(t *testing.T, js jetstream.JetStream, f *proc, base, n uint
 	return got
 }
 
+// mustStreamCount is the number of messages in stream EVENTS, asked until
+// the server answers (the test's connection may be reconnecting).
+func mustStreamCount(t *testing.T, js jetstream.JetStream) uint64 {
+	t.Helper()
+	var n uint64
+	devtest.Eventually(t, 10*time.Second, func() (err error) {
+		n, err = streamCount(context.Background(), js)
+		return err
+	})
+	return n
+}
+
 // TestFeederSurvivesSIGKILL is G1 from the outside: writers append
 // continuously while the feeder process is killed with SIGKILL at random
 // moments (after a random number of new messages reached the stream) and
@@ -70,7 +82,7 @@ func TestFeederSurvivesSIGKILL(t *testing.T) {
 		at := waitNewMessages(t, js, f, base, n, 60*time.Second)
 		f.kill()
 		t.Logf("kill %d: SIGKILL after %d new messages (stream held %d, %d committed)", i+1, n, at, w.committed.Load())
-		if base, _ = streamCount(context.Background(), js); base < at {
+		if base = mustStreamCount(t, js); base < at {
 			t.Fatalf("stream EVENTS shrank from %d to %d messages", at, base)
 		}
 		f = startFeeder(t, fmt.Sprintf("feeder a (run %d)", i+2), env)
@@ -166,9 +178,12 @@ func TestNATSServerRestart(t *testing.T) {
 		ns.kill()
 		t.Logf("crash %d: nats-server killed after %d new messages (stream held %d)", i+1, n, at)
 		ns.start()
-		if base, _ = streamCount(context.Background(), js); base < at {
+		restarted := time.Now()
+		if base = mustStreamCount(t, js); base < at {
 			t.Fatalf("stream EVENTS lost messages in the crash: %d before, %d after", at, base)
 		}
+		base = waitNewMessages(t, js, f, base, 1, 30*time.Second)
+		t.Logf("crash %d: the feeder published again %v after the server restarted", i+1, time.Since(restarted).Round(time.Millisecond))
 	}
 	// The feeder publishes again after the last restart.
 	waitNewMessages(t, js, f, base, 500, 60*time.Second)

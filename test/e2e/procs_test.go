@@ -126,18 +126,6 @@ func (p *proc) exited() bool {
 	}
 }
 
-// wait waits for the process to exit on its own and returns its exit code.
-func (p *proc) wait(t *testing.T, within time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-		return p.state.ExitCode()
-	case <-time.After(within):
-		t.Fatalf("%s still running after %v", p.name, within)
-		return -1
-	}
-}
-
 // logLines are the JSON log lines the process wrote to stderr.
 func (p *proc) logLines() []map[string]any {
 	var out []map[string]any
