@@ -227,6 +227,20 @@ func (b *pgBatch) Rollback(ctx context.Context) { _ = b.tx.Rollback(ctx) }
 // their revision, and commits the transaction.
 func (b *pgBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 	defer b.tx.Rollback(ctx) //nolint:errcheck
+	revs, err := b.prepare(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("projector: commit: %w", err)
+	}
+	return revs, nil
+}
+
+// prepare checks the fence tokens (holding the slots' rows FOR SHARE until
+// the transaction ends, so no new owner can fence in between) and writes
+// the records; the caller commits.
+func (b *pgBatch) prepare(ctx context.Context) (map[string]uint64, error) {
 	slots := make([]int32, 0, len(b.tokens))
 	for s := range b.tokens {
 		slots = append(slots, int32(s))
@@ -307,9 +321,6 @@ WHERE projection = $1 AND partition = $2 AND revision = $8`, b.s.projection, key
 	}
 	if len(fenced) > 0 {
 		return nil, &FencedError{Slots: fenced}
-	}
-	if err := b.tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("projector: commit: %w", err)
 	}
 	return revs, nil
 }

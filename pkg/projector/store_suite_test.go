@@ -53,3 +53,23 @@ func TestPGStoreSuite(t *testing.T) {
 		return projector.NewPGStore(pool, uniqueName(t))
 	}, storetest.Options{Transactional: true, TokensFenceCommits: true})
 }
+
+// TestTenantStoreSuite runs the StateStore suite against a TenantStore over
+// two databases. The suite works in the second tenant, so its records and
+// Tx writes live in one database and the slot watermarks (committed last)
+// in the other.
+func TestTenantStoreSuite(t *testing.T) {
+	t.Parallel()
+	pools := map[string]*pgxpool.Pool{}
+	for _, tenant := range []string{"acme", "globex"} {
+		pool, err := pgxpool.New(context.Background(), devtest.Postgres(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		pools[tenant] = pool
+	}
+	storetest.Run(t, func(t *testing.T) projector.StateStore {
+		return projector.NewTenantStore(pools, uniqueName(t))
+	}, storetest.Options{Transactional: true, TokensFenceCommits: true, Tenant: "globex"})
+}

@@ -242,16 +242,25 @@ func (b *tenantBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 	if _, ok := b.batches[b.s.tenants[0]]; ok {
 		order = append(order, b.s.tenants[0])
 	}
-	for i, t := range order {
-		r, err := b.batches[t].Commit(ctx)
+	// Check every tenant's fence tokens and write everywhere first: the token
+	// rows stay locked until commit, so a new owner cannot fence between the
+	// commits below and the batch commits in every tenant or in none.
+	for _, t := range order {
+		r, err := b.batches[t].prepare(ctx)
 		if err != nil {
-			for _, rest := range order[i+1:] {
-				b.batches[rest].Rollback(ctx)
-			}
-			return revs, fmt.Errorf("tenant %s: %w", t, err)
+			b.Rollback(ctx)
+			return nil, fmt.Errorf("tenant %s: %w", t, err)
 		}
 		for k, v := range r {
 			revs[k] = v
+		}
+	}
+	for i, t := range order {
+		if err := b.batches[t].tx.Commit(ctx); err != nil {
+			for _, rest := range order[i+1:] {
+				b.batches[rest].Rollback(ctx)
+			}
+			return nil, fmt.Errorf("tenant %s: commit: %w", t, err)
 		}
 	}
 	return revs, nil

@@ -30,6 +30,8 @@
 //     PGStore keeps the greatest, KVStore the last.)
 //   - Fence tokens only grow: the same token again is fine, an older one is
 //     refused with ErrFenced.
+//   - A commit racing a new owner's Fence either lands before it or fails
+//     with ErrFenced having written nothing; no other error comes out.
 //   - Reset removes every record and watermark; the store works after it.
 //   - Of two batches that update a record from the same revision at the same
 //     time, exactly one commits.
@@ -69,6 +71,12 @@ type Options struct {
 	// compare-and-set alone to keep a replaced owner from overwriting
 	// records; its Fence only keeps tokens growing. Default false.
 	TokensFenceCommits bool
+	// Tenant is for stores whose batches are projector.TenantBatch
+	// (TenantStore): every batch the suite begins Uses this tenant at once,
+	// as the runner does before a partition's writes, and every record the
+	// suite puts carries it. The suite's checks then hold within that
+	// tenant's database. Default "": batches are used as they are.
+	Tenant string
 }
 
 // timeout bounds each case; the cases wait on the store, never on a clock.
@@ -122,11 +130,47 @@ func (s *suite) setup(t *testing.T) (projector.StateStore, context.Context) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	t.Cleanup(cancel)
-	st := s.newStore(t)
+	var st projector.StateStore = s.newStore(t)
+	if s.opts.Tenant != "" {
+		st = tenantStore{st, s.opts.Tenant}
+	}
 	if err := st.Init(ctx); err != nil {
 		t.Fatalf("Init: %v", err)
 	}
 	return st, ctx
+}
+
+// tenantStore begins batches that Use one tenant and tag records with it.
+type tenantStore struct {
+	projector.StateStore
+	tenant string
+}
+
+type tenantBatch struct {
+	projector.TenantBatch
+	tenant string
+}
+
+func (s tenantStore) Begin(ctx context.Context) (projector.Batch, error) {
+	b, err := s.StateStore.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	tb, ok := b.(projector.TenantBatch)
+	if !ok {
+		b.Rollback(ctx)
+		return nil, fmt.Errorf("storetest: Options.Tenant is set but %T is not a projector.TenantBatch", b)
+	}
+	if err := tb.Use(ctx, s.tenant); err != nil {
+		tb.Rollback(ctx)
+		return nil, fmt.Errorf("storetest: Use(%q): %w", s.tenant, err)
+	}
+	return tenantBatch{tb, s.tenant}, nil
+}
+
+func (b tenantBatch) Put(slot int, token uint64, r projector.Record) {
+	r.Tenant = b.tenant
+	b.TenantBatch.Put(slot, token, r)
 }
 
 // Slots used by the cases: 1 and 10 catch a store that selects a slot's
@@ -210,6 +254,9 @@ func (s *suite) putAndLoad(t *testing.T) {
 	byKey := map[string]projector.Record{}
 	for _, r := range recs {
 		byKey[r.Key] = r
+		if s.opts.Tenant != "" && r.Tenant != s.opts.Tenant {
+			t.Errorf("record %q was loaded from tenant %q; want %q", r.Key, r.Tenant, s.opts.Tenant)
+		}
 	}
 	assertRecord(t, ptr(byKey[full.Key]), full, revs[full.Key])
 	assertRecord(t, ptr(byKey[minimal.Key]), minimal, revs[minimal.Key])
@@ -522,6 +569,7 @@ func (s *suite) fenceDuringCommit(t *testing.T) {
 	fence(t, ctx, st, slotA, tok)
 	rev := mustCommit(t, ctx, st, func(b projector.Batch) { b.Put(slotA, tok, fullRecord("k", 0)) })["k"]
 	committed, refused := 0, 0
+	curSeq := uint64(0) // the stored record's Seq
 	for i := range rounds {
 		b, err := st.Begin(ctx)
 		if err != nil {
@@ -553,15 +601,22 @@ func (s *suite) fenceDuringCommit(t *testing.T) {
 		switch {
 		case commitErr == nil:
 			committed++
-			rev = revs["k"]
+			rev, curSeq = revs["k"], rec.Seq
 			assertRecord(t, mustGet(t, ctx, st, slotA, "k"), rec, rev)
+			if _, wm := mustLoadWM(t, ctx, st, slotA); wm != curSeq {
+				t.Fatalf("round %d: watermark after a commit = %d; want %d", i, wm, curSeq)
+			}
 		case errors.Is(commitErr, projector.ErrFenced):
 			refused++
 			if !s.opts.TokensFenceCommits {
 				t.Fatalf("round %d: store without token fencing refused a commit with a current revision: %v", i, commitErr)
 			}
-			if got := mustGet(t, ctx, st, slotA, "k"); got.Revision != rev {
-				t.Fatalf("round %d: a refused commit changed the record: revision %d, want %d", i, got.Revision, rev)
+			if got := mustGet(t, ctx, st, slotA, "k"); got.Revision != rev || got.Seq != curSeq {
+				t.Fatalf("round %d: commit returned %q but wrote its record: revision %d, seq %d; want %d, %d (unchanged)",
+					i, commitErr, got.Revision, got.Seq, rev, curSeq)
+			}
+			if _, wm := mustLoadWM(t, ctx, st, slotA); wm != curSeq {
+				t.Fatalf("round %d: commit returned %q but moved the watermark to %d; want %d (unchanged)", i, commitErr, wm, curSeq)
 			}
 		default:
 			t.Fatalf("round %d: commit racing a Fence failed with %v; want nil or ErrFenced", i, commitErr)
