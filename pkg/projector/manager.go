@@ -70,7 +70,7 @@ func (r *runner) manageOnce(ctx context.Context, owned map[int]*lease.Lease) {
 		}
 		if errors.Is(err, lease.ErrLost) || time.Since(l.RenewedAt()) > r.ttl*2/3 {
 			delete(owned, slot)
-			r.tell(ctx, slotEvent{kind: evLost, slot: slot}, true)
+			r.tell(ctx, slotEvent{kind: evLost, slot: slot}, false)
 			r.log.Warn("slot lease lost", "slot", slot, "error", err)
 		}
 	}
@@ -127,7 +127,8 @@ func (r *runner) manageOnce(ctx context.Context, owned map[int]*lease.Lease) {
 			continue
 		}
 		owned[s] = l
-		if !r.tell(ctx, slotEvent{kind: evAcquired, slot: s, lease: l}, true) {
+		// Not waiting: renewals must not wait for a long batch.
+		if !r.tell(ctx, slotEvent{kind: evAcquired, slot: s, lease: l}, false) {
 			return
 		}
 	}

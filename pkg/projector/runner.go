@@ -117,7 +117,7 @@ const (
 // run processes until ctx ends.
 func (r *runner) run(ctx context.Context) error {
 	r.parts, r.slots = map[string]*part{}, map[int]*ownedSlot{}
-	r.events = make(chan slotEvent)
+	r.events = make(chan slotEvent, 4*r.spec.Slots+16)
 	r.forgotten = make(chan int, 4096)
 	mctx, stopManager := context.WithCancel(ctx)
 	var wg sync.WaitGroup
