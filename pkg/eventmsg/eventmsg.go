@@ -74,9 +74,15 @@ func New(prefix string, e eventstore.Event) (*nats.Msg, error) {
 	return &nats.Msg{Subject: subj, Header: h, Data: e.Payload}, nil
 }
 
-// headerValue keeps a value on one header line: values with control
-// characters are sent as a quoted JSON-style string.
+// headerValue keeps a value on one header line and unchanged by the trip:
+// values with control characters, leading or trailing white space (which
+// the client trims) or a leading double quote are sent as a quoted Go
+// string; every other value as it is. So a value starting with a double
+// quote is always a quoted one.
 func headerValue(s string) string {
+	if s != "" && (s[0] == '"' || s[0] == ' ' || s[len(s)-1] == ' ') {
+		return strconv.Quote(s)
+	}
 	for i := 0; i < len(s); i++ {
 		if s[i] < 0x20 || s[i] == 0x7f {
 			return strconv.Quote(s)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/jetproj/jetproj/pkg/subject"
 )
 
 // Message is a message as a Source delivers it.
@@ -60,7 +62,9 @@ var ErrNoPartition = errors.New("projection: message has no partition")
 
 // AggregatePartitions places a feeder message in its aggregate's partition,
 // "<aggregate_type>/<aggregate_id>", from the Aggregate-Type and
-// Aggregate-Id headers.
+// Aggregate-Id headers. The type is encoded like a subject token (so it
+// holds no "/" and the key splits at its first "/"); "wallet/w-1" for the
+// usual names.
 type AggregatePartitions struct{}
 
 // Partition implements PartitionProvider.
@@ -70,7 +74,12 @@ func (AggregatePartitions) Partition(m Message) (string, error) {
 	if !okT || !okID || len(t) == 0 || len(id) == 0 {
 		return "", errors.Join(ErrNoPartition, errors.New("no Aggregate-Type or Aggregate-Id header on "+m.Subject))
 	}
-	return unquoteHeader(t[0]) + "/" + unquoteHeader(id[0]), nil
+	return AggregateKey(unquoteHeader(t[0]), unquoteHeader(id[0])), nil
+}
+
+// AggregateKey is the partition key of an aggregate.
+func AggregateKey(aggregateType, aggregateID string) string {
+	return subject.EncodeToken(aggregateType) + "/" + aggregateID
 }
 
 func unquoteHeader(s string) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -31,13 +32,32 @@ func NewJetStreamSource(ctx context.Context, js jetstream.JetStream, stream stri
 }
 
 type jsSub struct {
-	cc   jetstream.ConsumeContext
-	errs chan error
+	cc      jetstream.ConsumeContext
+	errs    chan error
+	mu      sync.Mutex
+	stopped bool
+	running sync.WaitGroup
 }
 
+// Stop stops delivery and returns after any deliver call in progress.
 func (s *jsSub) Stop() {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
 	s.cc.Stop()
 	<-s.cc.Closed()
+	s.running.Wait()
+}
+
+// enter reports whether a deliver call may run; exit must follow.
+func (s *jsSub) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return false
+	}
+	s.running.Add(1)
+	return true
 }
 
 func (s *jsSub) Err() <-chan error { return s.errs }
@@ -61,13 +81,19 @@ func (s *JetStreamSource) Consume(ctx context.Context, from uint64, deliver func
 	}
 	sub := &jsSub{errs: make(chan error, 1)}
 	cc, err := c.Consume(func(m jetstream.Msg) {
+		if !sub.enter() {
+			return
+		}
+		defer sub.running.Done()
 		md, err := m.Metadata()
 		if err != nil {
 			return
 		}
 		deliver(projection.Message{Subject: m.Subject(), Header: m.Headers(), Data: m.Data(), Sequence: md.Sequence.Stream, Time: md.Timestamp})
 	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+		// The ordered consumer recreates itself after missed heartbeats
+		// and deletions; only errors that end delivery are reported.
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
 			select {
 			case sub.errs <- err:
 			default:
