@@ -384,6 +384,7 @@ func (r *runner) control(ctx context.Context, m *nats.Msg) {
 	rec.Revision = revs[rec.Key]
 	p.rec, p.state = rec, nil
 	p.fail = &failure{next: time.Now()}
+	r.markFailing(p)
 	if r.def.Kind() == projection.Global {
 		p.fail.retrying = true
 		if r.restartAt == 0 || rec.Seq+1 < r.restartAt {

@@ -79,6 +79,7 @@ type runner struct {
 
 	// Owned by the loop goroutine.
 	parts     map[string]*part
+	failing   map[string]*part // partitions with fail set (may hold stale entries)
 	slots     map[int]*ownedSlot
 	next      uint64 // next stream sequence the consumer delivers
 	restartAt uint64 // restart the consumer here before the next batch (0: no)
@@ -116,7 +117,7 @@ const (
 
 // run processes until ctx ends.
 func (r *runner) run(ctx context.Context) error {
-	r.parts, r.slots = map[string]*part{}, map[int]*ownedSlot{}
+	r.parts, r.slots, r.failing = map[string]*part{}, map[int]*ownedSlot{}, map[string]*part{}
 	r.events = make(chan slotEvent, 4*r.spec.Slots+16)
 	r.forgotten = make(chan int, 4096)
 	mctx, stopManager := context.WithCancel(ctx)
@@ -238,6 +239,14 @@ func (r *runner) run(ctx context.Context) error {
 	}
 }
 
+// markFailing remembers a partition whose fail is set, so retries look at
+// failing partitions only: idle and healthy partitions cost nothing.
+func (r *runner) markFailing(p *part) {
+	if p.fail != nil {
+		r.failing[p.rec.Key] = p
+	}
+}
+
 func (r *runner) setState(s string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -248,13 +257,19 @@ func (r *runner) setState(s string) {
 	}
 	slices.Sort(r.status.Slots)
 	r.status.Partitions = len(r.parts)
-	r.status.Processed = r.next - 1
+	if r.next > 0 {
+		r.status.Processed = r.next - 1
+	}
 }
 
 func (r *runner) armRetry(t *time.Timer) {
 	var earliest time.Time
-	for _, p := range r.parts {
-		if p.fail != nil && p.rec.Parked == nil && (earliest.IsZero() || p.fail.next.Before(earliest)) {
+	for k, p := range r.failing {
+		if p.fail == nil || r.parts[k] != p {
+			delete(r.failing, k)
+			continue
+		}
+		if p.rec.Parked == nil && (earliest.IsZero() || p.fail.next.Before(earliest)) {
 			earliest = p.fail.next
 		}
 	}
@@ -321,6 +336,7 @@ func (r *runner) acquireSlot(ctx context.Context, slot int, l *lease.Lease) erro
 				p.fail.retrying = true
 			}
 		}
+		r.markFailing(p)
 		r.parts[rec.Key] = p
 	}
 	r.slots[slot] = &ownedSlot{lease: l, token: l.Revision(), watermark: wm, saved: wm}
@@ -560,6 +576,7 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64) erro
 		p.rec.Revision = revs[p.rec.Key]
 		p.state = res.state
 		p.fail = res.fail
+		r.markFailing(p)
 		if res.fail != nil && res.rec.Parked != nil {
 			r.metrics.parked.WithLabelValues(r.def.Name()).Inc()
 		}
@@ -705,8 +722,12 @@ func (r *runner) failed(p *part, m projection.Meta, err error, prev *failure) ap
 // one, with direct gets.
 func (r *runner) retryDue(ctx context.Context) {
 	now := time.Now()
-	for _, p := range r.parts {
-		if p.fail == nil || p.rec.Parked != nil || p.fail.next.After(now) {
+	for k, p := range r.failing {
+		if p.fail == nil || r.parts[k] != p {
+			delete(r.failing, k)
+			continue
+		}
+		if p.rec.Parked != nil || p.fail.next.After(now) {
 			continue
 		}
 		if err := r.catchUp(ctx, p); err != nil && ctx.Err() == nil {
@@ -784,6 +805,7 @@ func (r *runner) catchUp(ctx context.Context, p *part) error {
 	if p.fail == nil && more {
 		p.fail = &failure{next: time.Now()} // more to read
 	}
+	r.markFailing(p)
 	return nil
 }
 
