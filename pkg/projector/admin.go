@@ -355,7 +355,10 @@ func (r *runner) control(ctx context.Context, m *nats.Msg) {
 		reply(fmt.Errorf("projector: no partition %q in %s", cmd.Partition, r.def.Name()))
 		return
 	}
-	rec := p.rec
+	rec := p.record()
+	if rec.Subject == "" {
+		rec.Subject = r.subjectOf(p)
+	}
 	if err := applyCommand(ctx, r.def, &rec, cmd, nil); err != nil {
 		reply(err)
 		return
@@ -382,7 +385,7 @@ func (r *runner) control(ctx context.Context, m *nats.Msg) {
 		return
 	}
 	rec.Revision = revs[rec.Key]
-	p.rec, p.state = rec, nil
+	r.setRec(p, rec)
 	p.fail = &failure{next: time.Now()}
 	r.markFailing(p)
 	if r.def.Kind() == projection.Global {

@@ -176,7 +176,7 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.De
 	}
 	return &runner{
 		def: d, spec: d.Spec(), store: store, js: p.js, nc: p.nc, source: source, parts_: d.Partitions(), leases: leases, reg: reg,
-		replica: p.opts.Replica, ttl: p.opts.LeaseTTL, metrics: p.metrics,
+		replica: p.opts.Replica, ttl: p.opts.LeaseTTL, metrics: p.metrics, eventPrefix: aggregatePrefix(d),
 		log:    p.log.With("projection", d.Name()),
 		status: RunnerStatus{Projection: d.Name(), Replica: p.opts.Replica},
 	}, nil
@@ -200,3 +200,17 @@ func (p *Projector) Statuses() []RunnerStatus {
 
 // Definitions returns the projections this projector runs.
 func (p *Projector) Definitions() []*projection.Definition { return p.defs }
+
+// aggregatePrefix is the subject prefix of an aggregate source ("events"),
+// from which partitions' subjects are derived; empty for other sources.
+func aggregatePrefix(d *projection.Definition) string {
+	sc := d.SourceConfig()
+	if len(sc.AggregateTypes) == 0 || len(sc.Subjects) == 0 || d.CustomSource() != nil {
+		return ""
+	}
+	if _, ok := d.Partitions().(projection.AggregatePartitions); !ok {
+		return ""
+	}
+	prefix, _, _ := strings.Cut(sc.Subjects[0], ".")
+	return prefix
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/subject"
 )
 
 // SlotOf maps a partition key to its slot.
@@ -32,14 +33,82 @@ func SlotOf(key string, slots int) int {
 	return int(h.Sum32() % uint32(slots))
 }
 
-// part is a partition of an owned slot, in memory.
+// part is a partition of an owned slot, in memory. It is kept small: a
+// replica may know millions of partitions. What most partitions never need
+// (a subject that cannot be derived from the key, failures, a tenant) lives
+// in x.
 type part struct {
-	rec     Record
-	slot    int
-	subject string
-	state   any // decoded state; nil until needed
-	fail    *failure
+	key   string
+	state []byte // the stored state, JSON
+	seq   uint64
+	pos   int64
+	rev   uint64
+	slot  int
+	x     *partExtra
+	fail  *failure
 }
+
+type partExtra struct {
+	subject string
+	parked  *Parked
+	failing *Parked
+	behind  bool
+	skip    uint64
+	tenant  string
+}
+
+// record expands the partition into its stored form.
+func (p *part) record() Record {
+	r := Record{Key: p.key, Seq: p.seq, Position: p.pos, State: p.state, Revision: p.rev}
+	if x := p.x; x != nil {
+		r.Subject, r.Parked, r.Failing, r.Behind, r.Skip, r.Tenant = x.subject, x.parked, x.failing, x.behind, x.skip, x.tenant
+	}
+	return r
+}
+
+func (p *part) parked() *Parked {
+	if p.x == nil {
+		return nil
+	}
+	return p.x.parked
+}
+
+// setRecord stores rec compactly; derived is the subject the key implies.
+func (p *part) setRecord(rec Record, derived string) {
+	p.key, p.seq, p.pos, p.state, p.rev = rec.Key, rec.Seq, rec.Position, rec.State, rec.Revision
+	subj := rec.Subject
+	if subj == derived {
+		subj = ""
+	}
+	if subj == "" && rec.Parked == nil && rec.Failing == nil && !rec.Behind && rec.Skip == 0 && rec.Tenant == "" {
+		p.x = nil
+		return
+	}
+	p.x = &partExtra{subject: subj, parked: rec.Parked, failing: rec.Failing, behind: rec.Behind, skip: rec.Skip, tenant: rec.Tenant}
+}
+
+// derivedSubject is the subject of an aggregate partition's messages, which
+// need not be stored: <prefix>.<type token>.<id token>.
+func (r *runner) derivedSubject(key string) string {
+	if r.eventPrefix == "" {
+		return ""
+	}
+	typ, id, ok := strings.Cut(key, "/")
+	if !ok {
+		return ""
+	}
+	return r.eventPrefix + "." + typ + "." + subject.EncodeToken(id)
+}
+
+// subjectOf is the subject to read a partition alone with.
+func (r *runner) subjectOf(p *part) string {
+	if p.x != nil && p.x.subject != "" {
+		return p.x.subject
+	}
+	return r.derivedSubject(p.key)
+}
+
+func (r *runner) setRec(p *part, rec Record) { p.setRecord(rec, r.derivedSubject(rec.Key)) }
 
 type failure struct {
 	retrying bool // global: the consumer re-reads from the position
@@ -78,7 +147,8 @@ type runner struct {
 	forgotten chan int       // slots the loop gave up, to the manager
 
 	// Owned by the loop goroutine.
-	parts     map[string]*part
+	parts       map[string]*part
+	eventPrefix string // subject prefix of aggregate sources, for derived subjects
 	failing   map[string]*part // partitions with fail set (may hold stale entries)
 	slots     map[int]*ownedSlot
 	next      uint64 // next stream sequence the consumer delivers
@@ -243,7 +313,7 @@ func (r *runner) run(ctx context.Context) error {
 // failing partitions only: idle and healthy partitions cost nothing.
 func (r *runner) markFailing(p *part) {
 	if p.fail != nil {
-		r.failing[p.rec.Key] = p
+		r.failing[p.key] = p
 	}
 }
 
@@ -269,7 +339,7 @@ func (r *runner) armRetry(t *time.Timer) {
 			delete(r.failing, k)
 			continue
 		}
-		if p.rec.Parked == nil && (earliest.IsZero() || p.fail.next.Before(earliest)) {
+		if p.parked() == nil && (earliest.IsZero() || p.fail.next.Before(earliest)) {
 			earliest = p.fail.next
 		}
 	}
@@ -322,7 +392,8 @@ func (r *runner) acquireSlot(ctx context.Context, slot int, l *lease.Lease) erro
 		return err
 	}
 	for _, rec := range recs {
-		p := &part{rec: rec, slot: slot, subject: rec.Subject}
+		p := &part{slot: slot}
+		r.setRec(p, rec)
 		switch {
 		case rec.Parked != nil:
 			p.fail = &failure{attempts: rec.Parked.Attempts, err: rec.Parked.Error, seq: rec.Parked.Seq, typ: rec.Parked.EventType}
@@ -464,13 +535,15 @@ func (r *runner) process(ctx context.Context, msgs []projection.Message) {
 		}
 		p := r.parts[meta.Partition]
 		if p == nil {
-			p = &part{rec: Record{Key: meta.Partition, Subject: meta.Subject}, slot: slot, subject: meta.Subject}
+			p = &part{slot: slot}
+			rec := Record{Key: meta.Partition, Subject: meta.Subject}
 			if r.def.Kind() == projection.Global {
-				p.rec.Subject, p.subject = "", ""
+				rec.Subject = ""
 			}
+			r.setRec(p, rec)
 			r.parts[meta.Partition] = p
 		}
-		if meta.Sequence <= p.rec.Seq || (p.fail != nil && !p.fail.retrying) {
+		if meta.Sequence <= p.seq || (p.fail != nil && !p.fail.retrying) {
 			continue // already handled, or waiting for its own retry
 		}
 		w := byKey[meta.Partition]
@@ -497,10 +570,7 @@ func (r *runner) process(ctx context.Context, msgs []projection.Message) {
 				r.managerForget(s)
 			}
 		}
-		// Forget what the batch did in memory and read it again.
-		for _, w := range order {
-			w.p.state = nil
-		}
+		// Read the batch again, from what the store holds.
 		r.reloadTouched(ctx, order)
 		r.restartAt = msgs[0].Sequence
 		return
@@ -513,7 +583,7 @@ func (r *runner) process(ctx context.Context, msgs []projection.Message) {
 // cache matches the store again.
 func (r *runner) reloadTouched(ctx context.Context, order []*work) {
 	for _, w := range order {
-		rec, err := r.store.Get(ctx, w.p.slot, w.p.rec.Key)
+		rec, err := r.store.Get(ctx, w.p.slot, w.p.key)
 		if err != nil {
 			r.log.Warn("reload failed; dropping slot", "slot", w.p.slot, "error", err)
 			r.dropSlot(w.p.slot)
@@ -521,9 +591,9 @@ func (r *runner) reloadTouched(ctx context.Context, order []*work) {
 			continue
 		}
 		if rec == nil {
-			w.p.rec = Record{Key: w.p.rec.Key}
+			r.setRec(w.p, Record{Key: w.p.key, Subject: r.subjectOf(w.p)})
 		} else {
-			w.p.rec = *rec
+			r.setRec(w.p, *rec)
 		}
 	}
 }
@@ -543,10 +613,9 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64) erro
 		return err
 	}
 	type result struct {
-		w     *work
-		rec   Record
-		state any
-		fail  *failure
+		w    *work
+		rec  Record
+		fail *failure
 	}
 	results := make([]result, 0, len(order))
 	for _, w := range order {
@@ -555,7 +624,7 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64) erro
 			b.Rollback(ctx)
 			return err
 		}
-		results = append(results, result{w, res.rec, res.state, res.fail})
+		results = append(results, result{w, res.rec, res.fail})
 		b.Put(w.p.slot, r.slots[w.p.slot].token, res.rec)
 	}
 	if markDue {
@@ -572,9 +641,8 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64) erro
 	}
 	for _, res := range results {
 		p := res.w.p
-		p.rec = res.rec
-		p.rec.Revision = revs[p.rec.Key]
-		p.state = res.state
+		res.rec.Revision = revs[res.rec.Key]
+		r.setRec(p, res.rec)
 		p.fail = res.fail
 		r.markFailing(p)
 		if res.fail != nil && res.rec.Parked != nil {
@@ -594,9 +662,8 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64) erro
 }
 
 type applied struct {
-	rec   Record
-	state any
-	fail  *failure
+	rec  Record
+	fail *failure
 }
 
 // applyPartition runs the handlers and flush hook of one partition inside
@@ -604,21 +671,16 @@ type applied struct {
 // failing. Returned errors are the store's.
 func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *failure) (applied, error) {
 	p := w.p
-	state := p.state
-	if state == nil {
-		s, err := r.def.DecodeState(p.rec.State)
-		if err != nil {
-			state = r.def.NewState()
-			return r.failed(p, w.msgs[0], err, prev), nil
-		}
-		state = s
-	}
-	// Handlers mutate a copy so that a failure leaves the cache untouched.
-	work, err := cloneState(r.def, state)
+	// Handlers work on a state decoded afresh, so a failure leaves nothing
+	// behind.
+	work, err := r.def.DecodeState(p.state)
 	if err != nil {
-		return applied{}, err
+		return r.failed(p, w.msgs[0], err, prev), nil
 	}
-	rec := p.rec
+	rec := p.record()
+	if rec.Subject == "" {
+		rec.Subject = r.subjectOf(p)
+	}
 	if tb, ok := b.(TenantBatch); ok {
 		tenant := rec.Tenant
 		if tenant == "" {
@@ -638,7 +700,7 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	if err := b.Savepoint(ctx); err != nil {
 		return applied{}, err
 	}
-	pc := &projection.PartitionContext{Key: p.rec.Key, Tx: b.Tx(), State: work}
+	pc := &projection.PartitionContext{Key: p.key, Tx: b.Tx(), State: work}
 	for _, m := range w.msgs {
 		if rec.Tenant != "" && m.Tenant() != rec.Tenant && m.Sequence != rec.Skip {
 			if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
@@ -673,7 +735,7 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 		return applied{}, fmt.Errorf("projector: %s: state does not encode: %w", r.def.Name(), err)
 	}
 	rec.State, rec.Parked, rec.Failing, rec.Behind = data, nil, nil, false
-	return applied{rec: rec, state: work}, nil
+	return applied{rec: rec}, nil
 }
 
 func (r *runner) safeApply(ctx context.Context, pc *projection.PartitionContext, m projection.Meta) (err error) {
@@ -705,17 +767,20 @@ func (r *runner) failed(p *part, m projection.Meta, err error, prev *failure) ap
 		backoff = r.spec.BackoffMax
 	}
 	f.next = time.Now().Add(backoff)
-	rec := p.rec
+	rec := p.record()
+	if rec.Subject == "" {
+		rec.Subject = r.subjectOf(p)
+	}
 	info := &Parked{Seq: m.Sequence, Position: m.Position, EventType: m.Type, Error: f.err, Attempts: f.attempts, Since: time.Now().UTC()}
 	rec.Behind, rec.Failing = true, info
 	if f.attempts >= r.spec.MaxAttempts {
 		rec.Parked, rec.Failing = info, nil
-		r.log.Error("partition parked", "partition", p.rec.Key, "seq", m.Sequence, "event_type", m.Type, "attempts", f.attempts, "error", err)
+		r.log.Error("partition parked", "partition", p.key, "seq", m.Sequence, "event_type", m.Type, "attempts", f.attempts, "error", err)
 	} else {
-		r.log.Warn("partition failed; retrying", "partition", p.rec.Key, "seq", m.Sequence, "event_type", m.Type, "attempt", f.attempts, "in", backoff, "error", err)
+		r.log.Warn("partition failed; retrying", "partition", p.key, "seq", m.Sequence, "event_type", m.Type, "attempt", f.attempts, "in", backoff, "error", err)
 	}
 	r.metrics.retries.WithLabelValues(r.def.Name()).Inc()
-	return applied{rec: rec, state: p.state, fail: f}
+	return applied{rec: rec, fail: f}
 }
 
 // retryDue catches failing partitions up from their own position, one by
@@ -727,11 +792,11 @@ func (r *runner) retryDue(ctx context.Context) {
 			delete(r.failing, k)
 			continue
 		}
-		if p.rec.Parked != nil || p.fail.next.After(now) {
+		if p.parked() != nil || p.fail.next.After(now) {
 			continue
 		}
 		if err := r.catchUp(ctx, p); err != nil && ctx.Err() == nil {
-			r.log.Warn("catch-up failed", "partition", p.rec.Key, "error", err)
+			r.log.Warn("catch-up failed", "partition", p.key, "error", err)
 			p.fail.next = time.Now().Add(r.spec.BackoffMax)
 		}
 	}
@@ -740,20 +805,21 @@ func (r *runner) retryDue(ctx context.Context) {
 // catchUp reads one partition's messages after its position with direct
 // get, up to what the consumer has delivered, and applies them.
 func (r *runner) catchUp(ctx context.Context, p *part) error {
-	if r.def.Kind() == projection.Global || p.subject == "" {
+	subj := r.subjectOf(p)
+	if r.def.Kind() == projection.Global || subj == "" {
 		// One partition: read the stream again from its position.
 		p.fail.retrying = true
 		p.fail.next = time.Now().Add(time.Hour)
-		if r.restartAt == 0 || p.rec.Seq+1 < r.restartAt {
-			r.restartAt = p.rec.Seq + 1
+		if r.restartAt == 0 || p.seq+1 < r.restartAt {
+			r.restartAt = p.seq + 1
 		}
 		return nil
 	}
 	var metas []projection.Meta
-	seq := p.rec.Seq + 1
+	seq := p.seq + 1
 	limit := r.next - 1
 	for seq <= limit && len(metas) < r.spec.BatchSize {
-		m, err := r.source.Next(ctx, p.subject, seq)
+		m, err := r.source.Next(ctx, subj, seq)
 		if errors.Is(err, projection.ErrNoMessage) {
 			break
 		}
@@ -767,7 +833,7 @@ func (r *runner) catchUp(ctx context.Context, p *part) error {
 		if err != nil {
 			return err
 		}
-		if meta.Partition == p.rec.Key {
+		if meta.Partition == p.key {
 			metas = append(metas, meta)
 		}
 		seq = m.Sequence + 1
@@ -800,8 +866,9 @@ func (r *runner) catchUp(ctx context.Context, p *part) error {
 		p.fail = prev
 		return err
 	}
-	p.rec, p.state, p.fail = res.rec, res.state, res.fail
-	p.rec.Revision = revs[p.rec.Key]
+	res.rec.Revision = revs[res.rec.Key]
+	r.setRec(p, res.rec)
+	p.fail = res.fail
 	if p.fail == nil && more {
 		p.fail = &failure{next: time.Now()} // more to read
 	}
@@ -809,12 +876,5 @@ func (r *runner) catchUp(ctx context.Context, p *part) error {
 	return nil
 }
 
-func cloneState(d *projection.Definition, s any) (any, error) {
-	b, err := json.Marshal(s)
-	if err != nil {
-		return nil, fmt.Errorf("projector: %s: state does not encode: %w", d.Name(), err)
-	}
-	return d.DecodeState(b)
-}
 
 var jitter = func(d time.Duration) time.Duration { return d/2 + rand.N(d/2+1) }
