@@ -40,12 +40,12 @@ type FeederOptions struct {
 	Rate int
 	// Duration of the live appends (default 10s).
 	Duration time.Duration
-	// Writers append the live events concurrently (default 8).
+	// Writers append the live events concurrently (default 4).
 	Writers int
 	// Seed of the generated data (default 1).
 	Seed uint64
 	// CPUProfileDir, when set, receives a CPU profile of each measured run
-	// (raw-<round>.pprof, feeder-<round>.pprof). The embedded NATS server
+	// (raw-<round>.pprof, feeder-<round>.pprof, live.pprof). The embedded NATS server
 	// runs in this process, so the profiles include its work.
 	CPUProfileDir string
 	// Progress receives a line per step and run (nil: discarded).
@@ -71,7 +71,7 @@ func (o FeederOptions) withDefaults() FeederOptions {
 		o.Duration = 10 * time.Second
 	}
 	if o.Writers == 0 {
-		o.Writers = 8
+		o.Writers = 4
 	}
 	if o.Seed == 0 {
 		o.Seed = 1
@@ -230,8 +230,10 @@ func Feeder(ctx context.Context, t Target, opts FeederOptions) (FeederResult, er
 
 	// The last feeder run left EVENTS holding the whole store: the live
 	// feeder resumes there.
-	res.Live, err = liveLatency(ctx, t, head, liveOptions{
-		rate: o.Rate, duration: o.Duration, writers: o.Writers, seed: o.Seed, log: o.Logger,
+	res.Live, err = profiled(o.CPUProfileDir, "live.pprof", func() (Latency, error) {
+		return liveLatency(ctx, t, head, liveOptions{
+			rate: o.Rate, duration: o.Duration, writers: o.Writers, seed: o.Seed, log: o.Logger,
+		})
 	})
 	if err != nil {
 		return res, fmt.Errorf("live latency: %w", err)
@@ -246,22 +248,23 @@ func runLine(r Run) string {
 
 // profiled runs fn, under a CPU profile written to dir/name when dir is set,
 // after a garbage collection so that no run pays for the previous one's.
-func profiled(dir, name string, fn func() (Run, error)) (Run, error) {
+func profiled[T any](dir, name string, fn func() (T, error)) (T, error) {
 	runtime.GC()
 	if dir == "" {
 		return fn()
 	}
+	var zero T
 	f, err := os.Create(filepath.Join(dir, name))
 	if err != nil {
-		return Run{}, fmt.Errorf("bench: cpu profile: %w", err)
+		return zero, fmt.Errorf("bench: cpu profile: %w", err)
 	}
 	defer f.Close()
 	if err := pprof.StartCPUProfile(f); err != nil {
-		return Run{}, fmt.Errorf("bench: cpu profile: %w", err)
+		return zero, fmt.Errorf("bench: cpu profile: %w", err)
 	}
-	run, err := fn()
+	res, err := fn()
 	pprof.StopCPUProfile()
-	return run, err
+	return res, err
 }
 
 // Summary is the result as the final block of the benchmark's output.

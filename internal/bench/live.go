@@ -30,11 +30,7 @@ type Latency struct {
 	// Events is the number of events appended and received.
 	Events             int
 	P50, P90, P99, Max time.Duration
-
-	samples []sample // DIAG
 }
-
-type sample struct{ at, lat time.Duration } // DIAG
 
 // liveOptions configure liveLatency.
 type liveOptions struct {
@@ -59,14 +55,13 @@ func liveLatency(ctx context.Context, t Target, head int64, o liveOptions) (Late
 	if err != nil {
 		return Latency{}, err
 	}
-	lat, err := func() (Latency, error) {
-		if err := r.waitFor(ctx, head, func() (bool, error) {
-			return r.f.Status().State == feeder.StateCaughtUp, nil
-		}); err != nil {
-			return Latency{}, err
-		}
-		return measureLive(ctx, t, r.f.Config().Stream, o)
-	}()
+	var lat Latency
+	err = r.waitFor(ctx, head, func() (bool, error) {
+		return r.f.Status().State == feeder.StateCaughtUp, nil
+	})
+	if err == nil {
+		lat, err = measureLive(ctx, t, r.f.Config().Stream, o)
+	}
 	if serr := r.stop(); err == nil {
 		err = serr
 	}
@@ -159,16 +154,8 @@ func measureLive(ctx context.Context, t Target, streamName string, o liveOptions
 	rmu.Lock()
 	defer rmu.Unlock()
 	lats := make([]time.Duration, len(commits))
-	var samples []sample // DIAG
-	t0 := commits[0].at
-	for _, cm := range commits {
-		if cm.at.Before(t0) {
-			t0 = cm.at
-		}
-	}
 	for i, cm := range commits {
 		lats[i] = received[cm.pos].Sub(cm.at)
-		samples = append(samples, sample{cm.at.Sub(t0), lats[i]})
 	}
 	slices.Sort(lats)
 	return Latency{
@@ -179,7 +166,6 @@ func measureLive(ctx context.Context, t Target, streamName string, o liveOptions
 		P90:      percentile(lats, 90),
 		P99:      percentile(lats, 99),
 		Max:      lats[len(lats)-1],
-		samples:  samples,
 	}, nil
 }
 

@@ -90,8 +90,12 @@ func (d *domain) metadataMap() map[string]string {
 	return m
 }
 
+// loadChunk is the number of rows per COPY, each COPY its own transaction,
+// so that the store holds many transaction ids as an application's would.
+const loadChunk = 1000
+
 // loadEvents writes n wallet events over the given number of aggregates
-// into eventstore.events with COPY: each event goes to a wallet picked at
+// into eventstore.events with COPY, loadChunk rows per transaction: each event goes to a wallet picked at
 // random, at the wallet's next version, so versions run 1..k per wallet and
 // the wallets' events interleave. It then vacuums and analyses the table so
 // that no measured run pays for hint bits or missing statistics, and returns
@@ -103,24 +107,28 @@ func loadEvents(ctx context.Context, pool *pgxpool.Pool, n, aggregates int, seed
 		ids[i] = d.walletID()
 	}
 	versions := make([]int64, aggregates)
-	i := 0
-	src := pgx.CopyFromFunc(func() ([]any, error) {
-		if i == n {
-			return nil, nil
+	columns := []string{"aggregate_type", "aggregate_id", "version", "event_type", "payload", "metadata"}
+	for done := 0; done < n; {
+		chunk := min(loadChunk, n-done)
+		i := 0
+		src := pgx.CopyFromFunc(func() ([]any, error) {
+			if i == chunk {
+				return nil, nil
+			}
+			i++
+			a := d.rng.IntN(aggregates)
+			versions[a]++
+			typ, payload := d.event(versions[a])
+			return []any{aggregateWallet, ids[a], versions[a], typ, payload, d.metadata()}, nil
+		})
+		copied, err := pool.CopyFrom(ctx, pgx.Identifier{"eventstore", "events"}, columns, src)
+		if err != nil {
+			return 0, fmt.Errorf("bench: copy events: %w", err)
 		}
-		i++
-		a := d.rng.IntN(aggregates)
-		versions[a]++
-		typ, payload := d.event(versions[a])
-		return []any{aggregateWallet, ids[a], versions[a], typ, payload, d.metadata()}, nil
-	})
-	copied, err := pool.CopyFrom(ctx, pgx.Identifier{"eventstore", "events"},
-		[]string{"aggregate_type", "aggregate_id", "version", "event_type", "payload", "metadata"}, src)
-	if err != nil {
-		return 0, fmt.Errorf("bench: copy events: %w", err)
-	}
-	if copied != int64(n) {
-		return 0, fmt.Errorf("bench: copied %d events, want %d", copied, n)
+		if copied != int64(chunk) {
+			return 0, fmt.Errorf("bench: copied %d events, want %d", copied, chunk)
+		}
+		done += chunk
 	}
 	for _, stmt := range []string{"VACUUM (ANALYZE) eventstore.events", "CHECKPOINT"} {
 		if _, err := pool.Exec(ctx, stmt); err != nil {

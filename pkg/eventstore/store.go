@@ -320,11 +320,17 @@ func Head(ctx context.Context, db Querier) (int64, error) {
 // Pending reports whether committed rows exist after c that ReadCommitted
 // does not return yet because an older transaction is still open.
 func Pending(ctx context.Context, db Querier, c Cursor) (bool, error) {
-	var ok bool
-	err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM eventstore.events
-WHERE (transaction_id, position) > ($1::xid8, $2::bigint))`, c.TransactionID, c.Position).Scan(&ok)
+	// ORDER BY … LIMIT 1 keeps even the generic plan an index-only scan;
+	// EXISTS (…) lets the planner pick a sequential scan of the table.
+	var one int
+	err := db.QueryRow(ctx, `SELECT 1 FROM eventstore.events
+WHERE (transaction_id, position) > ($1::xid8, $2::bigint)
+ORDER BY transaction_id, position LIMIT 1`, c.TransactionID, c.Position).Scan(&one)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("eventstore: pending: %w", err)
 	}
-	return ok, nil
+	return true, nil
 }

@@ -422,16 +422,21 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			f.setProgress(acked, "")
 			save()
 		}
-		if progressed {
+		// A full page may have more behind it; a short unfiltered page is
+		// the end of what is below the horizon now.
+		if progressed && (len(evs) == f.cfg.BatchSize || len(f.filter.AggregateTypes)+len(f.filter.EventTypeLike) > 0) {
 			idleWait = time.Millisecond
-			continue // there may be more to read
+			continue
 		}
 		// Caught up with what is below the horizon.
 		if err := drain(false); err != nil {
 			return err
 		}
+		stateChanged := f.Status().State != StateCaughtUp
 		f.setProgress(acked, StateCaughtUp)
-		save()
+		if stateChanged || time.Since(lastSaved) > time.Second {
+			save()
+		}
 		// Rows above the horizon are committed but wait for an older
 		// transaction to finish; look again soon rather than at the poll.
 		above, err := eventstore.Pending(ctx, f.pool, cur)

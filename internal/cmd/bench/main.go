@@ -68,6 +68,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		return 2
+	case err != nil && ctx.Err() != nil:
+		fmt.Fprintf(stderr, "bench %s: interrupted; servers stopped and removed\n", args[0])
+		return 130
 	case err != nil:
 		fmt.Fprintf(stderr, "bench %s: %v\n", args[0], err)
 		return 1
@@ -92,8 +95,8 @@ func runFeeder(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.IntVar(&o.Rounds, "rounds", 3, "rounds of raw relay then feeder")
 	fs.IntVar(&o.Rate, "rate", 2000, "live append rate in events/s")
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "duration of the live appends")
-	fs.IntVar(&o.Writers, "writers", 8, "concurrent live writers")
-	fs.StringVar(&o.CPUProfileDir, "cpuprofile", "", "directory for a CPU profile of each run (raw-N.pprof, feeder-N.pprof)")
+	fs.IntVar(&o.Writers, "writers", 4, "concurrent live writers")
+	fs.StringVar(&o.CPUProfileDir, "cpuprofile", "", "directory for a CPU profile of each run (raw-N.pprof, feeder-N.pprof, live.pprof)")
 	markdown := fs.Bool("markdown", false, "also print a markdown table for docs/benchmarks.md")
 	verbose := fs.Bool("v", false, "show the feeders' info logs")
 	if err := fs.Parse(args); err != nil {
