@@ -280,7 +280,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		acked     = start
 		queue     []pending
 		lastSaved = time.Now()
-		idleWait  = time.Millisecond
+		idleWait  = 500 * time.Microsecond
 	)
 	f.setProgress(acked, StateFeeding)
 
@@ -425,7 +425,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		// A full page may have more behind it; a short unfiltered page is
 		// the end of what is below the horizon now.
 		if progressed && (len(evs) == f.cfg.BatchSize || len(f.filter.AggregateTypes)+len(f.filter.EventTypeLike) > 0) {
-			idleWait = time.Millisecond
+			idleWait = 500 * time.Microsecond
 			continue
 		}
 		// Caught up with what is below the horizon.
@@ -446,9 +446,9 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		wait := f.cfg.PollInterval
 		if above {
 			wait = idleWait
-			idleWait = min(idleWait*2, 50*time.Millisecond)
+			idleWait = min(idleWait*2, 5*time.Millisecond)
 		} else {
-			idleWait = time.Millisecond
+			idleWait = 500 * time.Microsecond
 		}
 		timer := time.NewTimer(wait)
 		select {
