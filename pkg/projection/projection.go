@@ -194,6 +194,8 @@ type Definition struct {
 
 	customSource Source
 	partitions   PartitionProvider
+	manualStart  bool
+	notLive      bool
 }
 
 // Projection is a typed definition: handlers see state of type S.
@@ -352,6 +354,18 @@ func PostgresPerTenant(pools map[string]*pgxpool.Pool) Option {
 		d.tenantPools = pools
 	}
 }
+
+// ManualStart deploys the projection without starting it: replicas wait
+// until `projector start <name>`.
+func ManualStart() Option { return func(d *Definition) { d.manualStart = true } }
+
+// NotLive deploys the projection without emission (blue-green: a new
+// version catches up beside the old one); `projector live <name>` switches
+// it live, after which it emits for new events only.
+func NotLive() Option { return func(d *Definition) { d.notLive = true } }
+
+// Deployment reports the deployment options: manual start, not live.
+func (d *Definition) Deployment() (manualStart, notLive bool) { return d.manualStart, d.notLive }
 
 // OnInit runs when the projection is initialised (idempotent: create
 // tables IF NOT EXISTS).

@@ -32,18 +32,96 @@ func Init(ctx context.Context, js jetstream.JetStream, d *projection.Definition,
 	if err := runHook(ctx, d, init); err != nil {
 		return fmt.Errorf("projector: %s: init hook: %w", d.Name(), err)
 	}
+	if err := ensureOwnStream(ctx, js, d.Name(), replicas); err != nil {
+		return err
+	}
+	manual, notLive := d.Deployment()
 	_, err = reg.Update(ctx, d.Name(), func(e *Entry, exists bool) error {
 		if exists && e.State == StateActive {
 			return nil
 		}
 		e.State, e.Kind, e.Slots, e.Reason = StateActive, d.Kind().String(), d.Spec().Slots, ""
+		if !exists {
+			e.NotLive = notLive
+			if manual {
+				e.State, e.Reason = StatePaused, "waiting for `projector start`"
+			}
+		}
 		e.Store = "kv"
-		if d.Spec().Pool != nil {
+		switch {
+		case d.Spec().Pool != nil:
 			e.Store = "postgres"
+		case len(d.Spec().TenantPools) > 0:
+			e.Store = "postgres-per-tenant"
 		}
 		return nil
 	})
 	return err
+}
+
+// OwnStream is the name of a projection's own stream of derived events.
+func OwnStream(name string) string { return "PROJECT_" + strings.ToUpper(name) }
+
+// ensureOwnStream creates the projection's stream, project.<name>.>.
+func ensureOwnStream(ctx context.Context, js jetstream.JetStream, name string, replicas int) error {
+	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: OwnStream(name), Subjects: []string{"project." + name + ".>"}, Replicas: max(replicas, 1),
+		Storage: jetstream.FileStorage, AllowDirect: true, Duplicates: 2 * time.Minute,
+		Description: "jetproj events derived by projection " + name,
+	})
+	if err != nil {
+		return fmt.Errorf("projector: stream of %s: %w", name, err)
+	}
+	return nil
+}
+
+// Start starts a projection deployed with ManualStart.
+func Start(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) error {
+	reg, err := OpenRegistry(ctx, js, replicas)
+	if err != nil {
+		return err
+	}
+	return resume(ctx, reg, d.Name(), false)
+}
+
+// SetLive switches emission on or off. Switched on, the projection emits for
+// events after the source's current end only: what it catches up on until
+// then emits nothing.
+func SetLive(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int, live bool) error {
+	reg, err := OpenRegistry(ctx, js, replicas)
+	if err != nil {
+		return err
+	}
+	head, err := sourceHead(ctx, js, d)
+	if err != nil {
+		return err
+	}
+	_, err = reg.Update(ctx, d.Name(), func(e *Entry, exists bool) error {
+		if !exists {
+			return fmt.Errorf("projector: no projection %q: run init first", d.Name())
+		}
+		if live && e.NotLive {
+			e.ReplayUntil = max(e.ReplayUntil, head)
+		}
+		e.NotLive = !live
+		return nil
+	})
+	return err
+}
+
+func sourceHead(ctx context.Context, js jetstream.JetStream, d *projection.Definition) (uint64, error) {
+	if src := d.CustomSource(); src != nil {
+		return src.Head(ctx)
+	}
+	s, err := js.Stream(ctx, d.SourceConfig().Stream)
+	if err != nil {
+		return 0, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.State.LastSeq, nil
 }
 
 func runHook(ctx context.Context, d *projection.Definition, h projection.Hook) error {
@@ -168,7 +246,17 @@ func Reset(ctx context.Context, js jetstream.JetStream, d *projection.Definition
 	if err := store.Reset(ctx); err != nil {
 		return err
 	}
-	progress("%s reset; replicas replay it from the start", d.Name())
+	head, err := sourceHead(ctx, js, d)
+	if err != nil {
+		return err
+	}
+	if _, err := reg.Update(ctx, d.Name(), func(e *Entry, _ bool) error {
+		e.ReplayUntil = max(e.ReplayUntil, head)
+		return nil
+	}); err != nil {
+		return err
+	}
+	progress("%s reset; replicas replay it from the start, emitting nothing for the %d messages already there", d.Name(), head)
 	return resume(ctx, reg, d.Name(), true)
 }
 
@@ -204,6 +292,10 @@ func Delete(ctx context.Context, js jetstream.JetStream, d *projection.Definitio
 		}
 	}
 	if err := js.DeleteKeyValue(ctx, leaseBucket(d.Name())); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return err
+	}
+	// The projection's own stream goes; linked streams stay.
+	if err := js.DeleteStream(ctx, OwnStream(d.Name())); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return err
 	}
 	_, err = reg.Update(ctx, d.Name(), func(e *Entry, _ bool) error {

@@ -24,15 +24,22 @@ const (
 
 // Entry is a projection's registry entry.
 type Entry struct {
-	Name       string    `json:"name"`
-	State      string    `json:"state"`
-	Generation int       `json:"generation"`
-	Kind       string    `json:"kind"`
-	Slots      int       `json:"slots"`
-	Store      string    `json:"store"`
-	Reason     string    `json:"reason,omitempty"`
-	Updated    time.Time `json:"updated"`
-	Revision   uint64    `json:"-"`
+	Name       string `json:"name"`
+	State      string `json:"state"`
+	Generation int    `json:"generation"`
+	Kind       string `json:"kind"`
+	Slots      int    `json:"slots"`
+	Store      string `json:"store"`
+	Reason     string `json:"reason,omitempty"`
+	// ReplayUntil is the source sequence up to which the projection is
+	// replaying (after a reset or rebuild): nothing derived from those
+	// messages is emitted.
+	ReplayUntil uint64 `json:"replay_until,omitempty"`
+	// NotLive marks a deployment that must not emit (blue-green: v2
+	// catching up beside v1).
+	NotLive  bool      `json:"not_live,omitempty"`
+	Updated  time.Time `json:"updated"`
+	Revision uint64    `json:"-"`
 }
 
 // Registry reads and changes registry entries; a watch keeps a local copy

@@ -43,6 +43,7 @@ type part struct {
 	seq   uint64
 	pos   int64
 	rev   uint64
+	emit  uint64 // derived events so far
 	slot  int
 	x     *partExtra
 	fail  *failure
@@ -59,7 +60,7 @@ type partExtra struct {
 
 // record expands the partition into its stored form.
 func (p *part) record() Record {
-	r := Record{Key: p.key, Seq: p.seq, Position: p.pos, State: p.state, Revision: p.rev}
+	r := Record{Key: p.key, Seq: p.seq, Position: p.pos, State: p.state, Revision: p.rev, Emitted: p.emit}
 	if x := p.x; x != nil {
 		r.Subject, r.Parked, r.Failing, r.Behind, r.Skip, r.Tenant = x.subject, x.parked, x.failing, x.behind, x.skip, x.tenant
 	}
@@ -75,7 +76,7 @@ func (p *part) parked() *Parked {
 
 // setRecord stores rec compactly; derived is the subject the key implies.
 func (p *part) setRecord(rec Record, derived string) {
-	p.key, p.seq, p.pos, p.state, p.rev = rec.Key, rec.Seq, rec.Position, rec.State, rec.Revision
+	p.key, p.seq, p.pos, p.state, p.rev, p.emit = rec.Key, rec.Seq, rec.Position, rec.State, rec.Revision, rec.Emitted
 	subj := rec.Subject
 	if subj == derived {
 		subj = ""
@@ -148,13 +149,13 @@ type runner struct {
 
 	// Owned by the loop goroutine.
 	parts       map[string]*part
-	eventPrefix string // subject prefix of aggregate sources, for derived subjects
-	failing   map[string]*part // partitions with fail set (may hold stale entries)
-	slots     map[int]*ownedSlot
-	next      uint64 // next stream sequence the consumer delivers
-	restartAt uint64 // restart the consumer here before the next batch (0: no)
-	cons      *consumer
-	lastMark  time.Time
+	eventPrefix string           // subject prefix of aggregate sources, for derived subjects
+	failing     map[string]*part // partitions with fail set (may hold stale entries)
+	slots       map[int]*ownedSlot
+	next        uint64 // next stream sequence the consumer delivers
+	restartAt   uint64 // restart the consumer here before the next batch (0: no)
+	cons        *consumer
+	lastMark    time.Time
 
 	mu     sync.Mutex
 	status RunnerStatus
@@ -730,6 +731,29 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 		}
 		return r.failed(p, w.msgs[len(w.msgs)-1], err, prev), nil
 	}
+	if len(pc.Emitted) > 0 {
+		last := w.msgs[len(w.msgs)-1]
+		if r.emitting(last.Sequence) {
+			ob, ok := b.(OutboxBatch)
+			if !ok {
+				if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
+					return applied{}, rerr
+				}
+				return r.failed(p, last, ErrNoOutbox, prev), nil
+			}
+			entries := make([]OutboxEntry, len(pc.Emitted))
+			gen := r.generation()
+			for i, e := range pc.Emitted {
+				rec.Emitted++
+				entries[i] = OutboxEntry{Projection: r.def.Name(), Partition: p.key, Subject: EmitSubject(r.def.Name(), p.key),
+					MsgID: fmt.Sprintf("%s:%d:%s:%d", r.def.Name(), gen, p.key, rec.Emitted), Generation: gen, Seq: rec.Emitted,
+					EventType: e.Type, Payload: e.Payload, LinkTo: e.LinkTo, SourceSeq: last.Sequence, SourcePosition: last.Position}
+			}
+			if err := ob.Emit(ctx, entries); err != nil {
+				return applied{}, err
+			}
+		}
+	}
 	data, err := json.Marshal(work)
 	if err != nil {
 		return applied{}, fmt.Errorf("projector: %s: state does not encode: %w", r.def.Name(), err)
@@ -876,5 +900,31 @@ func (r *runner) catchUp(ctx context.Context, p *part) error {
 	return nil
 }
 
-
 var jitter = func(d time.Duration) time.Duration { return d/2 + rand.N(d/2+1) }
+
+func (r *runner) generation() int {
+	e, _ := r.reg.cached(r.def.Name())
+	return e.Generation
+}
+
+// emitting reports whether events derived from the message at seq are
+// emitted: not while the projection replays what it had seen (reset,
+// rebuild) nor while its deployment is not live.
+func (r *runner) emitting(seq uint64) bool {
+	e, ok := r.reg.cached(r.def.Name())
+	if !ok {
+		return true
+	}
+	return !e.NotLive && seq > e.ReplayUntil
+}
+
+// EmitSubject is the subject of a partition's derived events:
+// project.<name>.<type>.<id> for an aggregate partition ("wallet/w1" →
+// project.wallet_balance.wallet.w1), project.<name>.<key> otherwise, with
+// the tokens encoded as in package subject.
+func EmitSubject(projection, key string) string {
+	if typ, id, ok := strings.Cut(key, "/"); ok {
+		return "project." + projection + "." + typ + "." + subject.EncodeToken(id)
+	}
+	return "project." + projection + "." + subject.EncodeToken(key)
+}

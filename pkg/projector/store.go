@@ -34,7 +34,10 @@ type Record struct {
 	// Tenant is the tenant whose database holds the record (TenantStore).
 	Tenant string `json:"tenant,omitempty"`
 	// Skip is the sequence of a message an operator chose to skip.
-	Skip    uint64    `json:"skip,omitempty"`
+	Skip uint64 `json:"skip,omitempty"`
+	// Emitted counts the events the partition emitted: the sequence of its
+	// derived events.
+	Emitted uint64    `json:"emitted,omitempty"`
 	Updated time.Time `json:"updated"`
 	// Revision is the store's revision of the record, for compare-and-set;
 	// it is not stored in the value.
@@ -98,6 +101,38 @@ type Batch interface {
 	// Rollback abandons the batch.
 	Rollback(ctx context.Context)
 }
+
+// OutboxEntry is a derived event waiting in the outbox for the emitter.
+type OutboxEntry struct {
+	Projection string
+	Partition  string
+	// Subject is where the emitter publishes it: project.<name>.<partition>.
+	Subject string
+	// MsgID is its deterministic Nats-Msg-Id.
+	MsgID string
+	// Generation is the projection's generation (reset and rebuild start a
+	// new one); Seq is the event's place among the partition's derived
+	// events of that generation, from 1.
+	Generation int
+	Seq        uint64
+	EventType  string
+	Payload    []byte
+	// LinkTo names a stream it is also published to.
+	LinkTo         string
+	SourceSeq      uint64
+	SourcePosition int64
+}
+
+// OutboxBatch is a Batch that can store derived events with the read
+// model, atomically.
+type OutboxBatch interface {
+	Batch
+	Emit(ctx context.Context, entries []OutboxEntry) error
+}
+
+// ErrNoOutbox reports a projection that emits without a store that can
+// keep an outbox.
+var ErrNoOutbox = errors.New("projector: Emit needs a Postgres sink (the outbox commits with the read model)")
 
 // TenantBatch is a Batch that writes to one database per tenant: Use picks
 // the tenant before a partition's writes.

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS jetproj.partitions (
     behind     boolean     NOT NULL DEFAULT false,
     failing    jsonb,
     skip       bigint      NOT NULL DEFAULT 0,
+    emitted    bigint      NOT NULL DEFAULT 0,
     seq        bigint      NOT NULL,
     position   bigint      NOT NULL DEFAULT 0,
     state      jsonb,
@@ -45,6 +46,29 @@ CREATE TABLE IF NOT EXISTS jetproj.partitions (
     PRIMARY KEY (projection, partition)
 );
 CREATE INDEX IF NOT EXISTS partitions_slot ON jetproj.partitions (projection, slot);
+CREATE TABLE IF NOT EXISTS jetproj.outbox (
+    id              bigserial   PRIMARY KEY,
+    projection      text        NOT NULL,
+    partition       text        NOT NULL,
+    subject         text        NOT NULL,
+    msg_id          text        NOT NULL,
+    generation      integer     NOT NULL DEFAULT 0,
+    emit_seq        bigint      NOT NULL,
+    event_type      text        NOT NULL,
+    payload         jsonb       NOT NULL,
+    link_to         text        NOT NULL DEFAULT '',
+    source_seq      bigint      NOT NULL,
+    source_position bigint      NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE OR REPLACE FUNCTION jetproj.notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('jetproj_outbox', '');
+    RETURN NULL;
+END;
+$$;
+DROP TRIGGER IF EXISTS outbox_notify ON jetproj.outbox;
+CREATE TRIGGER outbox_notify AFTER INSERT ON jetproj.outbox FOR EACH STATEMENT EXECUTE FUNCTION jetproj.notify_outbox();
 CREATE TABLE IF NOT EXISTS jetproj.slots (
     projection text    NOT NULL,
     slot       integer NOT NULL,
@@ -76,7 +100,7 @@ func (s *PGStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64, err
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return nil, 0, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, seq, position, state, parked, revision, updated_at
+	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, seq, position, state, parked, revision, updated_at
 FROM jetproj.partitions WHERE projection = $1 AND slot = $2`, s.projection, slot)
 	if err != nil {
 		return nil, 0, err
@@ -90,12 +114,12 @@ func scanRecords(rows pgx.Rows) ([]Record, error) {
 	var out []Record
 	for rows.Next() {
 		var r Record
-		var seq, rev, skip int64
+		var seq, rev, skip, emitted int64
 		var state, parked, failing []byte
-		if err := rows.Scan(&r.Key, &r.Subject, &r.Behind, &failing, &skip, &seq, &r.Position, &state, &parked, &rev, &r.Updated); err != nil {
+		if err := rows.Scan(&r.Key, &r.Subject, &r.Behind, &failing, &skip, &emitted, &seq, &r.Position, &state, &parked, &rev, &r.Updated); err != nil {
 			return nil, err
 		}
-		r.Seq, r.Revision, r.Skip = uint64(seq), uint64(rev), uint64(skip)
+		r.Seq, r.Revision, r.Skip, r.Emitted = uint64(seq), uint64(rev), uint64(skip), uint64(emitted)
 		if len(state) > 0 {
 			r.State = state
 		}
@@ -118,7 +142,7 @@ func scanRecords(rows pgx.Rows) ([]Record, error) {
 
 // Get reads one record.
 func (s *PGStore) Get(ctx context.Context, _ int, key string) (*Record, error) {
-	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, seq, position, state, parked, revision, updated_at
+	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, seq, position, state, parked, revision, updated_at
 FROM jetproj.partitions WHERE projection = $1 AND partition = $2`, s.projection, key)
 	if err != nil {
 		return nil, err
@@ -156,9 +180,12 @@ func (s *PGStore) Reset(ctx context.Context) error {
 	return err
 }
 
-// Delete removes everything of the projection.
+// Delete removes everything of the projection, its outbox included.
 func (s *PGStore) Delete(ctx context.Context) error {
 	_, err := s.pool.Exec(ctx, `DELETE FROM jetproj.partitions WHERE projection = $1`, s.projection)
+	if err == nil {
+		_, err = s.pool.Exec(ctx, `DELETE FROM jetproj.outbox WHERE projection = $1`, s.projection)
+	}
 	if err == nil {
 		_, err = s.pool.Exec(ctx, `DELETE FROM jetproj.slots WHERE projection = $1`, s.projection)
 	}
@@ -171,7 +198,7 @@ func (s *PGStore) Summary(ctx context.Context) ([]Record, int, error) {
 	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.partitions WHERE projection = $1`, s.projection).Scan(&n); err != nil {
 		return nil, 0, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, seq, position, state, parked, revision, updated_at
+	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, seq, position, state, parked, revision, updated_at
 FROM jetproj.partitions WHERE projection = $1 AND parked IS NOT NULL ORDER BY partition`, s.projection)
 	if err != nil {
 		return nil, 0, err
@@ -222,6 +249,27 @@ func (b *pgBatch) Watermark(slot int, token uint64, seq uint64) {
 }
 
 func (b *pgBatch) Rollback(ctx context.Context) { _ = b.tx.Rollback(ctx) }
+
+var _ OutboxBatch = (*pgBatch)(nil)
+
+// Emit inserts derived events into jetproj.outbox in the batch's
+// transaction (inside the partition's savepoint).
+func (b *pgBatch) Emit(ctx context.Context, entries []OutboxEntry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	rows := make([][]any, len(entries))
+	for i, e := range entries {
+		rows[i] = []any{e.Projection, e.Partition, e.Subject, e.MsgID, int32(e.Generation), int64(e.Seq), e.EventType, string(e.Payload), e.LinkTo, int64(e.SourceSeq), e.SourcePosition}
+	}
+	_, err := b.tx.CopyFrom(ctx, pgx.Identifier{"jetproj", "outbox"},
+		[]string{"projection", "partition", "subject", "msg_id", "generation", "emit_seq", "event_type", "payload", "link_to", "source_seq", "source_position"},
+		pgx.CopyFromRows(rows))
+	if err != nil {
+		return fmt.Errorf("projector: outbox: %w", err)
+	}
+	return nil
+}
 
 // Commit checks the fence tokens, writes the records with compare-and-set on
 // their revision, and commits the transaction.
@@ -289,9 +337,9 @@ func (b *pgBatch) prepare(ctx context.Context) (map[string]uint64, error) {
 		}
 		key, rev := p.rec.Key, p.rec.Revision
 		if rev == 0 {
-			batch.Queue(`INSERT INTO jetproj.partitions (projection, partition, slot, seq, position, state, parked, revision, updated_at, subject, behind, failing, skip)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING`, b.s.projection, key, p.slot, int64(p.rec.Seq), p.rec.Position, state, parked, now,
-				p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip)).
+			batch.Queue(`INSERT INTO jetproj.partitions (projection, partition, slot, seq, position, state, parked, revision, updated_at, subject, behind, failing, skip, emitted)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING`, b.s.projection, key, p.slot, int64(p.rec.Seq), p.rec.Position, state, parked, now,
+				p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted)).
 				Exec(func(tag pgconn.CommandTag) error {
 					if tag.RowsAffected() != 1 {
 						fenced = append(fenced, p.slot)
@@ -302,9 +350,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12) ON CONFLICT DO NOT
 			continue
 		}
 		batch.Queue(`UPDATE jetproj.partitions SET seq = $3, position = $4, state = $5, parked = $6, revision = revision + 1, updated_at = $7,
-    subject = $9, behind = $10, failing = $11, skip = $12
+    subject = $9, behind = $10, failing = $11, skip = $12, emitted = $13
 WHERE projection = $1 AND partition = $2 AND revision = $8`, b.s.projection, key, int64(p.rec.Seq), p.rec.Position, state, parked, now, int64(rev),
-			p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip)).
+			p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted)).
 			Exec(func(tag pgconn.CommandTag) error {
 				if tag.RowsAffected() != 1 {
 					fenced = append(fenced, p.slot)

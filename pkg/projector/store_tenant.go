@@ -205,6 +205,14 @@ func (b *tenantBatch) Put(slot int, token uint64, r Record) {
 	b.batches[t].Put(slot, token, r)
 }
 
+// Emit stores derived events in the current tenant's outbox.
+func (b *tenantBatch) Emit(ctx context.Context, entries []OutboxEntry) error {
+	if b.cur == nil {
+		return ErrUnknownTenant
+	}
+	return b.cur.Emit(ctx, entries)
+}
+
 func (b *tenantBatch) Watermark(slot int, token, seq uint64) { b.marks[slot] = [2]uint64{token, seq} }
 
 func (b *tenantBatch) Rollback(ctx context.Context) {

@@ -1,0 +1,394 @@
+// Package emitter relays derived events from the projections' outbox
+// (jetproj.outbox, written in the same transaction as the read model) to
+// JetStream: each to its projection's own stream on project.<name>.>, and to
+// the stream it is linked to, exactly once and in partition order.
+//
+// Exactly once does not rest on the duplicate window: every derived event
+// carries its partition's generation and emission sequence (headers
+// Projection-Generation and Emission-Seq). Before it publishes a
+// partition's events for the first time, the emitter reads the last message
+// on that partition's subject and skips what the stream already holds; it
+// deletes outbox rows only after JetStream acknowledged them. A KV lease
+// keeps one emitter active.
+package emitter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/jetproj/jetproj/pkg/lease"
+	"github.com/jetproj/jetproj/pkg/projector"
+	"github.com/jetproj/jetproj/pkg/subject"
+)
+
+// Header names of derived events.
+const (
+	HeaderEventType      = "Event-Type"
+	HeaderProjection     = "Projection"
+	HeaderPartition      = "Partition"
+	HeaderGeneration     = "Projection-Generation"
+	HeaderEmissionSeq    = "Emission-Seq"
+	HeaderSourcePosition = "Source-Position"
+	HeaderSourceSequence = "Source-Sequence"
+)
+
+// Config configures the emitter.
+type Config struct {
+	Name         string        `env:"EMITTER_NAME" envDefault:"emitter" doc:"Lease key: one active emitter per name."`
+	BatchSize    int           `env:"EMITTER_BATCH_SIZE" envDefault:"500" doc:"Outbox rows relayed per round."`
+	PollInterval time.Duration `env:"EMITTER_POLL_INTERVAL" envDefault:"1s" doc:"Fallback poll when no notification arrives."`
+	LeaseTTL     time.Duration `env:"EMITTER_LEASE_TTL" envDefault:"10s" doc:"Lease time to live: a standby takes over at most this long after the active emitter died."`
+	Replicas     int           `env:"EMITTER_STREAM_REPLICAS" envDefault:"1" doc:"Replicas of linked streams the emitter creates."`
+	Instance     string        `env:"EMITTER_INSTANCE" doc:"This instance's identity in the lease (default host-pid)."`
+}
+
+// Validate lists every problem.
+func (c Config) Validate() []string {
+	var p []string
+	if c.BatchSize < 1 {
+		p = append(p, fmt.Sprintf("EMITTER_BATCH_SIZE: %d: want at least 1", c.BatchSize))
+	}
+	if c.PollInterval < time.Millisecond {
+		p = append(p, fmt.Sprintf("EMITTER_POLL_INTERVAL: %v: want at least 1ms", c.PollInterval))
+	}
+	if c.LeaseTTL < time.Second {
+		p = append(p, fmt.Sprintf("EMITTER_LEASE_TTL: %v: want at least 1s", c.LeaseTTL))
+	}
+	if c.Name == "" {
+		p = append(p, "EMITTER_NAME: must not be empty")
+	}
+	return p
+}
+
+func (c Config) withDefaults() Config {
+	if c.Name == "" {
+		c.Name = "emitter"
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = 500
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = time.Second
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 10 * time.Second
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.Instance == "" {
+		c.Instance = fmt.Sprintf("emitter-%d", time.Now().UnixNano())
+	}
+	return c
+}
+
+// Emitter relays the outbox.
+type Emitter struct {
+	cfg     Config
+	pool    *pgxpool.Pool
+	js      jetstream.JetStream
+	log     *slog.Logger
+	wake    chan struct{}
+	emitted prometheus.Counter
+
+	// last is what each subject's stream holds: generation and emission
+	// sequence of its last derived event.
+	mu   sync.Mutex
+	last map[string]mark
+}
+
+type mark struct {
+	gen int
+	seq uint64
+}
+
+func (m mark) before(o mark) bool { return m.gen < o.gen || m.gen == o.gen && m.seq < o.seq }
+
+// New builds an Emitter.
+func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer) (*Emitter, error) {
+	cfg = cfg.withDefaults()
+	if p := cfg.Validate(); len(p) > 0 {
+		return nil, fmt.Errorf("emitter: invalid configuration:\n  %s", strings.Join(p, "\n  "))
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*cfg.BatchSize), jetstream.WithPublishAsyncTimeout(10*time.Second))
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := &Emitter{cfg: cfg, pool: pool, js: js, log: log, wake: make(chan struct{}, 1), last: map[string]mark{},
+		emitted: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_emitter_events_emitted_total", Help: "Derived events published."})}
+	if reg != nil {
+		if err := reg.Register(e.emitted); err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+// Run relays until ctx ends, while holding the emitter's lease.
+func (e *Emitter) Run(ctx context.Context) error {
+	kv, err := lease.EnsureBucket(ctx, e.js, "jetproj_emitter_leases", e.cfg.LeaseTTL, 1)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	err = lease.Run(ctx, kv, e.cfg.Name, e.cfg.Instance, lease.Options{Logger: e.log}, func(ctx context.Context, _ *lease.Lease) error {
+		e.mu.Lock()
+		e.last = map[string]mark{} // another emitter may have run meanwhile
+		e.mu.Unlock()
+		return e.relay(ctx)
+	})
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func (e *Emitter) relay(ctx context.Context) error {
+	lctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { e.listen(lctx) })
+	defer func() { stop(); wg.Wait() }()
+	backoff := 100 * time.Millisecond
+	for {
+		n, err := e.RelayOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			e.log.Warn("relay interrupted; retrying", "error", err, "in", backoff)
+			e.mu.Lock()
+			e.last = map[string]mark{}
+			e.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if n == e.cfg.BatchSize {
+			continue
+		}
+		t := time.NewTimer(e.cfg.PollInterval)
+		select {
+		case <-ctx.Done():
+		case <-e.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+func (e *Emitter) listen(ctx context.Context) {
+	for ctx.Err() == nil {
+		conn, err := e.pool.Acquire(ctx)
+		if err == nil {
+			_, err = conn.Exec(ctx, "LISTEN jetproj_outbox")
+			if err == nil {
+				e.poke()
+				for err == nil {
+					_, err = conn.Conn().WaitForNotification(ctx)
+					e.poke()
+				}
+			}
+			if ctx.Err() != nil {
+				_ = conn.Conn().Close(context.Background())
+			}
+			conn.Release()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (e *Emitter) poke() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+type row struct {
+	id             int64
+	projection     string
+	partition      string
+	subject        string
+	msgID          string
+	gen            int
+	seq            uint64
+	eventType      string
+	payload        []byte
+	linkTo         string
+	sourceSeq      uint64
+	sourcePosition int64
+}
+
+// RelayOnce publishes one round of outbox rows and deletes them once
+// acknowledged; it returns how many rows it handled.
+func (e *Emitter) RelayOnce(ctx context.Context) (int, error) {
+	rows, err := e.pool.Query(ctx, `SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_type, payload::text,
+       link_to, source_seq, source_position FROM jetproj.outbox ORDER BY id LIMIT $1`, e.cfg.BatchSize)
+	if err != nil {
+		return 0, fmt.Errorf("emitter: read outbox: %w", err)
+	}
+	var batch []row
+	for rows.Next() {
+		var r row
+		var seq, sseq int64
+		var payload string
+		if err := rows.Scan(&r.id, &r.projection, &r.partition, &r.subject, &r.msgID, &r.gen, &seq, &r.eventType, &payload,
+			&r.linkTo, &sseq, &r.sourcePosition); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		r.seq, r.sourceSeq, r.payload = uint64(seq), uint64(sseq), []byte(payload)
+		batch = append(batch, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	if len(batch) == 0 {
+		return 0, nil
+	}
+	type pending struct {
+		target string
+		m      mark
+		fut    jetstream.PubAckFuture
+	}
+	var pend []pending
+	var done []int64
+	var gone []string
+	for _, r := range batch {
+		targets := []struct{ stream, subj string }{{projector.OwnStream(r.projection), r.subject}}
+		if r.linkTo != "" {
+			ls, lsubj, err := e.linkTarget(ctx, r)
+			if err != nil {
+				return 0, err
+			}
+			targets = append(targets, struct{ stream, subj string }{ls, lsubj})
+		}
+		m := mark{r.gen, r.seq}
+		for _, t := range targets {
+			last, err := e.lastMark(ctx, t.stream, t.subj)
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				gone = append(gone, r.projection) // deleted projection: drop its rows
+				continue
+			}
+			if err != nil {
+				return 0, err
+			}
+			if !last.before(m) {
+				continue // the stream holds it already
+			}
+			msg := nats.NewMsg(t.subj)
+			msg.Data = r.payload
+			msg.Header.Set(nats.MsgIdHdr, r.msgID)
+			msg.Header.Set(HeaderEventType, r.eventType)
+			msg.Header.Set(HeaderProjection, r.projection)
+			msg.Header.Set(HeaderPartition, r.partition)
+			msg.Header.Set(HeaderGeneration, strconv.Itoa(r.gen))
+			msg.Header.Set(HeaderEmissionSeq, strconv.FormatUint(r.seq, 10))
+			msg.Header.Set(HeaderSourceSequence, strconv.FormatUint(r.sourceSeq, 10))
+			if r.sourcePosition > 0 {
+				msg.Header.Set(HeaderSourcePosition, strconv.FormatInt(r.sourcePosition, 10))
+			}
+			fut, err := e.js.PublishMsgAsync(msg)
+			if err != nil {
+				return 0, fmt.Errorf("emitter: publish %s: %w", t.subj, err)
+			}
+			pend = append(pend, pending{t.subj, m, fut})
+			e.setMark(t.subj, m) // optimistic; reset on error
+		}
+		done = append(done, r.id)
+	}
+	for _, p := range pend {
+		select {
+		case <-p.fut.Ok():
+			e.emitted.Inc()
+		case err := <-p.fut.Err():
+			return 0, fmt.Errorf("emitter: publish %s: %w", p.target, err)
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	if _, err := e.pool.Exec(ctx, `DELETE FROM jetproj.outbox WHERE id = ANY($1)`, done); err != nil {
+		return 0, fmt.Errorf("emitter: delete relayed rows: %w", err)
+	}
+	if len(gone) > 0 {
+		e.log.Warn("dropped derived events of projections without a stream (deleted?)", "projections", gone)
+	}
+	return len(batch), nil
+}
+
+// linkTarget is the stream and subject a linked event goes to: stream
+// <link> (created on first use) with subjects <link>.>, the event on
+// <link>.<projection>.<partition tokens>.
+func (e *Emitter) linkTarget(ctx context.Context, r row) (string, string, error) {
+	link := r.linkTo
+	if err := subject.ValidName(strings.ToLower(link)); err != nil {
+		return "", "", fmt.Errorf("emitter: LinkTo %q: %w", link, err)
+	}
+	prefix := strings.ToLower(link)
+	if _, err := e.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: link, Subjects: []string{prefix + ".>"},
+		Replicas: e.cfg.Replicas, AllowDirect: true, Storage: jetstream.FileStorage,
+		Description: "jetproj linked stream"}); err != nil {
+		return "", "", fmt.Errorf("emitter: linked stream %s: %w", link, err)
+	}
+	suffix := strings.TrimPrefix(r.subject, "project.")
+	return link, prefix + "." + suffix, nil
+}
+
+func (e *Emitter) setMark(subj string, m mark) {
+	e.mu.Lock()
+	e.last[subj] = m
+	e.mu.Unlock()
+}
+
+// lastMark is what the stream holds on subj, read from the stream the first
+// time.
+func (e *Emitter) lastMark(ctx context.Context, stream, subj string) (mark, error) {
+	e.mu.Lock()
+	m, ok := e.last[subj]
+	e.mu.Unlock()
+	if ok {
+		return m, nil
+	}
+	s, err := e.js.Stream(ctx, stream)
+	if err != nil {
+		return mark{}, err
+	}
+	raw, err := s.GetLastMsgForSubject(ctx, subj)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		e.setMark(subj, mark{})
+		return mark{}, nil
+	}
+	if err != nil {
+		return mark{}, err
+	}
+	m.gen, _ = strconv.Atoi(raw.Header.Get(HeaderGeneration))
+	m.seq, _ = strconv.ParseUint(raw.Header.Get(HeaderEmissionSeq), 10, 64)
+	e.setMark(subj, m)
+	return m, nil
+}

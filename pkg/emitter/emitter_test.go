@@ -1,0 +1,336 @@
+package emitter_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/devenv"
+	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/emitter"
+	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/pkg/eventstore"
+	"github.com/jetproj/jetproj/pkg/feeder"
+	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projector"
+)
+
+func TestMain(m *testing.M) { devtest.Main(m) }
+
+type MoneyWasAddedToWallet struct {
+	Amount int64 `json:"amount"`
+}
+
+type Balance struct{ Cents int64 }
+
+// walletBalance emits one WalletBalanceWasChanged per wallet per batch.
+func walletBalance(pool *pgxpool.Pool, opts ...projection.Option) *projection.Projection[Balance] {
+	p := projection.New[Balance]("wallet_balance", append([]projection.Option{projection.FromAggregates("wallet"), projection.Postgres(pool),
+		projection.OnInit(func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS wallet_balance (wallet_id text PRIMARY KEY, balance bigint NOT NULL)`)
+			return err
+		}),
+		projection.OnReset(func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, `TRUNCATE wallet_balance`)
+			return err
+		})}, opts...)...)
+	projection.On(p, func(ctx context.Context, c *projection.Context[Balance], e projection.Event[MoneyWasAddedToWallet]) error {
+		c.State.Cents += e.Data.Amount
+		_, err := c.Tx().Exec(ctx, `INSERT INTO wallet_balance VALUES ($1, $2) ON CONFLICT (wallet_id) DO UPDATE SET balance = $2`, e.AggregateID, c.State.Cents)
+		return err
+	})
+	projection.OnFlush(p, func(_ context.Context, c *projection.Context[Balance]) error {
+		return c.Emit("WalletBalanceWasChanged", map[string]any{"walletId": c.Partition(), "balance": c.State.Cents})
+	})
+	return p
+}
+
+type bundle struct {
+	nats *devenv.NATS
+	js   jetstream.JetStream
+	pool *pgxpool.Pool
+	pos  int64
+	ver  map[string]int64
+	want map[string]int64 // balance per wallet
+}
+
+func setup(t *testing.T) *bundle {
+	t.Helper()
+	ctx := context.Background()
+	b := &bundle{nats: devtest.NATS(t), ver: map[string]int64{}, want: map[string]int64{}}
+	_, b.js = devtest.Connect(t, b.nats)
+	var err error
+	if b.pool, err = pgxpool.New(ctx, devtest.Postgres(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.pool.Close)
+	if _, _, err := feeder.EnsureStream(ctx, b.js, feeder.Config{}.Defaults()); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (b *bundle) deposit(t *testing.T, wallet string, amount int64) {
+	t.Helper()
+	b.pos++
+	b.ver[wallet]++
+	b.want["wallet/"+wallet] += amount
+	m, err := eventmsg.New("events", eventstore.Event{Position: b.pos, TransactionID: uint64(b.pos), AggregateType: "wallet", AggregateID: wallet,
+		Version: b.ver[wallet], Type: "MoneyWasAddedToWallet", Payload: []byte(fmt.Sprintf(`{"amount":%d}`, amount)), RecordedAt: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.js.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// start runs fn until the test ends or the returned stop is called; kill
+// closes the connection first, as a crash would.
+func (b *bundle) start(t *testing.T, fn func(ctx context.Context, nc *nats.Conn) error) (stop, kill func()) {
+	t.Helper()
+	nc, err := nats.Connect(b.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- fn(ctx, nc) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("stopped with %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Error("did not stop")
+			}
+			nc.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return stop, func() { nc.Close(); stop() }
+}
+
+func (b *bundle) projector(t *testing.T, defs ...projection.Definer) (stop, kill func()) {
+	return b.start(t, func(ctx context.Context, nc *nats.Conn) error {
+		p, err := projector.New(nc, projector.Options{Replica: fmt.Sprintf("r%d", time.Now().UnixNano()), LeaseTTL: 2 * time.Second}, defs...)
+		if err != nil {
+			return err
+		}
+		return p.Run(ctx)
+	})
+}
+
+func (b *bundle) emitter(t *testing.T) (stop, kill func()) {
+	return b.start(t, func(ctx context.Context, nc *nats.Conn) error {
+		e, err := emitter.New(emitter.Config{LeaseTTL: 2 * time.Second}, b.pool, nc, nil, nil)
+		if err != nil {
+			return err
+		}
+		return e.Run(ctx)
+	})
+}
+
+type derived struct {
+	id      string
+	subject string
+	balance int64
+}
+
+func (b *bundle) derived(t *testing.T) []derived {
+	t.Helper()
+	ctx := context.Background()
+	s, err := b.js.Stream(ctx, projector.OwnStream("wallet_balance"))
+	if err != nil {
+		return nil // not initialised yet
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []derived
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p struct {
+			Balance int64 `json:"balance"`
+		}
+		_ = json.Unmarshal(m.Data, &p)
+		out = append(out, derived{m.Header.Get(nats.MsgIdHdr), m.Subject, p.Balance})
+	}
+	return out
+}
+
+// finals checks every derived event is unique and returns the last balance
+// per subject.
+func finals(t *testing.T, ds []derived) map[string]int64 {
+	t.Helper()
+	seen := map[string]bool{}
+	last := map[string]int64{}
+	for _, d := range ds {
+		if seen[d.id] {
+			t.Fatalf("derived event %s appears twice", d.id)
+		}
+		seen[d.id] = true
+		last[d.subject] = d.balance
+	}
+	return last
+}
+
+func (b *bundle) waitFinals(t *testing.T) {
+	t.Helper()
+	devtest.Eventually(t, 60*time.Second, func() error {
+		last := finals(t, b.derived(t))
+		for w, want := range b.want {
+			subj := projector.EmitSubject("wallet_balance", w)
+			if last[subj] != want {
+				return fmt.Errorf("%s: last derived balance %d, want %d (%d subjects)", subj, last[subj], want, len(last))
+			}
+		}
+		return nil
+	})
+}
+
+func TestEmittedExactlyOnceThroughKills(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for i := range 50 {
+		for d := range 4 {
+			b.deposit(t, fmt.Sprintf("w%d", i), int64(100+d))
+		}
+	}
+	_, killProjector := b.projector(t, walletBalance(b.pool))
+	_, killEmitter := b.emitter(t)
+	devtest.Eventually(t, 30*time.Second, func() error {
+		if n := len(b.derived(t)); n == 0 {
+			return fmt.Errorf("nothing emitted yet")
+		}
+		return nil
+	})
+	killEmitter()
+	for i := range 50 {
+		b.deposit(t, fmt.Sprintf("w%d", i), 7)
+	}
+	killProjector()
+	b.projector(t, walletBalance(b.pool))
+	b.emitter(t)
+	for i := range 50 {
+		b.deposit(t, fmt.Sprintf("w%d", i), 11)
+	}
+	b.waitFinals(t)
+	var pending int
+	if err := b.pool.QueryRow(context.Background(), `SELECT count(*) FROM jetproj.outbox`).Scan(&pending); err != nil || pending != 0 {
+		t.Fatalf("outbox holds %d rows after the relay, %v", pending, err)
+	}
+}
+
+// TestRebuildAndNotLiveEmitNothing is G5.
+func TestRebuildAndNotLiveEmitNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	for i := range 20 {
+		b.deposit(t, fmt.Sprintf("w%d", i), 100)
+	}
+	def := walletBalance(b.pool)
+	b.projector(t, def)
+	b.emitter(t)
+	b.waitFinals(t)
+	before := len(b.derived(t))
+
+	// Rebuild: the read model is rebuilt, nothing is emitted.
+	if err := projector.Reset(ctx, b.js, def.Def(), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	devtest.Eventually(t, 30*time.Second, func() error {
+		var n int64
+		if err := b.pool.QueryRow(ctx, `SELECT coalesce(sum(balance), 0) FROM wallet_balance`).Scan(&n); err != nil {
+			return err
+		}
+		if n != 2000 {
+			return fmt.Errorf("rebuilt total %d", n)
+		}
+		return nil
+	})
+	// One new event after the rebuild is emitted: the marker that the
+	// emitter has relayed everything before it.
+	b.deposit(t, "w0", 1)
+	b.waitFinals(t)
+	if got := len(b.derived(t)); got != before+1 {
+		t.Fatalf("after the rebuild %d derived events, want %d (one for the new deposit)", got, before+1)
+	}
+
+	// Not live: nothing; switched live: only new events.
+	if err := projector.SetLive(ctx, b.js, def.Def(), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	// The runner learns the flag through a watch: deposit to probe wallets
+	// until one is applied without being emitted.
+	probe := 0
+	devtest.Eventually(t, 30*time.Second, func() error {
+		probe++
+		w := fmt.Sprintf("probe%d", probe)
+		b.deposit(t, w, 1)
+		delete(b.want, "wallet/"+w)
+		var n int64
+		for {
+			err := b.pool.QueryRow(ctx, `SELECT balance FROM wallet_balance WHERE wallet_id = $1`, w).Scan(&n)
+			if err == nil {
+				break
+			}
+			if err != pgx.ErrNoRows {
+				return err
+			}
+			time.Sleep(5 * time.Millisecond) // polling the table for the probe's row
+		}
+		var queued int
+		if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox WHERE partition = $1`, "wallet/"+w).Scan(&queued); err != nil {
+			return err
+		}
+		_, emitted := finals(t, b.derived(t))[projector.EmitSubject("wallet_balance", "wallet/"+w)]
+		if queued > 0 || emitted {
+			return fmt.Errorf("probe %s was emitted: not live not seen yet", w)
+		}
+		return nil
+	})
+	b.deposit(t, "w1", 5)
+	devtest.Eventually(t, 30*time.Second, func() error {
+		var n int64
+		if err := b.pool.QueryRow(ctx, `SELECT balance FROM wallet_balance WHERE wallet_id = 'w1'`).Scan(&n); err != nil {
+			return err
+		}
+		if n != 105 {
+			return fmt.Errorf("w1 %d", n)
+		}
+		return nil
+	})
+	if err := projector.SetLive(ctx, b.js, def.Def(), 1, true); err != nil {
+		t.Fatal(err)
+	}
+	b.deposit(t, "w2", 5)
+	devtest.Eventually(t, 30*time.Second, func() error {
+		last := finals(t, b.derived(t))
+		if last[projector.EmitSubject("wallet_balance", "wallet/w2")] != 105 {
+			return fmt.Errorf("w2's new balance not emitted yet")
+		}
+		return nil
+	})
+	last := finals(t, b.derived(t))
+	if got := last[projector.EmitSubject("wallet_balance", "wallet/w1")]; got != 100 {
+		t.Fatalf("w1's deposit while not live was emitted: last balance %d", got)
+	}
+}
