@@ -1,0 +1,84 @@
+// Package emittersvc is the emitter service: configuration, command line
+// and wiring. services/emitter/main.go only calls Main.
+package emittersvc
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/jetproj/jetproj/pkg/config"
+	"github.com/jetproj/jetproj/pkg/emitter"
+	"github.com/jetproj/jetproj/pkg/lifecycle"
+	"github.com/jetproj/jetproj/pkg/logging"
+	"github.com/jetproj/jetproj/pkg/natsconn"
+	"github.com/jetproj/jetproj/pkg/pgconn"
+)
+
+// Config is the emitter service's configuration.
+type Config struct {
+	DB      pgconn.Config
+	NATS    natsconn.Config
+	Emitter emitter.Config
+	Log     logging.Config
+}
+
+const usage = `Usage: emitter [run|help]
+
+Relays the projections' derived events from jetproj.outbox to JetStream
+(project.<name>.> and linked streams), exactly once. Configuration comes from
+the environment; see README.md.
+`
+
+// Main runs the command in args and returns the exit code.
+func Main(ctx context.Context, args []string, environ map[string]string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "help", "-h", "--help":
+			fmt.Fprint(stdout, usage)
+			return 0
+		case "run":
+		default:
+			fmt.Fprintf(stderr, "emitter: unknown command %q\n\n%s", args[0], usage)
+			return 2
+		}
+	}
+	opts := []config.Option{config.WithPrefixCheck("EMITTER_", "NATS_", "LOG_", "DATABASE_")}
+	if environ != nil {
+		opts = append(opts, config.WithEnvironment(environ))
+	}
+	cfg, err := config.Load[Config](opts...)
+	if err != nil {
+		fmt.Fprintf(stderr, "emitter: %v\n", err)
+		return 2
+	}
+	log := logging.New(stderr, cfg.Log).With("service", "emitter")
+	ctx, stop := lifecycle.SignalContext(ctx, log, os.Exit)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil {
+		log.Error("emitter failed", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	pool, err := pgconn.Open(ctx, cfg.DB)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	conn, err := natsconn.Connect(ctx, cfg.NATS, log)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	e, err := emitter.New(cfg.Emitter, pool, conn.NC, log, nil)
+	if err != nil {
+		return err
+	}
+	log.Info("emitter starting")
+	return e.Run(ctx)
+}
