@@ -334,3 +334,55 @@ func TestRebuildAndNotLiveEmitNothing(t *testing.T) {
 		t.Fatalf("w1's deposit while not live was emitted: last balance %d", got)
 	}
 }
+
+// TestLinkToAndDelete: derived events also reach a linked stream; deleting
+// the projection removes its own stream and keeps the linked one.
+func TestLinkToAndDelete(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	p := walletBalance(b.pool)
+	big := projection.New[Balance]("big_deposits", projection.FromAggregates("wallet"), projection.Postgres(b.pool))
+	projection.On(big, func(_ context.Context, c *projection.Context[Balance], e projection.Event[MoneyWasAddedToWallet]) error {
+		if e.Data.Amount >= 1000 {
+			return c.LinkTo("completed_orders", "BigDeposit", map[string]any{"wallet": e.AggregateID, "amount": e.Data.Amount})
+		}
+		return nil
+	})
+	b.deposit(t, "a", 5)
+	b.deposit(t, "a", 5000)
+	b.deposit(t, "b", 2000)
+	b.projector(t, p, big)
+	b.emitter(t)
+	count := func(stream string) (uint64, error) {
+		s, err := b.js.Stream(ctx, stream)
+		if err != nil {
+			return 0, err
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return info.State.Msgs, nil
+	}
+	devtest.Eventually(t, 30*time.Second, func() error {
+		n, err := count("completed_orders")
+		if err == nil && n != 2 {
+			err = fmt.Errorf("completed_orders holds %d", n)
+		}
+		return err
+	})
+	own, err := count(projector.OwnStream("big_deposits"))
+	if err != nil || own != 2 {
+		t.Fatalf("own stream holds %d, %v; want 2", own, err)
+	}
+	if err := projector.Delete(ctx, b.js, big.Def(), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.js.Stream(ctx, projector.OwnStream("big_deposits")); err == nil {
+		t.Fatal("the deleted projection's stream is still there")
+	}
+	if n, err := count("completed_orders"); err != nil || n != 2 {
+		t.Fatalf("linked stream after delete: %d, %v", n, err)
+	}
+}
