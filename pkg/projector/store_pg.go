@@ -77,8 +77,33 @@ CREATE TABLE IF NOT EXISTS jetproj.slots (
     PRIMARY KEY (projection, slot)
 );`
 
-// Init creates the tables (idempotent; serialised by an advisory lock).
+// pgSchemaVersion changes whenever pgSchema does.
+const pgSchemaVersion = 3
+
+// Init creates the tables (idempotent). When the schema is current it runs
+// no DDL at all, so starting a projection never takes locks that running
+// batches hold; an upgrade runs under an advisory lock and is retried on a
+// deadlock.
 func (s *PGStore) Init(ctx context.Context) error {
+	var v int
+	err := s.pool.QueryRow(ctx, `SELECT coalesce((SELECT version FROM jetproj.schema_version), 0)`).Scan(&v)
+	if err == nil && v >= pgSchemaVersion {
+		return nil
+	}
+	for attempt := 0; ; attempt++ {
+		err := s.migrate(ctx)
+		var pgErr *pgconn.PgError
+		if err != nil && attempt < 5 && errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "23505") {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("projector: create jetproj tables: %w", err)
+		}
+		return nil
+	}
+}
+
+func (s *PGStore) migrate(ctx context.Context) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return err
@@ -88,7 +113,12 @@ func (s *PGStore) Init(ctx context.Context) error {
 		return err
 	}
 	if _, err := tx.Exec(ctx, pgSchema); err != nil {
-		return fmt.Errorf("projector: create jetproj tables: %w", err)
+		return err
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS jetproj.schema_version (version integer NOT NULL);
+DELETE FROM jetproj.schema_version;
+INSERT INTO jetproj.schema_version VALUES (`+fmt.Sprint(pgSchemaVersion)+`)`); err != nil {
+		return err
 	}
 	return tx.Commit(ctx)
 }
