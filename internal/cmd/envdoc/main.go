@@ -26,15 +26,17 @@ import (
 	"github.com/jetproj/jetproj/pkg/logging"
 	"github.com/jetproj/jetproj/pkg/natsconn"
 	"github.com/jetproj/jetproj/pkg/pgconn"
+	"github.com/jetproj/jetproj/pkg/projectorsvc"
 )
 
 // sections maps the section names used in markers to configuration structs.
 // Adding a service's configuration to the documentation is one line here.
 var sections = map[string]any{
-	"nats":     natsconn.Config{},
-	"database": pgconn.Config{},
-	"logging":  logging.Config{},
-	"feeder":   feeder.Config{},
+	"nats":      natsconn.Config{},
+	"database":  pgconn.Config{},
+	"logging":   logging.Config{},
+	"feeder":    feeder.Config{},
+	"projector": projectorsvc.Settings{},
 }
 
 func main() {

@@ -1,0 +1,20 @@
+// Package examples holds the projections of the example domain (wallets,
+// tickets and orders; see docs/contract.md) that the demo, the projector
+// service, the end-to-end tests and the documentation use:
+//
+//   - wallet_balance: partitioned per wallet, a PostgreSQL table
+//     wallet_balance(wallet_id, owner, balance); each batch emits one
+//     WalletBalanceWasChanged per wallet.
+//   - wallet_balance_kv: the same balances as documents in a KV bucket, with
+//     no SQL at all.
+//   - ticket_details: partitioned per ticket, a table ticket_details(ticket_id,
+//     type, status).
+//   - ticket_counts: global, a one-row table ticket_counts(open, closed)
+//     across all tickets.
+//
+// Each constructor takes what its projection needs and returns a typed
+// definition; All returns them all for a projector. The package also holds
+// the reference fold (FoldWallets, FoldTickets, FoldTicketCounts): what the
+// read models must equal once every event has been applied, computed
+// straight from the event store. Tests compare the two.
+package examples

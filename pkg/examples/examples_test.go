@@ -1,0 +1,319 @@
+package examples_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/demo"
+	"github.com/jetproj/jetproj/pkg/devenv"
+	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/eventstore"
+	"github.com/jetproj/jetproj/pkg/examples"
+	"github.com/jetproj/jetproj/pkg/feeder"
+	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projector"
+)
+
+func TestMain(m *testing.M) { devtest.Main(m) }
+
+// bundle is one test's servers: a fresh database with the event store, an
+// embedded NATS server and a feeder publishing the store to EVENTS.
+type bundle struct {
+	pool *pgxpool.Pool
+	nats *devenv.NATS
+	js   jetstream.JetStream
+	w    *demo.Writer
+}
+
+func setup(t *testing.T) *bundle {
+	t.Helper()
+	ctx := context.Background()
+	b := &bundle{nats: devtest.NATS(t)}
+	var err error
+	if b.pool, err = pgxpool.New(ctx, devtest.Postgres(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.pool.Close)
+	if _, err := eventstore.Migrate(ctx, b.pool); err != nil {
+		t.Fatal(err)
+	}
+	_, b.js = devtest.Connect(t, b.nats)
+	b.w = demo.NewWriter(b.pool, 42)
+	b.background(t, "feeder", func(ctx context.Context, nc *nats.Conn) error {
+		f, err := feeder.New(feeder.Config{}, feeder.Deps{Pool: b.pool, NC: nc, Logger: testLogger(t, "feeder")})
+		if err != nil {
+			return err
+		}
+		return f.Run(ctx)
+	})
+	return b
+}
+
+// background runs f with its own NATS connection until the test ends; the
+// returned stop ends it earlier.
+func (b *bundle) background(t *testing.T, name string, f func(ctx context.Context, nc *nats.Conn) error) (stop func()) {
+	t.Helper()
+	nc, err := nats.Connect(b.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f(ctx, nc) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("%s did not stop within 20s", name)
+		}
+		nc.Close()
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// project runs a projector replica with defs.
+func (b *bundle) project(t *testing.T, replica string, defs ...projection.Definer) (stop func()) {
+	t.Helper()
+	return b.background(t, "projector "+replica, func(ctx context.Context, nc *nats.Conn) error {
+		p, err := projector.New(nc, projector.Options{Replica: replica, LeaseTTL: 2 * time.Second, Logger: testLogger(t, replica)}, defs...)
+		if err != nil {
+			return err
+		}
+		return p.Run(ctx)
+	})
+}
+
+// write appends at least n events of the example domain.
+func (b *bundle) write(t *testing.T, n int) {
+	t.Helper()
+	for written := 0; written < n; {
+		k, err := b.w.Step(context.Background())
+		if err != nil {
+			t.Errorf("write: %v", err)
+			return
+		}
+		written += k
+	}
+}
+
+func (b *bundle) waitVerified(t *testing.T, within time.Duration, names ...string) {
+	t.Helper()
+	devtest.Eventually(t, within, func() error { return examples.Verify(context.Background(), b.pool, b.js, names...) })
+}
+
+func testLogger(t *testing.T, who string) *slog.Logger {
+	if os.Getenv("JETPROJ_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name(), "who", who)
+}
+
+// TestReadModelsEqualFold runs every example projection on a backlog and
+// then on live events: each read model ends equal to the fold of the event
+// store.
+func TestReadModelsEqualFold(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.write(t, 2000)
+	b.project(t, "r1", examples.All(b.pool)...)
+	b.write(t, 1000)
+	b.waitVerified(t, 45*time.Second)
+
+	// The fold is not trivially empty.
+	ctx := context.Background()
+	wallets, _ := examples.ReadWallets(ctx, b.pool)
+	counts, _ := examples.ReadTicketCounts(ctx, b.pool)
+	if len(wallets) < 5 || counts.Open == 0 || counts.Closed == 0 {
+		t.Fatalf("little to compare: %d wallets, counts %+v", len(wallets), counts)
+	}
+}
+
+// TestGlobalAndPartitionedAgree runs the global ticket_counts and the
+// partitioned ticket_details (and wallet_balance with wallet_balance_kv) side
+// by side on two replicas from the same EVENTS while events arrive and a
+// replica leaves: the global counts equal the per-ticket rows summed up, and
+// the SQL balances equal the KV documents.
+func TestGlobalAndPartitionedAgree(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.write(t, 1000)
+	stop1 := b.project(t, "r1", examples.All(b.pool)...)
+	b.project(t, "r2", examples.All(b.pool)...)
+	b.write(t, 1000)
+	stop1() // the global projection moves to r2 if r1 ran it
+	b.write(t, 500)
+	b.waitVerified(t, 45*time.Second)
+	ctx := context.Background()
+	if err := examples.Agree(ctx, b.pool); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := examples.ReadWallets(ctx, b.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs, err := examples.ReadWalletDocs(ctx, b.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != len(docs) {
+		t.Fatalf("%d rows, %d documents", len(rows), len(docs))
+	}
+	for id, r := range rows {
+		if d := docs[id]; d.Owner != r.Owner || d.Balance != r.Balance {
+			t.Fatalf("%s: row %+v, document %+v", id, r, d)
+		}
+	}
+}
+
+// TestResetAndPartitionRebuild resets ticket_counts and rebuilds one wallet
+// of wallet_balance with the admin functions: the hooks clear the read
+// model and the replay fills it again.
+func TestResetAndPartitionRebuild(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.write(t, 1000)
+	b.project(t, "r1", examples.All(b.pool)...)
+	b.waitVerified(t, 30*time.Second)
+
+	ctx := context.Background()
+	nc, js := devtest.Connect(t, b.nats)
+	if err := projector.Reset(ctx, js, examples.TicketCounts(b.pool).Def(), 1, t.Logf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx, `UPDATE wallet_balance SET balance = -1 WHERE wallet_id = 'w-1'`); err != nil {
+		t.Fatal(err)
+	}
+	err := projector.PartitionCommand(ctx, nc, js, examples.WalletBalance(b.pool).Def(), 1,
+		projector.Command{Op: "rebuild", Partition: "wallet/w-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.write(t, 200)
+	b.waitVerified(t, 30*time.Second)
+}
+
+// TestHandlersWithoutServers applies events to the KV projection and runs
+// wallet_balance's flush hook in memory.
+func TestHandlersWithoutServers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := examples.WalletBalanceKV().Def()
+	pc := &projection.PartitionContext{Key: "wallet/w-1", State: d.NewState()}
+	for _, e := range []struct{ typ, payload string }{
+		{"WalletOpened", `{"owner":"ann"}`},
+		{"MoneyWasAddedToWallet", `{"amount":500}`},
+		{"MoneyWasWithdrawnFromWallet", `{"amount":120}`},
+		{"SomethingElse", `{}`},
+	} {
+		if err := d.Apply(ctx, pc, projection.Meta{Type: e.typ, Raw: []byte(e.payload), Partition: pc.Key}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := *pc.State.(*examples.WalletDoc), (examples.WalletDoc{Owner: "ann", Balance: 380}); got != want {
+		t.Fatalf("state %+v, want %+v", got, want)
+	}
+	err := d.Apply(ctx, pc, projection.Meta{Type: "MoneyWasAddedToWallet", Raw: []byte(`{"amount":"x"}`)})
+	if err == nil {
+		t.Fatal("a payload that does not decode is no error")
+	}
+
+	wb := examples.WalletBalance(nil).Def()
+	pc = &projection.PartitionContext{Key: "wallet/w-7", State: &examples.WalletState{Balance: 4200}}
+	if err := wb.Flush(ctx, pc); err != nil {
+		t.Fatal(err)
+	}
+	if len(pc.Emitted) != 1 || pc.Emitted[0].Type != "WalletBalanceWasChanged" {
+		t.Fatalf("emitted %+v", pc.Emitted)
+	}
+	var ev examples.WalletBalanceWasChanged
+	if err := json.Unmarshal(pc.Emitted[0].Payload, &ev); err != nil || ev != (examples.WalletBalanceWasChanged{WalletID: "w-7", Balance: 4200}) {
+		t.Fatalf("payload %s (%v)", pc.Emitted[0].Payload, err)
+	}
+	if got := string(pc.Emitted[0].Payload); got != `{"walletId":"w-7","balance":4200}` {
+		t.Fatalf("payload %s", got)
+	}
+}
+
+func TestDefinitionsAreValid(t *testing.T) {
+	t.Parallel()
+	want := map[string]projection.Kind{
+		"wallet_balance": projection.Partitioned, "wallet_balance_kv": projection.Partitioned,
+		"ticket_details": projection.Partitioned, "ticket_counts": projection.Global,
+	}
+	for _, d := range examples.All(nil) {
+		def := d.Def()
+		if err := def.Validate(); err != nil {
+			t.Error(err)
+		}
+		if k, ok := want[def.Name()]; !ok || k != def.Kind() {
+			t.Errorf("%s: kind %v, want %v (known %v)", def.Name(), def.Kind(), k, ok)
+		}
+		if got, ok := examples.ByName(nil, def.Name()); !ok || got.Def().Name() != def.Name() {
+			t.Errorf("ByName(%s) = %v, %v", def.Name(), got, ok)
+		}
+	}
+	if _, ok := examples.ByName(nil, "nope"); ok {
+		t.Error("ByName(nope) found something")
+	}
+	if got := fmt.Sprint(examples.Names()); got != "[wallet_balance wallet_balance_kv ticket_details ticket_counts]" {
+		t.Errorf("Names() = %s", got)
+	}
+}
+
+// TestFold checks the reference fold on a hand-written history.
+func TestFold(t *testing.T) {
+	t.Parallel()
+	ev := func(agg, id, typ, payload string) eventstore.Event {
+		return eventstore.Event{AggregateType: agg, AggregateID: id, Type: typ, Payload: []byte(payload)}
+	}
+	events := []eventstore.Event{
+		ev("wallet", "a", "WalletOpened", `{"owner":"ann"}`),
+		ev("wallet", "a", "MoneyWasAddedToWallet", `{"amount":1000}`),
+		ev("ticket", "t1", "TicketWasRegistered", `{"type":"bug"}`),
+		ev("wallet", "b", "WalletOpened", `{"owner":"bob"}`),
+		ev("wallet", "a", "MoneyWasWithdrawnFromWallet", `{"amount":300}`),
+		ev("ticket", "t2", "TicketWasRegistered", `{"type":"feature"}`),
+		ev("ticket", "t1", "TicketWasClosed", `{}`),
+		ev("order", "o1", "OrderPlaced", `{"customer":"acme","total":5000}`),
+	}
+	wallets, err := examples.FoldWallets(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(wallets); got != "map[a:{a ann 700} b:{b bob 0}]" {
+		t.Errorf("wallets %s", got)
+	}
+	tickets, err := examples.FoldTickets(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(tickets); got != "map[t1:{t1 bug closed} t2:{t2 feature open}]" {
+		t.Errorf("tickets %s", got)
+	}
+	counts := examples.FoldTicketCounts(events)
+	if counts != (examples.Counts{Open: 1, Closed: 1}) || examples.CountTickets(tickets) != counts {
+		t.Errorf("counts %+v, summed %+v", counts, examples.CountTickets(tickets))
+	}
+	if _, err := examples.FoldWallets(append(events, ev("wallet", "a", "MoneyWasAddedToWallet", `{"amount":"x"}`))); err == nil {
+		t.Error("a payload that does not decode is no error")
+	}
+}

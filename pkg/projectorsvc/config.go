@@ -1,0 +1,109 @@
+package projectorsvc
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jetproj/jetproj/pkg/config"
+	"github.com/jetproj/jetproj/pkg/lease"
+	"github.com/jetproj/jetproj/pkg/logging"
+	"github.com/jetproj/jetproj/pkg/natsconn"
+	"github.com/jetproj/jetproj/pkg/pgconn"
+)
+
+// Config is the projector service's configuration, read from the
+// environment.
+type Config struct {
+	DB        pgconn.Config
+	NATS      natsconn.Config
+	Log       logging.Config
+	Projector Settings
+}
+
+// Settings are the projector's own variables.
+type Settings struct {
+	Projections   []string      `env:"PROJECTIONS" envSeparator:"," doc:"Projections this replica runs, comma-separated (empty: every projection the binary defines). An unknown name is a configuration error that lists the known ones."`
+	Replica       string        `env:"PROJECTOR_REPLICA" doc:"This replica's name in slot leases and in status (default: host name and process id). Unique among the running replicas."`
+	LeaseTTL      time.Duration `env:"PROJECTOR_LEASE_TTL" envDefault:"6s" doc:"Time to live of slot leases: the partitions of a replica that died move to the others within about this long plus a third. Every replica of a projection must use the same value."`
+	StoreReplicas int           `env:"PROJECTOR_STORE_REPLICAS" envDefault:"1" doc:"Replicas of the KV buckets the projector creates (registry, leases, state): 1, 3 or 5."`
+}
+
+// Validate lists the problems with the settings that need no knowledge of
+// the binary's projections.
+func (s Settings) Validate() []string {
+	var p []string
+	if s.LeaseTTL < lease.MinTTL {
+		p = append(p, fmt.Sprintf("PROJECTOR_LEASE_TTL: %v, want at least %v", s.LeaseTTL, lease.MinTTL))
+	}
+	switch s.StoreReplicas {
+	case 1, 3, 5:
+	default:
+		p = append(p, fmt.Sprintf("PROJECTOR_STORE_REPLICAS: %d, want 1, 3 or 5", s.StoreReplicas))
+	}
+	return p
+}
+
+// Selected returns the names in PROJECTIONS, trimmed, without empty entries
+// and duplicates.
+func (s Settings) Selected() []string {
+	var out []string
+	for _, n := range s.Projections {
+		if n = strings.TrimSpace(n); n != "" && !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Prefixes are the variable prefixes checked for typos.
+var Prefixes = []string{"PROJECTOR_", "PROJECTIONS", "NATS_", "LOG_", "DATABASE_"}
+
+// LoadConfig reads the configuration from environ (the process environment
+// when nil) and reports every problem at once: values that do not parse or
+// are out of range, variables with the service's prefixes that it does not
+// know, and names in PROJECTIONS that are not among known. The error
+// matches config.ErrInvalid.
+func LoadConfig(environ map[string]string, known []string) (Config, error) {
+	opts := []config.Option{config.WithPrefixCheck(Prefixes...)}
+	if environ != nil {
+		opts = append(opts, config.WithEnvironment(environ))
+	}
+	cfg, err := config.Load[Config](opts...)
+	var problems []string
+	var cerr *config.Error
+	switch {
+	case errors.As(err, &cerr):
+		problems = cerr.Problems
+	case err != nil:
+		return cfg, err
+	}
+	// Load returns the zero Config with its problems: read PROJECTIONS
+	// alone to check the names too.
+	sel := cfg.Projector.Selected()
+	if err != nil {
+		sel = selectedFrom(environ)
+	}
+	for _, n := range sel {
+		if !slices.Contains(known, n) {
+			problems = append(problems, fmt.Sprintf("PROJECTIONS: no projection %q (known: %s)", n, strings.Join(known, ", ")))
+		}
+	}
+	if len(problems) > 0 {
+		return Config{}, &config.Error{Problems: problems}
+	}
+	return cfg, nil
+}
+
+func selectedFrom(environ map[string]string) []string {
+	v, ok := environ["PROJECTIONS"]
+	if environ == nil {
+		v, ok = lookupEnv("PROJECTIONS")
+	}
+	if !ok {
+		return nil
+	}
+	return Settings{Projections: strings.Split(v, ",")}.Selected()
+}

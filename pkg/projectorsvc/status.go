@@ -1,0 +1,214 @@
+package projectorsvc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projector"
+)
+
+// readStatus reads a projection's status. Head is the last message on the
+// projection's own subjects, not on the whole stream: a projection of
+// wallets is caught up when it has handled the last wallet event, whatever
+// came after it for tickets.
+func (s *service) readStatus(ctx context.Context, d *projection.Definition) (projector.Status, error) {
+	st, err := projector.ReadStatus(ctx, s.js(), d, s.replicas())
+	if err != nil {
+		return st, err
+	}
+	if head, ok := s.subjectsHead(ctx, d); ok {
+		st.Head = head
+		st.Lag = 0
+		if st.Head > st.Position {
+			st.Lag = st.Head - st.Position
+		}
+	}
+	return st, nil
+}
+
+// subjectsHead is the sequence of the last message on d's subjects; ok is
+// false when it cannot be told (custom sources).
+func (s *service) subjectsHead(ctx context.Context, d *projection.Definition) (uint64, bool) {
+	src := d.SourceConfig()
+	if d.CustomSource() != nil || src.Stream == "" || len(src.Subjects) == 0 {
+		return 0, false
+	}
+	stream, err := s.js().Stream(ctx, src.Stream)
+	if err != nil {
+		return 0, false
+	}
+	var head uint64
+	for _, subj := range src.Subjects {
+		m, err := stream.GetLastMsgForSubject(ctx, subj)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return 0, false
+		}
+		head = max(head, m.Sequence)
+	}
+	return head, true
+}
+
+func (s *service) status(ctx context.Context, names []string, asJSON bool) error {
+	var all []projector.Status
+	for _, d := range s.selected(names) {
+		st, err := s.readStatus(ctx, d)
+		if err != nil {
+			return fmt.Errorf("%s: %w", d.Name(), err)
+		}
+		all = append(all, st)
+	}
+	if asJSON {
+		enc := json.NewEncoder(s.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(all)
+	}
+	return printStatus(s.stdout, all)
+}
+
+func printStatus(out io.Writer, all []projector.Status) error {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tSTORE\tPARTITIONS\tPOSITION\tHEAD\tLAG\tOWNERS\tPARKED")
+	parked := 0
+	for _, st := range all {
+		store := st.Store
+		if store == "" {
+			store = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\n",
+			st.Name, st.Kind, st.State, store, st.Partitions, st.Position, st.Head, st.Lag, owners(st.Owners), len(st.Parked))
+		parked += len(st.Parked)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if parked == 0 {
+		return nil
+	}
+	fmt.Fprintln(out, "\nParked partitions (fix the cause, then `projector retry <name> <partition>`, or `projector skip <name> <partition>`):")
+	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tPARTITION\tSEQ\tEVENT TYPE\tATTEMPTS\tSINCE\tERROR")
+	for _, st := range all {
+		for _, r := range st.Parked {
+			p := r.Parked
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", st.Name, r.Key, p.Seq, p.EventType, p.Attempts,
+				p.Since.Format(time.RFC3339), oneLine(p.Error))
+		}
+	}
+	return tw.Flush()
+}
+
+// owners formats replica slot counts as "r1:32 r2:32".
+func owners(m map[string]int) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s:%d", k, m[k]))
+	}
+	return strings.Join(parts, " ")
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	return s
+}
+
+// backfillPoll is how often backfill reads the status.
+var backfillPoll = 500 * time.Millisecond
+
+// backfill waits until the replicas have caught the projection up with its
+// source, printing progress: redrawn in place on a terminal, a line every
+// few seconds otherwise.
+func (s *service) backfill(ctx context.Context, name string) error {
+	d := s.def(name)
+	tty := isTerminal(s.stdout)
+	var lastLine time.Time
+	var warnedOwners, warnedInit bool
+	start := time.Now()
+	for {
+		st, err := s.readStatus(ctx, d)
+		if err != nil {
+			return err
+		}
+		switch st.State {
+		case projector.StateActive:
+		case projector.StatePaused:
+			// A reset or delete is under way; it resumes or ends soon.
+		case projector.StateDeleted:
+			return fmt.Errorf("%s is deleted: `projector init %s` first", name, name)
+		default:
+			if !warnedInit {
+				s.progress("%s is not initialised yet: waiting for a replica running it (`projector run`) …", name)
+				warnedInit = true
+			}
+		}
+		if st.State == projector.StateActive && len(st.Owners) == 0 && !warnedOwners && time.Since(start) > 2*s.cfg.Projector.LeaseTTL {
+			s.progress("no replica owns %s's partitions: is `projector run` running with it?", name)
+			warnedOwners = true
+		}
+		done := st.State == projector.StateActive && st.Lag == 0 && len(st.Owners) > 0
+		line := fmt.Sprintf("%s: position %d / head %d (%s), lag %d", name, st.Position, st.Head, percent(st.Position, st.Head), st.Lag)
+		switch {
+		case tty:
+			fmt.Fprintf(s.stdout, "\r\033[K%s", line)
+			if done {
+				fmt.Fprintln(s.stdout)
+			}
+		case done || time.Since(lastLine) >= 5*time.Second:
+			fmt.Fprintln(s.stdout, line)
+			lastLine = time.Now()
+		}
+		if done {
+			if len(st.Parked) > 0 {
+				s.progress("%s caught up, but %d partitions are parked: see `projector status %s`", name, len(st.Parked), name)
+			} else {
+				s.progress("%s caught up", name)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if tty {
+				fmt.Fprintln(s.stdout)
+			}
+			return ctx.Err()
+		case <-time.After(backfillPoll):
+		}
+	}
+}
+
+func percent(pos, head uint64) string {
+	if head == 0 {
+		return "100%"
+	}
+	return fmt.Sprintf("%.1f%%", 100*float64(min(pos, head))/float64(head))
+}
+
+// isTerminal reports whether w is a character device.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
