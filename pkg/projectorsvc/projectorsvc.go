@@ -59,6 +59,8 @@ Commands:
   delete <name> --yes               remove the read model, positions, leases and derived-event stream
   retry <name> <partition>          retry a parked partition from its failing event
   skip <name> <partition>           skip a parked partition's failing event and go on
+  start <name>                      start a projection deployed with ManualStart
+  live <name> on|off                switch emission of derived events on (new events only) or off
   help                              print this help
 
 A partition is "<aggregate_type>/<aggregate_id>" (e.g. wallet/w-1), or
@@ -86,6 +88,8 @@ var commandFlags = map[string]map[string]bool{
 	"delete":   {"yes": false},
 	"retry":    {},
 	"skip":     {},
+	"start":    {},
+	"live":     {},
 }
 
 // parseArgs reads the command and its flags, which may come before or after
@@ -141,9 +145,11 @@ func parseArgs(args []string) (command, error) {
 	}
 	want := map[string][2]int{ // min, max positional arguments
 		"run": {0, 0}, "status": {0, 1 << 20}, "init": {1, 1}, "reset": {1, 1}, "rebuild": {1, 1},
-		"backfill": {1, 1}, "delete": {1, 1}, "retry": {2, 2}, "skip": {2, 2},
+		"backfill": {1, 1}, "delete": {1, 1}, "retry": {2, 2}, "skip": {2, 2}, "start": {1, 1}, "live": {2, 2},
 	}[c.name]
 	switch n := len(c.args); {
+	case c.name == "live" && (n != 2 || (c.args[1] != "on" && c.args[1] != "off")):
+		return c, fmt.Errorf("live needs a projection name and on or off")
 	case n < want[0] && want[0] == 2:
 		return c, fmt.Errorf("%s needs a projection name and a partition", c.name)
 	case n < want[0]:
@@ -237,6 +243,15 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 		err = s.delete(ctx, cmd.args[0])
 	case "retry", "skip":
 		err = s.partition(ctx, cmd.name, cmd.args[0], cmd.args[1])
+	case "start":
+		if err = projector.Start(ctx, s.js(), s.def(cmd.args[0]), s.replicas()); err == nil {
+			s.progress("%s started", cmd.args[0])
+		}
+	case "live":
+		live := cmd.args[1] == "on"
+		if err = projector.SetLive(ctx, s.js(), s.def(cmd.args[0]), s.replicas(), live); err == nil {
+			s.progress("%s is live: %v (emits for events after the source's current end)", cmd.args[0], live)
+		}
 	}
 	if err != nil {
 		if cmd.name == "run" {

@@ -104,6 +104,9 @@ func TestUsage(t *testing.T) {
 		{[]string{"reset", "nope"}, 2, `reset: no projection "nope" (known: wallet_balance,`},
 		{[]string{"status", "wallet_balance", "nope"}, 2, `status: no projection "nope"`},
 		{[]string{"delete", "ticket_counts"}, 2, "run it again with --yes"},
+		{[]string{"live", "wallet_balance"}, 2, "live needs a projection name and on or off"},
+		{[]string{"live", "wallet_balance", "maybe"}, 2, "live needs a projection name and on or off"},
+		{[]string{"start"}, 2, "start needs a projection name"},
 	} {
 		r := call(context.Background(), env, examples.All, tc.args...)
 		out := r.stdout + r.stderr
