@@ -22,6 +22,7 @@ import (
 	"slices"
 
 	"github.com/jetproj/jetproj/internal/envdoc"
+	"github.com/jetproj/jetproj/pkg/emitter"
 	"github.com/jetproj/jetproj/pkg/feeder"
 	"github.com/jetproj/jetproj/pkg/logging"
 	"github.com/jetproj/jetproj/pkg/natsconn"
@@ -37,6 +38,7 @@ var sections = map[string]any{
 	"logging":   logging.Config{},
 	"feeder":    feeder.Config{},
 	"projector": projectorsvc.Settings{},
+	"emitter":   emitter.Config{},
 }
 
 func main() {
