@@ -57,6 +57,7 @@ type binaries struct {
 	err        error
 	feeder     string
 	natsServer string
+	projector  string
 }
 
 var bins binaries
@@ -85,8 +86,10 @@ func (b *binaries) buildAll() error {
 	}
 	b.feeder = filepath.Join(b.dir, "feeder")
 	b.natsServer = filepath.Join(b.dir, "nats-server")
+	b.projector = filepath.Join(b.dir, "projector")
 	targets := map[string]string{
 		b.feeder:     "./services/feeder",
+		b.projector:  "./services/projector",
 		b.natsServer: "github.com/nats-io/nats-server/v2",
 	}
 	var (
