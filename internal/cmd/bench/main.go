@@ -8,7 +8,8 @@
 //
 // Benchmarks:
 //
-//	feeder   feeder backfill against a raw relay, and live append latency
+//	feeder     feeder backfill against a raw relay, and live append latency
+//	projector  projection catch-up, rebuild, replica scaling and memory
 //
 // Run "go run ./internal/cmd/bench <benchmark> -h" for a benchmark's flags.
 // The first interrupt stops the benchmark and cleans up; a second one exits
@@ -24,6 +25,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -38,10 +40,15 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"feeder": {"feeder backfill against a raw relay, and live append latency", runFeeder},
+	"feeder":    {"feeder backfill against a raw relay, and live append latency", runFeeder},
+	"projector": {"projection catch-up, rebuild, replica scaling and memory", runProjector},
 }
 
-var commandOrder = []string{"feeder"}
+var commandOrder = []string{"feeder", "projector"}
+
+// childCommand is the hidden command the projector benchmark starts itself
+// with to measure a projector's memory in a process of its own.
+const childCommand = "projector-child"
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -51,6 +58,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "help" {
 		usage(stderr)
 		return 2
+	}
+	if args[0] == childCommand {
+		if err := bench.ProjectorChild(context.Background(), args[1:], os.Stdin, stdout); err != nil {
+			fmt.Fprintf(stderr, "bench %s: %v\n", childCommand, err)
+			return 1
+		}
+		return 0
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
@@ -82,7 +96,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: go run ./internal/cmd/bench <benchmark> [flags]")
 	fmt.Fprintln(w, "benchmarks:")
 	for _, name := range commandOrder {
-		fmt.Fprintf(w, "  %-8s %s\n", name, commands[name].summary)
+		fmt.Fprintf(w, "  %-10s %s\n", name, commands[name].summary)
 	}
 }
 
@@ -135,12 +149,85 @@ func runFeeder(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fmt.Fprint(stdout, res.Summary())
 	if *markdown {
 		fmt.Fprintln(stdout)
-		fmt.Fprint(stdout, res.Markdown(commandLine(args)))
+		fmt.Fprint(stdout, res.Markdown(commandLine("feeder", args)))
+	}
+	return nil
+}
+
+func runProjector(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("projector", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o bench.ProjectorOptions
+	fs.IntVar(&o.Events, "events", 300000, "events published for the catch-up and rebuild")
+	fs.IntVar(&o.Aggregates, "aggregates", 0, "wallets the events are spread over (0: events/3, at most 100000)")
+	fs.IntVar(&o.Rounds, "rounds", 3, "rounds of raw limit then projector")
+	fs.IntVar(&o.RebuildBatch, "rebuild-batch", 5000, "BatchSize of the rebuilt projection")
+	fs.IntVar(&o.ScaleAggregates, "scale-aggregates", 2000, "wallets of the replica part")
+	fs.IntVar(&o.ScaleEvents, "scale-events", 3, "events per wallet in the replica part")
+	fs.DurationVar(&o.HandlerDelay, "handler-delay", 2*time.Millisecond, "time the replica part's handler waits per event")
+	replicas := fs.String("replicas", "1,2,4", "replica counts of the replica part")
+	fs.DurationVar(&o.LeaseTTL, "lease-ttl", 2*time.Second, "lease TTL of the replica part's projectors")
+	fs.IntVar(&o.Partitions, "partitions", 1000000, "known partitions of the memory part")
+	fs.StringVar(&o.MemoryLimit, "memlimit", "250MiB", "GOMEMLIMIT of the memory part's second child run (off: no second run)")
+	parts := fs.String("parts", strings.Join(bench.ProjectorParts, ","), "parts to run")
+	fs.StringVar(&o.CPUProfileDir, "cpuprofile", "", "directory for a CPU profile of each run (publish-N, catchup-N, read-N, rebuild-N, replicas-KIND-N .pprof) and heap profiles of the memory children")
+	markdown := fs.Bool("markdown", false, "also print markdown tables for docs/benchmarks.md")
+	verbose := fs.Bool("v", false, "show the projectors' info logs")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	for _, s := range strings.Split(*replicas, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil {
+			return fmt.Errorf("-replicas %q: %w", *replicas, err)
+		}
+		o.Replicas = append(o.Replicas, n)
+	}
+	o.Parts = strings.Split(*parts, ",")
+	if o.CPUProfileDir != "" {
+		if err := os.MkdirAll(o.CPUProfileDir, 0o755); err != nil {
+			return err
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	o.Child = []string{self, childCommand}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelInfo
+	}
+	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	o.Progress = stdout
+
+	fmt.Fprintln(stdout, "starting embedded NATS (NoSync: true, same server for every step) on loopback")
+	srv, err := bench.StartNATSServer(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := srv.Close(); err != nil {
+			fmt.Fprintln(stderr, err)
+		}
+	}()
+	res, err := bench.Projector(ctx, srv.Target(), o)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	fmt.Fprint(stdout, res.Summary())
+	if *markdown {
+		fmt.Fprintln(stdout)
+		fmt.Fprint(stdout, res.Markdown(commandLine("projector", args)))
 	}
 	return nil
 }
 
 // commandLine is the command that reproduces this run.
-func commandLine(args []string) string {
-	return strings.Join(append([]string{"go run ./internal/cmd/bench feeder"}, args...), " ")
+func commandLine(name string, args []string) string {
+	return strings.Join(append([]string{"go run ./internal/cmd/bench " + name}, args...), " ")
 }
