@@ -47,6 +47,10 @@ docs: ## Regenerate the configuration tables in README.md
 bench-feeder: ## Benchmark the feeder against the raw relay, and live latency
 	$(GO) run ./internal/cmd/bench feeder
 
+.PHONY: bench-projector
+bench-projector: ## Benchmark the projector: KV state, rebuild, replica scaling, memory
+	$(GO) run ./internal/cmd/bench projector
+
 .PHONY: fuzz
 fuzz: ## Fuzz the subject token encoding for 30s each
 	$(GO) test ./pkg/subject -run '^$$' -fuzz FuzzTokenRoundTrip -fuzztime 30s
