@@ -32,6 +32,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/lifecycle"
 	"github.com/jetproj/jetproj/pkg/logging"
+	"github.com/jetproj/jetproj/pkg/memlimit"
 	"github.com/jetproj/jetproj/pkg/natsconn"
 	"github.com/jetproj/jetproj/pkg/pgconn"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -354,6 +355,9 @@ func (s *service) progress(format string, args ...any) {
 }
 
 func (s *service) run(ctx context.Context) error {
+	if limit := memlimit.FromCgroup(memlimit.DefaultCgroupFile); limit > 0 {
+		s.log.Info("soft memory limit set below the container's", "bytes", limit)
+	}
 	defs := s.selected(nil)
 	if err := s.waitForSources(ctx, defs); err != nil {
 		return err
