@@ -194,15 +194,26 @@ func TestResetAndPartitionRebuild(t *testing.T) {
 	b.project(t, "r1", examples.All(b.pool)...)
 	b.waitVerified(t, 30*time.Second)
 
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	nc, js := devtest.Connect(t, b.nats)
+	// A partition command goes to the replica owning the partition: wait
+	// until the replica holds every slot.
+	wb := examples.WalletBalance(b.pool).Def()
+	devtest.Eventually(t, 20*time.Second, func() error {
+		st, err := projector.ReadStatus(ctx, js, wb, 1)
+		if err != nil || st.Owners["r1"] != st.Slots {
+			return fmt.Errorf("owners %v of %d slots (%v)", st.Owners, st.Slots, err)
+		}
+		return nil
+	})
 	if err := projector.Reset(ctx, js, examples.TicketCounts(b.pool).Def(), 1, t.Logf); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.pool.Exec(ctx, `UPDATE wallet_balance SET balance = -1 WHERE wallet_id = 'w-1'`); err != nil {
 		t.Fatal(err)
 	}
-	err := projector.PartitionCommand(ctx, nc, js, examples.WalletBalance(b.pool).Def(), 1,
+	err := projector.PartitionCommand(ctx, nc, js, wb, 1,
 		projector.Command{Op: "rebuild", Partition: "wallet/w-1"})
 	if err != nil {
 		t.Fatal(err)

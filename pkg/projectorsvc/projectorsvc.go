@@ -451,9 +451,14 @@ func (s *service) delete(ctx context.Context, name string) error {
 	return nil
 }
 
-// commandTimeout bounds a partition command: the owning replica answers at
-// once, and without one the command runs here.
-const commandTimeout = 30 * time.Second
+// A partition command goes to the replica that owns the partition's slot
+// and is answered at once; without any replica it runs here. While a slot
+// changes hands nobody answers, so each attempt is short and the command is
+// tried again until commandTimeout.
+var (
+	commandTimeout = 30 * time.Second
+	attemptTimeout = 5 * time.Second
+)
 
 func (s *service) partition(ctx context.Context, op, name, partition string) error {
 	d := s.def(name)
@@ -462,9 +467,29 @@ func (s *service) partition(ctx context.Context, op, name, partition string) err
 	}
 	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
-	err := projector.PartitionCommand(ctx, s.conn.NC, s.js(), d, s.replicas(), projector.Command{Op: op, Partition: partition})
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", name, partition, err)
+	cmd := projector.Command{Op: op, Partition: partition}
+	for said := false; ; {
+		actx, acancel := context.WithTimeout(ctx, attemptTimeout)
+		err := projector.PartitionCommand(actx, s.conn.NC, s.js(), d, s.replicas(), cmd)
+		acancel()
+		if err == nil {
+			break
+		}
+		unanswered := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, lease.ErrHeld)
+		if !unanswered || ctx.Err() != nil {
+			if unanswered {
+				return fmt.Errorf("%s %s: no replica answered within %v (is the projection paused, or its replicas stuck?): %w", name, partition, commandTimeout, err)
+			}
+			return fmt.Errorf("%s %s: %w", name, partition, err)
+		}
+		if !said {
+			s.progress("%s %s: no replica answered yet (its slot may be changing hands); trying again …", name, partition)
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 	switch op {
 	case "retry":

@@ -267,8 +267,8 @@ func TestRunStatusRetrySkip(t *testing.T) {
 		if len(st) != 2 {
 			return fmt.Errorf("status shows %d projections", len(st))
 		}
-		if len(a.Parked) != 2 {
-			return fmt.Errorf("wallet_audit: %d parked", len(a.Parked))
+		if len(a.Parked) != 2 || a.Owners["r1"] != 64 {
+			return fmt.Errorf("wallet_audit: %d parked, owners %v", len(a.Parked), a.Owners)
 		}
 		if wb.State != "active" || wb.Store != "postgres" || wb.Partitions != 50 || wb.Owners["r1"] != 64 {
 			return fmt.Errorf("wallet_balance: %+v", wb)
