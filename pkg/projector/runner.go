@@ -281,6 +281,14 @@ func (r *runner) run(ctx context.Context) error {
 		case <-retry.C:
 			r.retryDue(ctx)
 			continue
+		case <-r.idleMark():
+			// Quiet source: save the watermarks the last batches reached,
+			// so status shows no lag and a new owner starts at the end.
+			r.lastMark = time.Time{}
+			if err := r.commit(ctx, nil, r.next-1); err != nil && ctx.Err() == nil {
+				r.log.Warn("watermarks not saved", "error", err)
+			}
+			continue
 		case err := <-r.cons.sub.Err():
 			r.log.Warn("consumer failed; restarting", "error", err)
 			r.restartAt = r.next
@@ -308,6 +316,17 @@ func (r *runner) run(ctx context.Context) error {
 		}
 		r.process(ctx, batch)
 	}
+}
+
+// idleMark fires a second after the last watermark save when a slot's
+// watermark is ahead of what is saved; nil otherwise.
+func (r *runner) idleMark() <-chan time.Time {
+	for _, sl := range r.slots {
+		if sl.watermark > sl.saved {
+			return time.After(max(time.Second-time.Since(r.lastMark), time.Millisecond))
+		}
+	}
+	return nil
 }
 
 // markFailing remembers a partition whose fail is set, so retries look at

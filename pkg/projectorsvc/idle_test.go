@@ -2,7 +2,6 @@ package projectorsvc_test
 
 import (
 	"context"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,11 +14,6 @@ import (
 // TestBackfillIdleSource is backfill on a source that went quiet: every
 // event was handled, so backfill must finish.
 func TestBackfillIdleSource(t *testing.T) {
-	if os.Getenv("JETPROJ_TEST_IDLE_WATERMARK") == "" {
-		t.Skip("pkg/projector persists slot watermarks only on a batch that arrives more than 1s after the last save, " +
-			"so once the source goes quiet the saved position stays behind and the lag never reaches 0 (reported); " +
-			"set JETPROJ_TEST_IDLE_WATERMARK=1 to run")
-	}
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
