@@ -374,7 +374,7 @@ func PartitionCommand(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 	if rec == nil {
 		return fmt.Errorf("projector: no partition %q in %s", cmd.Partition, d.Name())
 	}
-	if err := applyCommand(ctx, d, rec, cmd, nil); err != nil {
+	if err := applyCommand(rec, cmd); err != nil {
 		return err
 	}
 	bt, err := store.Begin(ctx)
@@ -397,7 +397,7 @@ func PartitionCommand(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 
 // applyCommand changes a record as the command asks; the partition then
 // catches up from its position.
-func applyCommand(_ context.Context, _ *projection.Definition, rec *Record, cmd Command, _ any) error {
+func applyCommand(rec *Record, cmd Command) error {
 	switch cmd.Op {
 	case "retry":
 		if rec.Parked == nil && !rec.Behind {
@@ -451,7 +451,7 @@ func (r *runner) control(ctx context.Context, m *nats.Msg) {
 	if rec.Subject == "" {
 		rec.Subject = r.subjectOf(p)
 	}
-	if err := applyCommand(ctx, r.def, &rec, cmd, nil); err != nil {
+	if err := applyCommand(&rec, cmd); err != nil {
 		reply(err)
 		return
 	}
