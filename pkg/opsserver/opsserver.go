@@ -1,0 +1,169 @@
+// Package opsserver serves what an orchestrator and a monitoring system ask a
+// jetproj service: Prometheus metrics on /metrics, liveness on /healthz and
+// readiness on /readyz, each computed from the service's real state by the
+// checks the service registers.
+package opsserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// The paths every service serves; probes and scrape configurations use them.
+const (
+	MetricsPath = "/metrics"
+	HealthPath  = "/healthz"
+	ReadyPath   = "/readyz"
+	// DefaultPort is the port of the default OPS_ADDR.
+	DefaultPort = 8080
+)
+
+// Config is the operations endpoint of a service.
+type Config struct {
+	Addr string `env:"OPS_ADDR" envDefault:":8080" doc:"Listen address of the operations endpoint: /metrics (Prometheus), /healthz (liveness) and /readyz (readiness). Empty: no endpoint."`
+}
+
+// Check reports a problem with the service, or nil when all is well.
+type Check func(ctx context.Context) error
+
+// Server is the operations HTTP server of one service.
+type Server struct {
+	cfg    Config
+	gather prometheus.Gatherer
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	live   map[string]Check
+	ready  map[string]Check
+	ln     net.Listener
+}
+
+// New returns a server exposing gather's metrics. Register checks with Live
+// and Ready, then Run it.
+func New(cfg Config, gather prometheus.Gatherer, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg, gather: gather, log: log,
+		live: map[string]Check{}, ready: map[string]Check{}}
+}
+
+// Live adds a liveness check: when it fails, /healthz answers 503 and the
+// orchestrator restarts the process.
+func (s *Server) Live(name string, c Check) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.live[name] = c
+}
+
+// Ready adds a readiness check: when it fails, /readyz answers 503.
+func (s *Server) Ready(name string, c Check) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ready[name] = c
+}
+
+// Handler serves the three paths.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	if s.gather != nil {
+		mux.Handle("GET "+MetricsPath, promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("GET "+HealthPath, func(w http.ResponseWriter, r *http.Request) { s.serveChecks(w, r, s.live) })
+	mux.HandleFunc("GET "+ReadyPath, func(w http.ResponseWriter, r *http.Request) { s.serveChecks(w, r, s.ready) })
+	return mux
+}
+
+func (s *Server) serveChecks(w http.ResponseWriter, r *http.Request, checks map[string]Check) {
+	s.mu.Lock()
+	names := make([]string, 0, len(checks))
+	for n := range checks {
+		names = append(names, n)
+	}
+	cs := make([]Check, len(names))
+	sort.Strings(names)
+	for i, n := range names {
+		cs[i] = checks[n]
+	}
+	s.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	var b strings.Builder
+	failed := false
+	for i, c := range cs {
+		if err := c(ctx); err != nil {
+			failed = true
+			fmt.Fprintf(&b, "%s: %v\n", names[i], err)
+		} else {
+			fmt.Fprintf(&b, "%s: ok\n", names[i])
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if failed {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_, _ = w.Write([]byte(b.String()))
+}
+
+// Listen opens the listener, so that a bad address fails at start. It is a
+// no-op when Addr is empty.
+func (s *Server) Listen() error {
+	if s.cfg.Addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("opsserver: OPS_ADDR %q: %w", s.cfg.Addr, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr is the address listened on, once Listen returned; empty otherwise.
+func (s *Server) Addr() string {
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+// Run serves until ctx is cancelled (calling Listen first if needed).
+func (s *Server) Run(ctx context.Context) error {
+	if s.cfg.Addr == "" {
+		<-ctx.Done()
+		return nil
+	}
+	if s.ln == nil {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(s.ln) }()
+	s.log.Info("operations endpoint listening", "addr", s.Addr())
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	<-errc
+	return nil
+}
