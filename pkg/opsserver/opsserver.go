@@ -43,10 +43,10 @@ type Server struct {
 	gather prometheus.Gatherer
 	log    *slog.Logger
 
-	mu     sync.Mutex
-	live   map[string]Check
-	ready  map[string]Check
-	ln     net.Listener
+	mu    sync.Mutex
+	live  map[string]Check
+	ready map[string]Check
+	ln    net.Listener
 }
 
 // New returns a server exposing gather's metrics. Register checks with Live
