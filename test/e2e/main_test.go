@@ -58,6 +58,7 @@ type binaries struct {
 	feeder     string
 	natsServer string
 	projector  string
+	emitter    string
 }
 
 var bins binaries
@@ -87,9 +88,11 @@ func (b *binaries) buildAll() error {
 	b.feeder = filepath.Join(b.dir, "feeder")
 	b.natsServer = filepath.Join(b.dir, "nats-server")
 	b.projector = filepath.Join(b.dir, "projector")
+	b.emitter = filepath.Join(b.dir, "emitter")
 	targets := map[string]string{
 		b.feeder:     "./services/feeder",
 		b.projector:  "./services/projector",
+		b.emitter:    "./services/emitter",
 		b.natsServer: "github.com/nats-io/nats-server/v2",
 	}
 	var (
