@@ -10,7 +10,7 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: demo
-demo: deps ## Run the demo pipeline on embedded NATS and a throwaway PostgreSQL
+demo: deps ## Run the whole pipeline (feeder, projector, emitter) on embedded NATS and a throwaway PostgreSQL, shown live
 	$(GO) run ./services/demo
 
 .PHONY: test

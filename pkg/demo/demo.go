@@ -1,8 +1,11 @@
-// Package demo runs the jetproj pipeline on the embedded defaults: a
+// Package demo runs the whole jetproj pipeline on the embedded defaults: a
 // throwaway PostgreSQL (unless DATABASE_URL is set), an embedded NATS server
-// (unless NATS_URL is set), the feeder, and a writer appending events of the
-// example domain, while it prints the events arriving on events.> as they
-// come. `make demo` runs it.
+// (unless NATS_URL is set), the feeder, the projector with the example
+// domain's projections, the emitter, and a writer appending example events,
+// while it shows side by side the read models changing and the derived
+// events arriving on project.>. `make demo` runs it.
+//
+// `demo write` (Write) is the writer alone, for the container stack.
 package demo
 
 import (
@@ -11,7 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,11 +23,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/pkg/devenv"
-	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/pkg/emitter"
 	"github.com/jetproj/jetproj/pkg/eventstore"
+	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/feeder"
 	"github.com/jetproj/jetproj/pkg/natsconn"
 	"github.com/jetproj/jetproj/pkg/pgconn"
+	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // Options configure a demo run.
@@ -35,8 +41,12 @@ type Options struct {
 	NATS natsconn.Config
 	// Duration of the writing phase; 0 writes until ctx is cancelled.
 	Duration time.Duration
-	// Rate of business actions per second.
+	// Rate of business actions (one event each) per second.
 	Rate int
+	// Frame is how often the view is drawn (default 1s).
+	Frame time.Duration
+	// Redraw clears the screen before each frame (for a terminal).
+	Redraw bool
 	// Out receives the demo's story; Log the services' logs.
 	Out io.Writer
 	Log *slog.Logger
@@ -44,16 +54,28 @@ type Options struct {
 
 // Result sums a demo run up.
 type Result struct {
-	Written, Received int
-	Duplicates        int
+	// Written events were appended to PostgreSQL; Fed arrived on EVENTS.
+	Written, Fed int
+	// Derived events arrived on project.> (the projections' own streams),
+	// Linked on completed_orders.>.
+	Derived, Linked int
+	// Duplicates counts derived events seen twice (same Nats-Msg-Id).
+	Duplicates int
 }
 
-// Run runs the demo until the writing phase ends and every written event has
-// arrived, or ctx is cancelled.
+// linkStreams are the linked streams of the example projections, cleared
+// with the rest at the start of a run.
+var linkStreams = []string{"completed_orders"}
+
+// Run runs the demo until the writing phase ends and the read models equal
+// the fold of every written event, or ctx is cancelled.
 func Run(ctx context.Context, o Options) (Result, error) {
 	var res Result
 	if o.Rate <= 0 {
 		o.Rate = 20
+	}
+	if o.Frame <= 0 {
+		o.Frame = time.Second
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -72,7 +94,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		dbURL = pg.URL("postgres")
 		say("  PostgreSQL on 127.0.0.1:%d (removed at exit)", pg.Port())
 	}
-	pool, err := pgconn.Open(ctx, pgconn.Config{URL: dbURL, MaxConns: 10})
+	pool, err := pgconn.Open(ctx, pgconn.Config{URL: dbURL, MaxConns: 20})
 	if err != nil {
 		return res, err
 	}
@@ -94,62 +116,165 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	defer conn.Close()
-	url := o.NATS.Redacted().URL
 	if conn.Embedded != nil {
-		url = conn.Embedded.URL()
-		say("  NATS on %s, store in %s — try: nats --server %s sub 'events.>'", url, conn.Embedded.Dir(), url)
+		url := conn.Embedded.URL()
+		say("  NATS on %s, store in %s — try: nats --server %s sub 'project.>'", url, conn.Embedded.Dir(), url)
 	}
 
-	// A demo run starts from a clean slate so that its counts mean something.
-	if _, err := pool.Exec(ctx, `TRUNCATE eventstore.events, eventstore.dead_letters`); err != nil {
+	defs := examples.All(pool)
+	say("▸ clearing what an earlier demo run left (events, streams, read models) …")
+	if err := cleanSlate(ctx, pool, conn.JS, defs); err != nil {
 		return res, err
-	}
-	for _, s := range []string{"EVENTS", "KV_jetproj_feeder_state", "KV_jetproj_feeder_leases"} {
-		if err := conn.JS.DeleteStream(ctx, s); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return res, err
-		}
 	}
 
-	fctx, stopFeeder := context.WithCancel(ctx)
-	f, err := feeder.New(feeder.Config{}, feeder.Deps{Pool: pool, NC: conn.NC, Logger: o.Log})
-	if err != nil {
-		stopFeeder()
-		return res, err
-	}
+	// The three services, in this process.
+	sctx, stopServices := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	var feedErr error
-	wg.Go(func() { feedErr = f.Run(fctx) })
-	defer func() { stopFeeder(); wg.Wait() }()
-	say("▸ feeder running: eventstore.events → stream EVENTS on events.<aggregate>.<id>")
+	errs := make(chan error, 3)
+	defer func() { stopServices(); wg.Wait() }()
+	f, err := feeder.New(feeder.Config{}, feeder.Deps{Pool: pool, NC: conn.NC, Logger: o.Log.With("service", "feeder")})
+	if err != nil {
+		return res, err
+	}
+	p, err := projector.New(conn.NC, projector.Options{Replica: "demo", LeaseTTL: 2 * time.Second, Logger: o.Log.With("service", "projector")}, defs...)
+	if err != nil {
+		return res, err
+	}
+	em, err := emitter.New(emitter.Config{LeaseTTL: 2 * time.Second}, pool, conn.NC, o.Log.With("service", "emitter"), nil)
+	if err != nil {
+		return res, err
+	}
+	for name, run := range map[string]func(context.Context) error{"feeder": f.Run, "projector": p.Run, "emitter": em.Run} {
+		wg.Go(func() {
+			if err := run(sctx); err != nil {
+				errs <- fmt.Errorf("%s: %w", name, err)
+			}
+		})
+	}
+	say("▸ feeder    eventstore.events → stream EVENTS, subjects events.<aggregate>.<id>")
+	say("▸ projector %s", strings.Join(examples.Names(), ", "))
+	say("▸ emitter   outbox → project.<name>.> and the linked stream completed_orders")
 
-	received := make(chan eventmsg.Event, 1024)
-	if err := watch(fctx, conn.JS, received); err != nil {
+	v := newView(o)
+	if err := v.watch(sctx, conn.NC, conn.JS); err != nil {
 		return res, err
 	}
 
-	say("▸ writing example events (%d actions/s%s) and showing them as they arrive:\n", o.Rate, forHow(o.Duration))
-	written, werr := write(ctx, pool, o, received, out, &res)
+	say("▸ writing example events (%d/s%s)\n", o.Rate, forHow(o.Duration))
+	written, werr := write(ctx, pool, o, v, errs)
 	res.Written = written
 	if werr != nil && !errors.Is(werr, context.Canceled) {
-		return res, werr
+		return v.result(res), werr
 	}
-	// Let the tail arrive.
-	deadline := time.After(10 * time.Second)
-	for res.Received < res.Written {
+	if ctx.Err() != nil {
+		return v.result(res), nil
+	}
+
+	// The tail: wait until the read models equal the fold of every event
+	// and the outbox is relayed.
+	v.draw(ctx, pool, written, "catching up")
+	deadline := time.Now().Add(30 * time.Second)
+	var verr error
+	for {
+		verr = settled(ctx, pool, conn.JS, v, written)
+		if verr == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
 		select {
-		case e := <-received:
-			show(out, e)
-			res.Received++
-		case <-deadline:
-			return res, fmt.Errorf("demo: %d of %d events arrived within 10s", res.Received, res.Written)
+		case err := <-errs:
+			return v.result(res), err
 		case <-ctx.Done():
-			return res, nil
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	say("\n✔ %d events written to PostgreSQL, %d arrived on events.> — each exactly once.", res.Written, res.Received)
-	stopFeeder()
+	res = v.result(res)
+	v.draw(ctx, pool, written, "done")
+	if ctx.Err() != nil {
+		return res, nil
+	}
+	if verr != nil {
+		return res, fmt.Errorf("demo: the pipeline did not settle within 30s: %w", verr)
+	}
+	say("\n✔ %d events appended to PostgreSQL, %d on EVENTS, each exactly once.", res.Written, res.Fed)
+	say("✔ every read model equals the fold of all events (examples.Verify).")
+	say("✔ %d derived events on project.> and %d on completed_orders.>, %d duplicates;", res.Derived, res.Linked, res.Duplicates)
+	say("  each wallet's last WalletBalanceWasChanged carries its final balance.")
+	stopServices()
 	wg.Wait()
-	return res, feedErr
+	return res, nil
+}
+
+// settled tells what still differs between the pipeline's outputs and the
+// events written.
+func settled(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, v *view, written int) error {
+	if fed := v.fedCount(); fed < written {
+		return fmt.Errorf("%d of %d events on EVENTS", fed, written)
+	}
+	if err := examples.Verify(ctx, pool, js); err != nil {
+		return err
+	}
+	var pending int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox`).Scan(&pending); err != nil {
+		return err
+	}
+	if pending > 0 {
+		return fmt.Errorf("%d derived events still in the outbox", pending)
+	}
+	return v.balancesMatch(ctx, pool)
+}
+
+// cleanSlate removes what an earlier run left: the events, the streams and
+// buckets jetproj created, and the example projections' read models (their
+// delete hooks), so that the counts of this run mean something.
+func cleanSlate(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, defs []projection.Definer) error {
+	if _, err := pool.Exec(ctx, `TRUNCATE eventstore.events, eventstore.dead_letters`); err != nil {
+		return err
+	}
+	for _, d := range defs {
+		_, _, del, _ := d.Def().Hooks()
+		if del == nil || d.Def().Spec().Pool == nil {
+			continue
+		}
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		if err := del(ctx, tx); err != nil {
+			tx.Rollback(ctx)
+			return fmt.Errorf("demo: delete hook of %s: %w", d.Def().Name(), err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return err
+		}
+	}
+	if _, err := pool.Exec(ctx, `DROP SCHEMA IF EXISTS jetproj CASCADE`); err != nil {
+		return err
+	}
+	names := js.StreamNames(ctx)
+	var doomed []string
+	for n := range names.Name() {
+		if n == "EVENTS" || strings.HasPrefix(n, "KV_jetproj_") || strings.HasPrefix(n, "PROJECT_") || contains(linkStreams, n) {
+			doomed = append(doomed, n)
+		}
+	}
+	if err := names.Err(); err != nil {
+		return err
+	}
+	for _, n := range doomed {
+		if err := js.DeleteStream(ctx, n); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }
 
 func forHow(d time.Duration) string {
@@ -159,12 +284,43 @@ func forHow(d time.Duration) string {
 	return " for " + d.String()
 }
 
-// watch delivers every message of EVENTS, from the start, to ch.
-func watch(ctx context.Context, js jetstream.JetStream, ch chan<- eventmsg.Event) error {
+func write(ctx context.Context, pool *pgxpool.Pool, o Options, v *view, errs <-chan error) (int, error) {
+	w := NewWriter(pool, uint64(time.Now().UnixNano()), "")
+	tick := time.NewTicker(time.Second / time.Duration(o.Rate))
+	defer tick.Stop()
+	frame := time.NewTicker(o.Frame)
+	defer frame.Stop()
+	var end <-chan time.Time
+	if o.Duration > 0 {
+		end = time.After(o.Duration)
+	}
+	written := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return written, ctx.Err()
+		case err := <-errs:
+			return written, err
+		case <-end:
+			return written, nil
+		case <-frame.C:
+			v.draw(ctx, pool, written, "writing")
+		case <-tick.C:
+			n, err := w.Step(ctx)
+			written += n
+			if err != nil {
+				return written, err
+			}
+		}
+	}
+}
+
+// watchStream counts the messages of a stream with an ordered consumer.
+func watchStream(ctx context.Context, js jetstream.JetStream, name string, onMsg func(jetstream.Msg)) error {
 	var s jetstream.Stream
 	var err error
 	for s == nil {
-		if s, err = js.Stream(ctx, "EVENTS"); errors.Is(err, jetstream.ErrStreamNotFound) {
+		if s, err = js.Stream(ctx, name); errors.Is(err, jetstream.ErrStreamNotFound) {
 			s = nil
 			select {
 			case <-ctx.Done():
@@ -180,16 +336,7 @@ func watch(ctx context.Context, js jetstream.JetStream, ch chan<- eventmsg.Event
 	if err != nil {
 		return err
 	}
-	cc, err := c.Consume(func(m jetstream.Msg) {
-		e, err := eventmsg.Parse(&nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
-		if err != nil {
-			return
-		}
-		select {
-		case ch <- e:
-		case <-ctx.Done():
-		}
-	})
+	cc, err := c.Consume(onMsg)
 	if err != nil {
 		return err
 	}
@@ -197,42 +344,13 @@ func watch(ctx context.Context, js jetstream.JetStream, ch chan<- eventmsg.Event
 	return nil
 }
 
-func write(ctx context.Context, pool *pgxpool.Pool, o Options, received <-chan eventmsg.Event, out io.Writer, res *Result) (int, error) {
-	w := NewWriter(pool, uint64(time.Now().UnixNano()))
-	tick := time.NewTicker(time.Second / time.Duration(o.Rate))
-	defer tick.Stop()
-	var end <-chan time.Time
-	if o.Duration > 0 {
-		end = time.After(o.Duration)
+// subscribe delivers the messages published on subject to fn (core NATS,
+// the way `nats sub` does).
+func subscribe(ctx context.Context, nc *nats.Conn, subject string, fn func(*nats.Msg)) error {
+	sub, err := nc.Subscribe(subject, fn)
+	if err != nil {
+		return err
 	}
-	written := 0
-	seen := map[int64]bool{}
-	for {
-		select {
-		case <-ctx.Done():
-			return written, ctx.Err()
-		case <-end:
-			return written, nil
-		case e := <-received:
-			if seen[e.Position] {
-				res.Duplicates++
-			}
-			seen[e.Position] = true
-			show(out, e)
-			res.Received++
-		case <-tick.C:
-			n, err := w.Step(ctx)
-			written += n
-			if err != nil {
-				return written, err
-			}
-		}
-	}
+	context.AfterFunc(ctx, func() { _ = sub.Unsubscribe() })
+	return nil
 }
-
-func show(out io.Writer, e eventmsg.Event) {
-	fmt.Fprintf(out, "  #%-5d %-30s v%-3d %-28s %s\n", e.Position, "events."+e.AggregateType+"."+e.AggregateID, e.Version, e.Type, e.Payload)
-}
-
-// Stdout is where the demo writes its story by default.
-var Stdout io.Writer = os.Stdout

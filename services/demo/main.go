@@ -1,11 +1,14 @@
-// Command demo runs the jetproj pipeline on embedded defaults and shows
-// events flowing. See package demo.
+// Command demo runs the whole jetproj pipeline (feeder, projector, emitter)
+// on embedded defaults and shows read models and derived events changing
+// as example events are written; `demo write` only writes example events to
+// an existing event store (the container stack's writer). See package demo.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"time"
@@ -23,30 +26,78 @@ type env struct {
 	Log         logging.Config
 }
 
-func main() {
-	duration := flag.Duration("duration", 15*time.Second, "how long to write events (0: until Ctrl-C)")
-	rate := flag.Int("rate", 20, "business actions per second")
-	verbose := flag.Bool("v", false, "show the services' logs")
-	flag.Parse()
+const usage = `Usage: demo [run] [flags]   the whole pipeline in this process, shown live
+       demo write             append example events to DATABASE_URL until stopped
+                              (DEMO_RATE events/s, DEMO_DURATION)
+
+Flags of run:
+`
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "run"
+	if len(args) > 0 && (args[0] == "run" || args[0] == "write") {
+		cmd, args = args[0], args[1:]
+	}
+	if cmd == "write" {
+		cfg, err := config.Load[demo.WriterConfig](config.WithPrefixCheck("DEMO_", "DATABASE_", "LOG_"))
+		if err != nil {
+			fmt.Fprintln(stderr, "demo:", err)
+			return 2
+		}
+		log := logging.New(stderr, cfg.Log).With("service", "demo-writer")
+		ctx, stop := lifecycle.SignalContext(context.Background(), log, os.Exit)
+		defer stop()
+		n, err := demo.Write(ctx, cfg, log)
+		if err != nil {
+			log.Error("demo writer failed", "error", err, "written", n)
+			return 1
+		}
+		log.Info("demo writer stopped", "written", n)
+		return 0
+	}
+
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	duration := fs.Duration("duration", 20*time.Second, "how long to write events (0: until Ctrl-C)")
+	rate := fs.Int("rate", 20, "events per second")
+	verbose := fs.Bool("v", false, "show the services' logs")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
 	cfg, err := config.Load[env]()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "demo:", err)
-		os.Exit(2)
+		fmt.Fprintln(stderr, "demo:", err)
+		return 2
 	}
 	log := slog.New(slog.DiscardHandler)
 	if *verbose {
-		log = logging.New(os.Stderr, cfg.Log)
+		log = logging.New(stderr, cfg.Log)
 	}
 	ctx, stop := lifecycle.SignalContext(context.Background(), log, os.Exit)
 	defer stop()
 	res, err := demo.Run(ctx, demo.Options{DatabaseURL: cfg.DatabaseURL, NATS: cfg.NATS, Duration: *duration,
-		Rate: *rate, Out: os.Stdout, Log: log})
+		Rate: *rate, Out: stdout, Log: log, Redraw: isTerminal(stdout) && !*verbose})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "demo:", err)
-		os.Exit(1)
+		fmt.Fprintln(stderr, "demo:", err)
+		return 1
 	}
 	if res.Duplicates > 0 {
-		fmt.Fprintf(os.Stderr, "demo: %d duplicates\n", res.Duplicates)
-		os.Exit(1)
+		fmt.Fprintf(stderr, "demo: %d duplicate derived events\n", res.Duplicates)
+		return 1
 	}
+	return 0
+}
+
+// isTerminal reports whether w is a terminal, where frames are redrawn in
+// place.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
