@@ -27,9 +27,9 @@ type Writer struct {
 
 // orderStep is one event of an order's flow: "order", "payment" or "shipment".
 type orderStep struct {
-	order, kind      string
+	order, kind       string
 	customer, carrier string
-	total            int
+	total             int
 }
 
 // NewWriter returns a Writer that appends to db; seed makes runs repeatable.
