@@ -47,7 +47,7 @@ func setup(t *testing.T) *bundle {
 		t.Fatal(err)
 	}
 	_, b.js = devtest.Connect(t, b.nats)
-	b.w = demo.NewWriter(b.pool, 42)
+	b.w = demo.NewWriter(b.pool, 42, "")
 	b.background(t, "feeder", func(ctx context.Context, nc *nats.Conn) error {
 		f, err := feeder.New(feeder.Config{}, feeder.Deps{Pool: b.pool, NC: nc, Logger: testLogger(t, "feeder")})
 		if err != nil {

@@ -39,7 +39,7 @@ func TestProjectorReplicasSurviveSIGKILL(t *testing.T) {
 	ctx, stopWriting := context.WithCancel(context.Background())
 	written := make(chan int, 1)
 	go func() {
-		w := demo.NewWriter(pool, testSeed(t))
+		w := demo.NewWriter(pool, testSeed(t), "")
 		n := 0
 		for ctx.Err() == nil && n < 6000 {
 			k, err := w.Step(ctx)
