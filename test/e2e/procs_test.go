@@ -237,6 +237,8 @@ func feederEnv(dbURL, natsURL, instance string) map[string]string {
 		"FEEDER_LEASE_TTL": "2s",
 		"FEEDER_INSTANCE":  instance,
 		"LOG_FORMAT":       "json",
+		// Several processes run on this machine: each its own port.
+		"OPS_ADDR": "127.0.0.1:0",
 	}
 	if natsURL != "" {
 		env["NATS_URL"] = natsURL

@@ -21,6 +21,7 @@ func projectorEnv(dbURL, natsURL, replica string) map[string]string {
 		"PROJECTOR_REPLICA":   replica,
 		"PROJECTOR_LEASE_TTL": "2s",
 		"LOG_FORMAT":          "json",
+		"OPS_ADDR":            "127.0.0.1:0",
 	}
 }
 
