@@ -263,7 +263,13 @@ type result struct {
 // end within a deadline. The caller reports its output when it matters.
 func runFeeder(t *testing.T, env map[string]string, args ...string) result {
 	t.Helper()
-	path := bins.build(t).feeder
+	return runBinary(t, bins.build(t).feeder, env, args...)
+}
+
+// runBinary runs the program at path with exactly the environment env, to
+// its end within a deadline.
+func runBinary(t *testing.T, path string, env map[string]string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, path, args...)
@@ -279,7 +285,7 @@ func runFeeder(t *testing.T, env map[string]string, args ...string) result {
 	r := result{code: cmd.ProcessState.ExitCode(), stdout: stdout.String(), stderr: stderr.String(), took: time.Since(start)}
 	var exit *exec.ExitError
 	if err != nil && !errors.As(err, &exit) || ctx.Err() != nil {
-		t.Fatalf("feeder %s: %v (ctx: %v)\nstderr:\n%s", strings.Join(args, " "), err, ctx.Err(), r.stderr)
+		t.Fatalf("%s %s: %v (ctx: %v)\nstderr:\n%s", filepath.Base(path), strings.Join(args, " "), err, ctx.Err(), r.stderr)
 	}
 	return r
 }
