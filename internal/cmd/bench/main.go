@@ -10,6 +10,7 @@
 //
 //	feeder     feeder backfill against a raw relay, and live append latency
 //	projector  projection catch-up, rebuild, replica scaling and memory
+//	pipeline   append → derived event latency through feeder, projector and emitter
 //
 // Run "go run ./internal/cmd/bench <benchmark> -h" for a benchmark's flags.
 // The first interrupt stops the benchmark and cleans up; a second one exits
@@ -42,9 +43,10 @@ type command struct {
 var commands = map[string]command{
 	"feeder":    {"feeder backfill against a raw relay, and live append latency", runFeeder},
 	"projector": {"projection catch-up, rebuild, replica scaling and memory", runProjector},
+	"pipeline":  {"append → derived event latency through feeder, projector and emitter", runPipeline},
 }
 
-var commandOrder = []string{"feeder", "projector"}
+var commandOrder = []string{"feeder", "projector", "pipeline"}
 
 // childCommand is the hidden command the projector benchmark starts itself
 // with to measure a projector's memory in a process of its own.
@@ -230,4 +232,49 @@ func runProjector(ctx context.Context, args []string, stdout, stderr io.Writer) 
 // commandLine is the command that reproduces this run.
 func commandLine(name string, args []string) string {
 	return strings.Join(append([]string{"go run ./internal/cmd/bench " + name}, args...), " ")
+}
+
+func runPipeline(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pipeline", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o bench.PipelineOptions
+	fs.IntVar(&o.Rate, "rate", 1000, "append rate in events/s")
+	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "duration of the appends of each round")
+	fs.IntVar(&o.Writers, "writers", 4, "concurrent writers, each to its own 64 wallets")
+	fs.IntVar(&o.Rounds, "rounds", 3, "measured rounds")
+	markdown := fs.Bool("markdown", false, "also print a markdown table for docs/benchmarks.md")
+	verbose := fs.Bool("v", false, "show the services' info logs")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelInfo
+	}
+	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	o.Progress = stdout
+	fmt.Fprintln(stdout, "starting throwaway PostgreSQL (fsync off) and embedded NATS (NoSync: true) on loopback")
+	srv, err := bench.StartServers(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := srv.Close(); err != nil {
+			fmt.Fprintln(stderr, err)
+		}
+	}()
+	res, err := bench.Pipeline(ctx, srv.Target(), o)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	fmt.Fprint(stdout, res.Summary())
+	if *markdown {
+		fmt.Fprintln(stdout)
+		fmt.Fprint(stdout, res.Markdown(commandLine("pipeline", args)))
+	}
+	return nil
 }
