@@ -12,9 +12,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/pkg/devenv"
 	"github.com/jetproj/jetproj/pkg/emitter"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
@@ -35,6 +37,9 @@ type PipelineOptions struct {
 	Logger *slog.Logger
 	// Progress receives a line per step.
 	Progress io.Writer
+	// ReadModelCluster runs the read model and the outbox in a PostgreSQL
+	// cluster of their own rather than beside the event store.
+	ReadModelCluster bool
 }
 
 func (o PipelineOptions) withDefaults() PipelineOptions {
@@ -111,12 +116,24 @@ func Pipeline(ctx context.Context, t Target, o PipelineOptions) (PipelineResult,
 		return res, err
 	}
 	defer f.stop()
-	def := examples.WalletBalance(c.pool)
+	rmPool := c.pool
+	if o.ReadModelCluster {
+		pg, err := devenv.StartPostgres(ctx, devenv.PostgresOptions{})
+		if err != nil {
+			return res, err
+		}
+		defer pg.Close()
+		if rmPool, err = pgxpool.New(ctx, pg.URL("postgres")); err != nil {
+			return res, err
+		}
+		defer rmPool.Close()
+	}
+	def := examples.WalletBalance(rmPool)
 	p, err := projector.New(c.nc, projector.Options{Replica: "bench", LeaseTTL: 2 * time.Second, Logger: o.Logger.With("service", "projector")}, def)
 	if err != nil {
 		return res, err
 	}
-	em, err := emitter.New(emitter.Config{}, c.pool, c.nc, o.Logger.With("service", "emitter"), nil)
+	em, err := emitter.New(emitter.Config{}, rmPool, c.nc, o.Logger.With("service", "emitter"), nil)
 	if err != nil {
 		return res, err
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -106,6 +107,10 @@ type Emitter struct {
 	// sequence of its last derived event.
 	mu   sync.Mutex
 	last map[string]mark
+	// streams caches stream handles; linked remembers the linked streams
+	// ensured since the last reset.
+	streams map[string]jetstream.Stream
+	linked  map[string]bool
 }
 
 type mark struct {
@@ -128,8 +133,9 @@ func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg pr
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Emitter{cfg: cfg, pool: pool, js: js, log: log, wake: make(chan struct{}, 1), last: map[string]mark{},
+	e := &Emitter{cfg: cfg, pool: pool, js: js, log: log, wake: make(chan struct{}, 1),
 		emitted: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_emitter_events_emitted_total", Help: "Derived events published."})}
+	e.forget()
 	if reg != nil {
 		if err := reg.Register(e.emitted); err != nil {
 			return nil, err
@@ -148,9 +154,7 @@ func (e *Emitter) Run(ctx context.Context) error {
 		return err
 	}
 	err = lease.Run(ctx, kv, e.cfg.Name, e.cfg.Instance, lease.Options{Logger: e.log}, func(ctx context.Context, _ *lease.Lease) error {
-		e.mu.Lock()
-		e.last = map[string]mark{} // another emitter may have run meanwhile
-		e.mu.Unlock()
+		e.forget() // another emitter may have run meanwhile
 		return e.relay(ctx)
 	})
 	if ctx.Err() != nil {
@@ -172,9 +176,7 @@ func (e *Emitter) relay(ctx context.Context) error {
 		}
 		if err != nil {
 			e.log.Warn("relay interrupted; retrying", "error", err, "in", backoff)
-			e.mu.Lock()
-			e.last = map[string]mark{}
-			e.mu.Unlock()
+			e.forget()
 			select {
 			case <-ctx.Done():
 				return nil
@@ -277,6 +279,9 @@ func (e *Emitter) RelayOnce(ctx context.Context) (int, error) {
 		m      mark
 		fut    jetstream.PubAckFuture
 	}
+	if err := e.prefetchMarks(ctx, batch); err != nil {
+		return 0, err
+	}
 	var pend []pending
 	var done []int64
 	var gone []string
@@ -351,10 +356,18 @@ func (e *Emitter) linkTarget(ctx context.Context, r row) (string, string, error)
 		return "", "", fmt.Errorf("emitter: LinkTo %q: %w", link, err)
 	}
 	prefix := strings.ToLower(link)
-	if _, err := e.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: link, Subjects: []string{prefix + ".>"},
-		Replicas: e.cfg.Replicas, AllowDirect: true, Storage: jetstream.FileStorage,
-		Description: "jetproj linked stream"}); err != nil {
-		return "", "", fmt.Errorf("emitter: linked stream %s: %w", link, err)
+	e.mu.Lock()
+	ensured := e.linked[link]
+	e.mu.Unlock()
+	if !ensured {
+		if _, err := e.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: link, Subjects: []string{prefix + ".>"},
+			Replicas: e.cfg.Replicas, AllowDirect: true, Storage: jetstream.FileStorage,
+			Description: "jetproj linked stream"}); err != nil {
+			return "", "", fmt.Errorf("emitter: linked stream %s: %w", link, err)
+		}
+		e.mu.Lock()
+		e.linked[link] = true
+		e.mu.Unlock()
 	}
 	suffix := strings.TrimPrefix(r.subject, "project.")
 	return link, prefix + "." + suffix, nil
@@ -375,9 +388,17 @@ func (e *Emitter) lastMark(ctx context.Context, stream, subj string) (mark, erro
 	if ok {
 		return m, nil
 	}
-	s, err := e.js.Stream(ctx, stream)
-	if err != nil {
-		return mark{}, err
+	e.mu.Lock()
+	s := e.streams[stream]
+	e.mu.Unlock()
+	if s == nil {
+		var err error
+		if s, err = e.js.Stream(ctx, stream); err != nil {
+			return mark{}, err
+		}
+		e.mu.Lock()
+		e.streams[stream] = s
+		e.mu.Unlock()
 	}
 	raw, err := s.GetLastMsgForSubject(ctx, subj)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -385,10 +406,59 @@ func (e *Emitter) lastMark(ctx context.Context, stream, subj string) (mark, erro
 		return mark{}, nil
 	}
 	if err != nil {
+		e.mu.Lock()
+		delete(e.streams, stream) // deleted or recreated: look it up again
+		e.mu.Unlock()
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return mark{}, err
+		}
+		if _, serr := e.js.Stream(ctx, stream); errors.Is(serr, jetstream.ErrStreamNotFound) {
+			return mark{}, serr
+		}
 		return mark{}, err
 	}
 	m.gen, _ = strconv.Atoi(raw.Header.Get(HeaderGeneration))
 	m.seq, _ = strconv.ParseUint(raw.Header.Get(HeaderEmissionSeq), 10, 64)
 	e.setMark(subj, m)
 	return m, nil
+}
+
+// forget drops what the emitter believes the streams hold.
+func (e *Emitter) forget() {
+	e.mu.Lock()
+	e.last, e.streams, e.linked = map[string]mark{}, map[string]jetstream.Stream{}, map[string]bool{}
+	e.mu.Unlock()
+}
+
+// prefetchMarks reads, concurrently, what the own streams hold on the
+// subjects of batch that the emitter has not seen yet, so that a batch over
+// many new partitions costs a few round trips rather than one per
+// partition. Linked subjects are read in the relay loop.
+func (e *Emitter) prefetchMarks(ctx context.Context, batch []row) error {
+	type key struct{ stream, subj string }
+	var todo []key
+	seen := map[string]bool{}
+	e.mu.Lock()
+	for _, r := range batch {
+		if _, ok := e.last[r.subject]; !ok && !seen[r.subject] {
+			seen[r.subject] = true
+			todo = append(todo, key{projector.OwnStream(r.projection), r.subject})
+		}
+	}
+	e.mu.Unlock()
+	if len(todo) < 2 {
+		return nil
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for _, k := range todo {
+		g.Go(func() error {
+			_, err := e.lastMark(gctx, k.stream, k.subj)
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				return nil // the relay loop drops the rows of a deleted projection
+			}
+			return err
+		})
+	}
+	return g.Wait()
 }

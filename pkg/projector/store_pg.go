@@ -244,6 +244,11 @@ type pgBatch struct {
 	puts   []kvPut
 	marks  map[int]uint64
 	tokens map[int]uint64
+	// outbox holds the batch's derived events until prepare writes them
+	// with the positions, in the same round trip; spOutbox is its length
+	// at the last savepoint.
+	outbox   []OutboxEntry
+	spOutbox int
 }
 
 // Begin starts the batch's transaction.
@@ -259,11 +264,13 @@ func (b *pgBatch) Tx() pgx.Tx { return b.tx }
 
 func (b *pgBatch) Savepoint(ctx context.Context) error {
 	b.sp++
+	b.spOutbox = len(b.outbox)
 	_, err := b.tx.Exec(ctx, fmt.Sprintf("SAVEPOINT p%d", b.sp))
 	return err
 }
 
 func (b *pgBatch) RollbackToSavepoint(ctx context.Context) error {
+	b.outbox = b.outbox[:b.spOutbox]
 	_, err := b.tx.Exec(ctx, fmt.Sprintf("ROLLBACK TO SAVEPOINT p%d", b.sp))
 	return err
 }
@@ -282,23 +289,35 @@ func (b *pgBatch) Rollback(ctx context.Context) { _ = b.tx.Rollback(ctx) }
 
 var _ OutboxBatch = (*pgBatch)(nil)
 
-// Emit inserts derived events into jetproj.outbox in the batch's
-// transaction (inside the partition's savepoint).
-func (b *pgBatch) Emit(ctx context.Context, entries []OutboxEntry) error {
-	if len(entries) == 0 {
-		return nil
-	}
-	rows := make([][]any, len(entries))
-	for i, e := range entries {
-		rows[i] = []any{e.Projection, e.Partition, e.Subject, e.MsgID, int32(e.Generation), int64(e.Seq), e.EventType, string(e.Payload), e.LinkTo, int64(e.SourceSeq), e.SourcePosition}
-	}
-	_, err := b.tx.CopyFrom(ctx, pgx.Identifier{"jetproj", "outbox"},
-		[]string{"projection", "partition", "subject", "msg_id", "generation", "emit_seq", "event_type", "payload", "link_to", "source_seq", "source_position"},
-		pgx.CopyFromRows(rows))
-	if err != nil {
-		return fmt.Errorf("projector: outbox: %w", err)
-	}
+// Emit adds derived events to the batch: prepare inserts them into
+// jetproj.outbox in the batch's transaction, in the round trip that writes
+// the positions. A rollback to the partition's savepoint drops them.
+func (b *pgBatch) Emit(_ context.Context, entries []OutboxEntry) error {
+	b.outbox = append(b.outbox, entries...)
 	return nil
+}
+
+// queueOutbox queues the insert of the batch's derived events, in their
+// order (the emitter relays by id).
+func (b *pgBatch) queueOutbox(batch *pgx.Batch) {
+	n := len(b.outbox)
+	if n == 0 {
+		return
+	}
+	var (
+		proj, part, subj, ids, types, payloads, links = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		gens                                          = make([]int32, n)
+		seqs, sseqs, spos                             = make([]int64, n), make([]int64, n), make([]int64, n)
+	)
+	for i, e := range b.outbox {
+		proj[i], part[i], subj[i], ids[i], types[i], payloads[i], links[i] = e.Projection, e.Partition, e.Subject, e.MsgID, e.EventType, string(e.Payload), e.LinkTo
+		gens[i], seqs[i], sseqs[i], spos[i] = int32(e.Generation), int64(e.Seq), int64(e.SourceSeq), e.SourcePosition
+	}
+	batch.Queue(`INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, generation, emit_seq, event_type, payload, link_to, source_seq, source_position)
+SELECT p, pa, s, m, g, q, t, y::jsonb, l, ss, sp
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[])
+     WITH ORDINALITY AS o(p, pa, s, m, g, q, t, y, l, ss, sp, n)
+ORDER BY n`, proj, part, subj, ids, gens, seqs, types, payloads, links, sseqs, spos)
 }
 
 // Commit checks the fence tokens, writes the records with compare-and-set on
@@ -323,36 +342,27 @@ func (b *pgBatch) prepare(ctx context.Context) (map[string]uint64, error) {
 	for s := range b.tokens {
 		slots = append(slots, int32(s))
 	}
-	rows, err := b.tx.Query(ctx, `SELECT slot, token FROM jetproj.slots WHERE projection = $1 AND slot = ANY($2) FOR SHARE`, b.s.projection, slots)
-	if err != nil {
-		return nil, err
-	}
+	// One round trip: the fence check first (holding the slots' rows FOR
+	// SHARE), then the derived events, positions and watermarks. When a
+	// token differs the caller rolls everything back.
+	batch := &pgx.Batch{}
 	have := map[int]uint64{}
-	for rows.Next() {
-		var slot int32
-		var tok int64
-		if err := rows.Scan(&slot, &tok); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		have[int(slot)] = uint64(tok)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
+	batch.Queue(`SELECT slot, token FROM jetproj.slots WHERE projection = $1 AND slot = ANY($2) FOR SHARE`, b.s.projection, slots).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var slot int32
+				var tok int64
+				if err := rows.Scan(&slot, &tok); err != nil {
+					return err
+				}
+				have[int(slot)] = uint64(tok)
+			}
+			return rows.Err()
+		})
+	b.queueOutbox(batch)
 	var fenced []int
-	for s, tok := range b.tokens {
-		if have[s] != tok {
-			fenced = append(fenced, s)
-		}
-	}
-	if len(fenced) > 0 {
-		return nil, &FencedError{Slots: fenced}
-	}
 	revs := make(map[string]uint64, len(b.puts))
 	now := time.Now().UTC()
-	batch := &pgx.Batch{}
 	for _, p := range b.puts {
 		var parked, failing []byte
 		if p.rec.Parked != nil {
@@ -396,6 +406,11 @@ WHERE projection = $1 AND partition = $2 AND revision = $8`, b.s.projection, key
 	}
 	if err := b.tx.SendBatch(ctx, batch).Close(); err != nil {
 		return nil, fmt.Errorf("projector: write positions: %w", err)
+	}
+	for s, tok := range b.tokens {
+		if have[s] != tok {
+			fenced = append(fenced, s)
+		}
 	}
 	if len(fenced) > 0 {
 		return nil, &FencedError{Slots: fenced}

@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -242,6 +243,8 @@ func runPipeline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "duration of the appends of each round")
 	fs.IntVar(&o.Writers, "writers", 4, "concurrent writers, each to its own 64 wallets")
 	fs.IntVar(&o.Rounds, "rounds", 3, "measured rounds")
+	fs.BoolVar(&o.ReadModelCluster, "readmodel-cluster", false, "keep the read model and outbox in a PostgreSQL cluster of their own")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	markdown := fs.Bool("markdown", false, "also print a markdown table for docs/benchmarks.md")
 	verbose := fs.Bool("v", false, "show the services' info logs")
 	if err := fs.Parse(args); err != nil {
@@ -266,6 +269,17 @@ func runPipeline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			fmt.Fprintln(stderr, err)
 		}
 	}()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	res, err := bench.Pipeline(ctx, srv.Target(), o)
 	if err != nil {
 		return err
