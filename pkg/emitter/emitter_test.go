@@ -33,18 +33,29 @@ type Balance struct{ Cents int64 }
 
 // walletBalance emits one WalletBalanceWasChanged per wallet per batch.
 func walletBalance(pool *pgxpool.Pool, opts ...projection.Option) *projection.Projection[Balance] {
-	p := projection.New[Balance]("wallet_balance", append([]projection.Option{projection.FromAggregates("wallet"), projection.Postgres(pool),
+	return walletBalanceAs(pool, "wallet_balance", opts...)
+}
+
+// walletBalanceAs is wallet_balance under another name, with a table of that
+// name: a version of it deployed beside the first (blue-green).
+func walletBalanceAs(pool *pgxpool.Pool, name string, opts ...projection.Option) *projection.Projection[Balance] {
+	table := pgx.Identifier{name}.Sanitize()
+	p := projection.New[Balance](name, append([]projection.Option{projection.FromAggregates("wallet"), projection.Postgres(pool),
 		projection.OnInit(func(ctx context.Context, tx pgx.Tx) error {
-			_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS wallet_balance (wallet_id text PRIMARY KEY, balance bigint NOT NULL)`)
+			_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+table+` (wallet_id text PRIMARY KEY, balance bigint NOT NULL)`)
 			return err
 		}),
 		projection.OnReset(func(ctx context.Context, tx pgx.Tx) error {
-			_, err := tx.Exec(ctx, `TRUNCATE wallet_balance`)
+			_, err := tx.Exec(ctx, `TRUNCATE `+table)
+			return err
+		}),
+		projection.OnDelete(func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, `DROP TABLE IF EXISTS `+table)
 			return err
 		})}, opts...)...)
 	projection.On(p, func(ctx context.Context, c *projection.Context[Balance], e projection.Event[MoneyWasAddedToWallet]) error {
 		c.State.Cents += e.Data.Amount
-		_, err := c.Tx().Exec(ctx, `INSERT INTO wallet_balance VALUES ($1, $2) ON CONFLICT (wallet_id) DO UPDATE SET balance = $2`, e.AggregateID, c.State.Cents)
+		_, err := c.Tx().Exec(ctx, `INSERT INTO `+table+` VALUES ($1, $2) ON CONFLICT (wallet_id) DO UPDATE SET balance = $2`, e.AggregateID, c.State.Cents)
 		return err
 	})
 	projection.OnFlush(p, func(_ context.Context, c *projection.Context[Balance]) error {
@@ -151,8 +162,14 @@ type derived struct {
 
 func (b *bundle) derived(t *testing.T) []derived {
 	t.Helper()
+	return b.derivedOf(t, "wallet_balance")
+}
+
+// derivedOf reads the derived events of the projection called name.
+func (b *bundle) derivedOf(t *testing.T, name string) []derived {
+	t.Helper()
 	ctx := context.Background()
-	s, err := b.js.Stream(ctx, projector.OwnStream("wallet_balance"))
+	s, err := b.js.Stream(ctx, projector.OwnStream(name))
 	if err != nil {
 		return nil // not initialised yet
 	}
@@ -385,4 +402,118 @@ func TestLinkToAndDelete(t *testing.T) {
 	if n, err := count("completed_orders"); err != nil || n != 2 {
 		t.Fatalf("linked stream after delete: %d, %v", n, err)
 	}
+}
+
+// balances reads a wallet_balance table by wallet id.
+func (b *bundle) balances(t *testing.T, table string) map[string]int64 {
+	t.Helper()
+	rows, err := b.pool.Query(context.Background(), `SELECT wallet_id, balance FROM `+pgx.Identifier{table}.Sanitize())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (struct {
+		id  string
+		bal int64
+	}, error) {
+		var v struct {
+			id  string
+			bal int64
+		}
+		err := r.Scan(&v.id, &v.bal)
+		return v, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]int64{}
+	for _, v := range out {
+		m[v.id] = v.bal
+	}
+	return m
+}
+
+// TestBlueGreen follows the runbook of docs/emission.md: v2 (its own name
+// and table) is deployed not live beside v1 and catches up without
+// emitting; once checked it is switched live and emits for new events only;
+// v1 is deleted, its stream and table go, v2 goes on. A third version
+// deployed with ManualStart does nothing until started.
+func TestBlueGreen(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	for i := range 30 {
+		b.deposit(t, fmt.Sprintf("w%d", i), 100)
+	}
+	v1 := walletBalance(b.pool)
+	b.projector(t, v1)
+	b.emitter(t)
+	b.waitFinals(t)
+
+	// 1. v2 beside v1, not live, and v3 waiting for a manual start.
+	v2 := walletBalanceAs(b.pool, "wallet_balance_v2", projection.NotLive())
+	v3 := walletBalanceAs(b.pool, "wallet_balance_v3", projection.ManualStart())
+	b.projector(t, v1, v2, v3)
+	// 2. Check v2: caught up, equal to v1, nothing emitted.
+	devtest.Eventually(t, 30*time.Second, func() error {
+		st, err := projector.ReadStatus(ctx, b.js, v2.Def(), 1)
+		if err != nil {
+			return err
+		}
+		if st.Lag != 0 || st.Position == 0 {
+			return fmt.Errorf("v2 at %d, lag %d", st.Position, st.Lag)
+		}
+		if got, want := b.balances(t, "wallet_balance_v2"), b.balances(t, "wallet_balance"); fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("v2 %v, v1 %v", got, want)
+		}
+		return nil
+	})
+	if n := len(b.derivedOf(t, "wallet_balance_v2")); n != 0 {
+		t.Fatalf("v2 emitted %d events while not live", n)
+	}
+	// 3. Live: v2 emits for new events only.
+	if err := projector.SetLive(ctx, b.js, v2.Def(), 1, true); err != nil {
+		t.Fatal(err)
+	}
+	b.deposit(t, "w3", 50)
+	b.deposit(t, "new", 70)
+	devtest.Eventually(t, 30*time.Second, func() error {
+		last := finals(t, b.derivedOf(t, "wallet_balance_v2"))
+		want := map[string]int64{projector.EmitSubject("wallet_balance_v2", "wallet/w3"): 150, projector.EmitSubject("wallet_balance_v2", "wallet/new"): 70}
+		if fmt.Sprint(last) != fmt.Sprint(want) {
+			return fmt.Errorf("v2 emitted %v, want exactly %v", last, want)
+		}
+		return nil
+	})
+	// v3 has done nothing although the projector handled new events.
+	if st, err := projector.ReadStatus(ctx, b.js, v3.Def(), 1); err != nil || st.Position != 0 || len(st.Owners) != 0 {
+		t.Fatalf("v3 (manual start) ran before its start: %+v, %v", st, err)
+	}
+	// 4. Delete v1: its stream and table go; v2 goes on.
+	if err := projector.Delete(ctx, b.js, v1.Def(), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.js.Stream(ctx, projector.OwnStream("wallet_balance")); err == nil {
+		t.Fatal("v1's stream outlived its delete")
+	}
+	var exists bool
+	if err := b.pool.QueryRow(ctx, `SELECT to_regclass('wallet_balance') IS NOT NULL`).Scan(&exists); err != nil || exists {
+		t.Fatalf("v1's table outlived its delete (%v)", err)
+	}
+	b.deposit(t, "w4", 1)
+	devtest.Eventually(t, 30*time.Second, func() error {
+		if got := finals(t, b.derivedOf(t, "wallet_balance_v2"))[projector.EmitSubject("wallet_balance_v2", "wallet/w4")]; got != 101 {
+			return fmt.Errorf("v2's w4 balance %d, want 101", got)
+		}
+		return nil
+	})
+	// Started, v3 catches up.
+	if err := projector.Start(ctx, b.js, v3.Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	devtest.Eventually(t, 30*time.Second, func() error {
+		if got, want := b.balances(t, "wallet_balance_v3"), b.balances(t, "wallet_balance_v2"); fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("v3 %v, v2 %v", got, want)
+		}
+		return nil
+	})
 }
