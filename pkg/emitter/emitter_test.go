@@ -517,3 +517,29 @@ func TestBlueGreen(t *testing.T) {
 		return nil
 	})
 }
+
+// TestFlushEmitsOncePerBatch: a projection that emits in its flush hook
+// emits once per partition per batch, with the final state. Twenty deposits
+// to a wallet that reach the projection in one batch (a polling projection
+// collects all that arrived since its last look) give one
+// WalletBalanceWasChanged carrying the sum.
+func TestFlushEmitsOncePerBatch(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for i := range 20 {
+		b.deposit(t, "w1", int64(100+i))
+		b.deposit(t, "w2", 5)
+	}
+	b.projector(t, walletBalance(b.pool, projection.WithPolling(500*time.Millisecond)))
+	b.emitter(t)
+	b.waitFinals(t)
+	perSubject := map[string]int{}
+	for _, d := range b.derived(t) {
+		perSubject[d.subject]++
+	}
+	for _, w := range []string{"wallet/w1", "wallet/w2"} {
+		if n := perSubject[projector.EmitSubject("wallet_balance", w)]; n != 1 {
+			t.Errorf("%s: %d WalletBalanceWasChanged for 20 deposits in one batch, want 1", w, n)
+		}
+	}
+}
