@@ -373,7 +373,10 @@ func (r *runner) armRetry(t *time.Timer) {
 		t.Reset(time.Hour)
 		return
 	}
-	t.Reset(max(time.Until(earliest), time.Millisecond))
+	// A due retry must be ready at the select at once: the timer is armed
+	// again before each wait, so a timer of even 1ms never fires while the
+	// consumer has messages waiting, and a backlog starved retries.
+	t.Reset(max(time.Until(earliest), 0))
 }
 
 func (r *runner) handleSlotEvent(ctx context.Context, ev slotEvent) {
