@@ -52,6 +52,23 @@ type WalletBalanceWasChanged struct {
 	Balance  int64  `json:"balance"`
 }
 
+// OrderFullyCompleted is derived by order_fulfilment once an order was
+// placed, paid and delivered, enriched with the order's customer and total
+// and the shipment's carrier. It is linked to the stream completed_orders.
+type OrderFullyCompleted struct {
+	OrderID  string `json:"orderId"`
+	Customer string `json:"customer"`
+	Total    int64  `json:"total"`
+	Carrier  string `json:"carrier"`
+}
+
+// WalletBecameHighValue is derived by high_value_wallets when a wallet's
+// balance reaches HighValueThreshold from below.
+type WalletBecameHighValue struct {
+	WalletID string `json:"walletId"`
+	Balance  int64  `json:"balance"`
+}
+
 // Event type names, as stored in eventstore.events.event_type.
 const (
 	TypeWalletOpened                = "WalletOpened"
@@ -63,4 +80,6 @@ const (
 	TypePaymentSucceeded            = "PaymentSucceeded"
 	TypeShipmentDelivered           = "ShipmentDelivered"
 	TypeWalletBalanceWasChanged     = "WalletBalanceWasChanged"
+	TypeOrderFullyCompleted         = "OrderFullyCompleted"
+	TypeWalletBecameHighValue       = "WalletBecameHighValue"
 )

@@ -51,6 +51,8 @@ func ExampleAll() {
 	// wallet_balance_kv partitioned
 	// ticket_details partitioned
 	// ticket_counts global
+	// order_fulfilment partitioned
+	// high_value_wallets partitioned
 }
 
 // Handlers can be tried without servers: apply messages to a partition in

@@ -15,6 +15,8 @@ func All(pool *pgxpool.Pool) []projection.Definer {
 		WalletBalanceKV(),
 		TicketDetails(pool),
 		TicketCounts(pool),
+		OrderFulfilment(pool),
+		HighValueWallets(pool),
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/demo"
 	"github.com/jetproj/jetproj/pkg/devenv"
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/emitter"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/feeder"
@@ -54,6 +55,15 @@ func setup(t *testing.T) *bundle {
 			return err
 		}
 		return f.Run(ctx)
+	})
+	// The emitter publishes derived events, which pipeline stages such as
+	// high_value_wallets read.
+	b.background(t, "emitter", func(ctx context.Context, nc *nats.Conn) error {
+		e, err := emitter.New(emitter.Config{LeaseTTL: 2 * time.Second, PollInterval: 100 * time.Millisecond}, b.pool, nc, testLogger(t, "emitter"), nil)
+		if err != nil {
+			return err
+		}
+		return e.Run(ctx)
 	})
 	return b
 }
@@ -145,6 +155,21 @@ func TestReadModelsEqualFold(t *testing.T) {
 	if len(wallets) < 5 || counts.Open == 0 || counts.Closed == 0 {
 		t.Fatalf("little to compare: %d wallets, counts %+v", len(wallets), counts)
 	}
+	orders, _ := examples.ReadOrders(ctx, b.pool)
+	high, _ := examples.ReadHighValueWallets(ctx, b.pool)
+	completed, crossings := 0, int64(0)
+	for _, o := range orders {
+		if o.Completed {
+			completed++
+		}
+	}
+	for _, h := range high {
+		crossings += h.Crossings
+	}
+	if completed == 0 || completed == len(orders) || crossings == 0 {
+		t.Fatalf("little to compare: %d of %d orders completed, %d wallets became of high value", completed, len(orders), crossings)
+	}
+	devtest.Eventually(t, 30*time.Second, func() error { return examples.VerifyDerived(ctx, b.pool, b.js) })
 }
 
 // TestGlobalAndPartitionedAgree runs the global ticket_counts and the
@@ -269,6 +294,7 @@ func TestDefinitionsAreValid(t *testing.T) {
 	want := map[string]projection.Kind{
 		"wallet_balance": projection.Partitioned, "wallet_balance_kv": projection.Partitioned,
 		"ticket_details": projection.Partitioned, "ticket_counts": projection.Global,
+		"order_fulfilment": projection.Partitioned, "high_value_wallets": projection.Partitioned,
 	}
 	for _, d := range examples.All(nil) {
 		def := d.Def()
@@ -285,7 +311,7 @@ func TestDefinitionsAreValid(t *testing.T) {
 	if _, ok := examples.ByName(nil, "nope"); ok {
 		t.Error("ByName(nope) found something")
 	}
-	if got := fmt.Sprint(examples.Names()); got != "[wallet_balance wallet_balance_kv ticket_details ticket_counts]" {
+	if got := fmt.Sprint(examples.Names()); got != "[wallet_balance wallet_balance_kv ticket_details ticket_counts order_fulfilment high_value_wallets]" {
 		t.Errorf("Names() = %s", got)
 	}
 }

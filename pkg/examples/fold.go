@@ -3,7 +3,9 @@ package examples
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
@@ -231,6 +233,254 @@ func ReadWalletDocs(ctx context.Context, js jetstream.JetStream) (map[string]Wal
 			}
 			out[idOf(r.Key)] = doc
 		}
+	}
+	return out, nil
+}
+
+// OrderRow is a row of order_fulfilment (completed_at left out: it is the
+// time of the projection's commit, not of an event).
+type OrderRow struct {
+	OrderID    string
+	Placed     bool
+	Customer   string
+	Total      int64
+	Paid       bool
+	PaymentID  string
+	Delivered  bool
+	ShipmentID string
+	Carrier    string
+	Completed  bool
+}
+
+// FoldOrders returns the rows order_fulfilment must hold, by order id: one
+// per order any OrderPlaced, PaymentSucceeded or ShipmentDelivered names,
+// completed once all three happened. It relies on the domain's rule that an
+// order has one payment and one shipment (with two, the projection's row
+// keeps whichever was applied last). A payment or shipment without orderId
+// is an error, as it is for the projection.
+func FoldOrders(events []eventstore.Event) (map[string]OrderRow, error) {
+	rows := map[string]OrderRow{}
+	row := func(id string) OrderRow {
+		r, ok := rows[id]
+		if !ok {
+			r = OrderRow{OrderID: id}
+		}
+		return r
+	}
+	for _, e := range events {
+		var r OrderRow
+		switch {
+		case e.AggregateType == "order" && e.Type == TypeOrderPlaced:
+			var d OrderPlaced
+			if err := decode(e, &d); err != nil {
+				return nil, err
+			}
+			r = row(e.AggregateID)
+			r.Placed, r.Customer, r.Total = true, d.Customer, d.Total
+		case e.AggregateType == "payment" && e.Type == TypePaymentSucceeded:
+			var d PaymentSucceeded
+			if err := decode(e, &d); err != nil {
+				return nil, err
+			}
+			if d.OrderID == "" {
+				return nil, fmt.Errorf("examples: PaymentSucceeded at position %d without orderId", e.Position)
+			}
+			r = row(d.OrderID)
+			r.Paid, r.PaymentID = true, e.AggregateID
+		case e.AggregateType == "shipment" && e.Type == TypeShipmentDelivered:
+			var d ShipmentDelivered
+			if err := decode(e, &d); err != nil {
+				return nil, err
+			}
+			if d.OrderID == "" {
+				return nil, fmt.Errorf("examples: ShipmentDelivered at position %d without orderId", e.Position)
+			}
+			r = row(d.OrderID)
+			r.Delivered, r.ShipmentID, r.Carrier = true, e.AggregateID, d.Carrier
+		default:
+			continue
+		}
+		r.Completed = r.Completed || r.Placed && r.Paid && r.Delivered
+		rows[r.OrderID] = r
+	}
+	return rows, nil
+}
+
+// ExpectedCompletedOrders returns the OrderFullyCompleted events
+// order_fulfilment must have emitted, by order id: exactly one per order
+// that was placed, paid and delivered, and none for the others.
+func ExpectedCompletedOrders(events []eventstore.Event) (map[string]OrderFullyCompleted, error) {
+	rows, err := FoldOrders(events)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]OrderFullyCompleted{}
+	for id, r := range rows {
+		if r.Completed {
+			out[id] = OrderFullyCompleted{OrderID: id, Customer: r.Customer, Total: r.Total, Carrier: r.Carrier}
+		}
+	}
+	return out, nil
+}
+
+// HighValueRow is a row of high_value_wallets (became_high_at left out).
+type HighValueRow struct {
+	WalletID  string
+	Balance   int64
+	HighValue bool
+	Crossings int64
+}
+
+// FoldHighValue returns the rows high_value_wallets must hold, by wallet
+// id, and the WalletBecameHighValue events it must have emitted, in order,
+// given the WalletBalanceWasChanged events it reads, in stream order
+// (ReadBalanceChanges): a wallet becomes of high value each time its
+// balance reaches HighValueThreshold from below.
+func FoldHighValue(changes []WalletBalanceWasChanged) (map[string]HighValueRow, []WalletBecameHighValue) {
+	rows := map[string]HighValueRow{}
+	var emitted []WalletBecameHighValue
+	for _, c := range changes {
+		r := rows[c.WalletID]
+		r.WalletID, r.Balance = c.WalletID, c.Balance
+		switch {
+		case !r.HighValue && c.Balance >= HighValueThreshold:
+			r.HighValue = true
+			r.Crossings++
+			emitted = append(emitted, WalletBecameHighValue{WalletID: c.WalletID, Balance: c.Balance})
+		case r.HighValue && c.Balance < HighValueThreshold:
+			r.HighValue = false
+		}
+		rows[c.WalletID] = r
+	}
+	return rows, emitted
+}
+
+// ReadOrders reads the table order_fulfilment.
+func ReadOrders(ctx context.Context, pool *pgxpool.Pool) (map[string]OrderRow, error) {
+	rows, err := pool.Query(ctx, `SELECT order_id, placed, customer, total, paid, coalesce(payment_id, ''),
+    delivered, coalesce(shipment_id, ''), carrier, completed FROM order_fulfilment`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]OrderRow{}
+	for rows.Next() {
+		var r OrderRow
+		if err := rows.Scan(&r.OrderID, &r.Placed, &r.Customer, &r.Total, &r.Paid, &r.PaymentID,
+			&r.Delivered, &r.ShipmentID, &r.Carrier, &r.Completed); err != nil {
+			return nil, err
+		}
+		out[r.OrderID] = r
+	}
+	return out, rows.Err()
+}
+
+// ReadHighValueWallets reads the table high_value_wallets.
+func ReadHighValueWallets(ctx context.Context, pool *pgxpool.Pool) (map[string]HighValueRow, error) {
+	rows, err := pool.Query(ctx, `SELECT wallet_id, balance, high_value, crossings FROM high_value_wallets`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]HighValueRow{}
+	for rows.Next() {
+		var r HighValueRow
+		if err := rows.Scan(&r.WalletID, &r.Balance, &r.HighValue, &r.Crossings); err != nil {
+			return nil, err
+		}
+		out[r.WalletID] = r
+	}
+	return out, rows.Err()
+}
+
+// DerivedEvent is a message of a derived-event stream.
+type DerivedEvent struct {
+	Subject string
+	Type    string
+	MsgID   string
+	Data    []byte
+}
+
+// ReadDerived reads every message of a stream in order, up to its last
+// message when called; a stream that does not exist reads as empty.
+func ReadDerived(ctx context.Context, js jetstream.JetStream, stream string) ([]DerivedEvent, error) {
+	s, err := js.Stream(ctx, stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	last := info.State.LastSeq
+	if info.State.Msgs == 0 {
+		return nil, nil
+	}
+	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		return nil, err
+	}
+	var out []DerivedEvent
+	for seq := info.State.FirstSeq - 1; seq < last; {
+		// At most the messages left, so the fetch ends with the last one
+		// rather than waiting for more.
+		batch, err := c.Fetch(int(min(1000, last-seq)), jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return nil, err
+		}
+		n := 0
+		for m := range batch.Messages() {
+			md, err := m.Metadata()
+			if err != nil {
+				return nil, err
+			}
+			if md.Sequence.Stream > last {
+				break
+			}
+			n++
+			seq = md.Sequence.Stream
+			out = append(out, DerivedEvent{Subject: m.Subject(), Type: m.Headers().Get("Event-Type"),
+				MsgID: m.Headers().Get(jetstream.MsgIDHeader), Data: m.Data()})
+			if seq == last {
+				break
+			}
+		}
+		if seq == last {
+			break
+		}
+		if err := batch.Error(); err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("examples: stream %s: read up to %d of %d", stream, seq, last)
+		}
+	}
+	return out, nil
+}
+
+// ReadBalanceChanges reads the WalletBalanceWasChanged events on
+// wallet_balance's own stream, in stream order: high_value_wallets' input.
+func ReadBalanceChanges(ctx context.Context, js jetstream.JetStream) ([]WalletBalanceWasChanged, error) {
+	msgs, err := ReadDerived(ctx, js, projector.OwnStream(WalletBalanceName))
+	if err != nil {
+		return nil, err
+	}
+	var out []WalletBalanceWasChanged
+	for _, m := range msgs {
+		if m.Type != TypeWalletBalanceWasChanged {
+			continue
+		}
+		var c WalletBalanceWasChanged
+		if err := json.Unmarshal(m.Data, &c); err != nil {
+			return nil, fmt.Errorf("examples: %s: %w", m.Subject, err)
+		}
+		out = append(out, c)
 	}
 	return out, nil
 }

@@ -12,10 +12,12 @@ import (
 
 // Projection names.
 const (
-	WalletBalanceName   = "wallet_balance"
-	WalletBalanceKVName = "wallet_balance_kv"
-	TicketDetailsName   = "ticket_details"
-	TicketCountsName    = "ticket_counts"
+	WalletBalanceName    = "wallet_balance"
+	WalletBalanceKVName  = "wallet_balance_kv"
+	TicketDetailsName    = "ticket_details"
+	TicketCountsName     = "ticket_counts"
+	OrderFulfilmentName  = "order_fulfilment"
+	HighValueWalletsName = "high_value_wallets"
 )
 
 // WalletState is what wallet_balance keeps per wallet besides its row: the
