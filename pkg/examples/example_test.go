@@ -72,3 +72,27 @@ func ExampleWalletBalanceKV() {
 	fmt.Printf("%+v\n", *pc.State.(*examples.WalletDoc))
 	// Output: {Owner:ann Balance:2100}
 }
+
+// A pipeline stage reads another projection's derived events; here one
+// partition per wallet of wallet_balance's stream.
+func ExampleHighValueWallets() {
+	d := examples.HighValueWallets(nil).Def()
+	key, _ := d.Partitions().Partition(projection.Message{Subject: "project.wallet_balance.wallet.w-1"})
+	fmt.Println(d.SourceConfig().Stream, d.SourceConfig().Subjects, key)
+	// Output: PROJECT_WALLET_BALANCE [project.wallet_balance.>] wallet/w-1
+}
+
+// The orders in which an order's three events can arrive, for
+// AppendOrderFlow.
+func ExampleArrivalOrders() {
+	for _, steps := range examples.ArrivalOrders() {
+		fmt.Println(steps)
+	}
+	// Output:
+	// [placed paid delivered]
+	// [placed delivered paid]
+	// [paid placed delivered]
+	// [paid delivered placed]
+	// [delivered placed paid]
+	// [delivered paid placed]
+}

@@ -354,3 +354,48 @@ func TestFold(t *testing.T) {
 		t.Error("a payload that does not decode is no error")
 	}
 }
+
+// TestFoldOrdersAndHighValue checks the folds of order_fulfilment and
+// high_value_wallets on hand-written histories.
+func TestFoldOrdersAndHighValue(t *testing.T) {
+	t.Parallel()
+	ev := func(agg, id, typ, payload string) eventstore.Event {
+		return eventstore.Event{AggregateType: agg, AggregateID: id, Type: typ, Payload: []byte(payload)}
+	}
+	events := []eventstore.Event{
+		ev("shipment", "s1", "ShipmentDelivered", `{"orderId":"o1","carrier":"dhl"}`),
+		ev("payment", "p2", "PaymentSucceeded", `{"orderId":"o2"}`),
+		ev("order", "o1", "OrderPlaced", `{"customer":"acme","total":5000}`),
+		ev("wallet", "o1", "WalletOpened", `{"owner":"not an order"}`),
+		ev("payment", "p1", "PaymentSucceeded", `{"orderId":"o1"}`),
+		ev("order", "o2", "OrderPlaced", `{"customer":"globex","total":700}`),
+	}
+	rows, err := examples.FoldOrders(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprint(rows), "map[o1:{o1 true acme 5000 true p1 true s1 dhl true} o2:{o2 true globex 700 true p2 false   false}]"; got != want {
+		t.Errorf("orders %s, want %s", got, want)
+	}
+	done, err := examples.ExpectedCompletedOrders(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprint(done), "map[o1:{o1 acme 5000 dhl}]"; got != want {
+		t.Errorf("completed %s, want %s", got, want)
+	}
+	if _, err := examples.FoldOrders(append(events, ev("payment", "p3", "PaymentSucceeded", `{}`))); err == nil {
+		t.Error("a payment without orderId is no error")
+	}
+
+	high, emitted := examples.FoldHighValue([]examples.WalletBalanceWasChanged{
+		{WalletID: "a", Balance: 99999}, {WalletID: "a", Balance: 100000}, {WalletID: "b", Balance: 500000},
+		{WalletID: "a", Balance: 200000}, {WalletID: "a", Balance: 0}, {WalletID: "a", Balance: 100001},
+	})
+	if got, want := fmt.Sprint(high), "map[a:{a 100001 true 2} b:{b 500000 true 1}]"; got != want {
+		t.Errorf("high value %s, want %s", got, want)
+	}
+	if got, want := fmt.Sprint(emitted), "[{a 100000} {b 500000} {a 100001}]"; got != want {
+		t.Errorf("emitted %s, want %s", got, want)
+	}
+}
