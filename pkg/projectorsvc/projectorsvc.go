@@ -390,8 +390,14 @@ func (s *service) run(ctx context.Context) error {
 // EVENTS, and a pipeline's source stream appears with the projection that
 // feeds it. Replicas may start before either.
 func (s *service) waitForSources(ctx context.Context, defs []*projection.Definition) error {
+	// A pipeline stage reads the own stream of a projection run here,
+	// which that projection's initialisation creates: do not wait for it.
+	own := map[string]bool{}
 	for _, d := range defs {
-		if d.CustomSource() != nil {
+		own[projector.OwnStream(d.Name())] = true
+	}
+	for _, d := range defs {
+		if d.CustomSource() != nil || own[d.SourceConfig().Stream] {
 			continue
 		}
 		name := d.SourceConfig().Stream
