@@ -240,6 +240,7 @@ FROM jetproj.partitions WHERE projection = $1 AND parked IS NOT NULL ORDER BY pa
 type pgBatch struct {
 	s      *PGStore
 	tx     pgx.Tx
+	lazy   *lazyTx
 	sp     int
 	puts   []kvPut
 	marks  map[int]uint64
@@ -257,22 +258,23 @@ func (s *PGStore) Begin(ctx context.Context) (Batch, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &pgBatch{s: s, tx: tx, marks: map[int]uint64{}, tokens: map[int]uint64{}}, nil
+	return &pgBatch{s: s, tx: tx, lazy: &lazyTx{Tx: tx}, marks: map[int]uint64{}, tokens: map[int]uint64{}}, nil
 }
 
-func (b *pgBatch) Tx() pgx.Tx { return b.tx }
+// Tx is the transaction handlers write with: savepoints travel with the
+// first statement after them.
+func (b *pgBatch) Tx() pgx.Tx { return b.lazy }
 
 func (b *pgBatch) Savepoint(ctx context.Context) error {
 	b.sp++
 	b.spOutbox = len(b.outbox)
-	_, err := b.tx.Exec(ctx, fmt.Sprintf("SAVEPOINT p%d", b.sp))
-	return err
+	b.lazy.mark(fmt.Sprintf("p%d", b.sp))
+	return nil
 }
 
 func (b *pgBatch) RollbackToSavepoint(ctx context.Context) error {
 	b.outbox = b.outbox[:b.spOutbox]
-	_, err := b.tx.Exec(ctx, fmt.Sprintf("ROLLBACK TO SAVEPOINT p%d", b.sp))
-	return err
+	return b.lazy.rollback(ctx, fmt.Sprintf("p%d", b.sp))
 }
 
 func (b *pgBatch) Put(slot int, token uint64, r Record) {

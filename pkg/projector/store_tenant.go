@@ -169,7 +169,7 @@ func (b *tenantBatch) Tx() pgx.Tx {
 	if b.cur == nil {
 		return nil
 	}
-	return b.cur.tx
+	return b.cur.Tx()
 }
 
 func (b *tenantBatch) Savepoint(ctx context.Context) error {

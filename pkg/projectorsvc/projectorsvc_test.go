@@ -60,7 +60,7 @@ func TestBadConfigurationListsEveryProblem(t *testing.T) {
 		`PROJECTOR_LEASE_TTL: cannot parse "soon"`,
 		`PROJECTOR_STORE_REPLICAS: 2, want 1, 3 or 5`,
 		`PROJECTOR_REPLCA: unknown variable (did you mean PROJECTOR_REPLICA?)`,
-		`PROJECTIONS: no projection "nope" (known: wallet_balance, wallet_balance_kv, ticket_details, ticket_counts)`,
+		`PROJECTIONS: no projection "nope" (known: ` + strings.Join(examples.Names(), ", ") + `)`,
 		`PROJECTIONS: no projection "wallet_balanse"`,
 	} {
 		if !strings.Contains(r.stderr, want) {
