@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
@@ -24,8 +25,8 @@ import (
 // TestOrderFulfilmentAnyArrivalOrder appends orders whose three events
 // arrive in each of the six orders (each applied before the next is
 // appended), orders missing a step, and many orders whose steps are
-// interleaved and appended concurrently while two replicas share the work
-// and one of them is replaced: each completed order gives exactly one
+// interleaved and appended concurrently while two replicas share the work,
+// one of them crashes and a third joins: each completed order gives exactly one
 // OrderFullyCompleted, with customer, total and carrier, on
 // project.order_fulfilment.> and on completed_orders; incomplete orders give
 // none.
@@ -34,7 +35,7 @@ func TestOrderFulfilmentAnyArrivalOrder(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	b.project(t, "r1", examples.OrderFulfilment(b.pool))
-	stop2 := b.project(t, "r2", examples.OrderFulfilment(b.pool))
+	kill2 := b.projectCrashing(t, "r2", examples.OrderFulfilment(b.pool))
 
 	// want is the test's own expectation: the completed orders' events.
 	want := map[string]examples.OrderFullyCompleted{}
@@ -108,7 +109,7 @@ func TestOrderFulfilmentAnyArrivalOrder(t *testing.T) {
 	}
 	half := len(steps) / 2
 	appendAll(steps[:half])
-	stop2() // its slots move to r1, then are shared with r3
+	kill2() // its leases expire, its slots move to r1, then are shared with r3
 	b.project(t, "r3", examples.OrderFulfilment(b.pool))
 	appendAll(steps[half:])
 
@@ -147,6 +148,42 @@ func TestOrderFulfilmentAnyArrivalOrder(t *testing.T) {
 			}
 		}
 	}
+}
+
+// projectCrashing runs a projector replica whose kill cuts its NATS
+// connection before stopping it, as a crash would: it releases no lease,
+// its batch in flight fails or commits, and its slots move when the leases
+// expire.
+func (b *bundle) projectCrashing(t *testing.T, replica string, defs ...projection.Definer) (kill func()) {
+	t.Helper()
+	nc, err := nats.Connect(b.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := projector.New(nc, projector.Options{Replica: replica, LeaseTTL: 2 * time.Second, Logger: testLogger(t, replica)}, defs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = p.Run(ctx) // fails once its connection is gone: that is the point
+	}()
+	var once sync.Once
+	kill = func() {
+		once.Do(func() {
+			nc.Close()
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				t.Errorf("projector %s did not end within 20s of its crash", replica)
+			}
+		})
+	}
+	t.Cleanup(kill)
+	return kill
 }
 
 // orderHas checks that order id's row holds exactly the given steps, and is
