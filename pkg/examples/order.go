@@ -59,8 +59,12 @@ const CompletedOrdersStream = "completed_orders"
 // per order, whatever the arrival order, replicas, kills and redeliveries.
 //
 // Two replicas whose batches lock two orders' rows in opposite order can
-// deadlock; PostgreSQL aborts one statement, its partition is retried from
-// its position with backoff (G4) and succeeds. Rebuilding one partition
+// deadlock; PostgreSQL aborts one statement after deadlock_timeout (1s by
+// default), and its partition is retried alone from its position with
+// backoff (G4). The retry's transaction locks only its own order's row, so
+// it cannot be part of a deadlock: it waits at most for another batch and
+// succeeds. The tests see this happen when replicas share a burst of
+// interleaved orders; the cost is latency, never a lost or doubled event. Rebuilding one partition
 // clears that aggregate's part of the row but keeps completed, so the
 // replay does not emit the order again. Derived events are published on the
 // subject of the partition whose event completed the order
