@@ -286,12 +286,16 @@ func TestPipelineSurvivesSIGKILL(t *testing.T) {
 			checkExactlyOnce(t, readDerived(t, js, projector.OwnStream(name)))
 		}
 	}
-	checkLinkedStreams(t, pool, js)
+	// OrderFullyCompleted once per completed order on the own stream and on
+	// completed_orders; WalletBecameHighValue as the fold of wallet_balance's
+	// stream says.
+	if err := examples.VerifyDerived(context.Background(), pool, js); err != nil {
+		t.Error(err)
+	}
+	if n := streamMsgCount(t, js, examples.CompletedOrdersStream); n == 0 {
+		t.Errorf("no order completed in %d events", written)
+	}
 }
-
-// checkLinkedStreams is completed for the linked streams by the example
-// domain's expectations.
-var checkLinkedStreams = func(t *testing.T, pool *pgxpool.Pool, js jetstream.JetStream) {}
 
 // walletDeposits appends n deposits of amount to one wallet, opening it
 // first when it is new.
@@ -470,19 +474,98 @@ func TestEmissionLifecycle(t *testing.T) {
 	}
 
 	// Delete: the own stream and the read model go; a linked stream stays.
-	linked := "completed_orders"
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: linked, Subjects: []string{linked + ".>"}}); err != nil {
+	// An order completes, so that order_fulfilment links to completed_orders.
+	if err := examples.AppendOrderFlow(ctx, pool, examples.Order{ID: "o-1", Customer: "acme", Total: 4200, Carrier: "dhl"}, examples.OrderSteps...); err != nil {
 		t.Fatal(err)
 	}
+	linked := examples.CompletedOrdersStream
+	devtest.Eventually(t, 30*time.Second, func() error {
+		s, err := js.Stream(ctx, linked)
+		if err != nil {
+			return err
+		}
+		if info, err := s.Info(ctx); err != nil || info.State.Msgs != 1 {
+			return fmt.Errorf("%s: %v messages (%v)", linked, info, err)
+		}
+		return nil
+	})
 	projectorCmd(t, env, "delete", examples.WalletBalanceName, "--yes")
-	if _, err := js.Stream(ctx, own); err == nil {
-		t.Errorf("stream %s still exists after delete", own)
+	projectorCmd(t, env, "delete", examples.OrderFulfilmentName, "--yes")
+	for _, name := range []string{examples.WalletBalanceName, examples.OrderFulfilmentName} {
+		if _, err := js.Stream(ctx, projector.OwnStream(name)); err == nil {
+			t.Errorf("stream %s still exists after delete", projector.OwnStream(name))
+		}
 	}
-	if _, err := js.Stream(ctx, linked); err != nil {
-		t.Errorf("linked stream %s: %v after delete", linked, err)
+	if n := streamMsgCount(t, js, linked); n != 1 {
+		t.Errorf("linked stream %s holds %d messages after delete, want 1", linked, n)
 	}
 	var exists bool
 	if err := pool.QueryRow(ctx, `SELECT to_regclass('wallet_balance') IS NOT NULL`).Scan(&exists); err != nil || exists {
 		t.Errorf("table wallet_balance exists (%v) after delete (%v)", exists, err)
 	}
+}
+
+// TestPipelineStageFailsAndResumes: high_value_wallets streams from
+// wallet_balance's derived events. Its process dies; wallet_balance keeps
+// projecting and emitting; once restarted, high_value_wallets resumes
+// from its own positions in PROJECT_WALLET_BALANCE, and its read model and
+// WalletBecameHighValue events equal the fold of that stream.
+func TestPipelineStageFailsAndResumes(t *testing.T) {
+	dbURL := newDatabase(t)
+	pool := openStore(t, dbURL)
+	ns := startNATS(t)
+	js := ns.connect(t)
+	ctx := context.Background()
+	startFeeder(t, "feeder", feederEnv(dbURL, ns.URL(), "f"))
+	startProjector(t, "projector wallet", pipelineEnv(dbURL, ns.URL(), "pw", examples.WalletBalanceName))
+	stageEnv := pipelineEnv(dbURL, ns.URL(), "ph", examples.HighValueWalletsName)
+	stage := startProjector(t, "projector stage", stageEnv)
+	startEmitter(t, "emitter", emitterEnv(dbURL, ns.URL(), "e1"))
+
+	both := []string{examples.WalletBalanceName, examples.HighValueWalletsName}
+	settled := func(names ...string) func() error {
+		return func() error {
+			if err := examples.Verify(ctx, pool, js, names...); err != nil {
+				return err
+			}
+			if err := outboxEmpty(ctx, pool); err != nil {
+				return err
+			}
+			if slices.Contains(names, examples.HighValueWalletsName) {
+				return examples.VerifyDerived(ctx, pool, js, examples.HighValueWalletsName)
+			}
+			return nil
+		}
+	}
+	for i := range 20 {
+		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 3, 20000*int64(i%4+1))
+	}
+	devtest.Eventually(t, 60*time.Second, settled(both...))
+	highBefore := streamMsgCount(t, js, projector.OwnStream(examples.HighValueWalletsName))
+	if highBefore == 0 {
+		t.Fatal("no wallet became high value")
+	}
+
+	// The stage dies; wallet_balance goes on, deriving what the stage will
+	// need.
+	stage.kill()
+	changes := streamMsgCount(t, js, projector.OwnStream(examples.WalletBalanceName))
+	for i := range 20 {
+		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 2, 30000)
+	}
+	devtest.Eventually(t, 60*time.Second, settled(examples.WalletBalanceName))
+	if after := streamMsgCount(t, js, projector.OwnStream(examples.WalletBalanceName)); after <= changes {
+		t.Fatalf("wallet_balance emitted nothing while the stage was down (%d → %d)", changes, after)
+	}
+	if n := streamMsgCount(t, js, projector.OwnStream(examples.HighValueWalletsName)); n != highBefore {
+		t.Fatalf("high_value_wallets emitted while its process was dead (%d → %d)", highBefore, n)
+	}
+
+	// Back: it resumes where it stopped, nothing missed, nothing twice.
+	startProjector(t, "projector stage", stageEnv)
+	devtest.Eventually(t, 60*time.Second, settled(both...))
+	if n := streamMsgCount(t, js, projector.OwnStream(examples.HighValueWalletsName)); n <= highBefore {
+		t.Errorf("no wallet became high value after the restart (%d → %d)", highBefore, n)
+	}
+	checkExactlyOnce(t, readDerived(t, js, projector.OwnStream(examples.HighValueWalletsName)))
 }
