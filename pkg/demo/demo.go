@@ -198,7 +198,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	say("\n✔ %d events appended to PostgreSQL, %d on EVENTS, each exactly once.", res.Written, res.Fed)
 	say("✔ every read model equals the fold of all events (examples.Verify).")
 	say("✔ %d derived events on project.> and %d on completed_orders.>, %d duplicates;", res.Derived, res.Linked, res.Duplicates)
-	say("  each wallet's last WalletBalanceWasChanged carries its final balance.")
+	say("  each wallet's last WalletBalanceWasChanged carries its final balance; one OrderFullyCompleted")
+	say("  per completed order, whatever the order its events arrived in (examples.VerifyDerived).")
 	stopServices()
 	wg.Wait()
 	return res, nil
@@ -219,6 +220,9 @@ func settled(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, v 
 	}
 	if pending > 0 {
 		return fmt.Errorf("%d derived events still in the outbox", pending)
+	}
+	if err := examples.VerifyDerived(ctx, pool, js); err != nil {
+		return err
 	}
 	return v.balancesMatch(ctx, pool)
 }

@@ -46,7 +46,7 @@ type derived struct {
 
 const (
 	leftWidth   = 50
-	rightWidth  = 78
+	rightWidth  = 96
 	recentShown = 14
 )
 
