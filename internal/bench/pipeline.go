@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetproj/jetproj/pkg/devenv"
 	"github.com/jetproj/jetproj/pkg/emitter"
@@ -73,6 +74,37 @@ func (o PipelineOptions) withDefaults() PipelineOptions {
 type PipelineRound struct {
 	Events  Latency
 	Derived Latency
+	// Batches the projector committed during the round, their mean
+	// duration and mean number of events.
+	Batches     int
+	BatchMean   time.Duration
+	BatchEvents float64
+}
+
+type batchCounts struct {
+	count     int
+	sum, msgs float64
+}
+
+// projectorBatches reads the projector's batch histogram and message counter.
+func projectorBatches(g prometheus.Gatherer) batchCounts {
+	var b batchCounts
+	mfs, err := g.Gather()
+	if err != nil {
+		return b
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch mf.GetName() {
+			case "jetproj_projector_batch_seconds":
+				b.count += int(m.GetHistogram().GetSampleCount())
+				b.sum += m.GetHistogram().GetSampleSum()
+			case "jetproj_projector_messages_total":
+				b.msgs += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return b
 }
 
 // Ratio is the derived p99 over the EVENTS p99 of the same appends.
@@ -129,7 +161,8 @@ func Pipeline(ctx context.Context, t Target, o PipelineOptions) (PipelineResult,
 		defer rmPool.Close()
 	}
 	def := examples.WalletBalance(rmPool)
-	p, err := projector.New(c.nc, projector.Options{Replica: "bench", LeaseTTL: 2 * time.Second, Logger: o.Logger.With("service", "projector")}, def)
+	reg := prometheus.NewRegistry()
+	p, err := projector.New(c.nc, projector.Options{Replica: "bench", LeaseTTL: 2 * time.Second, Logger: o.Logger.With("service", "projector"), Registerer: reg}, def)
 	if err != nil {
 		return res, err
 	}
@@ -163,12 +196,20 @@ func Pipeline(ctx context.Context, t Target, o PipelineOptions) (PipelineResult,
 	for i := range o.Rounds {
 		round := o
 		round.Seed = o.Seed + uint64(i)*1000
+		before := projectorBatches(reg)
 		r, err := measurePipeline(ctx, js, c.nc, t, round, errs)
 		if err != nil {
 			return res, err
 		}
-		fmt.Fprintf(o.Progress, "pipeline round %d: %d events at %.0f/s: EVENTS p50 %s p99 %s · derived p50 %s p99 %s (×%.1f)\n",
-			i+1, r.Derived.Events, r.Derived.Achieved, ms(r.Events.P50), ms(r.Events.P99), ms(r.Derived.P50), ms(r.Derived.P99), r.Ratio())
+		after := projectorBatches(reg)
+		r.Batches = after.count - before.count
+		if r.Batches > 0 {
+			r.BatchMean = time.Duration((after.sum - before.sum) / float64(r.Batches) * float64(time.Second))
+			r.BatchEvents = (after.msgs - before.msgs) / float64(r.Batches)
+		}
+		fmt.Fprintf(o.Progress, "pipeline round %d: %d events at %.0f/s: EVENTS p50 %s p99 %s · derived p50 %s p99 %s (×%.1f) · %d projector batches, %.1f events and %s each\n",
+			i+1, r.Derived.Events, r.Derived.Achieved, ms(r.Events.P50), ms(r.Events.P99), ms(r.Derived.P50), ms(r.Derived.P99), r.Ratio(),
+			r.Batches, r.BatchEvents, ms(r.BatchMean))
 		res.Rounds = append(res.Rounds, r)
 	}
 	return res, nil
