@@ -239,7 +239,6 @@ FROM jetproj.partitions WHERE projection = $1 AND parked IS NOT NULL ORDER BY pa
 
 type pgBatch struct {
 	s      *PGStore
-	tx     pgx.Tx
 	lazy   *lazyTx
 	sp     int
 	puts   []kvPut
@@ -252,13 +251,9 @@ type pgBatch struct {
 	spOutbox int
 }
 
-// Begin starts the batch's transaction.
-func (s *PGStore) Begin(ctx context.Context) (Batch, error) {
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &pgBatch{s: s, tx: tx, lazy: &lazyTx{Tx: tx}, marks: map[int]uint64{}, tokens: map[int]uint64{}}, nil
+// Begin starts a batch. Its transaction begins with its first statement.
+func (s *PGStore) Begin(context.Context) (Batch, error) {
+	return &pgBatch{s: s, lazy: &lazyTx{pool: s.pool}, marks: map[int]uint64{}, tokens: map[int]uint64{}}, nil
 }
 
 // Tx is the transaction handlers write with: savepoints travel with the
@@ -287,7 +282,7 @@ func (b *pgBatch) Watermark(slot int, token uint64, seq uint64) {
 	b.tokens[slot] = token
 }
 
-func (b *pgBatch) Rollback(ctx context.Context) { _ = b.tx.Rollback(ctx) }
+func (b *pgBatch) Rollback(ctx context.Context) { _ = b.lazy.Rollback(ctx) }
 
 var _ OutboxBatch = (*pgBatch)(nil)
 
@@ -325,12 +320,12 @@ ORDER BY n`, proj, part, subj, ids, gens, seqs, types, payloads, links, sseqs, s
 // Commit checks the fence tokens, writes the records with compare-and-set on
 // their revision, and commits the transaction.
 func (b *pgBatch) Commit(ctx context.Context) (map[string]uint64, error) {
-	defer b.tx.Rollback(ctx) //nolint:errcheck
+	defer b.lazy.Rollback(ctx) //nolint:errcheck
 	revs, err := b.prepare(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.tx.Commit(ctx); err != nil {
+	if err := b.lazy.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("projector: commit: %w", err)
 	}
 	return revs, nil
@@ -406,7 +401,7 @@ WHERE projection = $1 AND partition = $2 AND revision = $8`, b.s.projection, key
 	for slot, seq := range b.marks {
 		batch.Queue(`UPDATE jetproj.slots SET watermark = greatest(watermark, $3) WHERE projection = $1 AND slot = $2`, b.s.projection, slot, int64(seq))
 	}
-	if err := b.tx.SendBatch(ctx, batch).Close(); err != nil {
+	if err := b.lazy.SendBatch(ctx, batch).Close(); err != nil {
 		return nil, fmt.Errorf("projector: write positions: %w", err)
 	}
 	for s, tok := range b.tokens {

@@ -6,15 +6,17 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// lazyTx is the transaction handlers write with. A partition's savepoint is
-// not sent on its own: it travels with the partition's first statement, in
-// the same round trip, and a partition that writes nothing never sends one.
-// Live batches touch many partitions with an event or two each, so this
-// saves a round trip per partition per batch.
+// lazyTx is the transaction of a batch. It saves round trips, which is what
+// live batches of a few events pay for: BEGIN is not sent on its own but
+// with the batch's first statement, and neither is a partition's savepoint
+// (a partition that writes nothing sends none).
 type lazyTx struct {
-	pgx.Tx
+	pool *pgxpool.Pool
+	// tx is nil until the first statement.
+	tx pgx.Tx
 	// pending names a savepoint to establish before the next statement.
 	pending string
 }
@@ -25,38 +27,68 @@ func (t *lazyTx) mark(name string) { t.pending = name }
 // rollback undoes the writes since the last mark: nothing to do when no
 // statement ran since.
 func (t *lazyTx) rollback(ctx context.Context, name string) error {
-	if t.pending != "" {
+	if t.pending != "" || t.tx == nil {
 		t.pending = ""
 		return nil
 	}
-	_, err := t.Tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+name)
+	_, err := t.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+name)
 	return err
 }
 
-// flush establishes the pending savepoint in a round trip of its own, for
-// the calls that cannot carry it.
+// flush begins the transaction and establishes the pending savepoint in
+// round trips of their own, for the calls that cannot carry them.
 func (t *lazyTx) flush(ctx context.Context) error {
+	if t.tx == nil {
+		tx, err := t.pool.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		t.tx = tx
+	}
 	if t.pending == "" {
 		return nil
 	}
-	name := t.pending
-	if _, err := t.Tx.Exec(ctx, "SAVEPOINT "+name); err != nil {
+	if _, err := t.tx.Exec(ctx, "SAVEPOINT "+t.pending); err != nil {
 		return err
 	}
 	t.pending = ""
 	return nil
 }
 
-// withSavepoint returns b with the pending savepoint queued first, and
-// whether it was.
-func (t *lazyTx) withSavepoint(b *pgx.Batch) (*pgx.Batch, bool) {
-	if t.pending == "" {
-		return b, false
+// prefixed returns b with BEGIN and the pending savepoint queued first, as
+// needed, and how many queries it queued.
+func (t *lazyTx) prefixed(b *pgx.Batch) (*pgx.Batch, int) {
+	if t.tx != nil && t.pending == "" {
+		return b, 0
 	}
-	nb := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(b.QueuedQueries)+1)}
-	nb.Queue("SAVEPOINT " + t.pending)
+	nb := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(b.QueuedQueries)+2)}
+	n := 0
+	if t.tx == nil {
+		nb.BeginTx(pgx.TxOptions{})
+		n++
+	}
+	if t.pending != "" {
+		nb.Queue("SAVEPOINT " + t.pending)
+		n++
+	}
 	nb.QueuedQueries = append(nb.QueuedQueries, b.QueuedQueries...)
-	return nb, true
+	return nb, n
+}
+
+// Commit commits what was written; nothing when nothing was.
+func (t *lazyTx) Commit(ctx context.Context) error {
+	if t.tx == nil {
+		return nil
+	}
+	return t.tx.Commit(ctx)
+}
+
+// Rollback abandons the transaction, if it began.
+func (t *lazyTx) Rollback(ctx context.Context) error {
+	if t.tx == nil {
+		return nil
+	}
+	return t.tx.Rollback(ctx)
 }
 
 func (t *lazyTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
@@ -67,8 +99,8 @@ func (t *lazyTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 			return pgconn.CommandTag{}, err
 		}
 	}
-	if t.pending == "" {
-		return t.Tx.Exec(ctx, sql, args...)
+	if t.tx != nil && t.pending == "" {
+		return t.tx.Exec(ctx, sql, args...)
 	}
 	b := &pgx.Batch{}
 	b.Queue(sql, args...)
@@ -81,8 +113,8 @@ func (t *lazyTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 }
 
 func (t *lazyTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if t.pending == "" {
-		return t.Tx.Query(ctx, sql, args...)
+	if t.tx != nil && t.pending == "" {
+		return t.tx.Query(ctx, sql, args...)
 	}
 	b := &pgx.Batch{}
 	b.Queue(sql, args...)
@@ -96,21 +128,31 @@ func (t *lazyTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, 
 }
 
 func (t *lazyTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if t.pending == "" {
-		return t.Tx.QueryRow(ctx, sql, args...)
+	if t.tx != nil && t.pending == "" {
+		return t.tx.QueryRow(ctx, sql, args...)
 	}
 	rows, err := t.Query(ctx, sql, args...)
 	return &firstRow{rows: rows, err: err}
 }
 
 func (t *lazyTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	nb, queued := t.withSavepoint(b)
-	br := t.Tx.SendBatch(ctx, nb)
-	if !queued {
-		return br
+	nb, n := t.prefixed(b)
+	if n == 0 {
+		return t.tx.SendBatch(ctx, b)
 	}
-	if _, err := br.Exec(); err != nil {
-		return &failedBatch{BatchResults: br, err: fmt.Errorf("projector: savepoint: %w", err)}
+	var br pgx.BatchResults
+	if t.tx == nil {
+		br = t.pool.SendBatch(ctx, nb)
+		// The transaction is known before the batch is read; if the batch
+		// failed before BEGIN, it is closed and says so.
+		t.tx = br.Tx()
+	} else {
+		br = t.tx.SendBatch(ctx, nb)
+	}
+	for range n {
+		if _, err := br.Exec(); err != nil {
+			return &failedBatch{BatchResults: br, err: fmt.Errorf("projector: begin: %w", err)}
+		}
 	}
 	t.pending = ""
 	return br
@@ -120,33 +162,33 @@ func (t *lazyTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []s
 	if err := t.flush(ctx); err != nil {
 		return 0, err
 	}
-	return t.Tx.CopyFrom(ctx, table, columns, src)
+	return t.tx.CopyFrom(ctx, table, columns, src)
 }
 
 func (t *lazyTx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
 	if err := t.flush(ctx); err != nil {
 		return nil, err
 	}
-	return t.Tx.Prepare(ctx, name, sql)
+	return t.tx.Prepare(ctx, name, sql)
 }
 
 func (t *lazyTx) Begin(ctx context.Context) (pgx.Tx, error) {
 	if err := t.flush(ctx); err != nil {
 		return nil, err
 	}
-	return t.Tx.Begin(ctx)
+	return t.tx.Begin(ctx)
 }
 
 func (t *lazyTx) LargeObjects() pgx.LargeObjects {
 	_ = t.flush(context.Background())
-	return t.Tx.LargeObjects()
+	return t.tx.LargeObjects()
 }
 
 // Conn is the connection itself: statements sent on it bypass the lazy
-// savepoint, so it is established first.
+// BEGIN and savepoint, so they are sent first.
 func (t *lazyTx) Conn() *pgx.Conn {
 	_ = t.flush(context.Background())
-	return t.Tx.Conn()
+	return t.tx.Conn()
 }
 
 // batchRows are rows read from a batch: closing them closes the batch.

@@ -264,7 +264,7 @@ func (b *tenantBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 		}
 	}
 	for i, t := range order {
-		if err := b.batches[t].tx.Commit(ctx); err != nil {
+		if err := b.batches[t].lazy.Commit(ctx); err != nil {
 			for _, rest := range order[i+1:] {
 				b.batches[rest].Rollback(ctx)
 			}
