@@ -107,6 +107,9 @@ type Emitter struct {
 	// sequence of its last derived event.
 	mu   sync.Mutex
 	last map[string]mark
+	// acked are the ids of the last round's rows, published and
+	// acknowledged: the next round deletes them.
+	acked []int64
 	// streams caches stream handles; linked remembers the linked streams
 	// ensured since the last reset.
 	streams map[string]jetstream.Stream
@@ -186,7 +189,9 @@ func (e *Emitter) relay(ctx context.Context) error {
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		if n == e.cfg.BatchSize {
+		if n > 0 {
+			// Straight on: the next round deletes this one's rows with
+			// its read, and picks up what arrived meanwhile.
 			continue
 		}
 		t := time.NewTimer(e.cfg.PollInterval)
@@ -246,11 +251,21 @@ type row struct {
 	sourcePosition int64
 }
 
-// RelayOnce publishes one round of outbox rows and deletes them once
-// acknowledged; it returns how many rows it handled.
+// RelayOnce publishes one round of outbox rows. The rows of the previous
+// round, acknowledged by JetStream, are deleted by this round's read, in
+// the same statement: a round costs one round trip to PostgreSQL. A round
+// that reads nothing therefore still deletes; it returns how many rows it
+// published.
 func (e *Emitter) RelayOnce(ctx context.Context) (int, error) {
-	rows, err := e.pool.Query(ctx, `SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_type, payload::text,
-       link_to, source_seq, source_position FROM jetproj.outbox ORDER BY id LIMIT $1`, e.cfg.BatchSize)
+	e.mu.Lock()
+	acked := e.acked
+	e.mu.Unlock()
+	if acked == nil {
+		acked = []int64{}
+	}
+	rows, err := e.pool.Query(ctx, `WITH relayed AS (DELETE FROM jetproj.outbox WHERE id = ANY($2))
+SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_type, payload::text,
+       link_to, source_seq, source_position FROM jetproj.outbox WHERE NOT id = ANY($2) ORDER BY id LIMIT $1`, e.cfg.BatchSize, acked)
 	if err != nil {
 		return 0, fmt.Errorf("emitter: read outbox: %w", err)
 	}
@@ -269,8 +284,11 @@ func (e *Emitter) RelayOnce(ctx context.Context) (int, error) {
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return 0, err
+		return 0, fmt.Errorf("emitter: read outbox: %w", err)
 	}
+	e.mu.Lock()
+	e.acked = nil // deleted
+	e.mu.Unlock()
 	if len(batch) == 0 {
 		return 0, nil
 	}
@@ -338,9 +356,9 @@ func (e *Emitter) RelayOnce(ctx context.Context) (int, error) {
 			return 0, ctx.Err()
 		}
 	}
-	if _, err := e.pool.Exec(ctx, `DELETE FROM jetproj.outbox WHERE id = ANY($1)`, done); err != nil {
-		return 0, fmt.Errorf("emitter: delete relayed rows: %w", err)
-	}
+	e.mu.Lock()
+	e.acked = done // deleted by the next round
+	e.mu.Unlock()
 	if len(gone) > 0 {
 		e.log.Warn("dropped derived events of projections without a stream (deleted?)", "projections", gone)
 	}
