@@ -162,7 +162,7 @@ func Pipeline(ctx context.Context, t Target, o PipelineOptions) (PipelineResult,
 	}
 	def := examples.WalletBalance(rmPool)
 	reg := prometheus.NewRegistry()
-	p, err := projector.New(c.nc, projector.Options{Replica: "bench", LeaseTTL: 2 * time.Second, Logger: o.Logger.With("service", "projector"), Registerer: reg}, def)
+	p, err := projector.New(c.nc, projector.Options{Replica: "bench", Logger: o.Logger.With("service", "projector"), Registerer: reg}, def)
 	if err != nil {
 		return res, err
 	}
