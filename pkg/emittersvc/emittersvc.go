@@ -14,6 +14,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/lifecycle"
 	"github.com/jetproj/jetproj/pkg/logging"
 	"github.com/jetproj/jetproj/pkg/natsconn"
+	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/pgconn"
 )
 
@@ -23,7 +24,11 @@ type Config struct {
 	NATS    natsconn.Config
 	Emitter emitter.Config
 	Log     logging.Config
+	Ops     opsserver.Config
 }
+
+// Prefixes are the variable prefixes checked for typos.
+var Prefixes = []string{"EMITTER_", "NATS_", "LOG_", "DATABASE_", "OPS_"}
 
 const usage = `Usage: emitter [run|help]
 
@@ -45,7 +50,7 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 			return 2
 		}
 	}
-	opts := []config.Option{config.WithPrefixCheck("EMITTER_", "NATS_", "LOG_", "DATABASE_")}
+	opts := []config.Option{config.WithPrefixCheck(Prefixes...)}
 	if environ != nil {
 		opts = append(opts, config.WithEnvironment(environ))
 	}
@@ -75,10 +80,14 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer conn.Close()
-	e, err := emitter.New(cfg.Emitter, pool, conn.NC, log, nil)
+	reg := opsserver.NewRegistry()
+	e, err := emitter.New(cfg.Emitter, pool, conn.NC, log, reg)
 	if err != nil {
 		return err
 	}
+	ops := opsserver.New(cfg.Ops, reg, log)
+	ops.Ready("nats", natsconn.Connected(conn.NC))
+	ops.Ready("postgres", pool.Ping)
 	log.Info("emitter starting")
-	return e.Run(ctx)
+	return ops.Serve(ctx, e.Run)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/lifecycle"
 	"github.com/jetproj/jetproj/pkg/logging"
 	"github.com/jetproj/jetproj/pkg/natsconn"
+	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/pgconn"
 )
 
@@ -30,10 +31,11 @@ type Config struct {
 	NATS   natsconn.Config
 	Feeder feeder.Config
 	Log    logging.Config
+	Ops    opsserver.Config
 }
 
 // Prefixes are the variable prefixes checked for typos.
-var Prefixes = []string{"FEEDER_", "NATS_", "LOG_", "DATABASE_"}
+var Prefixes = []string{"FEEDER_", "NATS_", "LOG_", "DATABASE_", "OPS_"}
 
 const usage = `Usage: feeder [command]
 
@@ -147,12 +149,16 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if conn.Embedded != nil {
 		log.Info("embedded NATS server started", "url", conn.Embedded.URL(), "dir", conn.Embedded.Dir())
 	}
-	f, err := feeder.New(cfg.Feeder, feeder.Deps{Pool: pool, NC: conn.NC, Logger: log})
+	reg := opsserver.NewRegistry()
+	f, err := feeder.New(cfg.Feeder, feeder.Deps{Pool: pool, NC: conn.NC, Logger: log, Registerer: reg})
 	if err != nil {
 		return err
 	}
+	ops := opsserver.New(cfg.Ops, reg, log)
+	ops.Ready("nats", natsconn.Connected(conn.NC))
+	ops.Ready("postgres", pool.Ping)
 	log.Info("feeder starting", "name", f.Config().Name, "stream", f.Config().Stream, "instance", f.Config().Instance)
-	return f.Run(ctx)
+	return ops.Serve(ctx, f.Run)
 }
 
 // StatusConfig is what `feeder status` needs: no database.

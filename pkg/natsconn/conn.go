@@ -264,3 +264,14 @@ func (e *scrubbedError) Unwrap() error { return e.err }
 func (c Config) errorf(err error, format string, args ...any) error {
 	return &scrubbedError{msg: c.scrub(fmt.Sprintf(format, args...)), err: err}
 }
+
+// Connected returns a readiness check that fails while nc is not connected
+// (reconnecting, or closed).
+func Connected(nc *nats.Conn) func(context.Context) error {
+	return func(context.Context) error {
+		if s := nc.Status(); s != nats.CONNECTED {
+			return fmt.Errorf("nats: %s", s)
+		}
+		return nil
+	}
+}

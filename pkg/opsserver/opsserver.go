@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -31,7 +32,7 @@ const (
 
 // Config is the operations endpoint of a service.
 type Config struct {
-	Addr string `env:"OPS_ADDR" envDefault:":8080" doc:"Listen address of the operations endpoint: /metrics (Prometheus), /healthz (liveness) and /readyz (readiness). Empty: no endpoint."`
+	Addr string `env:"OPS_ADDR" envDefault:":8080" doc:"Listen address of the operations endpoint: /metrics (Prometheus), /healthz (liveness) and /readyz (readiness). off: no endpoint. Several services on one host each need their own port (127.0.0.1:0 picks a free one)."`
 }
 
 // Check reports a problem with the service, or nil when all is well.
@@ -117,10 +118,16 @@ func (s *Server) serveChecks(w http.ResponseWriter, r *http.Request, checks map[
 	_, _ = w.Write([]byte(b.String()))
 }
 
+// Disabled is the OPS_ADDR value that serves no endpoint.
+const Disabled = "off"
+
+// enabled reports whether an endpoint is served.
+func (c Config) enabled() bool { return c.Addr != "" && c.Addr != Disabled }
+
 // Listen opens the listener, so that a bad address fails at start. It is a
-// no-op when Addr is empty.
+// no-op when the endpoint is disabled, and when already listening.
 func (s *Server) Listen() error {
-	if s.cfg.Addr == "" {
+	if !s.cfg.enabled() || s.ln != nil {
 		return nil
 	}
 	ln, err := net.Listen("tcp", s.cfg.Addr)
@@ -141,7 +148,7 @@ func (s *Server) Addr() string {
 
 // Run serves until ctx is cancelled (calling Listen first if needed).
 func (s *Server) Run(ctx context.Context) error {
-	if s.cfg.Addr == "" {
+	if !s.cfg.enabled() {
 		<-ctx.Done()
 		return nil
 	}
@@ -166,4 +173,32 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	<-errc
 	return nil
+}
+
+// NewRegistry returns a registry holding the Go runtime and process
+// collectors, for a service to register its own metrics in.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// Serve runs fn with the endpoint beside it: the endpoint listens first, so
+// that an address that cannot be bound fails before fn starts, and serves
+// until fn returns. /healthz reports the service alive while fn runs. It
+// returns fn's error.
+func (s *Server) Serve(ctx context.Context, fn func(ctx context.Context) error) error {
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	s.Live("running", func(context.Context) error { return nil })
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(sctx) }()
+	err := fn(ctx)
+	stop()
+	if serr := <-done; err == nil && serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		err = serr
+	}
+	return err
 }

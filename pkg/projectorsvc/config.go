@@ -11,6 +11,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/logging"
 	"github.com/jetproj/jetproj/pkg/natsconn"
+	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/pgconn"
 )
 
@@ -21,6 +22,7 @@ type Config struct {
 	NATS      natsconn.Config
 	Log       logging.Config
 	Projector Settings
+	Ops       opsserver.Config
 }
 
 // Settings are the projector's own variables.
@@ -59,7 +61,7 @@ func (s Settings) Selected() []string {
 }
 
 // Prefixes are the variable prefixes checked for typos.
-var Prefixes = []string{"PROJECTOR_", "PROJECTIONS", "NATS_", "LOG_", "DATABASE_"}
+var Prefixes = []string{"PROJECTOR_", "PROJECTIONS", "NATS_", "LOG_", "DATABASE_", "OPS_"}
 
 // LoadConfig reads the configuration from environ (the process environment
 // when nil) and reports every problem at once: values that do not parse or

@@ -34,6 +34,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/logging"
 	"github.com/jetproj/jetproj/pkg/memlimit"
 	"github.com/jetproj/jetproj/pkg/natsconn"
+	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/pgconn"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -371,17 +372,30 @@ func (s *service) run(ctx context.Context) error {
 		definers[i] = d
 		ns = append(ns, d.Name())
 	}
+	reg := opsserver.NewRegistry()
 	p, err := projector.New(s.conn.NC, projector.Options{
-		Replica:  s.cfg.Projector.Replica,
-		LeaseTTL: s.cfg.Projector.LeaseTTL,
-		Replicas: s.cfg.Projector.StoreReplicas,
-		Logger:   s.log,
+		Replica:    s.cfg.Projector.Replica,
+		LeaseTTL:   s.cfg.Projector.LeaseTTL,
+		Replicas:   s.cfg.Projector.StoreReplicas,
+		Logger:     s.log,
+		Registerer: reg,
 	}, definers...)
 	if err != nil {
 		return err
 	}
+	ops := opsserver.New(s.cfg.Ops, reg, s.log)
+	ops.Ready("nats", natsconn.Connected(s.conn.NC))
+	ops.Ready("postgres", s.pool.Ping)
+	ops.Ready("projections", func(context.Context) error {
+		// Ready once every projection of this replica has a runner: they
+		// are initialised and consuming, or on standby for their slots.
+		if got, want := len(p.Statuses()), len(definers); got < want {
+			return fmt.Errorf("%d of %d projections started", got, want)
+		}
+		return nil
+	})
 	s.log.Info("projector starting", "projections", strings.Join(ns, ","), "replica", s.cfg.Projector.Replica, "lease_ttl", s.cfg.Projector.LeaseTTL)
-	err = p.Run(ctx)
+	err = ops.Serve(ctx, p.Run)
 	s.log.Info("projector stopped")
 	return err
 }

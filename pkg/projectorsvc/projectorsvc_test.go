@@ -136,7 +136,7 @@ func setup(t *testing.T) *bundle {
 	dbURL := devtest.Postgres(t)
 	n := devtest.NATS(t)
 	b := &bundle{ver: map[string]int64{}, defs: examples.All, env: map[string]string{
-		"DATABASE_URL": dbURL, "NATS_URL": n.URL(), "PROJECTOR_LEASE_TTL": "2s", "PROJECTOR_REPLICA": "r1", "LOG_LEVEL": "warn",
+		"DATABASE_URL": dbURL, "NATS_URL": n.URL(), "PROJECTOR_LEASE_TTL": "2s", "PROJECTOR_REPLICA": "r1", "LOG_LEVEL": "warn", "OPS_ADDR": "127.0.0.1:0",
 	}}
 	var err error
 	if b.pool, err = pgxpool.New(ctx, dbURL); err != nil {

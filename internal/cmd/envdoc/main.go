@@ -26,6 +26,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/feeder"
 	"github.com/jetproj/jetproj/pkg/logging"
 	"github.com/jetproj/jetproj/pkg/natsconn"
+	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/pgconn"
 	"github.com/jetproj/jetproj/pkg/projectorsvc"
 )
@@ -36,6 +37,7 @@ var sections = map[string]any{
 	"nats":      natsconn.Config{},
 	"database":  pgconn.Config{},
 	"logging":   logging.Config{},
+	"ops":       opsserver.Config{},
 	"feeder":    feeder.Config{},
 	"projector": projectorsvc.Settings{},
 	"emitter":   emitter.Config{},
