@@ -30,7 +30,7 @@ type Config struct {
 // Prefixes are the variable prefixes checked for typos.
 var Prefixes = []string{"EMITTER_", "NATS_", "LOG_", "DATABASE_", "OPS_"}
 
-const usage = `Usage: emitter [run|help]
+const usage = `Usage: emitter [run|healthcheck|help]
 
 Relays the projections' derived events from jetproj.outbox to JetStream
 (project.<name>.> and linked streams), exactly once. Configuration comes from
@@ -44,6 +44,8 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 		case "help", "-h", "--help":
 			fmt.Fprint(stdout, usage)
 			return 0
+		case "healthcheck":
+			return opsserver.HealthcheckCommand(ctx, environ, stderr)
 		case "run":
 		default:
 			fmt.Fprintf(stderr, "emitter: unknown command %q\n\n%s", args[0], usage)

@@ -43,6 +43,7 @@ Commands:
   run       publish the event store to JetStream (default)
   migrate   apply the event store migrations and exit
   status    print the feeder's saved status and checkpoint (--json)
+  healthcheck  exit 0 when the local feeder's /readyz answers 200 (container health check)
   help      print this help
 
 Configuration comes from the environment; see README.md.
@@ -58,6 +59,8 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
+	case "healthcheck":
+		return opsserver.HealthcheckCommand(ctx, environ, stderr)
 	case "run", "migrate", "status":
 	default:
 		fmt.Fprintf(stderr, "feeder: unknown command %q\n\n%s", cmd, usage)

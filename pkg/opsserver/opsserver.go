@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/jetproj/jetproj/pkg/config"
 )
 
 // The paths every service serves; probes and scrape configurations use them.
@@ -201,4 +204,56 @@ func (s *Server) Serve(ctx context.Context, fn func(ctx context.Context) error) 
 		err = serr
 	}
 	return err
+}
+
+// Probe asks the endpoint of cfg for path and returns nil when it answers
+// 200. It is the body of `<service> healthcheck`, the container health
+// check of images that have no shell or HTTP client.
+func Probe(ctx context.Context, cfg Config, path string) error {
+	if !cfg.enabled() {
+		return errors.New("opsserver: OPS_ADDR is off: nothing to probe")
+	}
+	host, port, err := net.SplitHostPort(cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("opsserver: OPS_ADDR %q: %w", cfg.Addr, err)
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, port)+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s\n%s", path, resp.Status, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+// HealthcheckCommand runs `<service> healthcheck`: it reads OPS_ADDR from
+// environ (the process environment when nil), probes /readyz and returns
+// the exit code, 0 when ready.
+func HealthcheckCommand(ctx context.Context, environ map[string]string, stderr io.Writer) int {
+	var opts []config.Option
+	if environ != nil {
+		opts = append(opts, config.WithEnvironment(environ))
+	}
+	cfg, err := config.Load[Config](opts...)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := Probe(ctx, cfg, ReadyPath); err != nil {
+		fmt.Fprintln(stderr, "not ready:", err)
+		return 1
+	}
+	return 0
 }

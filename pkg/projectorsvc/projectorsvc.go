@@ -63,6 +63,7 @@ Commands:
   skip <name> <partition>           skip a parked partition's failing event and go on
   start <name>                      start a projection deployed with ManualStart
   live <name> on|off                switch emission of derived events on (new events only) or off
+  healthcheck                       exit 0 when the local replica's /readyz answers 200 (container health check)
   help                              print this help
 
 A partition is "<aggregate_type>/<aggregate_id>" (e.g. wallet/w-1), or
@@ -170,6 +171,9 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
 		fmt.Fprint(stdout, usage)
 		return 0
+	}
+	if len(args) == 1 && args[0] == "healthcheck" {
+		return opsserver.HealthcheckCommand(ctx, environ, stderr)
 	}
 	cmd, err := parseArgs(args)
 	if err != nil {
@@ -383,6 +387,13 @@ func (s *service) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	gauges, err := newStatusGauges(reg)
+	if err != nil {
+		return err
+	}
+	rctx, stopReport := context.WithCancel(ctx)
+	defer stopReport()
+	go s.report(rctx, gauges, defs)
 	ops := opsserver.New(s.cfg.Ops, reg, s.log)
 	ops.Ready("nats", natsconn.Connected(s.conn.NC))
 	ops.Ready("postgres", s.pool.Ping)

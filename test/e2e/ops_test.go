@@ -61,7 +61,8 @@ func TestOperationsEndpoints(t *testing.T) {
 		metrics    []string
 	}{
 		{"feeder", fenv["OPS_ADDR"], []string{`jetproj_feeder_events_published_total{feeder="events"} 4`, `jetproj_feeder_lease_held{feeder="events"} 1`}},
-		{"projector", penv["OPS_ADDR"], []string{"jetproj_projector_messages_total{projection=\"wallet_balance\"}", "jetproj_projector_slots_owned{projection=\"wallet_balance\"} 64"}},
+		{"projector", penv["OPS_ADDR"], []string{"jetproj_projector_messages_total{projection=\"wallet_balance\"}", "jetproj_projector_slots_owned{projection=\"wallet_balance\"} 64",
+			"jetproj_projector_lag{projection=\"wallet_balance\"}", "jetproj_projector_partitions_parked{projection=\"wallet_balance\"} 0"}},
 		{"emitter", eenv["OPS_ADDR"], []string{"jetproj_emitter_events_emitted_total"}},
 	} {
 		devtest.Eventually(t, 30*time.Second, func() error {
@@ -83,6 +84,15 @@ func TestOperationsEndpoints(t *testing.T) {
 			return nil
 		})
 	}
+	// The containers' health check is the binary itself.
+	for name, c := range map[string]struct {
+		path string
+		env  map[string]string
+	}{"feeder": {bins.build(t).feeder, fenv}, "projector": {bins.build(t).projector, penv}, "emitter": {bins.build(t).emitter, eenv}} {
+		if r := runBinary(t, c.path, map[string]string{"OPS_ADDR": c.env["OPS_ADDR"]}, "healthcheck"); r.code != 0 {
+			t.Errorf("%s healthcheck: exit %d: %s", name, r.code, r.stderr)
+		}
+	}
 	// Readiness follows the connection: with NATS gone, not ready.
 	ns.kill()
 	devtest.Eventually(t, 30*time.Second, func() error {
@@ -92,4 +102,7 @@ func TestOperationsEndpoints(t *testing.T) {
 		}
 		return nil
 	})
+	if r := runBinary(t, bins.build(t).projector, map[string]string{"OPS_ADDR": penv["OPS_ADDR"]}, "healthcheck"); r.code != 1 {
+		t.Errorf("projector healthcheck without NATS: exit %d, want 1: %s", r.code, r.stderr)
+	}
 }
