@@ -1,0 +1,143 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/examples"
+	"github.com/jetproj/jetproj/pkg/projector"
+)
+
+// slotOwners counts wallet_balance's slots per replica, from the lease
+// bucket.
+func slotOwners(ctx context.Context, t *testing.T, env map[string]string) map[string]int {
+	t.Helper()
+	r := runBinary(t, bins.build(t).projector, env, "status", "--json", examples.WalletBalanceName)
+	if r.code != 0 {
+		t.Fatalf("status: %d %s", r.code, r.stderr)
+	}
+	var all []projector.Status
+	if err := json.Unmarshal([]byte(r.stdout), &all); err != nil || len(all) != 1 {
+		t.Fatalf("status --json: %v\n%s", err, r.stdout)
+	}
+	return all[0].Owners
+}
+
+// TestSIGTERMHandsOverAtOnce: a projector replica stopped with SIGTERM
+// finishes its batch, releases its slot leases and exits; the other replica
+// owns every slot well before the lease TTL (10s here) would have expired,
+// and the read model stays equal to the fold. A second signal exits at once.
+func TestSIGTERMHandsOverAtOnce(t *testing.T) {
+	dbURL := newDatabase(t)
+	pool := openStore(t, dbURL)
+	ns := startNATS(t)
+	js := ns.connect(t)
+	ctx := context.Background()
+	startFeeder(t, "feeder", feederEnv(dbURL, ns.URL(), "f"))
+	env := func(replica string) map[string]string {
+		e := pipelineEnv(dbURL, ns.URL(), replica, examples.WalletBalanceName)
+		e["PROJECTOR_LEASE_TTL"] = "10s"
+		return e
+	}
+	p1 := startProjector(t, "projector p1", env("p1"))
+	startProjector(t, "projector p2", env("p2"))
+	for i := range 50 {
+		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 4, 100)
+	}
+	devtest.Eventually(t, 60*time.Second, func() error {
+		owners := slotOwners(ctx, t, env("cli"))
+		if owners["p1"] == 0 || owners["p2"] == 0 || owners["p1"]+owners["p2"] != 64 {
+			return fmt.Errorf("owners %v", owners)
+		}
+		return examples.Verify(ctx, pool, js, examples.WalletBalanceName)
+	})
+
+	if err := p1.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	select {
+	case <-p1.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("p1 did not exit within 10s of SIGTERM")
+	}
+	if code := p1.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("p1 exited with %d after SIGTERM, want 0", code)
+	}
+	devtest.Eventually(t, 5*time.Second, func() error {
+		if owners := slotOwners(ctx, t, env("cli")); owners["p2"] != 64 {
+			return fmt.Errorf("owners %v", owners)
+		}
+		return nil
+	})
+	if took := time.Since(stopped); took > 5*time.Second {
+		t.Errorf("p2 owned every slot %v after p1's SIGTERM; the lease TTL is 10s", took)
+	}
+	for i := range 50 {
+		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 1, 7)
+	}
+	devtest.Eventually(t, 30*time.Second, func() error { return examples.Verify(ctx, pool, js, examples.WalletBalanceName) })
+
+	// A second signal exits at once, whatever the first one waits for.
+	p3 := startProjector(t, "projector p3", env("p3"))
+	devtest.Eventually(t, 30*time.Second, func() error {
+		if !p3.logged("projector starting") {
+			return fmt.Errorf("p3 not started")
+		}
+		return nil
+	})
+	_ = p3.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p3.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p3.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("p3 did not exit within 5s of a second SIGTERM")
+	}
+}
+
+// TestFeederSIGTERMHandsOverAtOnce: the active feeder releases its lease on
+// SIGTERM; the standby publishes new events well before the lease TTL.
+func TestFeederSIGTERMHandsOverAtOnce(t *testing.T) {
+	dbURL := newDatabase(t)
+	pool := openStore(t, dbURL)
+	ns := startNATS(t)
+	js := ns.connect(t)
+	ctx := context.Background()
+	feeders := map[string]*proc{}
+	for _, name := range []string{"f1", "f2"} {
+		env := feederEnv(dbURL, ns.URL(), name)
+		env["FEEDER_LEASE_TTL"] = "10s"
+		feeders[name] = startFeeder(t, "feeder "+name, env)
+	}
+	walletDeposits(t, pool, "w-1", 1, 100)
+	var active string
+	devtest.Eventually(t, 30*time.Second, func() error {
+		h, err := leaseHolder(ctx, js)
+		if err != nil || feeders[h] == nil {
+			return fmt.Errorf("holder %q: %v", h, err)
+		}
+		active = h
+		return nil
+	})
+	base := mustStreamCount(t, js)
+	if err := feeders[active].cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	<-feeders[active].done
+	walletDeposits(t, pool, "w-1", 1, 100)
+	devtest.Eventually(t, 5*time.Second, func() error {
+		if n := mustStreamCount(t, js); n <= base {
+			return fmt.Errorf("%d messages, waiting for more than %d", n, base)
+		}
+		return nil
+	})
+	if took := time.Since(stopped); took > 5*time.Second {
+		t.Errorf("the standby published %v after the active feeder's SIGTERM; the lease TTL is 10s", took)
+	}
+}
