@@ -100,8 +100,13 @@ func refused(t *testing.T, url, user, password, subject string) bool {
 // NATS user with only its permissions: the pipeline works end to end, and
 // no service can publish to another's subjects (the feeder cannot publish to
 // project.>, the projector cannot publish to events.> nor project.>).
+//
+// Secrets (the NATS passwords, the password in DATABASE_URL, which the
+// trust-authenticated test cluster ignores) never appear in the services'
+// logs nor in the status commands' output.
 func TestLeastPrivilege(t *testing.T) {
-	dbURL := newDatabase(t)
+	const dbSecret = "pg-Secr3t-in-DSN"
+	dbURL := strings.Replace(newDatabase(t), "postgres://postgres@", "postgres://postgres:"+dbSecret+"@", 1)
 	pool := openStore(t, dbURL)
 	url, js := startSecuredNATS(t)
 	ctx := context.Background()
@@ -109,9 +114,13 @@ func TestLeastPrivilege(t *testing.T) {
 		env["NATS_USER"], env["NATS_PASSWORD"] = user, user+"-pw"
 		return env
 	}
-	startFeeder(t, "feeder", auth(feederEnv(dbURL, url, "f"), "feeder"))
-	startProjector(t, "projector", auth(pipelineEnv(dbURL, url, "p1", examples.WalletBalanceName, examples.OrderFulfilmentName), "projector"))
-	startEmitter(t, "emitter", auth(emitterEnv(dbURL, url, "e1"), "emitter"))
+	fenv := auth(feederEnv(dbURL, url, "f"), "feeder")
+	fenv["LOG_LEVEL"] = "debug"
+	penv := auth(pipelineEnv(dbURL, url, "p1", examples.WalletBalanceName, examples.OrderFulfilmentName), "projector")
+	penv["LOG_LEVEL"] = "debug"
+	eenv := auth(emitterEnv(dbURL, url, "e1"), "emitter")
+	eenv["LOG_LEVEL"] = "debug"
+	procs := []*proc{startFeeder(t, "feeder", fenv), startProjector(t, "projector", penv), startEmitter(t, "emitter", eenv)}
 
 	for i := range 10 {
 		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 3, 100)
@@ -144,6 +153,27 @@ func TestLeastPrivilege(t *testing.T) {
 	// The control case: an allowed subject is not refused.
 	if refused(t, url, "projector", "projector-pw", "_INBOX.control") {
 		t.Error("the check refuses an allowed subject")
+	}
+	// No secret in logs or status output.
+	var outputs []string
+	for _, p := range procs {
+		outputs = append(outputs, p.stderr.String())
+	}
+	for _, r := range []result{
+		runBinary(t, bins.build(t).feeder, fenv, "status"),
+		runBinary(t, bins.build(t).feeder, fenv, "status", "--json"),
+		runBinary(t, bins.build(t).projector, penv, "status"),
+		runBinary(t, bins.build(t).projector, penv, "status", "--json"),
+		runBinary(t, bins.build(t).projector, map[string]string{"DATABASE_URL": dbURL, "NATS_URL": url, "NATS_PASSWORD": "projector-pw", "PROJECTOR_LEASE_TTL": "nope"}, "status"),
+	} {
+		outputs = append(outputs, r.stdout, r.stderr)
+	}
+	for _, out := range outputs {
+		for _, secret := range []string{dbSecret, "feeder-pw", "projector-pw", "emitter-pw"} {
+			if strings.Contains(out, secret) {
+				t.Errorf("secret %q printed:\n%s", secret, tail(out, 20))
+			}
+		}
 	}
 	if n := streamMsgCount(t, js, projector.OwnStream(examples.WalletBalanceName)); n != derived {
 		t.Errorf("%s grew from %d to %d messages", projector.OwnStream(examples.WalletBalanceName), derived, n)
