@@ -26,11 +26,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/projector"
 	"github.com/jetproj/jetproj/pkg/subject"
+	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
 // Header names of derived events.
@@ -249,6 +252,7 @@ type row struct {
 	linkTo         string
 	sourceSeq      uint64
 	sourcePosition int64
+	traceparent    string
 }
 
 // RelayOnce publishes one round of outbox rows. The rows of the previous
@@ -265,7 +269,7 @@ func (e *Emitter) RelayOnce(ctx context.Context) (int, error) {
 	}
 	rows, err := e.pool.Query(ctx, `WITH relayed AS (DELETE FROM jetproj.outbox WHERE id = ANY($2))
 SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_type, payload::text,
-       link_to, source_seq, source_position FROM jetproj.outbox WHERE NOT id = ANY($2) ORDER BY id LIMIT $1`, e.cfg.BatchSize, acked)
+       link_to, source_seq, source_position, traceparent FROM jetproj.outbox WHERE NOT id = ANY($2) ORDER BY id LIMIT $1`, e.cfg.BatchSize, acked)
 	if err != nil {
 		return 0, fmt.Errorf("emitter: read outbox: %w", err)
 	}
@@ -275,7 +279,7 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 		var seq, sseq int64
 		var payload string
 		if err := rows.Scan(&r.id, &r.projection, &r.partition, &r.subject, &r.msgID, &r.gen, &seq, &r.eventType, &payload,
-			&r.linkTo, &sseq, &r.sourcePosition); err != nil {
+			&r.linkTo, &sseq, &r.sourcePosition, &r.traceparent); err != nil {
 			rows.Close()
 			return 0, err
 		}
@@ -337,6 +341,13 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 			if r.sourcePosition > 0 {
 				msg.Header.Set(HeaderSourcePosition, strconv.FormatInt(r.sourcePosition, 10))
 			}
+			// The derived event continues its source event's trace.
+			_, span, tp := tracing.Start(ctx, r.traceparent, "jetproj.emitter publish "+r.projection, trace.SpanKindProducer,
+				attribute.String("messaging.destination.name", t.subj))
+			if tp != "" {
+				msg.Header.Set(tracing.Header, tp)
+			}
+			span.End()
 			fut, err := e.js.PublishMsgAsync(msg)
 			if err != nil {
 				return 0, fmt.Errorf("emitter: publish %s: %w", t.subj, err)

@@ -16,6 +16,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/natsconn"
 	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/pgconn"
+	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
 // Config is the emitter service's configuration.
@@ -82,6 +83,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer conn.Close()
+	shutdownTracing, err := tracing.Setup(ctx, "jetproj-emitter", log)
+	if err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	defer func() { _ = shutdownTracing(context.Background()) }()
 	reg := opsserver.NewRegistry()
 	e, err := emitter.New(cfg.Emitter, pool, conn.NC, log, reg)
 	if err != nil {

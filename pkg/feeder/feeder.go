@@ -15,10 +15,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/lease"
+	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
 // Log keys.
@@ -376,6 +379,13 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			if err != nil {
 				_ = drain(true)
 				return fmt.Errorf("feeder: event %d: %w", e.Position, err)
+			}
+			// The message continues the trace of the append, if any.
+			if tp := msg.Header.Get(tracing.Header); tp != "" {
+				_, span, child := tracing.Start(ctx, tp, "jetproj.feeder publish", trace.SpanKindProducer,
+					attribute.String("messaging.destination.name", msg.Subject), attribute.Int64("jetproj.position", e.Position))
+				msg.Header.Set(tracing.Header, child)
+				span.End()
 			}
 			fut, err := f.js.PublishMsgAsync(msg, jetstream.WithExpectLastSequence(seq))
 			if errors.Is(err, nats.ErrMaxPayload) {

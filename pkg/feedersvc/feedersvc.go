@@ -23,6 +23,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/natsconn"
 	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/pgconn"
+	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
 // Config is the feeder service's configuration, read from the environment.
@@ -152,6 +153,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if conn.Embedded != nil {
 		log.Info("embedded NATS server started", "url", conn.Embedded.URL(), "dir", conn.Embedded.Dir())
 	}
+	shutdownTracing, err := tracing.Setup(ctx, "jetproj-feeder", log)
+	if err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	defer func() { _ = shutdownTracing(context.Background()) }()
 	reg := opsserver.NewRegistry()
 	f, err := feeder.New(cfg.Feeder, feeder.Deps{Pool: pool, NC: conn.NC, Logger: log, Registerer: reg})
 	if err != nil {

@@ -87,6 +87,9 @@ type Meta struct {
 	Sequence   uint64
 	RecordedAt time.Time
 	Metadata   map[string]string
+	// TraceParent is the event's W3C trace context (the traceparent
+	// header), if any; handlers' ctx carries the projector's span in it.
+	TraceParent string
 	// Raw is the undecoded payload.
 	Raw []byte
 }

@@ -16,11 +16,14 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/subject"
+	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
 // SlotOf maps a partition key to its slot.
@@ -510,6 +513,7 @@ func (r *runner) msgMeta(m projection.Message) (projection.Meta, error) {
 	meta := projection.Meta{Subject: m.Subject, Sequence: m.Sequence, Raw: m.Data, RecordedAt: m.Time, Partition: key}
 	h := m.Header
 	meta.Type = h.Get(eventmsg.HeaderEventType)
+	meta.TraceParent = h.Get(tracing.Header)
 	if h.Get(eventmsg.HeaderEventPosition) != "" && h.Get(eventmsg.HeaderAggregateVersion) != "" {
 		e, err := eventmsg.Parse(&nats.Msg{Subject: m.Subject, Header: h, Data: m.Data})
 		if err == nil {
@@ -723,6 +727,11 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	if err := b.Savepoint(ctx); err != nil {
 		return applied{}, err
 	}
+	// The partition's span continues the trace of its last event, the one
+	// its derived events answer.
+	ctx, span, traceparent := tracing.Start(ctx, w.msgs[len(w.msgs)-1].TraceParent, "jetproj.projector apply "+r.def.Name(), trace.SpanKindConsumer,
+		attribute.String("jetproj.projection", r.def.Name()), attribute.String("jetproj.partition", p.key), attribute.Int("jetproj.events", len(w.msgs)))
+	defer span.End()
 	pc := &projection.PartitionContext{Key: p.key, Tx: b.Tx(), State: work}
 	for _, m := range w.msgs {
 		if rec.Tenant != "" && m.Tenant() != rec.Tenant && m.Sequence != rec.Skip {
@@ -769,7 +778,8 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 				rec.Emitted++
 				entries[i] = OutboxEntry{Projection: r.def.Name(), Partition: p.key, Subject: EmitSubject(r.def.Name(), p.key),
 					MsgID: fmt.Sprintf("%s:%d:%s:%d", r.def.Name(), gen, p.key, rec.Emitted), Generation: gen, Seq: rec.Emitted,
-					EventType: e.Type, Payload: e.Payload, LinkTo: e.LinkTo, SourceSeq: last.Sequence, SourcePosition: last.Position}
+					EventType: e.Type, Payload: e.Payload, LinkTo: e.LinkTo, SourceSeq: last.Sequence, SourcePosition: last.Position,
+					TraceParent: traceparent}
 			}
 			if err := ob.Emit(ctx, entries); err != nil {
 				return applied{}, err

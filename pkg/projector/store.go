@@ -121,6 +121,8 @@ type OutboxEntry struct {
 	LinkTo         string
 	SourceSeq      uint64
 	SourcePosition int64
+	// TraceParent continues the source event's trace (W3C), if it had one.
+	TraceParent string
 }
 
 // OutboxBatch is a Batch that can store derived events with the read

@@ -69,6 +69,7 @@ END;
 $$;
 DROP TRIGGER IF EXISTS outbox_notify ON jetproj.outbox;
 CREATE TRIGGER outbox_notify AFTER INSERT ON jetproj.outbox FOR EACH STATEMENT EXECUTE FUNCTION jetproj.notify_outbox();
+ALTER TABLE jetproj.outbox ADD COLUMN IF NOT EXISTS traceparent text NOT NULL DEFAULT '';
 CREATE TABLE IF NOT EXISTS jetproj.slots (
     projection text    NOT NULL,
     slot       integer NOT NULL,
@@ -78,7 +79,7 @@ CREATE TABLE IF NOT EXISTS jetproj.slots (
 );`
 
 // pgSchemaVersion changes whenever pgSchema does.
-const pgSchemaVersion = 3
+const pgSchemaVersion = 4
 
 // Init creates the tables (idempotent). When the schema is current it runs
 // no DDL at all, so starting a projection never takes locks that running
@@ -303,18 +304,20 @@ func (b *pgBatch) queueOutbox(batch *pgx.Batch) {
 	}
 	var (
 		proj, part, subj, ids, types, payloads, links = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		traces                                        = make([]string, n)
 		gens                                          = make([]int32, n)
 		seqs, sseqs, spos                             = make([]int64, n), make([]int64, n), make([]int64, n)
 	)
 	for i, e := range b.outbox {
 		proj[i], part[i], subj[i], ids[i], types[i], payloads[i], links[i] = e.Projection, e.Partition, e.Subject, e.MsgID, e.EventType, string(e.Payload), e.LinkTo
 		gens[i], seqs[i], sseqs[i], spos[i] = int32(e.Generation), int64(e.Seq), int64(e.SourceSeq), e.SourcePosition
+		traces[i] = e.TraceParent
 	}
-	batch.Queue(`INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, generation, emit_seq, event_type, payload, link_to, source_seq, source_position)
-SELECT p, pa, s, m, g, q, t, y::jsonb, l, ss, sp
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[])
-     WITH ORDINALITY AS o(p, pa, s, m, g, q, t, y, l, ss, sp, n)
-ORDER BY n`, proj, part, subj, ids, gens, seqs, types, payloads, links, sseqs, spos)
+	batch.Queue(`INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, generation, emit_seq, event_type, payload, link_to, source_seq, source_position, traceparent)
+SELECT p, pa, s, m, g, q, t, y::jsonb, l, ss, sp, tp
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::text[])
+     WITH ORDINALITY AS o(p, pa, s, m, g, q, t, y, l, ss, sp, tp, n)
+ORDER BY n`, proj, part, subj, ids, gens, seqs, types, payloads, links, sseqs, spos, traces)
 }
 
 // Commit checks the fence tokens, writes the records with compare-and-set on

@@ -38,6 +38,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/pgconn"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
+	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
 // Definitions returns the projections a projector binary knows, with their
@@ -376,6 +377,11 @@ func (s *service) run(ctx context.Context) error {
 		definers[i] = d
 		ns = append(ns, d.Name())
 	}
+	shutdownTracing, err := tracing.Setup(ctx, "jetproj-projector", s.log)
+	if err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	defer func() { _ = shutdownTracing(context.Background()) }()
 	reg := opsserver.NewRegistry()
 	p, err := projector.New(s.conn.NC, projector.Options{
 		Replica:    s.cfg.Projector.Replica,
