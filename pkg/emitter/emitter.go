@@ -105,6 +105,7 @@ type Emitter struct {
 	log     *slog.Logger
 	wake    chan struct{}
 	emitted prometheus.Counter
+	held    prometheus.Gauge
 
 	// last is what each subject's stream holds: generation and emission
 	// sequence of its last derived event.
@@ -140,11 +141,14 @@ func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg pr
 		log = slog.New(slog.DiscardHandler)
 	}
 	e := &Emitter{cfg: cfg, pool: pool, js: js, log: log, wake: make(chan struct{}, 1),
-		emitted: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_emitter_events_emitted_total", Help: "Derived events published."})}
+		emitted: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_emitter_events_emitted_total", Help: "Derived events published."}),
+		held:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_emitter_lease_held", Help: "1 on the active emitter, 0 on a standby."})}
 	e.forget()
 	if reg != nil {
-		if err := reg.Register(e.emitted); err != nil {
-			return nil, err
+		for _, c := range []prometheus.Collector{e.emitted, e.held} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return e, nil
@@ -161,6 +165,8 @@ func (e *Emitter) Run(ctx context.Context) error {
 	}
 	err = lease.Run(ctx, kv, e.cfg.Name, e.cfg.Instance, lease.Options{Logger: e.log}, func(ctx context.Context, _ *lease.Lease) error {
 		e.forget() // another emitter may have run meanwhile
+		e.held.Set(1)
+		defer e.held.Set(0)
 		return e.relay(ctx)
 	})
 	if ctx.Err() != nil {

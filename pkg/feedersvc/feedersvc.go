@@ -15,6 +15,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/jetproj/jetproj/pkg/config"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/feeder"
@@ -163,6 +165,21 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "jetproj_feeder_lag",
+		Help: "Events in the store after the last one this feeder published (0 on a standby).", ConstLabels: prometheus.Labels{"feeder": f.Config().Name}},
+		func() float64 {
+			st := f.Status()
+			if st.State == feeder.StateStandby || st.State == feeder.StateStarting {
+				return 0
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			head, err := eventstore.Head(ctx, pool)
+			if err != nil || head < st.Position {
+				return 0
+			}
+			return float64(head - st.Position)
+		}))
 	ops := opsserver.New(cfg.Ops, reg, log)
 	ops.Ready("nats", natsconn.Connected(conn.NC))
 	ops.Ready("postgres", pool.Ping)

@@ -60,10 +60,10 @@ func TestOperationsEndpoints(t *testing.T) {
 		name, addr string
 		metrics    []string
 	}{
-		{"feeder", fenv["OPS_ADDR"], []string{`jetproj_feeder_events_published_total{feeder="events"} 4`, `jetproj_feeder_lease_held{feeder="events"} 1`}},
+		{"feeder", fenv["OPS_ADDR"], []string{`jetproj_feeder_events_published_total{feeder="events"} 4`, `jetproj_feeder_lease_held{feeder="events"} 1`, `jetproj_feeder_lag{feeder="events"} 0`}},
 		{"projector", penv["OPS_ADDR"], []string{"jetproj_projector_messages_total{projection=\"wallet_balance\"}", "jetproj_projector_slots_owned{projection=\"wallet_balance\"} 64",
 			"jetproj_projector_lag{projection=\"wallet_balance\"}", "jetproj_projector_partitions_parked{projection=\"wallet_balance\"} 0"}},
-		{"emitter", eenv["OPS_ADDR"], []string{"jetproj_emitter_events_emitted_total"}},
+		{"emitter", eenv["OPS_ADDR"], []string{"jetproj_emitter_events_emitted_total", "jetproj_emitter_lease_held 1"}},
 	} {
 		devtest.Eventually(t, 30*time.Second, func() error {
 			for _, path := range []string{opsserver.HealthPath, opsserver.ReadyPath} {
