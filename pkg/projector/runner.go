@@ -16,8 +16,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/lease"
@@ -728,9 +726,8 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 		return applied{}, err
 	}
 	// The partition's span continues the trace of its last event, the one
-	// its derived events answer.
-	ctx, span, traceparent := tracing.Start(ctx, w.msgs[len(w.msgs)-1].TraceParent, "jetproj.projector apply "+r.def.Name(), trace.SpanKindConsumer,
-		attribute.String("jetproj.projection", r.def.Name()), attribute.String("jetproj.partition", p.key), attribute.Int("jetproj.events", len(w.msgs)))
+	// its derived events answer, linked to the other events' traces.
+	ctx, span, traceparent := r.traceBatch(ctx, p.key, w.msgs)
 	defer span.End()
 	pc := &projection.PartitionContext{Key: p.key, Tx: b.Tx(), State: work}
 	for _, m := range w.msgs {

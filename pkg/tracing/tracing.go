@@ -71,3 +71,39 @@ func Start(ctx context.Context, traceparent, name string, kind trace.SpanKind, a
 	propagation.TraceContext{}.Inject(ctx, carrier)
 	return ctx, span, carrier[Header]
 }
+
+// StartBatch starts the span of a batch of n events, traceparent(i) giving
+// the i-th event's trace context: the span is the child of the last event
+// that has one (the one the batch's derived events answer) and links to the
+// other events' contexts. Without any, it returns ctx, a span that records
+// nothing and an empty traceparent.
+func StartBatch(ctx context.Context, n int, traceparent func(i int) string, name string, kind trace.SpanKind, attrs ...attribute.KeyValue) (context.Context, trace.Span, string) {
+	last := -1
+	for i := n - 1; i >= 0; i-- {
+		if traceparent(i) != "" {
+			last = i
+			break
+		}
+	}
+	if last < 0 {
+		return ctx, trace.SpanFromContext(context.Background()), ""
+	}
+	ctx, span, tp := Start(ctx, traceparent(last), name, kind, attrs...)
+	if span.IsRecording() {
+		for i := range last {
+			if sc := spanContext(traceparent(i)); sc.IsValid() {
+				span.AddLink(trace.Link{SpanContext: sc})
+			}
+		}
+	}
+	return ctx, span, tp
+}
+
+// spanContext parses a W3C traceparent; the result is invalid when it is.
+func spanContext(traceparent string) trace.SpanContext {
+	if traceparent == "" {
+		return trace.SpanContext{}
+	}
+	ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{Header: traceparent})
+	return trace.SpanContextFromContext(ctx)
+}
