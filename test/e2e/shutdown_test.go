@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -139,5 +140,62 @@ func TestFeederSIGTERMHandsOverAtOnce(t *testing.T) {
 	})
 	if took := time.Since(stopped); took > 5*time.Second {
 		t.Errorf("the standby published %v after the active feeder's SIGTERM; the lease TTL is 10s", took)
+	}
+}
+
+// TestEmitterSIGTERMHandsOverAtOnce: the active emitter releases its lease
+// on SIGTERM; the standby relays new derived events well before the TTL.
+func TestEmitterSIGTERMHandsOverAtOnce(t *testing.T) {
+	dbURL := newDatabase(t)
+	pool := openStore(t, dbURL)
+	ns := startNATS(t)
+	js := ns.connect(t)
+	ctx := context.Background()
+	startFeeder(t, "feeder", feederEnv(dbURL, ns.URL(), "f"))
+	startProjector(t, "projector", pipelineEnv(dbURL, ns.URL(), "p1", examples.WalletBalanceName))
+	emitters := map[string]*proc{}
+	for _, name := range []string{"e1", "e2"} {
+		env := emitterEnv(dbURL, ns.URL(), name)
+		env["EMITTER_LEASE_TTL"] = "10s"
+		emitters[name] = startEmitter(t, "emitter "+name, env)
+	}
+	walletDeposits(t, pool, "w-1", 1, 100)
+	own := projector.OwnStream(examples.WalletBalanceName)
+	var active string
+	devtest.Eventually(t, 30*time.Second, func() error {
+		if err := outboxEmpty(ctx, pool); err != nil {
+			return err
+		}
+		kv, err := js.KeyValue(ctx, "jetproj_emitter_leases")
+		if err != nil {
+			return err
+		}
+		e, err := kv.Get(ctx, "emitter")
+		if err != nil {
+			return err
+		}
+		for name := range emitters {
+			if strings.Contains(string(e.Value()), `"`+name+`"`) {
+				active = name
+				return nil
+			}
+		}
+		return fmt.Errorf("lease holder %s", e.Value())
+	})
+	base := streamMsgCount(t, js, own)
+	if err := emitters[active].cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	<-emitters[active].done
+	walletDeposits(t, pool, "w-1", 1, 100)
+	devtest.Eventually(t, 5*time.Second, func() error {
+		if n := streamMsgCount(t, js, own); n <= base {
+			return fmt.Errorf("%d derived events, waiting for more than %d", n, base)
+		}
+		return nil
+	})
+	if took := time.Since(stopped); took > 5*time.Second {
+		t.Errorf("the standby emitter relayed %v after the active one's SIGTERM; the lease TTL is 10s", took)
 	}
 }
