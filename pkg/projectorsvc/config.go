@@ -31,6 +31,7 @@ type Settings struct {
 	Replica       string        `env:"PROJECTOR_REPLICA" doc:"This replica's name in slot leases and in status (default: host name and process id). Unique among the running replicas."`
 	LeaseTTL      time.Duration `env:"PROJECTOR_LEASE_TTL" envDefault:"6s" doc:"Time to live of slot leases: the partitions of a replica that died move to the others within about this long plus a third. Every replica of a projection must use the same value."`
 	StoreReplicas int           `env:"PROJECTOR_STORE_REPLICAS" envDefault:"1" doc:"Replicas of the KV buckets the projector creates (registry, leases, state): 1, 3 or 5."`
+	ReadyMaxLag   uint64        `env:"PROJECTOR_READY_MAX_LAG" envDefault:"0" doc:"/readyz fails while a projection of this replica is more than this many messages behind its source (read every 15s). 0: lag does not affect readiness (a rebuilding projection stays ready)."`
 }
 
 // Validate lists the problems with the settings that need no knowledge of

@@ -2,6 +2,10 @@ package projectorsvc
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,11 +21,32 @@ const lagInterval = 15 * time.Second
 // alerts watch (lag growing, partitions parked).
 type statusGauges struct {
 	lag, parked, partitions *prometheus.GaugeVec
+
+	mu sync.Mutex
+	// lags are the last lags read, by projection.
+	lags map[string]uint64
+}
+
+// behind reports the projections more than max messages behind.
+func (g *statusGauges) behind(max uint64) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var over []string
+	for name, lag := range g.lags {
+		if lag > max {
+			over = append(over, fmt.Sprintf("%s %d", name, lag))
+		}
+	}
+	if len(over) == 0 {
+		return nil
+	}
+	slices.Sort(over)
+	return fmt.Errorf("behind by more than %d messages: %s", max, strings.Join(over, ", "))
 }
 
 func newStatusGauges(reg prometheus.Registerer) (*statusGauges, error) {
 	l := []string{"projection"}
-	g := &statusGauges{
+	g := &statusGauges{lags: map[string]uint64{},
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jetproj_projector_lag",
 			Help: "Messages of the projection's source stream after its position (the lowest slot watermark)."}, l),
 		parked: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jetproj_projector_partitions_parked",
@@ -52,6 +77,9 @@ func (s *service) report(ctx context.Context, g *statusGauges, defs []*projectio
 				continue
 			}
 			g.lag.WithLabelValues(d.Name()).Set(float64(st.Lag))
+			g.mu.Lock()
+			g.lags[d.Name()] = st.Lag
+			g.mu.Unlock()
 			g.parked.WithLabelValues(d.Name()).Set(float64(len(st.Parked)))
 			g.partitions.WithLabelValues(d.Name()).Set(float64(st.Partitions))
 		}

@@ -403,6 +403,9 @@ func (s *service) run(ctx context.Context) error {
 	ops := opsserver.New(s.cfg.Ops, reg, s.log)
 	ops.Ready("nats", natsconn.Connected(s.conn.NC))
 	ops.Ready("postgres", s.pool.Ping)
+	if max := s.cfg.Projector.ReadyMaxLag; max > 0 {
+		ops.Ready("lag", func(context.Context) error { return gauges.behind(max) })
+	}
 	ops.Ready("projections", func(context.Context) error {
 		// Ready once every projection of this replica has a runner: they
 		// are initialised and consuming, or on standby for their slots.
