@@ -31,6 +31,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/jetproj/jetproj/pkg/lease"
+	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/projector"
 	"github.com/jetproj/jetproj/pkg/subject"
 	"github.com/jetproj/jetproj/pkg/tracing"
@@ -106,6 +107,7 @@ type Emitter struct {
 	wake    chan struct{}
 	emitted prometheus.Counter
 	held    prometheus.Gauge
+	busy    opsserver.Busy // a relay round in progress
 
 	// last is what each subject's stream holds: generation and emission
 	// sequence of its last derived event.
@@ -175,14 +177,23 @@ func (e *Emitter) Run(ctx context.Context) error {
 	return err
 }
 
+// BusySince is when the relay round in progress (reading the outbox,
+// publishing, waiting for acknowledgements) started; zero while the emitter
+// waits for rows, for a retry or for the lease. A liveness check
+// (opsserver.NotWedged) reports the emitter wedged when it is too old.
+func (e *Emitter) BusySince() time.Time { return e.busy.Since() }
+
 func (e *Emitter) relay(ctx context.Context) error {
+	defer e.busy.Stop()
 	lctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { e.listen(lctx) })
 	defer func() { stop(); wg.Wait() }()
 	backoff := 100 * time.Millisecond
 	for {
+		e.busy.Start()
 		n, err := e.RelayOnce(ctx)
+		e.busy.Stop()
 		if ctx.Err() != nil {
 			return nil
 		}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/jetproj/jetproj/pkg/config"
 	"github.com/jetproj/jetproj/pkg/emitter"
@@ -96,6 +97,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ops := opsserver.New(cfg.Ops, reg, log)
 	ops.Ready("nats", natsconn.Connected(conn.NC))
 	ops.Ready("postgres", pool.Ping)
+	ops.Wedged(func() (string, time.Time) { return "relay round", e.BusySince() })
 	log.Info("emitter starting")
 	return ops.Serve(ctx, e.Run)
 }

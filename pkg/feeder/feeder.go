@@ -21,6 +21,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/lease"
+	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
@@ -53,6 +54,7 @@ type Feeder struct {
 	filter  eventstore.Filter
 	wake    chan struct{}
 	state   jetstream.KeyValue // checkpoints and status
+	busy    opsserver.Busy     // a step of the feeding loop in progress
 
 	mu     sync.Mutex
 	status Status
@@ -97,6 +99,12 @@ func New(cfg Config, deps Deps) (*Feeder, error) {
 // Config returns the configuration in use, defaults applied.
 func (f *Feeder) Config() Config { return f.cfg }
 
+// BusySince is when the step the feeding loop works on (reading a page,
+// publishing it, waiting for its acknowledgements) started; zero while it
+// waits for new events, for a retry or for the lease. A liveness check
+// (opsserver.NotWedged) reports the feeder wedged when it is too old.
+func (f *Feeder) BusySince() time.Time { return f.busy.Since() }
+
 // Run feeds until ctx is done. It waits as a standby while another instance
 // holds the feeder's lease, and feeds while it holds it. Errors that a retry
 // can cure (PostgreSQL or NATS restarting) are logged and retried with
@@ -140,6 +148,8 @@ var stallRetry = 30 * time.Second
 // feed runs sessions while the lease is held. It returns nil when ctx ends
 // and an error only for what retrying cannot cure.
 func (f *Feeder) feed(ctx context.Context) error {
+	f.busy.Start()
+	defer f.busy.Stop()
 	stream, res, err := EnsureStream(ctx, f.js, f.cfg)
 	if err != nil {
 		f.setState(StateFailed, err)
@@ -183,11 +193,13 @@ func (f *Feeder) feed(ctx context.Context) error {
 			f.log.Warn("feeding interrupted; retrying", logError, err, "in", backoff)
 			backoff = min(backoff*2, 5*time.Second)
 		}
+		f.busy.Stop()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
 		}
+		f.busy.Start()
 	}
 }
 
@@ -461,11 +473,13 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			idleWait = 500 * time.Microsecond
 		}
 		timer := time.NewTimer(wait)
+		f.busy.Stop()
 		select {
 		case <-ctx.Done():
 		case <-f.wake:
 		case <-timer.C:
 		}
+		f.busy.Start()
 		timer.Stop()
 	}
 }

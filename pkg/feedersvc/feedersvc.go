@@ -183,6 +183,15 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ops := opsserver.New(cfg.Ops, reg, log)
 	ops.Ready("nats", natsconn.Connected(conn.NC))
 	ops.Ready("postgres", pool.Ping)
+	// A standby is ready too (it takes over when the active one stops);
+	// /readyz shows which it is.
+	ops.Report("lease", func() string {
+		if st := f.Status(); st.State != feeder.StateStandby && st.State != feeder.StateStarting {
+			return "held (" + st.State + ")"
+		}
+		return "standby"
+	})
+	ops.Wedged(func() (string, time.Time) { return "feeding", f.BusySince() })
 	log.Info("feeder starting", "name", f.Config().Name, "stream", f.Config().Stream, "instance", f.Config().Instance)
 	return ops.Serve(ctx, f.Run)
 }

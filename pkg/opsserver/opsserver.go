@@ -36,6 +36,18 @@ const (
 // Config is the operations endpoint of a service.
 type Config struct {
 	Addr string `env:"OPS_ADDR" envDefault:":8080" doc:"Listen address of the operations endpoint: /metrics (Prometheus), /healthz (liveness) and /readyz (readiness). off: no endpoint. Several services on one host each need their own port (127.0.0.1:0 picks a free one)."`
+	// WedgedAfter is how long the run loop may work on one step before
+	// /healthz reports it wedged.
+	WedgedAfter time.Duration `env:"OPS_WEDGED_AFTER" envDefault:"2m" doc:"/healthz answers 503 (and the orchestrator restarts the service) when its run loop has been busy with one step (a batch, a poll, a publish) for longer. Waiting for work or for a lease is not busy. At least 1s."`
+}
+
+// Validate reports every problem of c.
+func (c Config) Validate() []string {
+	var p []string
+	if c.WedgedAfter < time.Second {
+		p = append(p, fmt.Sprintf("OPS_WEDGED_AFTER: %v: want at least 1s", c.WedgedAfter))
+	}
+	return p
 }
 
 // Check reports a problem with the service, or nil when all is well.
@@ -47,10 +59,11 @@ type Server struct {
 	gather prometheus.Gatherer
 	log    *slog.Logger
 
-	mu    sync.Mutex
-	live  map[string]Check
-	ready map[string]Check
-	ln    net.Listener
+	mu      sync.Mutex
+	live    map[string]Check
+	ready   map[string]Check
+	reports map[string]func() string
+	ln      net.Listener
 }
 
 // New returns a server exposing gather's metrics. Register checks with Live
@@ -60,7 +73,7 @@ func New(cfg Config, gather prometheus.Gatherer, log *slog.Logger) *Server {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Server{cfg: cfg, gather: gather, log: log,
-		live: map[string]Check{}, ready: map[string]Check{}}
+		live: map[string]Check{}, ready: map[string]Check{}, reports: map[string]func() string{}}
 }
 
 // Live adds a liveness check: when it fails, /healthz answers 503 and the
@@ -71,11 +84,34 @@ func (s *Server) Live(name string, c Check) {
 	s.live[name] = c
 }
 
+// Report adds a line "name: <what fn returns>" to /readyz's answer, which
+// does not change its status: state worth seeing beside the checks, such as
+// whether a ready feeder is the active one or a standby.
+func (s *Server) Report(name string, fn func() string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reports[name] = fn
+}
+
 // Ready adds a readiness check: when it fails, /readyz answers 503.
 func (s *Server) Ready(name string, c Check) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ready[name] = c
+}
+
+// defaultWedgedAfter is OPS_WEDGED_AFTER's default, for a Config built
+// without it.
+const defaultWedgedAfter = 2 * time.Minute
+
+// Wedged adds the liveness check "loop": it fails when since reports a step
+// of the run loop busy for longer than OPS_WEDGED_AFTER (see NotWedged).
+func (s *Server) Wedged(since func() (what string, started time.Time)) {
+	after := s.cfg.WedgedAfter
+	if after <= 0 {
+		after = defaultWedgedAfter
+	}
+	s.Live("loop", NotWedged(after, since))
 }
 
 // Handler serves the three paths.
@@ -84,12 +120,12 @@ func (s *Server) Handler() http.Handler {
 	if s.gather != nil {
 		mux.Handle("GET "+MetricsPath, promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{}))
 	}
-	mux.HandleFunc("GET "+HealthPath, func(w http.ResponseWriter, r *http.Request) { s.serveChecks(w, r, s.live) })
-	mux.HandleFunc("GET "+ReadyPath, func(w http.ResponseWriter, r *http.Request) { s.serveChecks(w, r, s.ready) })
+	mux.HandleFunc("GET "+HealthPath, func(w http.ResponseWriter, r *http.Request) { s.serveChecks(w, r, s.live, nil) })
+	mux.HandleFunc("GET "+ReadyPath, func(w http.ResponseWriter, r *http.Request) { s.serveChecks(w, r, s.ready, s.reports) })
 	return mux
 }
 
-func (s *Server) serveChecks(w http.ResponseWriter, r *http.Request, checks map[string]Check) {
+func (s *Server) serveChecks(w http.ResponseWriter, r *http.Request, checks map[string]Check, reports map[string]func() string) {
 	s.mu.Lock()
 	names := make([]string, 0, len(checks))
 	for n := range checks {
@@ -99,6 +135,15 @@ func (s *Server) serveChecks(w http.ResponseWriter, r *http.Request, checks map[
 	sort.Strings(names)
 	for i, n := range names {
 		cs[i] = checks[n]
+	}
+	rnames := make([]string, 0, len(reports))
+	for n := range reports {
+		rnames = append(rnames, n)
+	}
+	sort.Strings(rnames)
+	rs := make([]func() string, len(rnames))
+	for i, n := range rnames {
+		rs[i] = reports[n]
 	}
 	s.mu.Unlock()
 
@@ -113,6 +158,9 @@ func (s *Server) serveChecks(w http.ResponseWriter, r *http.Request, checks map[
 		} else {
 			fmt.Fprintf(&b, "%s: ok\n", names[i])
 		}
+	}
+	for i, fn := range rs {
+		fmt.Fprintf(&b, "%s: %s\n", rnames[i], fn())
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if failed {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/lease"
+	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/subject"
 	"github.com/jetproj/jetproj/pkg/tracing"
@@ -157,6 +158,7 @@ type runner struct {
 	restartAt   uint64 // restart the consumer here before the next batch (0: no)
 	cons        *consumer
 	lastMark    time.Time
+	busy        opsserver.Busy // a step of the loop in progress (see liveness.go)
 
 	mu     sync.Mutex
 	status RunnerStatus
@@ -222,7 +224,9 @@ func (r *runner) run(ctx context.Context) error {
 
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
+	defer r.busy.Stop()
 	for {
+		r.busy.Start()
 		// Apply ownership changes between batches.
 		for drained := false; !drained; {
 			select {
@@ -235,6 +239,7 @@ func (r *runner) run(ctx context.Context) error {
 		if len(r.slots) == 0 {
 			r.stopConsumer()
 			r.setState("standby")
+			r.busy.Stop()
 			select {
 			case <-ctx.Done():
 				return nil
@@ -270,6 +275,7 @@ func (r *runner) run(ctx context.Context) error {
 			// Polling projections look at what arrived once per interval.
 			tick, msgs = time.After(r.spec.Interval), nil
 		}
+		r.busy.Stop()
 		select {
 		case <-ctx.Done():
 			return nil
@@ -305,6 +311,7 @@ func (r *runner) run(ctx context.Context) error {
 				continue
 			}
 		}
+		r.busy.Start()
 		batch := []projection.Message{first}
 	collect:
 		for len(batch) < r.spec.BatchSize {

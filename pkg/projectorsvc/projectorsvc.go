@@ -403,6 +403,7 @@ func (s *service) run(ctx context.Context) error {
 	ops := opsserver.New(s.cfg.Ops, reg, s.log)
 	ops.Ready("nats", natsconn.Connected(s.conn.NC))
 	ops.Ready("postgres", s.pool.Ping)
+	ops.Wedged(p.BusySince)
 	if max := s.cfg.Projector.ReadyMaxLag; max > 0 {
 		ops.Ready("lag", func(context.Context) error { return gauges.behind(max) })
 	}
