@@ -182,7 +182,20 @@ END $$`)
 	}
 	devtest.Eventually(t, 60*time.Second, func() error {
 		alive()
-		return checkWallets(ctx, pool, func(e eventstore.Event) bool { return e.AggregateID == b })
+		// Every other wallet equals the fold. poison-b's events before the
+		// poisonous one may have been applied in an earlier batch: its row
+		// is absent or a prefix of its history, never past the poison.
+		if err := checkWallets(ctx, pool, func(e eventstore.Event) bool { return e.AggregateID == b }, b); err != nil {
+			return err
+		}
+		rows, err := examples.ReadWallets(ctx, pool)
+		if err != nil {
+			return err
+		}
+		if row, ok := rows[b]; ok && row.Balance > 100 {
+			return fmt.Errorf("%s is %+v while parked before its poisonous deposit", b, row)
+		}
+		return nil
 	})
 	if r := runProjector(t, env, "skip", examples.WalletBalanceName, keyB); r.code != 0 {
 		t.Fatalf("projector skip: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
@@ -250,8 +263,9 @@ func sqlExec(t *testing.T, pool *pgxpool.Pool, sql string) {
 }
 
 // checkWallets compares the table wallet_balance with the fold of the
-// store's events, leaving out those drop (when not nil) says.
-func checkWallets(ctx context.Context, pool *pgxpool.Pool, drop func(eventstore.Event) bool) error {
+// store's events, leaving out those drop (when not nil) says; the wallets in
+// ignore are not compared.
+func checkWallets(ctx context.Context, pool *pgxpool.Pool, drop func(eventstore.Event) bool, ignore ...string) error {
 	events, err := examples.ReadAllEvents(ctx, pool)
 	if err != nil {
 		return err
@@ -266,6 +280,10 @@ func checkWallets(ctx context.Context, pool *pgxpool.Pool, drop func(eventstore.
 	got, err := examples.ReadWallets(ctx, pool)
 	if err != nil {
 		return err
+	}
+	for _, id := range ignore {
+		delete(got, id)
+		delete(want, id)
 	}
 	var d []string
 	for _, k := range slices.Sorted(maps.Keys(want)) {
