@@ -31,11 +31,28 @@ func (r *runner) manage(ctx context.Context) {
 		}
 		_ = r.leases.Delete(rctx, memberKey(r.replica))
 	}()
+	// A replica stopping gracefully gives its slots back, then deletes its
+	// membership: seeing that delete, take the slots at once instead of at
+	// the next tick. Members only put their key once per tick, so the watch
+	// costs next to nothing while idle.
+	var left <-chan jetstream.KeyValueEntry
+	if w, err := r.leases.Watch(ctx, memberKey(">"), jetstream.UpdatesOnly(), jetstream.MetaOnly()); err == nil {
+		defer w.Stop() //nolint:errcheck
+		left = w.Updates()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
+		case e, ok := <-left:
+			if !ok {
+				left = nil
+				continue
+			}
+			if e == nil || e.Operation() == jetstream.KeyValuePut {
+				continue
+			}
 		}
 		r.manageOnce(ctx, owned)
 		timer.Reset(jitter(tick))
