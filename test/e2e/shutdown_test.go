@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/examples"
+	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 
@@ -119,21 +121,54 @@ func TestSIGTERMHandsOverAtOnce(t *testing.T) {
 		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 1, 7)
 	}
 	devtest.Eventually(t, 30*time.Second, func() error { return examples.Verify(ctx, pool, js, examples.WalletBalanceName) })
+}
 
-	// A second signal exits at once, whatever the first one waits for.
-	p3 := startProjector(t, "projector p3", env("p3"))
+// TestSecondSignalExitsAtOnce: while a graceful stop waits (here the
+// operations endpoint, which gives a request that is still arriving 2s to
+// finish), a second signal exits at once with status 1.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	dbURL := newDatabase(t)
+	ns := startNATS(t)
+	env := feederEnv(dbURL, ns.URL(), "f")
+	env["OPS_ADDR"] = opsAddr(t)
+	f := startFeeder(t, "feeder", env)
 	devtest.Eventually(t, 30*time.Second, func() error {
-		if !p3.logged("projector starting") {
-			return fmt.Errorf("p3 not started")
+		if code, body, err := httpGet(env["OPS_ADDR"], opsserver.ReadyPath); err != nil || code != 200 {
+			return fmt.Errorf("readyz: %d %q %v", code, body, err)
 		}
 		return nil
 	})
-	_ = p3.cmd.Process.Signal(syscall.SIGTERM)
-	_ = p3.cmd.Process.Signal(syscall.SIGTERM)
+	// A request whose headers have not all arrived keeps the endpoint's
+	// graceful shutdown waiting.
+	c, err := net.Dial("tcp", env["OPS_ADDR"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET /metrics HTTP/1.1\r\nHost: x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	devtest.Eventually(t, 10*time.Second, func() error {
+		if !f.logged("shutting down; signal again to exit at once") {
+			return errors.New("first signal not handled yet")
+		}
+		return nil
+	})
+	if err := f.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	second := time.Now()
 	select {
-	case <-p3.done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("p3 did not exit within 5s of a second SIGTERM")
+	case <-f.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the feeder did not exit within 10s of a second SIGTERM")
+	}
+	took := time.Since(second)
+	if code := f.cmd.ProcessState.ExitCode(); code != 1 || !f.logged("exiting at once") || took > time.Second {
+		t.Errorf("after a second SIGTERM: exit %d after %v, logged \"exiting at once\": %v; want exit 1 at once", code, took, f.logged("exiting at once"))
 	}
 }
 
