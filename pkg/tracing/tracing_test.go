@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -67,10 +68,26 @@ func TestTraceThroughThePipeline(t *testing.T) {
 	defer sub.Unsubscribe()
 	sctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{f.Run, p.Run, e.Run} {
-		wg.Go(func() { _ = run(sctx) })
+	start := func(name string, run func(context.Context) error) {
+		wg.Go(func() {
+			if err := run(sctx); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+		})
 	}
 	defer func() { stop(); wg.Wait() }()
+	// The projector needs the feeder's stream to exist.
+	start("feeder", f.Run)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devtest.Eventually(t, 30*time.Second, func() error {
+		_, err := js.Stream(ctx, "EVENTS")
+		return err
+	})
+	start("projector", p.Run)
+	start("emitter", e.Run)
 
 	const traceID, appSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 	if _, err := eventstore.Append(ctx, pool, "wallet", "w-1", eventstore.ExpectNoStream, eventstore.NewEvent{
