@@ -19,27 +19,71 @@ import (
 )
 
 // Least privilege per service, as docs/operations.md documents it: each
-// publishes its own data subjects only. The JetStream API ($JS.API.>) and
-// the KV subjects the service uses stay open to it; replies go to inboxes.
-const permissionsConf = `
+// service publishes its own data subjects only, and reaches through the
+// JetStream API ($JS.API.…) only the streams and KV buckets it uses; replies
+// go to inboxes. The projector's and the emitter's lists grow with the
+// projections they run (here wallet_balance and order_fulfilment, which
+// links to completed_orders).
+var permissionsConf = permissions(
+	[]string{examples.WalletBalanceName, examples.OrderFulfilmentName},
+	[]string{examples.CompletedOrdersStream})
+
+// readAPI is what reading stream s takes: its info, message gets, direct
+// gets and consumers (create, info, delete, pull, acknowledge).
+func readAPI(s string) []string {
+	return []string{"$JS.API.STREAM.INFO." + s, "$JS.API.STREAM.MSG.GET." + s, "$JS.API.DIRECT.GET." + s, "$JS.API.DIRECT.GET." + s + ".>",
+		"$JS.API.CONSUMER.*." + s, "$JS.API.CONSUMER.*." + s + ".>", "$JS.API.CONSUMER.MSG.NEXT." + s + ".>", "$JS.ACK." + s + ".>"}
+}
+
+// streamAPI is what owning stream (or KV bucket stream) s takes: reading
+// it, and creating, updating, purging and deleting it.
+func streamAPI(s string) []string { return append(readAPI(s), "$JS.API.STREAM.*."+s) }
+
+// kvAPI is what using KV bucket b takes.
+func kvAPI(b string) []string { return append(streamAPI("KV_"+b), "$KV."+b+".>") }
+
+// permissions renders the server's authorization block for the services
+// running projections, whose derived events link to the linked streams.
+func permissions(projections, linked []string) string {
+	common := []string{"$JS.API.INFO", "$JS.FC.>", "_INBOX.>"}
+	feeder := append([]string{"events.>"}, common...)
+	feeder = append(feeder, streamAPI("EVENTS")...)
+	feeder = append(append(feeder, kvAPI("jetproj_feeder_state")...), kvAPI("jetproj_feeder_leases")...)
+
+	proj := append([]string{"jetproj.control.>"}, common...)
+	proj = append(append(proj, readAPI("EVENTS")...), kvAPI("jetproj_projections")...)
+	emit := append([]string{"project.>"}, common...)
+	emit = append(emit, kvAPI("jetproj_emitter_leases")...)
+	for _, n := range projections {
+		proj = append(proj, streamAPI(projector.OwnStream(n))...)
+		proj = append(append(proj, kvAPI("jetproj_leases_"+n)...), kvAPI("jetproj_state_"+n)...)
+		emit = append(emit, readAPI(projector.OwnStream(n))...)
+	}
+	for _, l := range linked {
+		emit = append(emit, strings.ToLower(l)+".>")
+		emit = append(emit, streamAPI(l)...)
+	}
+	list := func(subjects []string) string { return `["` + strings.Join(subjects, `", "`) + `"]` }
+	return fmt.Sprintf(`
 authorization {
   users = [
     {user: admin, password: admin-pw}
     {user: feeder, password: feeder-pw, permissions: {
-      publish: {allow: ["events.>", "$JS.API.>", "$KV.jetproj_feeder_state.>", "$KV.jetproj_feeder_leases.>", "$JS.FC.>", "_INBOX.>"]}
+      publish: {allow: %s}
       subscribe: {allow: ["_INBOX.>"]}
     }}
     {user: projector, password: projector-pw, permissions: {
-      publish: {allow: ["$JS.API.>", "$KV.>", "$JS.FC.>", "jetproj.control.>", "_INBOX.>"]}
+      publish: {allow: %s}
       subscribe: {allow: ["_INBOX.>", "jetproj.control.>"]}
     }}
     {user: emitter, password: emitter-pw, permissions: {
-      publish: {allow: ["project.>", "completed_orders.>", "$JS.API.>", "$KV.jetproj_emitter_leases.>", "$JS.FC.>", "_INBOX.>"]}
+      publish: {allow: %s}
       subscribe: {allow: ["_INBOX.>"]}
     }}
   ]
 }
-`
+`, list(feeder), list(proj), list(emit))
+}
 
 // startSecuredNATS starts a nats-server process with the users above.
 func startSecuredNATS(t *testing.T) (url string, admin jetstream.JetStream) {
@@ -145,6 +189,13 @@ func TestLeastPrivilege(t *testing.T) {
 		{"projector", "events.wallet.w-1"},
 		{"projector", "project.wallet_balance.wallet.w-1"},
 		{"emitter", "events.wallet.w-1"},
+		// The JetStream API and KV of the others' streams and buckets.
+		{"feeder", "$JS.API.STREAM.DELETE." + projector.OwnStream(examples.WalletBalanceName)},
+		{"feeder", "$KV.jetproj_leases_wallet_balance.s.0"},
+		{"projector", "$JS.API.STREAM.DELETE.EVENTS"},
+		{"projector", "$KV.jetproj_feeder_leases.events"},
+		{"emitter", "$JS.API.STREAM.PURGE.EVENTS"},
+		{"emitter", "$KV.jetproj_projections.wallet_balance"},
 	} {
 		if !refused(t, url, c.user, c.user+"-pw", c.subject) {
 			t.Errorf("%s may publish to %s", c.user, c.subject)
@@ -154,21 +205,28 @@ func TestLeastPrivilege(t *testing.T) {
 	if refused(t, url, "projector", "projector-pw", "_INBOX.control") {
 		t.Error("the check refuses an allowed subject")
 	}
-	// No secret in logs or status output.
+	// No secret in logs or status output, and nothing the services or
+	// their status commands did was refused: the permissions are enough.
 	var outputs []string
 	for _, p := range procs {
 		outputs = append(outputs, p.stderr.String())
 	}
-	for _, r := range []result{
+	for i, r := range []result{
 		runBinary(t, bins.build(t).feeder, fenv, "status"),
 		runBinary(t, bins.build(t).feeder, fenv, "status", "--json"),
 		runBinary(t, bins.build(t).projector, penv, "status"),
 		runBinary(t, bins.build(t).projector, penv, "status", "--json"),
 		runBinary(t, bins.build(t).projector, map[string]string{"DATABASE_URL": dbURL, "NATS_URL": url, "NATS_PASSWORD": "projector-pw", "PROJECTOR_LEASE_TTL": "nope"}, "status"),
 	} {
+		if i < 4 && r.code != 0 {
+			t.Errorf("status command %d: exit %d\n%s", i, r.code, tail(r.stderr, 10))
+		}
 		outputs = append(outputs, r.stdout, r.stderr)
 	}
 	for _, out := range outputs {
+		if strings.Contains(strings.ToLower(out), "permissions violation") {
+			t.Errorf("a service was refused what it needs:\n%s", tail(out, 20))
+		}
 		for _, secret := range []string{dbSecret, "feeder-pw", "projector-pw", "emitter-pw"} {
 			if strings.Contains(out, secret) {
 				t.Errorf("secret %q printed:\n%s", secret, tail(out, 20))
