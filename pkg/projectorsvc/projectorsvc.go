@@ -399,7 +399,7 @@ func (s *service) run(ctx context.Context) error {
 	}
 	rctx, stopReport := context.WithCancel(ctx)
 	defer stopReport()
-	go s.report(rctx, gauges, defs)
+	go s.report(rctx, gauges, defs, p)
 	ops := opsserver.New(s.cfg.Ops, reg, s.log)
 	ops.Ready("nats", natsconn.Connected(s.conn.NC))
 	ops.Ready("postgres", s.pool.Ping)

@@ -1,0 +1,11 @@
+package projectorsvc
+
+import "time"
+
+// SetMetricsIntervals shortens how often the gauges are computed, until
+// restore.
+func SetMetricsIntervals(lag, summary time.Duration) (restore func()) {
+	l, s := lagInterval, summaryInterval
+	lagInterval, summaryInterval = lag, summary
+	return func() { lagInterval, summaryInterval = l, s }
+}
