@@ -66,7 +66,10 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 	log := logging.New(stderr, cfg.Log).With("service", "emitter")
 	ctx, stop := lifecycle.SignalContext(ctx, log, os.Exit)
 	defer stop()
-	if err := run(ctx, cfg, log); err != nil {
+	if err := run(ctx, cfg, log); err != nil && ctx.Err() != nil {
+		// Stopped while starting: a stop, not a failure.
+		log.Info("emitter stopped while starting", "error", err)
+	} else if err != nil {
 		log.Error("emitter failed", "error", err)
 		return 1
 	}

@@ -113,9 +113,15 @@ func (f *Feeder) BusySince() time.Time { return f.busy.Since() }
 func (f *Feeder) Run(ctx context.Context) error {
 	leases, err := lease.EnsureBucket(ctx, f.js, f.cfg.LeaseBucket, f.cfg.LeaseTTL, f.cfg.StreamReplicas)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return fmt.Errorf("feeder: lease bucket: %w", err)
 	}
 	if f.state, err = f.stateKV(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	f.setState(StateStandby, nil)

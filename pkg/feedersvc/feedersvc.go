@@ -110,8 +110,10 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 
 	if cmd == "migrate" {
 		err = migrate(ctx, cfg, log)
-	} else {
-		err = run(ctx, cfg, log)
+	} else if err = run(ctx, cfg, log); err != nil && ctx.Err() != nil {
+		// Stopped while starting: a stop, not a failure.
+		log.Info("feeder stopped while starting", "error", err)
+		err = nil
 	}
 	if err != nil {
 		log.Error("feeder failed", "error", err)

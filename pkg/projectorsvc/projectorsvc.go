@@ -226,6 +226,10 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 
 	s := &service{cfg: cfg, log: log, stdout: stdout, stderr: stderr}
 	if err := s.connect(ctx, cmd.name == "run", defs); err != nil {
+		if cmd.name == "run" && ctx.Err() != nil {
+			log.Info("projector stopped while starting", "error", err)
+			return 0
+		}
 		fmt.Fprintf(stderr, "projector: %v\n", err)
 		return 1
 	}
@@ -233,7 +237,11 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 
 	switch cmd.name {
 	case "run":
-		err = s.run(ctx)
+		if err = s.run(ctx); err != nil && ctx.Err() != nil {
+			// Stopped while starting: a stop, not a failure.
+			s.log.Info("projector stopped while starting", "error", err)
+			err = nil
+		}
 	case "status":
 		err = s.status(ctx, cmd.args, cmd.json)
 	case "init":

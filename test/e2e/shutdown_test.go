@@ -270,3 +270,45 @@ func TestEmitterSIGTERMHandsOverAtOnce(t *testing.T) {
 		t.Errorf("the standby emitter relayed %v after the active one's SIGTERM; the lease TTL is 10s", took)
 	}
 }
+
+// TestSIGTERMWhileStartingExitsZero: a feeder stopped while it still
+// starts (here waiting for the event store's migration lock, which another
+// migrator holds) stops with status 0: a stop, not a failure.
+func TestSIGTERMWhileStartingExitsZero(t *testing.T) {
+	dbURL := newDatabase(t)
+	pool := openStore(t, dbURL)
+	ns := startNATS(t)
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck
+	const migrationLock = 0x6a657470726f6a // eventstore's advisory lock
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(migrationLock)); err != nil {
+		t.Fatal(err)
+	}
+	f := startFeeder(t, "feeder", feederEnv(dbURL, ns.URL(), "f"))
+	devtest.Eventually(t, 30*time.Second, func() error {
+		var waiting int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%pg_advisory_xact_lock%'`).Scan(&waiting); err != nil {
+			return err
+		}
+		if waiting == 0 {
+			return errors.New("the feeder does not wait for the migration lock yet")
+		}
+		return nil
+	})
+	if err := f.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the feeder did not stop within 10s of SIGTERM")
+	}
+	if code := f.cmd.ProcessState.ExitCode(); code != 0 || !f.logged("feeder stopped while starting") {
+		t.Errorf("SIGTERM while starting: exit %d, want 0 and \"feeder stopped while starting\"\n%s", code, tail(f.stderr.String(), 5))
+	}
+}
