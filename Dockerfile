@@ -1,18 +1,28 @@
 # syntax=docker/dockerfile:1
-# One file, one target per service:
-#   docker build --target feeder -t jetproj/feeder .
-# (feeder, projector, emitter, demo). Static binaries on distroless, as the
-# non-root user; the binaries' `healthcheck` command is the health check.
+# One file, a target per program:
+#   docker build --target feeder -t jetproj/feeder:<tag> .
+# (feeder, projector, emitter, demo). Static binaries (CGO_ENABLED=0) on
+# distroless/static, as its non-root user 65532. No shell in the images:
+# `<program> healthcheck` probes the program's own /readyz for container
+# health checks (docker-compose.yml); Kubernetes probes the HTTP endpoint.
+# deploy/k8s's tests check this file against services/ and the compose file.
 
-FROM golang:1.26 AS build
+ARG GO_VERSION=1.26
+
+FROM --platform=$BUILDPLATFORM golang:${GO_VERSION} AS build
+ARG TARGETOS
+ARG TARGETARCH
 WORKDIR /src
 COPY go.mod go.sum ./
-RUN go mod download
+RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./services/feeder ./services/projector ./services/emitter ./services/demo
+RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
+    CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
+    go build -trimpath -ldflags="-s -w" -o /out/ ./services/feeder ./services/projector ./services/emitter ./services/demo
 
 FROM gcr.io/distroless/static-debian12:nonroot AS base
 USER 65532:65532
+# The operations endpoint (OPS_ADDR): /metrics, /healthz, /readyz.
 EXPOSE 8080
 
 FROM base AS feeder

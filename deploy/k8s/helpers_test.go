@@ -227,3 +227,8 @@ func goModVersion(prefix string) string {
 	}
 	return string(m[1]) + "." + string(m[2])
 }
+
+func readFile(dir, name string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	return string(b), err
+}

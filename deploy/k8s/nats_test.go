@@ -264,4 +264,3 @@ func checkPodSecurity(r reporter, owner string, pod corev1.PodSpec, c corev1.Con
 		r.Errorf("%s: the container's securityContext must set readOnlyRootFilesystem, allowPrivilegeEscalation: false, drop ALL capabilities and add none", owner)
 	}
 }
-

@@ -28,9 +28,9 @@ import (
 // Minimal shapes of the custom resources, decoded strictly too: a field
 // the shapes do not know fails the test (add it here, checked, if needed).
 type prometheusRule struct {
-	APIVersion string            `json:"apiVersion"`
-	Kind       string            `json:"kind"`
-	Metadata   objectMeta        `json:"metadata"`
+	APIVersion string             `json:"apiVersion"`
+	Kind       string             `json:"kind"`
+	Metadata   objectMeta         `json:"metadata"`
 	Spec       prometheusRuleSpec `json:"spec"`
 }
 
@@ -381,9 +381,9 @@ func checkDeployment(r reporter, o *overlay, svc string) {
 	}
 	root := materialize(r, o, svc, pod.Spec, c, nil)
 	defer os.RemoveAll(root)
-	opsAddr, err := services[svc].load(inRoot(root, env, c.VolumeMounts))
-	if err != nil {
-		r.Errorf("%s: the service would refuse this configuration at start: %v", svc, err)
+	opsAddr, loadErr := services[svc].load(inRoot(root, env, c.VolumeMounts))
+	if loadErr != nil {
+		r.Errorf("%s: the service would refuse this configuration at start: %v", svc, loadErr)
 	}
 	if creds := env["NATS_CREDS"]; creds != "" && !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
 		return strings.HasPrefix(creds, m.MountPath+"/") && m.ReadOnly
@@ -392,8 +392,7 @@ func checkDeployment(r reporter, o *overlay, svc string) {
 	}
 
 	// Probes on the operations endpoint the service serves.
-	_, port, err := net.SplitHostPort(opsAddr)
-	if err != nil || port != strconv.Itoa(opsserver.DefaultPort) {
+	if _, port, err := net.SplitHostPort(opsAddr); loadErr == nil && (err != nil || port != strconv.Itoa(opsserver.DefaultPort)) {
 		r.Errorf("%s: OPS_ADDR %q: the probes and the scrape annotations expect port %d", svc, opsAddr, opsserver.DefaultPort)
 	}
 	if !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.ContainerPort == opsserver.DefaultPort }) {
