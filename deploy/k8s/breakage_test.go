@@ -25,9 +25,9 @@ func TestChecksCatchBreakage(t *testing.T) {
 		return &o.statefulSets["nats"].Spec.Template.Spec.Containers[0]
 	}
 	overlayCases := []struct {
-		name  string
+		name   string
 		break_ func(o *overlay)
-		want  string
+		want   string
 	}{
 		{"unknown variable in a ConfigMap", func(o *overlay) { o.configMaps["jetproj-projector"].Data["PROJECTOR_LEASE_TIME"] = "6s" }, "does not declare"},
 		{"another service's variable", func(o *overlay) { o.configMaps["jetproj-feeder"].Data["EMITTER_BATCH_SIZE"] = "10" }, "EMITTER_BATCH_SIZE"},
@@ -39,19 +39,25 @@ func TestChecksCatchBreakage(t *testing.T) {
 		{"DATABASE_URL missing", func(o *overlay) { delete(o.secrets["jetproj-database"].StringData, "DATABASE_URL") }, "DATABASE_URL"},
 		{"envFrom a missing ConfigMap", func(o *overlay) { delete(o.configMaps, "jetproj-emitter") }, "does not exist"},
 		{"credentials file not mounted", func(o *overlay) { container(o, "feeder").VolumeMounts = nil }, "NATS_CREDS"},
-		{"credentials file missing from its Secret", func(o *overlay) { o.secrets["jetproj-nats-projector"].StringData = map[string]string{"other.creds": "x"} }, "NATS_CREDS"},
+		{"credentials file missing from its Secret", func(o *overlay) {
+			o.secrets["jetproj-nats-projector"].StringData = map[string]string{"other.creds": "x"}
+		}, "NATS_CREDS"},
 		{"liveness probe path", func(o *overlay) { container(o, "feeder").LivenessProbe.HTTPGet.Path = "/health" }, "liveness probe"},
 		{"readiness probe port", func(o *overlay) { container(o, "projector").ReadinessProbe.HTTPGet.Port = intstr.FromInt32(9090) }, "readiness probe"},
 		{"OPS_ADDR elsewhere", func(o *overlay) { o.configMaps["jetproj-config"].Data["OPS_ADDR"] = ":9090" }, "OPS_ADDR"},
 		{"runs as root", func(o *overlay) { o.deployments["emitter"].Spec.Template.Spec.SecurityContext.RunAsNonRoot = nil }, "runAsNonRoot"},
 		{"writable root filesystem", func(o *overlay) { container(o, "projector").SecurityContext.ReadOnlyRootFilesystem = nil }, "readOnlyRootFilesystem"},
-		{"capability added", func(o *overlay) { container(o, "feeder").SecurityContext.Capabilities.Add = []corev1.Capability{"NET_ADMIN"} }, "capabilities"},
+		{"capability added", func(o *overlay) {
+			container(o, "feeder").SecurityContext.Capabilities.Add = []corev1.Capability{"NET_ADMIN"}
+		}, "capabilities"},
 		{"no memory limit", func(o *overlay) { delete(container(o, "emitter").Resources.Limits, corev1.ResourceMemory) }, "memory limit"},
 		{"projector limit below the memory goal", func(o *overlay) {
 			container(o, "projector").Resources.Limits[corev1.ResourceMemory] = resource.MustParse("300Mi")
 		}, "GOMEMLIMIT"},
 		{"image latest", func(o *overlay) { container(o, "feeder").Image = "jetproj/feeder:latest" }, "pinned tag"},
-		{"selector misses the pods", func(o *overlay) { o.deployments["emitter"].Spec.Selector.MatchLabels["app.kubernetes.io/name"] = "emiter" }, "selector"},
+		{"selector misses the pods", func(o *overlay) {
+			o.deployments["emitter"].Spec.Selector.MatchLabels["app.kubernetes.io/name"] = "emiter"
+		}, "selector"},
 		{"PDB selects nothing", func(o *overlay) {
 			for _, b := range o.pdbs {
 				if b.Name == "projector" {
@@ -111,9 +117,9 @@ func TestChecksCatchBreakage(t *testing.T) {
 	d, programs := readDockerfile(t)
 	entrypoints := checkDockerfile(&recorder{}, d, programs)
 	composeCases := []struct {
-		name  string
+		name   string
 		break_ func(p *types.Project)
-		want  string
+		want   string
 	}{
 		{"one projector", func(p *types.Project) { n := 1; p.Services["projector"].Deploy.Replicas = &n }, "replicas: 2"},
 		{"unknown variable", func(p *types.Project) { setEnv(p, "feeder", "FEEDER_LEASE", "6s") }, "FEEDER_LEASE"},
