@@ -283,7 +283,7 @@ func TestSIGTERMWhileStartingExitsZero(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tx.Rollback(ctx) //nolint:errcheck
+	defer tx.Rollback(ctx)                 //nolint:errcheck
 	const migrationLock = 0x6a657470726f6a // eventstore's advisory lock
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(migrationLock)); err != nil {
 		t.Fatal(err)
