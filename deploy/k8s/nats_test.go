@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -30,10 +31,17 @@ func checkNATSImage(r reporter, where, image string) {
 	}
 }
 
-// testAuth is an auth.conf as `nsc generate config --mem-resolver` writes
-// it, for an operator made up here: what replaces the placeholder of Secret
-// nats-auth.
-var testAuth = sync.OnceValue(func() string {
+// testOperator stands for what `nsc` makes (deploy/k8s/README.md): an
+// operator, its system account and an account with JetStream; conf is the
+// auth.conf that `nsc generate config --mem-resolver` writes, the one that
+// replaces the placeholder of Secret nats-auth, and creds a user's
+// credentials file in that account.
+type testOperator struct {
+	conf  string
+	creds []byte
+}
+
+var testAuthOperator = sync.OnceValue(func() testOperator {
 	must := func(s string, err error) string {
 		if err != nil {
 			panic(err)
@@ -43,7 +51,8 @@ var testAuth = sync.OnceValue(func() string {
 	op, _ := nkeys.CreateOperator()
 	sys, _ := nkeys.CreateAccount()
 	app, _ := nkeys.CreateAccount()
-	opPub, sysPub, appPub := must(op.PublicKey()), must(sys.PublicKey()), must(app.PublicKey())
+	user, _ := nkeys.CreateUser()
+	opPub, sysPub, appPub, userPub := must(op.PublicKey()), must(sys.PublicKey()), must(app.PublicKey()), must(user.PublicKey())
 	oc := jwt.NewOperatorClaims(opPub)
 	oc.Name, oc.SystemAccount = "jetproj", sysPub
 	sc := jwt.NewAccountClaims(sysPub)
@@ -51,9 +60,29 @@ var testAuth = sync.OnceValue(func() string {
 	ac := jwt.NewAccountClaims(appPub)
 	ac.Name = "JETPROJ"
 	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{DiskStorage: -1, MemoryStorage: -1, Streams: -1, Consumer: -1}
-	return fmt.Sprintf("operator: %s\nsystem_account: %s\nresolver: MEMORY\nresolver_preload: {\n  %s: %s\n  %s: %s\n}\n",
+	uc := jwt.NewUserClaims(userPub)
+	uc.Name = "feeder"
+	seed, _ := user.Seed()
+	creds, err := jwt.FormatUserConfig(must(uc.Encode(app)), seed)
+	if err != nil {
+		panic(err)
+	}
+	conf := fmt.Sprintf("operator: %s\nsystem_account: %s\nresolver: MEMORY\nresolver_preload: {\n  %s: %s\n  %s: %s\n}\n",
 		must(oc.Encode(op)), sysPub, sysPub, must(sc.Encode(op)), appPub, must(ac.Encode(op)))
+	return testOperator{conf: conf, creds: creds}
 })
+
+func testAuth() string { return testAuthOperator().conf }
+
+// natsPodSpec is the NATS pod with its claimed volumes, as a pod of the
+// StatefulSet has them.
+func natsPodSpec(s *appsv1.StatefulSet) corev1.PodSpec {
+	spec := *s.Spec.Template.Spec.DeepCopy()
+	for _, t := range s.Spec.VolumeClaimTemplates {
+		spec.Volumes = append(spec.Volumes, corev1.Volume{Name: t.Name, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+	}
+	return spec
+}
 
 var confVar = regexp.MustCompile(`\$([A-Z_][A-Z0-9_]*)`)
 
@@ -100,11 +129,7 @@ func checkNATS(r reporter, o *overlay) {
 		r.Errorf("NATS: args %v do not name a configuration file (-c)", c.Args)
 		return
 	}
-	spec := *pod.Spec.DeepCopy()
-	for _, t := range s.Spec.VolumeClaimTemplates { // the persistent volumes
-		spec.Volumes = append(spec.Volumes, corev1.Volume{Name: t.Name, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
-	}
-	root := materialize(r, o, "nats", spec, c, func(volume, key, content string) string {
+	root := materialize(r, o, "nats", natsPodSpec(s), c, func(volume, key, content string) string {
 		if strings.Contains(content, "REPLACE_WITH") {
 			return testAuth() // the placeholder replaced, as deploy/k8s/README.md says
 		}
