@@ -6,8 +6,6 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/types"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
-	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // TestChecksCatchBreakage breaks the manifests one way at a time, in
@@ -43,7 +41,10 @@ func TestChecksCatchBreakage(t *testing.T) {
 			o.secrets["jetproj-nats-projector"].StringData = map[string]string{"other.creds": "x"}
 		}, "NATS_CREDS"},
 		{"liveness probe path", func(o *overlay) { container(o, "feeder").LivenessProbe.HTTPGet.Path = "/health" }, "liveness probe"},
-		{"readiness probe port", func(o *overlay) { container(o, "projector").ReadinessProbe.HTTPGet.Port = intstr.FromInt32(9090) }, "readiness probe"},
+		{"readiness probe port", func(o *overlay) {
+			p := &container(o, "projector").ReadinessProbe.HTTPGet.Port
+			p.Type, p.IntVal, p.StrVal = 0, 9090, "" // intstr.Int
+		}, "readiness probe"},
 		{"OPS_ADDR elsewhere", func(o *overlay) { o.configMaps["jetproj-config"].Data["OPS_ADDR"] = ":9090" }, "OPS_ADDR"},
 		{"runs as root", func(o *overlay) { o.deployments["emitter"].Spec.Template.Spec.SecurityContext.RunAsNonRoot = nil }, "runAsNonRoot"},
 		{"writable root filesystem", func(o *overlay) { container(o, "projector").SecurityContext.ReadOnlyRootFilesystem = nil }, "readOnlyRootFilesystem"},
@@ -52,7 +53,10 @@ func TestChecksCatchBreakage(t *testing.T) {
 		}, "capabilities"},
 		{"no memory limit", func(o *overlay) { delete(container(o, "emitter").Resources.Limits, corev1.ResourceMemory) }, "memory limit"},
 		{"projector limit below the memory goal", func(o *overlay) {
-			container(o, "projector").Resources.Limits[corev1.ResourceMemory] = resource.MustParse("300Mi")
+			limits := container(o, "projector").Resources.Limits
+			q := limits[corev1.ResourceMemory]
+			q.Set(300 << 20)
+			limits[corev1.ResourceMemory] = q
 		}, "GOMEMLIMIT"},
 		{"image latest", func(o *overlay) { container(o, "feeder").Image = "jetproj/feeder:latest" }, "pinned tag"},
 		{"selector misses the pods", func(o *overlay) {
@@ -69,7 +73,7 @@ func TestChecksCatchBreakage(t *testing.T) {
 		{"one feeder", func(o *overlay) { one := int32(1); o.deployments["feeder"].Spec.Replicas = &one }, "standby"},
 		{"Service selects nothing", func(o *overlay) { o.services["nats"].Spec.Selector = map[string]string{"app": "nats"} }, "selects no pods"},
 		{"NetworkPolicy selects nothing", func(o *overlay) { o.policies[0].Spec.PodSelector.MatchLabels = map[string]string{"app": "jetproj"} }, "no NetworkPolicy"},
-		{"ingress on another port", func(o *overlay) { o.policies[0].Spec.Ingress[0].Ports[0].Port = new(intstr.FromInt32(9090)) }, "ingress on port"},
+		{"ingress on another port", func(o *overlay) { o.policies[0].Spec.Ingress[0].Ports[0].Port.IntVal = 9090 }, "ingress on port"},
 		{"no egress to PostgreSQL", func(o *overlay) { o.policies[0].Spec.Egress[0].Ports = o.policies[0].Spec.Egress[0].Ports[:1] }, "TCP/5432"},
 		{"alert on an unknown metric", func(o *overlay) {
 			o.rules[0].Spec.Groups[0].Rules[0].Expr = "max by (projection) (jetproj_projector_lag_messages) > 1000"

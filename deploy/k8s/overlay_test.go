@@ -17,7 +17,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
@@ -438,7 +437,7 @@ func probePort(c corev1.Container, h *corev1.HTTPGetAction) int32 {
 
 // projectorHeap is the design's memory goal: projector RSS ≤ 300 MB with 1M
 // known partitions.
-var projectorHeap = resource.MustParse("300M")
+const projectorHeap = 300_000_000
 
 func checkResources(r reporter, svc string, c corev1.Container) {
 	req, lim := c.Resources.Requests, c.Resources.Limits
@@ -452,9 +451,9 @@ func checkResources(r reporter, svc string, c corev1.Container) {
 	if svc == "projector" {
 		// The projector sets GOMEMLIMIT to memlimit.Fraction of the limit.
 		soft := float64(lim.Memory().Value()) * memlimit.Fraction
-		if soft < float64(projectorHeap.Value()) {
-			r.Errorf("projector: memory limit %v gives GOMEMLIMIT %.0f MB, below the %v the projector needs with 1M partitions",
-				lim.Memory(), soft/1e6, &projectorHeap)
+		if soft < projectorHeap {
+			r.Errorf("projector: memory limit %v gives GOMEMLIMIT %.0f MB, below the %d MB the projector needs with 1M partitions",
+				lim.Memory(), soft/1e6, projectorHeap/1_000_000)
 		}
 	}
 }
