@@ -325,6 +325,9 @@ type CatchUpRun struct {
 	// messages.
 	Batches   int
 	InBatches time.Duration
+	// Writes is the number of partition records written to the state
+	// bucket (jetproj_projector_records_written_total).
+	Writes int
 }
 
 // MeanBatch is the mean number of messages per batch.
@@ -334,18 +337,23 @@ func (r CatchUpRun) MeanBatch() float64 { return ratio(float64(r.Events), float6
 func (r CatchUpRun) Busy() float64 { return ratio(r.InBatches.Seconds(), r.Elapsed.Seconds()) }
 
 func (r CatchUpRun) String() string {
-	return fmt.Sprintf("%s  (64 slots after %v; %d batches of %.0f on average, in batches %.0f%% of the time)",
-		runLine(r.Run), r.Startup.Round(time.Millisecond), r.Batches, r.MeanBatch(), 100*r.Busy())
+	return fmt.Sprintf("%s  (64 slots after %v; %d batches of %.0f on average, in batches %.0f%% of the time; %d records written)",
+		runLine(r.Run), r.Startup.Round(time.Millisecond), r.Batches, r.MeanBatch(), 100*r.Busy(), r.Writes)
 }
 
 // batchStats reads the batch count and total duration from the projector's
 // metrics.
-func batchStats(reg *prometheus.Registry) (n int, total time.Duration, err error) {
+func batchStats(reg *prometheus.Registry) (n int, total time.Duration, writes int, err error) {
 	families, err := reg.Gather()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	for _, f := range families {
+		if f.GetName() == "jetproj_projector_records_written_total" {
+			for _, m := range f.GetMetric() {
+				writes += int(m.GetCounter().GetValue())
+			}
+		}
 		if f.GetName() != "jetproj_projector_batch_seconds" {
 			continue
 		}
@@ -355,7 +363,7 @@ func batchStats(reg *prometheus.Registry) (n int, total time.Duration, err error
 			total += time.Duration(h.GetSampleSum() * float64(time.Second))
 		}
 	}
-	return n, total, nil
+	return n, total, writes, nil
 }
 
 // catchUpRun runs one replica of a fresh wallet projection named name
@@ -397,7 +405,7 @@ func catchUpRun(ctx context.Context, t Target, js jetstream.JetStream, name stri
 		err = fmt.Errorf("bench: handlers saw %d events, want %d", handled.Load(), want)
 	}
 	if err == nil {
-		cr.Batches, cr.InBatches, err = batchStats(reg)
+		cr.Batches, cr.InBatches, cr.Writes, err = batchStats(reg)
 	}
 	return cr, err
 }

@@ -19,6 +19,10 @@ type Message struct {
 	Data     []byte
 	Sequence uint64
 	Time     time.Time
+	// Pending is how many messages the source holds after this one, when
+	// it knows (0 otherwise). The runtime uses it to tell catching up from
+	// following the head.
+	Pending uint64
 }
 
 // ErrNoMessage is returned by Source.Next when no message matches.

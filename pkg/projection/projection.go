@@ -182,6 +182,7 @@ type Definition struct {
 	backoffMin  time.Duration
 	backoffMax  time.Duration
 	slots       int
+	writeEvery  time.Duration
 	pool        *pgxpool.Pool
 	tenantPools map[string]*pgxpool.Pool
 	newState    func() any
@@ -223,6 +224,7 @@ func New[S any](name string, opts ...Option) *Projection[S] {
 		newState:    func() any { return new(S) },
 		stateType:   reflect.TypeFor[S](),
 		interval:    time.Second,
+		writeEvery:  5 * time.Second,
 	}
 	if err := subject.ValidName(name); err != nil {
 		d.errs = append(d.errs, err.Error())
@@ -325,6 +327,25 @@ func Retries(maxAttempts int, min, max time.Duration) Option {
 			d.errs = append(d.errs, "Retries: want maxAttempts ≥ 1 and 0 < min ≤ max")
 		}
 		d.maxAttempts, d.backoffMin, d.backoffMax = maxAttempts, min, max
+	}
+}
+
+// StateWriteInterval sets how often a projection whose partitions live in
+// the KV bucket (no Postgres sink) writes a partition's record while it is
+// behind its source (default 5s). While whole batches wait behind the one
+// being handled — catching up, rebuilding — the projector keeps changed
+// partitions in memory and writes each one once per interval, and at once
+// when it reaches the head of the stream: a partition that sees ten events
+// in that time is written once, not ten times. Records carry their
+// positions, so after a crash the events since the last write are read
+// again and applied once. Live batches are written as they are handled.
+// 0 writes every batch.
+func StateWriteInterval(d time.Duration) Option {
+	return func(def *Definition) {
+		if d < 0 {
+			def.errs = append(def.errs, fmt.Sprintf("StateWriteInterval %s: want ≥ 0", d))
+		}
+		def.writeEvery = d
 	}
 }
 
@@ -485,6 +506,8 @@ type Spec struct {
 	Slots       int
 	Mode        Mode
 	Interval    time.Duration
+	// WriteEvery is StateWriteInterval.
+	WriteEvery  time.Duration
 	Pool        *pgxpool.Pool
 	TenantPools map[string]*pgxpool.Pool
 }
@@ -492,7 +515,7 @@ type Spec struct {
 // Spec returns the runtime settings.
 func (d *Definition) Spec() Spec {
 	return Spec{BatchSize: d.batchSize, MaxAttempts: d.maxAttempts, BackoffMin: d.backoffMin, BackoffMax: d.backoffMax,
-		Slots: d.slots, Mode: d.mode, Interval: d.interval, Pool: d.pool, TenantPools: d.tenantPools}
+		Slots: d.slots, Mode: d.mode, Interval: d.interval, WriteEvery: d.writeEvery, Pool: d.pool, TenantPools: d.tenantPools}
 }
 
 // Handles reports whether the definition has a handler for eventType.

@@ -89,7 +89,7 @@ func (s *JetStreamSource) Consume(ctx context.Context, from uint64, deliver func
 		if err != nil {
 			return
 		}
-		deliver(projection.Message{Subject: m.Subject(), Header: m.Headers(), Data: m.Data(), Sequence: md.Sequence.Stream, Time: md.Timestamp})
+		deliver(projection.Message{Subject: m.Subject(), Header: m.Headers(), Data: m.Data(), Sequence: md.Sequence.Stream, Time: md.Timestamp, Pending: md.NumPending})
 	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		// The ordered consumer recreates itself after missed heartbeats
 		// and deletions; only errors that end delivery are reported.

@@ -49,6 +49,9 @@ type part struct {
 	slot  int
 	x     *partExtra
 	fail  *failure
+	// dirty: the record in memory is ahead of the store (write-behind);
+	// rev is still the stored revision.
+	dirty bool
 }
 
 type partExtra struct {
@@ -158,6 +161,14 @@ type runner struct {
 	restartAt   uint64 // restart the consumer here before the next batch (0: no)
 	cons        *consumer
 	lastMark    time.Time
+	// Write-behind (KV state only): partitions changed since the last
+	// write, the time of that write, and the sequence up to which every
+	// handled message is stored (what status reports as processed).
+	writeBehind bool
+	behind      bool // the last batch had another full batch after it
+	dirty       []*part
+	lastWrite   time.Time
+	durable     uint64
 	busy        opsserver.Busy // a step of the loop in progress (see liveness.go)
 
 	mu     sync.Mutex
@@ -192,12 +203,22 @@ const (
 // run processes until ctx ends.
 func (r *runner) run(ctx context.Context) error {
 	r.parts, r.slots, r.failing = map[string]*part{}, map[int]*ownedSlot{}, map[string]*part{}
+	_, kv := r.store.(*KVStore)
+	r.writeBehind, r.lastWrite = kv && r.spec.WriteEvery > 0, time.Now()
 	r.events = make(chan slotEvent, 4*r.spec.Slots+16)
 	r.forgotten = make(chan int, 4096)
 	mctx, stopManager := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { r.manage(mctx) })
 	defer func() {
+		// Write what write-behind holds while the slots are still ours.
+		if len(r.dirty) > 0 {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			if err := r.commit(fctx, nil, r.next-1, false); err != nil {
+				r.log.Warn("state not written at stop; the next owner reads those events again", "error", err)
+			}
+			cancel()
+		}
 		stopManager()
 		// Drain manager requests so it can finish.
 		done := make(chan struct{})
@@ -292,7 +313,7 @@ func (r *runner) run(ctx context.Context) error {
 			// Quiet source: save the watermarks the last batches reached,
 			// so status shows no lag and a new owner starts at the end.
 			r.lastMark = time.Time{}
-			if err := r.commit(ctx, nil, r.next-1); err != nil && ctx.Err() == nil {
+			if err := r.commit(ctx, nil, r.next-1, false); err != nil && ctx.Err() == nil {
 				r.log.Warn("watermarks not saved", "error", err)
 			}
 			continue
@@ -322,13 +343,20 @@ func (r *runner) run(ctx context.Context) error {
 				break collect
 			}
 		}
-		r.process(ctx, batch)
+		// Behind: at least another full batch waits.
+		last := batch[len(batch)-1]
+		r.process(ctx, batch, last.Pending >= uint64(r.spec.BatchSize) || (len(batch) == r.spec.BatchSize && len(r.cons.msgs) > 0))
 	}
 }
 
 // idleMark fires a second after the last watermark save when a slot's
 // watermark is ahead of what is saved; nil otherwise.
 func (r *runner) idleMark() <-chan time.Time {
+	if len(r.dirty) > 0 && r.behind {
+		// Behind, and messages are slow to come: write-behind still
+		// writes once per interval.
+		return time.After(max(r.spec.WriteEvery-time.Since(r.lastWrite), time.Millisecond))
+	}
 	for _, sl := range r.slots {
 		if sl.watermark > sl.saved {
 			return time.After(max(time.Second-time.Since(r.lastMark), time.Millisecond))
@@ -355,9 +383,7 @@ func (r *runner) setState(s string) {
 	}
 	slices.Sort(r.status.Slots)
 	r.status.Partitions = len(r.parts)
-	if r.next > 0 {
-		r.status.Processed = r.next - 1
-	}
+	r.status.Processed = r.durable
 }
 
 func (r *runner) armRetry(t *time.Timer) {
@@ -398,7 +424,16 @@ func (r *runner) handleSlotEvent(ctx context.Context, ev slotEvent) {
 			cancel()
 			r.managerForget(ev.slot)
 		}
-	case evLost, evRelease:
+	case evRelease:
+		// Handing the slot over: write its partitions first, so the next
+		// owner starts where this one stopped.
+		if len(r.dirty) > 0 {
+			if err := r.commit(ctx, nil, r.next-1, false); err != nil {
+				r.log.Warn("state not written before handover", "slot", ev.slot, "error", err)
+			}
+		}
+		r.dropSlot(ev.slot)
+	case evLost:
 		r.dropSlot(ev.slot)
 	}
 	if ev.done != nil {
@@ -442,6 +477,9 @@ func (r *runner) acquireSlot(ctx context.Context, slot int, l *lease.Lease) erro
 		r.parts[rec.Key] = p
 	}
 	r.slots[slot] = &ownedSlot{lease: l, token: l.Revision(), watermark: wm, saved: wm}
+	if len(r.slots) == 1 || wm < r.durable {
+		r.durable = wm
+	}
 	if r.cons == nil || wm+1 < r.next {
 		if r.restartAt == 0 || wm+1 < r.restartAt {
 			r.restartAt = wm + 1
@@ -547,8 +585,9 @@ type work struct {
 	msgs []projection.Meta
 }
 
-// process runs a batch of consumer messages.
-func (r *runner) process(ctx context.Context, msgs []projection.Message) {
+// process runs a batch of consumer messages; behind tells that more wait.
+func (r *runner) process(ctx context.Context, msgs []projection.Message, behind bool) {
+	r.behind = behind
 	began := time.Now()
 	lastSeq := uint64(0)
 	var order []*work
@@ -589,21 +628,13 @@ func (r *runner) process(ctx context.Context, msgs []projection.Message) {
 	if lastSeq > 0 {
 		r.next = lastSeq + 1
 	}
-	if err := r.commit(ctx, order, lastSeq); err != nil {
+	if err := r.commit(ctx, order, lastSeq, behind); err != nil {
 		if ctx.Err() != nil {
 			return
 		}
 		r.log.Warn("batch not committed; reading again", "error", err)
 		r.metrics.errors.WithLabelValues(r.def.Name()).Inc()
-		var fenced *FencedError
-		if errors.As(err, &fenced) {
-			for _, s := range fenced.Slots {
-				r.dropSlot(s)
-				r.managerForget(s)
-			}
-		}
-		// Read the batch again, from what the store holds.
-		r.reloadTouched(ctx, order)
+		// Read the batch again (commit made the cache match the store).
 		r.restartAt = msgs[0].Sequence
 		return
 	}
@@ -630,14 +661,22 @@ func (r *runner) reloadTouched(ctx context.Context, order []*work) {
 	}
 }
 
+// maxDirty bounds the partitions write-behind keeps unwritten.
+const maxDirty = 1 << 20
+
 // commit applies each partition's messages in one store batch. A failing
 // partition's writes roll back to its savepoint; it is scheduled for retry.
-func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64) error {
+//
+// With write-behind, a batch handled while the projection is behind (more
+// batches wait) keeps its records in memory: they and every other changed
+// partition are written by the first commit that is not behind, or once
+// StateWriteInterval has passed. Watermarks are written only with (or
+// after) the records they cover.
+func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behind bool) error {
 	markDue := time.Since(r.lastMark) > time.Second
-	if len(order) == 0 && !markDue {
-		for _, s := range r.slots {
-			s.watermark = max(s.watermark, lastSeq)
-		}
+	deferWrites := r.writeBehind && behind && time.Since(r.lastWrite) < r.spec.WriteEvery && len(r.dirty) < maxDirty
+	if len(order) == 0 && (deferWrites || (!markDue && len(r.dirty) == 0)) {
+		r.advance(lastSeq, len(r.dirty) == 0)
 		return nil
 	}
 	b, err := r.store.Begin(ctx)
@@ -657,9 +696,41 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64) erro
 			return err
 		}
 		results = append(results, result{w, res.rec, res.fail})
-		b.Put(w.p.slot, r.slots[w.p.slot].token, res.rec)
 	}
-	if markDue {
+	if deferWrites {
+		b.Rollback(ctx)
+		for _, res := range results {
+			p := res.w.p
+			res.rec.Revision = p.rev
+			r.setRec(p, res.rec)
+			p.fail = res.fail
+			r.markFailing(p)
+			r.markDirty(p)
+		}
+		r.advance(lastSeq, false)
+		return nil
+	}
+	// Everything written in this batch: its results, then the partitions
+	// earlier batches left in memory.
+	written := make([]*part, 0, len(results)+len(r.dirty))
+	if g, ok := b.(interface{ grow(int) }); ok {
+		g.grow(len(results) + len(r.dirty))
+	}
+	for _, res := range results {
+		p := res.w.p
+		p.dirty = false
+		b.Put(p.slot, r.slots[p.slot].token, res.rec)
+		written = append(written, p)
+	}
+	hadDirty := len(r.dirty) > 0
+	for _, p := range r.dirty {
+		if p.dirty && r.parts[p.key] == p {
+			b.Put(p.slot, r.slots[p.slot].token, p.record())
+			written = append(written, p)
+		}
+	}
+	marks := markDue || hadDirty
+	if marks {
 		for n, s := range r.slots {
 			wm := max(s.watermark, lastSeq)
 			if wm > s.saved {
@@ -667,8 +738,21 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64) erro
 			}
 		}
 	}
+	r.metrics.writes.WithLabelValues(r.def.Name()).Add(float64(len(written)))
 	revs, err := b.Commit(ctx)
 	if err != nil {
+		if _, kv := r.store.(*KVStore); kv {
+			// Each record was written or not on its own.
+			for _, res := range results {
+				if rev, ok := revs[res.rec.Key]; ok {
+					res.rec.Revision = rev
+					r.setRec(res.w.p, res.rec)
+					res.w.p.fail = res.fail
+					r.markFailing(res.w.p)
+				}
+			}
+		}
+		r.commitFailed(ctx, err, order, written, revs)
 		return err
 	}
 	for _, res := range results {
@@ -681,16 +765,77 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64) erro
 			r.metrics.parked.WithLabelValues(r.def.Name()).Inc()
 		}
 	}
+	for _, p := range written[len(results):] {
+		p.rev, p.dirty = revs[p.key], false
+	}
+	clear(r.dirty)
+	r.dirty, r.lastWrite = r.dirty[:0], time.Now()
 	for _, s := range r.slots {
 		s.watermark = max(s.watermark, lastSeq)
-		if markDue {
+		if marks {
 			s.saved = s.watermark
 		}
 	}
-	if markDue {
+	r.durable = max(r.durable, lastSeq)
+	if marks {
 		r.lastMark = time.Now()
 	}
 	return nil
+}
+
+// advance moves the slots' watermarks (in memory) to lastSeq; stored tells
+// that everything handled is written.
+func (r *runner) advance(lastSeq uint64, stored bool) {
+	for _, s := range r.slots {
+		s.watermark = max(s.watermark, lastSeq)
+	}
+	if stored {
+		r.durable = max(r.durable, lastSeq)
+	}
+}
+
+// markDirty remembers a partition whose record only memory holds.
+func (r *runner) markDirty(p *part) {
+	if !p.dirty {
+		p.dirty = true
+		r.dirty = append(r.dirty, p)
+	}
+}
+
+// commitFailed makes the cache match the store after a failed commit. A
+// transactional store wrote nothing: the batch's partitions are read
+// again. Otherwise each record was written or not on its own: written
+// ones take their new revision, and the slots of the others (refused by
+// compare-and-set, or with an unknown outcome) are given up, to be loaded
+// again from the store by whoever takes them next.
+func (r *runner) commitFailed(ctx context.Context, err error, order []*work, written []*part, revs map[string]uint64) {
+	var fenced *FencedError
+	if errors.As(err, &fenced) {
+		for _, s := range fenced.Slots {
+			r.dropSlot(s)
+			r.managerForget(s)
+		}
+	}
+	if _, kv := r.store.(*KVStore); !kv {
+		r.reloadTouched(ctx, order)
+		return
+	}
+	lost := map[int]bool{}
+	for _, p := range written {
+		if rev, ok := revs[p.key]; ok {
+			p.rev, p.dirty = rev, false
+		} else {
+			lost[p.slot] = true
+		}
+	}
+	for s := range lost {
+		if _, owned := r.slots[s]; owned {
+			r.log.Warn("slot given up: its records were not all written", "slot", s, "error", err)
+			r.dropSlot(s)
+			r.managerForget(s)
+		}
+	}
+	r.dirty = slices.DeleteFunc(r.dirty, func(p *part) bool { return !p.dirty || r.parts[p.key] != p })
 }
 
 type applied struct {

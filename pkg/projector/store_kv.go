@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"slices"
 	"strings"
 	"time"
 
@@ -230,6 +231,9 @@ func (b *kvBatch) Tx() pgx.Tx                                { return nil }
 func (b *kvBatch) Savepoint(context.Context) error           { return nil }
 func (b *kvBatch) RollbackToSavepoint(context.Context) error { return nil }
 func (b *kvBatch) Rollback(context.Context)                  {}
+// grow makes room for n more records.
+func (b *kvBatch) grow(n int) { b.puts = slices.Grow(b.puts, n) }
+
 func (b *kvBatch) Put(slot int, token uint64, r Record) {
 	b.puts = append(b.puts, kvPut{slot, r})
 	b.tokens[slot] = token
@@ -239,8 +243,14 @@ func (b *kvBatch) Watermark(slot int, token uint64, seq uint64) {
 	b.tokens[slot] = token
 }
 
+// commitWindow is how many writes a commit keeps unacknowledged: a
+// write-behind flush may hold a million records, more than a connection
+// lets wait.
+const commitWindow = 4096
+
 // Commit publishes every record with its expected revision, pipelined, and
-// waits for all acknowledgements.
+// waits for all acknowledgements. The revisions it returns, even with an
+// error, are those of the records that were written.
 func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 	revs := make(map[string]uint64, len(b.puts))
 	type pend struct {
@@ -249,35 +259,10 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 		fut  jetstream.PubAckFuture
 	}
 	futs := make([]pend, 0, len(b.puts)+len(b.marks))
-	prefix := "$KV." + b.s.bucket + "."
-	now := time.Now().UTC()
-	for _, p := range b.puts {
-		p.rec.Updated = now
-		data, err := json.Marshal(p.rec)
-		if err != nil {
-			return nil, err
-		}
-		key := partKey(p.slot, p.rec.Key)
-		m := nats.NewMsg(prefix + key)
-		m.Data = data
-		fut, err := b.s.js.PublishMsgAsync(m, jetstream.WithExpectLastSequencePerSubject(p.rec.Revision))
-		if err != nil {
-			return nil, fmt.Errorf("projector: write %s: %w", key, err)
-		}
-		futs = append(futs, pend{p.rec.Key, p.slot, fut})
-	}
-	for slot, seq := range b.marks {
-		m := nats.NewMsg(prefix + "w." + strconv.Itoa(slot))
-		m.Data = []byte(strconv.FormatUint(seq, 10))
-		fut, err := b.s.js.PublishMsgAsync(m)
-		if err != nil {
-			return nil, err
-		}
-		futs = append(futs, pend{"", slot, fut})
-	}
+	waited := 0
 	var fenced []int
 	var firstErr error
-	for _, p := range futs {
+	wait := func(p pend) error {
 		select {
 		case ack := <-p.fut.Ok():
 			if p.key != "" {
@@ -291,7 +276,47 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 				firstErr = err
 			}
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
+		}
+		return nil
+	}
+	publish := func(subj string, data []byte, key string, slot int, opts ...jetstream.PublishOpt) error {
+		if len(futs)-waited == commitWindow {
+			if err := wait(futs[waited]); err != nil {
+				return err
+			}
+			waited++
+		}
+		m := nats.NewMsg(subj)
+		m.Data = data
+		fut, err := b.s.js.PublishMsgAsync(m, opts...)
+		if err != nil {
+			return fmt.Errorf("projector: write %s: %w", subj, err)
+		}
+		futs = append(futs, pend{key, slot, fut})
+		return nil
+	}
+	prefix := "$KV." + b.s.bucket + "."
+	now := time.Now().UTC()
+	for _, p := range b.puts {
+		p.rec.Updated = now
+		data, err := json.Marshal(p.rec)
+		if err != nil {
+			return revs, err
+		}
+		if err := publish(prefix+partKey(p.slot, p.rec.Key), data, p.rec.Key, p.slot,
+			jetstream.WithExpectLastSequencePerSubject(p.rec.Revision)); err != nil {
+			return revs, err
+		}
+	}
+	for slot, seq := range b.marks {
+		if err := publish(prefix+"w."+strconv.Itoa(slot), []byte(strconv.FormatUint(seq, 10)), "", slot); err != nil {
+			return revs, err
+		}
+	}
+	for _, p := range futs[waited:] {
+		if err := wait(p); err != nil {
+			return revs, err
 		}
 	}
 	if len(fenced) > 0 {

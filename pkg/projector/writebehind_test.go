@@ -1,0 +1,178 @@
+package projector_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projector"
+)
+
+// runWithRegistry starts a replica whose metrics go to a registry of its own.
+func (b *bundle) runWithRegistry(t *testing.T, replica string, def projection.Definer) (*running, *prometheus.Registry) {
+	t.Helper()
+	nc, err := nats.Connect(b.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	p, err := projector.New(nc, projector.Options{Replica: replica, LeaseTTL: 2 * time.Second, Logger: testLogger(t), Registerer: reg}, def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{p: p, nc: nc, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- p.Run(ctx) }()
+	t.Cleanup(func() { r.stop(t) })
+	return r, reg
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, name, projection string) int {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "projection" && l.GetValue() == projection {
+					return int(m.GetCounter().GetValue())
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// stateWrites counts the messages ever stored in a projection's state
+// bucket: records, watermarks and fences.
+func (b *bundle) stateWrites(t *testing.T, name string) uint64 {
+	t.Helper()
+	s, err := b.js.Stream(context.Background(), "KV_jetproj_state_"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.CachedInfo().State.LastSeq
+}
+
+func TestWriteBehindWritesEachPartitionOncePerInterval(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	// 200 wallets × 11 events, interleaved: no batch of 50 holds two
+	// events of one wallet, so writing per batch would write 2200 records.
+	b.publishWallets(t, 200, 10)
+	_, reg := b.runWithRegistry(t, "r1", walletBalance("wallet_balance", projection.BatchSize(50), projection.StateWriteInterval(time.Hour)))
+	b.waitFold(t, "wallet_balance", 30*time.Second)
+	devtest.Eventually(t, 10*time.Second, func() error {
+		if n := counter(t, reg, "jetproj_projector_messages_total", "wallet_balance"); n != 2200 {
+			return fmt.Errorf("%d messages handled", n)
+		}
+		return nil
+	})
+	// Behind for all but the last batches: each wallet written about once.
+	written := counter(t, reg, "jetproj_projector_records_written_total", "wallet_balance")
+	if written < 200 || written > 600 {
+		t.Fatalf("%d records written for 200 wallets and 2200 events, want about 200", written)
+	}
+	if n := b.stateWrites(t, "wallet_balance"); n > 800 {
+		t.Fatalf("state bucket holds %d writes", n)
+	}
+	// Live events are written as they come.
+	b.publish(t, "w3", "MoneyWasAddedToWallet", `{"amount":7}`)
+	b.waitFold(t, "wallet_balance", 10*time.Second)
+
+	// Without write-behind the same backlog writes a record per event.
+	b2 := setup(t)
+	b2.publishWallets(t, 200, 10)
+	_, reg2 := b2.runWithRegistry(t, "r1", walletBalance("wallet_balance", projection.BatchSize(50), projection.StateWriteInterval(0)))
+	b2.waitFold(t, "wallet_balance", 30*time.Second)
+	if n := counter(t, reg2, "jetproj_projector_records_written_total", "wallet_balance"); n < 2200 {
+		t.Fatalf("StateWriteInterval(0): %d records written, want 2200", n)
+	}
+}
+
+// gatedWallets is the wallet projection whose flush hook blocks once it
+// has run after partitions handled, until the gate opens.
+func gatedWallets(after int64, opts ...projection.Option) (*projection.Projection[Balance], func(), <-chan struct{}) {
+	p := walletBalance("wallet_balance", append([]projection.Option{projection.BatchSize(50), projection.StateWriteInterval(time.Hour)}, opts...)...)
+	var n atomic.Int64
+	gate, held := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	projection.OnFlush(p, func(context.Context, *projection.Context[Balance]) error {
+		if n.Add(1) >= after {
+			once.Do(func() { close(held) })
+			<-gate
+		}
+		return nil
+	})
+	var open sync.Once
+	return p, func() { open.Do(func() { close(gate) }) }, held
+}
+
+func TestWriteBehindKilledMidCatchUpAppliesEveryEventOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.publishWallets(t, 300, 20)
+	def, open, held := gatedWallets(2000)
+	r1, reg := b.runWithRegistry(t, "r1", def)
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("projection never reached 2000 partitions")
+	}
+	// Catching up, nothing written yet: the state is in memory only.
+	if n := counter(t, reg, "jetproj_projector_records_written_total", "wallet_balance"); n != 0 {
+		t.Fatalf("%d records written while behind", n)
+	}
+	// Kill: the connection goes first, so nothing more can be written.
+	r1.nc.Close()
+	open()
+	r1.stop(t)
+	// Another replica reads those events again: every one applied once.
+	b.run(t, "r2", walletBalance("wallet_balance", projection.BatchSize(50)))
+	b.waitFold(t, "wallet_balance", 60*time.Second)
+}
+
+func TestWriteBehindStopWritesWhatItHandled(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.publishWallets(t, 300, 20)
+	def, open, held := gatedWallets(2000)
+	r1, reg := b.runWithRegistry(t, "r1", def)
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("projection never reached 2000 partitions")
+	}
+	r1.cancel()
+	open()
+	r1.stop(t)
+	handled := counter(t, reg, "jetproj_projector_messages_total", "wallet_balance")
+	// A graceful stop writes every partition it changed: the stored counts
+	// add up to the messages it handled.
+	total := 0
+	for _, rec := range b.states(t, "wallet_balance") {
+		var bal Balance
+		if err := jsonUnmarshal(rec.State, &bal); err != nil {
+			t.Fatal(err)
+		}
+		total += bal.Count
+	}
+	if handled == 0 || total != handled {
+		t.Fatalf("stored states count %d events, the replica handled %d", total, handled)
+	}
+	b.run(t, "r2", walletBalance("wallet_balance", projection.BatchSize(50)))
+	b.waitFold(t, "wallet_balance", 60*time.Second)
+}
