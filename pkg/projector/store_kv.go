@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -231,6 +231,7 @@ func (b *kvBatch) Tx() pgx.Tx                                { return nil }
 func (b *kvBatch) Savepoint(context.Context) error           { return nil }
 func (b *kvBatch) RollbackToSavepoint(context.Context) error { return nil }
 func (b *kvBatch) Rollback(context.Context)                  {}
+
 // grow makes room for n more records.
 func (b *kvBatch) grow(n int) { b.puts = slices.Grow(b.puts, n) }
 
