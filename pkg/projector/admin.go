@@ -442,7 +442,7 @@ func (r *runner) control(ctx context.Context, m *nats.Msg) {
 		b, _ := json.Marshal(rep)
 		_ = m.Respond(b)
 	}
-	p := r.parts[cmd.Partition]
+	p := r.part(cmd.Partition)
 	if p == nil {
 		reply(fmt.Errorf("projector: no partition %q in %s", cmd.Partition, r.def.Name()))
 		return
@@ -478,10 +478,11 @@ func (r *runner) control(ctx context.Context, m *nats.Msg) {
 	}
 	rec.Revision = revs[rec.Key]
 	r.setRec(p, rec)
-	p.fail = &failure{next: time.Now()}
+	f := &failure{next: time.Now()}
+	p.setFailure(f)
 	r.markFailing(p)
 	if r.def.Kind() == projection.Global {
-		p.fail.retrying = true
+		f.retrying = true
 		if r.restartAt == 0 || rec.Seq+1 < r.restartAt {
 			r.restartAt = rec.Seq + 1
 		}

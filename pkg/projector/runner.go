@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -30,67 +29,13 @@ func SlotOf(key string, slots int) int {
 	if slots <= 1 {
 		return 0
 	}
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(key))
-	return int(h.Sum32() % uint32(slots))
-}
-
-// part is a partition of an owned slot, in memory. It is kept small: a
-// replica may know millions of partitions. What most partitions never need
-// (a subject that cannot be derived from the key, failures, a tenant) lives
-// in x.
-type part struct {
-	key   string
-	state []byte // the stored state, JSON
-	seq   uint64
-	pos   int64
-	rev   uint64
-	emit  uint64 // derived events so far
-	slot  int
-	x     *partExtra
-	fail  *failure
-	// dirty: the record in memory is ahead of the store (write-behind);
-	// rev is still the stored revision.
-	dirty bool
-}
-
-type partExtra struct {
-	subject string
-	parked  *Parked
-	failing *Parked
-	behind  bool
-	skip    uint64
-	tenant  string
-}
-
-// record expands the partition into its stored form.
-func (p *part) record() Record {
-	r := Record{Key: p.key, Seq: p.seq, Position: p.pos, State: p.state, Revision: p.rev, Emitted: p.emit}
-	if x := p.x; x != nil {
-		r.Subject, r.Parked, r.Failing, r.Behind, r.Skip, r.Tenant = x.subject, x.parked, x.failing, x.behind, x.skip, x.tenant
+	// FNV-1a, 32 bits (hash/fnv's New32a), without allocating.
+	h := uint32(2166136261)
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= 16777619
 	}
-	return r
-}
-
-func (p *part) parked() *Parked {
-	if p.x == nil {
-		return nil
-	}
-	return p.x.parked
-}
-
-// setRecord stores rec compactly; derived is the subject the key implies.
-func (p *part) setRecord(rec Record, derived string) {
-	p.key, p.seq, p.pos, p.state, p.rev, p.emit = rec.Key, rec.Seq, rec.Position, rec.State, rec.Revision, rec.Emitted
-	subj := rec.Subject
-	if subj == derived {
-		subj = ""
-	}
-	if subj == "" && rec.Parked == nil && rec.Failing == nil && !rec.Behind && rec.Skip == 0 && rec.Tenant == "" {
-		p.x = nil
-		return
-	}
-	p.x = &partExtra{subject: subj, parked: rec.Parked, failing: rec.Failing, behind: rec.Behind, skip: rec.Skip, tenant: rec.Tenant}
+	return int(h % uint32(slots))
 }
 
 // derivedSubject is the subject of an aggregate partition's messages, which
@@ -111,26 +56,42 @@ func (r *runner) subjectOf(p *part) string {
 	if p.x != nil && p.x.subject != "" {
 		return p.x.subject
 	}
-	return r.derivedSubject(p.key)
+	return r.derivedSubject(p.key())
 }
 
 func (r *runner) setRec(p *part, rec Record) { p.setRecord(rec, r.derivedSubject(rec.Key)) }
-
-type failure struct {
-	retrying bool // global: the consumer re-reads from the position
-	attempts int
-	next     time.Time
-	err      string
-	seq      uint64
-	typ      string
-	pos      int64
-}
 
 type ownedSlot struct {
 	lease     *lease.Lease
 	token     uint64
 	watermark uint64 // handled up to here
 	saved     uint64 // watermark last written
+	parts     *partTable
+}
+
+// part returns the partition with key in an owned slot, or nil.
+func (r *runner) part(key string) *part {
+	sl := r.slots[SlotOf(key, r.spec.Slots)]
+	if sl == nil {
+		return nil
+	}
+	return sl.parts.get(key)
+}
+
+// current reports whether p is still the partition of its key: not given up
+// with its slot since.
+func (r *runner) current(p *part) bool {
+	sl := r.slots[int(int(p.slot))]
+	return sl != nil && sl.parts.get(p.key()) == p
+}
+
+// partitions counts the partitions of owned slots.
+func (r *runner) partitions() int {
+	n := 0
+	for _, sl := range r.slots {
+		n += sl.parts.len()
+	}
+	return n
 }
 
 // runner runs one projection in this process.
@@ -153,7 +114,6 @@ type runner struct {
 	forgotten chan int       // slots the loop gave up, to the manager
 
 	// Owned by the loop goroutine.
-	parts       map[string]*part
 	eventPrefix string           // subject prefix of aggregate sources, for derived subjects
 	failing     map[string]*part // partitions with fail set (may hold stale entries)
 	slots       map[int]*ownedSlot
@@ -202,7 +162,7 @@ const (
 
 // run processes until ctx ends.
 func (r *runner) run(ctx context.Context) error {
-	r.parts, r.slots, r.failing = map[string]*part{}, map[int]*ownedSlot{}, map[string]*part{}
+	r.slots, r.failing = map[int]*ownedSlot{}, map[string]*part{}
 	_, kv := r.store.(*KVStore)
 	r.writeBehind, r.lastWrite = kv && r.spec.WriteEvery > 0, time.Now()
 	r.events = make(chan slotEvent, 4*r.spec.Slots+16)
@@ -368,8 +328,8 @@ func (r *runner) idleMark() <-chan time.Time {
 // markFailing remembers a partition whose fail is set, so retries look at
 // failing partitions only: idle and healthy partitions cost nothing.
 func (r *runner) markFailing(p *part) {
-	if p.fail != nil {
-		r.failing[p.key] = p
+	if p.failure() != nil {
+		r.failing[p.key()] = p
 	}
 }
 
@@ -382,19 +342,20 @@ func (r *runner) setState(s string) {
 		r.status.Slots = append(r.status.Slots, s)
 	}
 	slices.Sort(r.status.Slots)
-	r.status.Partitions = len(r.parts)
+	r.status.Partitions = r.partitions()
 	r.status.Processed = r.durable
 }
 
 func (r *runner) armRetry(t *time.Timer) {
 	var earliest time.Time
 	for k, p := range r.failing {
-		if p.fail == nil || r.parts[k] != p {
+		f := p.failure()
+		if f == nil || !r.current(p) {
 			delete(r.failing, k)
 			continue
 		}
-		if p.parked() == nil && (earliest.IsZero() || p.fail.next.Before(earliest)) {
-			earliest = p.fail.next
+		if p.parked() == nil && (earliest.IsZero() || f.next.Before(earliest)) {
+			earliest = f.next
 		}
 	}
 	if !t.Stop() {
@@ -457,26 +418,30 @@ func (r *runner) acquireSlot(ctx context.Context, slot int, l *lease.Lease) erro
 	if err != nil {
 		return err
 	}
-	for _, rec := range recs {
-		p := &part{slot: slot}
-		r.setRec(p, rec)
+	parts := newPartTable(len(recs))
+	for i := range recs {
+		rec := &recs[i]
+		p := newPart(slot, rec.Key)
+		r.setRec(p, *rec)
 		switch {
 		case rec.Parked != nil:
-			p.fail = &failure{attempts: rec.Parked.Attempts, err: rec.Parked.Error, seq: rec.Parked.Seq, typ: rec.Parked.EventType}
+			p.setFailure(&failure{attempts: rec.Parked.Attempts, err: rec.Parked.Error, seq: rec.Parked.Seq, typ: rec.Parked.EventType})
 		case rec.Behind:
-			p.fail = &failure{next: time.Now()}
-			if f := rec.Failing; f != nil {
-				p.fail.attempts, p.fail.err, p.fail.seq, p.fail.typ = f.Attempts, f.Error, f.Seq, f.EventType
+			f := &failure{next: time.Now()}
+			if rf := rec.Failing; rf != nil {
+				f.attempts, f.err, f.seq, f.typ = rf.Attempts, rf.Error, rf.Seq, rf.EventType
 			}
 			if r.def.Kind() == projection.Global && (r.restartAt == 0 || rec.Seq+1 < r.restartAt) {
 				r.restartAt = rec.Seq + 1
-				p.fail.retrying = true
+				f.retrying = true
 			}
+			p.setFailure(f)
 		}
 		r.markFailing(p)
-		r.parts[rec.Key] = p
+		parts.put(p)
+		*rec = Record{} // let the loaded copy go
 	}
-	r.slots[slot] = &ownedSlot{lease: l, token: l.Revision(), watermark: wm, saved: wm}
+	r.slots[slot] = &ownedSlot{lease: l, token: l.Revision(), watermark: wm, saved: wm, parts: parts}
 	if len(r.slots) == 1 || wm < r.durable {
 		r.durable = wm
 	}
@@ -495,11 +460,6 @@ func (r *runner) dropSlot(slot int) {
 		return
 	}
 	delete(r.slots, slot)
-	for k, p := range r.parts {
-		if p.slot == slot {
-			delete(r.parts, k)
-		}
-	}
 	r.metrics.slots.WithLabelValues(r.def.Name()).Set(float64(len(r.slots)))
 	r.log.Info("slot dropped", "slot", slot)
 }
@@ -601,20 +561,25 @@ func (r *runner) process(ctx context.Context, msgs []projection.Message, behind 
 		}
 		lastSeq = meta.Sequence
 		slot := SlotOf(meta.Partition, r.spec.Slots)
-		if _, owned := r.slots[slot]; !owned {
+		sl, owned := r.slots[slot]
+		if !owned {
 			continue
 		}
-		p := r.parts[meta.Partition]
+		p := sl.parts.get(meta.Partition)
 		if p == nil {
-			p = &part{slot: slot}
+			if len(meta.Partition) >= maxKeyLen {
+				r.log.Error("message skipped: partition key too long", "subject", m.Subject, "seq", m.Sequence, "length", len(meta.Partition))
+				continue
+			}
+			p = newPart(slot, meta.Partition)
 			rec := Record{Key: meta.Partition, Subject: meta.Subject}
 			if r.def.Kind() == projection.Global {
 				rec.Subject = ""
 			}
 			r.setRec(p, rec)
-			r.parts[meta.Partition] = p
+			sl.parts.put(p)
 		}
-		if meta.Sequence <= p.seq || (p.fail != nil && !p.fail.retrying) {
+		if f := p.failure(); meta.Sequence <= p.seq || (f != nil && !f.retrying) {
 			continue // already handled, or waiting for its own retry
 		}
 		w := byKey[meta.Partition]
@@ -646,15 +611,15 @@ func (r *runner) process(ctx context.Context, msgs []projection.Message, behind 
 // cache matches the store again.
 func (r *runner) reloadTouched(ctx context.Context, order []*work) {
 	for _, w := range order {
-		rec, err := r.store.Get(ctx, w.p.slot, w.p.key)
+		rec, err := r.store.Get(ctx, int(w.p.slot), w.p.key())
 		if err != nil {
-			r.log.Warn("reload failed; dropping slot", "slot", w.p.slot, "error", err)
-			r.dropSlot(w.p.slot)
-			r.managerForget(w.p.slot)
+			r.log.Warn("reload failed; dropping slot", "slot", int(w.p.slot), "error", err)
+			r.dropSlot(int(w.p.slot))
+			r.managerForget(int(w.p.slot))
 			continue
 		}
 		if rec == nil {
-			r.setRec(w.p, Record{Key: w.p.key, Subject: r.subjectOf(w.p)})
+			r.setRec(w.p, Record{Key: w.p.key(), Subject: r.subjectOf(w.p)})
 		} else {
 			r.setRec(w.p, *rec)
 		}
@@ -690,7 +655,7 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 	}
 	results := make([]result, 0, len(order))
 	for _, w := range order {
-		res, err := r.applyPartition(ctx, b, w, w.p.fail)
+		res, err := r.applyPartition(ctx, b, w, w.p.failure())
 		if err != nil {
 			b.Rollback(ctx)
 			return err
@@ -703,7 +668,7 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 			p := res.w.p
 			res.rec.Revision = p.rev
 			r.setRec(p, res.rec)
-			p.fail = res.fail
+			p.setFailure(res.fail)
 			r.markFailing(p)
 			r.markDirty(p)
 		}
@@ -719,13 +684,13 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 	for _, res := range results {
 		p := res.w.p
 		p.dirty = false
-		b.Put(p.slot, r.slots[p.slot].token, res.rec)
+		b.Put(int(p.slot), r.slots[int(p.slot)].token, res.rec)
 		written = append(written, p)
 	}
 	hadDirty := len(r.dirty) > 0
 	for _, p := range r.dirty {
-		if p.dirty && r.parts[p.key] == p {
-			b.Put(p.slot, r.slots[p.slot].token, p.record())
+		if p.dirty && r.current(p) {
+			b.Put(int(p.slot), r.slots[int(p.slot)].token, p.record())
 			written = append(written, p)
 		}
 	}
@@ -747,7 +712,7 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 				if rev, ok := revs[res.rec.Key]; ok {
 					res.rec.Revision = rev
 					r.setRec(res.w.p, res.rec)
-					res.w.p.fail = res.fail
+					res.w.p.setFailure(res.fail)
 					r.markFailing(res.w.p)
 				}
 			}
@@ -759,14 +724,14 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 		p := res.w.p
 		res.rec.Revision = revs[res.rec.Key]
 		r.setRec(p, res.rec)
-		p.fail = res.fail
+		p.setFailure(res.fail)
 		r.markFailing(p)
 		if res.fail != nil && res.rec.Parked != nil {
 			r.metrics.parked.WithLabelValues(r.def.Name()).Inc()
 		}
 	}
 	for _, p := range written[len(results):] {
-		p.rev, p.dirty = revs[p.key], false
+		p.rev, p.dirty = revs[p.key()], false
 	}
 	clear(r.dirty)
 	r.dirty, r.lastWrite = r.dirty[:0], time.Now()
@@ -822,10 +787,10 @@ func (r *runner) commitFailed(ctx context.Context, err error, order []*work, wri
 	}
 	lost := map[int]bool{}
 	for _, p := range written {
-		if rev, ok := revs[p.key]; ok {
+		if rev, ok := revs[p.key()]; ok {
 			p.rev, p.dirty = rev, false
 		} else {
-			lost[p.slot] = true
+			lost[int(p.slot)] = true
 		}
 	}
 	for s := range lost {
@@ -835,7 +800,7 @@ func (r *runner) commitFailed(ctx context.Context, err error, order []*work, wri
 			r.managerForget(s)
 		}
 	}
-	r.dirty = slices.DeleteFunc(r.dirty, func(p *part) bool { return !p.dirty || r.parts[p.key] != p })
+	r.dirty = slices.DeleteFunc(r.dirty, func(p *part) bool { return !p.dirty || !r.current(p) })
 }
 
 type applied struct {
@@ -850,7 +815,7 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	p := w.p
 	// Handlers work on a state decoded afresh, so a failure leaves nothing
 	// behind.
-	work, err := r.def.DecodeState(p.state)
+	work, err := r.def.DecodeState(p.state())
 	if err != nil {
 		return r.failed(p, w.msgs[0], err, prev), nil
 	}
@@ -879,9 +844,9 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	}
 	// The partition's span continues the trace of its last event, the one
 	// its derived events answer, linked to the other events' traces.
-	ctx, span, traceparent := r.traceBatch(ctx, p.key, w.msgs)
+	ctx, span, traceparent := r.traceBatch(ctx, p.key(), w.msgs)
 	defer span.End()
-	pc := &projection.PartitionContext{Key: p.key, Tx: b.Tx(), State: work}
+	pc := &projection.PartitionContext{Key: p.key(), Tx: b.Tx(), State: work}
 	for _, m := range w.msgs {
 		if rec.Tenant != "" && m.Tenant() != rec.Tenant && m.Sequence != rec.Skip {
 			if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
@@ -925,8 +890,8 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 			gen := r.generation()
 			for i, e := range pc.Emitted {
 				rec.Emitted++
-				entries[i] = OutboxEntry{Projection: r.def.Name(), Partition: p.key, Subject: EmitSubject(r.def.Name(), p.key),
-					MsgID: fmt.Sprintf("%s:%d:%s:%d", r.def.Name(), gen, p.key, rec.Emitted), Generation: gen, Seq: rec.Emitted,
+				entries[i] = OutboxEntry{Projection: r.def.Name(), Partition: p.key(), Subject: EmitSubject(r.def.Name(), p.key()),
+					MsgID: fmt.Sprintf("%s:%d:%s:%d", r.def.Name(), gen, p.key(), rec.Emitted), Generation: gen, Seq: rec.Emitted,
 					EventType: e.Type, Payload: e.Payload, LinkTo: e.LinkTo, SourceSeq: last.Sequence, SourcePosition: last.Position,
 					TraceParent: traceparent}
 			}
@@ -980,9 +945,9 @@ func (r *runner) failed(p *part, m projection.Meta, err error, prev *failure) ap
 	rec.Behind, rec.Failing = true, info
 	if f.attempts >= r.spec.MaxAttempts {
 		rec.Parked, rec.Failing = info, nil
-		r.log.Error("partition parked", "partition", p.key, "seq", m.Sequence, "event_type", m.Type, "attempts", f.attempts, "error", err)
+		r.log.Error("partition parked", "partition", p.key(), "seq", m.Sequence, "event_type", m.Type, "attempts", f.attempts, "error", err)
 	} else {
-		r.log.Warn("partition failed; retrying", "partition", p.key, "seq", m.Sequence, "event_type", m.Type, "attempt", f.attempts, "in", backoff, "error", err)
+		r.log.Warn("partition failed; retrying", "partition", p.key(), "seq", m.Sequence, "event_type", m.Type, "attempt", f.attempts, "in", backoff, "error", err)
 	}
 	r.metrics.retries.WithLabelValues(r.def.Name()).Inc()
 	return applied{rec: rec, fail: f}
@@ -993,16 +958,19 @@ func (r *runner) failed(p *part, m projection.Meta, err error, prev *failure) ap
 func (r *runner) retryDue(ctx context.Context) {
 	now := time.Now()
 	for k, p := range r.failing {
-		if p.fail == nil || r.parts[k] != p {
+		f := p.failure()
+		if f == nil || !r.current(p) {
 			delete(r.failing, k)
 			continue
 		}
-		if p.parked() != nil || p.fail.next.After(now) {
+		if p.parked() != nil || f.next.After(now) {
 			continue
 		}
 		if err := r.catchUp(ctx, p); err != nil && ctx.Err() == nil {
-			r.log.Warn("catch-up failed", "partition", p.key, "error", err)
-			p.fail.next = time.Now().Add(r.spec.BackoffMax)
+			r.log.Warn("catch-up failed", "partition", p.key(), "error", err)
+			if f := p.failure(); f != nil {
+				f.next = time.Now().Add(r.spec.BackoffMax)
+			}
 		}
 	}
 }
@@ -1013,8 +981,9 @@ func (r *runner) catchUp(ctx context.Context, p *part) error {
 	subj := r.subjectOf(p)
 	if r.def.Kind() == projection.Global || subj == "" {
 		// One partition: read the stream again from its position.
-		p.fail.retrying = true
-		p.fail.next = time.Now().Add(time.Hour)
+		f := p.failure()
+		f.retrying = true
+		f.next = time.Now().Add(time.Hour)
 		if r.restartAt == 0 || p.seq+1 < r.restartAt {
 			r.restartAt = p.seq + 1
 		}
@@ -1038,44 +1007,44 @@ func (r *runner) catchUp(ctx context.Context, p *part) error {
 		if err != nil {
 			return err
 		}
-		if meta.Partition == p.key {
+		if meta.Partition == p.key() {
 			metas = append(metas, meta)
 		}
 		seq = m.Sequence + 1
 	}
 	if len(metas) == 0 {
-		p.fail = nil
+		p.setFailure(nil)
 		return nil
 	}
-	prev := p.fail
-	p.fail = nil
+	prev := p.failure()
+	p.setFailure(nil)
 	w := &work{p: p, msgs: metas}
 	b, err := r.store.Begin(ctx)
 	if err != nil {
-		p.fail = prev
+		p.setFailure(prev)
 		return err
 	}
 	res, err := r.applyPartition(ctx, b, w, prev)
 	if err != nil {
 		b.Rollback(ctx)
-		p.fail = prev
+		p.setFailure(prev)
 		return err
 	}
 	more := len(metas) == r.spec.BatchSize
 	if more && res.fail == nil {
 		res.rec.Behind = true
 	}
-	b.Put(p.slot, r.slots[p.slot].token, res.rec)
+	b.Put(int(p.slot), r.slots[int(p.slot)].token, res.rec)
 	revs, err := b.Commit(ctx)
 	if err != nil {
-		p.fail = prev
+		p.setFailure(prev)
 		return err
 	}
 	res.rec.Revision = revs[res.rec.Key]
 	r.setRec(p, res.rec)
-	p.fail = res.fail
-	if p.fail == nil && more {
-		p.fail = &failure{next: time.Now()} // more to read
+	p.setFailure(res.fail)
+	if res.fail == nil && more {
+		p.setFailure(&failure{next: time.Now()}) // more to read
 	}
 	r.markFailing(p)
 	return nil

@@ -1,0 +1,92 @@
+package projector
+
+import (
+	"fmt"
+	"hash/fnv"
+	"testing"
+	"unsafe"
+)
+
+func TestPartIsSmall(t *testing.T) {
+	if n := unsafe.Sizeof(part{}); n > 64 {
+		t.Fatalf("part is %d bytes, want ≤ 64 (a replica may hold millions)", n)
+	}
+}
+
+func TestSlotOfIsFNV1a(t *testing.T) {
+	for _, key := range []string{"", "wallet/w1", "order/ä", "x"} {
+		h := fnv.New32a()
+		h.Write([]byte(key))
+		if got, want := SlotOf(key, 64), int(h.Sum32()%64); got != want {
+			t.Fatalf("SlotOf(%q) = %d, want %d: slots would move", key, got, want)
+		}
+	}
+}
+
+func TestPartTable(t *testing.T) {
+	tab := newPartTable(0)
+	parts := map[string]*part{}
+	for i := range 5000 {
+		key := fmt.Sprintf("wallet/%d", i)
+		p := newPart(3, key)
+		p.setRecord(Record{Key: key, Seq: uint64(i), State: []byte(fmt.Sprintf(`{"n":%d}`, i))}, "")
+		tab.put(p)
+		parts[key] = p
+	}
+	if tab.len() != 5000 {
+		t.Fatalf("len %d", tab.len())
+	}
+	// Replacing keeps the count.
+	q := newPart(3, "wallet/7")
+	tab.put(q)
+	parts["wallet/7"] = q
+	if tab.len() != 5000 || tab.get("wallet/7") != q {
+		t.Fatal("replace failed")
+	}
+	for k, p := range parts {
+		if tab.get(k) != p {
+			t.Fatalf("get %s", k)
+		}
+	}
+	if tab.get("wallet/5000") != nil || tab.get("") != nil {
+		t.Fatal("found a key never put")
+	}
+	n := 0
+	tab.all(func(*part) { n++ })
+	if n != 5000 {
+		t.Fatalf("all visited %d", n)
+	}
+	if len(tab.buckets)*3 < tab.len()*4 {
+		t.Fatalf("table over 3/4 full: %d of %d", tab.len(), len(tab.buckets))
+	}
+}
+
+func TestPartRecordRoundTrip(t *testing.T) {
+	rec := Record{Key: "wallet/w1", Subject: "events.wallet.w1", Seq: 9, Position: 4, State: []byte(`{"cents":5}`), Revision: 77, Emitted: 2}
+	p := newPart(1, rec.Key)
+	p.setRecord(rec, "events.wallet.w1")
+	if p.x != nil {
+		t.Fatal("a derivable subject needs no extra")
+	}
+	got := p.record()
+	got.Subject = "events.wallet.w1"
+	if fmt.Sprint(got) != fmt.Sprint(rec) {
+		t.Fatalf("got %+v\nwant %+v", got, rec)
+	}
+	f := &failure{attempts: 2}
+	p.setFailure(f)
+	rec.Parked = &Parked{Seq: 10}
+	p.setRecord(rec, "events.wallet.w1")
+	if p.failure() != f || p.parked() == nil {
+		t.Fatal("setRecord lost the failure or the parked info")
+	}
+	rec.Parked = nil
+	p.setRecord(rec, "events.wallet.w1")
+	p.setFailure(nil)
+	if p.x != nil {
+		t.Fatal("extra kept with nothing in it")
+	}
+	if string(p.state()) != `{"cents":5}` || p.key() != "wallet/w1" {
+		t.Fatalf("key %q state %q", p.key(), p.state())
+	}
+}
