@@ -90,19 +90,15 @@ func (p *part) parked() *Parked {
 	return p.x.parked
 }
 
-// setRecord stores rec compactly; derived is the subject the key implies.
-// The failure (in memory only) is kept.
-func (p *part) setRecord(rec Record, derived string) {
+// setRecord stores rec compactly (rec.Subject empty when the key implies
+// it). The failure (in memory only) is kept.
+func (p *part) setRecord(rec Record) {
 	if rec.Key != p.key() || string(rec.State) != p.kv[p.klen:] {
 		p.kv, p.klen = rec.Key+string(rec.State), uint32(len(rec.Key))
 	}
 	p.seq, p.pos, p.rev, p.emit = rec.Seq, rec.Position, rec.Revision, rec.Emitted
 	fail := p.failure()
-	subj := rec.Subject
-	if subj == derived {
-		subj = ""
-	}
-	x := partExtra{subject: subj, parked: rec.Parked, failing: rec.Failing, behind: rec.Behind, skip: rec.Skip, tenant: rec.Tenant, fail: fail}
+	x := partExtra{subject: rec.Subject, parked: rec.Parked, failing: rec.Failing, behind: rec.Behind, skip: rec.Skip, tenant: rec.Tenant, fail: fail}
 	if x.empty() {
 		p.x = nil
 		return

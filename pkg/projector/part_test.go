@@ -1,9 +1,12 @@
 package projector
 
 import (
+	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"reflect"
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -29,7 +32,7 @@ func TestPartTable(t *testing.T) {
 	for i := range 5000 {
 		key := fmt.Sprintf("wallet/%d", i)
 		p := newPart(3, key)
-		p.setRecord(Record{Key: key, Seq: uint64(i), State: []byte(fmt.Sprintf(`{"n":%d}`, i))}, "")
+		p.setRecord(Record{Key: key, Seq: uint64(i), State: []byte(fmt.Sprintf(`{"n":%d}`, i))})
 		tab.put(p)
 		parts[key] = p
 	}
@@ -62,31 +65,76 @@ func TestPartTable(t *testing.T) {
 }
 
 func TestPartRecordRoundTrip(t *testing.T) {
-	rec := Record{Key: "wallet/w1", Subject: "events.wallet.w1", Seq: 9, Position: 4, State: []byte(`{"cents":5}`), Revision: 77, Emitted: 2}
+	rec := Record{Key: "wallet/w1", Seq: 9, Position: 4, State: []byte(`{"cents":5}`), Revision: 77, Emitted: 2}
 	p := newPart(1, rec.Key)
-	p.setRecord(rec, "events.wallet.w1")
+	p.setRecord(rec)
 	if p.x != nil {
-		t.Fatal("a derivable subject needs no extra")
+		t.Fatal("a partition without failures needs no extra")
 	}
 	got := p.record()
-	got.Subject = "events.wallet.w1"
 	if fmt.Sprint(got) != fmt.Sprint(rec) {
 		t.Fatalf("got %+v\nwant %+v", got, rec)
 	}
 	f := &failure{attempts: 2}
 	p.setFailure(f)
 	rec.Parked = &Parked{Seq: 10}
-	p.setRecord(rec, "events.wallet.w1")
+	p.setRecord(rec)
 	if p.failure() != f || p.parked() == nil {
 		t.Fatal("setRecord lost the failure or the parked info")
 	}
 	rec.Parked = nil
-	p.setRecord(rec, "events.wallet.w1")
+	p.setRecord(rec)
 	p.setFailure(nil)
 	if p.x != nil {
 		t.Fatal("extra kept with nothing in it")
 	}
 	if string(p.state()) != `{"cents":5}` || p.key() != "wallet/w1" {
 		t.Fatalf("key %q state %q", p.key(), p.state())
+	}
+}
+
+func TestEncodeRecordMatchesJSON(t *testing.T) {
+	now := time.Date(2026, 11, 22, 10, 0, 0, 123456789, time.UTC)
+	for _, r := range []Record{
+		{Key: "wallet/w1", Seq: 3, Updated: now},
+		{Key: "wallet/w1", Subject: "events.wallet.w1", Seq: 3, Position: 9, State: []byte(`{"cents":5,"owner":"a"}`), Behind: true, Tenant: "t1", Skip: 4, Emitted: 2, Updated: now},
+		{Key: `odd/"q"<&>`, Seq: 1, Updated: now},
+		{Key: "ü/x", Seq: 1, Tenant: "tab\t", Updated: now},
+		{Key: "k", Seq: 1, Parked: &Parked{Seq: 1, Error: "boom"}, Updated: now},
+	} {
+		got, err := encodeRecord(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := json.Marshal(r)
+		var g, w map[string]any
+		if err := json.Unmarshal(got, &g); err != nil {
+			t.Fatalf("%s: %v", got, err)
+		}
+		_ = json.Unmarshal(want, &w)
+		if !reflect.DeepEqual(g, w) {
+			t.Fatalf("encodeRecord\n got %s\nwant %s", got, want)
+		}
+	}
+}
+
+func TestIsDerived(t *testing.T) {
+	r := &runner{eventPrefix: "events"}
+	for _, c := range []struct {
+		key, subj string
+		want      bool
+	}{
+		{"wallet/w1", "events.wallet.w1", true},
+		{"wallet/w1", r.derivedSubject("wallet/w1"), true},
+		{"wallet/a.b", r.derivedSubject("wallet/a.b"), true},
+		{"wallet/w1", "events.wallet.w2", false},
+		{"wallet/w1", "events.walle.w1", false},
+		{"wallet/w1", "other.wallet.w1", false},
+		{"wallet/w1", "events", false},
+		{"w1", "events.w1", false},
+	} {
+		if got := r.isDerived(c.key, c.subj); got != c.want {
+			t.Errorf("isDerived(%q, %q) = %v", c.key, c.subj, got)
+		}
 	}
 }

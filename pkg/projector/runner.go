@@ -59,7 +59,26 @@ func (r *runner) subjectOf(p *part) string {
 	return r.derivedSubject(p.key())
 }
 
-func (r *runner) setRec(p *part, rec Record) { p.setRecord(rec, r.derivedSubject(rec.Key)) }
+func (r *runner) setRec(p *part, rec Record) {
+	if rec.Subject != "" && r.isDerived(rec.Key, rec.Subject) {
+		rec.Subject = ""
+	}
+	p.setRecord(rec)
+}
+
+// isDerived reports whether subj is the subject derivedSubject gives key,
+// without building it.
+func (r *runner) isDerived(key, subj string) bool {
+	typ, id, ok := strings.Cut(key, "/")
+	if r.eventPrefix == "" || !ok {
+		return false
+	}
+	rest, ok := strings.CutPrefix(subj, r.eventPrefix)
+	if !ok || len(rest) < len(typ)+2 || rest[0] != '.' || rest[1:1+len(typ)] != typ || rest[1+len(typ)] != '.' {
+		return false
+	}
+	return rest[2+len(typ):] == subject.EncodeToken(id)
+}
 
 type ownedSlot struct {
 	lease     *lease.Lease
@@ -819,10 +838,8 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	if err != nil {
 		return r.failed(p, w.msgs[0], err, prev), nil
 	}
+	// The stored subject stays empty when the key implies it.
 	rec := p.record()
-	if rec.Subject == "" {
-		rec.Subject = r.subjectOf(p)
-	}
 	if tb, ok := b.(TenantBatch); ok {
 		tenant := rec.Tenant
 		if tenant == "" {

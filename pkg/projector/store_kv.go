@@ -301,7 +301,7 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 	now := time.Now().UTC()
 	for _, p := range b.puts {
 		p.rec.Updated = now
-		data, err := json.Marshal(p.rec)
+		data, err := encodeRecord(p.rec)
 		if err != nil {
 			return revs, err
 		}
@@ -343,4 +343,52 @@ func (s *KVStore) Watermark(ctx context.Context, slot int) (uint64, error) {
 		return 0, err
 	}
 	return strconv.ParseUint(string(e.Value()), 10, 64)
+}
+
+// encodeRecord is json.Marshal(r), several times faster for the records
+// of healthy partitions, which a catch-up writes by the hundred thousand.
+func encodeRecord(r Record) ([]byte, error) {
+	if r.Parked != nil || r.Failing != nil || !jsonSafe(r.Key) || !jsonSafe(r.Subject) || !jsonSafe(r.Tenant) {
+		return json.Marshal(r)
+	}
+	b := make([]byte, 0, 96+len(r.Key)+len(r.Subject)+len(r.State)+len(r.Tenant))
+	b = append(b, `{"key":"`...)
+	b = append(b, r.Key...)
+	b = append(b, '"')
+	if r.Subject != "" {
+		b = append(append(append(b, `,"subject":"`...), r.Subject...), '"')
+	}
+	b = strconv.AppendUint(append(b, `,"seq":`...), r.Seq, 10)
+	if r.Position != 0 {
+		b = strconv.AppendInt(append(b, `,"position":`...), r.Position, 10)
+	}
+	if len(r.State) > 0 {
+		b = append(append(b, `,"state":`...), r.State...)
+	}
+	if r.Behind {
+		b = append(b, `,"behind":true`...)
+	}
+	if r.Tenant != "" {
+		b = append(append(append(b, `,"tenant":"`...), r.Tenant...), '"')
+	}
+	if r.Skip != 0 {
+		b = strconv.AppendUint(append(b, `,"skip":`...), r.Skip, 10)
+	}
+	if r.Emitted != 0 {
+		b = strconv.AppendUint(append(b, `,"emitted":`...), r.Emitted, 10)
+	}
+	b = append(r.Updated.AppendFormat(append(b, `,"updated":"`...), time.RFC3339Nano), `"}`...)
+	return b, nil
+}
+
+// jsonSafe reports whether s needs no escaping in a JSON string (as
+// encoding/json escapes: control characters, quote, backslash, <, >, &).
+func jsonSafe(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }
