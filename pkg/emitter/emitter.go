@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -30,22 +29,22 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/jetproj/jetproj/pkg/derived"
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/projector"
-	"github.com/jetproj/jetproj/pkg/subject"
 	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
-// Header names of derived events.
+// Header names of derived events (package derived).
 const (
-	HeaderEventType      = "Event-Type"
-	HeaderProjection     = "Projection"
-	HeaderPartition      = "Partition"
-	HeaderGeneration     = "Projection-Generation"
-	HeaderEmissionSeq    = "Emission-Seq"
-	HeaderSourcePosition = "Source-Position"
-	HeaderSourceSequence = "Source-Sequence"
+	HeaderEventType      = derived.HeaderEventType
+	HeaderProjection     = derived.HeaderProjection
+	HeaderPartition      = derived.HeaderPartition
+	HeaderGeneration     = derived.HeaderGeneration
+	HeaderEmissionSeq    = derived.HeaderEmissionSeq
+	HeaderSourcePosition = derived.HeaderSourcePosition
+	HeaderSourceSequence = derived.HeaderSourceSequence
 )
 
 // Config configures the emitter.
@@ -109,25 +108,14 @@ type Emitter struct {
 	held    prometheus.Gauge
 	busy    opsserver.Busy // a relay round in progress
 
-	// last is what each subject's stream holds: generation and emission
+	// marks is what each subject's stream holds: generation and emission
 	// sequence of its last derived event.
-	mu   sync.Mutex
-	last map[string]mark
+	marks *derived.Tracker
+	mu    sync.Mutex
 	// acked are the ids of the last round's rows, published and
 	// acknowledged: the next round deletes them.
 	acked []int64
-	// streams caches stream handles; linked remembers the linked streams
-	// ensured since the last reset.
-	streams map[string]jetstream.Stream
-	linked  map[string]bool
 }
-
-type mark struct {
-	gen int
-	seq uint64
-}
-
-func (m mark) before(o mark) bool { return m.gen < o.gen || m.gen == o.gen && m.seq < o.seq }
 
 // New builds an Emitter.
 func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer) (*Emitter, error) {
@@ -145,7 +133,7 @@ func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg pr
 	e := &Emitter{cfg: cfg, pool: pool, js: js, log: log, wake: make(chan struct{}, 1),
 		emitted: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_emitter_events_emitted_total", Help: "Derived events published."}),
 		held:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_emitter_lease_held", Help: "1 on the active emitter, 0 on a standby."})}
-	e.forget()
+	e.marks = derived.NewTracker(js)
 	if reg != nil {
 		for _, c := range []prometheus.Collector{e.emitted, e.held} {
 			if err := reg.Register(c); err != nil {
@@ -166,7 +154,7 @@ func (e *Emitter) Run(ctx context.Context) error {
 		return err
 	}
 	err = lease.Run(ctx, kv, e.cfg.Name, e.cfg.Instance, lease.Options{Logger: e.log}, func(ctx context.Context, _ *lease.Lease) error {
-		e.forget() // another emitter may have run meanwhile
+		e.marks.Forget() // another emitter may have run meanwhile
 		e.held.Set(1)
 		defer e.held.Set(0)
 		return e.relay(ctx)
@@ -199,7 +187,7 @@ func (e *Emitter) relay(ctx context.Context) error {
 		}
 		if err != nil {
 			e.log.Warn("relay interrupted; retrying", "error", err, "in", backoff)
-			e.forget()
+			e.marks.Forget()
 			select {
 			case <-ctx.Done():
 				return nil
@@ -256,20 +244,10 @@ func (e *Emitter) poke() {
 	}
 }
 
+// row is an outbox row: a derived event and its id.
 type row struct {
-	id             int64
-	projection     string
-	partition      string
-	subject        string
-	msgID          string
-	gen            int
-	seq            uint64
-	eventType      string
-	payload        []byte
-	linkTo         string
-	sourceSeq      uint64
-	sourcePosition int64
-	traceparent    string
+	id int64
+	derived.Event
 }
 
 // RelayOnce publishes one round of outbox rows. The rows of the previous
@@ -295,12 +273,12 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 		var r row
 		var seq, sseq int64
 		var payload string
-		if err := rows.Scan(&r.id, &r.projection, &r.partition, &r.subject, &r.msgID, &r.gen, &seq, &r.eventType, &payload,
-			&r.linkTo, &sseq, &r.sourcePosition, &r.traceparent); err != nil {
+		if err := rows.Scan(&r.id, &r.Projection, &r.Partition, &r.Subject, &r.MsgID, &r.Generation, &seq, &r.Type, &payload,
+			&r.LinkTo, &sseq, &r.SourcePosition, &r.TraceParent); err != nil {
 			rows.Close()
 			return 0, err
 		}
-		r.seq, r.sourceSeq, r.payload = uint64(seq), uint64(sseq), []byte(payload)
+		r.Seq, r.SourceSeq, r.Payload = uint64(seq), uint64(sseq), []byte(payload)
 		batch = append(batch, r)
 	}
 	rows.Close()
@@ -315,7 +293,6 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 	}
 	type pending struct {
 		target string
-		m      mark
 		fut    jetstream.PubAckFuture
 	}
 	if err := e.prefetchMarks(ctx, batch); err != nil {
@@ -325,41 +302,30 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 	var done []int64
 	var gone []string
 	for _, r := range batch {
-		targets := []struct{ stream, subj string }{{projector.OwnStream(r.projection), r.subject}}
-		if r.linkTo != "" {
-			ls, lsubj, err := e.linkTarget(ctx, r)
+		targets := []struct{ stream, subj string }{{projector.OwnStream(r.Projection), r.Subject}}
+		if r.LinkTo != "" {
+			ls, lsubj, err := e.marks.Link(ctx, r.LinkTo, r.Subject, e.cfg.Replicas)
 			if err != nil {
-				return 0, err
+				return 0, fmt.Errorf("emitter: %w", err)
 			}
 			targets = append(targets, struct{ stream, subj string }{ls, lsubj})
 		}
-		m := mark{r.gen, r.seq}
+		m := r.Mark()
 		for _, t := range targets {
-			last, err := e.lastMark(ctx, t.stream, t.subj)
+			last, err := e.marks.Last(ctx, t.stream, t.subj)
 			if errors.Is(err, jetstream.ErrStreamNotFound) {
-				gone = append(gone, r.projection) // deleted projection: drop its rows
+				gone = append(gone, r.Projection) // deleted projection: drop its rows
 				continue
 			}
 			if err != nil {
 				return 0, err
 			}
-			if !last.before(m) {
+			if !last.Before(m) {
 				continue // the stream holds it already
 			}
-			msg := nats.NewMsg(t.subj)
-			msg.Data = r.payload
-			msg.Header.Set(nats.MsgIdHdr, r.msgID)
-			msg.Header.Set(HeaderEventType, r.eventType)
-			msg.Header.Set(HeaderProjection, r.projection)
-			msg.Header.Set(HeaderPartition, r.partition)
-			msg.Header.Set(HeaderGeneration, strconv.Itoa(r.gen))
-			msg.Header.Set(HeaderEmissionSeq, strconv.FormatUint(r.seq, 10))
-			msg.Header.Set(HeaderSourceSequence, strconv.FormatUint(r.sourceSeq, 10))
-			if r.sourcePosition > 0 {
-				msg.Header.Set(HeaderSourcePosition, strconv.FormatInt(r.sourcePosition, 10))
-			}
+			msg := r.Msg(t.subj)
 			// The derived event continues its source event's trace.
-			_, span, tp := tracing.Start(ctx, r.traceparent, "jetproj.emitter publish "+r.projection, trace.SpanKindProducer,
+			_, span, tp := tracing.Start(ctx, r.TraceParent, "jetproj.emitter publish "+r.Projection, trace.SpanKindProducer,
 				attribute.String("messaging.destination.name", t.subj))
 			if tp != "" {
 				msg.Header.Set(tracing.Header, tp)
@@ -369,8 +335,8 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 			if err != nil {
 				return 0, fmt.Errorf("emitter: publish %s: %w", t.subj, err)
 			}
-			pend = append(pend, pending{t.subj, m, fut})
-			e.setMark(t.subj, m) // optimistic; reset on error
+			pend = append(pend, pending{t.subj, fut})
+			e.marks.Set(t.subj, m) // optimistic; reset on error
 		}
 		done = append(done, r.id)
 	}
@@ -393,89 +359,6 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 	return len(batch), nil
 }
 
-// linkTarget is the stream and subject a linked event goes to: stream
-// <link> (created on first use) with subjects <link>.>, the event on
-// <link>.<projection>.<partition tokens>.
-func (e *Emitter) linkTarget(ctx context.Context, r row) (string, string, error) {
-	link := r.linkTo
-	if err := subject.ValidName(strings.ToLower(link)); err != nil {
-		return "", "", fmt.Errorf("emitter: LinkTo %q: %w", link, err)
-	}
-	prefix := strings.ToLower(link)
-	e.mu.Lock()
-	ensured := e.linked[link]
-	e.mu.Unlock()
-	if !ensured {
-		if _, err := e.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: link, Subjects: []string{prefix + ".>"},
-			Replicas: e.cfg.Replicas, AllowDirect: true, Storage: jetstream.FileStorage,
-			Description: "jetproj linked stream"}); err != nil {
-			return "", "", fmt.Errorf("emitter: linked stream %s: %w", link, err)
-		}
-		e.mu.Lock()
-		e.linked[link] = true
-		e.mu.Unlock()
-	}
-	suffix := strings.TrimPrefix(r.subject, "project.")
-	return link, prefix + "." + suffix, nil
-}
-
-func (e *Emitter) setMark(subj string, m mark) {
-	e.mu.Lock()
-	e.last[subj] = m
-	e.mu.Unlock()
-}
-
-// lastMark is what the stream holds on subj, read from the stream the first
-// time.
-func (e *Emitter) lastMark(ctx context.Context, stream, subj string) (mark, error) {
-	e.mu.Lock()
-	m, ok := e.last[subj]
-	e.mu.Unlock()
-	if ok {
-		return m, nil
-	}
-	e.mu.Lock()
-	s := e.streams[stream]
-	e.mu.Unlock()
-	if s == nil {
-		var err error
-		if s, err = e.js.Stream(ctx, stream); err != nil {
-			return mark{}, err
-		}
-		e.mu.Lock()
-		e.streams[stream] = s
-		e.mu.Unlock()
-	}
-	raw, err := s.GetLastMsgForSubject(ctx, subj)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		e.setMark(subj, mark{})
-		return mark{}, nil
-	}
-	if err != nil {
-		e.mu.Lock()
-		delete(e.streams, stream) // deleted or recreated: look it up again
-		e.mu.Unlock()
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			return mark{}, err
-		}
-		if _, serr := e.js.Stream(ctx, stream); errors.Is(serr, jetstream.ErrStreamNotFound) {
-			return mark{}, serr
-		}
-		return mark{}, err
-	}
-	m.gen, _ = strconv.Atoi(raw.Header.Get(HeaderGeneration))
-	m.seq, _ = strconv.ParseUint(raw.Header.Get(HeaderEmissionSeq), 10, 64)
-	e.setMark(subj, m)
-	return m, nil
-}
-
-// forget drops what the emitter believes the streams hold.
-func (e *Emitter) forget() {
-	e.mu.Lock()
-	e.last, e.streams, e.linked = map[string]mark{}, map[string]jetstream.Stream{}, map[string]bool{}
-	e.mu.Unlock()
-}
-
 // prefetchMarks reads, concurrently, what the own streams hold on the
 // subjects of batch that the emitter has not seen yet, so that a batch over
 // many new partitions costs a few round trips rather than one per
@@ -484,14 +367,12 @@ func (e *Emitter) prefetchMarks(ctx context.Context, batch []row) error {
 	type key struct{ stream, subj string }
 	var todo []key
 	seen := map[string]bool{}
-	e.mu.Lock()
 	for _, r := range batch {
-		if _, ok := e.last[r.subject]; !ok && !seen[r.subject] {
-			seen[r.subject] = true
-			todo = append(todo, key{projector.OwnStream(r.projection), r.subject})
+		if !seen[r.Subject] && !e.marks.Known(r.Subject) {
+			seen[r.Subject] = true
+			todo = append(todo, key{projector.OwnStream(r.Projection), r.Subject})
 		}
 	}
-	e.mu.Unlock()
 	if len(todo) < 2 {
 		return nil
 	}
@@ -499,7 +380,7 @@ func (e *Emitter) prefetchMarks(ctx context.Context, batch []row) error {
 	g.SetLimit(16)
 	for _, k := range todo {
 		g.Go(func() error {
-			_, err := e.lastMark(gctx, k.stream, k.subj)
+			_, err := e.marks.Last(gctx, k.stream, k.subj)
 			if errors.Is(err, jetstream.ErrStreamNotFound) {
 				return nil // the relay loop drops the rows of a deleted projection
 			}
