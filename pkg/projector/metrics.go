@@ -10,6 +10,7 @@ type metrics struct {
 	slots     *prometheus.GaugeVec
 	batch     *prometheus.HistogramVec
 	writes    *prometheus.CounterVec
+	emitted   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -21,10 +22,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		parked:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetproj_projector_partitions_parked_total", Help: "Partitions parked after their last attempt."}, l),
 		slots:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jetproj_projector_slots_owned", Help: "Slots this replica owns."}, l),
 		writes:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetproj_projector_records_written_total", Help: "Partition records written to the state store (write-behind writes a partition once for many events)."}, l),
+		emitted:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetproj_projector_events_emitted_total", Help: "Derived events of KV-state projections the projector published (the emitter publishes those of Postgres sinks)."}, l),
 		batch:     prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "jetproj_projector_batch_seconds", Help: "Batch durations.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, l),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.processed, m.errors, m.retries, m.parked, m.slots, m.batch, m.writes} {
+		for _, c := range []prometheus.Collector{m.processed, m.errors, m.retries, m.parked, m.slots, m.batch, m.writes, m.emitted} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

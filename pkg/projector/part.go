@@ -31,6 +31,7 @@ type partExtra struct {
 	skip    uint64
 	tenant  string
 	fail    *failure
+	outbox  []Pending // derived events stored with the state, maybe not yet published
 }
 
 // maxKeyLen bounds partition keys (klen is 32 bits; keys are subject tokens).
@@ -71,14 +72,14 @@ func (p *part) setFailure(f *failure) {
 }
 
 func (x *partExtra) empty() bool {
-	return x.subject == "" && x.parked == nil && x.failing == nil && !x.behind && x.skip == 0 && x.tenant == "" && x.fail == nil
+	return x.subject == "" && x.parked == nil && x.failing == nil && !x.behind && x.skip == 0 && x.tenant == "" && x.fail == nil && len(x.outbox) == 0
 }
 
 // record expands the partition into its stored form.
 func (p *part) record() Record {
 	r := Record{Key: p.key(), Seq: p.seq, Position: p.pos, State: p.state(), Revision: p.rev, Emitted: p.emit}
 	if x := p.x; x != nil {
-		r.Subject, r.Parked, r.Failing, r.Behind, r.Skip, r.Tenant = x.subject, x.parked, x.failing, x.behind, x.skip, x.tenant
+		r.Subject, r.Parked, r.Failing, r.Behind, r.Skip, r.Tenant, r.Outbox = x.subject, x.parked, x.failing, x.behind, x.skip, x.tenant, x.outbox
 	}
 	return r
 }
@@ -98,7 +99,8 @@ func (p *part) setRecord(rec Record) {
 	}
 	p.seq, p.pos, p.rev, p.emit = rec.Seq, rec.Position, rec.Revision, rec.Emitted
 	fail := p.failure()
-	x := partExtra{subject: rec.Subject, parked: rec.Parked, failing: rec.Failing, behind: rec.Behind, skip: rec.Skip, tenant: rec.Tenant, fail: fail}
+	x := partExtra{subject: rec.Subject, parked: rec.Parked, failing: rec.Failing, behind: rec.Behind, skip: rec.Skip, tenant: rec.Tenant, fail: fail,
+		outbox: rec.Outbox}
 	if x.empty() {
 		p.x = nil
 		return

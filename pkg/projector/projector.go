@@ -176,7 +176,7 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.De
 	}
 	return &runner{
 		def: d, spec: d.Spec(), store: store, js: p.js, nc: p.nc, source: source, parts_: d.Partitions(), leases: leases, reg: reg,
-		replica: p.opts.Replica, ttl: p.opts.LeaseTTL, metrics: p.metrics, eventPrefix: aggregatePrefix(d),
+		replica: p.opts.Replica, ttl: p.opts.LeaseTTL, streamReplicas: p.opts.Replicas, metrics: p.metrics, eventPrefix: aggregatePrefix(d),
 		log:    p.log.With("projection", d.Name()),
 		status: RunnerStatus{Projection: d.Name(), Replica: p.opts.Replica},
 	}, nil

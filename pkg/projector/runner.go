@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/pkg/derived"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/opsserver"
@@ -148,7 +149,12 @@ type runner struct {
 	dirty       []*part
 	lastWrite   time.Time
 	durable     uint64
-	busy        opsserver.Busy // a step of the loop in progress (see liveness.go)
+	// Derived events of KV-state partitions written but not yet published
+	// (relay.go), and what the streams hold.
+	unsent         []*part
+	marks          *derived.Tracker
+	streamReplicas int
+	busy           opsserver.Busy // a step of the loop in progress (see liveness.go)
 
 	mu     sync.Mutex
 	status RunnerStatus
@@ -292,6 +298,9 @@ func (r *runner) run(ctx context.Context) error {
 			// Quiet source: save the watermarks the last batches reached,
 			// so status shows no lag and a new owner starts at the end.
 			r.lastMark = time.Time{}
+			if err := r.sendUnsent(ctx); err != nil && ctx.Err() == nil {
+				r.log.Warn("derived events not published yet; retrying", "error", err)
+			}
 			if err := r.commit(ctx, nil, r.next-1, false); err != nil && ctx.Err() == nil {
 				r.log.Warn("watermarks not saved", "error", err)
 			}
@@ -331,6 +340,9 @@ func (r *runner) run(ctx context.Context) error {
 // idleMark fires a second after the last watermark save when a slot's
 // watermark is ahead of what is saved; nil otherwise.
 func (r *runner) idleMark() <-chan time.Time {
+	if len(r.unsent) > 0 {
+		return time.After(time.Second) // publishing failed: try again
+	}
 	if len(r.dirty) > 0 && r.behind {
 		// Behind, and messages are slow to come: write-behind still
 		// writes once per interval.
@@ -396,7 +408,13 @@ func (r *runner) armRetry(t *time.Timer) {
 func (r *runner) handleSlotEvent(ctx context.Context, ev slotEvent) {
 	switch ev.kind {
 	case evAcquired:
-		if err := r.acquireSlot(ctx, ev.slot, ev.lease); err != nil {
+		err := r.acquireSlot(ctx, ev.slot, ev.lease)
+		if err == nil {
+			if serr := r.sendUnsent(ctx); serr != nil && ctx.Err() == nil {
+				r.log.Warn("derived events left by the previous owner not published yet; retrying", "slot", ev.slot, "error", serr)
+			}
+		}
+		if err != nil {
 			r.log.Warn("slot not taken", "slot", ev.slot, "error", err)
 			// Give it back so someone can take it.
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
@@ -457,10 +475,14 @@ func (r *runner) acquireSlot(ctx context.Context, slot int, l *lease.Lease) erro
 			p.setFailure(f)
 		}
 		r.markFailing(p)
+		r.queueUnsent(p)
 		parts.put(p)
 		*rec = Record{} // let the loaded copy go
 	}
 	r.slots[slot] = &ownedSlot{lease: l, token: l.Revision(), watermark: wm, saved: wm, parts: parts}
+	if r.marks != nil {
+		r.marks.Forget() // another replica may have published meanwhile
+	}
 	if len(r.slots) == 1 || wm < r.durable {
 		r.durable = wm
 	}
@@ -681,6 +703,12 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 		}
 		results = append(results, result{w, res.rec, res.fail})
 	}
+	for _, res := range results {
+		if len(res.rec.Outbox) > 0 {
+			deferWrites = false // derived events go out after their write
+			break
+		}
+	}
 	if deferWrites {
 		b.Rollback(ctx)
 		for _, res := range results {
@@ -752,6 +780,9 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 	for _, p := range written[len(results):] {
 		p.rev, p.dirty = revs[p.key()], false
 	}
+	for _, p := range written {
+		r.queueUnsent(p)
+	}
 	clear(r.dirty)
 	r.dirty, r.lastWrite = r.dirty[:0], time.Now()
 	for _, s := range r.slots {
@@ -763,6 +794,9 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 	r.durable = max(r.durable, lastSeq)
 	if marks {
 		r.lastMark = time.Now()
+	}
+	if err := r.sendUnsent(ctx); err != nil && ctx.Err() == nil {
+		r.log.Warn("derived events not published yet; retrying", "error", err)
 	}
 	return nil
 }
@@ -808,6 +842,7 @@ func (r *runner) commitFailed(ctx context.Context, err error, order []*work, wri
 	for _, p := range written {
 		if rev, ok := revs[p.key()]; ok {
 			p.rev, p.dirty = rev, false
+			r.queueUnsent(p)
 		} else {
 			lost[int(p.slot)] = true
 		}
@@ -895,20 +930,32 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	}
 	if len(pc.Emitted) > 0 {
 		last := w.msgs[len(w.msgs)-1]
-		if r.emitting(last.Sequence) {
-			ob, ok := b.(OutboxBatch)
-			if !ok {
-				if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
-					return applied{}, rerr
-				}
-				return r.failed(p, last, ErrNoOutbox, prev), nil
+		ob, outbox := b.(OutboxBatch)
+		_, kv := r.store.(*KVStore)
+		switch {
+		case !r.emitting(last.Sequence):
+		case kv:
+			// The events ride in the partition's record, written with its
+			// state in one compare-and-set; published after the write.
+			gen := r.generation()
+			rec.Outbox = slices.Clip(rec.Outbox)
+			for _, e := range pc.Emitted {
+				rec.Emitted++
+				rec.Outbox = append(rec.Outbox, Pending{Generation: gen, Seq: rec.Emitted, Type: e.Type, Payload: e.Payload,
+					LinkTo: e.LinkTo, SourceSeq: last.Sequence, SourcePosition: last.Position, TraceParent: traceparent})
 			}
+		case !outbox:
+			if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
+				return applied{}, rerr
+			}
+			return r.failed(p, last, ErrNoOutbox, prev), nil
+		default:
 			entries := make([]OutboxEntry, len(pc.Emitted))
 			gen := r.generation()
 			for i, e := range pc.Emitted {
 				rec.Emitted++
 				entries[i] = OutboxEntry{Projection: r.def.Name(), Partition: p.key(), Subject: EmitSubject(r.def.Name(), p.key()),
-					MsgID: fmt.Sprintf("%s:%d:%s:%d", r.def.Name(), gen, p.key(), rec.Emitted), Generation: gen, Seq: rec.Emitted,
+					MsgID: msgID(r.def.Name(), gen, p.key(), rec.Emitted), Generation: gen, Seq: rec.Emitted,
 					EventType: e.Type, Payload: e.Payload, LinkTo: e.LinkTo, SourceSeq: last.Sequence, SourcePosition: last.Position,
 					TraceParent: traceparent}
 			}
@@ -1060,6 +1107,10 @@ func (r *runner) catchUp(ctx context.Context, p *part) error {
 	res.rec.Revision = revs[res.rec.Key]
 	r.setRec(p, res.rec)
 	p.setFailure(res.fail)
+	r.queueUnsent(p)
+	if err := r.sendUnsent(ctx); err != nil && ctx.Err() == nil {
+		r.log.Warn("derived events not published yet; retrying", "error", err)
+	}
 	if res.fail == nil && more {
 		p.setFailure(&failure{next: time.Now()}) // more to read
 	}

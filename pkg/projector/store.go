@@ -37,11 +37,28 @@ type Record struct {
 	Skip uint64 `json:"skip,omitempty"`
 	// Emitted counts the events the partition emitted: the sequence of its
 	// derived events.
-	Emitted uint64    `json:"emitted,omitempty"`
+	Emitted uint64 `json:"emitted,omitempty"`
+	// Outbox holds the derived events of a partition whose state lives in
+	// KV, written with the state they derive from: the projector publishes
+	// them after the write (Pending). Published ones may stay until the
+	// record is written again; publishing skips what the stream holds.
+	Outbox  []Pending `json:"outbox,omitempty"`
 	Updated time.Time `json:"updated"`
 	// Revision is the store's revision of the record, for compare-and-set;
 	// it is not stored in the value.
 	Revision uint64 `json:"-"`
+}
+
+// Pending is a derived event stored in its partition's record.
+type Pending struct {
+	Generation     int             `json:"gen"`
+	Seq            uint64          `json:"seq"`
+	Type           string          `json:"type"`
+	Payload        json.RawMessage `json:"payload"`
+	LinkTo         string          `json:"link,omitempty"`
+	SourceSeq      uint64          `json:"source_seq"`
+	SourcePosition int64           `json:"source_position,omitempty"`
+	TraceParent    string          `json:"traceparent,omitempty"`
 }
 
 // Parked tells why a partition stopped.
@@ -132,9 +149,9 @@ type OutboxBatch interface {
 	Emit(ctx context.Context, entries []OutboxEntry) error
 }
 
-// ErrNoOutbox reports a projection that emits without a store that can
-// keep an outbox.
-var ErrNoOutbox = errors.New("projector: Emit needs a Postgres sink (the outbox commits with the read model)")
+// ErrNoOutbox reports a projection that emits with a custom state store
+// that can keep no outbox (the built-in stores can).
+var ErrNoOutbox = errors.New("projector: Emit needs a store that commits derived events with the state (Postgres outbox or KV record)")
 
 // TenantBatch is a Batch that writes to one database per tenant: Use picks
 // the tenant before a partition's writes.

@@ -348,7 +348,7 @@ func (s *KVStore) Watermark(ctx context.Context, slot int) (uint64, error) {
 // encodeRecord is json.Marshal(r), several times faster for the records
 // of healthy partitions, which a catch-up writes by the hundred thousand.
 func encodeRecord(r Record) ([]byte, error) {
-	if r.Parked != nil || r.Failing != nil || !jsonSafe(r.Key) || !jsonSafe(r.Subject) || !jsonSafe(r.Tenant) {
+	if r.Parked != nil || r.Failing != nil || len(r.Outbox) > 0 || !jsonSafe(r.Key) || !jsonSafe(r.Subject) || !jsonSafe(r.Tenant) {
 		return json.Marshal(r)
 	}
 	b := make([]byte, 0, 96+len(r.Key)+len(r.Subject)+len(r.State)+len(r.Tenant))

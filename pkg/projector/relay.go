@@ -1,0 +1,134 @@
+package projector
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/derived"
+)
+
+// Derived events of partitions whose state lives in KV are written in the
+// partition's record, with the state they derive from, in the same
+// compare-and-set (G3). Once the write is acknowledged the projector that
+// owns the slot publishes them, in partition order, with the same headers
+// and message IDs the emitter uses. A projector that dies before that
+// leaves them in the record; whoever loads the slot next publishes them,
+// skipping what the streams already hold (derived.Tracker reads the last
+// message of each subject first), so each is published once.
+
+// maxTracked bounds the subjects whose last mark a runner remembers.
+const maxTracked = 100_000
+
+// queueUnsent remembers a written partition whose record holds derived
+// events to publish.
+func (r *runner) queueUnsent(p *part) {
+	if p.x != nil && len(p.x.outbox) > 0 {
+		r.unsent = append(r.unsent, p)
+	}
+}
+
+// sendUnsent publishes the derived events of the queued partitions. What
+// fails stays queued, to be tried again after the next write or within a
+// second.
+func (r *runner) sendUnsent(ctx context.Context) error {
+	if len(r.unsent) == 0 {
+		return nil
+	}
+	if r.marks == nil || r.marks.Len() > maxTracked {
+		r.marks = derived.NewTracker(r.js)
+	}
+	seen := make(map[*part]bool, len(r.unsent))
+	parts := r.unsent[:0]
+	for _, p := range r.unsent {
+		if !seen[p] && p.x != nil && len(p.x.outbox) > 0 && r.current(p) {
+			seen[p] = true
+			parts = append(parts, p)
+		}
+	}
+	r.unsent = parts
+	type pend struct {
+		subj string
+		fut  jetstream.PubAckFuture
+	}
+	published := 0
+	// Round i publishes every partition's i-th event: a partition's events
+	// go out in order, partitions side by side.
+	for i := 0; ; i++ {
+		var pends []pend
+		more := false
+		for _, p := range parts {
+			if i >= len(p.x.outbox) {
+				continue
+			}
+			more = true
+			e := r.derivedEvent(p, p.x.outbox[i])
+			targets := [][2]string{{OwnStream(r.def.Name()), e.Subject}}
+			if e.LinkTo != "" {
+				stream, subj, err := r.marks.Link(ctx, e.LinkTo, e.Subject, r.streamReplicas)
+				if err != nil {
+					return fmt.Errorf("projector: %w", err)
+				}
+				targets = append(targets, [2]string{stream, subj})
+			}
+			for _, t := range targets {
+				last, err := r.marks.Last(ctx, t[0], t[1])
+				if err != nil {
+					return fmt.Errorf("projector: derived events of %s: %w", p.key(), err)
+				}
+				if !last.Before(e.Mark()) {
+					continue // the stream holds it already
+				}
+				fut, err := r.js.PublishMsgAsync(e.Msg(t[1]))
+				if err != nil {
+					r.marks.Forget()
+					return fmt.Errorf("projector: publish %s: %w", t[1], err)
+				}
+				pends = append(pends, pend{t[1], fut})
+				r.marks.Set(t[1], e.Mark())
+			}
+		}
+		if !more {
+			break
+		}
+		for _, pd := range pends {
+			select {
+			case <-pd.fut.Ok():
+				published++
+			case err := <-pd.fut.Err():
+				r.marks.Forget()
+				return fmt.Errorf("projector: publish %s: %w", pd.subj, err)
+			case <-ctx.Done():
+				r.marks.Forget()
+				return ctx.Err()
+			}
+		}
+	}
+	// Published: the record keeps them until its next write.
+	for _, p := range parts {
+		p.x.outbox = nil
+		if p.x.empty() {
+			p.x = nil
+		}
+	}
+	clear(r.unsent)
+	r.unsent = r.unsent[:0]
+	r.metrics.emitted.WithLabelValues(r.def.Name()).Add(float64(published))
+	return nil
+}
+
+// derivedEvent is a stored derived event of p, ready to publish.
+func (r *runner) derivedEvent(p *part, e Pending) derived.Event {
+	name, key := r.def.Name(), p.key()
+	return derived.Event{Projection: name, Partition: key, Subject: EmitSubject(name, key),
+		MsgID: msgID(name, e.Generation, key, e.Seq), Generation: e.Generation, Seq: e.Seq,
+		Type: e.Type, Payload: e.Payload, LinkTo: e.LinkTo, SourceSeq: e.SourceSeq, SourcePosition: e.SourcePosition,
+		TraceParent: e.TraceParent}
+}
+
+// msgID is the Nats-Msg-Id of a partition's seq-th derived event of a
+// generation.
+func msgID(projection string, gen int, key string, seq uint64) string {
+	return fmt.Sprintf("%s:%d:%s:%d", projection, gen, key, seq)
+}

@@ -1,0 +1,262 @@
+package projector_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/jetproj/jetproj/pkg/derived"
+	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projector"
+)
+
+type balanceChanged struct {
+	Cents int64 `json:"cents"`
+	Count int   `json:"count"`
+}
+
+// emittingWallets is the KV wallet projection whose flush hook emits the
+// balance once per batch, and links a wallet's eleventh event.
+func emittingWallets(name string, opts ...projection.Option) *projection.Projection[Balance] {
+	p := projection.New[Balance](name, append([]projection.Option{projection.FromAggregates("wallet")}, opts...)...)
+	projection.On(p, func(_ context.Context, c *projection.Context[Balance], e projection.Event[WalletOpened]) error {
+		c.State.Owner = e.Data.Owner
+		c.State.Count++
+		return nil
+	})
+	projection.On(p, func(_ context.Context, c *projection.Context[Balance], e projection.Event[MoneyWasAddedToWallet]) error {
+		c.State.Cents += e.Data.Amount
+		c.State.Count++
+		return nil
+	})
+	projection.OnFlush(p, func(_ context.Context, c *projection.Context[Balance]) error {
+		if c.State.Count == 11 {
+			return c.LinkTo("kv_links", "WalletBalanceWasChanged", balanceChanged{c.State.Cents, c.State.Count})
+		}
+		return c.Emit("WalletBalanceWasChanged", balanceChanged{c.State.Cents, c.State.Count})
+	})
+	return p
+}
+
+type emitted struct {
+	id, subject string
+	mark        derived.Mark
+	body        balanceChanged
+}
+
+// streamEvents reads every message of a stream.
+func (b *bundle) streamEvents(t *testing.T, stream string) []emitted {
+	t.Helper()
+	ctx := context.Background()
+	s, err := b.js.Stream(ctx, stream)
+	if err != nil {
+		return nil
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []emitted
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := emitted{id: m.Header.Get(nats.MsgIdHdr), subject: m.Subject, mark: derived.MarkOf(m.Header)}
+		_ = json.Unmarshal(m.Data, &e.body)
+		out = append(out, e)
+	}
+	return out
+}
+
+// checkOnceInOrder fails on a derived event seen twice or a partition's
+// events out of order or with a gap; it returns the last event per subject.
+func checkOnceInOrder(t *testing.T, es []emitted) map[string]emitted {
+	t.Helper()
+	seen := map[string]bool{}
+	last := map[string]emitted{}
+	for _, e := range es {
+		if seen[e.id] {
+			t.Fatalf("derived event %s published twice", e.id)
+		}
+		seen[e.id] = true
+		if prev, ok := last[e.subject]; ok && !prev.mark.Before(e.mark) {
+			t.Fatalf("%s: %+v after %+v", e.subject, e.mark, prev.mark)
+		}
+		last[e.subject] = e
+	}
+	return last
+}
+
+// waitDerived waits until every wallet's last derived event on the
+// projection's stream carries its final balance.
+func (b *bundle) waitDerived(t *testing.T, name string) map[string]emitted {
+	t.Helper()
+	var last map[string]emitted
+	devtest.Eventually(t, 60*time.Second, func() error {
+		last = checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream(name)))
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for k, want := range b.fold {
+			e := last[projector.EmitSubject(name, k)]
+			if e.body.Cents != want.Cents || e.body.Count != want.Count {
+				return fmt.Errorf("%s: last derived %+v, want %d cents after %d events (%d subjects)", k, e.body, want.Cents, want.Count, len(last))
+			}
+		}
+		return nil
+	})
+	return last
+}
+
+func TestKVStateProjectionEmitsOncePerBatchInOrder(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.publishWallets(t, 100, 10)
+	_, reg := b.runWithRegistry(t, "r1", emittingWallets("kv_emit", projection.BatchSize(50)))
+	b.waitFold(t, "kv_emit", 30*time.Second)
+	b.waitDerived(t, "kv_emit")
+	// Live events: one derived event per batch, after its write.
+	for i := range 10 {
+		b.publish(t, fmt.Sprintf("w%d", i), "MoneyWasAddedToWallet", `{"amount":5}`)
+	}
+	b.waitFold(t, "kv_emit", 30*time.Second)
+	last := b.waitDerived(t, "kv_emit")
+	// Each wallet's events are numbered 1, 2, … in its generation.
+	for k := range b.fold {
+		e := last[projector.EmitSubject("kv_emit", k)]
+		if e.id != fmt.Sprintf("kv_emit:%d:%s:%d", e.mark.Gen, k, e.mark.Seq) {
+			t.Fatalf("%s: message id %q for mark %+v", k, e.id, e.mark)
+		}
+	}
+	// The linked stream got each wallet's eleventh event, once.
+	links := checkOnceInOrder(t, b.streamEvents(t, "kv_links"))
+	if len(links) != 100 {
+		t.Fatalf("linked stream holds %d wallets, want 100", len(links))
+	}
+	for _, e := range links {
+		if e.body.Count != 11 {
+			t.Fatalf("linked %+v", e)
+		}
+	}
+	emittedN := counter(t, reg, "jetproj_projector_events_emitted_total", "kv_emit")
+	own := len(b.streamEvents(t, projector.OwnStream("kv_emit")))
+	if emittedN != own+100 {
+		t.Fatalf("metric counts %d published, streams hold %d + 100 linked", emittedN, own)
+	}
+	// Records keep at most their last batch's events, all published.
+	for _, rec := range b.states(t, "kv_emit") {
+		for _, e := range rec.Outbox {
+			if l := last[projector.EmitSubject("kv_emit", rec.Key)]; l.mark.Before(derived.Mark{Gen: e.Generation, Seq: e.Seq}) {
+				t.Fatalf("%s: record holds %+v, never published (stream at %+v)", rec.Key, e, l.mark)
+			}
+		}
+		if len(rec.Outbox) > 1 {
+			t.Fatalf("%s: record keeps %d events", rec.Key, len(rec.Outbox))
+		}
+	}
+}
+
+// A projector that wrote a record but died before publishing its derived
+// events leaves them in the record; the next owner publishes those the
+// stream does not hold, once.
+func TestKVStateDerivedEventsSurviveACrashBeforePublishing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	b.publishWallets(t, 1, 0) // w0 opened: stream sequence 1
+	def := emittingWallets("kv_crash")
+	// What the dead projector left: w0 handled up to seq 1, its state and
+	// two derived events in the record, the first of them published.
+	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	store := projector.NewKVStore(b.js, "jetproj_state_kv_crash", 1)
+	if err := store.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pending := []projector.Pending{
+		{Generation: 0, Seq: 1, Type: "WalletBalanceWasChanged", Payload: json.RawMessage(`{"cents":0,"count":1}`), SourceSeq: 1},
+		{Generation: 0, Seq: 2, Type: "WalletBalanceWasChanged", Payload: json.RawMessage(`{"cents":0,"count":1}`), SourceSeq: 1, LinkTo: "kv_links2"},
+	}
+	batch, err := store.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := projector.SlotOf("wallet/w0", 64)
+	batch.Put(slot, 0, projector.Record{Key: "wallet/w0", Seq: 1, State: json.RawMessage(`{"owner":"o0","cents":0,"count":1}`), Emitted: 2, Outbox: pending})
+	for s := range 64 {
+		batch.Watermark(s, 0, 1)
+	}
+	if _, err := batch.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	first := derived.Event{Projection: "kv_crash", Partition: "wallet/w0", Subject: projector.EmitSubject("kv_crash", "wallet/w0"),
+		MsgID: "kv_crash:0:wallet/w0:1", Generation: 0, Seq: 1, Type: "WalletBalanceWasChanged", Payload: pending[0].Payload}
+	if _, err := b.js.PublishMsg(ctx, first.Msg(first.Subject)); err != nil {
+		t.Fatal(err)
+	}
+	// The projector takes the slot over and publishes the second only.
+	b.run(t, "r1", def)
+	devtest.Eventually(t, 30*time.Second, func() error {
+		own := checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream("kv_crash")))
+		links := b.streamEvents(t, "kv_links2")
+		if e := own[first.Subject]; e.mark.Seq != 2 || len(links) != 1 {
+			return fmt.Errorf("own stream ends at %+v, linked stream holds %d", e.mark, len(links))
+		}
+		return nil
+	})
+	if n := len(b.streamEvents(t, projector.OwnStream("kv_crash"))); n != 2 {
+		t.Fatalf("own stream holds %d events, want 2", n)
+	}
+	// A deposit continues the numbering.
+	b.publish(t, "w0", "MoneyWasAddedToWallet", `{"amount":3}`)
+	devtest.Eventually(t, 30*time.Second, func() error {
+		own := checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream("kv_crash")))
+		if e := own[first.Subject]; e.mark.Seq != 3 || e.body.Cents != 3 {
+			return fmt.Errorf("last derived %+v %+v", e.mark, e.body)
+		}
+		return nil
+	})
+
+}
+
+func TestKVStateEmissionThroughKills(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.publishWallets(t, 100, 5)
+	def := func() projection.Definer { return emittingWallets("kv_kill", projection.BatchSize(20)) }
+	r1 := b.run(t, "r1", def())
+	devtest.Eventually(t, 30*time.Second, func() error {
+		if len(b.streamEvents(t, projector.OwnStream("kv_kill"))) == 0 {
+			return fmt.Errorf("nothing emitted yet")
+		}
+		return nil
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for d := range 5 {
+			for i := range 100 {
+				b.publish(t, fmt.Sprintf("w%d", i), "MoneyWasAddedToWallet", fmt.Sprintf(`{"amount":%d}`, 200+d))
+			}
+		}
+	}()
+	r1.kill(t)
+	r2 := b.run(t, "r2", def())
+	<-done
+	r2.kill(t)
+	b.run(t, "r3", def())
+	b.waitFold(t, "kv_kill", 60*time.Second)
+	b.waitDerived(t, "kv_kill")
+	links := checkOnceInOrder(t, b.streamEvents(t, "kv_links"))
+	for _, e := range links {
+		if e.body.Count != 11 {
+			t.Fatalf("linked %+v", e)
+		}
+	}
+}
