@@ -99,13 +99,12 @@ func (p *part) setRecord(rec Record) {
 	}
 	p.seq, p.pos, p.rev, p.emit = rec.Seq, rec.Position, rec.Revision, rec.Emitted
 	fail := p.failure()
-	x := partExtra{subject: rec.Subject, parked: rec.Parked, failing: rec.Failing, behind: rec.Behind, skip: rec.Skip, tenant: rec.Tenant, fail: fail,
-		outbox: rec.Outbox}
-	if x.empty() {
+	if rec.Subject == "" && rec.Parked == nil && rec.Failing == nil && !rec.Behind && rec.Skip == 0 && rec.Tenant == "" && fail == nil && len(rec.Outbox) == 0 {
 		p.x = nil
 		return
 	}
-	p.x = &x
+	p.x = &partExtra{subject: rec.Subject, parked: rec.Parked, failing: rec.Failing, behind: rec.Behind, skip: rec.Skip, tenant: rec.Tenant, fail: fail,
+		outbox: rec.Outbox}
 }
 
 // partTable is a slot's partitions by key: an open-addressing hash table of

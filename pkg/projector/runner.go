@@ -149,6 +149,7 @@ type runner struct {
 	dirty       []*part
 	lastWrite   time.Time
 	durable     uint64
+	batch       []projection.Message // reused between batches
 	// Derived events of KV-state partitions written but not yet published
 	// (relay.go), and what the streams hold.
 	unsent         []*part
@@ -321,7 +322,10 @@ func (r *runner) run(ctx context.Context) error {
 			}
 		}
 		r.busy.Start()
-		batch := []projection.Message{first}
+		if cap(r.batch) < r.spec.BatchSize {
+			r.batch = make([]projection.Message, 0, r.spec.BatchSize)
+		}
+		batch := append(r.batch[:0], first)
 	collect:
 		for len(batch) < r.spec.BatchSize {
 			select {
@@ -334,6 +338,7 @@ func (r *runner) run(ctx context.Context) error {
 		// Behind: at least another full batch waits.
 		last := batch[len(batch)-1]
 		r.process(ctx, batch, last.Pending >= uint64(r.spec.BatchSize) || (len(batch) == r.spec.BatchSize && len(r.cons.msgs) > 0))
+		clear(batch) // let the messages go; the buffer is reused
 	}
 }
 
