@@ -192,6 +192,7 @@ func (t *partTable) all(f func(*part)) {
 // failure is a partition's retry state.
 type failure struct {
 	retrying bool // global: the consumer re-reads from the position
+	fetching bool // its messages are being read off the loop
 	attempts int
 	next     time.Time
 	err      string

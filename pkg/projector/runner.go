@@ -131,6 +131,7 @@ type runner struct {
 	metrics *metrics
 
 	events    chan slotEvent // from the slot manager to the loop
+	fetched   chan fetched   // catch-up reads of failing partitions, to the loop
 	forgotten chan int       // slots the loop gave up, to the manager
 
 	// Owned by the loop goroutine.
@@ -193,6 +194,7 @@ func (r *runner) run(ctx context.Context) error {
 	r.writeBehind, r.lastWrite = kv && r.spec.WriteEvery > 0, time.Now()
 	r.events = make(chan slotEvent, 4*r.spec.Slots+16)
 	r.forgotten = make(chan int, 4096)
+	r.fetched = make(chan fetched, 16)
 	mctx, stopManager := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { r.manage(mctx) })
@@ -294,6 +296,9 @@ func (r *runner) run(ctx context.Context) error {
 			continue
 		case <-retry.C:
 			r.retryDue(ctx)
+			continue
+		case res := <-r.fetched:
+			r.caughtUp(ctx, res)
 			continue
 		case <-r.idleMark():
 			// Quiet source: save the watermarks the last batches reached,
@@ -1035,43 +1040,97 @@ func (r *runner) retryDue(ctx context.Context) {
 		if p.parked() != nil || f.next.After(now) {
 			continue
 		}
-		if err := r.catchUp(ctx, p); err != nil && ctx.Err() == nil {
-			r.log.Warn("catch-up failed", "partition", p.key(), "error", err)
-			if f := p.failure(); f != nil {
-				f.next = time.Now().Add(r.spec.BackoffMax)
-			}
-		}
+		r.catchUp(ctx, p)
 	}
 }
 
-// catchUp reads one partition's messages after its position with direct
-// get, up to what the consumer has delivered, and applies them.
-func (r *runner) catchUp(ctx context.Context, p *part) error {
+// catchUp catches a failing partition up from its own position. Reading
+// its messages (direct gets, a round trip each) happens off the loop, so
+// other partitions go on meanwhile (G4); the loop applies what was read
+// when it arrives on r.fetched (caughtUp).
+func (r *runner) catchUp(ctx context.Context, p *part) {
+	f := p.failure()
 	subj := r.subjectOf(p)
 	if r.def.Kind() == projection.Global || subj == "" {
 		// One partition: read the stream again from its position.
-		f := p.failure()
 		f.retrying = true
 		f.next = time.Now().Add(time.Hour)
 		if r.restartAt == 0 || p.seq+1 < r.restartAt {
 			r.restartAt = p.seq + 1
 		}
-		return nil
+		return
 	}
-	var metas []projection.Meta
-	seq := p.seq + 1
-	limit := r.next - 1
-	for seq <= limit && len(metas) < r.spec.BatchSize {
+	if f.fetching {
+		return
+	}
+	// Not due again until the read is back.
+	f.fetching, f.next = true, time.Now().Add(time.Hour)
+	from, limit, n := p.seq+1, r.next-1, r.spec.BatchSize
+	go func() {
+		res := fetched{p: p, from: from - 1}
+		res.msgs, res.err = r.readPartition(ctx, subj, from, limit, n)
+		select {
+		case r.fetched <- res:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+// fetched is what catchUp read for a partition that was at position from.
+type fetched struct {
+	p    *part
+	from uint64
+	msgs []projection.Message
+	err  error
+}
+
+// readPartition reads up to n messages of subj from sequence from to limit.
+// It runs off the loop: it touches no runner state.
+func (r *runner) readPartition(ctx context.Context, subj string, from, limit uint64, n int) ([]projection.Message, error) {
+	var out []projection.Message
+	for seq := from; seq <= limit && len(out) < n; {
 		m, err := r.source.Next(ctx, subj, seq)
 		if errors.Is(err, projection.ErrNoMessage) {
 			break
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if m.Sequence > limit {
 			break
 		}
+		out = append(out, m)
+		seq = m.Sequence + 1
+	}
+	return out, nil
+}
+
+// caughtUp applies what catchUp read, in a batch of the partition's own.
+func (r *runner) caughtUp(ctx context.Context, res fetched) {
+	p := res.p
+	prev := p.failure()
+	if prev == nil || !r.current(p) {
+		return // given up with its slot, or resumed otherwise meanwhile
+	}
+	prev.fetching = false
+	if res.err == nil && p.seq != res.from {
+		prev.next = time.Now() // moved meanwhile: read again
+		return
+	}
+	if err := r.applyCaughtUp(ctx, p, prev, res); err != nil && ctx.Err() == nil {
+		r.log.Warn("catch-up failed", "partition", p.key(), "error", err)
+		if f := p.failure(); f != nil {
+			f.next = time.Now().Add(r.spec.BackoffMax)
+		}
+	}
+}
+
+func (r *runner) applyCaughtUp(ctx context.Context, p *part, prev *failure, res fetched) error {
+	if res.err != nil {
+		return res.err
+	}
+	var metas []projection.Meta
+	for _, m := range res.msgs {
 		meta, err := r.msgMeta(m)
 		if err != nil {
 			return err
@@ -1079,13 +1138,11 @@ func (r *runner) catchUp(ctx context.Context, p *part) error {
 		if meta.Partition == p.key() {
 			metas = append(metas, meta)
 		}
-		seq = m.Sequence + 1
 	}
 	if len(metas) == 0 {
 		p.setFailure(nil)
 		return nil
 	}
-	prev := p.failure()
 	p.setFailure(nil)
 	w := &work{p: p, msgs: metas}
 	b, err := r.store.Begin(ctx)
@@ -1093,30 +1150,30 @@ func (r *runner) catchUp(ctx context.Context, p *part) error {
 		p.setFailure(prev)
 		return err
 	}
-	res, err := r.applyPartition(ctx, b, w, prev)
+	applied, err := r.applyPartition(ctx, b, w, prev)
 	if err != nil {
 		b.Rollback(ctx)
 		p.setFailure(prev)
 		return err
 	}
-	more := len(metas) == r.spec.BatchSize
-	if more && res.fail == nil {
-		res.rec.Behind = true
+	more := len(res.msgs) == r.spec.BatchSize
+	if more && applied.fail == nil {
+		applied.rec.Behind = true
 	}
-	b.Put(int(p.slot), r.slots[int(p.slot)].token, res.rec)
+	b.Put(int(p.slot), r.slots[int(p.slot)].token, applied.rec)
 	revs, err := b.Commit(ctx)
 	if err != nil {
 		p.setFailure(prev)
 		return err
 	}
-	res.rec.Revision = revs[res.rec.Key]
-	r.setRec(p, res.rec)
-	p.setFailure(res.fail)
+	applied.rec.Revision = revs[applied.rec.Key]
+	r.setRec(p, applied.rec)
+	p.setFailure(applied.fail)
 	r.queueUnsent(p)
 	if err := r.sendUnsent(ctx); err != nil && ctx.Err() == nil {
 		r.log.Warn("derived events not published yet; retrying", "error", err)
 	}
-	if res.fail == nil && more {
+	if applied.fail == nil && more {
 		p.setFailure(&failure{next: time.Now()}) // more to read
 	}
 	r.markFailing(p)

@@ -1,0 +1,84 @@
+package projector_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projector"
+)
+
+// gatedSource is the JetStream source whose Next (a failing partition's
+// catch-up read) waits until the gate opens.
+type gatedSource struct {
+	*projector.JetStreamSource
+	gate  chan struct{}
+	calls atomic.Int32
+}
+
+func (s *gatedSource) Next(ctx context.Context, subject string, from uint64) (projection.Message, error) {
+	s.calls.Add(1)
+	select {
+	case <-s.gate:
+	case <-ctx.Done():
+		return projection.Message{}, ctx.Err()
+	}
+	return s.JetStreamSource.Next(ctx, subject, from)
+}
+
+// G4: a failing partition's slow catch-up read does not hold the others up.
+func TestRetryReadsDoNotBlockOtherPartitions(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	js, err := projector.NewJetStreamSource(ctx, b.js, "EVENTS", []string{"events.wallet.*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &gatedSource{JetStreamSource: js, gate: make(chan struct{})}
+	def := walletBalance("wallet_balance", projection.WithSource(src), projection.Retries(5, 10*time.Millisecond, 20*time.Millisecond))
+	b.publishWallets(t, 20, 1)
+	b.publish(t, "w7", "MoneyWasWithdrawnFromWallet", `{"amount":-5}`)
+	b.run(t, "r1", def)
+	// w7 fails, and its retry waits in a read that does not return.
+	devtest.Eventually(t, 30*time.Second, func() error {
+		if src.calls.Load() == 0 {
+			return fmt.Errorf("no catch-up read yet")
+		}
+		return nil
+	})
+	// Meanwhile every other wallet takes new events.
+	for i := range 20 {
+		if i != 7 {
+			b.publish(t, fmt.Sprintf("w%d", i), "MoneyWasAddedToWallet", `{"amount":1}`)
+		}
+	}
+	devtest.Eventually(t, 15*time.Second, func() error {
+		got := b.states(t, "wallet_balance")
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for k, want := range b.fold {
+			if k == "wallet/w7" {
+				continue
+			}
+			var bal Balance
+			_ = jsonUnmarshal(got[k].State, &bal)
+			if bal != want {
+				return fmt.Errorf("%s: %+v, want %+v while w7's read hangs", k, bal, want)
+			}
+		}
+		return nil
+	})
+	close(src.gate)
+	// The read comes back: w7 retries and parks after its attempts.
+	devtest.Eventually(t, 30*time.Second, func() error {
+		if r := b.states(t, "wallet_balance")["wallet/w7"]; r.Parked == nil {
+			return fmt.Errorf("w7 not parked: %+v", r)
+		}
+		return nil
+	})
+}
