@@ -32,6 +32,31 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer receives metrics; nil registers nothing.
 	Registerer prometheus.Registerer
+	// Retries overrides, for every projection, what the projections set
+	// with projection.Retries; zero fields keep theirs.
+	Retries RetryPolicy
+}
+
+// RetryPolicy is how failing partitions are retried: MaxAttempts before
+// parking, the backoff doubling from BackoffMin up to BackoffMax.
+type RetryPolicy struct {
+	MaxAttempts            int
+	BackoffMin, BackoffMax time.Duration
+}
+
+// apply overrides spec's retry settings with the policy's non-zero ones.
+func (rp RetryPolicy) apply(spec projection.Spec) projection.Spec {
+	if rp.MaxAttempts > 0 {
+		spec.MaxAttempts = rp.MaxAttempts
+	}
+	if rp.BackoffMin > 0 {
+		spec.BackoffMin = rp.BackoffMin
+	}
+	if rp.BackoffMax > 0 {
+		spec.BackoffMax = rp.BackoffMax
+	}
+	spec.BackoffMax = max(spec.BackoffMax, spec.BackoffMin)
+	return spec
 }
 
 // Projector runs projections.
@@ -175,7 +200,7 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.De
 		return nil, err
 	}
 	return &runner{
-		def: d, spec: d.Spec(), store: store, js: p.js, nc: p.nc, source: source, parts_: d.Partitions(), leases: leases, reg: reg,
+		def: d, spec: p.opts.Retries.apply(d.Spec()), store: store, js: p.js, nc: p.nc, source: source, parts_: d.Partitions(), leases: leases, reg: reg,
 		replica: p.opts.Replica, ttl: p.opts.LeaseTTL, streamReplicas: p.opts.Replicas, metrics: p.metrics, eventPrefix: aggregatePrefix(d),
 		log:    p.log.With("projection", d.Name()),
 		status: RunnerStatus{Projection: d.Name(), Replica: p.opts.Replica},

@@ -32,6 +32,9 @@ type Settings struct {
 	LeaseTTL      time.Duration `env:"PROJECTOR_LEASE_TTL" envDefault:"6s" doc:"Time to live of slot leases: the partitions of a replica that died move to the others within about this long plus a third. Every replica of a projection must use the same value."`
 	StoreReplicas int           `env:"PROJECTOR_STORE_REPLICAS" envDefault:"1" doc:"Replicas of the KV buckets the projector creates (registry, leases, state): 1, 3 or 5."`
 	ReadyMaxLag   uint64        `env:"PROJECTOR_READY_MAX_LAG" envDefault:"0" doc:"/readyz fails while a projection of this replica is more than this many messages behind its source (read every 15s). 0: lag does not affect readiness (a rebuilding projection stays ready)."`
+	MaxAttempts   int           `env:"PROJECTOR_MAX_ATTEMPTS" doc:"Attempts of a failing partition before it is parked, for every projection (empty: each projection's own, 5 unless it sets Retries)."`
+	BackoffMin    time.Duration `env:"PROJECTOR_BACKOFF_MIN" doc:"Wait before a failing partition's first retry, doubling after each failure, for every projection (empty: each projection's own, 100ms unless it sets Retries)."`
+	BackoffMax    time.Duration `env:"PROJECTOR_BACKOFF_MAX" doc:"Longest wait between retries, for every projection (empty: each projection's own, 30s unless it sets Retries)."`
 }
 
 // Validate lists the problems with the settings that need no knowledge of
@@ -40,6 +43,15 @@ func (s Settings) Validate() []string {
 	var p []string
 	if s.LeaseTTL < lease.MinTTL {
 		p = append(p, fmt.Sprintf("PROJECTOR_LEASE_TTL: %v, want at least %v", s.LeaseTTL, lease.MinTTL))
+	}
+	if s.MaxAttempts < 0 {
+		p = append(p, fmt.Sprintf("PROJECTOR_MAX_ATTEMPTS: %d, want at least 1", s.MaxAttempts))
+	}
+	if s.BackoffMin < 0 || s.BackoffMax < 0 {
+		p = append(p, "PROJECTOR_BACKOFF_MIN, PROJECTOR_BACKOFF_MAX: want positive durations")
+	}
+	if s.BackoffMin > 0 && s.BackoffMax > 0 && s.BackoffMax < s.BackoffMin {
+		p = append(p, fmt.Sprintf("PROJECTOR_BACKOFF_MAX: %v is below PROJECTOR_BACKOFF_MIN %v", s.BackoffMax, s.BackoffMin))
 	}
 	switch s.StoreReplicas {
 	case 1, 3, 5:

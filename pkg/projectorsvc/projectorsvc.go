@@ -392,9 +392,11 @@ func (s *service) run(ctx context.Context) error {
 	defer func() { _ = shutdownTracing(context.Background()) }()
 	reg := opsserver.NewRegistry()
 	p, err := projector.New(s.conn.NC, projector.Options{
-		Replica:    s.cfg.Projector.Replica,
-		LeaseTTL:   s.cfg.Projector.LeaseTTL,
-		Replicas:   s.cfg.Projector.StoreReplicas,
+		Replica:  s.cfg.Projector.Replica,
+		LeaseTTL: s.cfg.Projector.LeaseTTL,
+		Replicas: s.cfg.Projector.StoreReplicas,
+		Retries: projector.RetryPolicy{MaxAttempts: s.cfg.Projector.MaxAttempts,
+			BackoffMin: s.cfg.Projector.BackoffMin, BackoffMax: s.cfg.Projector.BackoffMax},
 		Logger:     s.log,
 		Registerer: reg,
 	}, definers...)

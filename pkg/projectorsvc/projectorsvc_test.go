@@ -51,6 +51,9 @@ func TestBadConfigurationListsEveryProblem(t *testing.T) {
 		"PROJECTOR_LEASE_TTL":      "soon",
 		"PROJECTOR_STORE_REPLICAS": "2",
 		"PROJECTOR_REPLCA":         "r1",
+		"PROJECTOR_MAX_ATTEMPTS":   "-1",
+		"PROJECTOR_BACKOFF_MIN":    "2s",
+		"PROJECTOR_BACKOFF_MAX":    "1s",
 	}
 	r := call(context.Background(), env, examples.All, "run")
 	if r.code != 2 {
@@ -62,6 +65,8 @@ func TestBadConfigurationListsEveryProblem(t *testing.T) {
 		`PROJECTOR_REPLCA: unknown variable (did you mean PROJECTOR_REPLICA?)`,
 		`PROJECTIONS: no projection "nope" (known: ` + strings.Join(examples.Names(), ", ") + `)`,
 		`PROJECTIONS: no projection "wallet_balanse"`,
+		`PROJECTOR_MAX_ATTEMPTS: -1, want at least 1`,
+		`PROJECTOR_BACKOFF_MAX: 1s is below PROJECTOR_BACKOFF_MIN 2s`,
 	} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("stderr lacks %q", want)
@@ -76,11 +81,13 @@ func TestBadConfigurationListsEveryProblem(t *testing.T) {
 	if r := call(context.Background(), env, examples.All, "run"); r.code != 2 || !strings.Contains(r.stderr, "PROJECTOR_LEASE_TTL: 500ms, want at least 1s") {
 		t.Errorf("short TTL: %v", r)
 	}
-	cfg, err := projectorsvc.LoadConfig(map[string]string{"DATABASE_URL": "postgres://localhost/x", "PROJECTIONS": " ticket_counts,,ticket_counts"}, examples.Names())
+	cfg, err := projectorsvc.LoadConfig(map[string]string{"DATABASE_URL": "postgres://localhost/x", "PROJECTIONS": " ticket_counts,,ticket_counts",
+		"PROJECTOR_MAX_ATTEMPTS": "3", "PROJECTOR_BACKOFF_MIN": "50ms"}, examples.Names())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := cfg.Projector.Selected(); len(got) != 1 || got[0] != "ticket_counts" || cfg.Projector.LeaseTTL != 6*time.Second || cfg.Projector.StoreReplicas != 1 {
+	if got := cfg.Projector.Selected(); len(got) != 1 || got[0] != "ticket_counts" || cfg.Projector.LeaseTTL != 6*time.Second || cfg.Projector.StoreReplicas != 1 ||
+		cfg.Projector.MaxAttempts != 3 || cfg.Projector.BackoffMin != 50*time.Millisecond || cfg.Projector.BackoffMax != 0 {
 		t.Errorf("config %+v, selected %q", cfg.Projector, got)
 	}
 }
