@@ -132,14 +132,17 @@ type runner struct {
 
 	events    chan slotEvent // from the slot manager to the loop
 	fetched   chan fetched   // catch-up reads of failing partitions, to the loop
+	loaded    chan loaded    // slots read off the loop, to the loop
+	loadSem   chan struct{}  // bounds the slots read at once
 	forgotten chan int       // slots the loop gave up, to the manager
 
 	// Owned by the loop goroutine.
 	eventPrefix string           // subject prefix of aggregate sources, for derived subjects
 	failing     map[string]*part // partitions with fail set (may hold stale entries)
 	slots       map[int]*ownedSlot
-	next        uint64 // next stream sequence the consumer delivers
-	restartAt   uint64 // restart the consumer here before the next batch (0: no)
+	loading     map[int]*lease.Lease // slots acquired and being read
+	next        uint64               // next stream sequence the consumer delivers
+	restartAt   uint64               // restart the consumer here before the next batch (0: no)
 	cons        *consumer
 	lastMark    time.Time
 	// Write-behind (KV state only): partitions changed since the last
@@ -195,6 +198,7 @@ func (r *runner) run(ctx context.Context) error {
 	r.events = make(chan slotEvent, 4*r.spec.Slots+16)
 	r.forgotten = make(chan int, 4096)
 	r.fetched = make(chan fetched, 16)
+	r.loaded, r.loadSem, r.loading = make(chan loaded, maxLoads), make(chan struct{}, maxLoads), map[int]*lease.Lease{}
 	mctx, stopManager := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { r.manage(mctx) })
@@ -245,15 +249,24 @@ func (r *runner) run(ctx context.Context) error {
 				drained = true
 			}
 		}
-		if len(r.slots) == 0 {
-			r.stopConsumer()
-			r.setState("standby")
+		// Without slots, stand by. While slots are being read, wait for
+		// them: each new slot may move the consumer back to its watermark,
+		// and reading on meanwhile would read those messages twice.
+		if len(r.slots) == 0 || len(r.loading) > 0 {
+			if len(r.slots) == 0 {
+				r.stopConsumer()
+				r.setState("standby")
+			} else {
+				r.setState("loading")
+			}
 			r.busy.Stop()
 			select {
 			case <-ctx.Done():
 				return nil
 			case ev := <-r.events:
 				r.handleSlotEvent(ctx, ev)
+			case res := <-r.loaded:
+				r.installSlot(ctx, res)
 			case m := <-ctlCh:
 				r.control(ctx, m)
 			}
@@ -299,6 +312,9 @@ func (r *runner) run(ctx context.Context) error {
 			continue
 		case res := <-r.fetched:
 			r.caughtUp(ctx, res)
+			continue
+		case res := <-r.loaded:
+			r.installSlot(ctx, res)
 			continue
 		case <-r.idleMark():
 			// Quiet source: save the watermarks the last batches reached,
@@ -418,20 +434,7 @@ func (r *runner) armRetry(t *time.Timer) {
 func (r *runner) handleSlotEvent(ctx context.Context, ev slotEvent) {
 	switch ev.kind {
 	case evAcquired:
-		err := r.acquireSlot(ctx, ev.slot, ev.lease)
-		if err == nil {
-			if serr := r.sendUnsent(ctx); serr != nil && ctx.Err() == nil {
-				r.log.Warn("derived events left by the previous owner not published yet; retrying", "slot", ev.slot, "error", serr)
-			}
-		}
-		if err != nil {
-			r.log.Warn("slot not taken", "slot", ev.slot, "error", err)
-			// Give it back so someone can take it.
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			_ = ev.lease.Release(rctx)
-			cancel()
-			r.managerForget(ev.slot)
-		}
+		r.loadSlot(ctx, ev.slot, ev.lease)
 	case evRelease:
 		// Handing the slot over: write its partitions first, so the next
 		// owner starts where this one stopped.
@@ -440,8 +443,10 @@ func (r *runner) handleSlotEvent(ctx context.Context, ev slotEvent) {
 				r.log.Warn("state not written before handover", "slot", ev.slot, "error", err)
 			}
 		}
+		delete(r.loading, ev.slot)
 		r.dropSlot(ev.slot)
 	case evLost:
+		delete(r.loading, ev.slot)
 		r.dropSlot(ev.slot)
 	}
 	if ev.done != nil {
@@ -457,15 +462,53 @@ func (r *runner) managerForget(slot int) {
 	}
 }
 
-func (r *runner) acquireSlot(ctx context.Context, slot int, l *lease.Lease) error {
+// loaded is a slot read off the loop: its partitions, and those of them
+// the loop must know about (failing, or with derived events to publish).
+type loaded struct {
+	slot   int
+	lease  *lease.Lease
+	parts  *partTable
+	extras []*part
+	wm     uint64
+	err    error
+}
+
+// maxLoads bounds the slots read at once.
+const maxLoads = 4
+
+// loadSlot fences and reads a slot the manager acquired, off the loop (a
+// slot of a projection with a million partitions holds ~16k of them), and
+// hands it to the loop (installSlot).
+func (r *runner) loadSlot(ctx context.Context, slot int, l *lease.Lease) {
+	r.loading[slot] = l
+	go func() {
+		res := loaded{slot: slot, lease: l}
+		select {
+		case r.loadSem <- struct{}{}:
+			res.parts, res.extras, res.wm, res.err = r.readSlot(ctx, slot, l)
+			<-r.loadSem
+		case <-ctx.Done():
+			res.err = ctx.Err()
+		}
+		select {
+		case r.loaded <- res:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+// readSlot fences slot with the lease's token and builds its partitions
+// from the store. It touches no loop state.
+func (r *runner) readSlot(ctx context.Context, slot int, l *lease.Lease) (*partTable, []*part, uint64, error) {
 	if err := r.store.Fence(ctx, slot, l.Revision()); err != nil {
-		return err
+		return nil, nil, 0, err
 	}
 	recs, wm, err := r.store.LoadSlot(ctx, slot)
 	if err != nil {
-		return err
+		return nil, nil, 0, err
 	}
 	parts := newPartTable(len(recs))
+	var extras []*part
 	for i := range recs {
 		rec := &recs[i]
 		p := newPart(slot, rec.Key)
@@ -478,18 +521,46 @@ func (r *runner) acquireSlot(ctx context.Context, slot int, l *lease.Lease) erro
 			if rf := rec.Failing; rf != nil {
 				f.attempts, f.err, f.seq, f.typ = rf.Attempts, rf.Error, rf.Seq, rf.EventType
 			}
-			if r.def.Kind() == projection.Global && (r.restartAt == 0 || rec.Seq+1 < r.restartAt) {
-				r.restartAt = rec.Seq + 1
-				f.retrying = true
-			}
 			p.setFailure(f)
 		}
-		r.markFailing(p)
-		r.queueUnsent(p)
+		if p.x != nil && (p.x.fail != nil || len(p.x.outbox) > 0) {
+			extras = append(extras, p)
+		}
 		parts.put(p)
 		*rec = Record{} // let the loaded copy go
 	}
-	r.slots[slot] = &ownedSlot{lease: l, token: l.Revision(), watermark: wm, saved: wm, parts: parts}
+	return parts, extras, wm, nil
+}
+
+// installSlot makes a read slot owned, unless it was lost or released
+// while it was read.
+func (r *runner) installSlot(ctx context.Context, res loaded) {
+	if r.loading[res.slot] != res.lease {
+		return // released or lost meanwhile; the manager has handled the lease
+	}
+	delete(r.loading, res.slot)
+	if res.err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Warn("slot not taken", "slot", res.slot, "error", res.err)
+		// Give it back so someone can take it.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_ = res.lease.Release(rctx)
+		cancel()
+		r.managerForget(res.slot)
+		return
+	}
+	for _, p := range res.extras {
+		if f := p.failure(); f != nil && p.parked() == nil && r.def.Kind() == projection.Global && (r.restartAt == 0 || p.seq+1 < r.restartAt) {
+			r.restartAt = p.seq + 1
+			f.retrying = true
+		}
+		r.markFailing(p)
+		r.queueUnsent(p)
+	}
+	wm := res.wm
+	r.slots[res.slot] = &ownedSlot{lease: res.lease, token: res.lease.Revision(), watermark: wm, saved: wm, parts: res.parts}
 	if r.marks != nil {
 		r.marks.Forget() // another replica may have published meanwhile
 	}
@@ -502,8 +573,10 @@ func (r *runner) acquireSlot(ctx context.Context, slot int, l *lease.Lease) erro
 		}
 	}
 	r.metrics.slots.WithLabelValues(r.def.Name()).Set(float64(len(r.slots)))
-	r.log.Info("slot acquired", "slot", slot, "partitions", len(recs), "watermark", wm, "token", l.Revision())
-	return nil
+	r.log.Info("slot acquired", "slot", res.slot, "partitions", res.parts.len(), "watermark", wm, "token", res.lease.Revision())
+	if err := r.sendUnsent(ctx); err != nil && ctx.Err() == nil {
+		r.log.Warn("derived events left by the previous owner not published yet; retrying", "slot", res.slot, "error", err)
+	}
 }
 
 func (r *runner) dropSlot(slot int) {
