@@ -62,7 +62,10 @@ func (s *KVStore) bucketKV(ctx context.Context) (jetstream.KeyValue, error) {
 
 func partKey(slot int, key string) string { return "p." + strconv.Itoa(slot) + "." + kvKeyToken(key) }
 
-// LoadSlot reads the slot's records with one ordered consumer.
+// LoadSlot reads the slot's records with one ordered pull consumer (the
+// last message of each of its keys). Pulling keeps what waits in the client
+// to a few hundred records: a push watch would buffer up to 64 MB per slot
+// when decoding is slower than delivery.
 func (s *KVStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64, error) {
 	kv, err := s.bucketKV(ctx)
 	if err != nil {
@@ -74,29 +77,51 @@ func (s *KVStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64, err
 	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, err
 	}
-	w, err := kv.Watch(ctx, "p."+strconv.Itoa(slot)+".>", jetstream.IgnoreDeletes())
+	prefix := "$KV." + s.bucket + "."
+	cons, err := s.js.OrderedConsumer(ctx, "KV_"+s.bucket, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{prefix + "p." + strconv.Itoa(slot) + ".>"},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	})
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, fmt.Errorf("projector: load slot %d: %w", slot, err)
 	}
-	defer w.Stop() //nolint:errcheck
-	var out []Record
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("projector: load slot %d: %w", slot, err)
+	}
+	if info.NumPending == 0 {
+		return nil, wm, nil
+	}
+	out := make([]Record, 0, info.NumPending)
+	it, err := cons.Messages(jetstream.PullMaxMessages(512))
+	if err != nil {
+		return nil, 0, fmt.Errorf("projector: load slot %d: %w", slot, err)
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return nil, 0, ctx.Err()
-		case e, ok := <-w.Updates():
-			if !ok {
-				return out, wm, nil
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, 0, ctx.Err()
 			}
-			if e == nil { // initial values done
-				return out, wm, nil
-			}
+			return nil, 0, fmt.Errorf("projector: load slot %d: %w", slot, err)
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return nil, 0, err
+		}
+		if op := m.Headers().Get("KV-Operation"); op != "DEL" && op != "PURGE" {
 			var r Record
-			if err := json.Unmarshal(e.Value(), &r); err != nil {
-				return nil, 0, fmt.Errorf("projector: record %s: %w", e.Key(), err)
+			if err := json.Unmarshal(m.Data(), &r); err != nil {
+				return nil, 0, fmt.Errorf("projector: record %s: %w", m.Subject(), err)
 			}
-			r.Revision = e.Revision()
+			r.Revision = md.Sequence.Stream
 			out = append(out, r)
+		}
+		if md.NumPending == 0 {
+			return out, wm, nil
 		}
 	}
 }
