@@ -51,6 +51,9 @@ type ProjectorOptions struct {
 	Rounds int
 	// RebuildBatch is the BatchSize of the rebuilt projection (default 5000).
 	RebuildBatch int
+	// NoWriteBehind runs the catch-up and rebuild projections with
+	// StateWriteInterval(0): every batch writes its partitions' records.
+	NoWriteBehind bool
 	// ScaleAggregates and ScaleEvents are the wallets and events per wallet
 	// of the replica part (default 2000 × 3).
 	ScaleAggregates int
@@ -404,7 +407,7 @@ func (b *projectorBench) catchUp(ctx context.Context, res *ProjectorResult) erro
 
 		name := fmt.Sprintf("bench_balance_%d", round)
 		cr, err := profiled(o.CPUProfileDir, fmt.Sprintf("catchup-%d.pprof", round), func() (CatchUpRun, error) {
-			return catchUpRun(ctx, b.t, b.js, name, 0, len(b.events), o.Logger)
+			return catchUpRun(ctx, b.t, b.js, name, 0, len(b.events), o.NoWriteBehind, o.Logger)
 		})
 		if err != nil {
 			return fmt.Errorf("round %d projector: %w", round, err)
@@ -444,7 +447,7 @@ func (b *projectorBench) rebuild(ctx context.Context, res *ProjectorResult) erro
 
 		name := fmt.Sprintf("bench_rebuild_%d", round)
 		cr, err := profiled(o.CPUProfileDir, fmt.Sprintf("rebuild-%d.pprof", round), func() (CatchUpRun, error) {
-			return catchUpRun(ctx, b.t, b.js, name, o.RebuildBatch, len(b.events), o.Logger)
+			return catchUpRun(ctx, b.t, b.js, name, o.RebuildBatch, len(b.events), o.NoWriteBehind, o.Logger)
 		})
 		if err != nil {
 			return fmt.Errorf("round %d rebuild: %w", round, err)

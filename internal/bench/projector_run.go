@@ -367,10 +367,11 @@ func batchStats(reg *prometheus.Registry) (n int, total time.Duration, writes in
 }
 
 // catchUpRun runs one replica of a fresh wallet projection named name
-// (BatchSize batch, 0 for the default) over the wallet events of EVENTS.
+// (BatchSize batch, 0 for the default; every batch writing its records with
+// noWriteBehind) over the wallet events of EVENTS.
 // The clock runs from Run until the replica reports the stream's last
 // sequence as processed and the handlers have seen want events.
-func catchUpRun(ctx context.Context, t Target, js jetstream.JetStream, name string, batch, want int, log *slog.Logger) (cr CatchUpRun, err error) {
+func catchUpRun(ctx context.Context, t Target, js jetstream.JetStream, name string, batch, want int, noWriteBehind bool, log *slog.Logger) (cr CatchUpRun, err error) {
 	last, err := streamLastSeq(ctx, js, eventsStream)
 	if err != nil {
 		return cr, err
@@ -379,6 +380,9 @@ func catchUpRun(ctx context.Context, t Target, js jetstream.JetStream, name stri
 	var opts []projection.Option
 	if batch > 0 {
 		opts = append(opts, projection.BatchSize(batch))
+	}
+	if noWriteBehind {
+		opts = append(opts, projection.StateWriteInterval(0))
 	}
 	def := walletProjection(name, aggregateWallet, &handled, 0, opts...)
 	reg := prometheus.NewRegistry()

@@ -79,8 +79,9 @@ func (s *KVStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64, err
 	}
 	prefix := "$KV." + s.bucket + "."
 	cons, err := s.js.OrderedConsumer(ctx, "KV_"+s.bucket, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{prefix + "p." + strconv.Itoa(slot) + ".>"},
-		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+		FilterSubjects:    []string{prefix + "p." + strconv.Itoa(slot) + ".>"},
+		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
+		InactiveThreshold: 10 * time.Second,
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("projector: load slot %d: %w", slot, err)
@@ -89,6 +90,13 @@ func (s *KVStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64, err
 	if err != nil {
 		return nil, 0, fmt.Errorf("projector: load slot %d: %w", slot, err)
 	}
+	// Consumers count against the stream's and the account's limits: do
+	// not leave one per load behind until it times out.
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_ = s.js.DeleteConsumer(dctx, "KV_"+s.bucket, cons.CachedInfo().Name)
+		cancel()
+	}()
 	if info.NumPending == 0 {
 		return nil, wm, nil
 	}

@@ -89,6 +89,14 @@ func TestWriteBehindWritesEachPartitionOncePerInterval(t *testing.T) {
 	if n := b.stateWrites(t, "wallet_balance"); n > 800 {
 		t.Fatalf("state bucket holds %d writes", n)
 	}
+	// Loading the 64 slots left no consumer on the bucket behind.
+	st, err := b.js.Stream(context.Background(), "KV_jetproj_state_wallet_balance")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := st.Info(context.Background()); err != nil || info.State.Consumers != 0 {
+		t.Fatalf("state bucket has consumers left after loading: %+v %v", info.State, err)
+	}
 	// Live events are written as they come.
 	b.publish(t, "w3", "MoneyWasAddedToWallet", `{"amount":7}`)
 	b.waitFold(t, "wallet_balance", 10*time.Second)
