@@ -5,6 +5,8 @@ import (
 	"math/bits"
 	"time"
 	"unsafe"
+
+	"github.com/jetproj/jetproj/pkg/projection"
 )
 
 // part is a partition of an owned slot, in memory. A replica may know
@@ -193,6 +195,12 @@ func (t *partTable) all(f func(*part)) {
 type failure struct {
 	retrying bool // global: the consumer re-reads from the position
 	fetching bool // its messages are being read off the loop
+	// limit is the last sequence the read in flight covers; live messages
+	// of the partition after it are held for the read's batch (held), up
+	// to a batch of them (overflow: read again instead).
+	limit    uint64
+	held     []projection.Meta
+	overflow bool
 	attempts int
 	next     time.Time
 	err      string

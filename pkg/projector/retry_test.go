@@ -118,3 +118,50 @@ func TestRetryPolicyOverridesTheProjections(t *testing.T) {
 		return nil
 	})
 }
+
+// A partition catching up (here, rebuilt) while live batches go by: its
+// messages in those batches come after what its read covers, and are
+// applied with it, not lost.
+func TestCatchUpKeepsLiveMessagesThatArriveDuringItsRead(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	js, err := projector.NewJetStreamSource(ctx, b.js, "EVENTS", []string{"events.wallet.*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &gatedSource{JetStreamSource: js, gate: make(chan struct{})}
+	def := walletBalance("wallet_balance", projection.WithSource(src))
+	b.publishWallets(t, 20, 2)
+	b.run(t, "r1", def)
+	b.waitFold(t, "wallet_balance", 30*time.Second)
+	devtest.Eventually(t, 30*time.Second, func() error {
+		return projector.PartitionCommand(ctx, b.nc, b.js, def.Def(), 1, projector.Command{Op: "rebuild", Partition: "wallet/w3"})
+	})
+	// w3's read hangs; its new events and others' go by meanwhile.
+	devtest.Eventually(t, 30*time.Second, func() error {
+		if src.calls.Load() == 0 {
+			return fmt.Errorf("no catch-up read yet")
+		}
+		return nil
+	})
+	for i := range 20 {
+		b.publish(t, fmt.Sprintf("w%d", i), "MoneyWasAddedToWallet", `{"amount":1}`)
+	}
+	b.publish(t, "w3", "MoneyWasAddedToWallet", `{"amount":10}`)
+	devtest.Eventually(t, 15*time.Second, func() error {
+		got := b.states(t, "wallet_balance")
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for k, want := range b.fold {
+			var bal Balance
+			_ = jsonUnmarshal(got[k].State, &bal)
+			if k != "wallet/w3" && bal != want {
+				return fmt.Errorf("%s: %+v, want %+v", k, bal, want)
+			}
+		}
+		return nil
+	})
+	close(src.gate)
+	b.waitFold(t, "wallet_balance", 30*time.Second)
+}

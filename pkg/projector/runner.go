@@ -719,6 +719,15 @@ func (r *runner) process(ctx context.Context, msgs []projection.Message, behind 
 			sl.parts.put(p)
 		}
 		if f := p.failure(); meta.Sequence <= p.seq || (f != nil && !f.retrying) {
+			if f != nil && f.fetching && meta.Sequence > f.limit && meta.Sequence > p.seq {
+				// Its read stops before this message: keep it for
+				// the read's batch.
+				if len(f.held) < r.spec.BatchSize && !f.overflow {
+					f.held = append(f.held, meta)
+				} else {
+					f.overflow = true
+				}
+			}
 			continue // already handled, or waiting for its own retry
 		}
 		w := byKey[meta.Partition]
@@ -1154,6 +1163,7 @@ func (r *runner) catchUp(ctx context.Context, p *part) {
 	// Not due again until the read is back.
 	f.fetching, f.next = true, time.Now().Add(time.Hour)
 	from, limit, n := p.seq+1, r.next-1, r.spec.BatchSize
+	f.limit, f.held, f.overflow = limit, nil, false
 	go func() {
 		res := fetched{p: p, from: from - 1}
 		res.msgs, res.err = r.readPartition(ctx, subj, from, limit, n)
@@ -1170,6 +1180,10 @@ type fetched struct {
 	from uint64
 	msgs []projection.Message
 	err  error
+	// held are the partition's live messages after the read's limit;
+	// overflow tells that more of them went by.
+	held     []projection.Meta
+	overflow bool
 }
 
 // readPartition reads up to n messages of subj from sequence from to limit.
@@ -1201,9 +1215,17 @@ func (r *runner) caughtUp(ctx context.Context, res fetched) {
 		return // given up with its slot, or resumed otherwise meanwhile
 	}
 	prev.fetching = false
+	held, overflow := prev.held, prev.overflow
+	prev.held, prev.overflow = nil, false
 	if res.err == nil && p.seq != res.from {
 		prev.next = time.Now() // moved meanwhile: read again
 		return
+	}
+	// Live batches went on while the read was in flight; the partition's
+	// messages among them were held. They follow the read's messages
+	// unless the read stopped short of its limit (a full batch).
+	if res.err == nil && len(res.msgs) < r.spec.BatchSize {
+		res.held, res.overflow = held, overflow
 	}
 	if err := r.applyCaughtUp(ctx, p, prev, res); err != nil && ctx.Err() == nil {
 		r.log.Warn("catch-up failed", "partition", p.key(), "error", err)
@@ -1227,6 +1249,7 @@ func (r *runner) applyCaughtUp(ctx context.Context, p *part, prev *failure, res 
 			metas = append(metas, meta)
 		}
 	}
+	metas = append(metas, res.held...)
 	if len(metas) == 0 {
 		p.setFailure(nil)
 		return nil
@@ -1244,7 +1267,7 @@ func (r *runner) applyCaughtUp(ctx context.Context, p *part, prev *failure, res 
 		p.setFailure(prev)
 		return err
 	}
-	more := len(res.msgs) == r.spec.BatchSize
+	more := len(res.msgs) == r.spec.BatchSize || res.overflow
 	if more && applied.fail == nil {
 		applied.rec.Behind = true
 	}
