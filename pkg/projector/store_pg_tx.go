@@ -11,15 +11,25 @@ import (
 
 // lazyTx is the transaction of a batch. It saves round trips, which is what
 // live batches of a few events pay for: BEGIN is not sent on its own but
-// with the batch's first statement, and neither is a partition's savepoint
-// (a partition that writes nothing sends none).
+// with the batch's first statement, neither is a partition's savepoint (a
+// partition that writes nothing sends none), and COMMIT travels with the
+// batch's last statements (see pgBatch.prepare). It holds a pooled
+// connection and sends BEGIN and COMMIT itself, since a pgx.Tx would spend
+// a round trip of its own on its commit.
 type lazyTx struct {
 	pool *pgxpool.Pool
-	// tx is nil until the first statement.
-	tx pgx.Tx
+	// conn is nil until the first statement, and again once the
+	// transaction has ended.
+	conn *pgxpool.Conn
 	// pending names a savepoint to establish before the next statement.
 	pending string
+	// nested counts the savepoints of Begin.
+	nested int
+	// lo is the handle large objects are reached through.
+	lo *pgx.LargeObjects
 }
+
+var _ pgx.Tx = (*lazyTx)(nil)
 
 // mark asks for a savepoint before the next statement.
 func (t *lazyTx) mark(name string) { t.pending = name }
@@ -27,28 +37,37 @@ func (t *lazyTx) mark(name string) { t.pending = name }
 // rollback undoes the writes since the last mark: nothing to do when no
 // statement ran since.
 func (t *lazyTx) rollback(ctx context.Context, name string) error {
-	if t.pending != "" || t.tx == nil {
+	if t.pending != "" || t.conn == nil {
 		t.pending = ""
 		return nil
 	}
-	_, err := t.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+name)
+	_, err := t.conn.Exec(ctx, "ROLLBACK TO SAVEPOINT "+name)
 	return err
 }
 
-// flush begins the transaction and establishes the pending savepoint in
-// round trips of their own, for the calls that cannot carry them.
+// flush begins the transaction and establishes the pending savepoint in a
+// round trip of their own, for the calls that cannot carry them.
 func (t *lazyTx) flush(ctx context.Context) error {
-	if t.tx == nil {
-		tx, err := t.pool.Begin(ctx)
+	sql := ""
+	if t.conn == nil {
+		c, err := t.pool.Acquire(ctx)
 		if err != nil {
 			return err
 		}
-		t.tx = tx
+		t.conn = c
+		sql = "BEGIN"
 	}
-	if t.pending == "" {
+	if t.pending != "" {
+		if sql != "" {
+			sql += "; "
+		}
+		sql += "SAVEPOINT " + t.pending
+	}
+	if sql == "" {
 		return nil
 	}
-	if _, err := t.tx.Exec(ctx, "SAVEPOINT "+t.pending); err != nil {
+	// No arguments: the simple protocol, both statements in one message.
+	if _, err := t.conn.Exec(ctx, sql); err != nil {
 		return err
 	}
 	t.pending = ""
@@ -56,39 +75,65 @@ func (t *lazyTx) flush(ctx context.Context) error {
 }
 
 // prefixed returns b with BEGIN and the pending savepoint queued first, as
-// needed, and how many queries it queued.
-func (t *lazyTx) prefixed(b *pgx.Batch) (*pgx.Batch, int) {
-	if t.tx != nil && t.pending == "" {
-		return b, 0
+// needed, and how many queries it queued. It acquires the connection.
+func (t *lazyTx) prefixed(ctx context.Context, b *pgx.Batch) (*pgx.Batch, int, error) {
+	if t.conn != nil && t.pending == "" {
+		return b, 0, nil
 	}
 	nb := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(b.QueuedQueries)+2)}
-	n := 0
-	if t.tx == nil {
-		nb.BeginTx(pgx.TxOptions{})
-		n++
+	if t.conn == nil {
+		c, err := t.pool.Acquire(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		t.conn = c
+		nb.Queue("BEGIN")
 	}
 	if t.pending != "" {
 		nb.Queue("SAVEPOINT " + t.pending)
-		n++
 	}
+	n := len(nb.QueuedQueries)
 	nb.QueuedQueries = append(nb.QueuedQueries, b.QueuedQueries...)
-	return nb, n
+	return nb, n, nil
+}
+
+// ended gives the connection back after a COMMIT sent in a batch.
+func (t *lazyTx) ended() {
+	if t.conn != nil {
+		t.conn.Release()
+		t.conn, t.lo = nil, nil
+	}
 }
 
 // Commit commits what was written; nothing when nothing was.
 func (t *lazyTx) Commit(ctx context.Context) error {
-	if t.tx == nil {
+	if t.conn == nil {
 		return nil
 	}
-	return t.tx.Commit(ctx)
+	tag, err := t.conn.Exec(ctx, "COMMIT")
+	if err == nil && tag.String() == "ROLLBACK" {
+		err = pgx.ErrTxCommitRollback
+	}
+	if err != nil {
+		_ = t.Rollback(ctx)
+		return err
+	}
+	t.ended()
+	return nil
 }
 
 // Rollback abandons the transaction, if it began.
 func (t *lazyTx) Rollback(ctx context.Context) error {
-	if t.tx == nil {
+	if t.conn == nil {
 		return nil
 	}
-	return t.tx.Rollback(ctx)
+	var err error
+	if t.conn.Conn().PgConn().TxStatus() != 'I' {
+		// A connection left in a transaction is closed on release.
+		_, err = t.conn.Exec(ctx, "ROLLBACK")
+	}
+	t.ended()
+	return err
 }
 
 func (t *lazyTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
@@ -99,8 +144,8 @@ func (t *lazyTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 			return pgconn.CommandTag{}, err
 		}
 	}
-	if t.tx != nil && t.pending == "" {
-		return t.tx.Exec(ctx, sql, args...)
+	if t.conn != nil && t.pending == "" {
+		return t.conn.Exec(ctx, sql, args...)
 	}
 	b := &pgx.Batch{}
 	b.Queue(sql, args...)
@@ -113,8 +158,8 @@ func (t *lazyTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 }
 
 func (t *lazyTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if t.tx != nil && t.pending == "" {
-		return t.tx.Query(ctx, sql, args...)
+	if t.conn != nil && t.pending == "" {
+		return t.conn.Query(ctx, sql, args...)
 	}
 	b := &pgx.Batch{}
 	b.Queue(sql, args...)
@@ -128,27 +173,19 @@ func (t *lazyTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, 
 }
 
 func (t *lazyTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if t.tx != nil && t.pending == "" {
-		return t.tx.QueryRow(ctx, sql, args...)
+	if t.conn != nil && t.pending == "" {
+		return t.conn.QueryRow(ctx, sql, args...)
 	}
 	rows, err := t.Query(ctx, sql, args...)
 	return &firstRow{rows: rows, err: err}
 }
 
 func (t *lazyTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	nb, n := t.prefixed(b)
-	if n == 0 {
-		return t.tx.SendBatch(ctx, b)
+	nb, n, err := t.prefixed(ctx, b)
+	if err != nil {
+		return &failedBatch{err: fmt.Errorf("projector: begin: %w", err)}
 	}
-	var br pgx.BatchResults
-	if t.tx == nil {
-		br = t.pool.SendBatch(ctx, nb)
-		// The transaction is known before the batch is read; if the batch
-		// failed before BEGIN, it is closed and says so.
-		t.tx = br.Tx()
-	} else {
-		br = t.tx.SendBatch(ctx, nb)
-	}
+	br := t.conn.SendBatch(ctx, nb)
 	for range n {
 		if _, err := br.Exec(); err != nil {
 			return &failedBatch{BatchResults: br, err: fmt.Errorf("projector: begin: %w", err)}
@@ -162,33 +199,77 @@ func (t *lazyTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []s
 	if err := t.flush(ctx); err != nil {
 		return 0, err
 	}
-	return t.tx.CopyFrom(ctx, table, columns, src)
+	return t.conn.CopyFrom(ctx, table, columns, src)
 }
 
 func (t *lazyTx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
 	if err := t.flush(ctx); err != nil {
 		return nil, err
 	}
-	return t.tx.Prepare(ctx, name, sql)
+	return t.conn.Conn().Prepare(ctx, name, sql)
 }
 
+// Begin starts a nested transaction: a savepoint.
 func (t *lazyTx) Begin(ctx context.Context) (pgx.Tx, error) {
-	if err := t.flush(ctx); err != nil {
+	t.nested++
+	n := &nestedTx{lazyTx: t, name: fmt.Sprintf("jetproj_nested_%d", t.nested)}
+	if _, err := t.Exec(ctx, "SAVEPOINT "+n.name); err != nil {
 		return nil, err
 	}
-	return t.tx.Begin(ctx)
+	return n, nil
 }
 
+// LargeObjects reaches large objects through a pgx transaction handle on
+// the batch's connection (opened with a no-op, never committed: the batch
+// ends the transaction).
 func (t *lazyTx) LargeObjects() pgx.LargeObjects {
-	_ = t.flush(context.Background())
-	return t.tx.LargeObjects()
+	ctx := context.Background()
+	if t.lo == nil {
+		if err := t.flush(ctx); err == nil {
+			if h, err := t.conn.Conn().BeginTx(ctx, pgx.TxOptions{BeginQuery: "SELECT 1"}); err == nil {
+				lo := h.LargeObjects()
+				t.lo = &lo
+			}
+		}
+	}
+	if t.lo == nil {
+		return pgx.LargeObjects{}
+	}
+	return *t.lo
 }
 
 // Conn is the connection itself: statements sent on it bypass the lazy
 // BEGIN and savepoint, so they are sent first.
 func (t *lazyTx) Conn() *pgx.Conn {
-	_ = t.flush(context.Background())
-	return t.tx.Conn()
+	if err := t.flush(context.Background()); err != nil {
+		return nil
+	}
+	return t.conn.Conn()
+}
+
+// nestedTx is a savepoint begun by a handler (Tx.Begin).
+type nestedTx struct {
+	*lazyTx
+	name   string
+	closed bool
+}
+
+func (n *nestedTx) Commit(ctx context.Context) error {
+	if n.closed {
+		return pgx.ErrTxClosed
+	}
+	n.closed = true
+	_, err := n.lazyTx.Exec(ctx, "RELEASE SAVEPOINT "+n.name)
+	return err
+}
+
+func (n *nestedTx) Rollback(ctx context.Context) error {
+	if n.closed {
+		return pgx.ErrTxClosed
+	}
+	n.closed = true
+	_, err := n.lazyTx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+n.name+"; RELEASE SAVEPOINT "+n.name)
+	return err
 }
 
 // batchRows are rows read from a batch: closing them closes the batch.
@@ -248,6 +329,8 @@ func (b *failedBatch) Exec() (pgconn.CommandTag, error) { return pgconn.CommandT
 func (b *failedBatch) Query() (pgx.Rows, error)         { return nil, b.err }
 func (b *failedBatch) QueryRow() pgx.Row                { return &firstRow{err: b.err} }
 func (b *failedBatch) Close() error {
-	_ = b.BatchResults.Close()
+	if b.BatchResults != nil {
+		_ = b.BatchResults.Close()
+	}
 	return b.err
 }
