@@ -722,9 +722,12 @@ func (r *runner) process(ctx context.Context, msgs []projection.Message, behind 
 			if f != nil && f.fetching && meta.Sequence > f.limit && meta.Sequence > p.seq {
 				// Its read stops before this message: keep it for
 				// the read's batch.
-				if len(f.held) < r.spec.BatchSize && !f.overflow {
+				switch n := len(f.held); {
+				case n > 0 && meta.Sequence <= f.held[n-1].Sequence:
+					// Read again (a batch that failed): held already.
+				case n < r.spec.BatchSize && !f.overflow:
 					f.held = append(f.held, meta)
-				} else {
+				default:
 					f.overflow = true
 				}
 			}
@@ -1249,7 +1252,11 @@ func (r *runner) applyCaughtUp(ctx context.Context, p *part, prev *failure, res 
 			metas = append(metas, meta)
 		}
 	}
-	metas = append(metas, res.held...)
+	for _, m := range res.held {
+		if len(metas) == 0 || m.Sequence > metas[len(metas)-1].Sequence {
+			metas = append(metas, m)
+		}
+	}
 	if len(metas) == 0 {
 		p.setFailure(nil)
 		return nil
