@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -78,32 +76,10 @@ CREATE TABLE IF NOT EXISTS jetproj.slots (
     token      bigint  NOT NULL DEFAULT 0,
     watermark  bigint  NOT NULL DEFAULT 0,
     PRIMARY KEY (projection, slot)
-);
-CREATE OR REPLACE FUNCTION jetproj.check_fence(p text, s integer[], t bigint[]) RETURNS void LANGUAGE plpgsql AS $$
-DECLARE bad integer[];
-BEGIN
-    PERFORM 1 FROM jetproj.slots WHERE projection = p AND slot = ANY(s) FOR SHARE;
-    SELECT array_agg(w.slot ORDER BY w.slot) INTO bad FROM unnest(s, t) AS w(slot, token)
-    WHERE coalesce((SELECT x.token FROM jetproj.slots x WHERE x.projection = p AND x.slot = w.slot), 0) <> w.token;
-    IF bad IS NOT NULL THEN
-        RAISE EXCEPTION 'jetproj: slots fenced by a newer owner' USING ERRCODE = '` + pgFenced + `', DETAIL = array_to_string(bad, ',');
-    END IF;
-END;
-$$;
-CREATE OR REPLACE FUNCTION jetproj.check_written(n bigint, s integer) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    IF n <> 1 THEN
-        RAISE EXCEPTION 'jetproj: record changed by another writer' USING ERRCODE = '` + pgFenced + `', DETAIL = s::text;
-    END IF;
-END;
-$$;`
-
-// pgFenced is the SQLSTATE the checks raise; the error's detail lists the
-// slots.
-const pgFenced = "JPF01"
+);`
 
 // pgSchemaVersion changes whenever pgSchema does.
-const pgSchemaVersion = 5
+const pgSchemaVersion = 4
 
 // Init creates the tables (idempotent). When the schema is current it runs
 // no DDL at all, so starting a projection never takes locks that running
@@ -345,30 +321,46 @@ ORDER BY n`, proj, part, subj, ids, gens, seqs, types, payloads, links, sseqs, s
 }
 
 // Commit checks the fence tokens, writes the records with compare-and-set on
-// their revision, and commits the transaction, all in one round trip.
+// their revision, and commits the transaction.
 func (b *pgBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 	defer b.lazy.Rollback(ctx) //nolint:errcheck
-	return b.prepare(ctx, true)
+	revs, err := b.prepare(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.lazy.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("projector: commit: %w", err)
+	}
+	return revs, nil
 }
 
 // prepare checks the fence tokens (holding the slots' rows FOR SHARE until
 // the transaction ends, so no new owner can fence in between) and writes
-// the derived events, records and watermarks, in one round trip; with
-// commit, COMMIT goes in the same round trip. The checks raise errors in
-// SQL, so PostgreSQL skips everything after a failed one, COMMIT included,
-// and the caller rolls back.
-func (b *pgBatch) prepare(ctx context.Context, commit bool) (map[string]uint64, error) {
+// the records; the caller commits.
+func (b *pgBatch) prepare(ctx context.Context) (map[string]uint64, error) {
 	slots := make([]int32, 0, len(b.tokens))
-	tokens := make([]int64, 0, len(b.tokens))
-	for s, tok := range b.tokens {
+	for s := range b.tokens {
 		slots = append(slots, int32(s))
-		tokens = append(tokens, int64(tok))
 	}
+	// One round trip: the fence check first (holding the slots' rows FOR
+	// SHARE), then the derived events, positions and watermarks. When a
+	// token differs the caller rolls everything back.
 	batch := &pgx.Batch{}
-	if len(slots) > 0 {
-		batch.Queue(`SELECT jetproj.check_fence($1, $2, $3)`, b.s.projection, slots, tokens)
-	}
+	have := map[int]uint64{}
+	batch.Queue(`SELECT slot, token FROM jetproj.slots WHERE projection = $1 AND slot = ANY($2) FOR SHARE`, b.s.projection, slots).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var slot int32
+				var tok int64
+				if err := rows.Scan(&slot, &tok); err != nil {
+					return err
+				}
+				have[int(slot)] = uint64(tok)
+			}
+			return rows.Err()
+		})
 	b.queueOutbox(batch)
+	var fenced []int
 	revs := make(map[string]uint64, len(b.puts))
 	now := time.Now().UTC()
 	for _, p := range b.puts {
@@ -385,61 +377,45 @@ func (b *pgBatch) prepare(ctx context.Context, commit bool) (map[string]uint64, 
 		}
 		key, rev := p.rec.Key, p.rec.Revision
 		if rev == 0 {
-			batch.Queue(`WITH w AS (
-INSERT INTO jetproj.partitions (projection, partition, slot, seq, position, state, parked, revision, updated_at, subject, behind, failing, skip, emitted)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING RETURNING 1)
-SELECT jetproj.check_written(count(*), $3) FROM w`, b.s.projection, key, p.slot, int64(p.rec.Seq), p.rec.Position, state, parked, now,
-				p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted))
-			revs[key] = 1
+			batch.Queue(`INSERT INTO jetproj.partitions (projection, partition, slot, seq, position, state, parked, revision, updated_at, subject, behind, failing, skip, emitted)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING`, b.s.projection, key, p.slot, int64(p.rec.Seq), p.rec.Position, state, parked, now,
+				p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted)).
+				Exec(func(tag pgconn.CommandTag) error {
+					if tag.RowsAffected() != 1 {
+						fenced = append(fenced, p.slot)
+					}
+					revs[key] = 1
+					return nil
+				})
 			continue
 		}
-		batch.Queue(`WITH w AS (
-UPDATE jetproj.partitions SET seq = $3, position = $4, state = $5, parked = $6, revision = revision + 1, updated_at = $7,
+		batch.Queue(`UPDATE jetproj.partitions SET seq = $3, position = $4, state = $5, parked = $6, revision = revision + 1, updated_at = $7,
     subject = $9, behind = $10, failing = $11, skip = $12, emitted = $13
-WHERE projection = $1 AND partition = $2 AND revision = $8 RETURNING 1)
-SELECT jetproj.check_written(count(*), $14) FROM w`, b.s.projection, key, int64(p.rec.Seq), p.rec.Position, state, parked, now, int64(rev),
-			p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted), p.slot)
-		revs[key] = rev + 1
+WHERE projection = $1 AND partition = $2 AND revision = $8`, b.s.projection, key, int64(p.rec.Seq), p.rec.Position, state, parked, now, int64(rev),
+			p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted)).
+			Exec(func(tag pgconn.CommandTag) error {
+				if tag.RowsAffected() != 1 {
+					fenced = append(fenced, p.slot)
+				}
+				revs[key] = rev + 1
+				return nil
+			})
 	}
 	for slot, seq := range b.marks {
 		batch.Queue(`UPDATE jetproj.slots SET watermark = greatest(watermark, $3) WHERE projection = $1 AND slot = $2`, b.s.projection, slot, int64(seq))
 	}
-	if commit {
-		batch.Queue(`COMMIT`).Exec(func(tag pgconn.CommandTag) error {
-			if tag.String() == "ROLLBACK" {
-				return pgx.ErrTxCommitRollback
-			}
-			return nil
-		})
-	}
 	if err := b.lazy.SendBatch(ctx, batch).Close(); err != nil {
-		if f := fencedError(err); f != nil {
-			return nil, f
-		}
-		if commit {
-			return nil, fmt.Errorf("projector: commit: %w", err)
-		}
 		return nil, fmt.Errorf("projector: write positions: %w", err)
 	}
-	if commit {
-		b.lazy.ended()
-	}
-	return revs, nil
-}
-
-// fencedError is the FencedError a check raised, or nil.
-func fencedError(err error) *FencedError {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != pgFenced {
-		return nil
-	}
-	f := &FencedError{}
-	for _, s := range strings.Split(pgErr.Detail, ",") {
-		if n, err := strconv.Atoi(strings.TrimSpace(s)); err == nil {
-			f.Slots = append(f.Slots, n)
+	for s, tok := range b.tokens {
+		if have[s] != tok {
+			fenced = append(fenced, s)
 		}
 	}
-	return f
+	if len(fenced) > 0 {
+		return nil, &FencedError{Slots: fenced}
+	}
+	return revs, nil
 }
 
 // Watermark reads one slot's watermark.

@@ -11,25 +11,15 @@ import (
 
 // lazyTx is the transaction of a batch. It saves round trips, which is what
 // live batches of a few events pay for: BEGIN is not sent on its own but
-// with the batch's first statement, neither is a partition's savepoint (a
-// partition that writes nothing sends none), and COMMIT travels with the
-// batch's last statements (see pgBatch.prepare). It holds a pooled
-// connection and sends BEGIN and COMMIT itself, since a pgx.Tx would spend
-// a round trip of its own on its commit.
+// with the batch's first statement, and neither is a partition's savepoint
+// (a partition that writes nothing sends none).
 type lazyTx struct {
 	pool *pgxpool.Pool
-	// conn is nil until the first statement, and again once the
-	// transaction has ended.
-	conn *pgxpool.Conn
+	// tx is nil until the first statement.
+	tx pgx.Tx
 	// pending names a savepoint to establish before the next statement.
 	pending string
-	// nested counts the savepoints of Begin.
-	nested int
-	// lo is the handle large objects are reached through.
-	lo *pgx.LargeObjects
 }
-
-var _ pgx.Tx = (*lazyTx)(nil)
 
 // mark asks for a savepoint before the next statement.
 func (t *lazyTx) mark(name string) { t.pending = name }
@@ -37,37 +27,28 @@ func (t *lazyTx) mark(name string) { t.pending = name }
 // rollback undoes the writes since the last mark: nothing to do when no
 // statement ran since.
 func (t *lazyTx) rollback(ctx context.Context, name string) error {
-	if t.pending != "" || t.conn == nil {
+	if t.pending != "" || t.tx == nil {
 		t.pending = ""
 		return nil
 	}
-	_, err := t.conn.Exec(ctx, "ROLLBACK TO SAVEPOINT "+name)
+	_, err := t.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+name)
 	return err
 }
 
-// flush begins the transaction and establishes the pending savepoint in a
-// round trip of their own, for the calls that cannot carry them.
+// flush begins the transaction and establishes the pending savepoint in
+// round trips of their own, for the calls that cannot carry them.
 func (t *lazyTx) flush(ctx context.Context) error {
-	sql := ""
-	if t.conn == nil {
-		c, err := t.pool.Acquire(ctx)
+	if t.tx == nil {
+		tx, err := t.pool.Begin(ctx)
 		if err != nil {
 			return err
 		}
-		t.conn = c
-		sql = "BEGIN"
+		t.tx = tx
 	}
-	if t.pending != "" {
-		if sql != "" {
-			sql += "; "
-		}
-		sql += "SAVEPOINT " + t.pending
-	}
-	if sql == "" {
+	if t.pending == "" {
 		return nil
 	}
-	// No arguments: the simple protocol, both statements in one message.
-	if _, err := t.conn.Exec(ctx, sql); err != nil {
+	if _, err := t.tx.Exec(ctx, "SAVEPOINT "+t.pending); err != nil {
 		return err
 	}
 	t.pending = ""
@@ -75,65 +56,39 @@ func (t *lazyTx) flush(ctx context.Context) error {
 }
 
 // prefixed returns b with BEGIN and the pending savepoint queued first, as
-// needed, and how many queries it queued. It acquires the connection.
-func (t *lazyTx) prefixed(ctx context.Context, b *pgx.Batch) (*pgx.Batch, int, error) {
-	if t.conn != nil && t.pending == "" {
-		return b, 0, nil
+// needed, and how many queries it queued.
+func (t *lazyTx) prefixed(b *pgx.Batch) (*pgx.Batch, int) {
+	if t.tx != nil && t.pending == "" {
+		return b, 0
 	}
 	nb := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(b.QueuedQueries)+2)}
-	if t.conn == nil {
-		c, err := t.pool.Acquire(ctx)
-		if err != nil {
-			return nil, 0, err
-		}
-		t.conn = c
-		nb.Queue("BEGIN")
+	n := 0
+	if t.tx == nil {
+		nb.BeginTx(pgx.TxOptions{})
+		n++
 	}
 	if t.pending != "" {
 		nb.Queue("SAVEPOINT " + t.pending)
+		n++
 	}
-	n := len(nb.QueuedQueries)
 	nb.QueuedQueries = append(nb.QueuedQueries, b.QueuedQueries...)
-	return nb, n, nil
-}
-
-// ended gives the connection back after a COMMIT sent in a batch.
-func (t *lazyTx) ended() {
-	if t.conn != nil {
-		t.conn.Release()
-		t.conn, t.lo = nil, nil
-	}
+	return nb, n
 }
 
 // Commit commits what was written; nothing when nothing was.
 func (t *lazyTx) Commit(ctx context.Context) error {
-	if t.conn == nil {
+	if t.tx == nil {
 		return nil
 	}
-	tag, err := t.conn.Exec(ctx, "COMMIT")
-	if err == nil && tag.String() == "ROLLBACK" {
-		err = pgx.ErrTxCommitRollback
-	}
-	if err != nil {
-		_ = t.Rollback(ctx)
-		return err
-	}
-	t.ended()
-	return nil
+	return t.tx.Commit(ctx)
 }
 
 // Rollback abandons the transaction, if it began.
 func (t *lazyTx) Rollback(ctx context.Context) error {
-	if t.conn == nil {
+	if t.tx == nil {
 		return nil
 	}
-	var err error
-	if t.conn.Conn().PgConn().TxStatus() != 'I' {
-		// A connection left in a transaction is closed on release.
-		_, err = t.conn.Exec(ctx, "ROLLBACK")
-	}
-	t.ended()
-	return err
+	return t.tx.Rollback(ctx)
 }
 
 func (t *lazyTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
@@ -144,8 +99,8 @@ func (t *lazyTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 			return pgconn.CommandTag{}, err
 		}
 	}
-	if t.conn != nil && t.pending == "" {
-		return t.conn.Exec(ctx, sql, args...)
+	if t.tx != nil && t.pending == "" {
+		return t.tx.Exec(ctx, sql, args...)
 	}
 	b := &pgx.Batch{}
 	b.Queue(sql, args...)
@@ -158,8 +113,8 @@ func (t *lazyTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 }
 
 func (t *lazyTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if t.conn != nil && t.pending == "" {
-		return t.conn.Query(ctx, sql, args...)
+	if t.tx != nil && t.pending == "" {
+		return t.tx.Query(ctx, sql, args...)
 	}
 	b := &pgx.Batch{}
 	b.Queue(sql, args...)
@@ -173,19 +128,27 @@ func (t *lazyTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, 
 }
 
 func (t *lazyTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if t.conn != nil && t.pending == "" {
-		return t.conn.QueryRow(ctx, sql, args...)
+	if t.tx != nil && t.pending == "" {
+		return t.tx.QueryRow(ctx, sql, args...)
 	}
 	rows, err := t.Query(ctx, sql, args...)
 	return &firstRow{rows: rows, err: err}
 }
 
 func (t *lazyTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	nb, n, err := t.prefixed(ctx, b)
-	if err != nil {
-		return &failedBatch{err: fmt.Errorf("projector: begin: %w", err)}
+	nb, n := t.prefixed(b)
+	if n == 0 {
+		return t.tx.SendBatch(ctx, b)
 	}
-	br := t.conn.SendBatch(ctx, nb)
+	var br pgx.BatchResults
+	if t.tx == nil {
+		br = t.pool.SendBatch(ctx, nb)
+		// The transaction is known before the batch is read; if the batch
+		// failed before BEGIN, it is closed and says so.
+		t.tx = br.Tx()
+	} else {
+		br = t.tx.SendBatch(ctx, nb)
+	}
 	for range n {
 		if _, err := br.Exec(); err != nil {
 			return &failedBatch{BatchResults: br, err: fmt.Errorf("projector: begin: %w", err)}
@@ -199,77 +162,33 @@ func (t *lazyTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []s
 	if err := t.flush(ctx); err != nil {
 		return 0, err
 	}
-	return t.conn.CopyFrom(ctx, table, columns, src)
+	return t.tx.CopyFrom(ctx, table, columns, src)
 }
 
 func (t *lazyTx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
 	if err := t.flush(ctx); err != nil {
 		return nil, err
 	}
-	return t.conn.Conn().Prepare(ctx, name, sql)
+	return t.tx.Prepare(ctx, name, sql)
 }
 
-// Begin starts a nested transaction: a savepoint.
 func (t *lazyTx) Begin(ctx context.Context) (pgx.Tx, error) {
-	t.nested++
-	n := &nestedTx{lazyTx: t, name: fmt.Sprintf("jetproj_nested_%d", t.nested)}
-	if _, err := t.Exec(ctx, "SAVEPOINT "+n.name); err != nil {
+	if err := t.flush(ctx); err != nil {
 		return nil, err
 	}
-	return n, nil
+	return t.tx.Begin(ctx)
 }
 
-// LargeObjects reaches large objects through a pgx transaction handle on
-// the batch's connection (opened with a no-op, never committed: the batch
-// ends the transaction).
 func (t *lazyTx) LargeObjects() pgx.LargeObjects {
-	ctx := context.Background()
-	if t.lo == nil {
-		if err := t.flush(ctx); err == nil {
-			if h, err := t.conn.Conn().BeginTx(ctx, pgx.TxOptions{BeginQuery: "SELECT 1"}); err == nil {
-				lo := h.LargeObjects()
-				t.lo = &lo
-			}
-		}
-	}
-	if t.lo == nil {
-		return pgx.LargeObjects{}
-	}
-	return *t.lo
+	_ = t.flush(context.Background())
+	return t.tx.LargeObjects()
 }
 
 // Conn is the connection itself: statements sent on it bypass the lazy
 // BEGIN and savepoint, so they are sent first.
 func (t *lazyTx) Conn() *pgx.Conn {
-	if err := t.flush(context.Background()); err != nil {
-		return nil
-	}
-	return t.conn.Conn()
-}
-
-// nestedTx is a savepoint begun by a handler (Tx.Begin).
-type nestedTx struct {
-	*lazyTx
-	name   string
-	closed bool
-}
-
-func (n *nestedTx) Commit(ctx context.Context) error {
-	if n.closed {
-		return pgx.ErrTxClosed
-	}
-	n.closed = true
-	_, err := n.lazyTx.Exec(ctx, "RELEASE SAVEPOINT "+n.name)
-	return err
-}
-
-func (n *nestedTx) Rollback(ctx context.Context) error {
-	if n.closed {
-		return pgx.ErrTxClosed
-	}
-	n.closed = true
-	_, err := n.lazyTx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+n.name+"; RELEASE SAVEPOINT "+n.name)
-	return err
+	_ = t.flush(context.Background())
+	return t.tx.Conn()
 }
 
 // batchRows are rows read from a batch: closing them closes the batch.
@@ -329,8 +248,6 @@ func (b *failedBatch) Exec() (pgconn.CommandTag, error) { return pgconn.CommandT
 func (b *failedBatch) Query() (pgx.Rows, error)         { return nil, b.err }
 func (b *failedBatch) QueryRow() pgx.Row                { return &firstRow{err: b.err} }
 func (b *failedBatch) Close() error {
-	if b.BatchResults != nil {
-		_ = b.BatchResults.Close()
-	}
+	_ = b.BatchResults.Close()
 	return b.err
 }

@@ -254,7 +254,7 @@ func (b *tenantBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 	// rows stay locked until commit, so a new owner cannot fence between the
 	// commits below and the batch commits in every tenant or in none.
 	for _, t := range order {
-		r, err := b.batches[t].prepare(ctx, false)
+		r, err := b.batches[t].prepare(ctx)
 		if err != nil {
 			b.Rollback(ctx)
 			return nil, fmt.Errorf("tenant %s: %w", t, err)
