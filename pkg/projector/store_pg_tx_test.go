@@ -66,7 +66,30 @@ func TestPGBatchTransactionCalls(t *testing.T) {
 	must("SendBatch after a savepoint", b.Tx().SendBatch(ctx, batch).Close())
 	_, err = b.Tx().CopyFrom(ctx, pgx.Identifier{"calls"}, []string{"v"}, pgx.CopyFromRows([][]any{{5}}))
 	must("CopyFrom", err)
-	// The partition that wrote 3, 4 and 5 fails: its writes go.
+	// Nested transactions are savepoints: a rolled back one undoes its
+	// writes only, a committed one keeps them until its partition fails.
+	nested, err := b.Tx().Begin(ctx)
+	must("nested begin", err)
+	_, err = nested.Exec(ctx, `INSERT INTO calls VALUES ($1)`, 7)
+	must("nested insert", err)
+	must("nested rollback", nested.Rollback(ctx))
+	if err := nested.Commit(ctx); err == nil {
+		t.Fatal("commit after rollback succeeded")
+	}
+	nested, err = b.Tx().Begin(ctx)
+	must("nested begin", err)
+	_, err = nested.Exec(ctx, `INSERT INTO calls VALUES ($1)`, 8)
+	must("nested insert", err)
+	must("nested commit", nested.Commit(ctx))
+	var seen []int
+	rows, err = b.Tx().Query(ctx, `SELECT v FROM calls WHERE v > 6 ORDER BY v`)
+	must("read nested", err)
+	seen, err = pgx.CollectRows(rows, pgx.RowTo[int])
+	must("read nested", err)
+	if len(seen) != 1 || seen[0] != 8 {
+		t.Fatalf("after nested transactions the batch sees %v, want [8]", seen)
+	}
+	// The partition that wrote 3, 4, 5 and 8 fails: its writes go.
 	must("rollback", b.RollbackToSavepoint(ctx))
 	// A partition that writes nothing rolls back nothing.
 	must("savepoint", b.Savepoint(ctx))
@@ -95,5 +118,21 @@ func TestPGBatchTransactionCalls(t *testing.T) {
 	must("empty commit", err)
 	if n := pool.Stat().AcquiredConns(); n != 0 {
 		t.Fatalf("%d connections still acquired", n)
+	}
+	// A committed batch gives its connection back too, still open.
+	before := pool.Stat().NewConnsCount()
+	for range 3 {
+		b, err := st.Begin(ctx)
+		must("begin", err)
+		_, err = b.Tx().Exec(ctx, `INSERT INTO calls VALUES ($1)`, 9)
+		must("insert", err)
+		_, err = b.Commit(ctx)
+		must("commit", err)
+		if n := pool.Stat().AcquiredConns(); n != 0 {
+			t.Fatalf("%d connections still acquired after a commit", n)
+		}
+	}
+	if n := pool.Stat().NewConnsCount() - before; n > 1 {
+		t.Fatalf("three commits opened %d connections; a committed connection should be reused", n)
 	}
 }
