@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,6 +24,13 @@ type KVStore struct {
 	bucket   string
 	replicas int
 	kv       jetstream.KeyValue
+
+	// marks holds, per slot this store fenced, the revision of the slot's
+	// watermark key as this owner last wrote it: watermark writes expect
+	// it, so a previous owner still running cannot move the watermark once
+	// a new owner has claimed the key (see Fence).
+	mu    sync.Mutex
+	marks map[int]uint64
 }
 
 var _ StateStore = (*KVStore)(nil)
@@ -155,7 +163,8 @@ func (s *KVStore) Get(ctx context.Context, slot int, key string) (*Record, error
 	return &r, nil
 }
 
-// Fence stores the slot's token; a token only grows.
+// Fence stores the slot's token (a token only grows) and claims the slot's
+// watermark for this store (claimWatermark).
 func (s *KVStore) Fence(ctx context.Context, slot int, token uint64) error {
 	kv, err := s.bucketKV(ctx)
 	if err != nil {
@@ -175,18 +184,69 @@ func (s *KVStore) Fence(ctx context.Context, slot int, token uint64) error {
 				if cur > token {
 					return &FencedError{Slots: []int{slot}}
 				}
-				return nil
+				return s.claimWatermark(ctx, kv, slot)
 			}
 			_, err = kv.Update(ctx, key, []byte(strconv.FormatUint(token, 10)), e.Revision())
 		}
 		if err == nil {
-			return nil
+			return s.claimWatermark(ctx, kv, slot)
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return err
 		}
 	}
 	return fmt.Errorf("projector: fence slot %d: too much contention", slot)
+}
+
+// claimWatermark writes the slot's watermark again, unchanged, and keeps
+// the revision: from then on a previous owner's watermark write (which
+// expects the revision it wrote) is refused, and this owner's writes expect
+// the new one. Records need no such claim: each is written with
+// compare-and-set on its own revision.
+func (s *KVStore) claimWatermark(ctx context.Context, kv jetstream.KeyValue, slot int) error {
+	key := "w." + strconv.Itoa(slot)
+	for range 10 {
+		var rev uint64
+		e, err := kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			rev, err = kv.Create(ctx, key, []byte("0"))
+		case err != nil:
+			return fmt.Errorf("projector: claim watermark of slot %d: %w", slot, err)
+		default:
+			rev, err = kv.Update(ctx, key, e.Value(), e.Revision())
+		}
+		if err == nil {
+			s.mu.Lock()
+			if s.marks == nil {
+				s.marks = map[int]uint64{}
+			}
+			s.marks[slot] = rev
+			s.mu.Unlock()
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return fmt.Errorf("projector: claim watermark of slot %d: %w", slot, err)
+		}
+	}
+	return fmt.Errorf("projector: claim watermark of slot %d: too much contention", slot)
+}
+
+// markRev is the revision this owner's next watermark write of slot
+// expects; ok is false when this store never fenced the slot.
+func (s *KVStore) markRev(slot int) (rev uint64, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rev, ok = s.marks[slot]
+	return rev, ok
+}
+
+func (s *KVStore) setMarkRev(slot int, rev uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.marks[slot]; ok {
+		s.marks[slot] = rev
+	}
 }
 
 // Reset purges the bucket.
@@ -290,6 +350,7 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 	type pend struct {
 		key  string
 		slot int
+		mark bool
 		fut  jetstream.PubAckFuture
 	}
 	futs := make([]pend, 0, len(b.puts)+len(b.marks))
@@ -301,6 +362,9 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 		case ack := <-p.fut.Ok():
 			if p.key != "" {
 				revs[p.key] = ack.Sequence
+			}
+			if p.mark {
+				b.s.setMarkRev(p.slot, ack.Sequence)
 			}
 		case err := <-p.fut.Err():
 			var apiErr *jetstream.APIError
@@ -314,7 +378,7 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 		}
 		return nil
 	}
-	publish := func(subj string, data []byte, key string, slot int, opts ...jetstream.PublishOpt) error {
+	publish := func(subj string, data []byte, key string, slot int, mark bool, opts ...jetstream.PublishOpt) error {
 		if len(futs)-waited == commitWindow {
 			if err := wait(futs[waited]); err != nil {
 				return err
@@ -327,7 +391,7 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 		if err != nil {
 			return fmt.Errorf("projector: write %s: %w", subj, err)
 		}
-		futs = append(futs, pend{key, slot, fut})
+		futs = append(futs, pend{key, slot, mark, fut})
 		return nil
 	}
 	prefix := "$KV." + b.s.bucket + "."
@@ -338,13 +402,20 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 		if err != nil {
 			return revs, err
 		}
-		if err := publish(prefix+partKey(p.slot, p.rec.Key), data, p.rec.Key, p.slot,
+		if err := publish(prefix+partKey(p.slot, p.rec.Key), data, p.rec.Key, p.slot, false,
 			jetstream.WithExpectLastSequencePerSubject(p.rec.Revision)); err != nil {
 			return revs, err
 		}
 	}
+	// Watermarks go after the records they cover; one whose slot this
+	// store claimed expects the revision it last wrote.
 	for slot, seq := range b.marks {
-		if err := publish(prefix+"w."+strconv.Itoa(slot), []byte(strconv.FormatUint(seq, 10)), "", slot); err != nil {
+		var opts []jetstream.PublishOpt
+		rev, claimed := b.s.markRev(slot)
+		if claimed {
+			opts = append(opts, jetstream.WithExpectLastSequencePerSubject(rev))
+		}
+		if err := publish(prefix+"w."+strconv.Itoa(slot), []byte(strconv.FormatUint(seq, 10)), "", slot, claimed, opts...); err != nil {
 			return revs, err
 		}
 	}
