@@ -32,16 +32,21 @@ func (s *gatedSource) Next(ctx context.Context, subject string, from uint64) (pr
 	return s.JetStreamSource.Next(ctx, subject, from)
 }
 
+// newGatedSource is a closed gatedSource over b's EVENTS wallets.
+func newGatedSource(t *testing.T, b *bundle) *gatedSource {
+	t.Helper()
+	js, err := projector.NewJetStreamSource(context.Background(), b.js, "EVENTS", []string{"events.wallet.*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &gatedSource{JetStreamSource: js, gate: make(chan struct{})}
+}
+
 // G4: a failing partition's slow catch-up read does not hold the others up.
 func TestRetryReadsDoNotBlockOtherPartitions(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	ctx := context.Background()
-	js, err := projector.NewJetStreamSource(ctx, b.js, "EVENTS", []string{"events.wallet.*"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := &gatedSource{JetStreamSource: js, gate: make(chan struct{})}
+	src := newGatedSource(t, b)
 	def := walletBalance("wallet_balance", projection.WithSource(src), projection.Retries(5, 10*time.Millisecond, 20*time.Millisecond))
 	b.publishWallets(t, 20, 1)
 	b.publish(t, "w7", "MoneyWasWithdrawnFromWallet", `{"amount":-5}`)
@@ -126,11 +131,7 @@ func TestCatchUpKeepsLiveMessagesThatArriveDuringItsRead(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	js, err := projector.NewJetStreamSource(ctx, b.js, "EVENTS", []string{"events.wallet.*"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := &gatedSource{JetStreamSource: js, gate: make(chan struct{})}
+	src := newGatedSource(t, b)
 	def := walletBalance("wallet_balance", projection.WithSource(src))
 	b.publishWallets(t, 20, 2)
 	b.run(t, "r1", def)
