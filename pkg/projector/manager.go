@@ -3,12 +3,16 @@ package projector
 import (
 	"context"
 	"errors"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/jetproj/jetproj/pkg/lease"
 )
@@ -59,6 +63,34 @@ func (r *runner) manage(ctx context.Context) {
 	}
 }
 
+// renewers bounds the lease renewals in flight: a replica may own every
+// slot of several projections, and one at a time they would take a round
+// trip each.
+const renewers = 16
+
+// renewAll renews the leases concurrently and returns the errors of those
+// that failed, by slot.
+func renewAll(ctx context.Context, owned map[int]*lease.Lease) map[int]error {
+	var (
+		mu     sync.Mutex
+		failed = map[int]error{}
+		g      errgroup.Group
+	)
+	g.SetLimit(renewers)
+	for slot, l := range owned {
+		g.Go(func() error {
+			if err := l.Renew(ctx); err != nil {
+				mu.Lock()
+				failed[slot] = err
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return failed
+}
+
 func memberKey(replica string) string { return "m." + replica }
 func slotKey(slot int) string         { return "s." + strconv.Itoa(slot) }
 
@@ -80,11 +112,8 @@ func (r *runner) manageOnce(ctx context.Context, owned map[int]*lease.Lease) {
 		r.log.Debug("membership heartbeat failed", "error", err)
 	}
 	// Renew, and tell the loop about lost slots.
-	for slot, l := range owned {
-		err := l.Renew(ctx)
-		if err == nil {
-			continue
-		}
+	for slot, err := range renewAll(ctx, owned) {
+		l := owned[slot]
 		if errors.Is(err, lease.ErrLost) || time.Since(l.RenewedAt()) > r.ttl*2/3 {
 			delete(owned, slot)
 			r.tell(ctx, slotEvent{kind: evLost, slot: slot}, false)
@@ -109,17 +138,8 @@ func (r *runner) manageOnce(ctx context.Context, owned map[int]*lease.Lease) {
 	// Release beyond the share (highest slots first) so newcomers get work.
 	if len(owned) > target {
 		extra := len(owned) - target
-		slots := make([]int, 0, len(owned))
-		for s := range owned {
-			slots = append(slots, s)
-		}
-		for i := 0; i < len(slots); i++ {
-			for j := i + 1; j < len(slots); j++ {
-				if slots[j] > slots[i] {
-					slots[i], slots[j] = slots[j], slots[i]
-				}
-			}
-		}
+		slots := slices.Sorted(maps.Keys(owned))
+		slices.Reverse(slots)
 		for _, s := range slots[:extra] {
 			r.tell(ctx, slotEvent{kind: evRelease, slot: s}, true)
 			_ = owned[s].Release(ctx)
