@@ -357,6 +357,7 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 	waited := 0
 	var fenced []int
 	var firstErr error
+	failed := map[int]bool{} // slots with a record that did not land
 	wait := func(p pend) error {
 		select {
 		case ack := <-p.fut.Ok():
@@ -367,6 +368,7 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 				b.s.setMarkRev(p.slot, ack.Sequence)
 			}
 		case err := <-p.fut.Err():
+			failed[p.slot] = true
 			var apiErr *jetstream.APIError
 			if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
 				fenced = append(fenced, p.slot)
@@ -407,9 +409,20 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 			return revs, err
 		}
 	}
-	// Watermarks go after the records they cover; one whose slot this
-	// store claimed expects the revision it last wrote.
+	// A watermark goes out only once every record of its slot has landed:
+	// one moved past a refused or lost record would skip that partition's
+	// events on the next load. One whose slot this store claimed expects
+	// the revision it last wrote.
+	for _, p := range futs[waited:] {
+		if err := wait(p); err != nil {
+			return revs, err
+		}
+	}
+	waited = len(futs)
 	for slot, seq := range b.marks {
+		if failed[slot] {
+			continue
+		}
 		var opts []jetstream.PublishOpt
 		rev, claimed := b.s.markRev(slot)
 		if claimed {

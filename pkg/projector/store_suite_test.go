@@ -30,13 +30,14 @@ func uniqueName(t *testing.T) string {
 
 // TestKVStoreSuite runs the StateStore suite against a JetStream KV bucket
 // per subtest, all in one embedded server. KVStore writes records one by
-// one and fences them by compare-and-set only.
+// one, fences them by compare-and-set and claims a slot's watermark in
+// Fence.
 func TestKVStoreSuite(t *testing.T) {
 	t.Parallel()
 	_, js := devtest.Connect(t, devtest.NATS(t))
 	storetest.Run(t, func(t *testing.T) projector.StateStore {
 		return projector.NewKVStore(js, "jetproj_state_"+uniqueName(t), 1)
-	}, storetest.Options{})
+	}, storetest.Options{FenceClaimsWatermarks: true})
 }
 
 // TestPGStoreSuite runs the StateStore suite against one database, with a

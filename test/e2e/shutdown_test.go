@@ -234,6 +234,15 @@ func TestEmitterSIGTERMHandsOverAtOnce(t *testing.T) {
 	own := projector.OwnStream(examples.WalletBalanceName)
 	var active string
 	devtest.Eventually(t, 30*time.Second, func() error {
+		// The first deposit's derived event must have been relayed: an
+		// empty outbox alone is also what the start looks like.
+		if s, err := js.Stream(ctx, own); err != nil {
+			return err
+		} else if info, err := s.Info(ctx); err != nil {
+			return err
+		} else if info.State.Msgs == 0 {
+			return fmt.Errorf("no derived event in %s yet", own)
+		}
 		if err := outboxEmpty(ctx, pool); err != nil {
 			return err
 		}

@@ -71,6 +71,12 @@ type Options struct {
 	// compare-and-set alone to keep a replaced owner from overwriting
 	// records; its Fence only keeps tokens growing. Default false.
 	TokensFenceCommits bool
+	// FenceClaimsWatermarks stores (KVStore) take a slot's watermark over
+	// in Fence: a watermark write of a commit racing the Fence is refused
+	// with ErrFenced although the commit's tokens are current. The records
+	// of such a commit, each atomic on its own, may have been written; its
+	// watermark is not. Default false.
+	FenceClaimsWatermarks bool
 	// Tenant is for stores whose batches are projector.TenantBatch
 	// (TenantStore): every batch the suite begins Uses this tenant at once,
 	// as the runner does before a partition's writes, and every record the
@@ -99,6 +105,7 @@ func Run(t *testing.T, newStore func(t *testing.T) projector.StateStore, opts Op
 		{"UpdateReplacesEveryField", s.updateReplacesEveryField},
 		{"StaleRevisionIsFenced", s.staleRevisionIsFenced},
 		{"CreateExistingIsFenced", s.createExistingIsFenced},
+		{"RefusedRecordKeepsWatermark", s.refusedRecordKeepsWatermark},
 		{"FailedCommitWritesNothing", s.failedCommitWritesNothing},
 		{"RollbackWritesNothing", s.rollbackWritesNothing},
 		{"Watermarks", s.watermarks},
@@ -343,6 +350,34 @@ func (s *suite) createExistingIsFenced(t *testing.T) {
 	assertRecord(t, mustGet(t, ctx, st, slotA, "k"), orig, rev)
 }
 
+// refusedRecordKeepsWatermark: a batch whose record of a slot is refused
+// (another writer moved it) must not move that slot's watermark either, in
+// any store: a watermark past a record that was not written would make the
+// next owner skip the partition's events.
+func (s *suite) refusedRecordKeepsWatermark(t *testing.T) {
+	st, ctx := s.setup(t)
+	fence(t, ctx, st, slotA, token)
+	rev := mustCommit(t, ctx, st, func(b projector.Batch) {
+		b.Put(slotA, token, fullRecord("k", 1))
+		b.Watermark(slotA, token, 10)
+	})["k"]
+	moved := fullRecord("k", 2)
+	moved.Revision = rev
+	rev2 := mustCommit(t, ctx, st, func(b projector.Batch) { b.Put(slotA, token, moved) })["k"]
+
+	stale := fullRecord("k", 100)
+	stale.Revision = rev // the revision before the other write
+	_, err := commit(ctx, st, func(b projector.Batch) {
+		b.Put(slotA, token, stale)
+		b.Watermark(slotA, token, 100)
+	})
+	assertFenced(t, err, slotA)
+	assertRecord(t, mustGet(t, ctx, st, slotA, "k"), moved, rev2)
+	if _, wm := mustLoadWM(t, ctx, st, slotA); wm != 10 {
+		t.Errorf("watermark after a batch whose record was refused = %d; want 10 (unchanged)", wm)
+	}
+}
+
 func (s *suite) failedCommitWritesNothing(t *testing.T) {
 	st, ctx := s.setup(t)
 	fence(t, ctx, st, slotA, token)
@@ -570,6 +605,7 @@ func (s *suite) fenceDuringCommit(t *testing.T) {
 	rev := mustCommit(t, ctx, st, func(b projector.Batch) { b.Put(slotA, tok, fullRecord("k", 0)) })["k"]
 	committed, refused := 0, 0
 	curSeq := uint64(0) // the stored record's Seq
+	curWM := uint64(0)  // the stored watermark
 	for i := range rounds {
 		b, err := st.Begin(ctx)
 		if err != nil {
@@ -601,22 +637,27 @@ func (s *suite) fenceDuringCommit(t *testing.T) {
 		switch {
 		case commitErr == nil:
 			committed++
-			rev, curSeq = revs["k"], rec.Seq
+			rev, curSeq, curWM = revs["k"], rec.Seq, rec.Seq
 			assertRecord(t, mustGet(t, ctx, st, slotA, "k"), rec, rev)
-			if _, wm := mustLoadWM(t, ctx, st, slotA); wm != curSeq {
-				t.Fatalf("round %d: watermark after a commit = %d; want %d", i, wm, curSeq)
+			if _, wm := mustLoadWM(t, ctx, st, slotA); wm != curWM {
+				t.Fatalf("round %d: watermark after a commit = %d; want %d", i, wm, curWM)
 			}
 		case errors.Is(commitErr, projector.ErrFenced):
 			refused++
-			if !s.opts.TokensFenceCommits {
+			if !s.opts.TokensFenceCommits && !s.opts.FenceClaimsWatermarks {
 				t.Fatalf("round %d: store without token fencing refused a commit with a current revision: %v", i, commitErr)
 			}
-			if got := mustGet(t, ctx, st, slotA, "k"); got.Revision != rev || got.Seq != curSeq {
+			got := mustGet(t, ctx, st, slotA, "k")
+			switch {
+			case got.Revision == rev && got.Seq == curSeq:
+			case s.opts.FenceClaimsWatermarks && !s.opts.Transactional && got.Seq == rec.Seq:
+				rev, curSeq = got.Revision, got.Seq // the record landed, its watermark did not
+			default:
 				t.Fatalf("round %d: commit returned %q but wrote its record: revision %d, seq %d; want %d, %d (unchanged)",
 					i, commitErr, got.Revision, got.Seq, rev, curSeq)
 			}
-			if _, wm := mustLoadWM(t, ctx, st, slotA); wm != curSeq {
-				t.Fatalf("round %d: commit returned %q but moved the watermark to %d; want %d (unchanged)", i, commitErr, wm, curSeq)
+			if _, wm := mustLoadWM(t, ctx, st, slotA); wm != curWM {
+				t.Fatalf("round %d: commit returned %q but moved the watermark to %d; want %d (unchanged)", i, commitErr, wm, curWM)
 			}
 		default:
 			t.Fatalf("round %d: commit racing a Fence failed with %v; want nil or ErrFenced", i, commitErr)
