@@ -291,63 +291,83 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 	if len(batch) == 0 {
 		return 0, nil
 	}
-	type pending struct {
-		target string
-		fut    jetstream.PubAckFuture
-	}
 	if err := e.prefetchMarks(ctx, batch); err != nil {
 		return 0, err
 	}
-	var pend []pending
+	// A subject's rows go out one per wave, each wave acknowledged before
+	// the next: were two of one subject in flight together, the first could
+	// fail while the second lands, and the stream's last mark would then
+	// hide the first from every later round.
+	var waves [][]row
+	depth := map[string]int{}
+	for _, r := range batch {
+		w := depth[r.Subject]
+		depth[r.Subject]++
+		if w == len(waves) {
+			waves = append(waves, nil)
+		}
+		waves[w] = append(waves[w], r)
+	}
 	var done []int64
 	var gone []string
-	for _, r := range batch {
-		targets := []struct{ stream, subj string }{{projector.OwnStream(r.Projection), r.Subject}}
-		if r.LinkTo != "" {
-			ls, lsubj, err := e.marks.Link(ctx, r.LinkTo, r.Subject, e.cfg.Replicas)
-			if err != nil {
-				return 0, fmt.Errorf("emitter: %w", err)
+	for _, wave := range waves {
+		var pend []pending
+		for _, r := range wave {
+			targets := []struct{ stream, subj string }{{projector.OwnStream(r.Projection), r.Subject}}
+			if r.LinkTo != "" {
+				ls, lsubj, err := e.marks.Link(ctx, r.LinkTo, r.Subject, e.cfg.Replicas)
+				if err != nil {
+					return 0, errors.Join(fmt.Errorf("emitter: %w", err), drain(ctx, pend))
+				}
+				targets = append(targets, struct{ stream, subj string }{ls, lsubj})
 			}
-			targets = append(targets, struct{ stream, subj string }{ls, lsubj})
+			m := r.Mark()
+			for _, t := range targets {
+				last, err := e.marks.Last(ctx, t.stream, t.subj)
+				if errors.Is(err, jetstream.ErrStreamNotFound) {
+					gone = append(gone, r.Projection) // deleted projection: drop its rows
+					continue
+				}
+				if err != nil {
+					return 0, errors.Join(err, drain(ctx, pend))
+				}
+				if !last.Before(m) {
+					continue // the stream holds it already
+				}
+				msg := r.Msg(t.subj)
+				// The derived event continues its source event's trace.
+				_, span, tp := tracing.Start(ctx, r.TraceParent, "jetproj.emitter publish "+r.Projection, trace.SpanKindProducer,
+					attribute.String("messaging.destination.name", t.subj))
+				if tp != "" {
+					msg.Header.Set(tracing.Header, tp)
+				}
+				span.End()
+				fut, err := e.js.PublishMsgAsync(msg)
+				if err != nil {
+					return 0, errors.Join(fmt.Errorf("emitter: publish %s: %w", t.subj, err), drain(ctx, pend))
+				}
+				pend = append(pend, pending{t.subj, m, fut})
+			}
+			done = append(done, r.id)
 		}
-		m := r.Mark()
-		for _, t := range targets {
-			last, err := e.marks.Last(ctx, t.stream, t.subj)
-			if errors.Is(err, jetstream.ErrStreamNotFound) {
-				gone = append(gone, r.Projection) // deleted projection: drop its rows
-				continue
+		// The caller forgets every mark after an error: what landed is read
+		// back from the streams.
+		var failed error
+		for _, p := range pend {
+			select {
+			case <-p.fut.Ok():
+				e.emitted.Inc()
+				e.marks.Set(p.target, p.mark)
+			case err := <-p.fut.Err():
+				if failed == nil {
+					failed = fmt.Errorf("emitter: publish %s: %w", p.target, err)
+				}
+			case <-ctx.Done():
+				return 0, ctx.Err()
 			}
-			if err != nil {
-				return 0, err
-			}
-			if !last.Before(m) {
-				continue // the stream holds it already
-			}
-			msg := r.Msg(t.subj)
-			// The derived event continues its source event's trace.
-			_, span, tp := tracing.Start(ctx, r.TraceParent, "jetproj.emitter publish "+r.Projection, trace.SpanKindProducer,
-				attribute.String("messaging.destination.name", t.subj))
-			if tp != "" {
-				msg.Header.Set(tracing.Header, tp)
-			}
-			span.End()
-			fut, err := e.js.PublishMsgAsync(msg)
-			if err != nil {
-				return 0, fmt.Errorf("emitter: publish %s: %w", t.subj, err)
-			}
-			pend = append(pend, pending{t.subj, fut})
-			e.marks.Set(t.subj, m) // optimistic; reset on error
 		}
-		done = append(done, r.id)
-	}
-	for _, p := range pend {
-		select {
-		case <-p.fut.Ok():
-			e.emitted.Inc()
-		case err := <-p.fut.Err():
-			return 0, fmt.Errorf("emitter: publish %s: %w", p.target, err)
-		case <-ctx.Done():
-			return 0, ctx.Err()
+		if failed != nil {
+			return 0, failed
 		}
 	}
 	e.mu.Lock()
@@ -357,6 +377,28 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 		e.log.Warn("dropped derived events of projections without a stream (deleted?)", "projections", gone)
 	}
 	return len(batch), nil
+}
+
+// pending is a derived event on its way to a stream.
+type pending struct {
+	target string
+	mark   derived.Mark
+	fut    jetstream.PubAckFuture
+}
+
+// drain waits for the publishes of a wave that is given up, so that none is
+// still in flight when the caller reads the streams again; their outcome
+// does not matter.
+func drain(ctx context.Context, pend []pending) error {
+	for _, p := range pend {
+		select {
+		case <-p.fut.Ok():
+		case <-p.fut.Err():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // prefetchMarks reads, concurrently, what the own streams hold on the

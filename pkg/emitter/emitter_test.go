@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -541,5 +542,76 @@ func TestFlushEmitsOncePerBatch(t *testing.T) {
 		if n := perSubject[projector.EmitSubject("wallet_balance", w)]; n != 1 {
 			t.Errorf("%s: %d WalletBalanceWasChanged for 20 deposits in one batch, want 1", w, n)
 		}
+	}
+}
+
+// A derived event the stream refuses is not hidden by a later event of its
+// subject that the stream took: the emitter retries the first until it
+// lands and only then publishes the second, so the stream holds both, in
+// order, once its limit is raised.
+func TestRefusedEventIsNotOvertakenByTheNext(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	def := walletBalance(b.pool)
+	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	own := projector.OwnStream("wallet_balance")
+	setMaxMsgSize := func(n int32) {
+		s, err := b.js.Stream(ctx, own)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := s.CachedInfo().Config
+		cfg.MaxMsgSize = n
+		if _, err := b.js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setMaxMsgSize(512)
+	subj := projector.EmitSubject("wallet_balance", "wallet/w1")
+	big := fmt.Sprintf(`{"note":%q}`, strings.Repeat("x", 1024))
+	for seq, payload := range []string{big, `{"balance":2}`} {
+		if _, err := b.pool.Exec(ctx, `INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, emit_seq, event_type, payload, source_seq)
+VALUES ('wallet_balance', 'wallet/w1', $1, $2, $3, 'WalletBalanceWasChanged', $4::jsonb, $3)`,
+			subj, fmt.Sprintf("wallet_balance:0:wallet/w1:%d", seq+1), seq+1, payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc, err := nats.Connect(b.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	e, err := emitter.New(emitter.Config{}, b.pool, nc, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := e.RelayOnce(ctx); err == nil {
+			t.Fatal("a round whose event the stream refuses succeeded")
+		}
+	}
+	if n := len(b.derived(t)); n != 0 {
+		t.Fatalf("the stream took %d events while the first was refused; want 0", n)
+	}
+	setMaxMsgSize(-1)
+	devtest.Eventually(t, 10*time.Second, func() error {
+		if _, err := e.RelayOnce(ctx); err != nil {
+			return err
+		}
+		var n int
+		if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox`).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return fmt.Errorf("%d rows in the outbox", n)
+		}
+		return nil
+	})
+	ds := b.derived(t)
+	if len(ds) != 2 || ds[0].id != "wallet_balance:0:wallet/w1:1" || ds[1].id != "wallet_balance:0:wallet/w1:2" {
+		t.Fatalf("stream holds %+v; want events 1 and 2 in order", ds)
 	}
 }

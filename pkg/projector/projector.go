@@ -181,6 +181,14 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.De
 			return nil, err
 		}
 		p.log.Info("projection initialised", "projection", d.Name())
+		if e, ok, err = reg.Get(ctx, d.Name()); err != nil {
+			return nil, err
+		}
+	}
+	if ok {
+		// The runner reads generation, replay bound and liveness from the
+		// local copy; it must not start before the copy holds them.
+		reg.remember(d.Name(), e)
 	}
 	source := d.CustomSource()
 	if source == nil {

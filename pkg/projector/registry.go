@@ -86,13 +86,22 @@ func (g *Registry) Watch(ctx context.Context) error {
 					continue
 				}
 				en.Revision = e.Revision()
-				g.mu.Lock()
-				g.m[e.Key()] = en
-				g.mu.Unlock()
+				g.remember(e.Key(), en)
 			}
 		}
 	}()
 	return nil
+}
+
+// remember keeps en as the local copy of name's entry unless the copy is
+// newer already: Run seeds the copy with what it read, which the watch may
+// deliver again later.
+func (g *Registry) remember(name string, en Entry) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if cur, ok := g.m[name]; !ok || cur.Revision <= en.Revision {
+		g.m[name] = en
+	}
 }
 
 func (g *Registry) paused(name string) bool {

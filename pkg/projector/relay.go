@@ -50,13 +50,27 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 	r.unsent = parts
 	type pend struct {
 		subj string
+		mark derived.Mark
 		fut  jetstream.PubAckFuture
 	}
 	published := 0
 	// Round i publishes every partition's i-th event: a partition's events
-	// go out in order, partitions side by side.
+	// go out in order, partitions side by side. A round that fails waits
+	// for what it sent and forgets every mark: what landed is read back
+	// from the streams next time, what did not is sent again.
 	for i := 0; ; i++ {
 		var pends []pend
+		fail := func(err error) error {
+			for _, pd := range pends {
+				select {
+				case <-pd.fut.Ok():
+				case <-pd.fut.Err():
+				case <-ctx.Done():
+				}
+			}
+			r.marks.Forget()
+			return err
+		}
 		more := false
 		for _, p := range parts {
 			if i >= len(p.x.outbox) {
@@ -68,41 +82,46 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 			if e.LinkTo != "" {
 				stream, subj, err := r.marks.Link(ctx, e.LinkTo, e.Subject, r.streamReplicas)
 				if err != nil {
-					return fmt.Errorf("projector: %w", err)
+					return fail(fmt.Errorf("projector: %w", err))
 				}
 				targets = append(targets, [2]string{stream, subj})
 			}
 			for _, t := range targets {
 				last, err := r.marks.Last(ctx, t[0], t[1])
 				if err != nil {
-					return fmt.Errorf("projector: derived events of %s: %w", p.key(), err)
+					return fail(fmt.Errorf("projector: derived events of %s: %w", p.key(), err))
 				}
 				if !last.Before(e.Mark()) {
 					continue // the stream holds it already
 				}
 				fut, err := r.js.PublishMsgAsync(e.Msg(t[1]))
 				if err != nil {
-					r.marks.Forget()
-					return fmt.Errorf("projector: publish %s: %w", t[1], err)
+					return fail(fmt.Errorf("projector: publish %s: %w", t[1], err))
 				}
-				pends = append(pends, pend{t[1], fut})
-				r.marks.Set(t[1], e.Mark())
+				pends = append(pends, pend{t[1], e.Mark(), fut})
 			}
 		}
 		if !more {
 			break
 		}
+		var failed error
 		for _, pd := range pends {
 			select {
 			case <-pd.fut.Ok():
 				published++
+				r.marks.Set(pd.subj, pd.mark)
 			case err := <-pd.fut.Err():
-				r.marks.Forget()
-				return fmt.Errorf("projector: publish %s: %w", pd.subj, err)
+				if failed == nil {
+					failed = fmt.Errorf("projector: publish %s: %w", pd.subj, err)
+				}
 			case <-ctx.Done():
 				r.marks.Forget()
 				return ctx.Err()
 			}
+		}
+		if failed != nil {
+			r.marks.Forget()
+			return failed
 		}
 	}
 	// Published: the record keeps them until its next write.

@@ -260,3 +260,76 @@ func TestKVStateEmissionThroughKills(t *testing.T) {
 		}
 	}
 }
+
+// depositEmitter emits from its handler, once per deposit, with the count
+// of the wallet's events so far.
+func depositEmitter(name string) *projection.Projection[Balance] {
+	p := projection.New[Balance](name, projection.FromAggregates("wallet"), projection.BatchSize(1000))
+	projection.On(p, func(_ context.Context, c *projection.Context[Balance], e projection.Event[WalletOpened]) error {
+		c.State.Owner = e.Data.Owner
+		c.State.Count++
+		return nil
+	})
+	projection.On(p, func(_ context.Context, c *projection.Context[Balance], e projection.Event[MoneyWasAddedToWallet]) error {
+		c.State.Cents += e.Data.Amount
+		c.State.Count++
+		return c.Emit("Deposited", balanceChanged{c.State.Cents, c.State.Count})
+	})
+	return p
+}
+
+// A batch that replays what a reset projection had seen and goes on with
+// new events emits for the new events only (G5): events emitted while
+// handling replayed messages are dropped although the batch ends past the
+// replay bound.
+func TestReplayingBatchEmitsForNewEventsOnly(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const wallets, deposits, more = 20, 5, 3
+	def := depositEmitter("kv_replay")
+	b.publishWallets(t, wallets, deposits)
+	r := b.run(t, "r1", def)
+	b.waitFold(t, "kv_replay", 30*time.Second)
+	devtest.Eventually(t, 30*time.Second, func() error {
+		if n := len(b.streamEvents(t, projector.OwnStream("kv_replay"))); n != wallets*deposits {
+			return fmt.Errorf("%d derived events, want %d", n, wallets*deposits)
+		}
+		return nil
+	})
+	r.stop(t)
+	if err := projector.Reset(ctx, b.js, def.Def(), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	// New deposits are in the stream before a replica starts: its first
+	// batch per wallet holds the replayed events and the new ones.
+	for d := range more {
+		for i := range wallets {
+			b.publish(t, fmt.Sprintf("w%d", i), "MoneyWasAddedToWallet", fmt.Sprintf(`{"amount":%d}`, 1000+d))
+		}
+	}
+	b.run(t, "r2", def)
+	b.waitFold(t, "kv_replay", 30*time.Second)
+	var after []emitted
+	devtest.Eventually(t, 30*time.Second, func() error {
+		after = after[:0]
+		for _, e := range b.streamEvents(t, projector.OwnStream("kv_replay")) {
+			if e.mark.Gen > 0 { // the reset's generation
+				after = append(after, e)
+			}
+		}
+		if len(after) < wallets*more {
+			return fmt.Errorf("%d derived events after the reset, want %d", len(after), wallets*more)
+		}
+		return nil
+	})
+	checkOnceInOrder(t, after)
+	for _, e := range after {
+		if e.body.Count <= 1+deposits {
+			t.Errorf("%s: derived event %+v answers a replayed event (count %d ≤ %d)", e.subject, e.body, e.body.Count, 1+deposits)
+		}
+	}
+	if len(after) != wallets*more {
+		t.Errorf("%d derived events after the reset, want %d", len(after), wallets*more)
+	}
+}

@@ -1009,6 +1009,10 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	ctx, span, traceparent := r.traceBatch(ctx, p.key(), w.msgs)
 	defer span.End()
 	pc := &projection.PartitionContext{Key: p.key(), Tx: b.Tx(), State: work}
+	// Events emitted while applying messages the projection replays
+	// (pc.Emitted[:quiet]) are dropped, even when the batch goes on past
+	// the replay bound.
+	quiet, until := 0, r.replayUntil()
 	for _, m := range w.msgs {
 		if rec.Tenant != "" && m.Tenant() != rec.Tenant && m.Sequence != rec.Skip {
 			if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
@@ -1031,6 +1035,9 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 			return r.failed(p, m, err, prev), nil
 		}
 		rec.Seq, rec.Position = m.Sequence, m.Position
+		if m.Sequence <= until {
+			quiet = len(pc.Emitted)
+		}
 	}
 	if err := r.safeFlush(ctx, pc); err != nil {
 		if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
@@ -1038,6 +1045,7 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 		}
 		return r.failed(p, w.msgs[len(w.msgs)-1], err, prev), nil
 	}
+	pc.Emitted = pc.Emitted[quiet:]
 	if len(pc.Emitted) > 0 {
 		last := w.msgs[len(w.msgs)-1]
 		ob, outbox := b.(OutboxBatch)
@@ -1308,6 +1316,13 @@ func (r *runner) generation() int {
 // emitting reports whether events derived from the message at seq are
 // emitted: not while the projection replays what it had seen (reset,
 // rebuild) nor while its deployment is not live.
+// replayUntil is the source sequence up to which the projection replays
+// what it had seen.
+func (r *runner) replayUntil() uint64 {
+	e, _ := r.reg.cached(r.def.Name())
+	return e.ReplayUntil
+}
+
 func (r *runner) emitting(seq uint64) bool {
 	e, ok := r.reg.cached(r.def.Name())
 	if !ok {
