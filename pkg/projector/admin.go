@@ -415,6 +415,8 @@ func applyCommand(rec *Record, cmd Command) error {
 		rec.Skip = p.Seq
 		rec.Parked, rec.Failing, rec.Behind = nil, nil, true
 	case "rebuild":
+		// What the partition had handled is replayed without emitting.
+		rec.Replay = max(rec.Replay, rec.Seq)
 		rec.Seq, rec.Position, rec.State = 0, 0, nil
 		rec.Parked, rec.Failing, rec.Behind = nil, nil, true
 	default:

@@ -31,6 +31,7 @@ type partExtra struct {
 	failing *Parked
 	behind  bool
 	skip    uint64
+	replay  uint64 // Record.Replay
 	tenant  string
 	fail    *failure
 	outbox  []Pending // derived events stored with the state, maybe not yet published
@@ -74,7 +75,7 @@ func (p *part) setFailure(f *failure) {
 }
 
 func (x *partExtra) empty() bool {
-	return x.subject == "" && x.parked == nil && x.failing == nil && !x.behind && x.skip == 0 && x.tenant == "" && x.fail == nil && len(x.outbox) == 0
+	return x.subject == "" && x.parked == nil && x.failing == nil && !x.behind && x.skip == 0 && x.replay == 0 && x.tenant == "" && x.fail == nil && len(x.outbox) == 0
 }
 
 // record expands the partition into its stored form.
@@ -82,6 +83,7 @@ func (p *part) record() Record {
 	r := Record{Key: p.key(), Seq: p.seq, Position: p.pos, State: p.state(), Revision: p.rev, Emitted: p.emit}
 	if x := p.x; x != nil {
 		r.Subject, r.Parked, r.Failing, r.Behind, r.Skip, r.Tenant, r.Outbox = x.subject, x.parked, x.failing, x.behind, x.skip, x.tenant, x.outbox
+		r.Replay = x.replay
 	}
 	return r
 }
@@ -101,11 +103,11 @@ func (p *part) setRecord(rec Record) {
 	}
 	p.seq, p.pos, p.rev, p.emit = rec.Seq, rec.Position, rec.Revision, rec.Emitted
 	fail := p.failure()
-	if rec.Subject == "" && rec.Parked == nil && rec.Failing == nil && !rec.Behind && rec.Skip == 0 && rec.Tenant == "" && fail == nil && len(rec.Outbox) == 0 {
+	if rec.Subject == "" && rec.Parked == nil && rec.Failing == nil && !rec.Behind && rec.Skip == 0 && rec.Replay == 0 && rec.Tenant == "" && fail == nil && len(rec.Outbox) == 0 {
 		p.x = nil
 		return
 	}
-	p.x = &partExtra{subject: rec.Subject, parked: rec.Parked, failing: rec.Failing, behind: rec.Behind, skip: rec.Skip, tenant: rec.Tenant, fail: fail,
+	p.x = &partExtra{subject: rec.Subject, parked: rec.Parked, failing: rec.Failing, behind: rec.Behind, skip: rec.Skip, replay: rec.Replay, tenant: rec.Tenant, fail: fail,
 		outbox: rec.Outbox}
 }
 

@@ -333,3 +333,51 @@ func TestReplayingBatchEmitsForNewEventsOnly(t *testing.T) {
 		t.Errorf("%d derived events after the reset, want %d", len(after), wallets*more)
 	}
 }
+
+// Rebuilding one partition replays its events without emitting again;
+// its new events are emitted as usual.
+func TestPartitionRebuildEmitsForNewEventsOnly(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const wallets, deposits = 10, 5
+	def := depositEmitter("kv_part_replay")
+	b.publishWallets(t, wallets, deposits)
+	r := b.run(t, "r1", def)
+	b.waitFold(t, "kv_part_replay", 30*time.Second)
+	own := projector.OwnStream("kv_part_replay")
+	devtest.Eventually(t, 30*time.Second, func() error {
+		if n := len(b.streamEvents(t, own)); n != wallets*deposits {
+			return fmt.Errorf("%d derived events, want %d", n, wallets*deposits)
+		}
+		return nil
+	})
+	cmd := projector.Command{Op: "rebuild", Partition: "wallet/w3"}
+	if err := projector.PartitionCommand(ctx, r.nc, b.js, def.Def(), 1, cmd); err != nil {
+		t.Fatal(err)
+	}
+	b.publish(t, "w3", "MoneyWasAddedToWallet", `{"amount":7}`)
+	b.publish(t, "w3", "MoneyWasAddedToWallet", `{"amount":8}`)
+	b.waitFold(t, "kv_part_replay", 30*time.Second)
+	subj := projector.EmitSubject("kv_part_replay", "wallet/w3")
+	var w3 []emitted
+	devtest.Eventually(t, 30*time.Second, func() error {
+		w3 = w3[:0]
+		for _, e := range b.streamEvents(t, own) {
+			if e.subject == subj {
+				w3 = append(w3, e)
+			}
+		}
+		if len(w3) == 0 || w3[len(w3)-1].body.Count != 1+deposits+2 {
+			return fmt.Errorf("w3: %d derived events, the last not yet for event %d", len(w3), 1+deposits+2)
+		}
+		return nil
+	})
+	checkOnceInOrder(t, w3)
+	if len(w3) != deposits+2 {
+		for _, e := range w3 {
+			t.Logf("%s %+v", e.id, e.body)
+		}
+		t.Fatalf("w3 has %d derived events, want %d: the rebuild emitted again", len(w3), deposits+2)
+	}
+}

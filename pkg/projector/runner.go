@@ -1012,7 +1012,7 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	// Events emitted while applying messages the projection replays
 	// (pc.Emitted[:quiet]) are dropped, even when the batch goes on past
 	// the replay bound.
-	quiet, until := 0, r.replayUntil()
+	quiet, until := 0, max(r.replayUntil(), rec.Replay)
 	for _, m := range w.msgs {
 		if rec.Tenant != "" && m.Tenant() != rec.Tenant && m.Sequence != rec.Skip {
 			if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
@@ -1051,7 +1051,7 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 		ob, outbox := b.(OutboxBatch)
 		_, kv := r.store.(*KVStore)
 		switch {
-		case !r.emitting(last.Sequence):
+		case !r.emitting(last.Sequence) || last.Sequence <= rec.Replay:
 		case kv:
 			// The events ride in the partition's record, written with its
 			// state in one compare-and-set; published after the write.
@@ -1081,6 +1081,9 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 				return applied{}, err
 			}
 		}
+	}
+	if rec.Seq >= rec.Replay {
+		rec.Replay = 0 // replayed
 	}
 	data, err := json.Marshal(work)
 	if err != nil {

@@ -38,6 +38,10 @@ type Record struct {
 	// Emitted counts the events the partition emitted: the sequence of its
 	// derived events.
 	Emitted uint64 `json:"emitted,omitempty"`
+	// Replay is the sequence up to which the partition replays what it had
+	// seen before `rebuild --partition`: events derived while handling
+	// those messages are not emitted again.
+	Replay uint64 `json:"replay,omitempty"`
 	// Outbox holds the derived events of a partition whose state lives in
 	// KV, written with the state they derive from: the projector publishes
 	// them after the write (Pending). Published ones may stay until the

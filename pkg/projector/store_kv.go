@@ -494,6 +494,9 @@ func encodeRecord(r Record) ([]byte, error) {
 	if r.Emitted != 0 {
 		b = strconv.AppendUint(append(b, `,"emitted":`...), r.Emitted, 10)
 	}
+	if r.Replay != 0 {
+		b = strconv.AppendUint(append(b, `,"replay":`...), r.Replay, 10)
+	}
 	b = append(r.Updated.AppendFormat(append(b, `,"updated":"`...), time.RFC3339Nano), `"}`...)
 	return b, nil
 }

@@ -70,6 +70,7 @@ $$;
 DROP TRIGGER IF EXISTS outbox_notify ON jetproj.outbox;
 CREATE TRIGGER outbox_notify AFTER INSERT ON jetproj.outbox FOR EACH STATEMENT EXECUTE FUNCTION jetproj.notify_outbox();
 ALTER TABLE jetproj.outbox ADD COLUMN IF NOT EXISTS traceparent text NOT NULL DEFAULT '';
+ALTER TABLE jetproj.partitions ADD COLUMN IF NOT EXISTS replay bigint NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS jetproj.slots (
     projection text    NOT NULL,
     slot       integer NOT NULL,
@@ -79,7 +80,7 @@ CREATE TABLE IF NOT EXISTS jetproj.slots (
 );`
 
 // pgSchemaVersion changes whenever pgSchema does.
-const pgSchemaVersion = 4
+const pgSchemaVersion = 5
 
 // Init creates the tables (idempotent). When the schema is current it runs
 // no DDL at all, so starting a projection never takes locks that running
@@ -131,7 +132,7 @@ func (s *PGStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64, err
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return nil, 0, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, seq, position, state, parked, revision, updated_at
+	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, replay, seq, position, state, parked, revision, updated_at
 FROM jetproj.partitions WHERE projection = $1 AND slot = $2`, s.projection, slot)
 	if err != nil {
 		return nil, 0, err
@@ -145,12 +146,12 @@ func scanRecords(rows pgx.Rows) ([]Record, error) {
 	var out []Record
 	for rows.Next() {
 		var r Record
-		var seq, rev, skip, emitted int64
+		var seq, rev, skip, emitted, replay int64
 		var state, parked, failing []byte
-		if err := rows.Scan(&r.Key, &r.Subject, &r.Behind, &failing, &skip, &emitted, &seq, &r.Position, &state, &parked, &rev, &r.Updated); err != nil {
+		if err := rows.Scan(&r.Key, &r.Subject, &r.Behind, &failing, &skip, &emitted, &replay, &seq, &r.Position, &state, &parked, &rev, &r.Updated); err != nil {
 			return nil, err
 		}
-		r.Seq, r.Revision, r.Skip, r.Emitted = uint64(seq), uint64(rev), uint64(skip), uint64(emitted)
+		r.Seq, r.Revision, r.Skip, r.Emitted, r.Replay = uint64(seq), uint64(rev), uint64(skip), uint64(emitted), uint64(replay)
 		if len(state) > 0 {
 			r.State = state
 		}
@@ -173,7 +174,7 @@ func scanRecords(rows pgx.Rows) ([]Record, error) {
 
 // Get reads one record.
 func (s *PGStore) Get(ctx context.Context, _ int, key string) (*Record, error) {
-	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, seq, position, state, parked, revision, updated_at
+	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, replay, seq, position, state, parked, revision, updated_at
 FROM jetproj.partitions WHERE projection = $1 AND partition = $2`, s.projection, key)
 	if err != nil {
 		return nil, err
@@ -229,7 +230,7 @@ func (s *PGStore) Summary(ctx context.Context) ([]Record, int, error) {
 	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.partitions WHERE projection = $1`, s.projection).Scan(&n); err != nil {
 		return nil, 0, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, seq, position, state, parked, revision, updated_at
+	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, replay, seq, position, state, parked, revision, updated_at
 FROM jetproj.partitions WHERE projection = $1 AND parked IS NOT NULL ORDER BY partition`, s.projection)
 	if err != nil {
 		return nil, 0, err
@@ -377,9 +378,9 @@ func (b *pgBatch) prepare(ctx context.Context) (map[string]uint64, error) {
 		}
 		key, rev := p.rec.Key, p.rec.Revision
 		if rev == 0 {
-			batch.Queue(`INSERT INTO jetproj.partitions (projection, partition, slot, seq, position, state, parked, revision, updated_at, subject, behind, failing, skip, emitted)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING`, b.s.projection, key, p.slot, int64(p.rec.Seq), p.rec.Position, state, parked, now,
-				p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted)).
+			batch.Queue(`INSERT INTO jetproj.partitions (projection, partition, slot, seq, position, state, parked, revision, updated_at, subject, behind, failing, skip, emitted, replay)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING`, b.s.projection, key, p.slot, int64(p.rec.Seq), p.rec.Position, state, parked, now,
+				p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted), int64(p.rec.Replay)).
 				Exec(func(tag pgconn.CommandTag) error {
 					if tag.RowsAffected() != 1 {
 						fenced = append(fenced, p.slot)
@@ -390,9 +391,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $13) ON CONFLICT D
 			continue
 		}
 		batch.Queue(`UPDATE jetproj.partitions SET seq = $3, position = $4, state = $5, parked = $6, revision = revision + 1, updated_at = $7,
-    subject = $9, behind = $10, failing = $11, skip = $12, emitted = $13
+    subject = $9, behind = $10, failing = $11, skip = $12, emitted = $13, replay = $14
 WHERE projection = $1 AND partition = $2 AND revision = $8`, b.s.projection, key, int64(p.rec.Seq), p.rec.Position, state, parked, now, int64(rev),
-			p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted)).
+			p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted), int64(p.rec.Replay)).
 			Exec(func(tag pgconn.CommandTag) error {
 				if tag.RowsAffected() != 1 {
 					fenced = append(fenced, p.slot)

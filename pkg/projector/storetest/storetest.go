@@ -1102,7 +1102,9 @@ func fullRecord(key string, seq uint64) projector.Record {
 			Seq: seq + 2, Position: 88, EventType: "WalletOpened",
 			Error: "timeout", Attempts: 1, Since: since.Add(time.Minute),
 		},
-		Skip: seq + 5,
+		Skip:    seq + 5,
+		Emitted: seq + 4,
+		Replay:  seq + 6,
 	}
 }
 
@@ -1127,6 +1129,8 @@ func assertRecord(t *testing.T, got *projector.Record, want projector.Record, re
 	check("State", string(got.State), string(want.State), jsonEqual(got.State, want.State))
 	check("Behind", got.Behind, want.Behind, got.Behind == want.Behind)
 	check("Skip", got.Skip, want.Skip, got.Skip == want.Skip)
+	check("Emitted", got.Emitted, want.Emitted, got.Emitted == want.Emitted)
+	check("Replay", got.Replay, want.Replay, got.Replay == want.Replay)
 	check("Parked", fmtParked(got.Parked), fmtParked(want.Parked), parkedEqual(got.Parked, want.Parked))
 	check("Failing", fmtParked(got.Failing), fmtParked(want.Failing), parkedEqual(got.Failing, want.Failing))
 	check("Revision", got.Revision, rev, got.Revision == rev)
