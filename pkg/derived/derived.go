@@ -106,11 +106,30 @@ func LinkTarget(link, subj string) (stream, target string, err error) {
 	return link, prefix + "." + strings.TrimPrefix(subj, "project."), nil
 }
 
-// EnsureLinkStream creates (or updates) the linked stream link.
+// linkDescription marks the streams jetproj created for LinkTo.
+const linkDescription = "jetproj linked stream"
+
+// ErrNotLinkStream reports a LinkTo whose stream exists and was not created
+// for links (EVENTS, a projection's own stream, another team's stream):
+// jetproj never changes such a stream.
+var ErrNotLinkStream = errors.New("stream exists and is not a jetproj linked stream")
+
+// EnsureLinkStream creates the linked stream link, or checks that the
+// stream of that name is one jetproj created for links.
 func EnsureLinkStream(ctx context.Context, js jetstream.JetStream, link string, replicas int) error {
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: link, Subjects: []string{strings.ToLower(link) + ".>"},
+	_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: link, Subjects: []string{strings.ToLower(link) + ".>"},
 		Replicas: max(replicas, 1), AllowDirect: true, Storage: jetstream.FileStorage,
-		Description: "jetproj linked stream"})
+		Description: linkDescription})
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		s, serr := js.Stream(ctx, link)
+		if serr != nil {
+			return fmt.Errorf("linked stream %s: %w", link, serr)
+		}
+		if cfg := s.CachedInfo().Config; cfg.Description != linkDescription {
+			return fmt.Errorf("linked stream %s: %w (subjects %v)", link, ErrNotLinkStream, cfg.Subjects)
+		}
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("linked stream %s: %w", link, err)
 	}
@@ -178,6 +197,11 @@ func (t *Tracker) Last(ctx context.Context, stream, subj string) (Mark, error) {
 	if s == nil {
 		var err error
 		if s, err = t.js.Stream(ctx, stream); err != nil {
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				t.mu.Lock()
+				delete(t.linked, stream) // a linked stream is created again
+				t.mu.Unlock()
+			}
 			return Mark{}, err
 		}
 		t.mu.Lock()
@@ -192,6 +216,7 @@ func (t *Tracker) Last(ctx context.Context, stream, subj string) (Mark, error) {
 	if err != nil {
 		t.mu.Lock()
 		delete(t.streams, stream) // deleted or recreated: look it up again
+		delete(t.linked, stream)  // a linked stream is created again
 		t.mu.Unlock()
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			return Mark{}, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -67,5 +68,33 @@ func TestTrackerReadsWhatTheStreamHolds(t *testing.T) {
 	tr.Forget()
 	if m, err := tr.Last(ctx, stream, subj); err != nil || m != e.Mark() {
 		t.Fatalf("mark %+v %v, want %+v", m, err, e.Mark())
+	}
+}
+
+// A LinkTo naming a stream jetproj did not create for links (here the
+// source stream) is refused and the stream left as it was; a linked
+// stream is created once and accepted after.
+func TestEnsureLinkStreamChangesNoOtherStream(t *testing.T) {
+	ctx := context.Background()
+	_, js := devtest.Connect(t, devtest.NATS(t))
+	cfg := jetstream.StreamConfig{Name: "EVENTS", Subjects: []string{"events.>"}, MaxAge: time.Hour, Duplicates: time.Minute}
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	err := derived.EnsureLinkStream(ctx, js, "EVENTS", 1)
+	if !errors.Is(err, derived.ErrNotLinkStream) {
+		t.Fatalf("EnsureLinkStream(EVENTS) = %v; want ErrNotLinkStream", err)
+	}
+	s, err := js.Stream(ctx, "EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config; got.MaxAge != time.Hour || got.Description != "" {
+		t.Fatalf("EVENTS changed: max age %v, description %q", got.MaxAge, got.Description)
+	}
+	for range 2 {
+		if err := derived.EnsureLinkStream(ctx, js, "completed_orders", 1); err != nil {
+			t.Fatalf("EnsureLinkStream(completed_orders): %v", err)
+		}
 	}
 }

@@ -187,7 +187,6 @@ func (e *Emitter) relay(ctx context.Context) error {
 		}
 		if err != nil {
 			e.log.Warn("relay interrupted; retrying", "error", err, "in", backoff)
-			e.marks.Forget()
 			select {
 			case <-ctx.Done():
 				return nil
@@ -254,8 +253,17 @@ type row struct {
 // round, acknowledged by JetStream, are deleted by this round's read, in
 // the same statement: a round costs one round trip to PostgreSQL. A round
 // that reads nothing therefore still deletes; it returns how many rows it
-// published.
+// published. A round that fails forgets what it knew of the streams: the
+// next reads them again.
 func (e *Emitter) RelayOnce(ctx context.Context) (int, error) {
+	n, err := e.relayOnce(ctx)
+	if err != nil {
+		e.marks.Forget()
+	}
+	return n, err
+}
+
+func (e *Emitter) relayOnce(ctx context.Context) (int, error) {
 	e.mu.Lock()
 	acked := e.acked
 	e.mu.Unlock()
@@ -324,10 +332,12 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 			m := r.Mark()
 			for _, t := range targets {
 				last, err := e.marks.Last(ctx, t.stream, t.subj)
-				if errors.Is(err, jetstream.ErrStreamNotFound) {
-					gone = append(gone, r.Projection) // deleted projection: drop its rows
-					continue
+				if errors.Is(err, jetstream.ErrStreamNotFound) && t.stream == targets[0].stream {
+					gone = append(gone, r.Projection) // deleted projection: drop its rows, links too
+					break
 				}
+				// A linked stream removed since it was ensured is created
+				// again next round: the caller forgets what was ensured.
 				if err != nil {
 					return 0, errors.Join(err, drain(ctx, pend))
 				}
@@ -350,7 +360,7 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 			}
 			done = append(done, r.id)
 		}
-		// The caller forgets every mark after an error: what landed is read
+		// RelayOnce forgets every mark after an error: what landed is read
 		// back from the streams.
 		var failed error
 		for _, p := range pend {

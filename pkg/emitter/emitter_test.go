@@ -615,3 +615,65 @@ VALUES ('wallet_balance', 'wallet/w1', $1, $2, $3, 'WalletBalanceWasChanged', $4
 		t.Fatalf("stream holds %+v; want events 1 and 2 in order", ds)
 	}
 }
+
+// A linked stream removed while the emitter runs is created again and
+// gets the derived events linked to it after; none is dropped.
+func TestRemovedLinkedStreamIsCreatedAgain(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	subj := projector.EmitSubject("wallet_balance", "wallet/w1")
+	insert := func(seq int) {
+		if _, err := b.pool.Exec(ctx, `INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, emit_seq, event_type, payload, source_seq, link_to)
+VALUES ('wallet_balance', 'wallet/w1', $1, $2, $3, 'WalletBalanceWasChanged', '{}', $3, 'relinked')`,
+			subj, fmt.Sprintf("wallet_balance:0:wallet/w1:%d", seq), seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc, err := nats.Connect(b.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	e, err := emitter.New(emitter.Config{}, b.pool, nc, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayAll := func() {
+		t.Helper()
+		devtest.Eventually(t, 10*time.Second, func() error {
+			if _, err := e.RelayOnce(ctx); err != nil {
+				return err
+			}
+			var n int
+			if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox`).Scan(&n); err != nil {
+				return err
+			}
+			if n > 0 {
+				return fmt.Errorf("%d rows in the outbox", n)
+			}
+			return nil
+		})
+	}
+	insert(1)
+	relayAll()
+	if err := b.js.DeleteStream(ctx, "relinked"); err != nil {
+		t.Fatal(err)
+	}
+	insert(2)
+	relayAll()
+	s, err := b.js.Stream(ctx, "relinked")
+	if err != nil {
+		t.Fatalf("linked stream not created again: %v", err)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, "relinked.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := m.Header.Get(nats.MsgIdHdr); id != "wallet_balance:0:wallet/w1:2" {
+		t.Fatalf("linked stream holds %q; want the second event", id)
+	}
+}

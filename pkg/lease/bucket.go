@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -47,7 +48,7 @@ func EnsureBucket(ctx context.Context, js jetstream.JetStream, bucket string, tt
 	if replicas < 0 {
 		return nil, fmt.Errorf("lease: bucket %q: replicas %d is negative", bucket, replicas)
 	}
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+	cfg := jetstream.KeyValueConfig{
 		Bucket:         bucket,
 		Description:    "jetproj leases",
 		History:        1,
@@ -55,7 +56,13 @@ func EnsureBucket(ctx context.Context, js jetstream.JetStream, bucket string, tt
 		Storage:        jetstream.FileStorage,
 		Replicas:       replicas,
 		LimitMarkerTTL: ttl,
-	})
+	}
+	kv, err := js.CreateKeyValue(ctx, cfg)
+	// A server busy enough to let the request time out is asked again, a
+	// few times, while ctx lasts: a service should not exit for it.
+	for attempt := 1; attempt < createAttempts && timedOut(err) && ctx.Err() == nil; attempt++ {
+		kv, err = js.CreateKeyValue(ctx, cfg)
+	}
 	if err == nil {
 		return kv, nil
 	}
@@ -74,6 +81,13 @@ func EnsureBucket(ctx context.Context, js jetstream.JetStream, bucket string, tt
 		return nil, &ConfigMismatchError{Bucket: bucket, WantTTL: ttl, GotTTL: got}
 	}
 	return kv, nil
+}
+
+// createAttempts bounds the requests EnsureBucket makes when they time out.
+const createAttempts = 4
+
+func timedOut(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
 }
 
 // BucketTTL reads the bucket's TTL (its MaxAge) from the server. It fails if

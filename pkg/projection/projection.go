@@ -150,6 +150,11 @@ func (c *PartitionContext) emit(eventType string, payload any, link string) erro
 	if eventType == "" {
 		return errors.New("projection: Emit needs an event type")
 	}
+	if link != "" {
+		if err := subject.ValidName(strings.ToLower(link)); err != nil {
+			return fmt.Errorf("projection: LinkTo stream %q: %w", link, err)
+		}
+	}
 	b, err := json.Marshal(payload)
 	if err != nil {
 		return fmt.Errorf("projection: emit %s: %w", eventType, err)
