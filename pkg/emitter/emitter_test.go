@@ -370,7 +370,7 @@ func TestLinkToAndDelete(t *testing.T) {
 	b.deposit(t, "a", 5)
 	b.deposit(t, "a", 5000)
 	b.deposit(t, "b", 2000)
-	b.projector(t, p, big)
+	stopProjector, _ := b.projector(t, p, big)
 	b.emitter(t)
 	count := func(stream string) (uint64, error) {
 		s, err := b.js.Stream(ctx, stream)
@@ -403,6 +403,28 @@ func TestLinkToAndDelete(t *testing.T) {
 	if n, err := count("completed_orders"); err != nil || n != 2 {
 		t.Fatalf("linked stream after delete: %d, %v", n, err)
 	}
+
+	// Revived, and live only for new events, the projection numbers its
+	// derived events anew: the linked stream's marks of its previous life
+	// (wallet a's first) must not hide them.
+	stopProjector()
+	if err := projector.Init(ctx, b.js, big.Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, live := range []bool{false, true} {
+		if err := projector.SetLive(ctx, b.js, big.Def(), 1, live); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.projector(t, p, big)
+	b.deposit(t, "a", 7000)
+	devtest.Eventually(t, 30*time.Second, func() error {
+		n, err := count("completed_orders")
+		if err == nil && n != 3 {
+			err = fmt.Errorf("completed_orders holds %d, want 3", n)
+		}
+		return err
+	})
 }
 
 // balances reads a wallet_balance table by wallet id.

@@ -40,6 +40,12 @@ func Init(ctx context.Context, js jetstream.JetStream, d *projection.Definition,
 		if exists && e.State == StateActive {
 			return nil
 		}
+		if exists && e.State == StateDeleted {
+			// A revived projection numbers its derived events anew: the
+			// linked streams still hold those of its previous life, whose
+			// marks must not hide the new ones.
+			e.Generation++
+		}
 		e.State, e.Kind, e.Slots, e.Reason = StateActive, d.Kind().String(), d.Spec().Slots, ""
 		if !exists {
 			e.NotLive = notLive
