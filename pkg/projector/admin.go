@@ -249,6 +249,18 @@ func Reset(ctx context.Context, js jetstream.JetStream, d *projection.Definition
 	if err := store.Init(ctx); err != nil {
 		return err
 	}
+	if kv, ok := store.(*KVStore); ok {
+		if err := ensureOwnStream(ctx, js, d.Name(), replicas); err != nil {
+			return err
+		}
+		n, err := publishLeftovers(ctx, js, d.Name(), kv, d.Spec().Slots, replicas)
+		if err != nil {
+			return fmt.Errorf("projector: %s: derived events left in its records: %w", d.Name(), err)
+		}
+		if n > 0 {
+			progress("%s: published %d derived events (links included) its records still held", d.Name(), n)
+		}
+	}
 	if err := store.Reset(ctx); err != nil {
 		return err
 	}

@@ -3,6 +3,9 @@ package projector
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -139,11 +142,72 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 
 // derivedEvent is a stored derived event of p, ready to publish.
 func (r *runner) derivedEvent(p *part, e Pending) derived.Event {
-	name, key := r.def.Name(), p.key()
+	return pendingEvent(r.def.Name(), p.key(), e)
+}
+
+// pendingEvent is the derived event e of the partition key of projection
+// name.
+func pendingEvent(name, key string, e Pending) derived.Event {
 	return derived.Event{Projection: name, Partition: key, Subject: EmitSubject(name, key),
 		MsgID: msgID(name, e.Generation, key, e.Seq), Generation: e.Generation, Seq: e.Seq,
 		Type: e.Type, Payload: e.Payload, LinkTo: e.LinkTo, SourceSeq: e.SourceSeq, SourcePosition: e.SourcePosition,
 		TraceParent: e.TraceParent}
+}
+
+// publishLeftovers publishes the derived events that the records of a KV
+// store hold and the streams do not, before a reset removes the records:
+// they were committed with their state, and a reset replays without
+// emitting, so nobody would publish them later. It returns how many it
+// published.
+func publishLeftovers(ctx context.Context, js jetstream.JetStream, name string, st *KVStore, slots, replicas int) (int, error) {
+	marks := derived.NewTracker(js)
+	var published atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for slot := range slots {
+		recs, _, err := st.LoadSlot(gctx, slot)
+		if err != nil {
+			if werr := g.Wait(); werr != nil {
+				err = werr // the cause of a cancelled load
+			}
+			return int(published.Load()), err
+		}
+		for _, rec := range recs {
+			if len(rec.Outbox) == 0 {
+				continue
+			}
+			g.Go(func() error {
+				for _, p := range rec.Outbox {
+					e := pendingEvent(name, rec.Key, p)
+					targets := [][2]string{{OwnStream(name), e.Subject}}
+					if e.LinkTo != "" {
+						stream, subj, err := marks.Link(gctx, e.LinkTo, e.Subject, replicas)
+						if err != nil {
+							return fmt.Errorf("projector: %w", err)
+						}
+						targets = append(targets, [2]string{stream, subj})
+					}
+					for _, t := range targets {
+						last, err := marks.Last(gctx, t[0], t[1])
+						if err != nil {
+							return fmt.Errorf("projector: derived events of %s: %w", rec.Key, err)
+						}
+						if !last.Before(e.Mark()) {
+							continue
+						}
+						if _, err := js.PublishMsg(gctx, e.Msg(t[1])); err != nil {
+							return fmt.Errorf("projector: publish %s: %w", t[1], err)
+						}
+						marks.Set(t[1], e.Mark())
+						published.Add(1)
+					}
+				}
+				return nil
+			})
+		}
+	}
+	err := g.Wait()
+	return int(published.Load()), err
 }
 
 // msgID is the Nats-Msg-Id of a partition's seq-th derived event of a

@@ -381,3 +381,52 @@ func TestPartitionRebuildEmitsForNewEventsOnly(t *testing.T) {
 		t.Fatalf("w3 has %d derived events, want %d: the rebuild emitted again", len(w3), deposits+2)
 	}
 }
+
+// A reset publishes the derived events that records still hold and the
+// streams do not, before it removes the records: they were committed with
+// their state, and the replay after the reset emits nothing.
+func TestResetPublishesWhatRecordsStillHold(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	b.publishWallets(t, 1, 0)
+	def := emittingWallets("kv_reset_left")
+	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	store := projector.NewKVStore(b.js, "jetproj_state_kv_reset_left", 1)
+	if err := store.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pending := []projector.Pending{
+		{Generation: 0, Seq: 1, Type: "WalletBalanceWasChanged", Payload: json.RawMessage(`{"cents":0,"count":1}`), SourceSeq: 1},
+		{Generation: 0, Seq: 2, Type: "WalletBalanceWasChanged", Payload: json.RawMessage(`{"cents":0,"count":1}`), SourceSeq: 1, LinkTo: "kv_links3"},
+	}
+	batch, err := store.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch.Put(projector.SlotOf("wallet/w0", 64), 0, projector.Record{Key: "wallet/w0", Seq: 1, State: json.RawMessage(`{"count":1}`), Emitted: 2, Outbox: pending})
+	if _, err := batch.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	first := derived.Event{Projection: "kv_reset_left", Partition: "wallet/w0", Subject: projector.EmitSubject("kv_reset_left", "wallet/w0"),
+		MsgID: "kv_reset_left:0:wallet/w0:1", Generation: 0, Seq: 1, Type: "WalletBalanceWasChanged", Payload: pending[0].Payload}
+	if _, err := b.js.PublishMsg(ctx, first.Msg(first.Subject)); err != nil {
+		t.Fatal(err)
+	}
+	if err := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf); err != nil {
+		t.Fatal(err)
+	}
+	own := b.streamEvents(t, projector.OwnStream("kv_reset_left"))
+	checkOnceInOrder(t, own)
+	if len(own) != 2 || own[1].mark.Seq != 2 {
+		t.Fatalf("own stream holds %d events (%+v); want the first and, published by the reset, the second", len(own), own)
+	}
+	if links := b.streamEvents(t, "kv_links3"); len(links) != 1 {
+		t.Fatalf("linked stream holds %d events, want 1", len(links))
+	}
+	if r, err := store.Get(ctx, projector.SlotOf("wallet/w0", 64), "wallet/w0"); err != nil || r != nil {
+		t.Fatalf("record after the reset: %+v, %v; want none", r, err)
+	}
+}
