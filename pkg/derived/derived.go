@@ -162,6 +162,15 @@ func (t *Tracker) Forget() {
 	t.mu.Unlock()
 }
 
+// Drop forgets the marks of subjs: they are read from their streams again.
+func (t *Tracker) Drop(subjs ...string) {
+	t.mu.Lock()
+	for _, s := range subjs {
+		delete(t.last, s)
+	}
+	t.mu.Unlock()
+}
+
 // Known reports whether the mark of subj is known without reading.
 func (t *Tracker) Known(subj string) bool {
 	t.mu.Lock()

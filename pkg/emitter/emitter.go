@@ -10,6 +10,12 @@
 // on that partition's subject and skips what the stream already holds; it
 // deletes outbox rows only after JetStream acknowledged them. A KV lease
 // keeps one emitter active.
+//
+// A subject whose event JetStream refuses (a linked stream that cannot be
+// created, a message over the stream's limit) stalls alone: its rows wait
+// in the outbox, in order, and are tried again with a growing pause, while
+// every other subject's rows go on (StalledError, metric
+// jetproj_emitter_stalled_subjects).
 package emitter
 
 import (
@@ -106,6 +112,7 @@ type Emitter struct {
 	wake    chan struct{}
 	emitted prometheus.Counter
 	held    prometheus.Gauge
+	stalled prometheus.Gauge
 	busy    opsserver.Busy // a relay round in progress
 
 	// marks is what each subject's stream holds: generation and emission
@@ -115,7 +122,40 @@ type Emitter struct {
 	// acked are the ids of the last round's rows, published and
 	// acknowledged: the next round deletes them.
 	acked []int64
+	// stalls are the subjects whose last attempt JetStream refused. Only
+	// the relay round touches them.
+	stalls map[string]*stall
 }
+
+// stall is a subject whose derived event JetStream refused: its rows wait
+// in the outbox until until, then are tried again.
+type stall struct {
+	until time.Time
+	wait  time.Duration
+}
+
+// Pauses of a stalled subject, and how many subjects may stall before the
+// failure counts as the whole relay's (JetStream unreachable, say).
+const (
+	stallFirst = 250 * time.Millisecond
+	stallMax   = 30 * time.Second
+	maxStalls  = 1024
+)
+
+// StalledError reports the subjects whose derived events JetStream refused
+// in a round. The round relayed every other subject's rows; the stalled
+// ones wait in the outbox and are tried again after a pause that grows
+// from 250 ms to 30 s.
+type StalledError struct {
+	Subjects []string
+	Err      error // the first refusal
+}
+
+func (e *StalledError) Error() string {
+	return fmt.Sprintf("emitter: derived events of %d subject(s) held back (first %s): %v", len(e.Subjects), e.Subjects[0], e.Err)
+}
+
+func (e *StalledError) Unwrap() error { return e.Err }
 
 // New builds an Emitter.
 func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer) (*Emitter, error) {
@@ -132,10 +172,12 @@ func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg pr
 	}
 	e := &Emitter{cfg: cfg, pool: pool, js: js, log: log, wake: make(chan struct{}, 1),
 		emitted: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_emitter_events_emitted_total", Help: "Derived events published."}),
-		held:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_emitter_lease_held", Help: "1 on the active emitter, 0 on a standby."})}
+		held:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_emitter_lease_held", Help: "1 on the active emitter, 0 on a standby."}),
+		stalled: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_emitter_stalled_subjects", Help: "Subjects whose derived events JetStream refused; their rows wait in the outbox."}),
+		stalls:  map[string]*stall{}}
 	e.marks = derived.NewTracker(js)
 	if reg != nil {
-		for _, c := range []prometheus.Collector{e.emitted, e.held} {
+		for _, c := range []prometheus.Collector{e.emitted, e.held, e.stalled} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -185,6 +227,11 @@ func (e *Emitter) relay(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if se := (*StalledError)(nil); errors.As(err, &se) {
+			// The others went on: no pause for them.
+			e.log.Warn("derived events held back; the others relayed", "subjects", len(se.Subjects), "first", se.Subjects[0], "error", se.Err)
+			err = nil
+		}
 		if err != nil {
 			e.log.Warn("relay interrupted; retrying", "error", err, "in", backoff)
 			select {
@@ -201,7 +248,7 @@ func (e *Emitter) relay(ctx context.Context) error {
 			// its read, and picks up what arrived meanwhile.
 			continue
 		}
-		t := time.NewTimer(e.cfg.PollInterval)
+		t := time.NewTimer(e.idleWait(time.Now()))
 		select {
 		case <-ctx.Done():
 		case <-e.wake:
@@ -249,18 +296,49 @@ type row struct {
 	derived.Event
 }
 
+// idleWait is how long the relay may wait for a notification: the poll
+// interval, or less when a stalled subject is due before.
+func (e *Emitter) idleWait(now time.Time) time.Duration {
+	wait := e.cfg.PollInterval
+	for _, s := range e.stalls {
+		if d := s.until.Sub(now); d < wait {
+			wait = max(d, time.Millisecond)
+		}
+	}
+	return wait
+}
+
 // RelayOnce publishes one round of outbox rows. The rows of the previous
 // round, acknowledged by JetStream, are deleted by this round's read, in
 // the same statement: a round costs one round trip to PostgreSQL. A round
 // that reads nothing therefore still deletes; it returns how many rows it
-// published. A round that fails forgets what it knew of the streams: the
-// next reads them again.
+// relayed. Rows of a subject JetStream refuses stay in the outbox, the
+// subject stalls (*StalledError) and the others are relayed. A round that
+// fails as a whole forgets what it knew of the streams: the next reads them
+// again. RelayOnce is not safe for concurrent use.
 func (e *Emitter) RelayOnce(ctx context.Context) (int, error) {
 	n, err := e.relayOnce(ctx)
-	if err != nil {
+	if se := (*StalledError)(nil); err != nil && !errors.As(err, &se) {
 		e.marks.Forget()
 	}
+	e.stalled.Set(float64(len(e.stalls)))
 	return n, err
+}
+
+// stalledNow lists the subjects still paused at now, and forgets those
+// whose pause ended long ago without their rows coming back (a deleted
+// projection's, say).
+func (e *Emitter) stalledNow(now time.Time) []string {
+	subjs := []string{}
+	for subj, s := range e.stalls {
+		switch {
+		case now.Before(s.until):
+			subjs = append(subjs, subj)
+		case now.Sub(s.until) > stallMax:
+			delete(e.stalls, subj)
+		}
+	}
+	return subjs
 }
 
 func (e *Emitter) relayOnce(ctx context.Context) (int, error) {
@@ -270,9 +348,13 @@ func (e *Emitter) relayOnce(ctx context.Context) (int, error) {
 	if acked == nil {
 		acked = []int64{}
 	}
+	// Stalled subjects' rows are left where they are: their order is kept
+	// and they do not take the round's room.
+	now := time.Now()
 	rows, err := e.pool.Query(ctx, `WITH relayed AS (DELETE FROM jetproj.outbox WHERE id = ANY($2))
 SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_type, payload::text,
-       link_to, source_seq, source_position, traceparent FROM jetproj.outbox WHERE NOT id = ANY($2) ORDER BY id LIMIT $1`, e.cfg.BatchSize, acked)
+       link_to, source_seq, source_position, traceparent FROM jetproj.outbox
+ WHERE NOT id = ANY($2) AND NOT subject = ANY($3) ORDER BY id LIMIT $1`, e.cfg.BatchSize, acked, e.stalledNow(now))
 	if err != nil {
 		return 0, fmt.Errorf("emitter: read outbox: %w", err)
 	}
@@ -318,28 +400,49 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 	}
 	var done []int64
 	var gone []string
+	// refused holds the subjects JetStream refused this round, and
+	// targets every subject a refused row went to: their marks are read
+	// again next time (a refused publish may have landed after all).
+	refused := map[string]error{}
+	var order []string
+	targets := map[string][]string{}
+	refuse := func(subj string, err error) {
+		if _, ok := refused[subj]; !ok {
+			refused[subj] = err
+			order = append(order, subj)
+		}
+	}
 	for _, wave := range waves {
 		var pend []pending
+		var sent []row
 		for _, r := range wave {
-			targets := []struct{ stream, subj string }{{projector.OwnStream(r.Projection), r.Subject}}
+			if _, ok := refused[r.Subject]; ok {
+				continue // its earlier row was refused: keep the order
+			}
+			to := []struct{ stream, subj string }{{projector.OwnStream(r.Projection), r.Subject}}
 			if r.LinkTo != "" {
 				ls, lsubj, err := e.marks.Link(ctx, r.LinkTo, r.Subject, e.cfg.Replicas)
 				if err != nil {
-					return 0, errors.Join(fmt.Errorf("emitter: %w", err), drain(ctx, pend))
+					refuse(r.Subject, err)
+					continue
 				}
-				targets = append(targets, struct{ stream, subj string }{ls, lsubj})
+				to = append(to, struct{ stream, subj string }{ls, lsubj})
 			}
 			m := r.Mark()
-			for _, t := range targets {
+			dropped := false
+			for _, t := range to {
+				targets[r.Subject] = append(targets[r.Subject], t.subj)
 				last, err := e.marks.Last(ctx, t.stream, t.subj)
-				if errors.Is(err, jetstream.ErrStreamNotFound) && t.stream == targets[0].stream {
+				if errors.Is(err, jetstream.ErrStreamNotFound) && t.stream == to[0].stream {
 					gone = append(gone, r.Projection) // deleted projection: drop its rows, links too
+					dropped = true
 					break
 				}
 				// A linked stream removed since it was ensured is created
-				// again next round: the caller forgets what was ensured.
+				// again next time: Last forgets it was ensured.
 				if err != nil {
-					return 0, errors.Join(err, drain(ctx, pend))
+					refuse(r.Subject, err)
+					break
 				}
 				if !last.Before(m) {
 					continue // the stream holds it already
@@ -354,30 +457,33 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 				span.End()
 				fut, err := e.js.PublishMsgAsync(msg)
 				if err != nil {
-					return 0, errors.Join(fmt.Errorf("emitter: publish %s: %w", t.subj, err), drain(ctx, pend))
+					refuse(r.Subject, fmt.Errorf("publish %s: %w", t.subj, err))
+					break
 				}
-				pend = append(pend, pending{t.subj, m, fut})
+				pend = append(pend, pending{r.Subject, t.subj, m, fut})
 			}
-			done = append(done, r.id)
+			if dropped {
+				done = append(done, r.id)
+			} else {
+				sent = append(sent, r)
+			}
 		}
-		// RelayOnce forgets every mark after an error: what landed is read
-		// back from the streams.
-		var failed error
 		for _, p := range pend {
 			select {
 			case <-p.fut.Ok():
 				e.emitted.Inc()
 				e.marks.Set(p.target, p.mark)
 			case err := <-p.fut.Err():
-				if failed == nil {
-					failed = fmt.Errorf("emitter: publish %s: %w", p.target, err)
-				}
+				refuse(p.row, fmt.Errorf("publish %s: %w", p.target, err))
 			case <-ctx.Done():
 				return 0, ctx.Err()
 			}
 		}
-		if failed != nil {
-			return 0, failed
+		for _, r := range sent {
+			if _, ok := refused[r.Subject]; !ok {
+				done = append(done, r.id)
+				delete(e.stalls, r.Subject) // flowing again
+			}
 		}
 	}
 	e.mu.Lock()
@@ -386,29 +492,35 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 	if len(gone) > 0 {
 		e.log.Warn("dropped derived events of projections without a stream (deleted?)", "projections", gone)
 	}
-	return len(batch), nil
+	if len(order) == 0 {
+		return len(done), nil
+	}
+	for _, subj := range order {
+		e.marks.Drop(targets[subj]...)
+		s := e.stalls[subj]
+		if s == nil {
+			s = &stall{wait: stallFirst}
+			e.stalls[subj] = s
+		} else {
+			s.wait = min(2*s.wait, stallMax)
+		}
+		s.until = now.Add(s.wait)
+	}
+	err = &StalledError{Subjects: order, Err: refused[order[0]]}
+	if len(e.stalls) > maxStalls {
+		// Too many to be one subject's trouble: the relay's own.
+		clear(e.stalls)
+		return len(done), fmt.Errorf("emitter: %d subjects refused, the first %s: %w", len(order), order[0], refused[order[0]])
+	}
+	return len(done), err
 }
 
 // pending is a derived event on its way to a stream.
 type pending struct {
+	row    string // the row's own subject
 	target string
 	mark   derived.Mark
 	fut    jetstream.PubAckFuture
-}
-
-// drain waits for the publishes of a wave that is given up, so that none is
-// still in flight when the caller reads the streams again; their outcome
-// does not matter.
-func drain(ctx context.Context, pend []pending) error {
-	for _, p := range pend {
-		select {
-		case <-p.fut.Ok():
-		case <-p.fut.Err():
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	return nil
 }
 
 // prefetchMarks reads, concurrently, what the own streams hold on the

@@ -3,7 +3,9 @@ package emitter_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetproj/jetproj/pkg/devenv"
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
@@ -610,11 +613,17 @@ VALUES ('wallet_balance', 'wallet/w1', $1, $2, $3, 'WalletBalanceWasChanged', $4
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range 3 {
-		if _, err := e.RelayOnce(ctx); err == nil {
-			t.Fatal("a round whose event the stream refuses succeeded")
-		}
+	var se *emitter.StalledError
+	if _, err := e.RelayOnce(ctx); !errors.As(err, &se) || len(se.Subjects) != 1 || se.Subjects[0] != subj {
+		t.Fatalf("a round whose event the stream refuses returned %v; want a StalledError for %s", err, subj)
 	}
+	// Tried again once its pause is over, and refused again.
+	devtest.Eventually(t, 10*time.Second, func() error {
+		if _, err := e.RelayOnce(ctx); !errors.As(err, &se) {
+			return fmt.Errorf("round returned %v; want it refused again", err)
+		}
+		return nil
+	})
 	if n := len(b.derived(t)); n != 0 {
 		t.Fatalf("the stream took %d events while the first was refused; want 0", n)
 	}
@@ -698,4 +707,107 @@ VALUES ('wallet_balance', 'wallet/w1', $1, $2, $3, 'WalletBalanceWasChanged', '{
 	if id := m.Header.Get(nats.MsgIdHdr); id != "wallet_balance:0:wallet/w1:2" {
 		t.Fatalf("linked stream holds %q; want the second event", id)
 	}
+}
+
+// A subject whose derived event JetStream refuses (here: linked to a stream
+// jetproj did not create) stalls alone: its rows wait in the outbox, in
+// order, while the other subjects' rows are relayed at once; once the cause
+// is gone, the stalled rows go out in order, each once.
+func TestRefusedSubjectStallsAlone(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	insert := func(wallet string, seq int, link string) {
+		t.Helper()
+		if _, err := b.pool.Exec(ctx, `INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, emit_seq, event_type, payload, source_seq, link_to)
+VALUES ('wallet_balance', $1, $2, $3, $4, 'WalletBalanceWasChanged', '{}', $4, $5)`,
+			"wallet/"+wallet, projector.EmitSubject("wallet_balance", "wallet/"+wallet),
+			fmt.Sprintf("wallet_balance:0:wallet/%s:%d", wallet, seq), seq, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert("w1", 1, "foreign")
+	insert("w1", 2, "")
+	insert("w2", 1, "")
+	reg := prometheus.NewRegistry()
+	b.start(t, func(ctx context.Context, nc *nats.Conn) error {
+		e, err := emitter.New(emitter.Config{LeaseTTL: 2 * time.Second, PollInterval: time.Minute}, b.pool, nc, nil, reg)
+		if err != nil {
+			return err
+		}
+		return e.Run(ctx)
+	})
+	ids := func() []string {
+		var out []string
+		for _, d := range b.derived(t) {
+			out = append(out, d.id)
+		}
+		return out
+	}
+	devtest.Eventually(t, 15*time.Second, func() error {
+		if got := ids(); len(got) != 1 || got[0] != "wallet_balance:0:wallet/w2:1" {
+			return fmt.Errorf("stream holds %v; want w2's event alone", got)
+		}
+		if n := gauge(t, reg, "jetproj_emitter_stalled_subjects"); n != 1 {
+			return fmt.Errorf("stalled subjects %v; want 1", n)
+		}
+		return nil
+	})
+	// w2 goes on while w1 waits; the notification wakes the relay.
+	insert("w2", 2, "")
+	devtest.Eventually(t, 15*time.Second, func() error {
+		if got := ids(); len(got) != 2 {
+			return fmt.Errorf("stream holds %v; want w2's two events", got)
+		}
+		return nil
+	})
+	var waiting int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox WHERE partition = 'wallet/w1'`).Scan(&waiting); err != nil {
+		t.Fatal(err)
+	}
+	if waiting != 2 {
+		t.Fatalf("%d rows of the stalled subject in the outbox; want 2", waiting)
+	}
+	if err := b.js.DeleteStream(ctx, "foreign"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"wallet_balance:0:wallet/w2:1", "wallet_balance:0:wallet/w2:2", "wallet_balance:0:wallet/w1:1", "wallet_balance:0:wallet/w1:2"}
+	devtest.Eventually(t, 40*time.Second, func() error {
+		if got := ids(); !slices.Equal(got, want) {
+			return fmt.Errorf("stream holds %v; want %v", got, want)
+		}
+		if n := gauge(t, reg, "jetproj_emitter_stalled_subjects"); n != 0 {
+			return fmt.Errorf("stalled subjects %v; want 0", n)
+		}
+		return nil
+	})
+	s, err := b.js.Stream(ctx, "foreign")
+	if err != nil {
+		t.Fatalf("linked stream not created once the foreign one was gone: %v", err)
+	}
+	if info, err := s.Info(ctx); err != nil || info.State.Msgs != 1 {
+		t.Fatalf("linked stream: %+v, %v; want w1's first event", info, err)
+	}
+}
+
+// gauge reads the value of the gauge called name from reg.
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }
