@@ -11,6 +11,7 @@ type metrics struct {
 	batch     *prometheus.HistogramVec
 	writes    *prometheus.CounterVec
 	emitted   *prometheus.CounterVec
+	waiting   *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -23,10 +24,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		slots:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jetproj_projector_slots_owned", Help: "Slots this replica owns."}, l),
 		writes:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetproj_projector_records_written_total", Help: "Partition records written to the state store (write-behind writes a partition once for many events)."}, l),
 		emitted:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetproj_projector_events_emitted_total", Help: "Derived events of KV-state projections the projector published (the emitter publishes those of Postgres sinks)."}, l),
+		waiting:   prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jetproj_projector_partitions_unpublished", Help: "Partitions of KV-state projections whose derived events JetStream refused: they wait in their records and are tried again."}, l),
 		batch:     prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "jetproj_projector_batch_seconds", Help: "Batch durations.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, l),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.processed, m.errors, m.retries, m.parked, m.slots, m.batch, m.writes, m.emitted} {
+		for _, c := range []prometheus.Collector{m.processed, m.errors, m.retries, m.parked, m.slots, m.batch, m.writes, m.emitted, m.waiting} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -32,9 +32,9 @@ func (r *runner) queueUnsent(p *part) {
 	}
 }
 
-// sendUnsent publishes the derived events of the queued partitions. What
-// fails stays queued, to be tried again after the next write or within a
-// second.
+// sendUnsent publishes the derived events of the queued partitions. A
+// partition whose event JetStream refuses stays queued, to be tried again
+// after its next write or within a second; the others go on.
 func (r *runner) sendUnsent(ctx context.Context) error {
 	if len(r.unsent) == 0 {
 		return nil
@@ -52,91 +52,101 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 	}
 	r.unsent = parts
 	type pend struct {
+		p    *part
 		subj string
 		mark derived.Mark
 		fut  jetstream.PubAckFuture
 	}
 	published := 0
+	// refused holds the partitions JetStream refused, and targets the
+	// subjects each tried: their marks are read again next time (a refused
+	// publish may have landed after all).
+	refused := map[*part]error{}
+	var first *part
+	targets := map[*part][]string{}
+	refuse := func(p *part, err error) {
+		if refused[p] == nil {
+			refused[p] = err
+			if first == nil {
+				first = p
+			}
+		}
+	}
 	// Round i publishes every partition's i-th event: a partition's events
-	// go out in order, partitions side by side. A round that fails waits
-	// for what it sent and forgets every mark: what landed is read back
-	// from the streams next time, what did not is sent again.
+	// go out in order, partitions side by side. A partition refused in a
+	// round sends nothing more.
 	for i := 0; ; i++ {
 		var pends []pend
-		fail := func(err error) error {
-			for _, pd := range pends {
-				select {
-				case <-pd.fut.Ok():
-				case <-pd.fut.Err():
-				case <-ctx.Done():
-				}
-			}
-			r.marks.Forget()
-			return err
-		}
 		more := false
 		for _, p := range parts {
-			if i >= len(p.x.outbox) {
+			if i >= len(p.x.outbox) || refused[p] != nil {
 				continue
 			}
 			more = true
 			e := r.derivedEvent(p, p.x.outbox[i])
-			targets := [][2]string{{OwnStream(r.def.Name()), e.Subject}}
+			to := [][2]string{{OwnStream(r.def.Name()), e.Subject}}
 			if e.LinkTo != "" {
 				stream, subj, err := r.marks.Link(ctx, e.LinkTo, e.Subject, r.streamReplicas)
 				if err != nil {
-					return fail(fmt.Errorf("projector: %w", err))
+					refuse(p, err)
+					continue
 				}
-				targets = append(targets, [2]string{stream, subj})
+				to = append(to, [2]string{stream, subj})
 			}
-			for _, t := range targets {
+			for _, t := range to {
+				targets[p] = append(targets[p], t[1])
 				last, err := r.marks.Last(ctx, t[0], t[1])
 				if err != nil {
-					return fail(fmt.Errorf("projector: derived events of %s: %w", p.key(), err))
+					refuse(p, err)
+					break
 				}
 				if !last.Before(e.Mark()) {
 					continue // the stream holds it already
 				}
 				fut, err := r.js.PublishMsgAsync(e.Msg(t[1]))
 				if err != nil {
-					return fail(fmt.Errorf("projector: publish %s: %w", t[1], err))
+					refuse(p, fmt.Errorf("publish %s: %w", t[1], err))
+					break
 				}
-				pends = append(pends, pend{t[1], e.Mark(), fut})
+				pends = append(pends, pend{p, t[1], e.Mark(), fut})
 			}
 		}
 		if !more {
 			break
 		}
-		var failed error
 		for _, pd := range pends {
 			select {
 			case <-pd.fut.Ok():
 				published++
 				r.marks.Set(pd.subj, pd.mark)
 			case err := <-pd.fut.Err():
-				if failed == nil {
-					failed = fmt.Errorf("projector: publish %s: %w", pd.subj, err)
-				}
+				refuse(pd.p, fmt.Errorf("publish %s: %w", pd.subj, err))
 			case <-ctx.Done():
 				r.marks.Forget()
 				return ctx.Err()
 			}
 		}
-		if failed != nil {
-			r.marks.Forget()
-			return failed
-		}
 	}
+	r.metrics.emitted.WithLabelValues(r.def.Name()).Add(float64(published))
 	// Published: the record keeps them until its next write.
+	left := r.unsent[:0]
 	for _, p := range parts {
+		if refused[p] != nil {
+			r.marks.Drop(targets[p]...)
+			left = append(left, p)
+			continue
+		}
 		p.x.outbox = nil
 		if p.x.empty() {
 			p.x = nil
 		}
 	}
-	clear(r.unsent)
-	r.unsent = r.unsent[:0]
-	r.metrics.emitted.WithLabelValues(r.def.Name()).Add(float64(published))
+	clear(r.unsent[len(left):])
+	r.unsent = left
+	r.metrics.waiting.WithLabelValues(r.def.Name()).Set(float64(len(left)))
+	if first != nil {
+		return fmt.Errorf("projector: derived events of %d partition(s) not published yet (first %s): %w", len(left), first.key(), refused[first])
+	}
 	return nil
 }
 

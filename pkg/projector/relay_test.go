@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/pkg/derived"
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
@@ -429,4 +430,85 @@ func TestResetPublishesWhatRecordsStillHold(t *testing.T) {
 	if r, err := store.Get(ctx, projector.SlotOf("wallet/w0", 64), "wallet/w0"); err != nil || r != nil {
 		t.Fatalf("record after the reset: %+v, %v; want none", r, err)
 	}
+}
+
+// A partition whose derived event JetStream refuses (here: linked to a
+// stream jetproj did not create) waits alone: the other partitions' events
+// go on being published, batch after batch; once the cause is gone, the
+// waiting events go out in order, each once.
+func TestRefusedPartitionWaitsAlone(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const name = "kv_refused"
+	p := projection.New[Balance](name, projection.FromAggregates("wallet"), projection.BatchSize(20))
+	projection.On(p, func(_ context.Context, c *projection.Context[Balance], e projection.Event[WalletOpened]) error {
+		c.State.Owner = e.Data.Owner
+		c.State.Count++
+		return nil
+	})
+	projection.On(p, func(_ context.Context, c *projection.Context[Balance], e projection.Event[MoneyWasAddedToWallet]) error {
+		c.State.Cents += e.Data.Amount
+		c.State.Count++
+		return nil
+	})
+	projection.OnFlush(p, func(_ context.Context, c *projection.Context[Balance]) error {
+		if c.State.Owner == "o0" {
+			return c.LinkTo("kv_foreign", "WalletBalanceWasChanged", balanceChanged{c.State.Cents, c.State.Count})
+		}
+		return c.Emit("WalletBalanceWasChanged", balanceChanged{c.State.Cents, c.State.Count})
+	})
+	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "kv_foreign", Subjects: []string{"kv_foreign.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	b.publishWallets(t, 10, 3)
+	_, reg := b.runWithRegistry(t, "r1", p)
+	// The others' events keep coming, over several batches, while w0's
+	// wait in its record.
+	for round := range 3 {
+		for i := 1; i < 10; i++ {
+			b.publish(t, fmt.Sprintf("w%d", i), "MoneyWasAddedToWallet", fmt.Sprintf(`{"amount":%d}`, round+1))
+		}
+		devtest.Eventually(t, 30*time.Second, func() error {
+			last := checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream(name)))
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			for k, want := range b.fold {
+				e, ok := last[projector.EmitSubject(name, k)]
+				if k == "wallet/w0" {
+					if ok {
+						return fmt.Errorf("%s: derived event %s published although refused", k, e.id)
+					}
+					continue
+				}
+				if e.body.Cents != want.Cents || e.body.Count != want.Count {
+					return fmt.Errorf("%s: last derived %+v, want %d cents after %d events", k, e.body, want.Cents, want.Count)
+				}
+			}
+			return nil
+		})
+	}
+	b.waitFold(t, name, 30*time.Second) // w0's read model is not held back
+	if n := counter(t, reg, "jetproj_projector_partitions_unpublished", name); n != 1 {
+		t.Fatalf("unpublished partitions gauge %d; want 1", n)
+	}
+	if err := b.js.DeleteStream(ctx, "kv_foreign"); err != nil {
+		t.Fatal(err)
+	}
+	last := b.waitDerived(t, name)
+	own := projector.EmitSubject(name, "wallet/w0")
+	_, linked, err := derived.LinkTarget("kv_foreign", own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	links := checkOnceInOrder(t, b.streamEvents(t, "kv_foreign"))
+	if e := links[linked]; e.id != last[own].id || len(links) != 1 {
+		t.Fatalf("linked stream holds %v; want w0's last event %s alone", links, last[own].id)
+	}
+	devtest.Eventually(t, 10*time.Second, func() error {
+		if n := counter(t, reg, "jetproj_projector_partitions_unpublished", name); n != 0 {
+			return fmt.Errorf("unpublished partitions gauge %d; want 0", n)
+		}
+		return nil
+	})
 }

@@ -48,7 +48,7 @@ func counter(t *testing.T, reg *prometheus.Registry, name, projection string) in
 		for _, m := range f.GetMetric() {
 			for _, l := range m.GetLabel() {
 				if l.GetName() == "projection" && l.GetValue() == projection {
-					return int(m.GetCounter().GetValue())
+					return int(m.GetCounter().GetValue() + m.GetGauge().GetValue()) // whichever it is
 				}
 			}
 		}
