@@ -21,20 +21,10 @@ type balanceChanged struct {
 	Count int   `json:"count"`
 }
 
-// emittingWallets is the KV wallet projection whose flush hook emits the
+// emittingWallets is the KV wallet projection (walletBalance) whose flush hook emits the
 // balance once per batch, and links a wallet's eleventh event.
 func emittingWallets(name string, opts ...projection.Option) *projection.Projection[Balance] {
-	p := projection.New[Balance](name, append([]projection.Option{projection.FromAggregates("wallet")}, opts...)...)
-	projection.On(p, func(_ context.Context, c *projection.Context[Balance], e projection.Event[WalletOpened]) error {
-		c.State.Owner = e.Data.Owner
-		c.State.Count++
-		return nil
-	})
-	projection.On(p, func(_ context.Context, c *projection.Context[Balance], e projection.Event[MoneyWasAddedToWallet]) error {
-		c.State.Cents += e.Data.Amount
-		c.State.Count++
-		return nil
-	})
+	p := walletBalance(name, opts...)
 	projection.OnFlush(p, func(_ context.Context, c *projection.Context[Balance]) error {
 		if c.State.Count == 11 {
 			return c.LinkTo("kv_links", "WalletBalanceWasChanged", balanceChanged{c.State.Cents, c.State.Count})
@@ -441,17 +431,7 @@ func TestRefusedPartitionWaitsAlone(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	const name = "kv_refused"
-	p := projection.New[Balance](name, projection.FromAggregates("wallet"), projection.BatchSize(20))
-	projection.On(p, func(_ context.Context, c *projection.Context[Balance], e projection.Event[WalletOpened]) error {
-		c.State.Owner = e.Data.Owner
-		c.State.Count++
-		return nil
-	})
-	projection.On(p, func(_ context.Context, c *projection.Context[Balance], e projection.Event[MoneyWasAddedToWallet]) error {
-		c.State.Cents += e.Data.Amount
-		c.State.Count++
-		return nil
-	})
+	p := walletBalance(name, projection.BatchSize(20))
 	projection.OnFlush(p, func(_ context.Context, c *projection.Context[Balance]) error {
 		if c.State.Owner == "o0" {
 			return c.LinkTo("kv_foreign", "WalletBalanceWasChanged", balanceChanged{c.State.Cents, c.State.Count})
