@@ -267,10 +267,13 @@ func (r *runner) run(ctx context.Context) error {
 			case <-ctx.Done():
 				return nil
 			case ev := <-r.events:
+				r.busy.Start()
 				r.handleSlotEvent(ctx, ev)
 			case res := <-r.loaded:
+				r.busy.Start()
 				r.installSlot(ctx, res)
 			case m := <-ctlCh:
+				r.busy.Start()
 				r.control(ctx, m)
 			}
 			continue
@@ -300,26 +303,34 @@ func (r *runner) run(ctx context.Context) error {
 			// Polling projections look at what arrived once per interval.
 			tick, msgs = time.After(r.spec.Interval), nil
 		}
+		// Whatever wakes the loop is a step the liveness check watches
+		// (busy), as a batch is.
 		r.busy.Stop()
 		select {
 		case <-ctx.Done():
 			return nil
 		case ev := <-r.events:
+			r.busy.Start()
 			r.handleSlotEvent(ctx, ev)
 			continue
 		case m := <-ctlCh:
+			r.busy.Start()
 			r.control(ctx, m)
 			continue
 		case <-retry.C:
+			r.busy.Start()
 			r.retryDue(ctx)
 			continue
 		case res := <-r.fetched:
+			r.busy.Start()
 			r.caughtUp(ctx, res)
 			continue
 		case res := <-r.loaded:
+			r.busy.Start()
 			r.installSlot(ctx, res)
 			continue
 		case <-r.idleMark():
+			r.busy.Start()
 			// Quiet source: save the watermarks the last batches reached,
 			// so status shows no lag and a new owner starts at the end.
 			r.lastMark = time.Time{}
