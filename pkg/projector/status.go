@@ -3,6 +3,7 @@ package projector
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -32,13 +33,19 @@ type Status struct {
 }
 
 // ReadStatus reports on a projection from the registry, its leases, its
-// state store and its source stream.
+// state store and its source stream. It only reads: no bucket, table or
+// stream is created or changed (replicas picks the state store, as the
+// projector would).
 func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) (Status, error) {
 	st := Status{Name: d.Name(), Kind: d.Kind().String(), Slots: d.Spec().Slots, Owners: map[string]int{}, State: "not initialised"}
-	reg, err := OpenRegistry(ctx, js, replicas)
-	if err != nil {
-		return st, err
+	kv, err := js.KeyValue(ctx, RegistryBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return st, nil // no projection was ever initialised here
 	}
+	if err != nil {
+		return st, fmt.Errorf("projector: registry: %w", err)
+	}
+	reg := &Registry{kv: kv, m: map[string]Entry{}}
 	if e, ok, err := reg.Get(ctx, d.Name()); err != nil {
 		return st, err
 	} else if ok {
@@ -63,22 +70,23 @@ func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Defin
 	if st.State == "not initialised" {
 		return st, nil
 	}
-	if err := store.Init(ctx); err != nil {
-		return st, err
-	}
 	parked, n, err := store.Summary(ctx)
-	if err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		// Initialised, its state not stored yet: position 0.
+	case err != nil:
 		return st, err
-	}
-	st.Parked, st.Partitions = parked, n
-	first := true
-	for slot := range d.Spec().Slots {
-		_, wm, err := loadWatermark(ctx, store, slot)
-		if err != nil {
-			return st, err
-		}
-		if first || wm < st.Position {
-			st.Position, first = wm, false
+	default:
+		st.Parked, st.Partitions = parked, n
+		first := true
+		for slot := range d.Spec().Slots {
+			_, wm, err := loadWatermark(ctx, store, slot)
+			if err != nil {
+				return st, err
+			}
+			if first || wm < st.Position {
+				st.Position, first = wm, false
+			}
 		}
 	}
 	if st.Head > st.Position {
