@@ -158,6 +158,41 @@ func (b *bundle) emitter(t *testing.T) (stop, kill func()) {
 	})
 }
 
+// newEmitter builds an emitter on its own connection, for tests that run
+// its rounds themselves (RelayOnce).
+func (b *bundle) newEmitter(t *testing.T) *emitter.Emitter {
+	t.Helper()
+	nc, err := nats.Connect(b.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	e, err := emitter.New(emitter.Config{}, b.pool, nc, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// relayAll runs e's rounds until the outbox is empty.
+func (b *bundle) relayAll(t *testing.T, e *emitter.Emitter) {
+	t.Helper()
+	ctx := context.Background()
+	devtest.Eventually(t, 10*time.Second, func() error {
+		if _, err := e.RelayOnce(ctx); err != nil {
+			return err
+		}
+		var n int
+		if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox`).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return fmt.Errorf("%d rows in the outbox", n)
+		}
+		return nil
+	})
+}
+
 type derived struct {
 	id      string
 	subject string
@@ -604,15 +639,7 @@ VALUES ('wallet_balance', 'wallet/w1', $1, $2, $3, 'WalletBalanceWasChanged', $4
 			t.Fatal(err)
 		}
 	}
-	nc, err := nats.Connect(b.nats.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	e, err := emitter.New(emitter.Config{}, b.pool, nc, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := b.newEmitter(t)
 	var se *emitter.StalledError
 	if _, err := e.RelayOnce(ctx); !errors.As(err, &se) || len(se.Subjects) != 1 || se.Subjects[0] != subj {
 		t.Fatalf("a round whose event the stream refuses returned %v; want a StalledError for %s", err, subj)
@@ -628,19 +655,7 @@ VALUES ('wallet_balance', 'wallet/w1', $1, $2, $3, 'WalletBalanceWasChanged', $4
 		t.Fatalf("the stream took %d events while the first was refused; want 0", n)
 	}
 	setMaxMsgSize(-1)
-	devtest.Eventually(t, 10*time.Second, func() error {
-		if _, err := e.RelayOnce(ctx); err != nil {
-			return err
-		}
-		var n int
-		if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox`).Scan(&n); err != nil {
-			return err
-		}
-		if n > 0 {
-			return fmt.Errorf("%d rows in the outbox", n)
-		}
-		return nil
-	})
+	b.relayAll(t, e)
 	ds := b.derived(t)
 	if len(ds) != 2 || ds[0].id != "wallet_balance:0:wallet/w1:1" || ds[1].id != "wallet_balance:0:wallet/w1:2" {
 		t.Fatalf("stream holds %+v; want events 1 and 2 in order", ds)
@@ -664,38 +679,14 @@ VALUES ('wallet_balance', 'wallet/w1', $1, $2, $3, 'WalletBalanceWasChanged', '{
 			t.Fatal(err)
 		}
 	}
-	nc, err := nats.Connect(b.nats.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	e, err := emitter.New(emitter.Config{}, b.pool, nc, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	relayAll := func() {
-		t.Helper()
-		devtest.Eventually(t, 10*time.Second, func() error {
-			if _, err := e.RelayOnce(ctx); err != nil {
-				return err
-			}
-			var n int
-			if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox`).Scan(&n); err != nil {
-				return err
-			}
-			if n > 0 {
-				return fmt.Errorf("%d rows in the outbox", n)
-			}
-			return nil
-		})
-	}
+	e := b.newEmitter(t)
 	insert(1)
-	relayAll()
+	b.relayAll(t, e)
 	if err := b.js.DeleteStream(ctx, "relinked"); err != nil {
 		t.Fatal(err)
 	}
 	insert(2)
-	relayAll()
+	b.relayAll(t, e)
 	s, err := b.js.Stream(ctx, "relinked")
 	if err != nil {
 		t.Fatalf("linked stream not created again: %v", err)
