@@ -103,6 +103,88 @@ func usage(w io.Writer) {
 	}
 }
 
+// common holds what every benchmark's command line has besides its own
+// flags.
+type common struct {
+	name     string
+	args     []string
+	markdown *bool
+	verbose  *bool
+}
+
+// commonFlags adds -markdown and -v to fs; logs names whose info logs -v
+// shows.
+func commonFlags(fs *flag.FlagSet, args []string, logs string) *common {
+	return &common{
+		name:     fs.Name(),
+		args:     args,
+		markdown: fs.Bool("markdown", false, "also print markdown tables for docs/benchmarks.md"),
+		verbose:  fs.Bool("v", false, "show the "+logs+"' info logs"),
+	}
+}
+
+// parse parses the command line; positional arguments are refused.
+func (c *common) parse(fs *flag.FlagSet) error {
+	if err := fs.Parse(c.args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	return nil
+}
+
+// logger logs warnings, and info with -v.
+func (c *common) logger(stderr io.Writer) *slog.Logger {
+	level := slog.LevelWarn
+	if *c.verbose {
+		level = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// report is a benchmark's result.
+type report interface {
+	Summary() string
+	Markdown(command string) string
+}
+
+// serve starts the servers (saying so with banner), runs the benchmark
+// against them, removes them and prints the report, with markdown tables
+// when asked.
+func (c *common) serve(ctx context.Context, stdout, stderr io.Writer, banner string,
+	start func(context.Context) (*bench.Servers, error), run func(bench.Target) (report, error)) error {
+	fmt.Fprintln(stdout, banner)
+	srv, err := start(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := srv.Close(); err != nil {
+			fmt.Fprintln(stderr, err)
+		}
+	}()
+	res, err := run(srv.Target())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	fmt.Fprint(stdout, res.Summary())
+	if *c.markdown {
+		fmt.Fprintln(stdout)
+		fmt.Fprint(stdout, res.Markdown(commandLine(c.name, c.args)))
+	}
+	return nil
+}
+
+// profileDir creates the directory for CPU profiles, if one is asked for.
+func profileDir(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	return os.MkdirAll(dir, 0o755)
+}
+
 func runFeeder(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("feeder", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -114,47 +196,16 @@ func runFeeder(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "duration of the live appends")
 	fs.IntVar(&o.Writers, "writers", 4, "concurrent live writers")
 	fs.StringVar(&o.CPUProfileDir, "cpuprofile", "", "directory for a CPU profile of each run (raw-N.pprof, feeder-N.pprof, live.pprof)")
-	markdown := fs.Bool("markdown", false, "also print a markdown table for docs/benchmarks.md")
-	verbose := fs.Bool("v", false, "show the feeders' info logs")
-	if err := fs.Parse(args); err != nil {
+	c := commonFlags(fs, args, "feeders")
+	if err := c.parse(fs); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
-	}
-	if o.CPUProfileDir != "" {
-		if err := os.MkdirAll(o.CPUProfileDir, 0o755); err != nil {
-			return err
-		}
-	}
-	level := slog.LevelWarn
-	if *verbose {
-		level = slog.LevelInfo
-	}
-	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	o.Progress = stdout
-
-	fmt.Fprintln(stdout, "starting throwaway PostgreSQL (fsync off) and embedded NATS (NoSync: true, same server for every step) on loopback")
-	srv, err := bench.StartServers(ctx)
-	if err != nil {
+	if err := profileDir(o.CPUProfileDir); err != nil {
 		return err
 	}
-	defer func() {
-		if err := srv.Close(); err != nil {
-			fmt.Fprintln(stderr, err)
-		}
-	}()
-	res, err := bench.Feeder(ctx, srv.Target(), o)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout)
-	fmt.Fprint(stdout, res.Summary())
-	if *markdown {
-		fmt.Fprintln(stdout)
-		fmt.Fprint(stdout, res.Markdown(commandLine("feeder", args)))
-	}
-	return nil
+	o.Logger, o.Progress = c.logger(stderr), stdout
+	return c.serve(ctx, stdout, stderr, "starting throwaway PostgreSQL (fsync off) and embedded NATS (NoSync: true, same server for every step) on loopback",
+		bench.StartServers, func(t bench.Target) (report, error) { return bench.Feeder(ctx, t, o) })
 }
 
 func runProjector(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -175,13 +226,9 @@ func runProjector(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.StringVar(&o.MemoryLimit, "memlimit", "250MiB", "GOMEMLIMIT of the memory part's second child run (off: no second run)")
 	parts := fs.String("parts", strings.Join(bench.ProjectorParts, ","), "parts to run")
 	fs.StringVar(&o.CPUProfileDir, "cpuprofile", "", "directory for a CPU profile of each run (publish-N, catchup-N, read-N, rebuild-N, replicas-KIND-N .pprof) and heap profiles of the memory children")
-	markdown := fs.Bool("markdown", false, "also print markdown tables for docs/benchmarks.md")
-	verbose := fs.Bool("v", false, "show the projectors' info logs")
-	if err := fs.Parse(args); err != nil {
+	c := commonFlags(fs, args, "projectors")
+	if err := c.parse(fs); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	for _, s := range strings.Split(*replicas, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -191,44 +238,17 @@ func runProjector(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		o.Replicas = append(o.Replicas, n)
 	}
 	o.Parts = strings.Split(*parts, ",")
-	if o.CPUProfileDir != "" {
-		if err := os.MkdirAll(o.CPUProfileDir, 0o755); err != nil {
-			return err
-		}
+	if err := profileDir(o.CPUProfileDir); err != nil {
+		return err
 	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
 	o.Child = []string{self, childCommand}
-	level := slog.LevelWarn
-	if *verbose {
-		level = slog.LevelInfo
-	}
-	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	o.Progress = stdout
-
-	fmt.Fprintln(stdout, "starting embedded NATS (NoSync: true, same server for every step) on loopback")
-	srv, err := bench.StartNATSServer(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err := srv.Close(); err != nil {
-			fmt.Fprintln(stderr, err)
-		}
-	}()
-	res, err := bench.Projector(ctx, srv.Target(), o)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout)
-	fmt.Fprint(stdout, res.Summary())
-	if *markdown {
-		fmt.Fprintln(stdout)
-		fmt.Fprint(stdout, res.Markdown(commandLine("projector", args)))
-	}
-	return nil
+	o.Logger, o.Progress = c.logger(stderr), stdout
+	return c.serve(ctx, stdout, stderr, "starting embedded NATS (NoSync: true, same server for every step) on loopback",
+		bench.StartNATSServer, func(t bench.Target) (report, error) { return bench.Projector(ctx, t, o) })
 }
 
 // commandLine is the command that reproduces this run.
@@ -246,50 +266,24 @@ func runPipeline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.IntVar(&o.Rounds, "rounds", 3, "measured rounds")
 	fs.BoolVar(&o.ReadModelCluster, "readmodel-cluster", false, "keep the read model and outbox in a PostgreSQL cluster of their own")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
-	markdown := fs.Bool("markdown", false, "also print a markdown table for docs/benchmarks.md")
-	verbose := fs.Bool("v", false, "show the services' info logs")
-	if err := fs.Parse(args); err != nil {
+	c := commonFlags(fs, args, "services")
+	if err := c.parse(fs); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
-	}
-	level := slog.LevelWarn
-	if *verbose {
-		level = slog.LevelInfo
-	}
-	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	o.Progress = stdout
-	fmt.Fprintln(stdout, "starting throwaway PostgreSQL (fsync off) and embedded NATS (NoSync: true) on loopback")
-	srv, err := bench.StartServers(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err := srv.Close(); err != nil {
-			fmt.Fprintln(stderr, err)
-		}
-	}()
-	if *cpuprofile != "" {
-		f, err := os.Create(*cpuprofile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
-	res, err := bench.Pipeline(ctx, srv.Target(), o)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout)
-	fmt.Fprint(stdout, res.Summary())
-	if *markdown {
-		fmt.Fprintln(stdout)
-		fmt.Fprint(stdout, res.Markdown(commandLine("pipeline", args)))
-	}
-	return nil
+	o.Logger, o.Progress = c.logger(stderr), stdout
+	return c.serve(ctx, stdout, stderr, "starting throwaway PostgreSQL (fsync off) and embedded NATS (NoSync: true) on loopback",
+		bench.StartServers, func(t bench.Target) (report, error) {
+			if *cpuprofile != "" {
+				f, err := os.Create(*cpuprofile)
+				if err != nil {
+					return nil, err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return nil, err
+				}
+				defer pprof.StopCPUProfile()
+			}
+			return bench.Pipeline(ctx, t, o)
+		})
 }
