@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 
@@ -23,6 +24,25 @@ import (
 
 // maxTracked bounds the subjects whose last mark a runner remembers.
 const maxTracked = 100_000
+
+// maxUnpublished bounds the bytes of derived events a partition's record
+// keeps while JetStream refuses them; past it the partition fails with
+// ErrUnpublished (and is parked after its attempts) rather than its record
+// outgrowing the bucket's largest value.
+const maxUnpublished = 256 << 10
+
+// ErrUnpublished fails a partition of a KV-state projection whose derived
+// events JetStream has refused for too long.
+var ErrUnpublished = errors.New("projector: derived events of this partition wait to be published")
+
+// unpublishedBytes is about what events take in a record.
+func unpublishedBytes(events []Pending) int {
+	n := 0
+	for _, e := range events {
+		n += len(e.Payload) + len(e.Type) + len(e.LinkTo) + len(e.TraceParent) + 64
+	}
+	return n
+}
 
 // queueUnsent remembers a written partition whose record holds derived
 // events to publish.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -491,4 +492,69 @@ func TestRefusedPartitionWaitsAlone(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A partition whose derived events JetStream keeps refusing fails, alone,
+// once they outgrow what its record may hold, and is parked with a clear
+// error (its record would otherwise outgrow the bucket and fail every
+// batch); after the cause is fixed, `retry` resumes it and every event
+// goes out once, in order.
+func TestUnpublishedBacklogParksThePartition(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const name = "kv_backlog"
+	pad := strings.Repeat("x", 40<<10)
+	p := walletBalance(name, projection.BatchSize(1), projection.Retries(2, 50*time.Millisecond, 100*time.Millisecond))
+	projection.OnFlush(p, func(_ context.Context, c *projection.Context[Balance]) error {
+		body := struct {
+			balanceChanged
+			Pad string `json:"pad,omitempty"`
+		}{balanceChanged: balanceChanged{c.State.Cents, c.State.Count}}
+		if c.State.Owner == "o0" {
+			body.Pad = pad
+			return c.LinkTo("kv_backlog_link", "WalletBalanceWasChanged", body)
+		}
+		return c.Emit("WalletBalanceWasChanged", body)
+	})
+	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "kv_backlog_link", Subjects: []string{"kv_backlog_link.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	b.publishWallets(t, 3, 12) // w0: 13 events of 40 KiB each, more than a record keeps
+	r := b.run(t, "r1", p)
+	var parked projector.Record
+	devtest.Eventually(t, 60*time.Second, func() error {
+		st, err := projector.ReadStatus(ctx, b.js, p.Def(), 1)
+		if err != nil {
+			return err
+		}
+		if len(st.Parked) != 1 {
+			return fmt.Errorf("%d parked partitions; want w0's", len(st.Parked))
+		}
+		parked = st.Parked[0]
+		return nil
+	})
+	if parked.Key != "wallet/w0" || parked.Parked == nil || !strings.Contains(parked.Parked.Error, "wait to be published") {
+		t.Fatalf("parked %+v; want wallet/w0 parked for its unpublished derived events", parked)
+	}
+	// The other wallets are done, their events published.
+	devtest.Eventually(t, 30*time.Second, func() error {
+		last := checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream(name)))
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for _, k := range []string{"wallet/w1", "wallet/w2"} {
+			if e := last[projector.EmitSubject(name, k)]; e.body.Count != b.fold[k].Count {
+				return fmt.Errorf("%s: last derived %+v, want count %d", k, e.body, b.fold[k].Count)
+			}
+		}
+		return nil
+	})
+	if err := b.js.DeleteStream(ctx, "kv_backlog_link"); err != nil {
+		t.Fatal(err)
+	}
+	devtest.Eventually(t, 30*time.Second, func() error {
+		return projector.PartitionCommand(ctx, r.nc, b.js, p.Def(), 1, projector.Command{Op: "retry", Partition: "wallet/w0"})
+	})
+	b.waitFold(t, name, 30*time.Second)
+	b.waitDerived(t, name)
 }

@@ -1066,6 +1066,16 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 		case kv:
 			// The events ride in the partition's record, written with its
 			// state in one compare-and-set; published after the write.
+			// Events JetStream keeps refusing would grow the record past
+			// what the bucket takes, and its write would then fail the
+			// whole batch: the partition fails first, alone.
+			if n := unpublishedBytes(rec.Outbox); n > maxUnpublished {
+				if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
+					return applied{}, rerr
+				}
+				return r.failed(p, last, fmt.Errorf("%w: %d events (%d bytes) refused by JetStream, see the log; fix the cause, then retry",
+					ErrUnpublished, len(rec.Outbox), n), prev), nil
+			}
 			gen := r.generation()
 			rec.Outbox = slices.Clip(rec.Outbox)
 			for _, e := range pc.Emitted {
