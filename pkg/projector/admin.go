@@ -241,25 +241,24 @@ func Reset(ctx context.Context, js jetstream.JetStream, d *projection.Definition
 	if err := pause(ctx, js, reg, d.Name(), "reset", progress); err != nil {
 		return err
 	}
-	_, reset, _, _ := d.Hooks()
-	if err := runHook(ctx, d, reset); err != nil {
-		return fmt.Errorf("projector: %s: reset hook: %w", d.Name(), err)
-	}
 	store := StoreFor(js, d, replicas)
 	if err := store.Init(ctx); err != nil {
 		return err
 	}
 	if kv, ok := store.(*KVStore); ok {
-		if err := ensureOwnStream(ctx, js, d.Name(), replicas); err != nil {
+		// Derived events committed before the reset go out first; if
+		// JetStream refuses some, nothing is reset and the projection runs
+		// on: the records are all that hold them.
+		if err := publishKVLeftovers(ctx, js, d, kv, replicas, progress); err != nil {
+			if rerr := resume(ctx, reg, d.Name(), false); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
 			return err
 		}
-		n, err := publishLeftovers(ctx, js, d.Name(), kv, d.Spec().Slots, replicas)
-		if err != nil {
-			return fmt.Errorf("projector: %s: derived events left in its records: %w", d.Name(), err)
-		}
-		if n > 0 {
-			progress("%s: published %d derived events (links included) its records still held", d.Name(), n)
-		}
+	}
+	_, reset, _, _ := d.Hooks()
+	if err := runHook(ctx, d, reset); err != nil {
+		return fmt.Errorf("projector: %s: reset hook: %w", d.Name(), err)
 	}
 	if err := store.Reset(ctx); err != nil {
 		return err
@@ -276,6 +275,22 @@ func Reset(ctx context.Context, js jetstream.JetStream, d *projection.Definition
 	}
 	progress("%s reset; replicas replay it from the start, emitting nothing for the %d messages already there", d.Name(), head)
 	return resume(ctx, reg, d.Name(), true)
+}
+
+// publishKVLeftovers publishes the derived events the records of a KV-state
+// projection still hold.
+func publishKVLeftovers(ctx context.Context, js jetstream.JetStream, d *projection.Definition, kv *KVStore, replicas int, progress Progress) error {
+	if err := ensureOwnStream(ctx, js, d.Name(), replicas); err != nil {
+		return err
+	}
+	n, err := publishLeftovers(ctx, js, d.Name(), kv, d.Spec().Slots, replicas)
+	if err != nil {
+		return fmt.Errorf("projector: %s: not reset: derived events its records still hold were not published (%w); fix the cause and reset again", d.Name(), err)
+	}
+	if n > 0 {
+		progress("%s: published %d derived events (links included) its records still held", d.Name(), n)
+	}
+	return nil
 }
 
 // Delete pauses the projection, runs its delete hook and removes its state,

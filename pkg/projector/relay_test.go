@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -557,4 +558,72 @@ func TestUnpublishedBacklogParksThePartition(t *testing.T) {
 	})
 	b.waitFold(t, name, 30*time.Second)
 	b.waitDerived(t, name)
+}
+
+// A reset whose leftover derived events JetStream refuses changes nothing:
+// no hook runs, the records (the only place holding those events) stay,
+// and the projection runs on; once the cause is gone, the reset goes
+// through and publishes them.
+func TestResetRefusedLeftoversChangeNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	b.publishWallets(t, 1, 0)
+	hookRuns := 0
+	def := emittingWallets("kv_reset_refused", projection.OnReset(func(context.Context, pgx.Tx) error {
+		hookRuns++
+		return nil
+	}))
+	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	store := projector.NewKVStore(b.js, "jetproj_state_kv_reset_refused", 1)
+	if err := store.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	batch, err := store.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := projector.SlotOf("wallet/w0", 64)
+	batch.Put(slot, 0, projector.Record{Key: "wallet/w0", Seq: 1, State: json.RawMessage(`{"count":1}`), Emitted: 1, Outbox: []projector.Pending{
+		{Generation: 0, Seq: 1, Type: "WalletBalanceWasChanged", Payload: json.RawMessage(`{"cents":0,"count":1}`), SourceSeq: 1, LinkTo: "kv_reset_foreign"},
+	}})
+	if _, err := batch.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "kv_reset_foreign", Subjects: []string{"kv_reset_foreign.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	resetErr := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf)
+	if resetErr == nil {
+		t.Fatal("reset with refused leftovers succeeded; want it refused")
+	}
+	if hookRuns != 0 {
+		t.Fatalf("reset hook ran %d times; want 0", hookRuns)
+	}
+	if r, err := store.Get(ctx, slot, "wallet/w0"); err != nil || r == nil || len(r.Outbox) != 1 {
+		t.Fatalf("record after the refused reset: %+v, %v; want it unchanged", r, err)
+	}
+	if st, err := projector.ReadStatus(ctx, b.js, def.Def(), 1); err != nil || st.State != "active" {
+		t.Fatalf("status after the refused reset: %+v, %v; want active", st, err)
+	}
+	if !strings.Contains(resetErr.Error(), "not reset") {
+		t.Fatalf("refused reset says %q; want it to say the projection was not reset", resetErr)
+	}
+	if err := b.js.DeleteStream(ctx, "kv_reset_foreign"); err != nil {
+		t.Fatal(err)
+	}
+	if err := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf); err != nil {
+		t.Fatal(err)
+	}
+	if hookRuns != 1 {
+		t.Fatalf("reset hook ran %d times; want 1", hookRuns)
+	}
+	if own := b.streamEvents(t, projector.OwnStream("kv_reset_refused")); len(own) != 1 {
+		t.Fatalf("own stream holds %d events; want the leftover", len(own))
+	}
+	if links := b.streamEvents(t, "kv_reset_foreign"); len(links) != 1 {
+		t.Fatalf("linked stream holds %d events; want the leftover", len(links))
+	}
 }
