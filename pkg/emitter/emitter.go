@@ -297,12 +297,13 @@ type row struct {
 }
 
 // idleWait is how long the relay may wait for a notification: the poll
-// interval, or less when a stalled subject is due before.
+// interval, or less when a stalled subject is due before. Subjects already
+// due were read by the round that just ended.
 func (e *Emitter) idleWait(now time.Time) time.Duration {
 	wait := e.cfg.PollInterval
 	for _, s := range e.stalls {
-		if d := s.until.Sub(now); d < wait {
-			wait = max(d, time.Millisecond)
+		if d := s.until.Sub(now); d > 0 && d < wait {
+			wait = d
 		}
 	}
 	return wait
