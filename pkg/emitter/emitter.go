@@ -122,9 +122,11 @@ type Emitter struct {
 	// acked are the ids of the last round's rows, published and
 	// acknowledged: the next round deletes them.
 	acked []int64
-	// stalls are the subjects whose last attempt JetStream refused. Only
-	// the relay round touches them.
+	// stalls are the subjects whose last attempt JetStream refused, and
+	// readAt when the last round read the outbox. Only the relay touches
+	// them.
 	stalls map[string]*stall
+	readAt time.Time
 }
 
 // stall is a subject whose derived event JetStream refused: its rows wait
@@ -134,12 +136,10 @@ type stall struct {
 	wait  time.Duration
 }
 
-// Pauses of a stalled subject, and how many subjects may stall before the
-// failure counts as the whole relay's (JetStream unreachable, say).
+// Pauses of a stalled subject.
 const (
 	stallFirst = 250 * time.Millisecond
 	stallMax   = 30 * time.Second
-	maxStalls  = 1024
 )
 
 // StalledError reports the subjects whose derived events JetStream refused
@@ -297,13 +297,14 @@ type row struct {
 }
 
 // idleWait is how long the relay may wait for a notification: the poll
-// interval, or less when a stalled subject is due before. Subjects already
-// due were read by the round that just ended.
+// interval, or less when a stalled subject is due before. A subject that
+// was due when the last round read the outbox was read by it; one that
+// came due since is read at once.
 func (e *Emitter) idleWait(now time.Time) time.Duration {
 	wait := e.cfg.PollInterval
 	for _, s := range e.stalls {
-		if d := s.until.Sub(now); d > 0 && d < wait {
-			wait = d
+		if s.until.After(e.readAt) {
+			wait = min(wait, max(s.until.Sub(now), 0))
 		}
 	}
 	return wait
@@ -352,6 +353,7 @@ func (e *Emitter) relayOnce(ctx context.Context) (int, error) {
 	// Stalled subjects' rows are left where they are: their order is kept
 	// and they do not take the round's room.
 	now := time.Now()
+	e.readAt = now
 	rows, err := e.pool.Query(ctx, `WITH relayed AS (DELETE FROM jetproj.outbox WHERE id = ANY($2))
 SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_type, payload::text,
        link_to, source_seq, source_position, traceparent FROM jetproj.outbox
@@ -496,6 +498,12 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 	if len(order) == 0 {
 		return len(done), nil
 	}
+	if len(done) == 0 && allTransient(refused) {
+		// Nothing went through and nothing was refused for a reason of its
+		// own: JetStream is unreachable or overloaded, the relay's trouble
+		// rather than these subjects'.
+		return 0, fmt.Errorf("emitter: %d subjects not relayed, the first %s: %w", len(order), order[0], refused[order[0]])
+	}
 	for _, subj := range order {
 		e.marks.Drop(targets[subj]...)
 		s := e.stalls[subj]
@@ -507,13 +515,24 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 		}
 		s.until = now.Add(s.wait)
 	}
-	err = &StalledError{Subjects: order, Err: refused[order[0]]}
-	if len(e.stalls) > maxStalls {
-		// Too many to be one subject's trouble: the relay's own.
-		clear(e.stalls)
-		return len(done), fmt.Errorf("emitter: %d subjects refused, the first %s: %w", len(order), order[0], refused[order[0]])
+	return len(done), &StalledError{Subjects: order, Err: refused[order[0]]}
+}
+
+// allTransient reports whether every refusal is one that says nothing of
+// its event: a timeout, a lost connection, no answer.
+func allTransient(refused map[string]error) bool {
+	for _, err := range refused {
+		switch {
+		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
+			errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrConnectionClosed),
+			errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrConnectionReconnecting),
+			errors.Is(err, jetstream.ErrAsyncPublishTimeout), errors.Is(err, jetstream.ErrNoStreamResponse),
+			errors.Is(err, jetstream.ErrTooManyStalledMsgs):
+		default:
+			return false
+		}
 	}
-	return len(done), err
+	return true
 }
 
 // pending is a derived event on its way to a stream.

@@ -802,3 +802,50 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("no metric %s", name)
 	return 0
 }
+
+// However many subjects stall, the others' rows are still reached: stalled
+// rows are left out of the next rounds' reads.
+func TestManyStalledSubjectsDoNotHoldTheOthers(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	const stalled = 1500
+	if _, err := b.pool.Exec(ctx, `INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, emit_seq, event_type, payload, source_seq, link_to)
+SELECT 'wallet_balance', 'wallet/s' || i, $1 || i, 'wallet_balance:0:wallet/s' || i || ':1', 1, 'WalletBalanceWasChanged', '{}', 1, 'foreign'
+FROM generate_series(1, $2::int) AS i`, projector.EmitSubject("wallet_balance", "wallet/s"), stalled); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx, `INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, emit_seq, event_type, payload, source_seq)
+VALUES ('wallet_balance', 'wallet/ok', $1, 'wallet_balance:0:wallet/ok:1', 1, 'WalletBalanceWasChanged', '{}', 1)`,
+		projector.EmitSubject("wallet_balance", "wallet/ok")); err != nil {
+		t.Fatal(err)
+	}
+	e := b.newEmitter(t)
+	devtest.Eventually(t, 60*time.Second, func() error {
+		_, err := e.RelayOnce(ctx)
+		if se := (*emitter.StalledError)(nil); err != nil && !errors.As(err, &se) {
+			return err
+		}
+		if ds := b.derived(t); len(ds) != 1 || ds[0].id != "wallet_balance:0:wallet/ok:1" {
+			return fmt.Errorf("stream holds %v; want the healthy subject's event", ds)
+		}
+		return nil
+	})
+	// The next round deletes what the last one relayed.
+	if _, err := e.RelayOnce(ctx); err != nil && !errors.As(err, new(*emitter.StalledError)) {
+		t.Fatal(err)
+	}
+	var n int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != stalled {
+		t.Fatalf("%d rows in the outbox; want the %d stalled ones", n, stalled)
+	}
+}

@@ -6,20 +6,25 @@ import (
 )
 
 // The relay waits the poll interval, or until the next stalled subject is
-// due; a subject already due does not make it spin.
+// due; a subject the last round already read does not make it spin, one
+// that came due since is read at once.
 func TestIdleWait(t *testing.T) {
 	now := time.Now()
-	e := &Emitter{cfg: Config{PollInterval: time.Second}, stalls: map[string]*stall{}}
+	e := &Emitter{cfg: Config{PollInterval: time.Second}, stalls: map[string]*stall{}, readAt: now.Add(-time.Second)}
 	if got := e.idleWait(now); got != time.Second {
 		t.Fatalf("no stalls: wait %v; want the poll interval", got)
 	}
-	e.stalls["a"] = &stall{until: now.Add(-time.Second)}
+	e.stalls["a"] = &stall{until: now.Add(-2 * time.Second)}
 	if got := e.idleWait(now); got != time.Second {
-		t.Fatalf("a stall already due: wait %v; want the poll interval", got)
+		t.Fatalf("a stall due before the last read: wait %v; want the poll interval", got)
 	}
 	e.stalls["b"] = &stall{until: now.Add(300 * time.Millisecond)}
 	e.stalls["c"] = &stall{until: now.Add(600 * time.Millisecond)}
 	if got := e.idleWait(now); got != 300*time.Millisecond {
 		t.Fatalf("stalls due in 300 and 600 ms: wait %v; want 300ms", got)
+	}
+	e.stalls["d"] = &stall{until: now.Add(-time.Millisecond)}
+	if got := e.idleWait(now); got != 0 {
+		t.Fatalf("a stall that came due since the last read: wait %v; want 0", got)
 	}
 }
