@@ -482,6 +482,14 @@ func (r *runner) control(ctx context.Context, m *nats.Msg) {
 		reply(fmt.Errorf("projector: no partition %q in %s", cmd.Partition, r.def.Name()))
 		return
 	}
+	if _, held := r.holds[p]; held {
+		// Derived events JetStream refused (ErrUnpublished parks on them):
+		// the operator says the cause is fixed, so try them now.
+		delete(r.holds, p)
+		if err := r.sendUnsent(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("derived events not published yet; retrying", "error", err)
+		}
+	}
 	rec := p.record()
 	if rec.Subject == "" {
 		rec.Subject = r.subjectOf(p)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -52,9 +53,33 @@ func (r *runner) queueUnsent(p *part) {
 	}
 }
 
+// refusedHold is how long a partition whose derived event JetStream
+// refused waits before it is tried again: from 250 ms, doubling to 30 s.
+type refusedHold struct {
+	until time.Time
+	wait  time.Duration
+}
+
+const (
+	holdFirst = 250 * time.Millisecond
+	holdMax   = 30 * time.Second
+)
+
+// unsentRetry is when the queued partitions should be tried again: within
+// a second, sooner when a refused one's pause ends before.
+func (r *runner) unsentRetry(now time.Time) time.Duration {
+	wait := time.Second
+	for _, p := range r.unsent {
+		if h := r.holds[p]; h != nil {
+			wait = min(wait, max(h.until.Sub(now), time.Millisecond))
+		}
+	}
+	return wait
+}
+
 // sendUnsent publishes the derived events of the queued partitions. A
-// partition whose event JetStream refuses stays queued, to be tried again
-// after its next write or within a second; the others go on.
+// partition whose event JetStream refuses stays queued and is tried again
+// after a pause that grows from 250 ms to 30 s; the others go on.
 func (r *runner) sendUnsent(ctx context.Context) error {
 	if len(r.unsent) == 0 {
 		return nil
@@ -62,15 +87,25 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 	if r.marks == nil || r.marks.Len() > maxTracked {
 		r.marks = derived.NewTracker(r.js)
 	}
+	if r.holds == nil {
+		r.holds = map[*part]*refusedHold{}
+	}
+	now := time.Now()
 	seen := make(map[*part]bool, len(r.unsent))
-	parts := r.unsent[:0]
+	var parts, waiting []*part
 	for _, p := range r.unsent {
-		if !seen[p] && p.x != nil && len(p.x.outbox) > 0 && r.current(p) {
+		switch {
+		case seen[p]:
+		case p.x == nil || len(p.x.outbox) == 0 || !r.current(p):
+			delete(r.holds, p)
+		case r.holds[p] != nil && now.Before(r.holds[p].until):
+			seen[p] = true
+			waiting = append(waiting, p)
+		default:
 			seen[p] = true
 			parts = append(parts, p)
 		}
 	}
-	r.unsent = parts
 	type pend struct {
 		p    *part
 		subj string
@@ -149,23 +184,32 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 	}
 	r.metrics.emitted.WithLabelValues(r.def.Name()).Add(float64(published))
 	// Published: the record keeps them until its next write.
-	left := r.unsent[:0]
+	left := waiting
 	for _, p := range parts {
 		if refused[p] != nil {
 			r.marks.Drop(targets[p]...)
+			h := r.holds[p]
+			if h == nil {
+				h = &refusedHold{wait: holdFirst}
+				r.holds[p] = h
+			} else {
+				h.wait = min(2*h.wait, holdMax)
+			}
+			h.until = now.Add(h.wait)
 			left = append(left, p)
 			continue
 		}
+		delete(r.holds, p)
 		p.x.outbox = nil
 		if p.x.empty() {
 			p.x = nil
 		}
 	}
-	clear(r.unsent[len(left):])
-	r.unsent = left
+	clear(r.unsent)
+	r.unsent = append(r.unsent[:0], left...)
 	r.metrics.waiting.WithLabelValues(r.def.Name()).Set(float64(len(left)))
 	if first != nil {
-		return fmt.Errorf("projector: derived events of %d partition(s) not published yet (first %s): %w", len(left), first.key(), refused[first])
+		return fmt.Errorf("projector: derived events of %d partition(s) not published yet (first %s): %w", len(refused), first.key(), refused[first])
 	}
 	return nil
 }

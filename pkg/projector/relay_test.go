@@ -471,6 +471,28 @@ func TestRefusedPartitionWaitsAlone(t *testing.T) {
 		})
 	}
 	b.waitFold(t, name, 30*time.Second) // w0's read model is not held back
+	// w0 is tried again after a growing pause, not with every batch: each
+	// attempt asks JetStream for the linked stream, and is refused.
+	apiErrors := func() uint64 {
+		info, err := b.js.AccountInfo(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.API.Errors
+	}
+	before := apiErrors()
+	for i := range 100 {
+		b.publish(t, "w1", "MoneyWasAddedToWallet", fmt.Sprintf(`{"amount":%d}`, i))
+		if i%2 == 0 {
+			b.waitFold(t, name, 30*time.Second) // batches of their own
+		}
+	}
+	b.waitFold(t, name, 30*time.Second)
+	n := apiErrors() - before
+	t.Logf("%d refused requests", n)
+	if n > 25 {
+		t.Fatalf("%d refused requests while w1 went on; want the refused partition paused between attempts", n)
+	}
 	if n := counter(t, reg, "jetproj_projector_partitions_unpublished", name); n != 1 {
 		t.Fatalf("unpublished partitions gauge %d; want 1", n)
 	}

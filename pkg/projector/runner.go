@@ -160,6 +160,7 @@ type runner struct {
 	// Derived events of KV-state partitions written but not yet published
 	// (relay.go), and what the streams hold.
 	unsent         []*part
+	holds          map[*part]*refusedHold // unsent partitions JetStream refused, paused
 	marks          *derived.Tracker
 	streamReplicas int
 	busy           opsserver.Busy // a step of the loop in progress (see liveness.go)
@@ -381,7 +382,7 @@ func (r *runner) run(ctx context.Context) error {
 // watermark is ahead of what is saved; nil otherwise.
 func (r *runner) idleMark() <-chan time.Time {
 	if len(r.unsent) > 0 {
-		return time.After(time.Second) // publishing failed: try again
+		return time.After(r.unsentRetry(time.Now())) // publishing failed: try again
 	}
 	if len(r.dirty) > 0 && r.behind {
 		// Behind, and messages are slow to come: write-behind still
