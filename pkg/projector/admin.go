@@ -238,7 +238,27 @@ func Reset(ctx context.Context, js jetstream.JetStream, d *projection.Definition
 	if err != nil {
 		return err
 	}
+	before, _, err := reg.Get(ctx, d.Name())
+	if err != nil {
+		return err
+	}
+	// A projection held back (deployed with ManualStart, not started yet)
+	// stays held after its reset; any other runs again.
+	held := before.State == StatePaused && before.Reason != "reset" && before.Reason != "delete"
 	if err := pause(ctx, js, reg, d.Name(), "reset", progress); err != nil {
+		return err
+	}
+	goOn := func(ctx context.Context, bump bool) error {
+		_, err := reg.Update(ctx, d.Name(), func(e *Entry, _ bool) error {
+			e.State, e.Reason = StateActive, ""
+			if held {
+				e.State, e.Reason = before.State, before.Reason
+			}
+			if bump {
+				e.Generation++
+			}
+			return nil
+		})
 		return err
 	}
 	store := StoreFor(js, d, replicas)
@@ -250,7 +270,11 @@ func Reset(ctx context.Context, js jetstream.JetStream, d *projection.Definition
 		// JetStream refuses some, nothing is reset and the projection runs
 		// on: the records are all that hold them.
 		if err := publishKVLeftovers(ctx, js, d, kv, replicas, progress); err != nil {
-			if rerr := resume(ctx, reg, d.Name(), false); rerr != nil {
+			// Nothing was changed: the projection goes on as it was, even
+			// when ctx is what ended the reset.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if rerr := goOn(rctx, false); rerr != nil {
 				err = errors.Join(err, rerr)
 			}
 			return err
@@ -274,7 +298,7 @@ func Reset(ctx context.Context, js jetstream.JetStream, d *projection.Definition
 		return err
 	}
 	progress("%s reset; replicas replay it from the start, emitting nothing for the %d messages already there", d.Name(), head)
-	return resume(ctx, reg, d.Name(), true)
+	return goOn(ctx, true)
 }
 
 // publishKVLeftovers publishes the derived events the records of a KV-state

@@ -33,9 +33,9 @@ type Status struct {
 }
 
 // ReadStatus reports on a projection from the registry, its leases, its
-// state store and its source stream. It only reads: no bucket, table or
-// stream is created or changed (replicas picks the state store, as the
-// projector would).
+// state store and its source stream. It creates and changes no bucket or
+// stream (replicas picks the state store, as the projector would); a
+// PostgreSQL store's tables are brought to the current schema first.
 func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) (Status, error) {
 	st := Status{Name: d.Name(), Kind: d.Kind().String(), Slots: d.Spec().Slots, Owners: map[string]int{}, State: "not initialised"}
 	kv, err := js.KeyValue(ctx, RegistryBucket)
@@ -69,6 +69,14 @@ func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Defin
 	store := StoreFor(js, d, replicas)
 	if st.State == "not initialised" {
 		return st, nil
+	}
+	if _, kv := store.(*KVStore); !kv {
+		// Tables written by an older projector gain the columns status
+		// reads (idempotent, a read when current). KV buckets are only
+		// looked up: creating one would also change its settings.
+		if err := store.Init(ctx); err != nil {
+			return st, err
+		}
 	}
 	parked, n, err := store.Summary(ctx)
 	switch {

@@ -7,9 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 
@@ -63,4 +65,56 @@ func bucketConfigs(t *testing.T, js jetstream.JetStream) map[string]string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// Status of a PostgreSQL projection whose tables an older projector wrote
+// (schema v4: no replay column) brings them up to date rather than failing.
+func TestStatusOfAnOlderSchema(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, devtest.Postgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	def := walletBalance("pg_status_v4", projection.Postgres(pool))
+	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `ALTER TABLE jetproj.partitions DROP COLUMN replay; UPDATE jetproj.schema_version SET version = 4`); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := projector.ReadStatus(ctx, b.js, def.Def(), 1); err != nil || st.State != "active" {
+		t.Fatalf("status on schema v4: %+v, %v; want it read", st, err)
+	}
+}
+
+// A projection deployed with ManualStart and reset before it was started
+// is still waiting for `projector start` afterwards.
+func TestResetKeepsAManualStartWaiting(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	def := walletBalance("kv_manual_reset", projection.ManualStart())
+	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	before, err := projector.ReadStatus(ctx, b.js, def.Def(), 1)
+	if err != nil || before.State != "paused" {
+		t.Fatalf("status after init: %+v, %v; want paused until started", before, err)
+	}
+	if err := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf); err != nil {
+		t.Fatal(err)
+	}
+	after, err := projector.ReadStatus(ctx, b.js, def.Def(), 1)
+	if err != nil || after.State != "paused" {
+		t.Fatalf("status after reset: %+v, %v; want still waiting to be started", after, err)
+	}
+	if err := projector.Start(ctx, b.js, def.Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := projector.ReadStatus(ctx, b.js, def.Def(), 1); err != nil || st.State != "active" {
+		t.Fatalf("status after start: %+v, %v; want active", st, err)
+	}
 }
