@@ -498,12 +498,6 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 	if len(order) == 0 {
 		return len(done), nil
 	}
-	if len(done) == 0 && allTransient(refused) {
-		// Nothing went through and nothing was refused for a reason of its
-		// own: JetStream is unreachable or overloaded, the relay's trouble
-		// rather than these subjects'.
-		return 0, fmt.Errorf("emitter: %d subjects not relayed, the first %s: %w", len(order), order[0], refused[order[0]])
-	}
 	for _, subj := range order {
 		e.marks.Drop(targets[subj]...)
 		s := e.stalls[subj]
@@ -514,6 +508,13 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 			s.wait = min(2*s.wait, stallMax)
 		}
 		s.until = now.Add(s.wait)
+	}
+	if len(done) == 0 && allTransient(refused) {
+		// Nothing went through and nothing was refused for a reason of its
+		// own: JetStream is probably unreachable or overloaded, the relay's
+		// trouble, so it pauses as a whole. The subjects stall all the same:
+		// should only they be in trouble, the next round reads the others.
+		return 0, fmt.Errorf("emitter: %d subjects not relayed, the first %s: %w", len(order), order[0], refused[order[0]])
 	}
 	return len(done), &StalledError{Subjects: order, Err: refused[order[0]]}
 }

@@ -179,7 +179,10 @@ func pause(ctx context.Context, js jetstream.JetStream, reg *Registry, name, rea
 		if !exists {
 			return fmt.Errorf("projector: no projection %q: run init first", name)
 		}
-		e.State, e.Reason = StatePaused, reason
+		if !heldBack(*e) {
+			e.Reason = reason // a hold's reason outlives the operation
+		}
+		e.State = StatePaused
 		return nil
 	}); err != nil {
 		return err
@@ -215,6 +218,12 @@ func pause(ctx context.Context, js jetstream.JetStream, reg *Registry, name, rea
 	}
 }
 
+// heldBack reports whether e waits for an operator (ManualStart) rather
+// than for an operation of the projector's (reset, delete).
+func heldBack(e Entry) bool {
+	return e.State == StatePaused && e.Reason != "" && e.Reason != "reset" && e.Reason != "delete"
+}
+
 func resume(ctx context.Context, reg *Registry, name string, bump bool) error {
 	_, err := reg.Update(ctx, name, func(e *Entry, _ bool) error {
 		e.State, e.Reason = StateActive, ""
@@ -238,21 +247,16 @@ func Reset(ctx context.Context, js jetstream.JetStream, d *projection.Definition
 	if err != nil {
 		return err
 	}
-	before, _, err := reg.Get(ctx, d.Name())
-	if err != nil {
-		return err
-	}
-	// A projection held back (deployed with ManualStart, not started yet)
-	// stays held after its reset; any other runs again.
-	held := before.State == StatePaused && before.Reason != "reset" && before.Reason != "delete"
 	if err := pause(ctx, js, reg, d.Name(), "reset", progress); err != nil {
 		return err
 	}
+	// A projection held back (deployed with ManualStart, not started yet:
+	// pause kept that reason) stays held after its reset; any other runs
+	// again.
 	goOn := func(ctx context.Context, bump bool) error {
 		_, err := reg.Update(ctx, d.Name(), func(e *Entry, _ bool) error {
-			e.State, e.Reason = StateActive, ""
-			if held {
-				e.State, e.Reason = before.State, before.Reason
+			if !heldBack(*e) {
+				e.State, e.Reason = StateActive, ""
 			}
 			if bump {
 				e.Generation++

@@ -1074,6 +1074,9 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 				if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
 					return applied{}, rerr
 				}
+				// Each attempt of the partition tries its events again:
+				// it is not parked while they only wait out a pause.
+				delete(r.holds, p)
 				return r.failed(p, last, fmt.Errorf("%w: %d events (%d bytes) refused by JetStream, see the log; fix the cause, then retry",
 					ErrUnpublished, len(rec.Outbox), n), prev), nil
 			}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -91,12 +92,19 @@ func TestStatusOfAnOlderSchema(t *testing.T) {
 }
 
 // A projection deployed with ManualStart and reset before it was started
-// is still waiting for `projector start` afterwards.
+// is still waiting for `projector start` afterwards, also when a first
+// reset failed.
 func TestResetKeepsAManualStartWaiting(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	def := walletBalance("kv_manual_reset", projection.ManualStart())
+	failHook := true
+	def := walletBalance("kv_manual_reset", projection.ManualStart(), projection.OnReset(func(context.Context, pgx.Tx) error {
+		if failHook {
+			return errors.New("read model unreachable")
+		}
+		return nil
+	}))
 	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
 		t.Fatal(err)
 	}
@@ -104,6 +112,10 @@ func TestResetKeepsAManualStartWaiting(t *testing.T) {
 	if err != nil || before.State != "paused" {
 		t.Fatalf("status after init: %+v, %v; want paused until started", before, err)
 	}
+	if err := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf); err == nil {
+		t.Fatal("reset with a failing hook succeeded")
+	}
+	failHook = false
 	if err := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf); err != nil {
 		t.Fatal(err)
 	}
