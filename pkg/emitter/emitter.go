@@ -498,6 +498,9 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 	if len(order) == 0 {
 		return len(done), nil
 	}
+	// Pauses count from the round's end: a round slower than a pause
+	// would otherwise read the same stalled subjects again first.
+	end := time.Now()
 	for _, subj := range order {
 		e.marks.Drop(targets[subj]...)
 		s := e.stalls[subj]
@@ -507,7 +510,7 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 		} else {
 			s.wait = min(2*s.wait, stallMax)
 		}
-		s.until = now.Add(s.wait)
+		s.until = end.Add(s.wait)
 	}
 	if len(done) == 0 && allTransient(refused) {
 		// Nothing went through and nothing was refused for a reason of its
