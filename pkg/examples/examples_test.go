@@ -273,9 +273,13 @@ func TestHandlersWithoutServers(t *testing.T) {
 	}
 
 	wb := examples.WalletBalance(nil).Def()
-	pc = &projection.PartitionContext{Key: "wallet/w-7", State: &examples.WalletState{Balance: 4200}}
+	queued := &statements{}
+	pc = &projection.PartitionContext{Key: "wallet/w-7", State: &examples.WalletState{Balance: 4200}, Queue: queued}
 	if err := wb.Flush(ctx, pc); err != nil {
 		t.Fatal(err)
+	}
+	if len(queued.args) != 1 || fmt.Sprint(queued.args[0]) != "[w-7 4200]" {
+		t.Fatalf("flush queued %v, want one upsert of [w-7 4200]", queued.args)
 	}
 	if len(pc.Emitted) != 1 || pc.Emitted[0].Type != "WalletBalanceWasChanged" {
 		t.Fatalf("emitted %+v", pc.Emitted)
@@ -399,3 +403,8 @@ func TestFoldOrdersAndHighValue(t *testing.T) {
 		t.Errorf("emitted %s, want %s", got, want)
 	}
 }
+
+// statements records what handlers queue with Context.Exec.
+type statements struct{ args [][]any }
+
+func (s *statements) Queue(_ string, args ...any) { s.args = append(s.args, args) }

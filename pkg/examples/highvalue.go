@@ -80,7 +80,7 @@ func HighValueWallets(pool *pgxpool.Pool, opts ...projection.Option) *projection
 		case s.High && s.Balance < HighValueThreshold:
 			s.High = false
 		}
-		_, err := c.Tx().Exec(ctx, `INSERT INTO high_value_wallets AS h (wallet_id, balance, high_value, crossings, became_high_at)
+		err := c.Exec(`INSERT INTO high_value_wallets AS h (wallet_id, balance, high_value, crossings, became_high_at)
 VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END)
 ON CONFLICT (wallet_id) DO UPDATE SET balance = excluded.balance, high_value = excluded.high_value,
     crossings = excluded.crossings, became_high_at = coalesce(excluded.became_high_at, h.became_high_at)`,

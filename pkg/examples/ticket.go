@@ -35,14 +35,12 @@ func TicketDetails(pool *pgxpool.Pool) *projection.Projection[struct{}] {
 		}),
 	)
 	projection.On(p, func(ctx context.Context, c *projection.Context[struct{}], e projection.Event[TicketWasRegistered]) error {
-		_, err := c.Tx().Exec(ctx, `INSERT INTO ticket_details (ticket_id, type, status) VALUES ($1, $2, 'open')
+		return c.Exec(`INSERT INTO ticket_details (ticket_id, type, status) VALUES ($1, $2, 'open')
 ON CONFLICT (ticket_id) DO UPDATE SET type = excluded.type`, e.AggregateID, e.Data.Type)
-		return err
 	})
 	projection.On(p, func(ctx context.Context, c *projection.Context[struct{}], e projection.Event[TicketWasClosed]) error {
-		_, err := c.Tx().Exec(ctx, `INSERT INTO ticket_details (ticket_id, status) VALUES ($1, 'closed')
+		return c.Exec(`INSERT INTO ticket_details (ticket_id, status) VALUES ($1, 'closed')
 ON CONFLICT (ticket_id) DO UPDATE SET status = 'closed'`, e.AggregateID)
-		return err
 	})
 	return p
 }
@@ -76,12 +74,10 @@ INSERT INTO ticket_counts (id) VALUES (1) ON CONFLICT (id) DO NOTHING`)
 		projection.OnResetPartition(func(ctx context.Context, tx pgx.Tx, _ string) error { return zero(ctx, tx) }),
 	)
 	projection.On(p, func(ctx context.Context, c *projection.Context[struct{}], _ projection.Event[TicketWasRegistered]) error {
-		_, err := c.Tx().Exec(ctx, `UPDATE ticket_counts SET open = open + 1 WHERE id = 1`)
-		return err
+		return c.Exec(`UPDATE ticket_counts SET open = open + 1 WHERE id = 1`)
 	})
 	projection.On(p, func(ctx context.Context, c *projection.Context[struct{}], _ projection.Event[TicketWasClosed]) error {
-		_, err := c.Tx().Exec(ctx, `UPDATE ticket_counts SET open = open - 1, closed = closed + 1 WHERE id = 1`)
-		return err
+		return c.Exec(`UPDATE ticket_counts SET open = open - 1, closed = closed + 1 WHERE id = 1`)
 	})
 	return p
 }

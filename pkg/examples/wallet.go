@@ -47,29 +47,29 @@ func WalletBalance(pool *pgxpool.Pool) *projection.Projection[WalletState] {
 			return err
 		}),
 	)
-	projection.On(p, func(ctx context.Context, c *projection.Context[WalletState], e projection.Event[WalletOpened]) error {
-		_, err := c.Tx().Exec(ctx, `INSERT INTO wallet_balance (wallet_id, owner, balance) VALUES ($1, $2, $3)
+	// The handlers queue their statements (Exec): a batch's writes travel
+	// to PostgreSQL together, in its commit's round trip. The balance is
+	// written once per wallet per batch, by the flush hook.
+	projection.On(p, func(_ context.Context, c *projection.Context[WalletState], e projection.Event[WalletOpened]) error {
+		return c.Exec(`INSERT INTO wallet_balance (wallet_id, owner, balance) VALUES ($1, $2, $3)
 ON CONFLICT (wallet_id) DO UPDATE SET owner = excluded.owner`, e.AggregateID, e.Data.Owner, c.State.Balance)
-		return err
 	})
-	projection.On(p, func(ctx context.Context, c *projection.Context[WalletState], e projection.Event[MoneyWasAddedToWallet]) error {
+	projection.On(p, func(_ context.Context, c *projection.Context[WalletState], e projection.Event[MoneyWasAddedToWallet]) error {
 		c.State.Balance += e.Data.Amount
-		return upsertBalance(ctx, c, e.AggregateID)
+		return nil
 	})
-	projection.On(p, func(ctx context.Context, c *projection.Context[WalletState], e projection.Event[MoneyWasWithdrawnFromWallet]) error {
+	projection.On(p, func(_ context.Context, c *projection.Context[WalletState], e projection.Event[MoneyWasWithdrawnFromWallet]) error {
 		c.State.Balance -= e.Data.Amount
-		return upsertBalance(ctx, c, e.AggregateID)
+		return nil
 	})
 	projection.OnFlush(p, func(_ context.Context, c *projection.Context[WalletState]) error {
+		if err := c.Exec(`INSERT INTO wallet_balance (wallet_id, balance) VALUES ($1, $2)
+ON CONFLICT (wallet_id) DO UPDATE SET balance = excluded.balance`, idOf(c.Partition()), c.State.Balance); err != nil {
+			return err
+		}
 		return c.Emit(TypeWalletBalanceWasChanged, WalletBalanceWasChanged{WalletID: idOf(c.Partition()), Balance: c.State.Balance})
 	})
 	return p
-}
-
-func upsertBalance(ctx context.Context, c *projection.Context[WalletState], walletID string) error {
-	_, err := c.Tx().Exec(ctx, `INSERT INTO wallet_balance (wallet_id, balance) VALUES ($1, $2)
-ON CONFLICT (wallet_id) DO UPDATE SET balance = excluded.balance`, walletID, c.State.Balance)
-	return err
 }
 
 // WalletDoc is the document wallet_balance_kv keeps per wallet.

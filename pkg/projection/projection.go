@@ -113,6 +113,33 @@ func (c *Context[S]) Partition() string { return c.c.Key }
 // for other projections.
 func (c *Context[S]) Tx() pgx.Tx { return c.c.Tx }
 
+// Exec queues a statement (one SQL statement, with $n arguments) into the
+// batch's transaction, for projections with a PostgreSQL sink. Queued
+// statements are not sent one by one: they travel together, in order, with
+// the batch's positions and derived events in the commit's round trip (or
+// with the next statement sent through Tx, which sees their effects). So a
+// handler that only writes should use Exec; one that must read what is
+// stored uses Tx. A queued statement that PostgreSQL refuses fails its
+// partition alone, as a handler error does (retried, then parked); the
+// other partitions of the batch commit. Without a PostgreSQL sink Exec
+// returns ErrNoPostgres.
+func (c *Context[S]) Exec(sql string, args ...any) error {
+	if c.c.Queue == nil {
+		return ErrNoPostgres
+	}
+	c.c.Queue.Queue(sql, args...)
+	return nil
+}
+
+// ErrNoPostgres reports Context.Exec in a projection without a PostgreSQL
+// sink (Postgres or PostgresPerTenant).
+var ErrNoPostgres = errors.New("projection: Exec needs a PostgreSQL sink (projection.Postgres or PostgresPerTenant)")
+
+// StatementQueue takes statements to send with the batch (Context.Exec).
+type StatementQueue interface {
+	Queue(sql string, args ...any)
+}
+
 // Tenant is the tenant of the partition's last delivered event.
 func (c *Context[S]) Tenant() string { return c.c.Tenant }
 
@@ -137,8 +164,11 @@ type Emission struct {
 // PartitionContext is the untyped partition context the runtime manages.
 // Users meet it through Context[S].
 type PartitionContext struct {
-	Key    string
-	Tx     pgx.Tx
+	Key string
+	Tx  pgx.Tx
+	// Queue takes the statements of Context.Exec (nil without a
+	// PostgreSQL sink).
+	Queue  StatementQueue
 	Tenant string
 	// State is a pointer to the decoded state value (*S).
 	State any

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"hash/fnv"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 	"unsafe"
 )
 
@@ -136,5 +138,39 @@ func TestIsDerived(t *testing.T) {
 		if got := r.isDerived(c.key, c.subj); got != c.want {
 			t.Errorf("isDerived(%q, %q) = %v", c.key, c.subj, got)
 		}
+	}
+}
+
+func TestKVKeyTokenIsBoundedAndDistinct(t *testing.T) {
+	long := strings.Repeat(".", 1500)
+	for _, key := range []string{long, long + "x", strings.Repeat("é", 900), "wallet/" + strings.Repeat("a", 300)} {
+		tok := kvKeyToken(key)
+		if len(tok) > maxKVKeyToken {
+			t.Errorf("token of a %d-byte key is %d bytes, want at most %d", len(key), len(tok), maxKVKeyToken)
+		}
+		if !strings.Contains(tok, "=H") {
+			t.Errorf("long key not hashed: %s", tok)
+		}
+	}
+	if kvKeyToken(long) == kvKeyToken(long+"x") {
+		t.Error("two long keys share a token")
+	}
+	if got := kvKeyToken("wallet/w-1"); got != "wallet/w-1" {
+		t.Errorf("short key changed: %s", got)
+	}
+}
+
+func TestStoredStringRoundTrip(t *testing.T) {
+	for _, s := range []string{"", "wallet/w-1", "wallet/bad\xffid", "nul\x00", storedPrefix + "x", "é✓"} {
+		stored := storedString(s)
+		if !utf8.ValidString(stored) || strings.IndexByte(stored, 0) >= 0 {
+			t.Errorf("%q stored as %q: not valid UTF-8 without NUL", s, stored)
+		}
+		if got := loadedString(stored); got != s {
+			t.Errorf("%q came back as %q", s, got)
+		}
+	}
+	if storedString("wallet/w-1") != "wallet/w-1" {
+		t.Error("an ordinary key is not stored as it is")
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -164,6 +165,12 @@ type runner struct {
 	marks          *derived.Tracker
 	streamReplicas int
 	busy           opsserver.Busy // a step of the loop in progress (see liveness.go)
+	// eager sends each partition's queued statements after it (looking for
+	// the one that failed a commit); batchErrs counts batches in a row that
+	// failed, and no batch is read again before pauseUntil.
+	eager      bool
+	batchErrs  int
+	pauseUntil time.Time
 
 	mu     sync.Mutex
 	status RunnerStatus
@@ -276,6 +283,25 @@ func (r *runner) run(ctx context.Context) error {
 			case m := <-ctlCh:
 				r.busy.Start()
 				r.control(ctx, m)
+			}
+			continue
+		}
+		if d := time.Until(r.pauseUntil); r.restartAt != 0 && d > 0 {
+			// A batch failed: wait before reading it again, still
+			// answering commands and ownership changes.
+			r.setState("paused after a failed batch")
+			r.busy.Stop()
+			select {
+			case <-ctx.Done():
+				return nil
+			case ev := <-r.events:
+				r.busy.Start()
+				r.handleSlotEvent(ctx, ev)
+			case m := <-ctlCh:
+				r.busy.Start()
+				r.control(ctx, m)
+			case <-time.After(d):
+				r.pauseUntil = time.Time{}
 			}
 			continue
 		}
@@ -756,18 +782,124 @@ func (r *runner) process(ctx context.Context, msgs []projection.Message, behind 
 	if lastSeq > 0 {
 		r.next = lastSeq + 1
 	}
-	if err := r.commit(ctx, order, lastSeq, behind); err != nil {
+	if err := r.commitBatch(ctx, order, lastSeq, behind); err != nil {
 		if ctx.Err() != nil {
 			return
 		}
-		r.log.Warn("batch not committed; reading again", "error", err)
 		r.metrics.errors.WithLabelValues(r.def.Name()).Inc()
-		// Read the batch again (commit made the cache match the store).
+		// Read the batch again (commit made the cache match the store),
+		// after a pause that grows while batches keep failing.
 		r.restartAt = msgs[0].Sequence
+		r.batchErrs++
+		pause := jitter(min(batchPauseMin<<min(r.batchErrs-1, 10), batchPauseMax))
+		r.pauseUntil = time.Now().Add(pause)
+		r.log.Warn("batch not committed; reading it again", "in", pause, "failures_in_a_row", r.batchErrs, "error", err)
 		return
 	}
+	r.batchErrs = 0
 	r.metrics.batch.WithLabelValues(r.def.Name()).Observe(time.Since(began).Seconds())
 	r.metrics.processed.WithLabelValues(r.def.Name()).Add(float64(len(msgs)))
+}
+
+// Pauses before a failed batch is read again: from batchPauseMin, doubling
+// while batches keep failing, up to batchPauseMax.
+const (
+	batchPauseMin = 100 * time.Millisecond
+	batchPauseMax = 30 * time.Second
+)
+
+// commitBatch commits a batch; when a transactional store refuses it (it
+// wrote nothing), it finds the partitions that made it fail rather than
+// failing every partition again and again: first applying each
+// partition's queued statements on their own (a refused statement fails
+// its partition alone), then, if the store still refuses, committing
+// halves of the batch until the failing partitions stand alone, which
+// then fail as a handler error would (retried, then parked). Errors it
+// returns fail the batch as a whole: a taken-over slot, a store that
+// cannot be reached.
+func (r *runner) commitBatch(ctx context.Context, order []*work, lastSeq uint64, behind bool) error {
+	err := r.commit(ctx, order, lastSeq, behind)
+	if err == nil || ctx.Err() != nil || errors.Is(err, ErrFenced) || len(order) == 0 || !transactional(r.store) {
+		return err
+	}
+	if !isStatementFailure(err) {
+		return err
+	}
+	r.log.Warn("batch refused by the store; applying its partitions one by one to find the failing ones", "partitions", len(order), "error", err)
+	r.eager = true
+	defer func() { r.eager = false }()
+	if err = r.commit(ctx, order, lastSeq, behind); err == nil || !isStatementFailure(err) || ctx.Err() != nil {
+		return err
+	}
+	if err := r.bisect(ctx, order, err); err != nil {
+		return err
+	}
+	r.advance(lastSeq, true)
+	return nil
+}
+
+// bisect commits order in halves until each refused part is one
+// partition, which then fails alone with the store's error (cause).
+func (r *runner) bisect(ctx context.Context, order []*work, cause error) error {
+	if len(order) == 1 {
+		return r.failAlone(ctx, order[0], cause)
+	}
+	mid := len(order) / 2
+	for _, half := range [][]*work{order[:mid], order[mid:]} {
+		err := r.commit(ctx, half, 0, false)
+		switch {
+		case err == nil:
+		case ctx.Err() != nil || !isStatementFailure(err):
+			return err
+		default:
+			if err := r.bisect(ctx, half, err); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// failAlone records that the store refused w's partition: it fails as a
+// handler error does, from its first message of the batch.
+func (r *runner) failAlone(ctx context.Context, w *work, cause error) error {
+	p := w.p
+	res := r.failed(p, w.msgs[0], fmt.Errorf("%w: %w", ErrStateNotStored, cause), p.failure())
+	b, err := r.store.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	b.Put(int(p.slot), r.slots[int(p.slot)].token, res.rec)
+	revs, err := b.Commit(ctx)
+	if err != nil {
+		return err
+	}
+	res.rec.Revision = revs[res.rec.Key]
+	r.setRec(p, res.rec)
+	p.setFailure(res.fail)
+	r.markFailing(p)
+	if res.rec.Parked != nil {
+		r.metrics.parked.WithLabelValues(r.def.Name()).Inc()
+	}
+	return nil
+}
+
+// isStatementFailure reports an error PostgreSQL gave about what a batch
+// wrote (a statement, a value): another partition set may commit. Lost
+// connections and timeouts are not.
+func isStatementFailure(err error) bool {
+	var pgErr *pgconn.PgError
+	var se *StatementError
+	return errors.As(err, &se) || errors.As(err, &pgErr)
+}
+
+// transactional reports a store whose failed commit wrote nothing.
+func transactional(s StateStore) bool {
+	switch s.(type) {
+	case *PGStore, *TenantStore:
+		return true
+	}
+	return false
 }
 
 // reloadTouched reloads the records of partitions whose batch failed, so the
@@ -1021,6 +1153,10 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	ctx, span, traceparent := r.traceBatch(ctx, p.key(), w.msgs)
 	defer span.End()
 	pc := &projection.PartitionContext{Key: p.key(), Tx: b.Tx(), State: work}
+	qb, queues := b.(QueueBatch)
+	if queues {
+		pc.Queue = qb
+	}
 	// Events emitted while applying messages the projection replays
 	// (pc.Emitted[:quiet]) are dropped, even when the batch goes on past
 	// the replay bound.
@@ -1056,6 +1192,20 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 			return applied{}, rerr
 		}
 		return r.failed(p, w.msgs[len(w.msgs)-1], err, prev), nil
+	}
+	if queues && r.eager {
+		// Looking for the partition whose statement failed the batch:
+		// each partition's statements go now, under its savepoint.
+		if err := qb.SendQueued(ctx); err != nil {
+			var se *StatementError
+			if !errors.As(err, &se) {
+				return applied{}, err
+			}
+			if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
+				return applied{}, rerr
+			}
+			return r.failed(p, w.msgs[len(w.msgs)-1], err, prev), nil
+		}
 	}
 	pc.Emitted = pc.Emitted[quiet:]
 	if len(pc.Emitted) > 0 {
@@ -1110,9 +1260,21 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	if rec.Seq >= rec.Replay {
 		rec.Replay = 0 // replayed
 	}
+	// A state the store cannot take fails its partition alone: failing
+	// the commit would fail every partition of the batch, again and again.
 	data, err := json.Marshal(work)
 	if err != nil {
-		return applied{}, fmt.Errorf("projector: %s: state does not encode: %w", r.def.Name(), err)
+		err = fmt.Errorf("%w: %w", ErrStateNotStored, err)
+	} else if c, ok := r.store.(RecordChecker); ok {
+		next := rec
+		next.State = data
+		err = c.CheckRecord(next)
+	}
+	if err != nil {
+		if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
+			return applied{}, rerr
+		}
+		return r.failed(p, w.msgs[len(w.msgs)-1], err, prev), nil
 	}
 	rec.State, rec.Parked, rec.Failing, rec.Behind = data, nil, nil, false
 	return applied{rec: rec}, nil
@@ -1318,6 +1480,11 @@ func (r *runner) applyCaughtUp(ctx context.Context, p *part, prev *failure, res 
 	revs, err := b.Commit(ctx)
 	if err != nil {
 		p.setFailure(prev)
+		if isStatementFailure(err) && transactional(r.store) && ctx.Err() == nil {
+			// The partition's own writes were refused: it fails as a
+			// handler error does, and parks after its attempts.
+			return r.failAlone(ctx, w, err)
+		}
 		return err
 	}
 	applied.rec.Revision = revs[applied.rec.Key]

@@ -2,12 +2,16 @@ package projector
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -123,6 +127,30 @@ type Batch interface {
 	Rollback(ctx context.Context)
 }
 
+// RecordChecker is a StateStore that can tell, before a commit, that it
+// would refuse a record (too large, a value it cannot keep): that partition
+// fails alone instead of the batch.
+type RecordChecker interface {
+	CheckRecord(r Record) error
+}
+
+// ErrStateNotStored reports a partition whose state the store cannot keep
+// (it does not encode, or the store refuses it): the partition fails alone,
+// retried and then parked, with the reason.
+var ErrStateNotStored = errors.New("projector: state cannot be stored")
+
+// QueueBatch is a Batch that takes the statements handlers queue
+// (projection.Context.Exec) and sends them with the commit.
+type QueueBatch interface {
+	Batch
+	Queue(sql string, args ...any)
+	// SendQueued sends the statements queued since the last Savepoint
+	// now. The runtime calls it after each partition when it looks for the
+	// partition whose statement failed a commit; a refused statement is a
+	// *StatementError.
+	SendQueued(ctx context.Context) error
+}
+
 // OutboxEntry is a derived event waiting in the outbox for the emitter.
 type OutboxEntry struct {
 	Projection string
@@ -174,8 +202,16 @@ func (e *FencedError) Error() string {
 // Is makes errors.Is(err, ErrFenced) true.
 func (e *FencedError) Is(target error) bool { return target == ErrFenced }
 
+// maxKVKeyToken bounds the part of a KV key that names a partition. The
+// key is a subject ($KV.<bucket>.p.<slot>.<token>), and a subject longer
+// than the server's control line (4 KiB by default) closes the connection:
+// one event with a long aggregate id would take the projector offline.
+const maxKVKeyToken = 200
+
 // kvKeyToken turns a partition key into KV-key characters: letters, digits,
-// '-', '_' and '/' stay; every other byte becomes =XX.
+// '-', '_' and '/' stay; every other byte becomes =XX. A token longer than
+// maxKVKeyToken keeps a readable head and ends in "=H" and 32 hex digits of
+// the key's SHA-256 ("=H" is never an escape); the record holds the key.
 func kvKeyToken(key string) string {
 	var b strings.Builder
 	for i := 0; i < len(key); i++ {
@@ -186,9 +222,60 @@ func kvKeyToken(key string) string {
 		default:
 			b.WriteString("=" + strings.ToUpper(strconv.FormatUint(uint64(c)|0x100, 16)[1:]))
 		}
+		if b.Len() > maxKVKeyToken {
+			break
+		}
 	}
 	if b.Len() == 0 {
 		return "="
 	}
-	return b.String()
+	tok := b.String()
+	if len(tok) <= maxKVKeyToken {
+		return tok
+	}
+	head := tok[:maxKVKeyToken-34]
+	if i := strings.LastIndexByte(head, '='); i >= 0 && i > len(head)-3 {
+		head = head[:i] // not inside an escape
+	}
+	sum := sha256.Sum256([]byte(key))
+	return head + "=H" + hex.EncodeToString(sum[:16])
+}
+
+// storedPrefix marks a string that a store holds encoded (storedString).
+const storedPrefix = "\x7fb64:"
+
+// storedString is how stores keep a partition key, subject or tenant:
+// unchanged when it is valid UTF-8 without NUL (PostgreSQL text and JSON
+// strings take it as it is), otherwise storedPrefix and its bytes in
+// base64url, so that no byte is lost or changed (JSON encoders replace
+// invalid UTF-8, PostgreSQL refuses it and NUL). loadedString reverses it.
+func storedString(s string) string {
+	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 && !strings.HasPrefix(s, storedPrefix) {
+		return s
+	}
+	return storedPrefix + base64.RawURLEncoding.EncodeToString([]byte(s))
+}
+
+// loadedString is the string storedString stored as s.
+func loadedString(s string) string {
+	enc, ok := strings.CutPrefix(s, storedPrefix)
+	if !ok {
+		return s
+	}
+	b, err := base64.RawURLEncoding.DecodeString(enc)
+	if err != nil {
+		return s
+	}
+	return string(b)
+}
+
+// storedRecord is r with its strings as a store keeps them.
+func storedRecord(r Record) Record {
+	r.Key, r.Subject, r.Tenant = storedString(r.Key), storedString(r.Subject), storedString(r.Tenant)
+	return r
+}
+
+// loadedRecord reverses storedRecord.
+func loadedRecord(r *Record) {
+	r.Key, r.Subject, r.Tenant = loadedString(r.Key), loadedString(r.Subject), loadedString(r.Tenant)
 }

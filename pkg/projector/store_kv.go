@@ -133,7 +133,14 @@ func (s *KVStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64, err
 			if err := json.Unmarshal(m.Data(), &r); err != nil {
 				return nil, 0, fmt.Errorf("projector: record %s: %w", m.Subject(), err)
 			}
+			loadedRecord(&r)
 			r.Revision = md.Sequence.Stream
+			if m.Subject() != prefix+partKey(slot, r.Key) {
+				// Written under a key of an earlier version (long keys
+				// were not hashed): the next write creates the current
+				// key, and that later record wins over this one.
+				r.Revision = 0
+			}
 			out = append(out, r)
 		}
 		if md.NumPending == 0 {
@@ -159,6 +166,7 @@ func (s *KVStore) Get(ctx context.Context, slot int, key string) (*Record, error
 	if err := json.Unmarshal(e.Value(), &r); err != nil {
 		return nil, err
 	}
+	loadedRecord(&r)
 	r.Revision = e.Revision()
 	return &r, nil
 }
@@ -292,6 +300,7 @@ func (s *KVStore) Summary(ctx context.Context) ([]Record, int, error) {
 		if strings.Contains(string(e.Value()), `"parked"`) {
 			var r Record
 			if json.Unmarshal(e.Value(), &r) == nil && r.Parked != nil {
+				loadedRecord(&r)
 				r.Revision = e.Revision()
 				parked = append(parked, r)
 			}
@@ -400,7 +409,7 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 	now := time.Now().UTC()
 	for _, p := range b.puts {
 		p.rec.Updated = now
-		data, err := encodeRecord(p.rec)
+		data, err := encodeRecord(storedRecord(p.rec))
 		if err != nil {
 			return revs, err
 		}
@@ -444,6 +453,32 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 		return revs, fmt.Errorf("projector: commit: %w", firstErr)
 	}
 	return revs, nil
+}
+
+var _ RecordChecker = (*KVStore)(nil)
+
+// CheckRecord refuses a record larger than a message the server takes
+// (its max_payload, 1 MiB by default), less room for the write's headers.
+func (s *KVStore) CheckRecord(r Record) error {
+	limit := int(s.js.Conn().MaxPayload()) - 1024
+	if limit <= 0 {
+		return nil
+	}
+	est := 256 + 6*(len(r.Key)+len(r.Subject)+len(r.Tenant)) + len(r.State)
+	for _, e := range r.Outbox {
+		est += 128 + 6*(len(e.Type)+len(e.LinkTo)) + len(e.Payload) + len(e.TraceParent)
+	}
+	if est <= limit {
+		return nil
+	}
+	data, err := encodeRecord(storedRecord(r))
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrStateNotStored, err)
+	}
+	if len(data) > limit {
+		return fmt.Errorf("%w: its record would take %d bytes, more than the %d a KV value may hold here (the server's max_payload)", ErrStateNotStored, len(data), limit)
+	}
+	return nil
 }
 
 // Watermark reads one slot's watermark.

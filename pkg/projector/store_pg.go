@@ -151,6 +151,7 @@ func scanRecords(rows pgx.Rows) ([]Record, error) {
 		if err := rows.Scan(&r.Key, &r.Subject, &r.Behind, &failing, &skip, &emitted, &replay, &seq, &r.Position, &state, &parked, &rev, &r.Updated); err != nil {
 			return nil, err
 		}
+		loadedRecord(&r)
 		r.Seq, r.Revision, r.Skip, r.Emitted, r.Replay = uint64(seq), uint64(rev), uint64(skip), uint64(emitted), uint64(replay)
 		if len(state) > 0 {
 			r.State = state
@@ -175,7 +176,7 @@ func scanRecords(rows pgx.Rows) ([]Record, error) {
 // Get reads one record.
 func (s *PGStore) Get(ctx context.Context, _ int, key string) (*Record, error) {
 	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, replay, seq, position, state, parked, revision, updated_at
-FROM jetproj.partitions WHERE projection = $1 AND partition = $2`, s.projection, key)
+FROM jetproj.partitions WHERE projection = $1 AND partition = $2`, s.projection, storedString(key))
 	if err != nil {
 		return nil, err
 	}
@@ -262,6 +263,31 @@ func (s *PGStore) Begin(context.Context) (Batch, error) {
 // first statement after them.
 func (b *pgBatch) Tx() pgx.Tx { return b.lazy }
 
+var _ RecordChecker = (*PGStore)(nil)
+
+// CheckRecord refuses a state that jsonb refuses: one holding NUL (\u0000).
+func (s *PGStore) CheckRecord(r Record) error { return checkJSONB(r) }
+
+func checkJSONB(r Record) error {
+	if nulEscape(r.State) >= 0 {
+		return fmt.Errorf("%w: it holds a NUL character (\\u0000), which PostgreSQL jsonb refuses", ErrStateNotStored)
+	}
+	return nil
+}
+
+// Queue queues a handler's statement (projection.Context.Exec).
+func (b *pgBatch) Queue(sql string, args ...any) { b.lazy.Queue(sql, args...) }
+
+// SendQueued sends the statements queued since the last Savepoint now: a
+// refused one is a *StatementError, and RollbackToSavepoint undoes the
+// partition's writes.
+func (b *pgBatch) SendQueued(ctx context.Context) error {
+	if !b.lazy.queued() {
+		return nil
+	}
+	return b.lazy.flush(ctx)
+}
+
 func (b *pgBatch) Savepoint(ctx context.Context) error {
 	b.sp++
 	b.spOutbox = len(b.outbox)
@@ -310,7 +336,7 @@ func (b *pgBatch) queueOutbox(batch *pgx.Batch) {
 		seqs, sseqs, spos                             = make([]int64, n), make([]int64, n), make([]int64, n)
 	)
 	for i, e := range b.outbox {
-		proj[i], part[i], subj[i], ids[i], types[i], payloads[i], links[i] = e.Projection, e.Partition, e.Subject, e.MsgID, e.EventType, string(e.Payload), e.LinkTo
+		proj[i], part[i], subj[i], ids[i], types[i], payloads[i], links[i] = e.Projection, storedString(e.Partition), e.Subject, e.MsgID, e.EventType, string(e.Payload), e.LinkTo
 		gens[i], seqs[i], sseqs[i], spos[i] = int32(e.Generation), int64(e.Seq), int64(e.SourceSeq), e.SourcePosition
 		traces[i] = e.TraceParent
 	}
@@ -367,20 +393,21 @@ func (b *pgBatch) prepare(ctx context.Context) (map[string]uint64, error) {
 	for _, p := range b.puts {
 		var parked, failing []byte
 		if p.rec.Parked != nil {
-			parked, _ = json.Marshal(p.rec.Parked)
+			parked = jsonbSafe(json.Marshal(p.rec.Parked))
 		}
 		if p.rec.Failing != nil {
-			failing, _ = json.Marshal(p.rec.Failing)
+			failing = jsonbSafe(json.Marshal(p.rec.Failing))
 		}
 		var state []byte
 		if len(p.rec.State) > 0 {
 			state = p.rec.State
 		}
 		key, rev := p.rec.Key, p.rec.Revision
+		skey, ssubj := storedString(key), storedString(p.rec.Subject)
 		if rev == 0 {
 			batch.Queue(`INSERT INTO jetproj.partitions (projection, partition, slot, seq, position, state, parked, revision, updated_at, subject, behind, failing, skip, emitted, replay)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING`, b.s.projection, key, p.slot, int64(p.rec.Seq), p.rec.Position, state, parked, now,
-				p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted), int64(p.rec.Replay)).
+VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING`, b.s.projection, skey, p.slot, int64(p.rec.Seq), p.rec.Position, state, parked, now,
+				ssubj, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted), int64(p.rec.Replay)).
 				Exec(func(tag pgconn.CommandTag) error {
 					if tag.RowsAffected() != 1 {
 						fenced = append(fenced, p.slot)
@@ -392,8 +419,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $13, $14) ON CONFL
 		}
 		batch.Queue(`UPDATE jetproj.partitions SET seq = $3, position = $4, state = $5, parked = $6, revision = revision + 1, updated_at = $7,
     subject = $9, behind = $10, failing = $11, skip = $12, emitted = $13, replay = $14
-WHERE projection = $1 AND partition = $2 AND revision = $8`, b.s.projection, key, int64(p.rec.Seq), p.rec.Position, state, parked, now, int64(rev),
-			p.rec.Subject, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted), int64(p.rec.Replay)).
+WHERE projection = $1 AND partition = $2 AND revision = $8`, b.s.projection, skey, int64(p.rec.Seq), p.rec.Position, state, parked, now, int64(rev),
+			ssubj, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted), int64(p.rec.Replay)).
 			Exec(func(tag pgconn.CommandTag) error {
 				if tag.RowsAffected() != 1 {
 					fenced = append(fenced, p.slot)
@@ -427,4 +454,36 @@ func (s *PGStore) Watermark(ctx context.Context, slot int) (uint64, error) {
 		return 0, nil
 	}
 	return uint64(wm), err
+}
+
+// jsonbSafe is JSON that jsonb takes: an escaped NUL (which jsonb refuses)
+// becomes U+FFFD. For failure records, whose error texts may quote keys.
+func jsonbSafe(b []byte, _ error) []byte {
+	if i := nulEscape(b); i < 0 {
+		return b
+	}
+	out := make([]byte, 0, len(b))
+	for {
+		i := nulEscape(b)
+		if i < 0 {
+			return append(out, b...)
+		}
+		out = append(append(out, b[:i]...), `\ufffd`...)
+		b = b[i+6:]
+	}
+}
+
+// nulEscape returns the index of the first \u0000 escape in the JSON b (a
+// backslash that is not itself escaped), or -1.
+func nulEscape(b []byte) int {
+	for i := 0; i+6 <= len(b); i++ {
+		if b[i] != '\\' {
+			continue
+		}
+		if string(b[i:i+6]) == `\u0000` {
+			return i
+		}
+		i++ // skip the escaped character
+	}
+	return -1
 }

@@ -3,6 +3,7 @@ package projector
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -12,71 +13,117 @@ import (
 // lazyTx is the transaction of a batch. It saves round trips, which is what
 // live batches of a few events pay for: BEGIN is not sent on its own but
 // with the batch's first statement, and neither is a partition's savepoint
-// (a partition that writes nothing sends none).
+// (a partition that writes nothing sends none). Statements handlers queue
+// (Context.Exec) wait in queue and travel with the next statement sent
+// directly, or with the commit: a batch whose handlers only queue costs
+// one round trip for all of its writes.
 type lazyTx struct {
 	pool *pgxpool.Pool
 	// tx is nil until the first statement.
 	tx pgx.Tx
 	// pending names a savepoint to establish before the next statement.
 	pending string
+	// queue holds statements not sent yet, in order; a savepoint asked for
+	// before a queued statement is queued with it, at spAt (-1: none
+	// there).
+	queue []queuedStmt
+	spAt  int
 }
 
-// mark asks for a savepoint before the next statement.
-func (t *lazyTx) mark(name string) { t.pending = name }
+// queuedStmt is a statement waiting in lazyTx.queue.
+type queuedStmt struct {
+	sql  string
+	args []any
+}
 
-// rollback undoes the writes since the last mark: nothing to do when no
-// statement ran since.
+// StatementError reports a statement a handler queued (Context.Exec) that
+// PostgreSQL refused when the queue was sent.
+type StatementError struct {
+	SQL string
+	Err error
+}
+
+func (e *StatementError) Error() string {
+	return fmt.Sprintf("projector: queued statement %q: %v", e.SQL, e.Err)
+}
+
+func (e *StatementError) Unwrap() error { return e.Err }
+
+// mark asks for a savepoint before the next statement.
+func (t *lazyTx) mark(name string) { t.pending, t.spAt = name, -1 }
+
+// Queue adds a statement to send with the next round trip.
+func (t *lazyTx) Queue(sql string, args ...any) {
+	if t.pending != "" {
+		t.spAt = len(t.queue)
+		t.queue = append(t.queue, queuedStmt{sql: "SAVEPOINT " + t.pending})
+		t.pending = ""
+	}
+	t.queue = append(t.queue, queuedStmt{sql: sql, args: args})
+}
+
+// queued reports whether statements wait to be sent.
+func (t *lazyTx) queued() bool { return len(t.queue) > 0 }
+
+// rollback undoes the writes since the last mark: nothing to send when no
+// statement went to the server since.
 func (t *lazyTx) rollback(ctx context.Context, name string) error {
-	if t.pending != "" || t.tx == nil {
+	switch {
+	case t.pending != "":
 		t.pending = ""
 		return nil
+	case t.spAt >= 0:
+		clear(t.queue[t.spAt:])
+		t.queue, t.spAt = t.queue[:t.spAt], -1
+		return nil
+	case t.tx == nil:
+		return nil
 	}
+	// The savepoint went to the server; what was queued since did not.
+	clear(t.queue)
+	t.queue = t.queue[:0]
 	_, err := t.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+name)
 	return err
 }
 
-// flush begins the transaction and establishes the pending savepoint in
-// round trips of their own, for the calls that cannot carry them.
+// flush begins the transaction and sends the pending savepoint and the
+// queued statements, for the calls that cannot carry them.
 func (t *lazyTx) flush(ctx context.Context) error {
-	if t.tx == nil {
-		tx, err := t.pool.Begin(ctx)
-		if err != nil {
-			return err
-		}
-		t.tx = tx
-	}
-	if t.pending == "" {
+	if t.tx != nil && t.pending == "" && len(t.queue) == 0 {
 		return nil
 	}
-	if _, err := t.tx.Exec(ctx, "SAVEPOINT "+t.pending); err != nil {
-		return err
-	}
-	t.pending = ""
-	return nil
+	return t.SendBatch(ctx, &pgx.Batch{}).Close()
 }
 
-// prefixed returns b with BEGIN and the pending savepoint queued first, as
-// needed, and how many queries it queued.
+// prefixed returns b with BEGIN, the pending savepoint and the queued
+// statements first, as needed, the number of those, and whether a BEGIN
+// is among them.
 func (t *lazyTx) prefixed(b *pgx.Batch) (*pgx.Batch, int) {
-	if t.tx != nil && t.pending == "" {
+	if t.tx != nil && t.pending == "" && len(t.queue) == 0 {
 		return b, 0
 	}
-	nb := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(b.QueuedQueries)+2)}
-	n := 0
+	nb := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(b.QueuedQueries)+len(t.queue)+2)}
 	if t.tx == nil {
 		nb.BeginTx(pgx.TxOptions{})
-		n++
+	}
+	for _, q := range t.queue {
+		nb.Queue(q.sql, q.args...)
 	}
 	if t.pending != "" {
 		nb.Queue("SAVEPOINT " + t.pending)
-		n++
 	}
+	n := len(nb.QueuedQueries)
 	nb.QueuedQueries = append(nb.QueuedQueries, b.QueuedQueries...)
 	return nb, n
 }
 
 // Commit commits what was written; nothing when nothing was.
 func (t *lazyTx) Commit(ctx context.Context) error {
+	if len(t.queue) > 0 {
+		if err := t.flush(ctx); err != nil {
+			return err
+		}
+	}
 	if t.tx == nil {
 		return nil
 	}
@@ -85,6 +132,8 @@ func (t *lazyTx) Commit(ctx context.Context) error {
 
 // Rollback abandons the transaction, if it began.
 func (t *lazyTx) Rollback(ctx context.Context) error {
+	clear(t.queue)
+	t.queue, t.spAt, t.pending = t.queue[:0], -1, ""
 	if t.tx == nil {
 		return nil
 	}
@@ -136,6 +185,7 @@ func (t *lazyTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row 
 }
 
 func (t *lazyTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	queue, begin := t.queue, t.tx == nil
 	nb, n := t.prefixed(b)
 	if n == 0 {
 		return t.tx.SendBatch(ctx, b)
@@ -149,12 +199,26 @@ func (t *lazyTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	} else {
 		br = t.tx.SendBatch(ctx, nb)
 	}
-	for range n {
+	// Sent: whatever its outcome, nothing waits any more.
+	t.queue, t.spAt, t.pending = nil, -1, ""
+	for i := range n {
 		if _, err := br.Exec(); err != nil {
-			return &failedBatch{BatchResults: br, err: fmt.Errorf("projector: begin: %w", err)}
+			switch q := i; {
+			case begin && q == 0:
+				err = fmt.Errorf("projector: begin: %w", err)
+			default:
+				if begin {
+					q--
+				}
+				if q < len(queue) && !strings.HasPrefix(queue[q].sql, "SAVEPOINT ") {
+					err = &StatementError{SQL: queue[q].sql, Err: err}
+				} else {
+					err = fmt.Errorf("projector: savepoint: %w", err)
+				}
+			}
+			return &failedBatch{BatchResults: br, err: err}
 		}
 	}
-	t.pending = ""
 	return br
 }
 

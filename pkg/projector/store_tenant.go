@@ -172,6 +172,26 @@ func (b *tenantBatch) Tx() pgx.Tx {
 	return b.cur.Tx()
 }
 
+var _ RecordChecker = (*TenantStore)(nil)
+
+// CheckRecord refuses a state that jsonb refuses.
+func (s *TenantStore) CheckRecord(r Record) error { return checkJSONB(r) }
+
+// Queue queues a handler's statement in the current tenant's transaction.
+func (b *tenantBatch) Queue(sql string, args ...any) {
+	if b.cur != nil {
+		b.cur.Queue(sql, args...)
+	}
+}
+
+// SendQueued sends the current tenant's queued statements now.
+func (b *tenantBatch) SendQueued(ctx context.Context) error {
+	if b.cur == nil {
+		return nil
+	}
+	return b.cur.SendQueued(ctx)
+}
+
 func (b *tenantBatch) Savepoint(ctx context.Context) error {
 	if b.cur == nil {
 		return nil
