@@ -213,6 +213,8 @@ type Definition struct {
 	mode        Mode
 	interval    time.Duration
 	batchSize   int
+	catchUp     int  // CatchUpBatchSize; 0: the default
+	batchSet    bool // BatchSize was given
 	maxAttempts int
 	backoffMin  time.Duration
 	backoffMax  time.Duration
@@ -334,15 +336,34 @@ func PartitionBy(f func(subject string) string) Option {
 // stream order, one active replica.
 func AsGlobal() Option { return func(d *Definition) { d.kind = Global; d.slots = 1 } }
 
-// BatchSize sets how many messages a batch takes at most (default 500).
+// BatchSize sets how many messages a batch takes at most while the
+// projection follows the head of its source (default 500). Given alone,
+// it bounds catch-up batches too.
 func BatchSize(n int) Option {
 	return func(d *Definition) {
-		if n < 1 {
-			d.errs = append(d.errs, fmt.Sprintf("BatchSize %d: want at least 1", n))
+		if n < 1 || n > MaxBatchSize {
+			d.errs = append(d.errs, fmt.Sprintf("BatchSize %d: want 1 to %d", n, MaxBatchSize))
 		}
-		d.batchSize = n
+		d.batchSize, d.batchSet = n, true
 	}
 }
+
+// CatchUpBatchSize sets how many messages a batch takes at most while the
+// projection is far behind its source (a backlog, a rebuild): larger
+// batches mean fewer commits, flushes and derived events per partition.
+// The default is 8 × the default BatchSize (4,000), or BatchSize when only
+// that was given; a batch also stops at 8 MiB of payload.
+func CatchUpBatchSize(n int) Option {
+	return func(d *Definition) {
+		if n < 1 || n > MaxBatchSize {
+			d.errs = append(d.errs, fmt.Sprintf("CatchUpBatchSize %d: want 1 to %d", n, MaxBatchSize))
+		}
+		d.catchUp = n
+	}
+}
+
+// MaxBatchSize bounds BatchSize and CatchUpBatchSize.
+const MaxBatchSize = 100_000
 
 // WithPolling runs the projection on an interval instead of per event.
 func WithPolling(interval time.Duration) Option {
@@ -534,13 +555,15 @@ func (d *Definition) SourceConfig() SourceConfig { return d.source }
 
 // Spec exposes the settings the runtime needs.
 type Spec struct {
-	BatchSize   int
-	MaxAttempts int
-	BackoffMin  time.Duration
-	BackoffMax  time.Duration
-	Slots       int
-	Mode        Mode
-	Interval    time.Duration
+	BatchSize int
+	// CatchUpBatchSize bounds batches while the source is far ahead.
+	CatchUpBatchSize int
+	MaxAttempts      int
+	BackoffMin       time.Duration
+	BackoffMax       time.Duration
+	Slots            int
+	Mode             Mode
+	Interval         time.Duration
 	// WriteEvery is StateWriteInterval.
 	WriteEvery  time.Duration
 	Pool        *pgxpool.Pool
@@ -549,7 +572,15 @@ type Spec struct {
 
 // Spec returns the runtime settings.
 func (d *Definition) Spec() Spec {
-	return Spec{BatchSize: d.batchSize, MaxAttempts: d.maxAttempts, BackoffMin: d.backoffMin, BackoffMax: d.backoffMax,
+	catchUp := d.catchUp
+	switch {
+	case catchUp > 0:
+	case d.batchSet:
+		catchUp = d.batchSize
+	default:
+		catchUp = 8 * d.batchSize
+	}
+	return Spec{BatchSize: d.batchSize, CatchUpBatchSize: max(catchUp, d.batchSize), MaxAttempts: d.maxAttempts, BackoffMin: d.backoffMin, BackoffMax: d.backoffMax,
 		Slots: d.slots, Mode: d.mode, Interval: d.interval, WriteEvery: d.writeEvery, Pool: d.pool, TenantPools: d.tenantPools}
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -17,8 +18,8 @@ import (
 
 // pgBalance is wallet_balance with a PostgreSQL read model; applied counts
 // the events each row has seen, so a double application shows.
-func pgBalance(pool *pgxpool.Pool, inFlight *sync.Map, overlaps *atomic.Int64) *projection.Projection[struct{}] {
-	p := projection.New[struct{}]("wallet_balance_pg", projection.FromAggregates("wallet"), projection.Postgres(pool),
+func pgBalance(pool *pgxpool.Pool, inFlight *sync.Map, overlaps *atomic.Int64, opts ...projection.Option) *projection.Projection[struct{}] {
+	p := projection.New[struct{}]("wallet_balance_pg", append([]projection.Option{projection.FromAggregates("wallet"), projection.Postgres(pool),
 		projection.BatchSize(100),
 		projection.OnInit(func(ctx context.Context, tx projectionTx) error {
 			_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS balances (wallet text PRIMARY KEY, owner text, cents bigint NOT NULL DEFAULT 0, applied int NOT NULL DEFAULT 0, last_version bigint NOT NULL DEFAULT 0)`)
@@ -27,7 +28,7 @@ func pgBalance(pool *pgxpool.Pool, inFlight *sync.Map, overlaps *atomic.Int64) *
 		projection.OnReset(func(ctx context.Context, tx projectionTx) error {
 			_, err := tx.Exec(ctx, `TRUNCATE balances`)
 			return err
-		}))
+		})}, opts...)...)
 	enter := func(key string) func() {
 		if v, loaded := inFlight.LoadOrStore(key, true); loaded && v.(bool) {
 			overlaps.Add(1)
@@ -165,4 +166,58 @@ func TestIdleCostsNothing(t *testing.T) {
 	t.Logf("idle: %v CPU over %v (server included)", used, window)
 	b.publish(t, "w1", "MoneyWasAddedToWallet", `{"amount":1}`)
 	b.waitFold(t, "wallet_balance", 5*time.Second)
+}
+
+// TestCatchUpBatchesCrossAReplicaKill: far behind, batches grow to
+// CatchUpBatchSize; a replica killed in the middle of such a backlog loses
+// and doubles nothing (each row counts its events once, in version order).
+func TestCatchUpBatchesCrossAReplicaKill(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, devtest.Postgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	var inFlight sync.Map
+	var overlaps atomic.Int64
+	def := func() *projection.Projection[struct{}] {
+		return pgBalance(pool, &inFlight, &overlaps, projection.CatchUpBatchSize(2000))
+	}
+	b.publishWallets(t, 400, 24)
+	r1, reg := b.runWithRegistry(t, "r1", def())
+	devtest.Eventually(t, 30*time.Second, func() error {
+		if n := counter(t, reg, "jetproj_projector_messages_total", "wallet_balance_pg"); n < 2000 {
+			return fmt.Errorf("%d messages handled", n)
+		}
+		return nil
+	})
+	r1.kill(t)
+	if batches, msgs := histogram(t, reg, "jetproj_projector_batch_messages"); batches == 0 || msgs/batches <= 100 {
+		t.Fatalf("%d batches of %d messages in all: catch-up batches did not grow past BatchSize(100)", batches, msgs)
+	}
+	b.run(t, "r2", def())
+	b.waitTable(t, pool, 60*time.Second)
+	if n := overlaps.Load(); n != 0 {
+		t.Fatalf("a partition was applied on two replicas at once %d times", n)
+	}
+}
+
+// histogram returns a histogram's count and sum.
+func histogram(t *testing.T, reg *prometheus.Registry, name string) (count, sum uint64) {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name {
+			for _, m := range f.GetMetric() {
+				count += m.GetHistogram().GetSampleCount()
+				sum += uint64(m.GetHistogram().GetSampleSum())
+			}
+		}
+	}
+	return count, sum
 }

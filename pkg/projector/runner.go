@@ -384,25 +384,69 @@ func (r *runner) run(ctx context.Context) error {
 			}
 		}
 		r.busy.Start()
-		if cap(r.batch) < r.spec.BatchSize {
-			r.batch = make([]projection.Message, 0, r.spec.BatchSize)
-		}
-		batch := append(r.batch[:0], first)
-	collect:
-		for len(batch) < r.spec.BatchSize {
-			select {
-			case m := <-r.cons.msgs:
-				batch = append(batch, m)
-			default:
-				break collect
-			}
-		}
+		batch := r.collect(first)
 		// Behind: at least another full batch waits.
 		last := batch[len(batch)-1]
-		r.process(ctx, batch, last.Pending >= uint64(r.spec.BatchSize) || (len(batch) == r.spec.BatchSize && len(r.cons.msgs) > 0))
+		r.process(ctx, batch, last.Pending >= uint64(r.spec.BatchSize) || (len(batch) >= r.spec.BatchSize && len(r.cons.msgs) > 0))
 		clear(batch) // let the messages go; the buffer is reused
 	}
 }
+
+// maxBatchBytes bounds the payload of a batch.
+const maxBatchBytes = 8 << 20
+
+// catchUpSize is the most messages a batch takes while catching up
+// (projection.CatchUpBatchSize): commits, flushes and derived events per
+// partition drop; batches at the head stay BatchSize, for latency.
+func (r *runner) catchUpSize() int { return max(r.spec.BatchSize, r.spec.CatchUpBatchSize) }
+
+// collect takes the batch that starts with first from the consumer:
+// BatchSize messages, or while far behind (first.Pending tells) up to
+// catchUpSize, waiting briefly for those that are on their way.
+func (r *runner) collect(first projection.Message) []projection.Message {
+	limit := r.spec.BatchSize
+	if first.Pending >= uint64(limit) {
+		limit = r.catchUpSize()
+	}
+	if cap(r.batch) < limit {
+		r.batch = make([]projection.Message, 0, limit)
+	}
+	batch := append(r.batch[:0], first)
+	size := len(first.Data)
+	var wait *time.Timer
+	defer func() {
+		if wait != nil {
+			wait.Stop()
+		}
+	}()
+	for len(batch) < limit && size < maxBatchBytes {
+		select {
+		case m := <-r.cons.msgs:
+			batch, size = append(batch, m), size+len(m.Data)
+			continue
+		default:
+		}
+		if len(batch) < r.spec.BatchSize || batch[len(batch)-1].Pending == 0 {
+			break // an ordinary batch, or nothing more to come
+		}
+		// Catching up and the consumer is a little behind us.
+		if wait == nil {
+			wait = time.NewTimer(catchUpWait)
+		}
+		select {
+		case m := <-r.cons.msgs:
+			batch, size = append(batch, m), size+len(m.Data)
+			continue
+		case <-wait.C:
+		}
+		break
+	}
+	r.batch = batch
+	return batch
+}
+
+// catchUpWait bounds how long a catch-up batch waits for more messages.
+const catchUpWait = 5 * time.Millisecond
 
 // idleMark fires a second after the last watermark save when a slot's
 // watermark is ahead of what is saved; nil otherwise.
@@ -657,7 +701,7 @@ func (r *runner) startConsumer(ctx context.Context) error {
 		start = 1
 	}
 	r.stopConsumer()
-	cons := &consumer{msgs: make(chan projection.Message, 2*r.spec.BatchSize), stop: make(chan struct{})}
+	cons := &consumer{msgs: make(chan projection.Message, r.catchUpSize()+r.spec.BatchSize), stop: make(chan struct{})}
 	sub, err := r.source.Consume(ctx, start, func(m projection.Message) {
 		select {
 		case cons.msgs <- m:
@@ -798,6 +842,7 @@ func (r *runner) process(ctx context.Context, msgs []projection.Message, behind 
 	}
 	r.batchErrs = 0
 	r.metrics.batch.WithLabelValues(r.def.Name()).Observe(time.Since(began).Seconds())
+	r.metrics.sizes.WithLabelValues(r.def.Name()).Observe(float64(len(msgs)))
 	r.metrics.processed.WithLabelValues(r.def.Name()).Add(float64(len(msgs)))
 }
 
