@@ -222,6 +222,7 @@ type Definition struct {
 	writeEvery  time.Duration
 	pool        *pgxpool.Pool
 	tenantPools map[string]*pgxpool.Pool
+	store       any
 	newState    func() any
 	stateType   reflect.Type
 	handlers    map[string]HandlerFunc
@@ -435,6 +436,22 @@ func PostgresPerTenant(pools map[string]*pgxpool.Pool) Option {
 	}
 }
 
+// CustomStore keeps the projection's positions and state in store, which
+// must implement projector.StateStore (and pass the suite in package
+// projector/storetest); the projector refuses the projection otherwise.
+// It replaces the built-in choice (PostgreSQL with Postgres, a KV bucket
+// without). What the store can do — commit atomically, keep derived
+// events with the records, write behind — it tells through
+// projector.Capabilities.
+func CustomStore(store any) Option {
+	return func(d *Definition) {
+		if store == nil {
+			d.errs = append(d.errs, "CustomStore needs a store")
+		}
+		d.store = store
+	}
+}
+
 // ManualStart deploys the projection without starting it: replicas wait
 // until `projector start <name>`.
 func ManualStart() Option { return func(d *Definition) { d.manualStart = true } }
@@ -568,6 +585,8 @@ type Spec struct {
 	WriteEvery  time.Duration
 	Pool        *pgxpool.Pool
 	TenantPools map[string]*pgxpool.Pool
+	// Store is CustomStore's store.
+	Store any
 }
 
 // Spec returns the runtime settings.
@@ -581,7 +600,7 @@ func (d *Definition) Spec() Spec {
 		catchUp = 8 * d.batchSize
 	}
 	return Spec{BatchSize: d.batchSize, CatchUpBatchSize: max(catchUp, d.batchSize), MaxAttempts: d.maxAttempts, BackoffMin: d.backoffMin, BackoffMax: d.backoffMax,
-		Slots: d.slots, Mode: d.mode, Interval: d.interval, WriteEvery: d.writeEvery, Pool: d.pool, TenantPools: d.tenantPools}
+		Slots: d.slots, Mode: d.mode, Interval: d.interval, WriteEvery: d.writeEvery, Pool: d.pool, TenantPools: d.tenantPools, Store: d.store}
 }
 
 // Handles reports whether the definition has a handler for eventType.

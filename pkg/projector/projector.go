@@ -103,6 +103,11 @@ func New(nc *nats.Conn, opts Options, defs ...projection.Definer) (*Projector, e
 			problems = append(problems, fmt.Sprintf("projection %q defined twice", def.Name()))
 		}
 		seen[def.Name()] = true
+		if st := def.Spec().Store; st != nil {
+			if _, ok := st.(StateStore); !ok {
+				problems = append(problems, fmt.Sprintf("projection %q: CustomStore(%T): not a projector.StateStore", def.Name(), st))
+			}
+		}
 		p.defs = append(p.defs, def)
 	}
 	if len(problems) > 0 {
@@ -117,6 +122,9 @@ func New(nc *nats.Conn, opts Options, defs ...projection.Definer) (*Projector, e
 // StoreFor returns the state store a definition uses: PostgreSQL with its
 // read model when it has a Postgres sink, otherwise a KV bucket.
 func StoreFor(js jetstream.JetStream, d *projection.Definition, replicas int) StateStore {
+	if s, ok := d.Spec().Store.(StateStore); ok {
+		return s
+	}
 	if pool := d.Spec().Pool; pool != nil {
 		return NewPGStore(pool, d.Name())
 	}

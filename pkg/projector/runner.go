@@ -169,6 +169,7 @@ type runner struct {
 	// the one that failed a commit); batchErrs counts batches in a row that
 	// failed, and no batch is read again before pauseUntil.
 	eager      bool
+	caps       Capabilities // what the store can do
 	batchErrs  int
 	pauseUntil time.Time
 
@@ -204,8 +205,8 @@ const (
 // run processes until ctx ends.
 func (r *runner) run(ctx context.Context) error {
 	r.slots, r.failing = map[int]*ownedSlot{}, map[string]*part{}
-	_, kv := r.store.(*KVStore)
-	r.writeBehind, r.lastWrite = kv && r.spec.WriteEvery > 0, time.Now()
+	r.caps = capabilitiesOf(r.store)
+	r.writeBehind, r.lastWrite = r.caps.WriteBehind && r.spec.WriteEvery > 0, time.Now()
 	r.events = make(chan slotEvent, 4*r.spec.Slots+16)
 	r.forgotten = make(chan int, 4096)
 	r.fetched = make(chan fetched, 16)
@@ -864,7 +865,7 @@ const (
 // cannot be reached.
 func (r *runner) commitBatch(ctx context.Context, order []*work, lastSeq uint64, behind bool) error {
 	err := r.commit(ctx, order, lastSeq, behind)
-	if err == nil || ctx.Err() != nil || errors.Is(err, ErrFenced) || len(order) == 0 || !transactional(r.store) {
+	if err == nil || ctx.Err() != nil || errors.Is(err, ErrFenced) || len(order) == 0 || !r.caps.Transactional {
 		return err
 	}
 	if !isStatementFailure(err) {
@@ -936,15 +937,6 @@ func isStatementFailure(err error) bool {
 	var pgErr *pgconn.PgError
 	var se *StatementError
 	return errors.As(err, &se) || errors.As(err, &pgErr)
-}
-
-// transactional reports a store whose failed commit wrote nothing.
-func transactional(s StateStore) bool {
-	switch s.(type) {
-	case *PGStore, *TenantStore:
-		return true
-	}
-	return false
 }
 
 // reloadTouched reloads the records of partitions whose batch failed, so the
@@ -1052,7 +1044,7 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 	r.metrics.writes.WithLabelValues(r.def.Name()).Add(float64(len(written)))
 	revs, err := b.Commit(ctx)
 	if err != nil {
-		if _, kv := r.store.(*KVStore); kv {
+		if !r.caps.Transactional {
 			// Each record was written or not on its own.
 			for _, res := range results {
 				if rev, ok := revs[res.rec.Key]; ok {
@@ -1133,7 +1125,7 @@ func (r *runner) commitFailed(ctx context.Context, err error, order []*work, wri
 			r.managerForget(s)
 		}
 	}
-	if _, kv := r.store.(*KVStore); !kv {
+	if r.caps.Transactional {
 		r.reloadTouched(ctx, order)
 		return
 	}
@@ -1256,7 +1248,7 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	if len(pc.Emitted) > 0 {
 		last := w.msgs[len(w.msgs)-1]
 		ob, outbox := b.(OutboxBatch)
-		_, kv := r.store.(*KVStore)
+		kv := r.caps.RecordOutbox
 		switch {
 		case !r.emitting(last.Sequence) || last.Sequence <= rec.Replay:
 		case kv:
@@ -1525,7 +1517,7 @@ func (r *runner) applyCaughtUp(ctx context.Context, p *part, prev *failure, res 
 	revs, err := b.Commit(ctx)
 	if err != nil {
 		p.setFailure(prev)
-		if isStatementFailure(err) && transactional(r.store) && ctx.Err() == nil {
+		if isStatementFailure(err) && r.caps.Transactional && ctx.Err() == nil {
 			// The partition's own writes were refused: it fails as a
 			// handler error does, and parks after its attempts.
 			return r.failAlone(ctx, w, err)

@@ -127,6 +127,37 @@ type Batch interface {
 	Rollback(ctx context.Context)
 }
 
+// Capabilities tell the runtime how a store commits. A store that does not
+// report them (no Capabilities method) gets the zero value: the safest.
+type Capabilities struct {
+	// Transactional: a Commit that fails wrote nothing, so the runtime may
+	// apply the batch again to find the partition that made it fail. A
+	// store without it reports, with a failed Commit, the revisions of the
+	// records it did write.
+	Transactional bool
+	// RecordOutbox: derived events ride in the records (Record.Outbox) and
+	// the projector publishes them after the write. Without it, a
+	// projection that emits needs Begin to return an OutboxBatch.
+	RecordOutbox bool
+	// WriteBehind: records may wait in memory and be written later, once
+	// per StateWriteInterval, while the projection catches up.
+	WriteBehind bool
+}
+
+// CapableStore is a StateStore that reports its Capabilities.
+type CapableStore interface {
+	StateStore
+	Capabilities() Capabilities
+}
+
+// capabilitiesOf is what s can do.
+func capabilitiesOf(s StateStore) Capabilities {
+	if c, ok := s.(CapableStore); ok {
+		return c.Capabilities()
+	}
+	return Capabilities{}
+}
+
 // RecordChecker is a StateStore that can tell, before a commit, that it
 // would refuse a record (too large, a value it cannot keep): that partition
 // fails alone instead of the batch.

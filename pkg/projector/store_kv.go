@@ -35,6 +35,11 @@ type KVStore struct {
 
 var _ StateStore = (*KVStore)(nil)
 
+// Capabilities implements CapableStore.
+func (s *KVStore) Capabilities() Capabilities {
+	return Capabilities{RecordOutbox: true, WriteBehind: true}
+}
+
 // NewKVStore returns a store in bucket (created by Init).
 func NewKVStore(js jetstream.JetStream, bucket string, replicas int) *KVStore {
 	if replicas < 1 {

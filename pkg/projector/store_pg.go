@@ -21,6 +21,9 @@ type PGStore struct {
 
 var _ StateStore = (*PGStore)(nil)
 
+// Capabilities implements CapableStore.
+func (s *PGStore) Capabilities() Capabilities { return Capabilities{Transactional: true} }
+
 // NewPGStore returns a store for projection in pool's database.
 func NewPGStore(pool *pgxpool.Pool, projection string) *PGStore {
 	return &PGStore{pool: pool, projection: projection}

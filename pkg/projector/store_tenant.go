@@ -26,6 +26,9 @@ type TenantStore struct {
 
 var _ StateStore = (*TenantStore)(nil)
 
+// Capabilities implements CapableStore.
+func (s *TenantStore) Capabilities() Capabilities { return Capabilities{Transactional: true} }
+
 // NewTenantStore returns a store over the tenants' pools.
 func NewTenantStore(pools map[string]*pgxpool.Pool, projection string) *TenantStore {
 	s := &TenantStore{stores: map[string]*PGStore{}}
