@@ -63,6 +63,15 @@ func (r *runner) subjectOf(p *part) string {
 }
 
 func (r *runner) setRec(p *part, rec Record) {
+	if r.states != nil {
+		delete(r.states, p) // the state changes: the decoded one is stale
+	}
+	r.fillPart(p, rec)
+}
+
+// fillPart stores rec in p. It touches no loop state (readSlot runs it off
+// the loop).
+func (r *runner) fillPart(p *part, rec Record) {
 	if rec.Subject != "" && r.isDerived(rec.Key, rec.Subject) {
 		rec.Subject = ""
 	}
@@ -172,6 +181,9 @@ type runner struct {
 	caps       Capabilities // what the store can do
 	batchErrs  int
 	pauseUntil time.Time
+	// states are decoded states of partitions a catch-up handled, as
+	// their stored state encodes them (takeState, keepState).
+	states map[*part]any
 
 	mu     sync.Mutex
 	status RunnerStatus
@@ -602,7 +614,7 @@ func (r *runner) readSlot(ctx context.Context, slot int, l *lease.Lease) (*partT
 	for i := range recs {
 		rec := &recs[i]
 		p := newPart(slot, rec.Key)
-		r.setRec(p, *rec)
+		r.fillPart(p, *rec)
 		switch {
 		case rec.Parked != nil:
 			p.setFailure(&failure{attempts: rec.Parked.Attempts, err: rec.Parked.Error, seq: rec.Parked.Seq, typ: rec.Parked.EventType})
@@ -770,6 +782,9 @@ type work struct {
 // process runs a batch of consumer messages; behind tells that more wait.
 func (r *runner) process(ctx context.Context, msgs []projection.Message, behind bool) {
 	r.behind = behind
+	if !behind && r.states != nil {
+		r.states = nil // at the head: each batch meets few partitions again
+	}
 	began := time.Now()
 	lastSeq := uint64(0)
 	var order []*work
@@ -981,9 +996,10 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 		return err
 	}
 	type result struct {
-		w    *work
-		rec  Record
-		fail *failure
+		w     *work
+		rec   Record
+		fail  *failure
+		state any
 	}
 	results := make([]result, 0, len(order))
 	for _, w := range order {
@@ -992,7 +1008,7 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 			b.Rollback(ctx)
 			return err
 		}
-		results = append(results, result{w, res.rec, res.fail})
+		results = append(results, result{w, res.rec, res.fail, res.state})
 	}
 	for _, res := range results {
 		if len(res.rec.Outbox) > 0 {
@@ -1009,6 +1025,7 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 			p.setFailure(res.fail)
 			r.markFailing(p)
 			r.markDirty(p)
+			r.keepState(p, res.state)
 		}
 		r.advance(lastSeq, false)
 		return nil
@@ -1064,6 +1081,7 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 		r.setRec(p, res.rec)
 		p.setFailure(res.fail)
 		r.markFailing(p)
+		r.keepState(p, res.state)
 		if res.fail != nil && res.rec.Parked != nil {
 			r.metrics.parked.WithLabelValues(r.def.Name()).Inc()
 		}
@@ -1151,6 +1169,33 @@ func (r *runner) commitFailed(ctx context.Context, err error, order []*work, wri
 type applied struct {
 	rec  Record
 	fail *failure
+	// state is the decoded state rec.State encodes.
+	state any
+}
+
+// maxStates bounds the decoded states kept between batches.
+const maxStates = 1 << 18
+
+// takeState takes p's decoded state out of the cache, if there.
+func (r *runner) takeState(p *part) (any, bool) {
+	st, ok := r.states[p]
+	if ok {
+		delete(r.states, p)
+	}
+	return st, ok
+}
+
+// keepState caches the decoded state of p that its stored state encodes,
+// while the projection is behind: a partition a catch-up meets again in
+// the next batches is not decoded again. At the head the cache empties.
+func (r *runner) keepState(p *part, st any) {
+	if st == nil || !r.behind || len(r.states) >= maxStates {
+		return
+	}
+	if r.states == nil {
+		r.states = map[*part]any{}
+	}
+	r.states[p] = st
 }
 
 // applyPartition runs the handlers and flush hook of one partition inside
@@ -1159,10 +1204,14 @@ type applied struct {
 func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *failure) (applied, error) {
 	p := w.p
 	// Handlers work on a state decoded afresh, so a failure leaves nothing
-	// behind.
-	work, err := r.def.DecodeState(p.state())
-	if err != nil {
-		return r.failed(p, w.msgs[0], err, prev), nil
+	// behind — or on the one the last batch left, which is taken out of
+	// the cache and only put back once this batch is through.
+	work, cached := r.takeState(p)
+	if !cached {
+		var err error
+		if work, err = r.def.DecodeState(p.state()); err != nil {
+			return r.failed(p, w.msgs[0], err, prev), nil
+		}
 	}
 	// The stored subject stays empty when the key implies it.
 	rec := p.record()
@@ -1314,7 +1363,7 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 		return r.failed(p, w.msgs[len(w.msgs)-1], err, prev), nil
 	}
 	rec.State, rec.Parked, rec.Failing, rec.Behind = data, nil, nil, false
-	return applied{rec: rec}, nil
+	return applied{rec: rec, state: work}, nil
 }
 
 func (r *runner) safeApply(ctx context.Context, pc *projection.PartitionContext, m projection.Meta) (err error) {
