@@ -13,11 +13,13 @@ package derived
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -40,10 +42,14 @@ const (
 // Event is a derived event ready to publish.
 type Event struct {
 	Projection string
-	Partition  string
+	// Partition is the partition's key, raw: Msg sends it escaped
+	// (EscapeKey).
+	Partition string
 	// Subject is its subject on the projection's own stream.
 	Subject string
-	MsgID   string
+	// MsgID is its Nats-Msg-Id; Msg uses MsgID(Projection, Generation,
+	// Partition, Seq) when empty.
+	MsgID string
 	// Generation and Seq place it among its partition's derived events.
 	Generation     int
 	Seq            uint64
@@ -62,10 +68,14 @@ func (e Event) Mark() Mark { return Mark{Gen: e.Generation, Seq: e.Seq} }
 func (e Event) Msg(subj string) *nats.Msg {
 	m := nats.NewMsg(subj)
 	m.Data = e.Payload
-	m.Header.Set(nats.MsgIdHdr, e.MsgID)
+	id := e.MsgID
+	if id == "" {
+		id = MsgID(e.Projection, e.Generation, e.Partition, e.Seq)
+	}
+	m.Header.Set(nats.MsgIdHdr, id)
 	m.Header.Set(HeaderEventType, e.Type)
 	m.Header.Set(HeaderProjection, e.Projection)
-	m.Header.Set(HeaderPartition, e.Partition)
+	m.Header.Set(HeaderPartition, EscapeKey(e.Partition))
 	m.Header.Set(HeaderGeneration, strconv.Itoa(e.Generation))
 	m.Header.Set(HeaderEmissionSeq, strconv.FormatUint(e.Seq, 10))
 	m.Header.Set(HeaderSourceSequence, strconv.FormatUint(e.SourceSeq, 10))
@@ -240,6 +250,86 @@ func (t *Tracker) Last(ctx context.Context, stream, subj string) (Mark, error) {
 	return m, nil
 }
 
+// ErrUnexpectedDuplicate reports a derived event that JetStream
+// acknowledged as a duplicate of a message that is not that event (an
+// earlier message with the same Nats-Msg-Id on another subject, or one
+// deleted since): the event was not stored. See DuplicateError.
+var ErrUnexpectedDuplicate = errors.New("derived: JetStream discarded the event as a duplicate of another message")
+
+// DuplicateError is the ErrUnexpectedDuplicate of one publish: what was
+// published and what the stream holds at the sequence the acknowledgement
+// named.
+type DuplicateError struct {
+	Stream   string
+	Subject  string
+	MsgID    string
+	Sequence uint64 // the acknowledged sequence
+	Held     string // what the stream holds there
+}
+
+func (e *DuplicateError) Error() string {
+	return fmt.Sprintf("derived: %s on %s acknowledged as a duplicate of %s sequence %d, which holds %s: not stored",
+		e.MsgID, e.Subject, e.Stream, e.Sequence, e.Held)
+}
+
+func (e *DuplicateError) Unwrap() error { return ErrUnexpectedDuplicate }
+
+// Acked records that JetStream acknowledged msg (built by Event.Msg) with
+// ack, and returns nil when the stream holds it. An acknowledgement marked
+// Duplicate is expected after a publish whose fate was unknown (a timeout,
+// a crash): the stream then holds this very event — its subject and mark —
+// at the acknowledged sequence. Anything else there (another subject,
+// another mark, nothing) means JetStream dropped the event: Acked returns a
+// *DuplicateError wrapping ErrUnexpectedDuplicate and records nothing, and
+// the publisher must keep the event and try again later (after the
+// stream's duplicate window, the same message is stored). Acked reads the
+// stream only for duplicates.
+func (t *Tracker) Acked(ctx context.Context, msg *nats.Msg, ack *jetstream.PubAck) error {
+	mark := MarkOf(msg.Header)
+	if ack == nil || !ack.Duplicate {
+		t.Set(msg.Subject, mark)
+		return nil
+	}
+	s, err := t.stream(ctx, ack.Stream)
+	if err != nil {
+		return fmt.Errorf("derived: check duplicate acknowledgement of %s: %w", msg.Subject, err)
+	}
+	derr := &DuplicateError{Stream: ack.Stream, Subject: msg.Subject, MsgID: msg.Header.Get(nats.MsgIdHdr), Sequence: ack.Sequence}
+	raw, err := s.GetMsg(ctx, ack.Sequence)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		derr.Held = "nothing (deleted)"
+		return derr
+	case err != nil:
+		return fmt.Errorf("derived: check duplicate acknowledgement of %s: %w", msg.Subject, err)
+	}
+	held := MarkOf(raw.Header)
+	if raw.Subject == msg.Subject && held == mark && raw.Header.Get(HeaderProjection) == msg.Header.Get(HeaderProjection) {
+		t.Set(msg.Subject, mark) // published before; the stream holds it
+		return nil
+	}
+	derr.Held = fmt.Sprintf("%s on %s (generation %d, emission %d)", raw.Header.Get(nats.MsgIdHdr), raw.Subject, held.Gen, held.Seq)
+	return derr
+}
+
+// stream is the named stream, looked up once.
+func (t *Tracker) stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	t.mu.Lock()
+	s := t.streams[name]
+	t.mu.Unlock()
+	if s != nil {
+		return s, nil
+	}
+	s, err := t.js.Stream(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	t.streams[name] = s
+	t.mu.Unlock()
+	return s, nil
+}
+
 // Link returns the stream and subject an event of subj linked to link goes
 // to, creating the linked stream the first time.
 func (t *Tracker) Link(ctx context.Context, link, subj string, replicas int) (string, string, error) {
@@ -259,4 +349,109 @@ func (t *Tracker) Link(ctx context.Context, link, subj string, replicas int) (st
 		t.mu.Unlock()
 	}
 	return stream, target, nil
+}
+
+// multiLastChunk is how many subjects one multi-subject direct get asks
+// for; the server answers at most 1024 messages per request.
+const multiLastChunk = 512
+
+// Prefetch reads, in a few requests, what stream holds on those of subjs
+// whose marks the tracker does not know yet: a multi-subject direct get
+// (multi_last, the stream must allow direct gets) per 512 subjects, rather
+// than one request per subject. Subjects it could not settle (a stream
+// without direct gets, an answer cut short) stay unknown and are read one
+// by one by Last. A stream that does not exist is not an error here.
+func (t *Tracker) Prefetch(ctx context.Context, stream string, subjs []string) error {
+	var todo []string
+	t.mu.Lock()
+	for _, s := range subjs {
+		if _, ok := t.last[s]; !ok {
+			todo = append(todo, s)
+		}
+	}
+	t.mu.Unlock()
+	for len(todo) > 0 {
+		chunk := todo[:min(len(todo), multiLastChunk)]
+		todo = todo[len(chunk):]
+		if err := t.multiLast(ctx, stream, chunk); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *Tracker) multiLast(ctx context.Context, stream string, subjs []string) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+	}
+	nc := t.js.Conn()
+	req, err := json.Marshal(struct {
+		MultiLast []string `json:"multi_last"`
+	}{subjs})
+	if err != nil {
+		return err
+	}
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe() //nolint:errcheck
+	if err := nc.PublishRequest(apiPrefix(t.js)+"DIRECT.GET."+stream, inbox, req); err != nil {
+		return err
+	}
+	got := map[string]Mark{}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return nil // unsettled: Last reads them
+		}
+		if status := m.Header.Get("Status"); status != "" {
+			// 204 ends the answer (cut short when messages are still
+			// pending: the others stay unknown), 404 says no subject holds
+			// a message.
+			complete := status == "404" || status == "204" && m.Header.Get("Nats-Num-Pending") == "0"
+			if status == "204" || complete {
+				t.settle(subjs, got, complete)
+			}
+			// 503 no responders (no stream, or no direct gets), 408, 413…:
+			// unsettled.
+			return nil
+		}
+		subj := m.Header.Get("Nats-Subject")
+		if subj == "" {
+			return nil
+		}
+		got[subj] = MarkOf(m.Header)
+	}
+}
+
+// settle records the marks of got that the tracker does not know yet,
+// and, when complete, an empty mark for every other of subjs.
+func (t *Tracker) settle(subjs []string, got map[string]Mark, complete bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, s := range subjs {
+		m, ok := got[s]
+		if _, known := t.last[s]; !known && (ok || complete) {
+			t.last[s] = m
+		}
+	}
+}
+
+// apiPrefix is the JetStream API prefix js sends requests to.
+func apiPrefix(js jetstream.JetStream) string {
+	o := js.Options()
+	switch {
+	case o.Domain != "":
+		return "$JS." + o.Domain + ".API."
+	case o.APIPrefix != "":
+		return strings.TrimSuffix(o.APIPrefix, ".") + "."
+	}
+	return jetstream.DefaultAPIPrefix
 }

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -111,9 +112,12 @@ type Emitter struct {
 	log     *slog.Logger
 	wake    chan struct{}
 	emitted prometheus.Counter
-	held    prometheus.Gauge
-	stalled prometheus.Gauge
-	busy    opsserver.Busy // a relay round in progress
+	// duplicates counts publishes JetStream acknowledged as duplicates of
+	// another message (derived.ErrUnexpectedDuplicate).
+	duplicates prometheus.Counter
+	held       prometheus.Gauge
+	stalled    prometheus.Gauge
+	busy       opsserver.Busy // a relay round in progress
 
 	// marks is what each subject's stream holds: generation and emission
 	// sequence of its last derived event.
@@ -127,6 +131,12 @@ type Emitter struct {
 	// them.
 	stalls map[string]*stall
 	readAt time.Time
+	// ahead is the next page, read while the last round published; nil
+	// when the next round reads from the start. unrelayed are the subjects
+	// of the last round's page with rows left in the outbox: a page read
+	// ahead lacks those rows, so their later ones wait too.
+	ahead     *page
+	unrelayed map[string]bool
 }
 
 // stall is a subject whose derived event JetStream refused: its rows wait
@@ -163,7 +173,7 @@ func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg pr
 	if p := cfg.Validate(); len(p) > 0 {
 		return nil, fmt.Errorf("emitter: invalid configuration:\n  %s", strings.Join(p, "\n  "))
 	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*cfg.BatchSize), jetstream.WithPublishAsyncTimeout(10*time.Second))
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(max(4*cfg.BatchSize, 2*maxInFlight)), jetstream.WithPublishAsyncTimeout(10*time.Second))
 	if err != nil {
 		return nil, err
 	}
@@ -174,10 +184,12 @@ func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg pr
 		emitted: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_emitter_events_emitted_total", Help: "Derived events published."}),
 		held:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_emitter_lease_held", Help: "1 on the active emitter, 0 on a standby."}),
 		stalled: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_emitter_stalled_subjects", Help: "Subjects whose derived events JetStream refused; their rows wait in the outbox."}),
-		stalls:  map[string]*stall{}}
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_emitter_unexpected_duplicates_total",
+			Help: "Derived events JetStream discarded as duplicates of another message; their subjects stall and the rows wait in the outbox."}),
+		stalls: map[string]*stall{}}
 	e.marks = derived.NewTracker(js)
 	if reg != nil {
-		for _, c := range []prometheus.Collector{e.emitted, e.held, e.stalled} {
+		for _, c := range []prometheus.Collector{e.emitted, e.duplicates, e.held, e.stalled} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -197,6 +209,7 @@ func (e *Emitter) Run(ctx context.Context) error {
 	}
 	err = lease.Run(ctx, kv, e.cfg.Name, e.cfg.Instance, lease.Options{Logger: e.log}, func(ctx context.Context, _ *lease.Lease) error {
 		e.marks.Forget() // another emitter may have run meanwhile
+		e.ahead, e.unrelayed = nil, nil
 		e.held.Set(1)
 		defer e.held.Set(0)
 		return e.relay(ctx)
@@ -296,6 +309,22 @@ type row struct {
 	derived.Event
 }
 
+// page is one read of the outbox.
+type page struct {
+	rows   []row
+	readAt time.Time
+	// ahead reports a page read while the previous one was published: it
+	// lacks that page's rows.
+	ahead bool
+	// deleted are the acknowledged rows the read deleted.
+	deleted []int64
+	err     error
+}
+
+// maxInFlight bounds the derived events published and not yet
+// acknowledged.
+const maxInFlight = 4096
+
 // idleWait is how long the relay may wait for a notification: the poll
 // interval, or less when a stalled subject is due before. A subject that
 // was due when the last round read the outbox was read by it; one that
@@ -310,18 +339,21 @@ func (e *Emitter) idleWait(now time.Time) time.Duration {
 	return wait
 }
 
-// RelayOnce publishes one round of outbox rows. The rows of the previous
-// round, acknowledged by JetStream, are deleted by this round's read, in
-// the same statement: a round costs one round trip to PostgreSQL. A round
-// that reads nothing therefore still deletes; it returns how many rows it
-// relayed. Rows of a subject JetStream refuses stay in the outbox, the
-// subject stalls (*StalledError) and the others are relayed. A round that
-// fails as a whole forgets what it knew of the streams: the next reads them
-// again. RelayOnce is not safe for concurrent use.
+// RelayOnce publishes one round of outbox rows: a page of up to BatchSize
+// rows, published asynchronously across subjects (a subject's rows one at
+// a time, each acknowledged before the next), while the next page is read
+// from PostgreSQL in the same statement that deletes the rows the previous
+// round relayed. A round that reads nothing therefore still deletes; it
+// returns how many rows it relayed. Rows of a subject JetStream refuses
+// stay in the outbox, the subject stalls (*StalledError) and the others are
+// relayed. A round that fails as a whole forgets what it knew of the
+// streams: the next reads them again. RelayOnce is not safe for concurrent
+// use.
 func (e *Emitter) RelayOnce(ctx context.Context) (int, error) {
 	n, err := e.relayOnce(ctx)
 	if se := (*StalledError)(nil); err != nil && !errors.As(err, &se) {
 		e.marks.Forget()
+		e.ahead = nil // read from the start again
 	}
 	e.stalled.Set(float64(len(e.stalls)))
 	return n, err
@@ -343,160 +375,271 @@ func (e *Emitter) stalledNow(now time.Time) []string {
 	return subjs
 }
 
-func (e *Emitter) relayOnce(ctx context.Context) (int, error) {
-	e.mu.Lock()
-	acked := e.acked
-	e.mu.Unlock()
-	if acked == nil {
-		acked = []int64{}
+// read deletes the rows of del (relayed and acknowledged) and reads the
+// next page: the first rows in id order that are neither in del nor in
+// skip nor on a subject of skipSubj.
+func (e *Emitter) read(ctx context.Context, del, skip []int64, skipSubj []string) *page {
+	pg := &page{readAt: time.Now(), deleted: del}
+	if del == nil {
+		del = []int64{}
 	}
-	// Stalled subjects' rows are left where they are: their order is kept
-	// and they do not take the round's room.
-	now := time.Now()
-	e.readAt = now
+	if skip == nil {
+		skip = []int64{}
+	}
+	if skipSubj == nil {
+		skipSubj = []string{}
+	}
 	rows, err := e.pool.Query(ctx, `WITH relayed AS (DELETE FROM jetproj.outbox WHERE id = ANY($2))
-SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_type, payload::text,
+SELECT id, projection, partition, subject, generation, emit_seq, event_type, payload::text,
        link_to, source_seq, source_position, traceparent FROM jetproj.outbox
- WHERE NOT id = ANY($2) AND NOT subject = ANY($3) ORDER BY id LIMIT $1`, e.cfg.BatchSize, acked, e.stalledNow(now))
+ WHERE id NOT IN (SELECT unnest($2::bigint[])) AND id NOT IN (SELECT unnest($3::bigint[]))
+   AND subject NOT IN (SELECT unnest($4::text[]))
+ ORDER BY id LIMIT $1`, e.cfg.BatchSize, del, skip, skipSubj)
 	if err != nil {
-		return 0, fmt.Errorf("emitter: read outbox: %w", err)
+		pg.err = fmt.Errorf("emitter: read outbox: %w", err)
+		return pg
 	}
-	var batch []row
+	pg.rows = make([]row, 0, e.cfg.BatchSize)
 	for rows.Next() {
 		var r row
 		var seq, sseq int64
 		var payload string
-		if err := rows.Scan(&r.id, &r.Projection, &r.Partition, &r.Subject, &r.MsgID, &r.Generation, &seq, &r.Type, &payload,
+		if err := rows.Scan(&r.id, &r.Projection, &r.Partition, &r.Subject, &r.Generation, &seq, &r.Type, &payload,
 			&r.LinkTo, &sseq, &r.SourcePosition, &r.TraceParent); err != nil {
 			rows.Close()
-			return 0, err
+			pg.err = fmt.Errorf("emitter: read outbox: %w", err)
+			return pg
 		}
 		r.Seq, r.SourceSeq, r.Payload = uint64(seq), uint64(sseq), []byte(payload)
-		batch = append(batch, r)
+		// The id is derived from the row rather than read from msg_id, so
+		// that rows written before keys were escaped get safe ids too.
+		r.MsgID = derived.MsgID(r.Projection, r.Generation, r.Partition, r.Seq)
+		pg.rows = append(pg.rows, r)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("emitter: read outbox: %w", err)
+		pg.err = fmt.Errorf("emitter: read outbox: %w", err)
+	}
+	return pg
+}
+
+func (e *Emitter) relayOnce(ctx context.Context) (int, error) {
+	e.mu.Lock()
+	acked := e.acked
+	e.mu.Unlock()
+	now := time.Now()
+	stalledNow := e.stalledNow(now)
+	// A page read ahead lacks the rows of the round before: the subjects
+	// that round did not relay wait, so that none of their rows overtakes
+	// another. A page read from the start lacks only stalled subjects.
+	hold := make(map[string]bool, len(stalledNow)+len(e.unrelayed))
+	for _, s := range stalledNow {
+		hold[s] = true
+	}
+	var batch []row
+	pg := e.ahead
+	e.ahead = nil
+	if pg != nil {
+		for s := range e.unrelayed {
+			hold[s] = true
+		}
+		for _, r := range pg.rows {
+			if !hold[r.Subject] {
+				batch = append(batch, r)
+			}
+		}
+		if len(batch) == 0 {
+			pg = nil // read from the start, deleting what the last round relayed
+		}
+	}
+	if pg == nil {
+		// Stalled subjects' rows are left where they are: their order is
+		// kept and they do not take the round's room.
+		pg = e.read(ctx, acked, nil, stalledNow)
+		if pg.err != nil {
+			return 0, pg.err
+		}
+		acked = nil
+		batch = pg.rows
+		clear(hold) // the read left the stalled subjects out
+	}
+	e.readAt = pg.readAt
+	var skipped []string
+	for _, r := range pg.rows {
+		if hold[r.Subject] {
+			skipped = append(skipped, r.Subject)
+		}
 	}
 	e.mu.Lock()
-	e.acked = nil // deleted
+	e.acked = nil // deleted, or to be deleted by the read ahead
 	e.mu.Unlock()
 	if len(batch) == 0 {
+		e.unrelayed = nil
 		return 0, nil
 	}
-	if err := e.prefetchMarks(ctx, batch); err != nil {
-		return 0, err
+	// Read the next page while this one is published; it deletes what
+	// the last round relayed and leaves out this page's rows.
+	ids := make([]int64, len(pg.rows))
+	for i, r := range pg.rows {
+		ids[i] = r.id
 	}
-	// A subject's rows go out one per wave, each wave acknowledged before
-	// the next: were two of one subject in flight together, the first could
-	// fail while the second lands, and the stream's last mark would then
-	// hide the first from every later round.
-	var waves [][]row
-	depth := map[string]int{}
-	for _, r := range batch {
-		w := depth[r.Subject]
-		depth[r.Subject]++
-		if w == len(waves) {
-			waves = append(waves, nil)
+	aheadDone := make(chan *page, 1)
+	go func() {
+		next := e.read(ctx, acked, ids, slices.Concat(stalledNow, skipped))
+		next.ahead = true
+		if next.err == nil {
+			e.prefetchMarks(ctx, next.rows) //nolint:errcheck // best effort; the round reads what is missing
 		}
-		waves[w] = append(waves[w], r)
-	}
-	var done []int64
-	var gone []string
-	// refused holds the subjects JetStream refused this round, and
-	// targets every subject a refused row went to: their marks are read
-	// again next time (a refused publish may have landed after all).
-	refused := map[string]error{}
-	var order []string
-	targets := map[string][]string{}
-	refuse := func(subj string, err error) {
-		if _, ok := refused[subj]; !ok {
-			refused[subj] = err
-			order = append(order, subj)
-		}
-	}
-	for _, wave := range waves {
-		var pend []pending
-		var sent []row
-		for _, r := range wave {
-			if _, ok := refused[r.Subject]; ok {
-				continue // its earlier row was refused: keep the order
-			}
-			to := []struct{ stream, subj string }{{projector.OwnStream(r.Projection), r.Subject}}
-			if r.LinkTo != "" {
-				ls, lsubj, err := e.marks.Link(ctx, r.LinkTo, r.Subject, e.cfg.Replicas)
-				if err != nil {
-					refuse(r.Subject, err)
-					continue
-				}
-				to = append(to, struct{ stream, subj string }{ls, lsubj})
-			}
-			m := r.Mark()
-			dropped := false
-			for _, t := range to {
-				targets[r.Subject] = append(targets[r.Subject], t.subj)
-				last, err := e.marks.Last(ctx, t.stream, t.subj)
-				if errors.Is(err, jetstream.ErrStreamNotFound) && t.stream == to[0].stream {
-					gone = append(gone, r.Projection) // deleted projection: drop its rows, links too
-					dropped = true
-					break
-				}
-				// A linked stream removed since it was ensured is created
-				// again next time: Last forgets it was ensured.
-				if err != nil {
-					refuse(r.Subject, err)
-					break
-				}
-				if !last.Before(m) {
-					continue // the stream holds it already
-				}
-				msg := r.Msg(t.subj)
-				// The derived event continues its source event's trace.
-				_, span, tp := tracing.Start(ctx, r.TraceParent, "jetproj.emitter publish "+r.Projection, trace.SpanKindProducer,
-					attribute.String("messaging.destination.name", t.subj))
-				if tp != "" {
-					msg.Header.Set(tracing.Header, tp)
-				}
-				span.End()
-				fut, err := e.js.PublishMsgAsync(msg)
-				if err != nil {
-					refuse(r.Subject, fmt.Errorf("publish %s: %w", t.subj, err))
-					break
-				}
-				pend = append(pend, pending{r.Subject, t.subj, m, fut})
-			}
-			if dropped {
-				done = append(done, r.id)
-			} else {
-				sent = append(sent, r)
-			}
-		}
-		for _, p := range pend {
-			select {
-			case <-p.fut.Ok():
-				e.emitted.Inc()
-				e.marks.Set(p.target, p.mark)
-			case err := <-p.fut.Err():
-				refuse(p.row, fmt.Errorf("publish %s: %w", p.target, err))
-			case <-ctx.Done():
-				return 0, ctx.Err()
-			}
-		}
-		for _, r := range sent {
-			if _, ok := refused[r.Subject]; !ok {
-				done = append(done, r.id)
-				delete(e.stalls, r.Subject) // flowing again
-			}
-		}
+		aheadDone <- next
+	}()
+	done, refused, order, err := e.publish(ctx, batch)
+	next := <-aheadDone
+	if next.err != nil {
+		// Its deletions did not happen: the next round makes them.
+		done = append(next.deleted, done...)
+	} else if err == nil {
+		e.ahead = next
 	}
 	e.mu.Lock()
 	e.acked = done // deleted by the next round
 	e.mu.Unlock()
+	e.unrelayed = map[string]bool{}
+	for _, s := range skipped {
+		e.unrelayed[s] = true
+	}
+	for s := range refused {
+		e.unrelayed[s] = true
+	}
+	if err != nil {
+		return 0, err
+	}
+	if len(order) == 0 {
+		return len(done), nil
+	}
+	if len(done) == 0 && allTransient(refused) {
+		// Nothing went through and nothing was refused for a reason of its
+		// own: JetStream is probably unreachable or overloaded, the relay's
+		// trouble, so it pauses as a whole. The subjects stall all the same:
+		// should only they be in trouble, the next round reads the others.
+		return 0, fmt.Errorf("emitter: %d subjects not relayed, the first %s: %w", len(order), order[0], refused[order[0]])
+	}
+	return len(done), &StalledError{Subjects: order, Err: refused[order[0]]}
+}
+
+// target is a stream and subject a derived event goes to.
+type target struct{ stream, subj string }
+
+// flight is a derived event on its way to a stream.
+type flight struct {
+	q      *subjectQueue
+	target string
+	fut    jetstream.PubAckFuture
+}
+
+// subjectQueue is one subject's rows of a page, published in order, one
+// at a time.
+type subjectQueue struct {
+	subj    string
+	rows    []*row
+	next    int // the row being published
+	busy    int // its publishes not yet acknowledged
+	refused bool
+}
+
+// publish publishes batch: up to maxInFlight events in flight across
+// subjects, a subject's next row only once every publish of the one
+// before was acknowledged — were two of one subject in flight together,
+// the first could fail while the second lands, and the stream's last mark
+// would then hide the first from every later round. It returns the ids of
+// the rows relayed (or dropped: their projection's stream is gone), the
+// subjects JetStream refused with their errors, in order, and an error
+// when the round must stop.
+func (e *Emitter) publish(ctx context.Context, batch []row) (done []int64, refused map[string]error, order []string, err error) {
+	if err := e.prefetchMarks(ctx, batch); err != nil {
+		return nil, nil, nil, err
+	}
+	queues := map[string]*subjectQueue{}
+	var ready []*subjectQueue
+	for i := range batch {
+		r := &batch[i]
+		q := queues[r.Subject]
+		if q == nil {
+			q = &subjectQueue{subj: r.Subject}
+			queues[r.Subject] = q
+			ready = append(ready, q)
+		}
+		q.rows = append(q.rows, r)
+	}
+	var gone []string
+	refused = map[string]error{}
+	// targets are the subjects a refused row went to: their marks are read
+	// again next time (a refused publish may have landed after all).
+	targets := map[string][]string{}
+	refuse := func(q *subjectQueue, err error) {
+		q.refused = true
+		if _, ok := refused[q.subj]; !ok {
+			refused[q.subj] = err
+			order = append(order, q.subj)
+		}
+	}
+	// settled moves q on once its row's publishes are all acknowledged.
+	settled := func(q *subjectQueue) {
+		if q.busy > 0 || q.refused {
+			return
+		}
+		done = append(done, q.rows[q.next].id)
+		delete(e.stalls, q.subj) // flowing again
+		q.next++
+		if q.next < len(q.rows) {
+			ready = append(ready, q)
+		}
+	}
+	var inFlight []flight
+	head := 0
+	for {
+		for len(inFlight)-head < maxInFlight && len(ready) > 0 {
+			q := ready[0]
+			ready = ready[1:]
+			if e.send(ctx, q, &inFlight, targets, refuse, &gone) {
+				done = append(done, q.rows[q.next].id) // dropped with its projection
+				q.next++
+				if q.next < len(q.rows) {
+					ready = append(ready, q)
+				}
+				continue
+			}
+			settled(q)
+		}
+		if head == len(inFlight) {
+			break
+		}
+		f := inFlight[head]
+		inFlight[head] = flight{}
+		head++
+		select {
+		case ack := <-f.fut.Ok():
+			if err := e.marks.Acked(ctx, f.fut.Msg(), ack); err != nil {
+				if errors.Is(err, derived.ErrUnexpectedDuplicate) {
+					e.duplicates.Inc()
+					e.log.Error("derived event discarded by JetStream as a duplicate of another message; its subject stalls", "subject", f.q.subj, "error", err)
+				}
+				refuse(f.q, err)
+			} else {
+				e.emitted.Inc()
+			}
+		case err := <-f.fut.Err():
+			refuse(f.q, fmt.Errorf("publish %s: %w", f.target, err))
+		case <-ctx.Done():
+			return done, refused, order, ctx.Err()
+		}
+		f.q.busy--
+		settled(f.q)
+	}
 	if len(gone) > 0 {
 		e.log.Warn("dropped derived events of projections without a stream (deleted?)", "projections", gone)
 	}
 	if len(order) == 0 {
-		return len(done), nil
+		return done, refused, order, nil
 	}
 	// Pauses count from the round's end: a round slower than a pause
 	// would otherwise read the same stalled subjects again first.
@@ -512,14 +655,60 @@ SELECT id, projection, partition, subject, msg_id, generation, emit_seq, event_t
 		}
 		s.until = end.Add(s.wait)
 	}
-	if len(done) == 0 && allTransient(refused) {
-		// Nothing went through and nothing was refused for a reason of its
-		// own: JetStream is probably unreachable or overloaded, the relay's
-		// trouble, so it pauses as a whole. The subjects stall all the same:
-		// should only they be in trouble, the next round reads the others.
-		return 0, fmt.Errorf("emitter: %d subjects not relayed, the first %s: %w", len(order), order[0], refused[order[0]])
+	return done, refused, order, nil
+}
+
+// send publishes q's current row to its targets the streams do not hold
+// yet, adding the publishes to inFlight; it reports whether the row is to
+// be dropped because its projection's stream is gone.
+func (e *Emitter) send(ctx context.Context, q *subjectQueue, inFlight *[]flight, targets map[string][]string,
+	refuse func(*subjectQueue, error), gone *[]string) bool {
+	r := q.rows[q.next]
+	to := []target{{projector.OwnStream(r.Projection), r.Subject}}
+	if r.LinkTo != "" {
+		ls, lsubj, err := e.marks.Link(ctx, r.LinkTo, r.Subject, e.cfg.Replicas)
+		if err != nil {
+			refuse(q, err)
+			return false
+		}
+		to = append(to, target{ls, lsubj})
 	}
-	return len(done), &StalledError{Subjects: order, Err: refused[order[0]]}
+	m := r.Mark()
+	for _, t := range to {
+		targets[q.subj] = append(targets[q.subj], t.subj)
+		last, err := e.marks.Last(ctx, t.stream, t.subj)
+		if errors.Is(err, jetstream.ErrStreamNotFound) && t.stream == to[0].stream {
+			*gone = append(*gone, r.Projection) // deleted projection: drop its rows, links too
+			return true
+		}
+		// A linked stream removed since it was ensured is created again
+		// next time: Last forgets it was ensured.
+		if err != nil {
+			refuse(q, err)
+			return false
+		}
+		if !last.Before(m) {
+			continue // the stream holds it already
+		}
+		msg := r.Msg(t.subj)
+		if r.TraceParent != "" {
+			// The derived event continues its source event's trace.
+			_, span, tp := tracing.Start(ctx, r.TraceParent, "jetproj.emitter publish "+r.Projection, trace.SpanKindProducer,
+				attribute.String("messaging.destination.name", t.subj))
+			if tp != "" {
+				msg.Header.Set(tracing.Header, tp)
+			}
+			span.End()
+		}
+		fut, err := e.js.PublishMsgAsync(msg)
+		if err != nil {
+			refuse(q, fmt.Errorf("publish %s: %w", t.subj, err))
+			return false
+		}
+		*inFlight = append(*inFlight, flight{q, t.subj, fut})
+		q.busy++
+	}
+	return false
 }
 
 // allTransient reports whether every refusal is one that says nothing of
@@ -539,41 +728,35 @@ func allTransient(refused map[string]error) bool {
 	return true
 }
 
-// pending is a derived event on its way to a stream.
-type pending struct {
-	row    string // the row's own subject
-	target string
-	mark   derived.Mark
-	fut    jetstream.PubAckFuture
-}
-
-// prefetchMarks reads, concurrently, what the own streams hold on the
-// subjects of batch that the emitter has not seen yet, so that a batch over
-// many new partitions costs a few round trips rather than one per
-// partition. Linked subjects are read in the relay loop.
+// prefetchMarks reads what the streams hold on the subjects of batch that
+// the emitter has not seen yet — own and linked — with multi-subject
+// direct gets, so that a batch over many new partitions costs a few round
+// trips rather than one per partition. What it cannot settle is read one
+// by one in the relay loop.
 func (e *Emitter) prefetchMarks(ctx context.Context, batch []row) error {
-	type key struct{ stream, subj string }
-	var todo []key
+	per := map[string][]string{}
 	seen := map[string]bool{}
-	for _, r := range batch {
-		if !seen[r.Subject] && !e.marks.Known(r.Subject) {
-			seen[r.Subject] = true
-			todo = append(todo, key{projector.OwnStream(r.Projection), r.Subject})
+	add := func(stream, subj string) {
+		if !seen[subj] && !e.marks.Known(subj) {
+			seen[subj] = true
+			per[stream] = append(per[stream], subj)
 		}
 	}
-	if len(todo) < 2 {
+	for _, r := range batch {
+		add(projector.OwnStream(r.Projection), r.Subject)
+		if r.LinkTo != "" {
+			if stream, subj, err := derived.LinkTarget(r.LinkTo, r.Subject); err == nil {
+				add(stream, subj)
+			}
+		}
+	}
+	if len(per) == 0 {
 		return nil
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(16)
-	for _, k := range todo {
-		g.Go(func() error {
-			_, err := e.marks.Last(gctx, k.stream, k.subj)
-			if errors.Is(err, jetstream.ErrStreamNotFound) {
-				return nil // the relay loop drops the rows of a deleted projection
-			}
-			return err
-		})
+	g.SetLimit(4)
+	for stream, subjs := range per {
+		g.Go(func() error { return e.marks.Prefetch(gctx, stream, subjs) })
 	}
 	return g.Wait()
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	derivedpkg "github.com/jetproj/jetproj/pkg/derived"
 	"github.com/jetproj/jetproj/pkg/devenv"
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/emitter"
@@ -847,5 +848,140 @@ VALUES ('wallet_balance', 'wallet/ok', $1, 'wallet_balance:0:wallet/ok:1', 1, 'W
 	}
 	if n != stalled {
 		t.Fatalf("%d rows in the outbox; want the %d stalled ones", n, stalled)
+	}
+}
+
+// counter reads the value of the counter called name from reg.
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+// Partition keys that differ only in bytes a header cannot carry each get
+// their derived event onto the stream — even from rows whose msg_id was
+// written with the raw key, as projectors did before keys were escaped —
+// and the Partition header gives the key back.
+func TestKeysDifferingInUnsafeBytesAreAllEmitted(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	keys := []string{"wallet/a b", "wallet/a\nb", "wallet/a\r\nb", "wallet/a\tb", "wallet/ a b", "wallet/a b "}
+	for _, k := range keys {
+		if _, err := b.pool.Exec(ctx, `INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, emit_seq, event_type, payload, source_seq)
+VALUES ('wallet_balance', $1, $2, $3, 1, 'WalletBalanceWasChanged', '{}', 1)`,
+			k, projector.EmitSubject("wallet_balance", k), "wallet_balance:0:"+k+":1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := b.newEmitter(t)
+	b.relayAll(t, e)
+	ds := b.derived(t)
+	if len(ds) != len(keys) {
+		t.Fatalf("stream holds %d events for %d partitions: %v", len(ds), len(keys), ds)
+	}
+	s, err := b.js.Stream(ctx, projector.OwnStream("wallet_balance"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		m, err := s.GetLastMsgForSubject(ctx, projector.EmitSubject("wallet_balance", k))
+		if err != nil {
+			t.Fatalf("%q: %v", k, err)
+		}
+		if got, err := derivedpkg.UnescapeKey(m.Header.Get(emitter.HeaderPartition)); err != nil || got != k {
+			t.Errorf("%q: Partition header %q gives %q, %v", k, m.Header.Get(emitter.HeaderPartition), got, err)
+		}
+	}
+}
+
+// A publish that JetStream acknowledges as a duplicate of a message that
+// is not its event (here: another subject's message with the same id) is
+// not taken for delivered: the row stays in the outbox, its subject
+// stalls with the cause and a metric, the others go on; once the
+// duplicate window has passed, it is published.
+func TestUnexpectedDuplicateStallsItsSubject(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	own := projector.OwnStream("wallet_balance")
+	// Another message holds w1's first id.
+	squatter := nats.NewMsg(projector.EmitSubject("wallet_balance", "wallet/squatter"))
+	squatter.Header.Set(nats.MsgIdHdr, "wallet_balance:0:wallet/w1:1")
+	if _, err := b.js.PublishMsg(ctx, squatter); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"w1", "w2"} {
+		if _, err := b.pool.Exec(ctx, `INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, emit_seq, event_type, payload, source_seq)
+VALUES ('wallet_balance', $1, $2, $3, 1, 'WalletBalanceWasChanged', '{}', 1)`,
+			"wallet/"+w, projector.EmitSubject("wallet_balance", "wallet/"+w), "wallet_balance:0:wallet/"+w+":1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc, err := nats.Connect(b.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	reg := prometheus.NewRegistry()
+	e, err := emitter.New(emitter.Config{}, b.pool, nc, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w1 := projector.EmitSubject("wallet_balance", "wallet/w1")
+	var se *emitter.StalledError
+	if _, err := e.RelayOnce(ctx); !errors.As(err, &se) || !slices.Equal(se.Subjects, []string{w1}) || !errors.Is(err, derivedpkg.ErrUnexpectedDuplicate) {
+		t.Fatalf("round returned %v; want w1 stalled by an unexpected duplicate", err)
+	}
+	if n := counter(t, reg, "jetproj_emitter_unexpected_duplicates_total"); n != 1 {
+		t.Fatalf("unexpected duplicates metric %v; want 1", n)
+	}
+	if _, err := e.RelayOnce(ctx); err != nil && !errors.As(err, &se) {
+		t.Fatal(err)
+	}
+	var left []string
+	rows, err := b.pool.Query(ctx, `SELECT partition FROM jetproj.outbox`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(left, []string{"wallet/w1"}) {
+		t.Fatalf("outbox holds %v; want w1's row alone", left)
+	}
+	// The window passes: w1's event goes out.
+	s, err := b.js.Stream(ctx, own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.Duplicates = 100 * time.Millisecond
+	if _, err := b.js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	b.relayAll(t, e)
+	m, err := s.GetLastMsgForSubject(ctx, w1)
+	if err != nil {
+		t.Fatalf("w1's event never published: %v", err)
+	}
+	if id := m.Header.Get(nats.MsgIdHdr); id != "wallet_balance:0:wallet/w1:1" {
+		t.Fatalf("w1's event has id %q", id)
 	}
 }

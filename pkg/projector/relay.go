@@ -171,9 +171,18 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 		}
 		for _, pd := range pends {
 			select {
-			case <-pd.fut.Ok():
+			case ack := <-pd.fut.Ok():
+				// An acknowledgement of a duplicate that the stream does not
+				// hold means JetStream dropped the event: it stays in the
+				// record and the partition waits, as if refused.
+				if err := r.marks.Acked(ctx, pd.fut.Msg(), ack); err != nil {
+					if errors.Is(err, derived.ErrUnexpectedDuplicate) {
+						r.log.Error("derived event discarded by JetStream as a duplicate of another message; the partition waits", "partition", pd.p.key(), "error", err)
+					}
+					refuse(pd.p, err)
+					continue
+				}
 				published++
-				r.marks.Set(pd.subj, pd.mark)
 			case err := <-pd.fut.Err():
 				refuse(pd.p, fmt.Errorf("publish %s: %w", pd.subj, err))
 			case <-ctx.Done():
@@ -269,10 +278,14 @@ func publishLeftovers(ctx context.Context, js jetstream.JetStream, name string, 
 						if !last.Before(e.Mark()) {
 							continue
 						}
-						if _, err := js.PublishMsg(gctx, e.Msg(t[1])); err != nil {
+						msg := e.Msg(t[1])
+						ack, err := js.PublishMsg(gctx, msg)
+						if err != nil {
 							return fmt.Errorf("projector: publish %s: %w", t[1], err)
 						}
-						marks.Set(t[1], e.Mark())
+						if err := marks.Acked(gctx, msg, ack); err != nil {
+							return fmt.Errorf("projector: derived events of %s: %w", rec.Key, err)
+						}
 						published.Add(1)
 					}
 				}
@@ -285,7 +298,9 @@ func publishLeftovers(ctx context.Context, js jetstream.JetStream, name string, 
 }
 
 // msgID is the Nats-Msg-Id of a partition's seq-th derived event of a
-// generation.
+// generation: the key is escaped, or hashed when long (derived.MsgID), so
+// that keys differing only in bytes that headers cannot carry get
+// distinct ids.
 func msgID(projection string, gen int, key string, seq uint64) string {
-	return fmt.Sprintf("%s:%d:%s:%d", projection, gen, key, seq)
+	return derived.MsgID(projection, gen, key, seq)
 }

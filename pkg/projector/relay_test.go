@@ -649,3 +649,38 @@ func TestResetRefusedLeftoversChangeNothing(t *testing.T) {
 		t.Fatalf("linked stream holds %d events; want the leftover", len(links))
 	}
 }
+
+// Partition keys that differ only in bytes a header cannot carry (CR, LF,
+// tab, leading or trailing space: nats.go turns them into spaces or trims
+// them) still get distinct message ids: each partition's derived events
+// land, none is discarded as a duplicate of another's, and the Partition
+// header gives the key back.
+func TestKVStateKeysDifferingInUnsafeBytesEachEmit(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	wallets := []string{"a b", "a\nb", "a\r\nb", "a\tb", "a\rb", " a b", "a b "}
+	for _, w := range wallets {
+		b.publish(t, w, "WalletOpened", `{"owner":"o"}`)
+		b.publish(t, w, "MoneyWasAddedToWallet", `{"amount":7}`)
+	}
+	b.run(t, "r1", emittingWallets("kv_keys"))
+	b.waitFold(t, "kv_keys", 30*time.Second)
+	last := b.waitDerived(t, "kv_keys")
+	s, err := b.js.Stream(context.Background(), projector.OwnStream("kv_keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range wallets {
+		subj := projector.EmitSubject("kv_keys", "wallet/"+w)
+		m, err := s.GetLastMsgForSubject(context.Background(), subj)
+		if err != nil {
+			t.Fatalf("%q: %v", w, err)
+		}
+		if key, err := derived.UnescapeKey(m.Header.Get(derived.HeaderPartition)); err != nil || key != "wallet/"+w {
+			t.Errorf("%q: Partition header %q gives %q, %v", w, m.Header.Get(derived.HeaderPartition), key, err)
+		}
+		if id := m.Header.Get(nats.MsgIdHdr); id != last[subj].id || strings.ContainsAny(id, " \r\n\t") {
+			t.Errorf("%q: message id %q", w, id)
+		}
+	}
+}
