@@ -411,6 +411,7 @@ SELECT id, projection, partition, subject, generation, emit_seq, event_type, pay
 			return pg
 		}
 		r.Seq, r.SourceSeq, r.Payload = uint64(seq), uint64(sseq), []byte(payload)
+		r.Partition = projector.KeyFromStore(r.Partition)
 		// The id is derived from the row rather than read from msg_id, so
 		// that rows written before keys were escaped get safe ids too.
 		r.MsgID = derived.MsgID(r.Projection, r.Generation, r.Partition, r.Seq)

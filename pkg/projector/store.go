@@ -300,6 +300,11 @@ func loadedString(s string) string {
 	return string(b)
 }
 
+// KeyFromStore is the partition key a store (jetproj.partitions,
+// jetproj.outbox) holds as s: keys that are not valid UTF-8 or hold NUL are
+// stored encoded, "\x7fb64:" and their bytes in base64url.
+func KeyFromStore(s string) string { return loadedString(s) }
+
 // storedRecord is r with its strings as a store keeps them.
 func storedRecord(r Record) Record {
 	r.Key, r.Subject, r.Tenant = storedString(r.Key), storedString(r.Subject), storedString(r.Tenant)
