@@ -1,0 +1,146 @@
+package projector
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/tracing"
+)
+
+// maxBatchBytes bounds the payload of a batch.
+const maxBatchBytes = 8 << 20
+
+// catchUpSize is the most messages a batch takes while catching up
+// (projection.CatchUpBatchSize): commits, flushes and derived events per
+// partition drop; batches at the head stay BatchSize, for latency.
+func (r *runner) catchUpSize() int { return max(r.spec.BatchSize, r.spec.CatchUpBatchSize) }
+
+// collect takes the batch that starts with first from the consumer:
+// BatchSize messages, or while far behind (first.Pending tells) up to
+// catchUpSize, waiting briefly for those that are on their way.
+func (r *runner) collect(first projection.Message) []projection.Message {
+	limit := r.spec.BatchSize
+	if first.Pending >= uint64(limit) {
+		limit = r.catchUpSize()
+	}
+	if cap(r.batch) < limit {
+		r.batch = make([]projection.Message, 0, limit)
+	}
+	batch := append(r.batch[:0], first)
+	size := len(first.Data)
+	var wait *time.Timer
+	defer func() {
+		if wait != nil {
+			wait.Stop()
+		}
+	}()
+	for len(batch) < limit && size < maxBatchBytes {
+		select {
+		case m := <-r.cons.msgs:
+			batch, size = append(batch, m), size+len(m.Data)
+			continue
+		default:
+		}
+		if len(batch) < r.spec.BatchSize || batch[len(batch)-1].Pending == 0 {
+			break // an ordinary batch, or nothing more to come
+		}
+		// Catching up and the consumer is a little behind us.
+		if wait == nil {
+			wait = time.NewTimer(catchUpWait)
+		}
+		select {
+		case m := <-r.cons.msgs:
+			batch, size = append(batch, m), size+len(m.Data)
+			continue
+		case <-wait.C:
+		}
+		break
+	}
+	r.batch = batch
+	return batch
+}
+
+// catchUpWait bounds how long a catch-up batch waits for more messages.
+const catchUpWait = 5 * time.Millisecond
+
+// consumer is the source's subscription feeding a channel.
+type consumer struct {
+	sub  projection.Subscription
+	msgs chan projection.Message
+	stop chan struct{}
+}
+
+func (r *runner) startConsumer(ctx context.Context) error {
+	start := r.restartAt
+	if start == 0 {
+		start = r.next
+	}
+	if start == 0 {
+		start = 1
+	}
+	r.stopConsumer()
+	cons := &consumer{msgs: make(chan projection.Message, r.catchUpSize()+r.spec.BatchSize), stop: make(chan struct{})}
+	sub, err := r.source.Consume(ctx, start, func(m projection.Message) {
+		select {
+		case cons.msgs <- m:
+		case <-cons.stop:
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("projector: consume %s: %w", r.def.Name(), err)
+	}
+	cons.sub = sub
+	r.cons, r.next, r.restartAt = cons, start, 0
+	return nil
+}
+
+func (r *runner) stopConsumer() {
+	if r.cons == nil {
+		return
+	}
+	close(r.cons.stop)
+	r.cons.sub.Stop()
+	r.cons = nil
+}
+
+// msgMeta extracts what handlers see from a message.
+func (r *runner) msgMeta(m projection.Message) (projection.Meta, error) {
+	key, err := r.parts_.Partition(m)
+	if err != nil {
+		return projection.Meta{}, err
+	}
+	if key == "" {
+		return projection.Meta{}, fmt.Errorf("%w: empty key for %s", projection.ErrNoPartition, m.Subject)
+	}
+	meta := projection.Meta{Subject: m.Subject, Sequence: m.Sequence, Raw: m.Data, RecordedAt: m.Time, Partition: key}
+	h := m.Header
+	meta.Type = h.Get(eventmsg.HeaderEventType)
+	meta.TraceParent = h.Get(tracing.Header)
+	if h.Get(eventmsg.HeaderEventPosition) != "" && h.Get(eventmsg.HeaderAggregateVersion) != "" {
+		e, err := eventmsg.Parse(&nats.Msg{Subject: m.Subject, Header: h, Data: m.Data})
+		if err == nil {
+			meta.AggregateType, meta.AggregateID, meta.Version, meta.Position = e.AggregateType, e.AggregateID, e.Version, e.Position
+			meta.RecordedAt, meta.Metadata = e.RecordedAt, e.Metadata
+			return meta, nil
+		}
+	}
+	if p := h.Get(eventmsg.HeaderEventPosition); p != "" {
+		meta.Position, _ = strconv.ParseInt(p, 10, 64)
+	}
+	for k, v := range h {
+		if name, ok := strings.CutPrefix(k, eventmsg.MetaPrefix); ok && len(v) > 0 {
+			if meta.Metadata == nil {
+				meta.Metadata = map[string]string{}
+			}
+			meta.Metadata[name] = v[0]
+		}
+	}
+	return meta, nil
+}
