@@ -2,6 +2,7 @@ package emittersvc_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -59,7 +60,12 @@ func TestConnectionClosedByServerEndsService(t *testing.T) {
 	var stderr syncBuffer
 	code := make(chan int, 1)
 	go func() { code <- emittersvc.Main(t.Context(), nil, env, &strings.Builder{}, &stderr) }()
+	// Running: alive, and holding its lease (nothing JetStream is still
+	// creating when the test's server shuts down).
 	devtest.Eventually(t, 30*time.Second, func() error {
+		if !strings.Contains(stderr.String(), "lease: acquired") {
+			return errors.New("the emitter holds no lease yet")
+		}
 		return probe(addr, opsserver.HealthPath)
 	})
 	if err := proxy.SendToServer(natstest.OverlongPub()); err != nil {
