@@ -119,7 +119,7 @@ func (f *Feeder) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("feeder: lease bucket: %w", err)
 	}
-	if f.state, err = jsretry.Value(ctx, "feeder state bucket "+f.cfg.StateBucket, f.stateKV); err != nil {
+	if f.state, err = jsretry.ValueSettling(ctx, "feeder state bucket "+f.cfg.StateBucket, f.stateKV); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}

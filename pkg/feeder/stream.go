@@ -85,7 +85,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 	created := false
 	// A cluster electing leaders or a node restarting does not answer for
 	// a while: wait for it (jsretry) rather than fail the feeder.
-	s, err := jsretry.Value(ctx, "create stream "+want.Name, func(ctx context.Context) (jetstream.Stream, error) {
+	s, err := jsretry.ValueSettling(ctx, "create stream "+want.Name, func(ctx context.Context) (jetstream.Stream, error) {
 		s, err := js.Stream(ctx, want.Name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			s, err = js.CreateStream(ctx, want)
@@ -117,7 +117,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 	if have.Storage != want.Storage || have.Retention != want.Retention {
 		return nil, StreamResult{}, fmt.Errorf("feeder: stream %s: storage and retention cannot be changed in place (%s)", want.Name, strings.Join(diff, "; "))
 	}
-	s, err = jsretry.Value(ctx, "update stream "+want.Name, func(ctx context.Context) (jetstream.Stream, error) {
+	s, err = jsretry.ValueSettling(ctx, "update stream "+want.Name, func(ctx context.Context) (jetstream.Stream, error) {
 		return js.UpdateStream(ctx, upd)
 	})
 	if err != nil {

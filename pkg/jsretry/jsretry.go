@@ -76,6 +76,9 @@ func Transient(err error) bool {
 	if err == nil || errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConnectionClosed) {
 		return false
 	}
+	if _, ok := err.(*settling); ok {
+		return true
+	}
 	for _, s := range transientErrs {
 		if errors.Is(err, s) {
 			return true
@@ -197,6 +200,43 @@ func Value[T any](ctx context.Context, op string, fn func(ctx context.Context) (
 		v, err = fn(ctx)
 		return err
 	})
+	return v, err
+}
+
+// SettleTime is how long ValueSettling takes "stream not found" for a
+// cluster still settling.
+const SettleTime = 10 * time.Second
+
+// settling marks a not-found answer that ValueSettling retries.
+type settling struct{ err error }
+
+func (e *settling) Error() string { return e.err.Error() }
+func (e *settling) Unwrap() error { return e.err }
+
+// notFound reports whether err says a stream or bucket does not exist.
+func notFound(err error) bool {
+	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound)
+}
+
+// ValueSettling is Value for operations on streams and buckets that exist
+// or are being created right now (by this process or another): on a
+// cluster, a stream just created may be unknown for a moment to the server
+// that answers (its group has no leader yet), and concurrent creates race.
+// Besides transient errors it retries "stream not found" and "bucket not
+// found" for up to SettleTime from the first attempt.
+func ValueSettling[T any](ctx context.Context, op string, fn func(ctx context.Context) (T, error)) (T, error) {
+	start := time.Now()
+	v, err := Value(ctx, op, func(ctx context.Context) (T, error) {
+		v, err := fn(ctx)
+		if notFound(err) && time.Since(start) < SettleTime {
+			return v, &settling{err}
+		}
+		return v, err
+	})
+	var s *settling
+	if errors.As(err, &s) {
+		err = s.err
+	}
 	return v, err
 }
 

@@ -163,3 +163,32 @@ func TestDoStopsAtPermanentErrors(t *testing.T) {
 		t.Errorf("readiness: %v", err)
 	}
 }
+
+// TestValueSettlingWaitsForAStreamJustCreated: on a cluster a stream just
+// created may be "not found" for a moment; ValueSettling asks again, where
+// Value takes the answer.
+func TestValueSettlingWaitsForAStreamJustCreated(t *testing.T) {
+	t.Parallel()
+	n := devtest.NATS(t)
+	_, js := devtest.Connect(t, n)
+	ctx := jsretry.NewContext(t.Context(), jsretry.New(nil).WithBackoff(10*time.Millisecond, 20*time.Millisecond))
+	calls := 0
+	s, err := jsretry.ValueSettling(ctx, "open stream LATE", func(ctx context.Context) (jetstream.Stream, error) {
+		if calls++; calls == 3 {
+			// Created by somebody else while we asked.
+			if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "LATE", Subjects: []string{"late"}}); err != nil {
+				return nil, err
+			}
+		}
+		return js.Stream(ctx, "LATE")
+	})
+	if err != nil || s == nil || calls != 3 {
+		t.Fatalf("got %v after %d calls, want the stream after 3", err, calls)
+	}
+	_, err = jsretry.Value(ctx, "open stream GONE", func(ctx context.Context) (jetstream.Stream, error) {
+		return js.Stream(ctx, "GONE")
+	})
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Errorf("Value: %v, want ErrStreamNotFound at once", err)
+	}
+}

@@ -63,7 +63,7 @@ func EnsureBucket(ctx context.Context, js jetstream.JetStream, bucket string, tt
 	}
 	// A cluster electing leaders, or a node restarting, does not answer
 	// for a while: wait for it (jsretry) rather than fail the service.
-	kv, err := jsretry.Value(ctx, "create lease bucket "+bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := jsretry.ValueSettling(ctx, "create lease bucket "+bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
 		kv, err := js.CreateKeyValue(ctx, cfg)
 		if errors.Is(err, jetstream.ErrBucketExists) {
 			return js.KeyValue(ctx, bucket)
@@ -87,7 +87,7 @@ func EnsureBucket(ctx context.Context, js jetstream.JetStream, bucket string, tt
 // through transient errors while ctx lasts. It fails if the bucket has none,
 // since leases in it would never expire.
 func BucketTTL(ctx context.Context, kv jetstream.KeyValue) (time.Duration, error) {
-	st, err := jsretry.Value(ctx, "lease bucket "+kv.Bucket()+" status", kv.Status)
+	st, err := jsretry.ValueSettling(ctx, "lease bucket "+kv.Bucket()+" status", kv.Status)
 	if err != nil {
 		return 0, fmt.Errorf("lease: bucket %q status: %w", kv.Bucket(), err)
 	}

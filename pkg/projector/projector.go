@@ -154,7 +154,7 @@ func (p *Projector) run(ctx context.Context) error {
 		// Initialising and opening what a projection needs talks to
 		// JetStream many times; passing trouble (an election, a node
 		// restarting) starts it over rather than ending the replica.
-		r, err := jsretry.Value(ctx, "start projection "+d.Name(), func(ctx context.Context) (*runner, error) {
+		r, err := jsretry.ValueSettling(ctx, "start projection "+d.Name(), func(ctx context.Context) (*runner, error) {
 			return p.prepare(ctx, reg, d)
 		})
 		if err != nil {

@@ -59,7 +59,7 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream, replicas int) (*R
 		Bucket: RegistryBucket, History: 5, Replicas: max(replicas, 1), Storage: jetstream.FileStorage,
 		Description: "jetproj projections and their lifecycle state",
 	}
-	kv, err := jsretry.Value(ctx, "open registry "+RegistryBucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := jsretry.ValueSettling(ctx, "open registry "+RegistryBucket, func(ctx context.Context) (jetstream.KeyValue, error) {
 		return js.CreateOrUpdateKeyValue(ctx, cfg)
 	})
 	if err != nil {
@@ -71,7 +71,7 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream, replicas int) (*R
 // Watch keeps the local copy current until ctx ends. Starting the watch
 // waits through passing JetStream trouble (jsretry) while ctx lasts.
 func (g *Registry) Watch(ctx context.Context) error {
-	w, err := jsretry.Value(ctx, "watch registry "+RegistryBucket, func(ctx context.Context) (jetstream.KeyWatcher, error) {
+	w, err := jsretry.ValueSettling(ctx, "watch registry "+RegistryBucket, func(ctx context.Context) (jetstream.KeyWatcher, error) {
 		return g.kv.WatchAll(ctx)
 	})
 	if err != nil {
