@@ -18,9 +18,15 @@ import (
 	"github.com/jetproj/jetproj/pkg/opsserver"
 )
 
-func loadCompose(t *testing.T) *types.Project {
+// loadCompose loads docker-compose.yml, with the files named layered over
+// it (docker compose -f docker-compose.yml -f <file> …).
+func loadCompose(t *testing.T, over ...string) *types.Project {
 	t.Helper()
-	opts, err := cli.NewProjectOptions([]string{filepath.Join(repoRoot, "docker-compose.yml")},
+	files := []string{filepath.Join(repoRoot, "docker-compose.yml")}
+	for _, f := range over {
+		files = append(files, filepath.Join(repoRoot, f))
+	}
+	opts, err := cli.NewProjectOptions(files,
 		cli.WithName("jetproj"), cli.WithResolvedPaths(false), cli.WithEnv([]string{}))
 	if err != nil {
 		t.Fatal(err)
@@ -71,33 +77,9 @@ func checkCompose(r reporter, p *types.Project, entrypoints map[string][]string)
 		checkNamedVolume(r, p, "postgres", pg, "/var/lib/postgresql/data")
 	}
 	// NATS: JetStream, its store on a named volume, monitored.
-	nats, ok := get("nats")
 	natsPort := 4222
-	if ok {
-		checkNATSImage(r, "compose nats", nats.Image)
-		cmd := []string(nats.Command)
-		if !slices.Contains(cmd, "-js") && !slices.Contains(cmd, "--jetstream") {
-			r.Errorf("compose nats: command %v without -js", cmd)
-		}
-		flag := func(names ...string) string {
-			for i, a := range cmd {
-				if slices.Contains(names, a) && i+1 < len(cmd) {
-					return cmd[i+1]
-				}
-			}
-			return ""
-		}
-		if sd := flag("-sd", "--store_dir"); sd == "" {
-			r.Errorf("compose nats: no store directory (-sd): JetStream would keep its data in the container")
-		} else {
-			checkNamedVolume(r, p, "nats", nats, sd)
-		}
-		if v := flag("-p", "--port"); v != "" {
-			natsPort, _ = strconv.Atoi(v)
-		}
-		if m := flag("-m", "--http_port"); m == "" || nats.HealthCheck == nil || !strings.Contains(strings.Join(nats.HealthCheck.Test, " "), ":"+m+"/healthz") {
-			r.Errorf("compose nats: the health check must GET /healthz on the monitoring port (-m %s)", m)
-		}
+	if _, ok := get("nats"); ok {
+		natsPort = checkNATSService(r, p, "nats")
 	}
 	for _, name := range []string{"postgres", "nats"} {
 		if s, ok := p.Services[name]; ok && (s.HealthCheck == nil || s.HealthCheck.Disable || len(s.HealthCheck.Test) == 0) {
@@ -137,8 +119,13 @@ func checkCompose(r reporter, p *types.Project, entrypoints map[string][]string)
 		needs := []string{"postgres"}
 		if name != "demo" {
 			needs = append(needs, "nats")
-			if u, err := url.Parse(env["NATS_URL"]); err != nil || u.Hostname() != "nats" || cmp(u.Port(), "4222") != strconv.Itoa(natsPort) {
-				r.Errorf("compose %s: NATS_URL %q, want nats://nats:%d", name, env["NATS_URL"], natsPort)
+			// One URL, or one per node of a NATS cluster (docker-compose.cluster.yml).
+			for _, raw := range strings.Split(env["NATS_URL"], ",") {
+				u, err := url.Parse(strings.TrimSpace(raw))
+				if err != nil || !isNATSService(p, u.Hostname()) || cmp(u.Port(), "4222") != strconv.Itoa(natsPort) {
+					r.Errorf("compose %s: NATS_URL %q, want nats://nats:%d (or every node of the cluster)", name, env["NATS_URL"], natsPort)
+					break
+				}
 			}
 			// No shell in the image: the program is its own health check.
 			want := append([]string{"CMD"}, append(slices.Clone(entrypoints[name]), "healthcheck")...)
@@ -178,6 +165,51 @@ func checkCompose(r reporter, p *types.Project, entrypoints map[string][]string)
 			r.Errorf("compose projector: a container name or a fixed published port allows one replica only")
 		}
 	}
+}
+
+// isNATSService reports whether the project has a NATS server service of
+// that name.
+func isNATSService(p *types.Project, name string) bool {
+	s, ok := p.Services[name]
+	image, _, _ := strings.Cut(s.Image, ":")
+	return ok && image == "nats"
+}
+
+// natsFlag returns the value after the first of names in a nats-server
+// command line; empty if absent.
+func natsFlag(cmd []string, names ...string) string {
+	for i, a := range cmd {
+		if slices.Contains(names, a) && i+1 < len(cmd) {
+			return cmd[i+1]
+		}
+	}
+	return ""
+}
+
+// checkNATSService holds a NATS service to what the stack needs:
+// JetStream, its store on a named volume, a health check on its monitoring
+// port. It returns the client port.
+func checkNATSService(r reporter, p *types.Project, name string) int {
+	nats := p.Services[name]
+	port := 4222
+	where := "compose " + name
+	checkNATSImage(r, where, nats.Image)
+	cmd := []string(nats.Command)
+	if !slices.Contains(cmd, "-js") && !slices.Contains(cmd, "--jetstream") {
+		r.Errorf("%s: command %v without -js", where, cmd)
+	}
+	if sd := natsFlag(cmd, "-sd", "--store_dir"); sd == "" {
+		r.Errorf("%s: no store directory (-sd): JetStream would keep its data in the container", where)
+	} else {
+		checkNamedVolume(r, p, name, nats, sd)
+	}
+	if v := natsFlag(cmd, "-p", "--port"); v != "" {
+		port, _ = strconv.Atoi(v)
+	}
+	if m := natsFlag(cmd, "-m", "--http_port"); m == "" || nats.HealthCheck == nil || !strings.Contains(strings.Join(nats.HealthCheck.Test, " "), ":"+m+"/healthz") {
+		r.Errorf("%s: the health check must GET /healthz on the monitoring port (-m %s)", where, m)
+	}
+	return port
 }
 
 // checkNamedVolume: dir of service s is a named volume of the project.

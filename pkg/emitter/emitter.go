@@ -60,7 +60,7 @@ type Config struct {
 	BatchSize    int           `env:"EMITTER_BATCH_SIZE" envDefault:"500" doc:"Outbox rows relayed per round."`
 	PollInterval time.Duration `env:"EMITTER_POLL_INTERVAL" envDefault:"1s" doc:"Fallback poll when no notification arrives."`
 	LeaseTTL     time.Duration `env:"EMITTER_LEASE_TTL" envDefault:"10s" doc:"Lease time to live: a standby takes over at most this long after the active emitter died."`
-	Replicas     int           `env:"EMITTER_STREAM_REPLICAS" envDefault:"1" doc:"Replicas of linked streams the emitter creates."`
+	Replicas     int           `env:"EMITTER_STREAM_REPLICAS" envDefault:"1" doc:"Replicas of the emitter's lease bucket and of the linked streams it creates."`
 	Instance     string        `env:"EMITTER_INSTANCE" doc:"This instance's identity in the lease (default host-pid)."`
 }
 
@@ -200,7 +200,7 @@ func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg pr
 
 // Run relays until ctx ends, while holding the emitter's lease.
 func (e *Emitter) Run(ctx context.Context) error {
-	kv, err := lease.EnsureBucket(ctx, e.js, "jetproj_emitter_leases", e.cfg.LeaseTTL, 1)
+	kv, err := lease.EnsureBucket(ctx, e.js, "jetproj_emitter_leases", e.cfg.LeaseTTL, e.cfg.Replicas)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/config"
 	"github.com/jetproj/jetproj/pkg/emitter"
+	"github.com/jetproj/jetproj/pkg/jsretry"
 	"github.com/jetproj/jetproj/pkg/lifecycle"
 	"github.com/jetproj/jetproj/pkg/logging"
 	"github.com/jetproj/jetproj/pkg/natsconn"
@@ -82,11 +83,20 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer pool.Close()
+	// Passing JetStream trouble (a node restarting, a leader moving) is
+	// waited for everywhere below, logged once per episode, and fails
+	// readiness while it lasts.
+	retry := jsretry.New(log)
+	ctx = jsretry.NewContext(ctx, retry)
 	conn, err := natsconn.Connect(ctx, cfg.NATS, log)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	// A connection the server closed for good ends the emitter.
+	ctx, stopGuard := conn.Guard(ctx)
+	defer stopGuard()
+	conn.WarnSingleReplica(max(cfg.Emitter.Replicas, 1), "EMITTER_STREAM_REPLICAS", "KV_jetproj_emitter_leases", "linked streams")
 	shutdownTracing, err := tracing.Setup(ctx, "jetproj-emitter", log)
 	if err != nil {
 		return fmt.Errorf("tracing: %w", err)
@@ -99,8 +109,14 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	ops := opsserver.New(cfg.Ops, reg, log)
 	ops.Ready("nats", natsconn.Connected(conn.NC))
+	ops.Ready("jetstream", retry.Check)
+	ops.Live("nats", conn.Alive)
 	ops.Ready("postgres", pool.Ping)
 	ops.Wedged(func() (string, time.Time) { return "relay round", e.BusySince() })
 	log.Info("emitter starting")
-	return ops.Serve(ctx, e.Run)
+	err = ops.Serve(ctx, e.Run)
+	if lost := conn.Err(); lost != nil {
+		return lost
+	}
+	return err
 }

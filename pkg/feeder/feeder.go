@@ -20,6 +20,7 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
+	"github.com/jetproj/jetproj/pkg/jsretry"
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/tracing"
@@ -118,7 +119,7 @@ func (f *Feeder) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("feeder: lease bucket: %w", err)
 	}
-	if f.state, err = f.stateKV(ctx); err != nil {
+	if f.state, err = jsretry.ValueSettling(ctx, "feeder state bucket "+f.cfg.StateBucket, f.stateKV); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}

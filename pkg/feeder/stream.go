@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/jsretry"
 )
 
 // ErrStreamConfig is matched by a *StreamConfigError.
@@ -77,19 +78,26 @@ type StreamResult struct {
 
 // EnsureStream creates the feeder's stream, or checks an existing one: a
 // difference is applied when c.UpdateStream is set (and reported in the
-// result), otherwise it is a *StreamConfigError.
+// result), otherwise it is a *StreamConfigError. Passing JetStream trouble
+// (jsretry.Transient) is waited for while ctx lasts.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstream.Stream, StreamResult, error) {
 	want := c.StreamConfig()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, want.Name)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		s, err = js.CreateStream(ctx, want)
-		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			s, err = js.Stream(ctx, want.Name) // another instance created it first
-		} else if err == nil {
-			return s, StreamResult{Created: true}, nil
+	created := false
+	// A cluster electing leaders or a node restarting does not answer for
+	// a while: wait for it (jsretry) rather than fail the feeder.
+	s, err := jsretry.ValueSettling(ctx, "create stream "+want.Name, func(ctx context.Context) (jetstream.Stream, error) {
+		s, err := js.Stream(ctx, want.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			s, err = js.CreateStream(ctx, want)
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				return js.Stream(ctx, want.Name) // another instance created it first
+			}
+			created = err == nil
 		}
+		return s, err
+	})
+	if created {
+		return s, StreamResult{Created: true}, nil
 	}
 	if err != nil {
 		return nil, StreamResult{}, fmt.Errorf("feeder: stream %s: %w", want.Name, err)
@@ -109,7 +117,9 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 	if have.Storage != want.Storage || have.Retention != want.Retention {
 		return nil, StreamResult{}, fmt.Errorf("feeder: stream %s: storage and retention cannot be changed in place (%s)", want.Name, strings.Join(diff, "; "))
 	}
-	s, err = js.UpdateStream(ctx, upd)
+	s, err = jsretry.ValueSettling(ctx, "update stream "+want.Name, func(ctx context.Context) (jetstream.Stream, error) {
+		return js.UpdateStream(ctx, upd)
+	})
 	if err != nil {
 		return nil, StreamResult{}, fmt.Errorf("feeder: update stream %s: %w", want.Name, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/config"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/feeder"
+	"github.com/jetproj/jetproj/pkg/jsretry"
 	"github.com/jetproj/jetproj/pkg/lifecycle"
 	"github.com/jetproj/jetproj/pkg/logging"
 	"github.com/jetproj/jetproj/pkg/natsconn"
@@ -149,11 +150,21 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if len(applied) > 0 {
 		log.Info("event store migrated", "applied", applied)
 	}
+	// Passing JetStream trouble (a node restarting, a leader moving) is
+	// waited for everywhere below, logged once per episode, and fails
+	// readiness while it lasts.
+	retry := jsretry.New(log)
+	ctx = jsretry.NewContext(ctx, retry)
 	conn, err := natsconn.Connect(ctx, cfg.NATS, log)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	// A connection the server closed for good ends the feeder.
+	ctx, stopGuard := conn.Guard(ctx)
+	defer stopGuard()
+	conn.WarnSingleReplica(cfg.Feeder.Defaults().StreamReplicas, "FEEDER_STREAM_REPLICAS",
+		cfg.Feeder.Defaults().Stream, "KV_"+cfg.Feeder.Defaults().LeaseBucket, "KV_"+cfg.Feeder.Defaults().StateBucket)
 	if conn.Embedded != nil {
 		log.Info("embedded NATS server started", "url", conn.Embedded.URL(), "dir", conn.Embedded.Dir())
 	}
@@ -184,6 +195,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}))
 	ops := opsserver.New(cfg.Ops, reg, log)
 	ops.Ready("nats", natsconn.Connected(conn.NC))
+	ops.Ready("jetstream", retry.Check)
+	ops.Live("nats", conn.Alive)
 	ops.Ready("postgres", pool.Ping)
 	// A standby is ready too (it takes over when the active one stops);
 	// /readyz shows which it is.
@@ -195,7 +208,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	})
 	ops.Wedged(func() (string, time.Time) { return "feeding", f.BusySince() })
 	log.Info("feeder starting", "name", f.Config().Name, "stream", f.Config().Stream, "instance", f.Config().Instance)
-	return ops.Serve(ctx, f.Run)
+	err = ops.Serve(ctx, f.Run)
+	if lost := conn.Err(); lost != nil {
+		return lost
+	}
+	return err
 }
 
 // StatusConfig is what `feeder status` needs: no database.

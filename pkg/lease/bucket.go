@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/jsretry"
 )
 
 // MinTTL is the shortest bucket TTL EnsureBucket accepts. The server checks
@@ -38,6 +39,9 @@ func (e *ConfigMismatchError) Error() string {
 // lease ages out, so that watchers (standbys in Run) see the expiry at once.
 // replicas is the bucket's replica count (0 means 1).
 //
+// Transient JetStream errors (see jsretry.Transient) are retried while ctx
+// lasts, with ctx's jsretry.Retrier.
+//
 // If the bucket exists with another TTL, EnsureBucket returns a
 // *ConfigMismatchError. Other differences (replicas, history, markers) are
 // accepted: they do not change when a lease expires.
@@ -57,21 +61,17 @@ func EnsureBucket(ctx context.Context, js jetstream.JetStream, bucket string, tt
 		Replicas:       replicas,
 		LimitMarkerTTL: ttl,
 	}
-	kv, err := js.CreateKeyValue(ctx, cfg)
-	// A server busy enough to let the request time out is asked again, a
-	// few times, while ctx lasts: a service should not exit for it.
-	for attempt := 1; attempt < createAttempts && timedOut(err) && ctx.Err() == nil; attempt++ {
-		kv, err = js.CreateKeyValue(ctx, cfg)
-	}
-	if err == nil {
-		return kv, nil
-	}
-	if !errors.Is(err, jetstream.ErrBucketExists) {
-		return nil, fmt.Errorf("lease: create bucket %q: %w", bucket, err)
-	}
-	kv, err = js.KeyValue(ctx, bucket)
+	// A cluster electing leaders, or a node restarting, does not answer
+	// for a while: wait for it (jsretry) rather than fail the service.
+	kv, err := jsretry.ValueSettling(ctx, "create lease bucket "+bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+		kv, err := js.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			return js.KeyValue(ctx, bucket)
+		}
+		return kv, err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("lease: open bucket %q: %w", bucket, err)
+		return nil, fmt.Errorf("lease: create bucket %q: %w", bucket, err)
 	}
 	got, err := BucketTTL(ctx, kv)
 	if err != nil {
@@ -83,17 +83,11 @@ func EnsureBucket(ctx context.Context, js jetstream.JetStream, bucket string, tt
 	return kv, nil
 }
 
-// createAttempts bounds the requests EnsureBucket makes when they time out.
-const createAttempts = 4
-
-func timedOut(err error) bool {
-	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
-}
-
-// BucketTTL reads the bucket's TTL (its MaxAge) from the server. It fails if
-// the bucket has none, since leases in it would never expire.
+// BucketTTL reads the bucket's TTL (its MaxAge) from the server, waiting
+// through transient errors while ctx lasts. It fails if the bucket has none,
+// since leases in it would never expire.
 func BucketTTL(ctx context.Context, kv jetstream.KeyValue) (time.Duration, error) {
-	st, err := kv.Status(ctx)
+	st, err := jsretry.ValueSettling(ctx, "lease bucket "+kv.Bucket()+" status", kv.Status)
 	if err != nil {
 		return 0, fmt.Errorf("lease: bucket %q status: %w", kv.Bucket(), err)
 	}

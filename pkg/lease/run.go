@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/jsretry"
 )
 
 // Log keys used by Run.
@@ -109,8 +111,13 @@ func (o Options) validate(ttl time.Duration) error {
 //   - on its own: Run releases the lease and returns work's error (nil if
 //     work had nothing more to do).
 //
-// Run reads the bucket TTL once at start and returns an error if it cannot,
-// or if opts are invalid. Run starts no goroutine that outlives it.
+// Passing JetStream trouble (jsretry.Transient: an election, a node
+// restarting) is retried on this schedule and logged once per episode
+// through ctx's jsretry.Retrier, whose readiness check fails meanwhile.
+//
+// Run reads the bucket TTL once at start (waiting through transient errors
+// while ctx lasts) and returns an error if it cannot, or if opts are
+// invalid. Run starts no goroutine that outlives it.
 func Run(ctx context.Context, kv jetstream.KeyValue, key, holder string, opts Options, work func(ctx context.Context, l *Lease) error) error {
 	if holder == "" {
 		return errors.New("lease: run: empty holder")
@@ -134,6 +141,8 @@ func Run(ctx context.Context, kv jetstream.KeyValue, key, holder string, opts Op
 		opts:   opts,
 		work:   work,
 		log:    opts.Logger.With(logKey, key, logHolder, holder),
+		retry:  jsretry.FromContext(ctx),
+		op:     "lease " + kv.Bucket() + "/" + key,
 	}
 	for {
 		l, err := r.standby(ctx)
@@ -155,6 +164,8 @@ type runner struct {
 	opts   Options
 	work   func(context.Context, *Lease) error
 	log    *slog.Logger
+	retry  *jsretry.Retrier // logs passing trouble once per episode
+	op     string
 }
 
 func (r *runner) setState(held bool) {
@@ -188,17 +199,21 @@ func (r *runner) standby(ctx context.Context) (*Lease, error) {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}
-				r.log.Warn("lease: cannot watch key, polling only", logErr, err)
+				if !r.retry.Failed(r.op, err) {
+					r.log.Warn("lease: cannot watch key, polling only", logErr, err)
+				}
 			}
 		}
 		l, err := c.acquire(ctx, r.kv, r.key)
 		var held *HeldError
 		switch {
 		case err == nil:
+			r.retry.Succeeded(r.op)
 			return l, nil
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
 		case errors.As(err, &held):
+			r.retry.Succeeded(r.op)
 			r.log.Debug("lease: held by another holder", logHeldBy, held.Holder, logRevision, held.Revision)
 			if c, err = newClaim(r.holder); err != nil {
 				return nil, err
@@ -207,8 +222,11 @@ func (r *runner) standby(ctx context.Context) (*Lease, error) {
 			return nil, err
 		default:
 			// The claim may or may not have been written: send the same
-			// claim again so that we recognise it if it was.
-			r.log.Warn("lease: acquire failed", logErr, err)
+			// claim again so that we recognise it if it was. Passing
+			// trouble (an election) is logged once per episode.
+			if !r.retry.Failed(r.op, err) {
+				r.log.Warn("lease: acquire failed", logErr, err)
+			}
 		}
 		poll.Reset(r.opts.PollInterval)
 		if err := r.waitFree(ctx, &w, poll.C); err != nil {
@@ -325,13 +343,17 @@ func (r *runner) keep(ctx context.Context, l *Lease, done <-chan error) (werr er
 		acancel()
 		switch {
 		case err == nil:
+			r.retry.Succeeded(r.op)
 			retry = false
 		case errors.Is(err, ErrLost):
+			r.retry.Succeeded(r.op)
 			return nil, false, err
 		case ctx.Err() != nil:
 			// Handled by the next select.
 		default:
-			r.log.Warn("lease: renew failed, retrying", logRevision, l.Revision(), logErr, err)
+			if !r.retry.Failed(r.op, err) {
+				r.log.Warn("lease: renew failed, retrying", logRevision, l.Revision(), logErr, err)
+			}
 			retry = true
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/config"
 	"github.com/jetproj/jetproj/pkg/devenv"
+	"github.com/jetproj/jetproj/pkg/jsretry"
 )
 
 // Connection behaviour. Reconnects never stop; the jitter spreads the
@@ -57,6 +59,13 @@ const (
 // NATS_URL should point to.
 var ErrEmbeddedPortInUse = errors.New("natsconn: embedded server port in use")
 
+// ErrClosed reports that the connection was closed without Close being
+// called: the server ended it with an error after which nats.go does not
+// reconnect (such as "maximum control line exceeded"), or reconnecting gave
+// up. Nothing sent through the connection will ever arrive; the service has
+// to end (or be restarted) to connect again.
+var ErrClosed = errors.New("natsconn: connection closed by the server; not reconnecting")
+
 // Conn is a connection to NATS with its JetStream context, and the embedded
 // server it runs on when Config.URL was empty.
 type Conn struct {
@@ -70,6 +79,10 @@ type Conn struct {
 	logger    *slog.Logger
 	closed    chan struct{}
 	closeOnce sync.Once
+
+	mu      sync.Mutex
+	closing bool  // Close was called
+	lost    error // why the connection closed without Close; nil otherwise
 }
 
 // Connect validates cfg, starts an embedded server when cfg.URL is empty, and
@@ -77,6 +90,10 @@ type Conn struct {
 // error names the server URL (without credentials). It also fails when the
 // account has no JetStream. ctx bounds the start of the embedded server, the
 // connection and the JetStream check, not the life of the connection.
+//
+// A JetStream that does not answer yet (a cluster electing its leaders, a
+// node restarting) is waited for with ctx's jsretry.Retrier while ctx
+// lasts; the first answer that is not transient decides.
 //
 // Lifecycle events (disconnect, reconnect, asynchronous errors, lame duck
 // mode) are logged to logger; nil discards them. Close the Conn when done.
@@ -118,7 +135,10 @@ func Connect(ctx context.Context, cfg Config, logger *slog.Logger) (*Conn, error
 	c.NC = nc
 	js, err := jetstream.New(nc)
 	if err == nil {
-		_, err = js.AccountInfo(ctx)
+		err = jsretry.Do(ctx, "JetStream account info", func(ctx context.Context) error {
+			_, err := js.AccountInfo(ctx)
+			return err
+		})
 	}
 	if err != nil {
 		c.Close()
@@ -194,8 +214,21 @@ func (c *Conn) options(ctx context.Context, cfg Config) ([]nats.Option, error) {
 		nats.LameDuckModeHandler(func(nc *nats.Conn) {
 			log.Warn("NATS server entering lame duck mode", logKeyURL, redactURL(nc.ConnectedUrl()))
 		}),
-		nats.ClosedHandler(func(*nats.Conn) {
-			log.Debug("NATS connection closed")
+		nats.ClosedHandler(func(nc *nats.Conn) {
+			c.mu.Lock()
+			if !c.closing {
+				c.lost = ErrClosed
+				if err := nc.LastError(); err != nil {
+					c.lost = fmt.Errorf("%w: %s", ErrClosed, cfg.scrub(err.Error()))
+				}
+			}
+			lost := c.lost
+			c.mu.Unlock()
+			if lost != nil {
+				log.Error("NATS connection closed and will not reconnect; the service stops", logKeyError, lost)
+			} else {
+				log.Debug("NATS connection closed")
+			}
 			close(c.closed)
 		}),
 	}
@@ -227,6 +260,9 @@ func (c *Conn) options(ctx context.Context, cfg Config) ([]nats.Option, error) {
 // embedded server down. Safe to call more than once.
 func (c *Conn) Close() {
 	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closing = true
+		c.mu.Unlock()
 		if c.NC != nil {
 			if err := c.NC.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 				c.logger.Debug("NATS drain", logKeyError, err)
@@ -263,6 +299,71 @@ func (e *scrubbedError) Unwrap() error { return e.err }
 // errorf formats a message, removes the secrets of c from it and wraps err.
 func (c Config) errorf(err error, format string, args ...any) error {
 	return &scrubbedError{msg: c.scrub(fmt.Sprintf(format, args...)), err: err}
+}
+
+// Lost is closed when the connection has closed; Err then tells whether it
+// was lost (closed without Close).
+func (c *Conn) Lost() <-chan struct{} { return c.closed }
+
+// Err returns an error matching ErrClosed, with the server's last error,
+// once the connection closed without Close being called; nil otherwise.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lost
+}
+
+// Alive is a liveness check (opsserver.Check): it fails once the connection
+// was lost for good (Err), so that the orchestrator restarts the service.
+func (c *Conn) Alive(context.Context) error { return c.Err() }
+
+// Guard returns a context derived from ctx that is cancelled, with a cause
+// matching ErrClosed, when the connection is lost for good: a service runs
+// under it and ends instead of waiting forever on a dead connection. Call
+// stop to release the watch.
+func (c *Conn) Guard(ctx context.Context) (gctx context.Context, stop func()) {
+	gctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-c.closed:
+			if err := c.Err(); err != nil {
+				cancel(err)
+			}
+		case <-gctx.Done():
+		case <-done:
+		}
+	}()
+	var once sync.Once
+	return gctx, func() {
+		once.Do(func() { close(done) })
+		cancel(nil)
+	}
+}
+
+// ClusterSize is how many servers the connection knows of (configured and
+// discovered through the cluster's gossip) when the server it is connected
+// to belongs to a cluster; 1 otherwise.
+func (c *Conn) ClusterSize() int {
+	if c.NC == nil || c.NC.ConnectedClusterName() == "" {
+		return 1
+	}
+	return max(len(c.NC.Servers()), 1)
+}
+
+// WarnSingleReplica logs a warning when the servers form a cluster of three
+// or more and replicas is 1: the streams and buckets named in what are then
+// created with one replica, on one node, and stop whenever that node
+// restarts. variable names the setting that chooses the replicas. It
+// reports whether it warned; the service still does what it is told.
+func (c *Conn) WarnSingleReplica(replicas int, variable string, what ...string) bool {
+	n := c.ClusterSize()
+	if n < 3 || replicas > 1 {
+		return false
+	}
+	c.logger.Warn("creating single-replica (R1) streams and buckets on a NATS cluster: each lives on one node and stops while that node restarts; set "+variable+"=3",
+		"cluster_servers", n, "variable", variable, "replicas", max(replicas, 1), "streams_and_buckets", strings.Join(what, ","))
+	return true
 }
 
 // Connected returns a readiness check that fails while nc is not connected

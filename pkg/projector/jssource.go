@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/pkg/jsretry"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -71,12 +72,16 @@ func (s *JetStreamSource) Consume(ctx context.Context, from uint64, deliver func
 	if buf <= 0 {
 		buf = 1000
 	}
+	// The caller retries a failed start on its own schedule; passing
+	// trouble is logged once per episode and fails readiness meanwhile.
+	op := "consume " + s.Stream.CachedInfo().Config.Name
 	c, err := s.Stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: s.Subjects,
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    from,
 	})
 	if err != nil {
+		jsretry.FromContext(ctx).Failed(op, err)
 		return nil, err
 	}
 	sub := &jsSub{errs: make(chan error, 1)}
@@ -101,18 +106,25 @@ func (s *JetStreamSource) Consume(ctx context.Context, from uint64, deliver func
 		}
 	}), jetstream.PullMaxMessages(buf))
 	if err != nil {
+		jsretry.FromContext(ctx).Failed(op, err)
 		return nil, err
 	}
+	jsretry.FromContext(ctx).Succeeded(op)
 	sub.cc = cc
 	return sub, nil
 }
 
-// Next implements projection.Source with a direct get.
+// Next implements projection.Source with a direct get. Passing JetStream
+// trouble (the stream's leader moving, a node restarting) is waited for
+// while ctx lasts (jsretry), so that it never counts as a failure of the
+// partition being read.
 func (s *JetStreamSource) Next(ctx context.Context, subject string, from uint64) (projection.Message, error) {
 	if from == 0 {
 		from = 1
 	}
-	raw, err := s.Stream.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
+	raw, err := jsretry.Value(ctx, "read stream "+s.Stream.CachedInfo().Config.Name, func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+		return s.Stream.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
+	})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return projection.Message{}, projection.ErrNoMessage
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/jetproj/jetproj/pkg/jsretry"
 	"github.com/jetproj/jetproj/pkg/lease"
 )
 
@@ -108,17 +109,44 @@ func (r *runner) manageOnce(ctx context.Context, owned map[int]*lease.Lease) {
 		}
 		break
 	}
+	// Passing trouble of the lease bucket (its leader moving, a node
+	// restarting) is logged once per episode and fails readiness while it
+	// lasts; the next tick tries again.
+	var trouble error
+	note := func(err error) {
+		if err != nil && trouble == nil && jsretry.Transient(err) {
+			trouble = err
+		}
+	}
+	op := "slot leases " + r.leases.Bucket()
+	defer func() {
+		if trouble != nil {
+			jsretry.FromContext(ctx).Failed(op, trouble)
+		} else if ctx.Err() == nil {
+			jsretry.FromContext(ctx).Succeeded(op)
+		}
+	}()
 	if _, err := r.leases.Put(ctx, memberKey(r.replica), []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
+		note(err)
 		r.log.Debug("membership heartbeat failed", "error", err)
 	}
-	// Renew, and tell the loop about lost slots.
+	// Renew, and tell the loop about lost slots. A slot whose renewals
+	// failed for two thirds of the TTL is given up (fenced) before its
+	// lease can expire on the server, so that no two replicas hold it.
+	lost := 0
 	for slot, err := range renewAll(ctx, owned) {
+		note(err)
 		l := owned[slot]
 		if errors.Is(err, lease.ErrLost) || time.Since(l.RenewedAt()) > r.ttl*2/3 {
 			delete(owned, slot)
 			r.tell(ctx, slotEvent{kind: evLost, slot: slot}, false)
-			r.log.Warn("slot lease lost", "slot", slot, "error", err)
+			if lost++; lost == 1 || trouble == nil {
+				r.log.Warn("slot lease lost", "slot", slot, "error", err)
+			}
 		}
+	}
+	if lost > 1 && trouble != nil {
+		r.log.Warn("slot leases lost while JetStream is unavailable", "slots", lost, "error", trouble)
 	}
 	if paused := r.reg.paused(r.def.Name()); paused {
 		for slot, l := range owned {
@@ -130,6 +158,7 @@ func (r *runner) manageOnce(ctx context.Context, owned map[int]*lease.Lease) {
 	}
 	members, held, err := r.census(ctx)
 	if err != nil {
+		note(err)
 		r.log.Debug("census failed", "error", err)
 		return
 	}
@@ -161,6 +190,7 @@ func (r *runner) manageOnce(ctx context.Context, owned map[int]*lease.Lease) {
 		}
 		l, err := lease.Acquire(ctx, r.leases, slotKey(s), r.replica)
 		if err != nil {
+			note(err)
 			continue
 		}
 		owned[s] = l

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/jetproj/jetproj/pkg/jsretry"
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
@@ -158,7 +159,12 @@ func (p *Projector) run(ctx context.Context) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, d := range p.defs {
-		r, err := p.prepare(ctx, reg, d)
+		// Initialising and opening what a projection needs talks to
+		// JetStream many times; passing trouble (an election, a node
+		// restarting) starts it over rather than ending the replica.
+		r, err := jsretry.ValueSettling(ctx, "start projection "+d.Name(), func(ctx context.Context) (*runner, error) {
+			return p.prepare(ctx, reg, d)
+		})
 		if err != nil {
 			return err
 		}

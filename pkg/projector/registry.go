@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/jsretry"
 )
 
 // RegistryBucket is the KV bucket that records every projection's
@@ -50,11 +52,15 @@ type Registry struct {
 	m  map[string]Entry
 }
 
-// OpenRegistry creates the bucket if needed.
+// OpenRegistry creates the bucket if needed, waiting through passing
+// JetStream trouble (jsretry) while ctx lasts.
 func OpenRegistry(ctx context.Context, js jetstream.JetStream, replicas int) (*Registry, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	cfg := jetstream.KeyValueConfig{
 		Bucket: RegistryBucket, History: 5, Replicas: max(replicas, 1), Storage: jetstream.FileStorage,
 		Description: "jetproj projections and their lifecycle state",
+	}
+	kv, err := jsretry.ValueSettling(ctx, "open registry "+RegistryBucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return js.CreateOrUpdateKeyValue(ctx, cfg)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("projector: registry: %w", err)
@@ -62,11 +68,14 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream, replicas int) (*R
 	return &Registry{kv: kv, m: map[string]Entry{}}, nil
 }
 
-// Watch keeps the local copy current until ctx ends.
+// Watch keeps the local copy current until ctx ends. Starting the watch
+// waits through passing JetStream trouble (jsretry) while ctx lasts.
 func (g *Registry) Watch(ctx context.Context) error {
-	w, err := g.kv.WatchAll(ctx)
+	w, err := jsretry.ValueSettling(ctx, "watch registry "+RegistryBucket, func(ctx context.Context) (jetstream.KeyWatcher, error) {
+		return g.kv.WatchAll(ctx)
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("projector: registry: %w", err)
 	}
 	go func() {
 		defer w.Stop() //nolint:errcheck

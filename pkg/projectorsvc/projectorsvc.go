@@ -29,6 +29,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/pkg/jsretry"
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/lifecycle"
 	"github.com/jetproj/jetproj/pkg/logging"
@@ -224,7 +225,11 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 	ctx, stop := lifecycle.SignalContext(ctx, log, os.Exit)
 	defer stop()
 
-	s := &service{cfg: cfg, log: log, stdout: stdout, stderr: stderr}
+	// Passing JetStream trouble (a node restarting, a leader moving) is
+	// waited for everywhere below, logged once per episode, and fails
+	// readiness while it lasts.
+	s := &service{cfg: cfg, log: log, stdout: stdout, stderr: stderr, retry: jsretry.New(log)}
+	ctx = jsretry.NewContext(ctx, s.retry)
 	if err := s.connect(ctx, cmd.name == "run", defs); err != nil {
 		if cmd.name == "run" && ctx.Err() != nil {
 			log.Info("projector stopped while starting", "error", err)
@@ -302,9 +307,10 @@ type service struct {
 	stdout io.Writer
 	stderr io.Writer
 
-	pool *pgxpool.Pool
-	conn *natsconn.Conn
-	defs []*projection.Definition // every definition, in the binary's order
+	retry *jsretry.Retrier
+	pool  *pgxpool.Pool
+	conn  *natsconn.Conn
+	defs  []*projection.Definition // every definition, in the binary's order
 }
 
 func (s *service) connect(ctx context.Context, logConn bool, defs Definitions) error {
@@ -372,7 +378,23 @@ func (s *service) run(ctx context.Context) error {
 	if limit := memlimit.FromCgroup(memlimit.DefaultCgroupFile); limit > 0 {
 		s.log.Info("soft memory limit set below the container's", "bytes", limit)
 	}
+	// A connection the server closed for good ends the replica.
+	ctx, stopGuard := s.conn.Guard(ctx)
+	defer stopGuard()
+	err := s.runGuarded(ctx)
+	if lost := s.conn.Err(); lost != nil {
+		return lost
+	}
+	return err
+}
+
+func (s *service) runGuarded(ctx context.Context) error {
 	defs := s.selected(nil)
+	var what []string
+	for _, d := range defs {
+		what = append(what, projector.OwnStream(d.Name()), "KV_jetproj_leases_"+d.Name())
+	}
+	s.conn.WarnSingleReplica(s.replicas(), "PROJECTOR_STORE_REPLICAS", append(what, "KV_"+projector.RegistryBucket)...)
 	if err := s.waitForSources(ctx, defs); err != nil {
 		return err
 	}
@@ -412,6 +434,8 @@ func (s *service) run(ctx context.Context) error {
 	go s.report(rctx, gauges, defs, p)
 	ops := opsserver.New(s.cfg.Ops, reg, s.log)
 	ops.Ready("nats", natsconn.Connected(s.conn.NC))
+	ops.Ready("jetstream", s.retry.Check)
+	ops.Live("nats", s.conn.Alive)
 	ops.Ready("postgres", s.pool.Ping)
 	ops.Wedged(p.BusySince)
 	if max := s.cfg.Projector.ReadyMaxLag; max > 0 {
@@ -447,9 +471,14 @@ func (s *service) waitForSources(ctx context.Context, defs []*projection.Definit
 		}
 		name := d.SourceConfig().Stream
 		for logged := false; ; {
-			_, err := s.js().Stream(ctx, name)
+			_, err := jsretry.Value(ctx, "source stream "+name, func(ctx context.Context) (jetstream.Stream, error) {
+				return s.js().Stream(ctx, name)
+			})
 			if err == nil {
 				break
+			}
+			if ctx.Err() != nil {
+				return nil
 			}
 			if !errors.Is(err, jetstream.ErrStreamNotFound) {
 				return fmt.Errorf("%s: source stream %s: %w", d.Name(), name, err)

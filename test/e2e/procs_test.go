@@ -149,6 +149,7 @@ func (p *proc) logged(msg string) bool {
 // directory, restartable on the same port and directory.
 type natsServer struct {
 	t    *testing.T
+	name string // server_name of a cluster node; empty otherwise
 	port int
 	dir  string
 	conf string
@@ -188,8 +189,26 @@ func (s *natsServer) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(s.
 // start starts the server process (again) and waits until it is ready.
 func (s *natsServer) start() {
 	s.t.Helper()
+	s.launch()
+	s.waitReady()
+}
+
+// launch starts the server process (again) without waiting for it: the
+// nodes of a cluster only answer once a quorum of them runs.
+func (s *natsServer) launch() {
+	s.t.Helper()
 	s.runs++
-	s.p = startProc(s.t, fmt.Sprintf("nats-server (run %d)", s.runs), bins.build(s.t).natsServer, nil, "-c", s.conf)
+	name := "nats-server"
+	if s.name != "" {
+		name += " " + s.name
+	}
+	s.p = startProc(s.t, fmt.Sprintf("%s (run %d)", name, s.runs), bins.build(s.t).natsServer, nil, "-c", s.conf)
+}
+
+// waitReady waits until the server accepts connections and JetStream
+// answers through it.
+func (s *natsServer) waitReady() {
+	s.t.Helper()
 	devtest.Eventually(s.t, 30*time.Second, func() error {
 		if s.p.exited() {
 			s.t.Fatalf("nats-server exited at start: %s\n%s", s.p.state, tail(s.p.stderr.String(), 50))
