@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/pkg/derived"
+	"github.com/jetproj/jetproj/pkg/jsretry"
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -89,6 +90,9 @@ type runner struct {
 	caps       Capabilities // what the store can do
 	batchErrs  int
 	pauseUntil time.Time
+	// consFailing counts consumer starts that failed in a row.
+	consFailing int
+	consBackoff jsretry.Backoff
 	// states are decoded states of partitions a catch-up handled, as
 	// their stored state encodes them (takeState, keepState).
 	states map[*part]any
@@ -231,14 +235,25 @@ func (r *runner) run(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return nil
 				}
-				r.log.Warn("consumer start failed; retrying", "error", err)
+				// Logged once per episode (an election can take seconds).
+				if r.consFailing == 0 {
+					r.log.Warn("consumer start failed; retrying", "error", err)
+				} else {
+					r.log.Debug("consumer start failed again; retrying", "error", err, "attempt", r.consFailing+1)
+				}
+				r.consFailing++
 				select {
 				case <-ctx.Done():
 					return nil
-				case <-time.After(500 * time.Millisecond):
+				case <-time.After(r.consBackoff.Next()):
 				}
 				continue
 			}
+			if r.consFailing > 0 {
+				r.log.Info("consumer started again", "attempts", r.consFailing+1)
+				r.consFailing = 0
+			}
+			r.consBackoff.Reset()
 		}
 		r.setState("running")
 		// Wait for work: messages, ownership changes, due retries, commands.
