@@ -339,14 +339,16 @@ func Delete(ctx context.Context, js jetstream.JetStream, d *projection.Definitio
 	if err := runHook(ctx, d, del); err != nil {
 		return fmt.Errorf("projector: %s: delete hook: %w", d.Name(), err)
 	}
-	switch s := StoreFor(js, d, replicas).(type) {
-	case *KVStore:
-		if err := s.Delete(ctx); err != nil {
-			return err
-		}
-	case *PGStore:
-		if err := s.Init(ctx); err != nil {
-			return err
+	// Positions, state and outbox go with the read model, in every
+	// database the projection wrote to (one per tenant).
+	if s, ok := StoreFor(js, d, replicas).(interface {
+		StateStore
+		Delete(context.Context) error
+	}); ok {
+		if _, kv := s.(*KVStore); !kv {
+			if err := s.Init(ctx); err != nil {
+				return err
+			}
 		}
 		if err := s.Delete(ctx); err != nil {
 			return err
@@ -443,17 +445,39 @@ func PartitionCommand(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 		return err
 	}
 	if cmd.Op == "rebuild" {
-		_, _, _, resetPart := d.Hooks()
-		if resetPart != nil {
-			if err := resetPart(ctx, bt.Tx(), cmd.Partition); err != nil {
-				bt.Rollback(ctx)
-				return err
-			}
+		if err := resetPartition(ctx, d, bt, *rec); err != nil {
+			bt.Rollback(ctx)
+			return err
 		}
 	}
 	bt.Put(slot, l.Revision(), *rec)
 	_, err = bt.Commit(ctx)
 	return err
+}
+
+// resetPartition runs the projection's OnResetPartition hook for rec in
+// batch b: in the database of the partition's tenant for a tenant store (a
+// partition that has no tenant yet never wrote anything there). A hook
+// that panics is an error, not the end of the replica.
+func resetPartition(ctx context.Context, d *projection.Definition, b Batch, rec Record) (err error) {
+	_, _, _, resetPart := d.Hooks()
+	if resetPart == nil {
+		return nil
+	}
+	if tb, ok := b.(TenantBatch); ok {
+		if rec.Tenant == "" {
+			return nil
+		}
+		if err := tb.Use(ctx, rec.Tenant); err != nil {
+			return fmt.Errorf("projector: %s: reset partition %s: %w", d.Name(), rec.Key, err)
+		}
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("projector: %s: OnResetPartition panicked for %s: %v", d.Name(), rec.Key, v)
+		}
+	}()
+	return resetPart(ctx, b.Tx(), rec.Key)
 }
 
 // applyCommand changes a record as the command asks; the partition then
@@ -532,13 +556,10 @@ func (r *runner) control(ctx context.Context, m *nats.Msg) {
 		return
 	}
 	if cmd.Op == "rebuild" {
-		_, _, _, resetPart := r.def.Hooks()
-		if resetPart != nil {
-			if err := resetPart(ctx, b.Tx(), cmd.Partition); err != nil {
-				b.Rollback(ctx)
-				reply(err)
-				return
-			}
+		if err := resetPartition(ctx, r.def, b, rec); err != nil {
+			b.Rollback(ctx)
+			reply(err)
+			return
 		}
 	}
 	b.Put(slot, r.slots[slot].token, rec)

@@ -3,6 +3,7 @@ package projector_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // TestTenantsNeverSeeEachOthersEvents routes each tenant to its own
@@ -34,6 +36,15 @@ func TestTenantsNeverSeeEachOthersEvents(t *testing.T) {
 		projection.Retries(2, 10*time.Millisecond, 20*time.Millisecond),
 		projection.OnInit(func(ctx context.Context, tx projectionTx) error {
 			_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS balances (wallet text PRIMARY KEY, tenant text NOT NULL, cents bigint NOT NULL)`)
+			return err
+		}),
+		projection.OnResetPartition(func(ctx context.Context, tx projectionTx, partition string) error {
+			// A nil tx panics: the tenant's transaction must be given.
+			_, err := tx.Exec(ctx, `DELETE FROM balances WHERE wallet = $1`, strings.TrimPrefix(partition, "wallet/"))
+			return err
+		}),
+		projection.OnDelete(func(ctx context.Context, tx projectionTx) error {
+			_, err := tx.Exec(ctx, `DROP TABLE IF EXISTS balances`)
 			return err
 		}))
 	projection.On(p, func(ctx context.Context, c *projection.Context[struct{}], e projection.Event[MoneyWasAddedToWallet]) error {
@@ -67,7 +78,7 @@ func TestTenantsNeverSeeEachOthersEvents(t *testing.T) {
 	if err := projectorInit(ctx, b, p); err != nil {
 		t.Fatal(err)
 	}
-	b.run(t, "r1", p)
+	replicas := []*running{b.run(t, "r1", p)}
 	devtest.Eventually(t, 30*time.Second, func() error {
 		for tenant, pool := range pools {
 			var n, wrong int
@@ -96,4 +107,42 @@ func TestTenantsNeverSeeEachOthersEvents(t *testing.T) {
 		}
 		return nil
 	})
+
+	// Rebuilding one tenant partition runs its reset hook in that tenant's
+	// database (issue 14: it was handed a nil transaction), then replays.
+	if _, err := pools["globex"].Exec(ctx, `UPDATE balances SET cents = -1 WHERE wallet = 'globex-w1'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := projector.PartitionCommand(ctx, b.nc, b.js, p.Def(), 1, projector.Command{Op: "rebuild", Partition: "wallet/globex-w1"}); err != nil {
+		t.Fatal(err)
+	}
+	devtest.Eventually(t, 20*time.Second, func() error {
+		var cents int64
+		if err := pools["globex"].QueryRow(ctx, `SELECT cents FROM balances WHERE wallet = 'globex-w1'`).Scan(&cents); err != nil {
+			return err
+		}
+		if cents != 50 {
+			return fmt.Errorf("globex-w1 rebuilt to %d cents, want 50", cents)
+		}
+		return nil
+	})
+	// Deleting removes positions, state and outbox in every tenant's
+	// database (issue 14: they stayed, and a new init resumed from them).
+	for _, r := range replicas {
+		r.stop(t)
+	}
+	if err := projector.Delete(ctx, b.js, p.Def(), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	for tenant, pool := range pools {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM jetproj.partitions WHERE projection = 'tenant_balances')
+     + (SELECT count(*) FROM jetproj.slots WHERE projection = 'tenant_balances')
+     + (SELECT count(*) FROM jetproj.outbox WHERE projection = 'tenant_balances')`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Fatalf("tenant %s keeps %d rows of the deleted projection", tenant, n)
+		}
+	}
 }
