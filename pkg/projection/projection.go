@@ -223,6 +223,8 @@ type Definition struct {
 	pool        *pgxpool.Pool
 	tenantPools map[string]*pgxpool.Pool
 	store       any
+	// aggStream and aggPrefix are FromStream's.
+	aggStream, aggPrefix string
 	newState    func() any
 	stateType   reflect.Type
 	handlers    map[string]HandlerFunc
@@ -270,6 +272,22 @@ func New[S any](name string, opts ...Option) *Projection[S] {
 	for _, o := range opts {
 		o(d)
 	}
+	if len(d.source.AggregateTypes) > 0 {
+		// Aggregate sources: the feeder's stream, or FromStream's.
+		if d.source.Stream != "" {
+			d.errs = append(d.errs, "FromAggregates with FromSubjects: choose one source")
+		}
+		prefix := subject.EventsPrefix
+		d.source.Stream = "EVENTS"
+		if d.aggStream != "" {
+			d.source.Stream, prefix = d.aggStream, d.aggPrefix
+		}
+		for _, t := range d.source.AggregateTypes {
+			d.source.Subjects = append(d.source.Subjects, prefix+"."+subject.EncodeToken(t)+".*")
+		}
+	} else if d.aggStream != "" {
+		d.errs = append(d.errs, "FromStream names the stream of FromAggregates, which is missing")
+	}
 	if d.source.Stream == "" && len(d.source.Subjects) == 0 && d.customSource == nil {
 		d.errs = append(d.errs, "no source: use FromAggregates or FromSubjects")
 	}
@@ -280,26 +298,35 @@ func New[S any](name string, opts ...Option) *Projection[S] {
 }
 
 // FromAggregates reads the feeder's stream EVENTS for the given aggregate
-// types (pushed to the server as subject filters events.<type>.*). The
-// partition of an event is its aggregate.
+// types (pushed to the server as subject filters events.<type>.*), or the
+// stream and subject prefix FromStream names. The partition of an event is
+// its aggregate.
 func FromAggregates(types ...string) Option {
 	return func(d *Definition) {
-		d.source.Stream = "EVENTS"
-		d.source.AggregateTypes = append(d.source.AggregateTypes, types...)
 		for _, t := range types {
 			if t == "" {
 				d.errs = append(d.errs, "FromAggregates: empty aggregate type")
 				continue
 			}
-			d.source.Subjects = append(d.source.Subjects, subject.EventFilter(t))
+			d.source.AggregateTypes = append(d.source.AggregateTypes, t)
 		}
 	}
 }
 
-// FromStream reads aggregate types from another feeder's stream and subject
-// prefix.
-func FromStream(stream string) Option {
-	return func(d *Definition) { d.source.Stream = stream }
+// FromStream makes FromAggregates read another feeder's stream, whose
+// subjects are <subjectPrefix>.<aggregate_type>.<aggregate_id> (a feeder
+// with FEEDER_STREAM and FEEDER_SUBJECT_PREFIX set), in either order of the
+// options.
+func FromStream(stream, subjectPrefix string) Option {
+	return func(d *Definition) {
+		if stream == "" {
+			d.errs = append(d.errs, "FromStream: empty stream name")
+		}
+		if err := subject.ValidPrefix(subjectPrefix); err != nil {
+			d.errs = append(d.errs, fmt.Sprintf("FromStream: subject prefix %q: %v", subjectPrefix, err))
+		}
+		d.aggStream, d.aggPrefix = stream, subjectPrefix
+	}
 }
 
 // FromSubjects streams from any JetStream subjects of stream — an external

@@ -2,6 +2,7 @@ package projector_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -9,7 +10,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 type Totals struct {
@@ -150,4 +154,93 @@ func TestPolling(t *testing.T) {
 	b.waitTotals(t, "wallet_totals", 20*time.Second)
 	b.publishWallets(t, 5, 1)
 	b.waitTotals(t, "wallet_totals", 20*time.Second)
+}
+
+// TestFromStreamReadsASecondFeeder: a second feeder publishes to its own
+// stream and subject prefix (FEEDER_STREAM, FEEDER_SUBJECT_PREFIX); a
+// projection reads it with FromAggregates and FromStream, in either order
+// of the options, and also with FromSubjects and AggregatePartitions. A
+// poisoned partition is retried from that stream (its messages are read
+// alone by subject), then skipped.
+func TestFromStreamReadsASecondFeeder(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "EVENTS_EU", Subjects: []string{"eu.>"}, AllowDirect: true}); err != nil {
+		t.Fatal(err)
+	}
+	fold := map[string]int64{}
+	for v := int64(1); v <= 4; v++ {
+		for i := range 10 {
+			id := fmt.Sprintf("eu-%d", i)
+			typ, payload := "MoneyWasAddedToWallet", fmt.Sprintf(`{"amount":%d}`, 10*v)
+			if id == "eu-3" && v == 2 {
+				payload = `{"amount":-1}` // withdrawn below: poison
+				typ = "MoneyWasWithdrawnFromWallet"
+			} else {
+				fold["wallet/"+id] += 10 * v
+			}
+			m, err := eventmsg.New("eu", eventstore.Event{Position: v*100 + int64(i), TransactionID: uint64(v*100 + int64(i)), AggregateType: "wallet",
+				AggregateID: id, Version: v, Type: typ, Payload: []byte(payload), RecordedAt: time.Now()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.js.PublishMsg(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	retries := projection.Retries(2, 10*time.Millisecond, 20*time.Millisecond)
+	defs := []*projection.Projection[Balance]{
+		walletBalance("eu_a", retries, projection.FromStream("EVENTS_EU", "eu")),
+		walletBalance("eu_b", projection.FromStream("EVENTS_EU", "eu"), retries),
+		walletBalance("eu_c", retries, projection.FromSubjects("EVENTS_EU", "eu.wallet.*"), projection.WithPartitions(projection.AggregatePartitions{})),
+	}
+	// walletBalance adds FromAggregates("wallet") first; eu_c must not mix
+	// it with FromSubjects.
+	if err := defs[2].Def().Validate(); err == nil {
+		t.Fatal("FromAggregates with FromSubjects is no error")
+	}
+	defs[2] = projection.New[Balance]("eu_c", retries, projection.FromSubjects("EVENTS_EU", "eu.wallet.*"), projection.WithPartitions(projection.AggregatePartitions{}))
+	projection.On(defs[2], func(_ context.Context, c *projection.Context[Balance], e projection.Event[MoneyWasAddedToWallet]) error {
+		c.State.Cents += e.Data.Amount
+		return nil
+	})
+	projection.On(defs[2], func(_ context.Context, c *projection.Context[Balance], e projection.Event[MoneyWasWithdrawnFromWallet]) error {
+		if e.Data.Amount < 0 {
+			return errors.New("negative withdrawal")
+		}
+		c.State.Cents -= e.Data.Amount
+		return nil
+	})
+	for _, d := range defs {
+		if err := d.Def().Validate(); err != nil {
+			t.Fatalf("%s: %v", d.Def().Name(), err)
+		}
+		b.run(t, "r1", d)
+	}
+	for _, d := range defs {
+		name := d.Def().Name()
+		devtest.Eventually(t, 20*time.Second, func() error {
+			got := b.states(t, name)
+			if got["wallet/eu-3"].Parked == nil {
+				return fmt.Errorf("%s: eu-3 not parked: %+v", name, got["wallet/eu-3"])
+			}
+			return nil
+		})
+		if err := projector.PartitionCommand(ctx, b.nc, b.js, d.Def(), 1, projector.Command{Op: "skip", Partition: "wallet/eu-3"}); err != nil {
+			t.Fatal(err)
+		}
+		devtest.Eventually(t, 20*time.Second, func() error {
+			got := b.states(t, name)
+			for k, want := range fold {
+				var bal Balance
+				_ = jsonUnmarshal(got[k].State, &bal)
+				if bal.Cents != want {
+					return fmt.Errorf("%s: %s has %d cents, want %d", name, k, bal.Cents, want)
+				}
+			}
+			return nil
+		})
+	}
 }
