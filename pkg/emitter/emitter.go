@@ -424,6 +424,14 @@ SELECT id, projection, partition, subject, generation, emit_seq, event_type, pay
 	return pg
 }
 
+// A round goes on with the next pages while the outbox has rows, up to
+// about roundRows rows or roundTime: its publishes then do not wait for a
+// page's last acknowledgements before the next page goes out.
+const (
+	roundRows = 50_000
+	roundTime = time.Second
+)
+
 func (e *Emitter) relayOnce(ctx context.Context) (int, error) {
 	e.mu.Lock()
 	acked := e.acked
@@ -465,66 +473,136 @@ func (e *Emitter) relayOnce(ctx context.Context) (int, error) {
 		clear(hold) // the read left the stalled subjects out
 	}
 	e.readAt = pg.readAt
-	var skipped []string
-	for _, r := range pg.rows {
-		if hold[r.Subject] {
-			skipped = append(skipped, r.Subject)
-		}
-	}
 	e.mu.Lock()
-	e.acked = nil // deleted, or to be deleted by the read ahead
+	e.acked = nil // deleted, or to be deleted by the reads of this round
 	e.mu.Unlock()
 	if len(batch) == 0 {
 		e.unrelayed = nil
 		return 0, nil
 	}
-	// Read the next page while this one is published; it deletes what
-	// the last round relayed and leaves out this page's rows.
-	ids := make([]int64, len(pg.rows))
-	for i, r := range pg.rows {
-		ids[i] = r.id
-	}
-	aheadDone := make(chan *page, 1)
-	go func() {
-		next := e.read(ctx, acked, ids, slices.Concat(stalledNow, skipped))
-		next.ahead = true
-		if next.err == nil {
-			e.prefetchMarks(ctx, next.rows) //nolint:errcheck // best effort; the round reads what is missing
+	en := &engine{e: e, ctx: ctx, queues: map[string]*subjectQueue{}, held: map[string]bool{},
+		refused: map[string]error{}, targets: map[string][]string{}}
+	for _, r := range pg.rows {
+		if hold[r.Subject] {
+			en.held[r.Subject] = true
 		}
-		aheadDone <- next
-	}()
-	done, refused, order, err := e.publish(ctx, batch)
-	next := <-aheadDone
-	if next.err != nil {
-		// Its deletions did not happen: the next round makes them.
-		done = append(next.deleted, done...)
-	} else if err == nil {
-		e.ahead = next
 	}
-	e.mu.Lock()
-	e.acked = done // deleted by the next round
-	e.mu.Unlock()
-	e.unrelayed = map[string]bool{}
-	for _, s := range skipped {
-		e.unrelayed[s] = true
-	}
-	for s := range refused {
-		e.unrelayed[s] = true
-	}
-	if err != nil {
+	if err := en.add(batch); err != nil {
+		e.mu.Lock()
+		e.acked = acked
+		e.mu.Unlock()
 		return 0, err
 	}
-	if len(order) == 0 {
-		return len(done), nil
+	// While a page is published, the next is read, in the statement that
+	// deletes what was relayed since the last read; it leaves out the
+	// round's rows and the subjects that have rows waiting.
+	inRound := make([]int64, 0, len(pg.rows))
+	for _, r := range pg.rows {
+		inRound = append(inRound, r.id)
 	}
-	if len(done) == 0 && allTransient(refused) {
-		// Nothing went through and nothing was refused for a reason of its
-		// own: JetStream is probably unreachable or overloaded, the relay's
-		// trouble, so it pauses as a whole. The subjects stall all the same:
-		// should only they be in trouble, the next round reads the others.
-		return 0, fmt.Errorf("emitter: %d subjects not relayed, the first %s: %w", len(order), order[0], refused[order[0]])
+	toDelete, deletedUpTo := acked, 0
+	var reading chan *page
+	launch := func() {
+		del := append(toDelete, en.done[deletedUpTo:]...)
+		toDelete, deletedUpTo = nil, len(en.done)
+		skipIDs := slices.Clone(inRound)
+		skipSubj := slices.Clone(stalledNow)
+		for s := range en.held {
+			skipSubj = append(skipSubj, s)
+		}
+		for s := range en.refused {
+			skipSubj = append(skipSubj, s)
+		}
+		ch := make(chan *page, 1)
+		reading = ch
+		go func() {
+			next := e.read(ctx, del, skipIDs, skipSubj)
+			next.ahead = true
+			if next.err == nil {
+				e.prefetchMarks(ctx, next.rows) //nolint:errcheck // best effort; the round reads what is missing
+			}
+			ch <- next
+		}()
 	}
-	return len(done), &StalledError{Subjects: order, Err: refused[order[0]]}
+	launch()
+	started := time.Now()
+	more := false // a page was added since the last read began: read on
+	for en.err == nil {
+		en.pump()
+		// The next read begins once the rows ready to go are fewer than a
+		// page: reading further ahead gains nothing, and every row read
+		// and not yet relayed is one more that the next read skips.
+		if more && reading == nil && len(en.ready) < e.cfg.BatchSize {
+			more = false
+			launch()
+		}
+		if reading != nil {
+			var next *page
+			if en.idle() {
+				next = <-reading
+			} else {
+				select {
+				case next = <-reading:
+				default:
+				}
+			}
+			if next != nil {
+				reading = nil
+				switch {
+				case next.err != nil:
+					// Its deletions did not happen: a later read makes them.
+					toDelete = append(next.deleted, toDelete...)
+					e.log.Warn("reading the outbox ahead failed; the round ends with what it has", "error", next.err)
+				case len(next.rows) == 0:
+				case len(inRound) < roundRows && time.Since(started) < roundTime:
+					var rows []row
+					for _, r := range next.rows {
+						inRound = append(inRound, r.id)
+						// A subject refused or held since the read began
+						// may have rows in it: they wait with the others.
+						if en.held[r.Subject] || en.refused[r.Subject] != nil {
+							en.held[r.Subject] = true
+							continue
+						}
+						rows = append(rows, r)
+					}
+					if err := en.add(rows); err != nil {
+						en.err = err
+						continue
+					}
+					more = true
+					continue
+				default:
+					e.ahead = next
+				}
+			}
+		}
+		if en.idle() {
+			if reading == nil && !more {
+				break
+			}
+			continue
+		}
+		en.waitHead()
+	}
+	if reading != nil {
+		if next := <-reading; next.err != nil {
+			toDelete = append(next.deleted, toDelete...)
+		} else if en.err == nil {
+			e.ahead = next
+		}
+	}
+	e.mu.Lock()
+	e.acked = append(toDelete, en.done[deletedUpTo:]...) // deleted by the next round
+	e.mu.Unlock()
+	e.unrelayed = en.held
+	for s := range en.refused {
+		e.unrelayed[s] = true
+	}
+	if en.err != nil {
+		return 0, en.err
+	}
+	return en.finish()
 }
 
 // target is a stream and subject a derived event goes to.
@@ -537,116 +615,153 @@ type flight struct {
 	fut    jetstream.PubAckFuture
 }
 
-// subjectQueue is one subject's rows of a page, published in order, one
+// subjectQueue is one subject's rows of a round, published in order, one
 // at a time.
 type subjectQueue struct {
 	subj    string
 	rows    []*row
-	next    int // the row being published
-	busy    int // its publishes not yet acknowledged
+	next    int  // the row being published
+	busy    int  // its publishes not yet acknowledged
+	ready   bool // in the ready list
 	refused bool
 }
 
-// publish publishes batch: up to maxInFlight events in flight across
-// subjects, a subject's next row only once every publish of the one
+// engine publishes a round's rows: up to maxInFlight events in flight
+// across subjects, a subject's next row only once every publish of the one
 // before was acknowledged — were two of one subject in flight together,
 // the first could fail while the second lands, and the stream's last mark
-// would then hide the first from every later round. It returns the ids of
-// the rows relayed (or dropped: their projection's stream is gone), the
-// subjects JetStream refused with their errors, in order, and an error
-// when the round must stop.
-func (e *Emitter) publish(ctx context.Context, batch []row) (done []int64, refused map[string]error, order []string, err error) {
-	if err := e.prefetchMarks(ctx, batch); err != nil {
-		return nil, nil, nil, err
+// would then hide the first from every later round.
+type engine struct {
+	e        *Emitter
+	ctx      context.Context
+	queues   map[string]*subjectQueue
+	ready    []*subjectQueue
+	inFlight []flight
+	head     int
+	// done are the ids of the rows relayed (or dropped: their projection's
+	// stream is gone), in the order they were.
+	done []int64
+	// held are the subjects with rows left out of the round, refused the
+	// subjects JetStream refused with their first error, in order, and
+	// targets every subject a refused row went to: their marks are read
+	// again next time (a refused publish may have landed after all).
+	held    map[string]bool
+	refused map[string]error
+	order   []string
+	targets map[string][]string
+	gone    []string
+	err     error // the round must stop
+}
+
+// add queues rows, which follow the rows added before.
+func (en *engine) add(rows []row) error {
+	if err := en.e.prefetchMarks(en.ctx, rows); err != nil {
+		return err
 	}
-	queues := map[string]*subjectQueue{}
-	var ready []*subjectQueue
-	for i := range batch {
-		r := &batch[i]
-		q := queues[r.Subject]
+	for i := range rows {
+		r := &rows[i]
+		q := en.queues[r.Subject]
 		if q == nil {
 			q = &subjectQueue{subj: r.Subject}
-			queues[r.Subject] = q
-			ready = append(ready, q)
+			en.queues[r.Subject] = q
 		}
 		q.rows = append(q.rows, r)
-	}
-	var gone []string
-	refused = map[string]error{}
-	// targets are the subjects a refused row went to: their marks are read
-	// again next time (a refused publish may have landed after all).
-	targets := map[string][]string{}
-	refuse := func(q *subjectQueue, err error) {
-		q.refused = true
-		if _, ok := refused[q.subj]; !ok {
-			refused[q.subj] = err
-			order = append(order, q.subj)
+		if !q.ready && q.busy == 0 && !q.refused && q.next == len(q.rows)-1 {
+			q.ready = true
+			en.ready = append(en.ready, q)
 		}
 	}
-	// settled moves q on once its row's publishes are all acknowledged.
-	settled := func(q *subjectQueue) {
-		if q.busy > 0 || q.refused {
-			return
-		}
-		done = append(done, q.rows[q.next].id)
-		delete(e.stalls, q.subj) // flowing again
-		q.next++
-		if q.next < len(q.rows) {
-			ready = append(ready, q)
-		}
+	return nil
+}
+
+func (en *engine) refuse(q *subjectQueue, err error) {
+	q.refused = true
+	if _, ok := en.refused[q.subj]; !ok {
+		en.refused[q.subj] = err
+		en.order = append(en.order, q.subj)
 	}
-	var inFlight []flight
-	head := 0
-	for {
-		for len(inFlight)-head < maxInFlight && len(ready) > 0 {
-			q := ready[0]
-			ready = ready[1:]
-			if e.send(ctx, q, &inFlight, targets, refuse, &gone) {
-				done = append(done, q.rows[q.next].id) // dropped with its projection
-				q.next++
-				if q.next < len(q.rows) {
-					ready = append(ready, q)
-				}
-				continue
+}
+
+// settled moves q on once its row's publishes are all acknowledged.
+func (en *engine) settled(q *subjectQueue) {
+	if q.busy > 0 || q.refused {
+		return
+	}
+	en.done = append(en.done, q.rows[q.next].id)
+	delete(en.e.stalls, q.subj) // flowing again
+	q.next++
+	if q.next < len(q.rows) {
+		q.ready = true
+		en.ready = append(en.ready, q)
+	}
+}
+
+// idle reports whether nothing is in flight or ready to go.
+func (en *engine) idle() bool { return en.head == len(en.inFlight) && len(en.ready) == 0 }
+
+// pump sends ready rows while there is room in flight.
+func (en *engine) pump() {
+	for len(en.inFlight)-en.head < maxInFlight && len(en.ready) > 0 {
+		q := en.ready[0]
+		en.ready[0] = nil
+		en.ready = en.ready[1:]
+		q.ready = false
+		if en.e.send(en, q) {
+			en.done = append(en.done, q.rows[q.next].id) // dropped with its projection
+			q.next++
+			if q.next < len(q.rows) {
+				q.ready = true
+				en.ready = append(en.ready, q)
 			}
-			settled(q)
+			continue
 		}
-		if head == len(inFlight) {
-			break
-		}
-		f := inFlight[head]
-		inFlight[head] = flight{}
-		head++
-		select {
-		case ack := <-f.fut.Ok():
-			if err := e.marks.Acked(ctx, f.fut.Msg(), ack); err != nil {
-				if errors.Is(err, derived.ErrUnexpectedDuplicate) {
-					e.duplicates.Inc()
-					e.log.Error("derived event discarded by JetStream as a duplicate of another message; its subject stalls", "subject", f.q.subj, "error", err)
-				}
-				refuse(f.q, err)
-			} else {
-				e.emitted.Inc()
+		en.settled(q)
+	}
+	if en.head == len(en.inFlight) && en.head > 0 {
+		en.inFlight, en.head = en.inFlight[:0], 0
+	}
+}
+
+// waitHead waits for the oldest publish in flight to be acknowledged.
+func (en *engine) waitHead() {
+	f := en.inFlight[en.head]
+	en.inFlight[en.head] = flight{}
+	en.head++
+	select {
+	case ack := <-f.fut.Ok():
+		if err := en.e.marks.Acked(en.ctx, f.fut.Msg(), ack); err != nil {
+			if errors.Is(err, derived.ErrUnexpectedDuplicate) {
+				en.e.duplicates.Inc()
+				en.e.log.Error("derived event discarded by JetStream as a duplicate of another message; its subject stalls", "subject", f.q.subj, "error", err)
 			}
-		case err := <-f.fut.Err():
-			refuse(f.q, fmt.Errorf("publish %s: %w", f.target, err))
-		case <-ctx.Done():
-			return done, refused, order, ctx.Err()
+			en.refuse(f.q, err)
+		} else {
+			en.e.emitted.Inc()
 		}
-		f.q.busy--
-		settled(f.q)
+	case err := <-f.fut.Err():
+		en.refuse(f.q, fmt.Errorf("publish %s: %w", f.target, err))
+	case <-en.ctx.Done():
+		en.err = en.ctx.Err()
+		return
 	}
-	if len(gone) > 0 {
-		e.log.Warn("dropped derived events of projections without a stream (deleted?)", "projections", gone)
+	f.q.busy--
+	en.settled(f.q)
+}
+
+// finish stalls the refused subjects and reports the round.
+func (en *engine) finish() (int, error) {
+	e := en.e
+	if len(en.gone) > 0 {
+		e.log.Warn("dropped derived events of projections without a stream (deleted?)", "projections", slices.Compact(slices.Sorted(slices.Values(en.gone))))
 	}
-	if len(order) == 0 {
-		return done, refused, order, nil
+	if len(en.order) == 0 {
+		return len(en.done), nil
 	}
 	// Pauses count from the round's end: a round slower than a pause
 	// would otherwise read the same stalled subjects again first.
 	end := time.Now()
-	for _, subj := range order {
-		e.marks.Drop(targets[subj]...)
+	for _, subj := range en.order {
+		e.marks.Drop(en.targets[subj]...)
 		s := e.stalls[subj]
 		if s == nil {
 			s = &stall{wait: stallFirst}
@@ -656,36 +771,43 @@ func (e *Emitter) publish(ctx context.Context, batch []row) (done []int64, refus
 		}
 		s.until = end.Add(s.wait)
 	}
-	return done, refused, order, nil
+	if len(en.done) == 0 && allTransient(en.refused) {
+		// Nothing went through and nothing was refused for a reason of its
+		// own: JetStream is probably unreachable or overloaded, the relay's
+		// trouble, so it pauses as a whole. The subjects stall all the same:
+		// should only they be in trouble, the next round reads the others.
+		return 0, fmt.Errorf("emitter: %d subjects not relayed, the first %s: %w", len(en.order), en.order[0], en.refused[en.order[0]])
+	}
+	return len(en.done), &StalledError{Subjects: en.order, Err: en.refused[en.order[0]]}
 }
 
 // send publishes q's current row to its targets the streams do not hold
-// yet, adding the publishes to inFlight; it reports whether the row is to
+// yet, adding the publishes to en's in flight; it reports whether the row is to
 // be dropped because its projection's stream is gone.
-func (e *Emitter) send(ctx context.Context, q *subjectQueue, inFlight *[]flight, targets map[string][]string,
-	refuse func(*subjectQueue, error), gone *[]string) bool {
+func (e *Emitter) send(en *engine, q *subjectQueue) bool {
+	ctx := en.ctx
 	r := q.rows[q.next]
 	to := []target{{projector.OwnStream(r.Projection), r.Subject}}
 	if r.LinkTo != "" {
 		ls, lsubj, err := e.marks.Link(ctx, r.LinkTo, r.Subject, e.cfg.Replicas)
 		if err != nil {
-			refuse(q, err)
+			en.refuse(q, err)
 			return false
 		}
 		to = append(to, target{ls, lsubj})
 	}
 	m := r.Mark()
 	for _, t := range to {
-		targets[q.subj] = append(targets[q.subj], t.subj)
+		en.targets[q.subj] = append(en.targets[q.subj], t.subj)
 		last, err := e.marks.Last(ctx, t.stream, t.subj)
 		if errors.Is(err, jetstream.ErrStreamNotFound) && t.stream == to[0].stream {
-			*gone = append(*gone, r.Projection) // deleted projection: drop its rows, links too
+			en.gone = append(en.gone, r.Projection) // deleted projection: drop its rows, links too
 			return true
 		}
 		// A linked stream removed since it was ensured is created again
 		// next time: Last forgets it was ensured.
 		if err != nil {
-			refuse(q, err)
+			en.refuse(q, err)
 			return false
 		}
 		if !last.Before(m) {
@@ -703,10 +825,10 @@ func (e *Emitter) send(ctx context.Context, q *subjectQueue, inFlight *[]flight,
 		}
 		fut, err := e.js.PublishMsgAsync(msg)
 		if err != nil {
-			refuse(q, fmt.Errorf("publish %s: %w", t.subj, err))
+			en.refuse(q, fmt.Errorf("publish %s: %w", t.subj, err))
 			return false
 		}
-		*inFlight = append(*inFlight, flight{q, t.subj, fut})
+		en.inFlight = append(en.inFlight, flight{q, t.subj, fut})
 		q.busy++
 	}
 	return false

@@ -985,3 +985,89 @@ VALUES ('wallet_balance', $1, $2, $3, 1, 'WalletBalanceWasChanged', '{}', 1)`,
 		t.Fatalf("w1's event has id %q", id)
 	}
 }
+
+// With pages much smaller than the outbox, a round reads page after page
+// while it publishes: a subject refused in one page keeps its rows of the
+// later pages in the outbox, in order, while the other subjects' rows of
+// every page go out; once the cause is gone, the refused subject's rows go
+// out in order, each once.
+func TestRefusedSubjectWaitsAcrossPages(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	const seqs = 20
+	for seq := 1; seq <= seqs; seq++ {
+		for _, w := range []string{"w1", "w2", "w3"} {
+			link := ""
+			if w == "w1" && seq == 3 {
+				link = "foreign" // refused: w1 stops at its third event
+			}
+			if _, err := b.pool.Exec(ctx, `INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, emit_seq, event_type, payload, source_seq, link_to)
+VALUES ('wallet_balance', $1, $2, '', $3, 'WalletBalanceWasChanged', '{}', $3, $4)`,
+				"wallet/"+w, projector.EmitSubject("wallet_balance", "wallet/"+w), seq, link); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	nc, err := nats.Connect(b.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	e, err := emitter.New(emitter.Config{BatchSize: 4}, b.pool, nc, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perSubject := func() map[string][]string {
+		out := map[string][]string{}
+		for _, d := range b.derived(t) {
+			out[d.subject] = append(out[d.subject], d.id)
+		}
+		return out
+	}
+	want := func(w string, n int) []string {
+		var ids []string
+		for seq := 1; seq <= n; seq++ {
+			ids = append(ids, fmt.Sprintf("wallet_balance:0:wallet/%s:%d", w, seq))
+		}
+		return ids
+	}
+	subj := func(w string) string { return projector.EmitSubject("wallet_balance", "wallet/"+w) }
+	devtest.Eventually(t, 20*time.Second, func() error {
+		if _, err := e.RelayOnce(ctx); err != nil && !errors.As(err, new(*emitter.StalledError)) {
+			return err
+		}
+		got := perSubject()
+		for w, n := range map[string]int{"w1": 2, "w2": seqs, "w3": seqs} {
+			if !slices.Equal(got[subj(w)], want(w, n)) {
+				return fmt.Errorf("%s: stream holds %v; want %d events in order", w, got[subj(w)], n)
+			}
+		}
+		return nil
+	})
+	var waiting int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox WHERE partition = 'wallet/w1'`).Scan(&waiting); err != nil {
+		t.Fatal(err)
+	}
+	if waiting != seqs-2 {
+		t.Fatalf("%d rows of the refused subject in the outbox; want %d", waiting, seqs-2)
+	}
+	if err := b.js.DeleteStream(ctx, "foreign"); err != nil {
+		t.Fatal(err)
+	}
+	devtest.Eventually(t, 40*time.Second, func() error {
+		if _, err := e.RelayOnce(ctx); err != nil && !errors.As(err, new(*emitter.StalledError)) {
+			return err
+		}
+		if got := perSubject()[subj("w1")]; !slices.Equal(got, want("w1", seqs)) {
+			return fmt.Errorf("w1: stream holds %v", got)
+		}
+		return nil
+	})
+}

@@ -11,6 +11,7 @@
 //	feeder     feeder backfill against a raw relay, and live append latency
 //	projector  projection catch-up, rebuild, replica scaling and memory
 //	pipeline   append → derived event latency through feeder, projector and emitter
+//	emitter    the emitter draining the outbox against a raw async publish
 //
 // Run "go run ./internal/cmd/bench <benchmark> -h" for a benchmark's flags.
 // The first interrupt stops the benchmark and cleans up; a second one exits
@@ -45,9 +46,10 @@ var commands = map[string]command{
 	"feeder":    {"feeder backfill against a raw relay, and live append latency", runFeeder},
 	"projector": {"projection catch-up, rebuild, replica scaling and memory", runProjector},
 	"pipeline":  {"append → derived event latency through feeder, projector and emitter", runPipeline},
+	"emitter":   {"the emitter draining the outbox against a raw async publish", bench.RunEmitterCommand},
 }
 
-var commandOrder = []string{"feeder", "projector", "pipeline"}
+var commandOrder = []string{"feeder", "projector", "pipeline", "emitter"}
 
 // childCommand is the hidden command the projector benchmark starts itself
 // with to measure a projector's memory in a process of its own.
