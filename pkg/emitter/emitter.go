@@ -57,7 +57,7 @@ const (
 // Config configures the emitter.
 type Config struct {
 	Name         string        `env:"EMITTER_NAME" envDefault:"emitter" doc:"Lease key: one active emitter per name."`
-	BatchSize    int           `env:"EMITTER_BATCH_SIZE" envDefault:"500" doc:"Outbox rows relayed per round."`
+	BatchSize    int           `env:"EMITTER_BATCH_SIZE" envDefault:"5000" doc:"Outbox rows read per page (a round reads pages while it publishes)."`
 	PollInterval time.Duration `env:"EMITTER_POLL_INTERVAL" envDefault:"1s" doc:"Fallback poll when no notification arrives."`
 	LeaseTTL     time.Duration `env:"EMITTER_LEASE_TTL" envDefault:"10s" doc:"Lease time to live: a standby takes over at most this long after the active emitter died."`
 	Replicas     int           `env:"EMITTER_STREAM_REPLICAS" envDefault:"1" doc:"Replicas of the emitter's lease bucket and of the linked streams it creates."`
@@ -87,7 +87,7 @@ func (c Config) withDefaults() Config {
 		c.Name = "emitter"
 	}
 	if c.BatchSize == 0 {
-		c.BatchSize = 500
+		c.BatchSize = 5000
 	}
 	if c.PollInterval == 0 {
 		c.PollInterval = time.Second
