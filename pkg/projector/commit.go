@@ -54,6 +54,13 @@ func (r *runner) process(ctx context.Context, msgs []projection.Message, behind 
 			}
 			r.setRec(p, rec)
 			sl.parts.put(p)
+		} else if r.eventPrefix == "" && p.x != nil && p.x.subject != "" && p.x.subject != multiSubjects && meta.Subject != p.x.subject &&
+			meta.Sequence > p.seq {
+			// A custom provider put messages of several subjects in this
+			// partition: it can no longer be read alone by subject.
+			// Stored at once, with the batch.
+			p.x.subject = multiSubjects
+			r.markDirty(p)
 		}
 		if f := p.failure(); meta.Sequence <= p.seq || (f != nil && !f.retrying) {
 			if f != nil && f.fetching && meta.Sequence > f.limit && meta.Sequence > p.seq {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -243,4 +245,73 @@ func TestFromStreamReadsASecondFeeder(t *testing.T) {
 			return nil
 		})
 	}
+}
+
+// lastToken places a message in the partition named by its subject's last
+// token: multi.a.k and multi.b.k are both partition k.
+type lastToken struct{}
+
+func (lastToken) Partition(m projection.Message) (string, error) {
+	return m.Subject[strings.LastIndexByte(m.Subject, '.')+1:], nil
+}
+
+// TestPartitionOfSeveralSubjectsLosesNothingOnRetry: a custom
+// PartitionProvider puts the messages of two subjects in one partition.
+// Its retry read only the first subject it saw and lost the other's
+// events (issue 14); now such a partition is read again from the stream.
+func TestPartitionOfSeveralSubjectsLosesNothingOnRetry(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "MULTI", Subjects: []string{"multi.>"}, AllowDirect: true}); err != nil {
+		t.Fatal(err)
+	}
+	var poison atomic.Bool
+	poison.Store(true)
+	type Sum struct{ N int }
+	p := projection.New[Sum]("multi_sums", projection.FromSubjects("MULTI", "multi.>"), projection.WithPartitions(lastToken{}),
+		projection.Retries(2, 10*time.Millisecond, 20*time.Millisecond))
+	projection.OnAny(p, func(_ context.Context, c *projection.Context[Sum], m projection.Meta) error {
+		if string(m.Raw) == "poison" && poison.Load() {
+			return errors.New("poison")
+		}
+		c.State.N++
+		return nil
+	})
+	publish := func(subj, body string) {
+		if _, err := b.js.Publish(ctx, subj, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		publish(fmt.Sprintf("multi.a.k%d", i%2), "x")
+		publish(fmt.Sprintf("multi.b.k%d", i%2), "x")
+	}
+	publish("multi.a.k0", "poison")
+	for i := range 5 {
+		publish(fmt.Sprintf("multi.b.k%d", i%2), "x")
+		publish(fmt.Sprintf("multi.a.k%d", i%2), "x")
+	}
+	b.run(t, "r1", p)
+	devtest.Eventually(t, 20*time.Second, func() error {
+		if got := b.states(t, "multi_sums")["k0"]; got.Parked == nil {
+			return fmt.Errorf("k0 not parked: %+v", got)
+		}
+		return nil
+	})
+	poison.Store(false) // the fix
+	if err := projector.PartitionCommand(ctx, b.nc, b.js, p.Def(), 1, projector.Command{Op: "retry", Partition: "k0"}); err != nil {
+		t.Fatal(err)
+	}
+	devtest.Eventually(t, 20*time.Second, func() error {
+		got := b.states(t, "multi_sums")
+		for k, want := range map[string]int{"k0": 13, "k1": 8} {
+			var s Sum
+			_ = jsonUnmarshal(got[k].State, &s)
+			if s.N != want {
+				return fmt.Errorf("%s: %d events applied, want %d", k, s.N, want)
+			}
+		}
+		return nil
+	})
 }

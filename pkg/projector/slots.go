@@ -24,9 +24,19 @@ func (r *runner) derivedSubject(key string) string {
 	return r.eventPrefix + "." + typ + "." + subject.EncodeToken(id)
 }
 
-// subjectOf is the subject to read a partition alone with.
+// multiSubjects is the stored subject of a partition whose messages come
+// on several subjects (a custom PartitionProvider): it cannot be read
+// alone by subject, so its retries, skips and rebuilds read the stream
+// again from its position, as a global projection's do.
+const multiSubjects = "*"
+
+// subjectOf is the subject to read a partition alone with; empty when
+// there is none (the stream is read again from the partition's position).
 func (r *runner) subjectOf(p *part) string {
 	if p.x != nil && p.x.subject != "" {
+		if p.x.subject == multiSubjects {
+			return ""
+		}
 		return p.x.subject
 	}
 	return r.derivedSubject(p.key())
