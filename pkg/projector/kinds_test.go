@@ -158,6 +158,30 @@ func TestPolling(t *testing.T) {
 	b.waitTotals(t, "wallet_totals", 20*time.Second)
 }
 
+// TestPollingDrainsABacklogAtOneTick: a tick takes everything that
+// arrived, batch after batch (it took one batch per interval: 2,000 events
+// in batches of 20 every second would take 100 s); and between ticks the
+// projection does not look (events written one by one over two intervals
+// are handled in a few batches, not one each).
+func TestPollingDrainsABacklogAtOneTick(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.publishWallets(t, 200, 9)
+	_, reg := b.runWithRegistry(t, "r1", walletBalance("wallet_polled", projection.WithPolling(time.Second), projection.BatchSize(20)))
+	b.waitFold(t, "wallet_polled", 20*time.Second)
+	before, _ := histogram(t, reg, "jetproj_projector_batch_messages")
+	pace := time.NewTicker(25 * time.Millisecond) // pacing the writes, not synchronising
+	defer pace.Stop()
+	for i := range 80 {
+		<-pace.C
+		b.publish(t, fmt.Sprintf("w%d", i%200), "MoneyWasAddedToWallet", `{"amount":1}`)
+	}
+	b.waitFold(t, "wallet_polled", 20*time.Second)
+	if after, _ := histogram(t, reg, "jetproj_projector_batch_messages"); after-before > 20 {
+		t.Fatalf("%d batches for 80 events written over 2 s with a 1 s interval: the projection did not wait for its ticks", after-before)
+	}
+}
+
 // TestFromStreamReadsASecondFeeder: a second feeder publishes to its own
 // stream and subject prefix (FEEDER_STREAM, FEEDER_SUBJECT_PREFIX); a
 // projection reads it with FromAggregates and FromStream, in either order

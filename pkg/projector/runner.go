@@ -90,6 +90,8 @@ type runner struct {
 	caps       Capabilities // what the store can do
 	batchErrs  int
 	pauseUntil time.Time
+	// draining: a polling projection takes what its last tick found.
+	draining bool
 	// consFailing counts consumer starts that failed in a row.
 	consFailing int
 	consBackoff jsretry.Backoff
@@ -262,8 +264,9 @@ func (r *runner) run(ctx context.Context) error {
 		got := false
 		var tick <-chan time.Time
 		msgs := r.cons.msgs
-		if r.spec.Mode == projection.Polling {
-			// Polling projections look at what arrived once per interval.
+		if r.spec.Mode == projection.Polling && !r.draining {
+			// Polling projections look at what arrived once per interval,
+			// and then take all of it, batch after batch.
 			tick, msgs = time.After(r.spec.Interval), nil
 		}
 		// Whatever wakes the loop is a step the liveness check watches
@@ -324,6 +327,9 @@ func (r *runner) run(ctx context.Context) error {
 		// Behind: at least another full batch waits.
 		last := batch[len(batch)-1]
 		r.process(ctx, batch, last.Pending >= uint64(r.spec.BatchSize) || (len(batch) >= r.spec.BatchSize && len(r.cons.msgs) > 0))
+		// A polling projection drains what its tick found, then waits for
+		// the next one.
+		r.draining = r.spec.Mode == projection.Polling && (last.Pending > 0 || len(r.cons.msgs) > 0)
 		clear(batch) // let the messages go; the buffer is reused
 	}
 }
