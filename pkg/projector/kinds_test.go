@@ -339,3 +339,75 @@ func TestPartitionOfSeveralSubjectsLosesNothingOnRetry(t *testing.T) {
 		return nil
 	})
 }
+
+// TestGlobalPoisonRetryAndSkip: a global projection's only partition
+// parks on a poison event (nothing of its batch is applied), a
+// retry after the fix applies it and everything after it, and a skip
+// passes over the next poison event alone.
+func TestGlobalPoisonRetryAndSkip(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	var broken atomic.Bool
+	broken.Store(true)
+	type Seen struct {
+		N      int   `json:"n"`
+		Amount int64 `json:"amount"`
+	}
+	p := projection.New[Seen]("global_poison", projection.FromAggregates("wallet"), projection.AsGlobal(),
+		projection.Retries(2, 10*time.Millisecond, 20*time.Millisecond))
+	projection.On(p, func(_ context.Context, c *projection.Context[Seen], e projection.Event[MoneyWasAddedToWallet]) error {
+		switch {
+		case e.Data.Amount == 13 && broken.Load():
+			return errors.New("unlucky until fixed")
+		case e.Data.Amount == 666:
+			return errors.New("poison for good")
+		}
+		c.State.N++
+		c.State.Amount += e.Data.Amount
+		return nil
+	})
+	parked := func(event int64) {
+		t.Helper()
+		devtest.Eventually(t, 20*time.Second, func() error {
+			r := b.states(t, "global_poison")[projection.GlobalPartition]
+			if r.Parked == nil || r.Parked.EventType != "MoneyWasAddedToWallet" {
+				return fmt.Errorf("not parked on the event of %d: %+v", event, r.Parked)
+			}
+			return nil
+		})
+	}
+	seen := func(n int, amount int64) {
+		t.Helper()
+		devtest.Eventually(t, 20*time.Second, func() error {
+			var s Seen
+			_ = jsonUnmarshal(b.states(t, "global_poison")[projection.GlobalPartition].State, &s)
+			if s.N != n || s.Amount != amount {
+				return fmt.Errorf("%+v, want %d events, %d in all", s, n, amount)
+			}
+			return nil
+		})
+	}
+	for i := range 10 {
+		b.publish(t, fmt.Sprintf("w%d", i), "MoneyWasAddedToWallet", `{"amount":1}`)
+	}
+	b.publish(t, "w1", "MoneyWasAddedToWallet", `{"amount":13}`)
+	for i := range 5 {
+		b.publish(t, fmt.Sprintf("w%d", i), "MoneyWasAddedToWallet", `{"amount":100}`)
+	}
+	b.run(t, "r1", p)
+	parked(13)
+	seen(0, 0) // a partition's batch is all or nothing: it stays before it
+	broken.Store(false)
+	if err := projector.PartitionCommand(ctx, b.nc, b.js, p.Def(), 1, projector.Command{Op: "retry", Partition: projection.GlobalPartition}); err != nil {
+		t.Fatal(err)
+	}
+	seen(16, 10+13+500)
+	b.publish(t, "w2", "MoneyWasAddedToWallet", `{"amount":666}`)
+	b.publish(t, "w3", "MoneyWasAddedToWallet", `{"amount":7}`)
+	parked(666)
+	if err := projector.PartitionCommand(ctx, b.nc, b.js, p.Def(), 1, projector.Command{Op: "skip", Partition: projection.GlobalPartition}); err != nil {
+		t.Fatal(err)
+	}
+	seen(17, 10+13+500+7)
+}
