@@ -51,6 +51,10 @@ bench-feeder: ## Benchmark the feeder against the raw relay, and live latency
 bench-projector: ## Benchmark the projector: KV state, rebuild, replica scaling, memory
 	$(GO) run ./internal/cmd/bench projector
 
+.PHONY: bench-pipeline
+bench-pipeline: ## Benchmark the whole pipeline (feeder, projector, emitter processes) against the feeder alone
+	$(GO) run ./internal/cmd/bench pipeline-throughput
+
 .PHONY: fuzz
 fuzz: ## Fuzz the subject token encoding for 30s each
 	$(GO) test ./pkg/subject -run '^$$' -fuzz FuzzTokenRoundTrip -fuzztime 30s

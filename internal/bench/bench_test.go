@@ -89,3 +89,58 @@ func TestStartServers(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 }
+
+// TestPipelineThroughput runs the pipeline throughput benchmark's whole
+// code path on a small scale — service binaries built from ./services, a
+// nats-server process, both pipelines and every check — so that it cannot
+// rot.
+func TestPipelineThroughput(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	srv, err := bench.StartServersWith(ctx, bench.ServerOptions{FastPostgres: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	target := srv.Target()
+	if !target.NATSProcess || target.NATSNoSync {
+		t.Errorf("target: got %+v, want a NATS process", target)
+	}
+	var progress bytes.Buffer
+	res, err := bench.PipelineThroughput(ctx, target, srv.NATSProc.PID(), bench.ThroughputOptions{
+		Events: 2000, Wallets: 200, Rounds: 1, Progress: &progress,
+	})
+	if err != nil {
+		t.Fatalf("PipelineThroughput: %v\nprogress:\n%s", err, progress.String())
+	}
+	if got, want := len(res.Feeder), 1; got != want {
+		t.Errorf("feeder runs: got %d, want %d", got, want)
+	}
+	for _, name := range bench.ThroughputProjections {
+		runs := res.Pipelines[name]
+		if len(runs) != 1 || runs[0].Events != 2000 || runs[0].Rate() <= 0 {
+			t.Errorf("%s runs: got %+v, want one of 2000 events at a positive rate", name, runs)
+		}
+	}
+	if runs := res.Pipelines["wallet_balance"]; len(runs) == 1 && runs[0].Derived < 200 {
+		t.Errorf("wallet_balance derived events: got %d, want at least one per wallet (200)", runs[0].Derived)
+	}
+	sum := res.Summary()
+	for _, want := range []string{"feeder alone", "wallet_balance ", "wallet_balance_kv", "nats-server process"} {
+		if !strings.Contains(sum, want) {
+			t.Errorf("summary lacks %q:\n%s", want, sum)
+		}
+	}
+	md := res.Markdown("go run ./internal/cmd/bench pipeline-throughput -events 2000")
+	if want := "| " + res.Date.Format(time.DateOnly) + " | `go run ./internal/cmd/bench pipeline-throughput -events 2000` | 2000 |"; !strings.Contains(md, want) {
+		t.Errorf("markdown lacks %q:\n%s", want, md)
+	}
+	dir := srv.NATSProc.Dir()
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("nats-server directory %s not removed: %v", dir, err)
+	}
+}

@@ -16,13 +16,44 @@ type Target struct {
 	NATSURL     string
 	// NATSNoSync records how the NATS server was started, for the report.
 	NATSNoSync bool
+	// NATSProcess is set when NATS runs as a process of its own (not
+	// embedded in the benchmark's process).
+	NATSProcess bool
+	// PGDurable is set when PostgreSQL runs with its default settings
+	// (fsync on).
+	PGDurable bool
+}
+
+// Describe is the servers in words, for reports.
+func (t Target) Describe() string {
+	n := fmt.Sprintf("NATS embedded in the benchmark's process, NoSync=%t", t.NATSNoSync)
+	if t.NATSProcess {
+		n = "NATS a separate nats-server process (default settings)"
+	}
+	pg := "PostgreSQL throwaway, fsync off"
+	if t.PGDurable {
+		pg = "PostgreSQL throwaway, default settings (fsync on)"
+	}
+	return n + "; " + pg
+}
+
+// ServerOptions choose the servers StartServersWith starts.
+type ServerOptions struct {
+	// EmbeddedNATS runs NATS in this process (NoSync) rather than as a
+	// nats-server process of its own with default settings.
+	EmbeddedNATS bool
+	// FastPostgres turns fsync off; the default keeps PostgreSQL's default
+	// settings (fsync on).
+	FastPostgres bool
 }
 
 // Servers are a throwaway PostgreSQL cluster and an embedded NATS server,
 // both on loopback, started for one benchmark program.
 type Servers struct {
 	Postgres *devenv.Postgres
+	// NATS is the embedded server, NATSProc the separate one: one is set.
 	NATS     *devenv.NATS
+	NATSProc *NATSProcess
 	target   Target
 }
 
@@ -52,6 +83,43 @@ func StartServers(ctx context.Context) (*Servers, error) {
 	return s, nil
 }
 
+// StartServersWith starts a throwaway PostgreSQL cluster with a fresh
+// database and a NATS server as o asks. The defaults are the headline
+// setting: nats-server as its own process with default settings, built from
+// the module in go.mod, and PostgreSQL with fsync on. Close stops both and
+// removes their directories.
+func StartServersWith(ctx context.Context, o ServerOptions) (*Servers, error) {
+	pg, err := devenv.StartPostgres(ctx, devenv.PostgresOptions{Durable: !o.FastPostgres})
+	if err != nil {
+		return nil, err
+	}
+	s := &Servers{Postgres: pg}
+	dbURL, err := pg.CreateDatabase(ctx, "bench")
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.target = Target{DatabaseURL: dbURL, PGDurable: !o.FastPostgres}
+	if o.EmbeddedNATS {
+		n, err := devenv.StartNATS(ctx, devenv.NATSOptions{NoSync: true})
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.NATS = n
+		s.target.NATSURL, s.target.NATSNoSync = n.URL(), true
+		return s, nil
+	}
+	n, err := StartNATSProcess(ctx)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.NATSProc = n
+	s.target.NATSURL, s.target.NATSProcess = n.URL(), true
+	return s, nil
+}
+
 // Target is what benchmarks run against.
 func (s *Servers) Target() Target { return s.target }
 
@@ -61,6 +129,10 @@ func (s *Servers) Close() error {
 	if s.NATS != nil {
 		s.NATS.Close()
 		s.NATS = nil
+	}
+	if s.NATSProc != nil {
+		s.NATSProc.Close()
+		s.NATSProc = nil
 	}
 	if s.Postgres != nil {
 		if err := s.Postgres.Close(); err != nil {

@@ -12,6 +12,9 @@
 //	projector  projection catch-up, rebuild, replica scaling and memory
 //	pipeline   append → derived event latency through feeder, projector and emitter
 //	emitter    the emitter draining the outbox against a raw async publish
+//	pipeline-throughput
+//	           200k stored events through feeder, projector and emitter processes
+//	           against the feeder alone (separate nats-server, PostgreSQL fsync on)
 //
 // Run "go run ./internal/cmd/bench <benchmark> -h" for a benchmark's flags.
 // The first interrupt stops the benchmark and cleans up; a second one exits
@@ -47,9 +50,11 @@ var commands = map[string]command{
 	"projector": {"projection catch-up, rebuild, replica scaling and memory", runProjector},
 	"pipeline":  {"append → derived event latency through feeder, projector and emitter", runPipeline},
 	"emitter":   {"the emitter draining the outbox against a raw async publish", bench.RunEmitterCommand},
+	"pipeline-throughput": {"stored events through feeder, projector and emitter processes vs the feeder alone",
+		runPipelineThroughput},
 }
 
-var commandOrder = []string{"feeder", "projector", "pipeline", "emitter"}
+var commandOrder = []string{"feeder", "projector", "pipeline", "pipeline-throughput", "emitter"}
 
 // childCommand is the hidden command the projector benchmark starts itself
 // with to measure a projector's memory in a process of its own.
@@ -101,7 +106,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: go run ./internal/cmd/bench <benchmark> [flags]")
 	fmt.Fprintln(w, "benchmarks:")
 	for _, name := range commandOrder {
-		fmt.Fprintf(w, "  %-10s %s\n", name, commands[name].summary)
+		fmt.Fprintf(w, "  %-20s %s\n", name, commands[name].summary)
 	}
 }
 
@@ -288,4 +293,50 @@ func runPipeline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			}
 			return bench.Pipeline(ctx, t, o)
 		})
+}
+
+func runPipelineThroughput(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pipeline-throughput", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o bench.ThroughputOptions
+	var so bench.ServerOptions
+	fs.IntVar(&o.Events, "events", 200000, "events loaded into the store beforehand")
+	fs.IntVar(&o.Wallets, "wallets", 0, "wallets the events are spread over (0: events/10)")
+	fs.IntVar(&o.Rounds, "rounds", 3, "rounds of feeder alone then each pipeline")
+	projections := fs.String("projections", strings.Join(bench.ThroughputProjections, ","), "projections run as pipelines, each in its own runs")
+	fs.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "longest run")
+	fs.BoolVar(&so.EmbeddedNATS, "embedded", false, "run NATS embedded in the benchmark's process (NoSync) instead of a nats-server process")
+	fs.BoolVar(&so.FastPostgres, "fsync-off", false, "run PostgreSQL with fsync off instead of its default settings")
+	c := commonFlags(fs, args, "benchmark")
+	if err := c.parse(fs); err != nil {
+		return err
+	}
+	o.Projections = strings.Split(*projections, ",")
+	o.Logger, o.Progress = c.logger(stderr), stdout
+	var natsPID int
+	return c.serve(ctx, stdout, stderr, serversBanner(so),
+		func(ctx context.Context) (*bench.Servers, error) {
+			s, err := bench.StartServersWith(ctx, so)
+			if err == nil && s.NATSProc != nil {
+				natsPID = s.NATSProc.PID()
+			}
+			return s, err
+		},
+		func(t bench.Target) (report, error) {
+			res, err := bench.PipelineThroughput(ctx, t, natsPID, o)
+			return res, err
+		})
+}
+
+// serversBanner says which servers StartServersWith starts.
+func serversBanner(so bench.ServerOptions) string {
+	n := "a nats-server process (built from go.mod's module, default settings)"
+	if so.EmbeddedNATS {
+		n = "embedded NATS (NoSync: true)"
+	}
+	pg := "throwaway PostgreSQL (default settings, fsync on)"
+	if so.FastPostgres {
+		pg = "throwaway PostgreSQL (fsync off)"
+	}
+	return "starting " + pg + " and " + n + " on loopback"
 }

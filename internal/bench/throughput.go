@@ -1,0 +1,781 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/eventstore"
+	"github.com/jetproj/jetproj/pkg/examples"
+	"github.com/jetproj/jetproj/pkg/feeder"
+	"github.com/jetproj/jetproj/pkg/projector"
+)
+
+// Goals of the pipeline throughput benchmark (DESIGN.md §5): the whole
+// pipeline's rate over the feeder's own rate, measured in the same run.
+var throughputGoals = map[string]float64{
+	examples.WalletBalanceName:   0.5,
+	examples.WalletBalanceKVName: 0.8,
+}
+
+// ThroughputProjections are the projections the benchmark runs by default.
+var ThroughputProjections = []string{examples.WalletBalanceName, examples.WalletBalanceKVName}
+
+// ThroughputOptions configure the pipeline throughput benchmark. Zero
+// fields take the defaults given with them.
+type ThroughputOptions struct {
+	// Events loaded into the store beforehand (default 200000).
+	Events int
+	// Wallets the events are spread over, interleaved (default Events/10).
+	Wallets int
+	// Rounds of feeder alone then each pipeline, alternated (default 3).
+	Rounds int
+	// Projections run as pipelines, each in its own runs (default
+	// ThroughputProjections).
+	Projections []string
+	// Timeout of one run (default 10 minutes).
+	Timeout time.Duration
+	// Seed of the generated data (default 1).
+	Seed uint64
+	// Progress receives a line per step and run (nil: discarded).
+	Progress io.Writer
+	// Logger receives the benchmark's own warnings (nil: discarded).
+	Logger *slog.Logger
+}
+
+func (o ThroughputOptions) withDefaults() ThroughputOptions {
+	if o.Events == 0 {
+		o.Events = 200000
+	}
+	if o.Wallets == 0 {
+		o.Wallets = max(1, o.Events/10)
+	}
+	if o.Rounds == 0 {
+		o.Rounds = 3
+	}
+	if len(o.Projections) == 0 {
+		o.Projections = ThroughputProjections
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 10 * time.Minute
+	}
+	if o.Seed == 0 {
+		o.Seed = 1
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+func (o ThroughputOptions) validate() error {
+	var p []string
+	if o.Events < 1 {
+		p = append(p, fmt.Sprintf("events %d: want at least 1", o.Events))
+	}
+	if o.Wallets < 1 || o.Wallets > o.Events {
+		p = append(p, fmt.Sprintf("wallets %d: want 1..events", o.Wallets))
+	}
+	if o.Rounds < 1 {
+		p = append(p, fmt.Sprintf("rounds %d: want at least 1", o.Rounds))
+	}
+	for _, name := range o.Projections {
+		if _, ok := throughputGoals[name]; !ok {
+			p = append(p, fmt.Sprintf("projection %q: want one of %s", name, strings.Join(ThroughputProjections, ", ")))
+		}
+	}
+	if len(p) > 0 {
+		return fmt.Errorf("bench: invalid options: %s", strings.Join(p, "; "))
+	}
+	return nil
+}
+
+// PipelineRun is one run of a whole pipeline.
+type PipelineRun struct {
+	Run
+	// FeederDone is when EVENTS held every event, from the feeder's start.
+	FeederDone time.Duration
+	// CPU time each process used during the run (feeder, projector,
+	// emitter, nats-server when it is a process).
+	CPU map[string]time.Duration
+	// Derived is the number of derived events on the projection's stream
+	// (0 for a projection that emits none).
+	Derived int
+}
+
+// ThroughputResult is what the pipeline throughput benchmark measured.
+type ThroughputResult struct {
+	Date    time.Time
+	Events  int
+	Wallets int
+	Target  Target
+	// Feeder holds each round's feeder-alone run; Pipelines each
+	// projection's runs, in order.
+	Feeder    []Run
+	Pipelines map[string][]PipelineRun
+	// Projections is the order of Pipelines' keys.
+	Projections []string
+}
+
+// BestFeeder is the fastest feeder-alone run.
+func (r ThroughputResult) BestFeeder() Run { return best(r.Feeder) }
+
+// BestPipeline is the fastest run of a projection's pipeline.
+func (r ThroughputResult) BestPipeline(name string) Run { return best(pipelineRuns(r.Pipelines[name])) }
+
+// Ratio is the best pipeline rate over the best feeder rate.
+func (r ThroughputResult) Ratio(name string) float64 {
+	return ratio(r.BestPipeline(name).Rate(), r.BestFeeder().Rate())
+}
+
+// MedianRatio is the median pipeline rate over the median feeder rate.
+func (r ThroughputResult) MedianRatio(name string) float64 {
+	return ratio(median(pipelineRuns(r.Pipelines[name])), median(r.Feeder))
+}
+
+func pipelineRuns(p []PipelineRun) []Run {
+	out := make([]Run, len(p))
+	for i, x := range p {
+		out[i] = x.Run
+	}
+	return out
+}
+
+// throughputBench is one benchmark's shared state.
+type throughputBench struct {
+	o       ThroughputOptions
+	t       Target
+	pool    *pgxpool.Pool
+	js      jetstream.JetStream
+	bins    *serviceBinaries
+	fold    map[string]examples.WalletRow
+	sum     int64
+	natsPID int
+	http    *http.Client
+}
+
+// PipelineThroughput runs the pipeline throughput benchmark against t: it
+// loads Events wallet events into the store, then alternates, for Rounds
+// rounds, the feeder alone (the limit: the rate until EVENTS holds every
+// event) and the whole pipeline of each projection — feeder, projector and
+// emitter as processes built from ./services, configured by their
+// environment as in production, from an empty stream and empty state — whose
+// rate runs until the read model equals the fold of the events, the outbox
+// is empty and every derived event is out. After each run it checks the
+// results in full: read model = fold, outbox empty, each wallet's last
+// derived event carries its final balance, no Nats-Msg-Id twice. A failed
+// check is an error. natsPID, when not 0, is the nats-server process whose
+// CPU time the runs report.
+func PipelineThroughput(ctx context.Context, t Target, natsPID int, opts ThroughputOptions) (ThroughputResult, error) {
+	o := opts.withDefaults()
+	res := ThroughputResult{Date: time.Now(), Events: o.Events, Wallets: o.Wallets, Target: t,
+		Pipelines: map[string][]PipelineRun{}, Projections: o.Projections}
+	if err := o.validate(); err != nil {
+		return res, err
+	}
+	out := o.Progress
+	b := &throughputBench{o: o, t: t, natsPID: natsPID, http: &http.Client{Timeout: 5 * time.Second}}
+	var err error
+	if b.pool, err = pgxpool.New(ctx, t.DatabaseURL); err != nil {
+		return res, fmt.Errorf("bench: postgres pool: %w", err)
+	}
+	defer b.pool.Close()
+	nc, err := nats.Connect(t.NATSURL, nats.Name("jetproj-bench-admin"))
+	if err != nil {
+		return res, fmt.Errorf("bench: nats: %w", err)
+	}
+	defer nc.Close()
+	if b.js, err = jetstream.New(nc); err != nil {
+		return res, err
+	}
+
+	started := time.Now()
+	fmt.Fprintln(out, "building ./services/feeder, ./services/projector and ./services/emitter")
+	if b.bins, err = buildServices(ctx); err != nil {
+		return res, err
+	}
+	defer b.bins.remove()
+	fmt.Fprintf(out, "built in %v\n", time.Since(started).Round(time.Millisecond))
+
+	if _, err := eventstore.Migrate(ctx, b.pool); err != nil {
+		return res, err
+	}
+	started = time.Now()
+	head, err := loadWalletEvents(ctx, b.pool, o.Events, o.Wallets, o.Seed)
+	if err != nil {
+		return res, err
+	}
+	events, err := examples.ReadAllEvents(ctx, b.pool)
+	if err != nil {
+		return res, err
+	}
+	if b.fold, err = examples.FoldWallets(events); err != nil {
+		return res, err
+	}
+	for _, w := range b.fold {
+		b.sum += w.Balance
+	}
+	fmt.Fprintf(out, "loaded %d events over %d wallets with COPY in %v (head position %d)\n",
+		len(events), len(b.fold), time.Since(started).Round(time.Millisecond), head)
+	if len(events) != o.Events {
+		return res, fmt.Errorf("bench: store holds %d events, want %d", len(events), o.Events)
+	}
+
+	for round := 1; round <= o.Rounds; round++ {
+		run, err := b.feederAlone(ctx)
+		if err != nil {
+			return res, fmt.Errorf("round %d feeder: %w", round, err)
+		}
+		res.Feeder = append(res.Feeder, run)
+		fmt.Fprintf(out, "round %d/%d  feeder alone        %s\n", round, o.Rounds, runLine(run))
+		for _, name := range o.Projections {
+			run, err := b.pipeline(ctx, name)
+			if err != nil {
+				return res, fmt.Errorf("round %d pipeline %s: %w", round, name, err)
+			}
+			res.Pipelines[name] = append(res.Pipelines[name], run)
+			fmt.Fprintf(out, "round %d/%d  %-18s  %s  (%.2f× the feeder; EVENTS full after %.2fs; %d derived events; CPU %s)\n",
+				round, o.Rounds, name, runLine(run.Run), ratio(run.Rate(), res.Feeder[len(res.Feeder)-1].Rate()),
+				run.FeederDone.Seconds(), run.Derived, cpuLine(run.CPU))
+		}
+	}
+	return res, nil
+}
+
+func cpuLine(cpu map[string]time.Duration) string {
+	var parts []string
+	for _, name := range []string{"feeder", "projector", "emitter", "nats-server"} {
+		if d, ok := cpu[name]; ok {
+			parts = append(parts, fmt.Sprintf("%s %.1fs", name, d.Seconds()))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// reset removes every stream and KV bucket on the server and everything the
+// projector and emitter keep in PostgreSQL, so that the next run starts
+// from an empty stream and empty state; then it checkpoints PostgreSQL so
+// that no run pays for the previous one's dirty pages.
+func (b *throughputBench) reset(ctx context.Context) error {
+	names := b.js.StreamNames(ctx)
+	var streams []string
+	for n := range names.Name() {
+		streams = append(streams, n)
+	}
+	if err := names.Err(); err != nil && !errors.Is(err, jetstream.ErrEndOfData) {
+		return fmt.Errorf("bench: list streams: %w", err)
+	}
+	for _, s := range streams {
+		if err := deleteStream(ctx, b.js, s); err != nil {
+			return err
+		}
+	}
+	for _, stmt := range []string{
+		`DROP SCHEMA IF EXISTS jetproj CASCADE`,
+		`DROP TABLE IF EXISTS wallet_balance`,
+		`CHECKPOINT`,
+	} {
+		if _, err := b.pool.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("bench: %s: %w", stmt, err)
+		}
+	}
+	return nil
+}
+
+// env is the environment every service gets: the servers, JSON logs, and
+// the operations endpoint on addr ("off" for none).
+func (b *throughputBench) env(addr string, extra ...string) map[string]string {
+	env := map[string]string{
+		"DATABASE_URL": b.t.DatabaseURL,
+		"NATS_URL":     b.t.NATSURL,
+		"LOG_FORMAT":   "json",
+		"OPS_ADDR":     addr,
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		env[extra[i]] = extra[i+1]
+	}
+	return env
+}
+
+// eventsFull reports whether EVENTS holds every event.
+func (b *throughputBench) eventsFull(ctx context.Context) (bool, error) {
+	n, err := streamMsgs(ctx, b.js, feeder.Config{}.Defaults().Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return false, nil
+	}
+	return n >= uint64(b.o.Events), err
+}
+
+// feederAlone runs the feeder process from an empty stream until EVENTS
+// holds every event.
+func (b *throughputBench) feederAlone(ctx context.Context) (Run, error) {
+	if err := b.reset(ctx); err != nil {
+		return Run{}, err
+	}
+	runtime.GC()
+	ctx, cancel := context.WithTimeout(ctx, b.o.Timeout)
+	defer cancel()
+	start := time.Now()
+	f, err := startService("feeder", b.bins.feeder, b.env("off"), "run")
+	if err != nil {
+		return Run{}, err
+	}
+	defer f.stop()
+	if err := poll(ctx, 2*time.Millisecond, func() (bool, error) {
+		if err := f.exited(); err != nil {
+			return false, err
+		}
+		return b.eventsFull(ctx)
+	}); err != nil {
+		return Run{}, err
+	}
+	run := Run{Events: b.o.Events, Elapsed: time.Since(start)}
+	if n, err := streamMsgs(ctx, b.js, feeder.Config{}.Defaults().Stream); err != nil || n != uint64(b.o.Events) {
+		return run, fmt.Errorf("bench: EVENTS holds %d messages, want %d (%v)", n, b.o.Events, err)
+	}
+	return run, nil
+}
+
+// poll calls done every interval until it reports true or fails.
+func poll(ctx context.Context, interval time.Duration, done func() (bool, error)) error {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		ok, err := done()
+		if err != nil || ok {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// pipeline runs feeder, projector (PROJECTIONS=name) and emitter as
+// processes from an empty stream and empty state. The projector and the
+// emitter start first, and the clock starts with the feeder once the
+// projector holds every slot.
+func (b *throughputBench) pipeline(ctx context.Context, name string) (PipelineRun, error) {
+	var run PipelineRun
+	if err := b.reset(ctx); err != nil {
+		return run, err
+	}
+	runtime.GC()
+	ctx, cancel := context.WithTimeout(ctx, b.o.Timeout)
+	defer cancel()
+	// The projector waits for its source stream: create it empty, with the
+	// feeder's configuration, as a deployment's first feeder start would.
+	if _, _, err := feeder.EnsureStream(ctx, b.js, feeder.Config{}.Defaults()); err != nil {
+		return run, err
+	}
+	// Port 0: a port picked by the kernel and logged, free for sure on a
+	// machine where others start servers too.
+	p, err := startService("projector", b.bins.projector,
+		b.env("127.0.0.1:0", "PROJECTIONS", name, "PROJECTOR_REPLICA", "bench"), "run")
+	if err != nil {
+		return run, err
+	}
+	defer p.stop()
+	e, err := startService("emitter", b.bins.emitter, b.env("off"), "run")
+	if err != nil {
+		return run, err
+	}
+	defer e.stop()
+	slots := float64(projectionSlots(name))
+	begin := time.Now()
+	var metricsURL string
+	if err := poll(ctx, 10*time.Millisecond, func() (bool, error) {
+		if err := errors.Join(p.exited(), e.exited()); err != nil {
+			return false, err
+		}
+		if metricsURL == "" {
+			addr := p.opsAddr()
+			if addr == "" {
+				return false, nil
+			}
+			metricsURL = "http://" + addr + "/metrics"
+		}
+		m, err := scrapeMetrics(ctx, b.http, metricsURL, "jetproj_projector_slots_owned")
+		if err != nil {
+			return false, nil // not listening yet
+		}
+		return m["jetproj_projector_slots_owned"] >= slots, nil
+	}); err != nil {
+		return run, fmt.Errorf("bench: projector did not take its %v slots in %v: %w\n%s", slots, time.Since(begin).Round(time.Millisecond), err, p.out.tail(3000))
+	}
+
+	cpu0 := map[string]time.Duration{"projector": p.cpu(), "emitter": e.cpu()}
+	if b.natsPID != 0 {
+		cpu0["nats-server"] = processCPU(b.natsPID)
+	}
+	start := time.Now()
+	f, err := startService("feeder", b.bins.feeder, b.env("off"), "run")
+	if err != nil {
+		return run, err
+	}
+	defer f.stop()
+	procs := []*service{f, p, e}
+	fail := func(err error) (PipelineRun, error) {
+		var logs []string
+		for _, s := range procs {
+			logs = append(logs, fmt.Sprintf("--- %s ---\n%s", s.name, s.out.tail(3000)))
+		}
+		return run, fmt.Errorf("%w\n%s", err, strings.Join(logs, "\n"))
+	}
+
+	var feederDone time.Duration
+	handled := false
+	err = poll(ctx, 5*time.Millisecond, func() (bool, error) {
+		for _, s := range procs {
+			if err := s.exited(); err != nil {
+				return false, err
+			}
+		}
+		if feederDone == 0 {
+			full, err := b.eventsFull(ctx)
+			if err != nil || !full {
+				return false, err
+			}
+			feederDone = time.Since(start)
+		}
+		if !handled {
+			m, err := scrapeMetrics(ctx, b.http, metricsURL, "jetproj_projector_messages_total")
+			if err != nil {
+				return false, err
+			}
+			if handled = m["jetproj_projector_messages_total"] >= float64(b.o.Events); !handled {
+				return false, nil
+			}
+		}
+		return b.caughtUp(ctx, name, metricsURL)
+	})
+	run.Run = Run{Events: b.o.Events, Elapsed: time.Since(start)}
+	run.FeederDone = feederDone
+	run.CPU = map[string]time.Duration{"feeder": f.cpu(), "projector": p.cpu() - cpu0["projector"], "emitter": e.cpu() - cpu0["emitter"]}
+	if b.natsPID != 0 {
+		run.CPU["nats-server"] = processCPU(b.natsPID) - cpu0["nats-server"]
+	}
+	if err != nil {
+		return fail(fmt.Errorf("bench: pipeline not caught up after %v: %w", time.Since(start).Round(time.Millisecond), err))
+	}
+	if run.Derived, err = b.check(ctx, name); err != nil {
+		return fail(err)
+	}
+	return run, nil
+}
+
+func projectionSlots(name string) int {
+	for _, d := range examples.All(nil) {
+		if def := d.Def(); def.Name() == name {
+			return def.Spec().Slots
+		}
+	}
+	return 64
+}
+
+// caughtUp is the cheap condition polled while the clock runs: for
+// wallet_balance the table's row count and balance total equal the fold's
+// and the outbox is empty (its rows were committed with the read model, so
+// an empty outbox after the last batch means every derived event is out);
+// for wallet_balance_kv the documents equal the fold and no partition waits
+// with unpublished derived events. check then compares in full.
+func (b *throughputBench) caughtUp(ctx context.Context, name, metricsURL string) (bool, error) {
+	switch name {
+	case examples.WalletBalanceName:
+		var rows, outbox, sum int64
+		err := b.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM wallet_balance), (SELECT coalesce(sum(balance), 0) FROM wallet_balance),
+    (SELECT count(*) FROM jetproj.outbox)`).Scan(&rows, &sum, &outbox)
+		if err != nil {
+			return false, nil // the projector creates the tables
+		}
+		if rows != int64(len(b.fold)) || sum != b.sum || outbox != 0 {
+			return false, nil
+		}
+		got, err := examples.ReadWallets(ctx, b.pool)
+		if err != nil {
+			return false, err
+		}
+		return diffWallets(got, b.fold) == nil, nil
+	default:
+		m, err := scrapeMetrics(ctx, b.http, metricsURL, "jetproj_projector_partitions_unpublished")
+		if err != nil || m["jetproj_projector_partitions_unpublished"] != 0 {
+			return false, err
+		}
+		docs, err := examples.ReadWalletDocs(ctx, b.js)
+		if err != nil {
+			return false, err
+		}
+		return diffDocs(docs, b.fold) == nil, nil
+	}
+}
+
+// check compares the results in full once the clock has stopped: read model
+// = fold, outbox empty, EVENTS holds every event once, each wallet's last
+// derived event carries its final balance and no Nats-Msg-Id appears twice.
+// It returns the number of derived events.
+func (b *throughputBench) check(ctx context.Context, name string) (int, error) {
+	var errs []error
+	if n, err := streamMsgs(ctx, b.js, feeder.Config{}.Defaults().Stream); err != nil || n != uint64(b.o.Events) {
+		errs = append(errs, fmt.Errorf("EVENTS holds %d messages, want %d (%v)", n, b.o.Events, err))
+	}
+	switch name {
+	case examples.WalletBalanceName:
+		got, err := examples.ReadWallets(ctx, b.pool)
+		if err == nil {
+			err = diffWallets(got, b.fold)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read model: %w", err))
+		}
+		var outbox int64
+		if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox`).Scan(&outbox); err != nil || outbox != 0 {
+			errs = append(errs, fmt.Errorf("outbox holds %d rows, want 0 (%v)", outbox, err))
+		}
+	default:
+		got, err := examples.ReadWalletDocs(ctx, b.js)
+		if err == nil {
+			err = diffDocs(got, b.fold)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read model: %w", err))
+		}
+	}
+	derived, err := examples.ReadDerived(ctx, b.js, projector.OwnStream(name))
+	if err != nil {
+		errs = append(errs, fmt.Errorf("derived events: %w", err))
+	}
+	// wallet_balance emits a WalletBalanceWasChanged per wallet per batch;
+	// a projection without a stream of its own emits nothing.
+	if name == examples.WalletBalanceName || len(derived) > 0 {
+		if err := checkDerived(derived, b.fold); err != nil {
+			errs = append(errs, fmt.Errorf("derived events on %s: %w", projector.OwnStream(name), err))
+		}
+	}
+	return len(derived), errors.Join(errs...)
+}
+
+// checkDerived checks that every wallet's last WalletBalanceWasChanged
+// carries its final balance and that no Nats-Msg-Id appears twice.
+func checkDerived(derived []examples.DerivedEvent, fold map[string]examples.WalletRow) error {
+	last := map[string]int64{}
+	ids := make(map[string]struct{}, len(derived))
+	var dups []string
+	for _, m := range derived {
+		if _, seen := ids[m.MsgID]; seen || m.MsgID == "" {
+			dups = append(dups, m.MsgID)
+		}
+		ids[m.MsgID] = struct{}{}
+		if m.Type != examples.TypeWalletBalanceWasChanged {
+			continue
+		}
+		var c examples.WalletBalanceWasChanged
+		if err := json.Unmarshal(m.Data, &c); err != nil {
+			return fmt.Errorf("%s: %w", m.Subject, err)
+		}
+		last[c.WalletID] = c.Balance
+	}
+	var errs []error
+	if len(dups) > 0 {
+		errs = append(errs, fmt.Errorf("%d messages with a Nats-Msg-Id seen before (or none), e.g. %q", len(dups), dups[:min(3, len(dups))]))
+	}
+	var wrong []string
+	for id, w := range fold {
+		if got, ok := last[id]; !ok || got != w.Balance {
+			wrong = append(wrong, fmt.Sprintf("%s: last derived balance %d (present %t), want %d", id, got, ok, w.Balance))
+		}
+	}
+	if len(last) != len(fold) {
+		errs = append(errs, fmt.Errorf("derived events name %d wallets, want %d", len(last), len(fold)))
+	}
+	if len(wrong) > 0 {
+		slices.Sort(wrong)
+		errs = append(errs, fmt.Errorf("%d wallets' last derived event differs from the fold, e.g. %s", len(wrong), strings.Join(wrong[:min(3, len(wrong))], "; ")))
+	}
+	return errors.Join(errs...)
+}
+
+func diffWallets(got, want map[string]examples.WalletRow) error {
+	var bad []string
+	for id, w := range want {
+		if g, ok := got[id]; !ok || g != w {
+			bad = append(bad, fmt.Sprintf("%s: got %+v, want %+v", id, g, w))
+		}
+	}
+	return diffResult(len(got), len(want), bad)
+}
+
+func diffDocs(got map[string]examples.WalletDoc, want map[string]examples.WalletRow) error {
+	var bad []string
+	for id, w := range want {
+		if g, ok := got[id]; !ok || g.Owner != w.Owner || g.Balance != w.Balance {
+			bad = append(bad, fmt.Sprintf("%s: got %+v, want %+v", id, g, w))
+		}
+	}
+	return diffResult(len(got), len(want), bad)
+}
+
+func diffResult(got, want int, bad []string) error {
+	if len(bad) == 0 && got == want {
+		return nil
+	}
+	slices.Sort(bad)
+	return fmt.Errorf("%d wallets (want %d), %d differ from the fold, e.g. %s", got, want, len(bad), strings.Join(bad[:min(3, len(bad))], "; "))
+}
+
+// loadWalletEvents writes n events of the example domain's wallet over the
+// given number of wallets into eventstore.events with COPY, loadChunk rows
+// per transaction. Each event goes to a wallet picked at random, so the
+// wallets' events interleave: WalletOpened first, then
+// MoneyWasAddedToWallet or (about one in four, when the balance allows)
+// MoneyWasWithdrawnFromWallet, amounts in integer cents, payloads of about
+// 200 bytes. It vacuums, analyses and checkpoints, and returns the highest
+// position.
+func loadWalletEvents(ctx context.Context, pool *pgxpool.Pool, n, wallets int, seed uint64) (int64, error) {
+	d := newDomain(seed)
+	ids := make([]string, wallets)
+	for i := range ids {
+		ids[i] = d.walletID()
+	}
+	versions := make([]int64, wallets)
+	balances := make([]int64, wallets)
+	next := 0 // wallets opened so far
+	columns := []string{"aggregate_type", "aggregate_id", "version", "event_type", "payload", "metadata"}
+	for done := 0; done < n; {
+		chunk := min(loadChunk, n-done)
+		i := 0
+		src := pgx.CopyFromFunc(func() ([]any, error) {
+			if i == chunk {
+				return nil, nil
+			}
+			i++
+			// Wallets open in order, every other event until all are
+			// open; the other events go to an open wallet at random.
+			var a int
+			if next < wallets && (next == 0 || d.rng.IntN(2) == 0) {
+				a = next
+				next++
+			} else {
+				a = d.rng.IntN(next)
+			}
+			versions[a]++
+			typ, payload := d.walletEvent(versions[a], &balances[a])
+			return []any{aggregateWallet, ids[a], versions[a], typ, payload, d.metadata()}, nil
+		})
+		copied, err := pool.CopyFrom(ctx, pgx.Identifier{"eventstore", "events"}, columns, src)
+		if err != nil {
+			return 0, fmt.Errorf("bench: copy events: %w", err)
+		}
+		if copied != int64(chunk) {
+			return 0, fmt.Errorf("bench: copied %d events, want %d", copied, chunk)
+		}
+		done += chunk
+	}
+	for _, stmt := range []string{"VACUUM (ANALYZE) eventstore.events", "CHECKPOINT"} {
+		if _, err := pool.Exec(ctx, stmt); err != nil {
+			return 0, fmt.Errorf("bench: %s: %w", stmt, err)
+		}
+	}
+	return eventstore.Head(ctx, pool)
+}
+
+// walletEvent returns the type and JSON payload (about 200 bytes) of a
+// wallet's event at version, updating its balance.
+func (d *domain) walletEvent(version int64, balance *int64) (string, []byte) {
+	var typ string
+	var p map[string]any
+	switch {
+	case version == 1:
+		typ = examples.TypeWalletOpened
+		p = map[string]any{"owner": "owner-" + strconv.Itoa(d.rng.IntN(1_000_000)), "currency": "EUR"}
+	case *balance > 0 && d.rng.IntN(4) == 0:
+		typ = examples.TypeMoneyWasWithdrawnFromWallet
+		amount := 1 + d.rng.Int64N(*balance)
+		*balance -= amount
+		p = map[string]any{"amount": amount, "currency": "EUR", "reference": "ref-" + strconv.FormatUint(d.rng.Uint64(), 36)}
+	default:
+		typ = examples.TypeMoneyWasAddedToWallet
+		amount := 1 + d.rng.Int64N(100_000)
+		*balance += amount
+		p = map[string]any{"amount": amount, "currency": "EUR", "reference": "ref-" + strconv.FormatUint(d.rng.Uint64(), 36)}
+	}
+	target := 180 + d.rng.IntN(41)
+	b, _ := json.Marshal(p)
+	if fill := target - len(b) - len(`,"note":""`); fill > 0 {
+		note := make([]byte, fill)
+		for i := range note {
+			note[i] = letters[d.rng.IntN(len(letters))]
+		}
+		p["note"] = string(note)
+		b, _ = json.Marshal(p)
+	}
+	return typ, b
+}
+
+// Summary is the result as the final block of the benchmark's output.
+func (r ThroughputResult) Summary() string {
+	var b strings.Builder
+	fd := r.BestFeeder()
+	fmt.Fprintf(&b, "pipeline throughput: %d events over %d wallets, loaded beforehand; best of %d runs each\n", r.Events, r.Wallets, len(r.Feeder))
+	fmt.Fprintf(&b, "  feeder alone (EVENTS holds every event): %.0f ev/s (median %.0f)\n", fd.Rate(), median(r.Feeder))
+	for _, name := range r.Projections {
+		goal := throughputGoals[name]
+		fmt.Fprintf(&b, "  %-18s feeder + projector + emitter: %.0f ev/s (median %.0f)  ratio %.2f (goal ≥ %.1f) %s  median ratio %.2f\n",
+			name, r.BestPipeline(name).Rate(), median(pipelineRuns(r.Pipelines[name])), r.Ratio(name), goal,
+			verdict(r.Ratio(name) >= goal), r.MedianRatio(name))
+	}
+	for _, name := range r.Projections {
+		if runs := r.Pipelines[name]; len(runs) > 0 && runs[0].Derived == 0 {
+			fmt.Fprintf(&b, "  note: %s emitted no derived events (its definition in pkg/examples emits none)\n", name)
+		}
+	}
+	fmt.Fprintf(&b, "  checks passed: read model = fold, outbox empty, last derived event per wallet = final balance, no Nats-Msg-Id twice\n")
+	fmt.Fprintf(&b, "  %s; GOMAXPROCS %d\n", r.Target.Describe(), runtime.GOMAXPROCS(0))
+	return b.String()
+}
+
+// Markdown is the result as table rows for docs/benchmarks.md.
+func (r ThroughputResult) Markdown(command string) string {
+	var b strings.Builder
+	head := "| Date | Command | Events | Feeder alone"
+	sep := "|---|---|---:|---:"
+	row := fmt.Sprintf("| %s | `%s` | %d | %.0f ev/s", r.Date.Format(time.DateOnly), command, r.Events, r.BestFeeder().Rate())
+	for _, name := range r.Projections {
+		head += fmt.Sprintf(" | %s | Ratio (goal ≥ %.1f)", name, throughputGoals[name])
+		sep += "|---:|---:"
+		row += fmt.Sprintf(" | %.0f ev/s | %.2f", r.BestPipeline(name).Rate(), r.Ratio(name))
+	}
+	fmt.Fprintln(&b, head+" |")
+	fmt.Fprintln(&b, sep+"|")
+	fmt.Fprintln(&b, row+" |")
+	fmt.Fprintln(&b)
+	fmt.Fprintf(&b, "Runs (ev/s), feeder alone: %s", rates(r.Feeder))
+	for _, name := range r.Projections {
+		fmt.Fprintf(&b, "; %s: %s", name, rates(pipelineRuns(r.Pipelines[name])))
+	}
+	fmt.Fprintln(&b, ".")
+	fmt.Fprintf(&b, "Medians: feeder %.0f ev/s", median(r.Feeder))
+	for _, name := range r.Projections {
+		fmt.Fprintf(&b, "; %s %.0f ev/s (ratio %.2f)", name, median(pipelineRuns(r.Pipelines[name])), r.MedianRatio(name))
+	}
+	fmt.Fprintln(&b, ".")
+	return b.String()
+}
