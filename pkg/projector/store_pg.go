@@ -393,50 +393,70 @@ func (b *pgBatch) prepare(ctx context.Context) (map[string]uint64, error) {
 	var fenced []int
 	revs := make(map[string]uint64, len(b.puts))
 	now := time.Now().UTC()
-	for _, p := range b.puts {
-		var parked, failing []byte
-		if p.rec.Parked != nil {
-			parked = jsonbSafe(json.Marshal(p.rec.Parked))
-		}
-		if p.rec.Failing != nil {
-			failing = jsonbSafe(json.Marshal(p.rec.Failing))
-		}
-		var state []byte
-		if len(p.rec.State) > 0 {
-			state = p.rec.State
-		}
-		key, rev := p.rec.Key, p.rec.Revision
-		skey, ssubj := storedString(key), storedString(p.rec.Subject)
-		if rev == 0 {
-			batch.Queue(`INSERT INTO jetproj.partitions (projection, partition, slot, seq, position, state, parked, revision, updated_at, subject, behind, failing, skip, emitted, replay)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING`, b.s.projection, skey, p.slot, int64(p.rec.Seq), p.rec.Position, state, parked, now,
-				ssubj, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted), int64(p.rec.Replay)).
-				Exec(func(tag pgconn.CommandTag) error {
-					if tag.RowsAffected() != 1 {
-						fenced = append(fenced, p.slot)
-					}
-					revs[key] = 1
-					return nil
-				})
+	// Two statements for all the records, whatever their number: one
+	// inserts the new ones, one updates the others with compare-and-set on
+	// their revision; each returns the partitions it wrote, and a record
+	// missing there was written meanwhile by another owner.
+	ins, upd := newPGRows(len(b.puts)), newPGRows(len(b.puts))
+	slotOf := make(map[string]int, len(b.puts))
+	last := make(map[string]int, len(b.puts)) // a key put twice: the last wins
+	for i, p := range b.puts {
+		last[p.rec.Key] = i
+	}
+	for i, p := range b.puts {
+		if last[p.rec.Key] != i {
 			continue
 		}
-		batch.Queue(`UPDATE jetproj.partitions SET seq = $3, position = $4, state = $5, parked = $6, revision = revision + 1, updated_at = $7,
-    subject = $9, behind = $10, failing = $11, skip = $12, emitted = $13, replay = $14
-WHERE projection = $1 AND partition = $2 AND revision = $8`, b.s.projection, skey, int64(p.rec.Seq), p.rec.Position, state, parked, now, int64(rev),
-			ssubj, p.rec.Behind, failing, int64(p.rec.Skip), int64(p.rec.Emitted), int64(p.rec.Replay)).
-			Exec(func(tag pgconn.CommandTag) error {
-				if tag.RowsAffected() != 1 {
-					fenced = append(fenced, p.slot)
-				}
-				revs[key] = rev + 1
-				return nil
-			})
+		skey := storedString(p.rec.Key)
+		slotOf[skey] = p.slot
+		if p.rec.Revision == 0 {
+			ins.add(skey, p.slot, p.rec)
+			revs[p.rec.Key] = 1
+		} else {
+			upd.add(skey, p.slot, p.rec)
+			revs[p.rec.Key] = p.rec.Revision + 1
+		}
 	}
-	for slot, seq := range b.marks {
-		batch.Queue(`UPDATE jetproj.slots SET watermark = greatest(watermark, $3) WHERE projection = $1 AND slot = $2`, b.s.projection, slot, int64(seq))
+	written := func(rows pgx.Rows) error {
+		for rows.Next() {
+			var k string
+			if err := rows.Scan(&k); err != nil {
+				return err
+			}
+			delete(slotOf, k)
+		}
+		return rows.Err()
+	}
+	if len(ins.keys) > 0 {
+		batch.Queue(`INSERT INTO jetproj.partitions (projection, partition, slot, seq, position, state, parked, revision, updated_at, subject, behind, failing, skip, emitted, replay)
+SELECT $1, k, sl, sq, po, st::jsonb, pk::jsonb, 1, $2, su, be, fa::jsonb, sk, em, re
+FROM unnest($3::text[], $4::int[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[])
+     AS u(k, sl, sq, po, st, pk, su, be, fa, sk, em, re)
+ON CONFLICT DO NOTHING RETURNING partition`, b.s.projection, now, ins.keys, ins.slots, ins.seqs, ins.positions, ins.states, ins.parked,
+			ins.subjects, ins.behind, ins.failing, ins.skips, ins.emitted, ins.replays).Query(written)
+	}
+	if len(upd.keys) > 0 {
+		batch.Queue(`UPDATE jetproj.partitions p SET seq = u.sq, position = u.po, state = u.st::jsonb, parked = u.pk::jsonb, revision = p.revision + 1,
+    updated_at = $2, subject = u.su, behind = u.be, failing = u.fa::jsonb, skip = u.sk, emitted = u.em, replay = u.re
+FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[])
+     AS u(k, rv, sq, po, st, pk, su, be, fa, sk, em, re)
+WHERE p.projection = $1 AND p.partition = u.k AND p.revision = u.rv
+RETURNING p.partition`, b.s.projection, now, upd.keys, upd.revs, upd.seqs, upd.positions, upd.states, upd.parked,
+			upd.subjects, upd.behind, upd.failing, upd.skips, upd.emitted, upd.replays).Query(written)
+	}
+	if len(b.marks) > 0 {
+		slots, marks := make([]int32, 0, len(b.marks)), make([]int64, 0, len(b.marks))
+		for slot, seq := range b.marks {
+			slots, marks = append(slots, int32(slot)), append(marks, int64(seq))
+		}
+		batch.Queue(`UPDATE jetproj.slots s SET watermark = greatest(s.watermark, u.wm)
+FROM unnest($2::int[], $3::bigint[]) AS u(slot, wm) WHERE s.projection = $1 AND s.slot = u.slot`, b.s.projection, slots, marks)
 	}
 	if err := b.lazy.SendBatch(ctx, batch).Close(); err != nil {
 		return nil, fmt.Errorf("projector: write positions: %w", err)
+	}
+	for _, slot := range slotOf {
+		fenced = append(fenced, slot) // its record was not written
 	}
 	for s, tok := range b.tokens {
 		if have[s] != tok {
@@ -489,4 +509,44 @@ func nulEscape(b []byte) int {
 		i++ // skip the escaped character
 	}
 	return -1
+}
+
+// pgRows are records as the columns of a bulk write.
+type pgRows struct {
+	keys, subjects                                 []string
+	slots                                          []int32
+	revs, seqs, positions, skips, emitted, replays []int64
+	states, parked, failing                        []*string
+	behind                                         []bool
+}
+
+func newPGRows(n int) *pgRows {
+	return &pgRows{keys: make([]string, 0, n)}
+}
+
+func (r *pgRows) add(key string, slot int, rec Record) {
+	r.keys = append(r.keys, key)
+	r.subjects = append(r.subjects, storedString(rec.Subject))
+	r.slots = append(r.slots, int32(slot))
+	r.revs = append(r.revs, int64(rec.Revision))
+	r.seqs = append(r.seqs, int64(rec.Seq))
+	r.positions = append(r.positions, rec.Position)
+	r.skips = append(r.skips, int64(rec.Skip))
+	r.emitted = append(r.emitted, int64(rec.Emitted))
+	r.replays = append(r.replays, int64(rec.Replay))
+	r.behind = append(r.behind, rec.Behind)
+	var state, parked, failing *string
+	if len(rec.State) > 0 {
+		st := string(rec.State)
+		state = &st
+	}
+	if rec.Parked != nil {
+		pk := string(jsonbSafe(json.Marshal(rec.Parked)))
+		parked = &pk
+	}
+	if rec.Failing != nil {
+		fa := string(jsonbSafe(json.Marshal(rec.Failing)))
+		failing = &fa
+	}
+	r.states, r.parked, r.failing = append(r.states, state), append(r.parked, parked), append(r.failing, failing)
 }
