@@ -38,6 +38,18 @@ type Config struct {
 	Ops    opsserver.Config
 }
 
+// maxPoolConns bounds DATABASE_MAX_CONNS: PostgreSQL's own default allows
+// 100 connections for every client together.
+const maxPoolConns = 1000
+
+// Validate lists the problems that the nested configurations leave out.
+func (c Config) Validate() []string {
+	if c.DB.MaxConns > maxPoolConns {
+		return []string{fmt.Sprintf("DATABASE_MAX_CONNS: %d, want at most %d", c.DB.MaxConns, maxPoolConns)}
+	}
+	return nil
+}
+
 // Prefixes are the variable prefixes checked for typos.
 var Prefixes = []string{"FEEDER_", "NATS_", "LOG_", "DATABASE_", "OPS_"}
 

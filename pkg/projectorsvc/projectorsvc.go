@@ -417,7 +417,7 @@ func (s *service) runGuarded(ctx context.Context) error {
 		Replica:  s.cfg.Projector.Replica,
 		LeaseTTL: s.cfg.Projector.LeaseTTL,
 		Replicas: s.cfg.Projector.StoreReplicas,
-		Retries: projector.RetryPolicy{MaxAttempts: s.cfg.Projector.MaxAttempts,
+		Retries: projector.RetryPolicy{MaxAttempts: s.cfg.Projector.attempts(),
 			BackoffMin: s.cfg.Projector.BackoffMin, BackoffMax: s.cfg.Projector.BackoffMax},
 		Logger:     s.log,
 		Registerer: reg,
