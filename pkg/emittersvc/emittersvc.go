@@ -143,9 +143,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	ops := opsserver.New(cfg.Ops, reg, log)
-	ops.Ready("nats", natsconn.Connected(conn.NC))
-	ops.Ready("jetstream", retry.Check)
-	ops.Live("nats", conn.Alive)
+	ops.Ready("nats", opsserver.Public(natsconn.Connected(conn.NC)))
+	ops.Ready("jetstream", opsserver.Public(retry.Check))
+	ops.Live("nats", opsserver.Public(conn.Alive))
+	// PostgreSQL errors name hosts and users: /readyz says "failing",
+	// the log has the error.
 	ops.Ready("postgres", pool.Ping)
 	ops.Wedged(func() (string, time.Time) { return "relay round", e.BusySince() })
 	log.Info("emitter starting")

@@ -190,6 +190,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// The store's head is read at most once a second, however often
+	// /metrics is scraped: the pool is the feeder's.
+	head := opsserver.Cached(opsserver.DefaultCheckTTL, func(ctx context.Context) (int64, error) { return eventstore.Head(ctx, pool) })
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "jetproj_feeder_lag",
 		Help: "Events in the store after the last one this feeder published (0 on a standby).", ConstLabels: prometheus.Labels{"feeder": f.Config().Name}},
 		func() float64 {
@@ -199,16 +202,18 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			head, err := eventstore.Head(ctx, pool)
+			head, err := head(ctx)
 			if err != nil || head < st.Position {
 				return 0
 			}
 			return float64(head - st.Position)
 		}))
 	ops := opsserver.New(cfg.Ops, reg, log)
-	ops.Ready("nats", natsconn.Connected(conn.NC))
-	ops.Ready("jetstream", retry.Check)
-	ops.Live("nats", conn.Alive)
+	ops.Ready("nats", opsserver.Public(natsconn.Connected(conn.NC)))
+	ops.Ready("jetstream", opsserver.Public(retry.Check))
+	ops.Live("nats", opsserver.Public(conn.Alive))
+	// PostgreSQL errors name hosts and users: /readyz says "failing",
+	// the log has the error.
 	ops.Ready("postgres", pool.Ping)
 	// A standby is ready too (it takes over when the active one stops);
 	// /readyz shows which it is.

@@ -433,22 +433,24 @@ func (s *service) runGuarded(ctx context.Context) error {
 	defer stopReport()
 	go s.report(rctx, gauges, defs, p)
 	ops := opsserver.New(s.cfg.Ops, reg, s.log)
-	ops.Ready("nats", natsconn.Connected(s.conn.NC))
-	ops.Ready("jetstream", s.retry.Check)
-	ops.Live("nats", s.conn.Alive)
+	ops.Ready("nats", opsserver.Public(natsconn.Connected(s.conn.NC)))
+	ops.Ready("jetstream", opsserver.Public(s.retry.Check))
+	ops.Live("nats", opsserver.Public(s.conn.Alive))
+	// PostgreSQL errors name hosts and users: /readyz says "failing",
+	// the log has the error.
 	ops.Ready("postgres", s.pool.Ping)
 	ops.Wedged(p.BusySince)
 	if max := s.cfg.Projector.ReadyMaxLag; max > 0 {
-		ops.Ready("lag", func(context.Context) error { return gauges.behind(max) })
+		ops.Ready("lag", opsserver.Public(func(context.Context) error { return gauges.behind(max) }))
 	}
-	ops.Ready("projections", func(context.Context) error {
+	ops.Ready("projections", opsserver.Public(func(context.Context) error {
 		// Ready once every projection of this replica has a runner: they
 		// are initialised and consuming, or on standby for their slots.
 		if got, want := len(p.Statuses()), len(definers); got < want {
 			return fmt.Errorf("%d of %d projections started", got, want)
 		}
 		return nil
-	})
+	}))
 	s.log.Info("projector starting", "projections", strings.Join(ns, ","), "replica", s.cfg.Projector.Replica, "lease_ttl", s.cfg.Projector.LeaseTTL)
 	err = ops.Serve(ctx, p.Run)
 	s.log.Info("projector stopped")
