@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/pkg/jsretry"
@@ -542,6 +543,24 @@ var (
 	attemptTimeout = 5 * time.Second
 )
 
+// ErrCommandRefused reports that the NATS server refused this user
+// publishing a partition command: in the documented setup only the
+// projector admin user may, the replicas' own user only receives them.
+var ErrCommandRefused = errors.New("this NATS user may not send partition commands")
+
+// controlPrefix starts the subject of a projection's partition commands
+// (jetproj.control.<name>), which pkg/projector owns.
+const controlPrefix = "jetproj.control."
+
+// commandRefused reports whether the server refused publishing to the
+// projection's control subject. A publish the server refuses is dropped
+// and reported asynchronously, with the subject only in the message's
+// text: the request itself just goes unanswered.
+func (s *service) commandRefused(name string) bool {
+	err := s.conn.NC.LastError()
+	return errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `"`+controlPrefix+name+`"`)
+}
+
 func (s *service) partition(ctx context.Context, op, name, partition string) error {
 	d := s.def(name)
 	if d.Kind() == projection.Global && partition != projection.GlobalPartition {
@@ -558,6 +577,10 @@ func (s *service) partition(ctx context.Context, op, name, partition string) err
 			break
 		}
 		unanswered := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, lease.ErrHeld)
+		if unanswered && s.commandRefused(name) {
+			return fmt.Errorf("%s %s: %w: the server refused publishing to %s%s; run partition commands as the projector admin user (docs/operations.md, \"NATS users and permissions\")",
+				name, partition, ErrCommandRefused, controlPrefix, name)
+		}
 		if !unanswered || ctx.Err() != nil {
 			if unanswered {
 				return fmt.Errorf("%s %s: no replica answered within %v (is the projection paused, or its replicas stuck?): %w", name, partition, commandTimeout, err)
