@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
 	"time"
 
 	"github.com/jetproj/jetproj/pkg/config"
@@ -28,6 +29,40 @@ type Config struct {
 	Emitter emitter.Config
 	Log     logging.Config
 	Ops     opsserver.Config
+}
+
+// Bounds of the settings that pkg/emitter accepts without an upper limit.
+const (
+	// maxBatchSize bounds EMITTER_BATCH_SIZE: a round holds its rows in
+	// memory and keeps four times as many publishes in flight.
+	maxBatchSize = 10000
+	// maxPoolConns bounds DATABASE_MAX_CONNS: PostgreSQL's own default
+	// allows 100 connections for every client together.
+	maxPoolConns = 1000
+)
+
+// nameRE is what EMITTER_NAME may be: it is the key of the emitter's lease.
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// Validate lists the problems that the nested configurations leave out.
+func (c Config) Validate() []string {
+	var p []string
+	if c.Emitter.BatchSize > maxBatchSize {
+		p = append(p, fmt.Sprintf("EMITTER_BATCH_SIZE: %d: want at most %d", c.Emitter.BatchSize, maxBatchSize))
+	}
+	switch c.Emitter.Replicas {
+	case 1, 3, 5:
+	default:
+		p = append(p, fmt.Sprintf("EMITTER_STREAM_REPLICAS: %d: want 1, 3 or 5", c.Emitter.Replicas))
+	}
+	// An empty name is pkg/emitter's own problem.
+	if c.Emitter.Name != "" && !nameRE.MatchString(c.Emitter.Name) {
+		p = append(p, fmt.Sprintf("EMITTER_NAME: %q: want 1-64 characters of [A-Za-z0-9_-] (it is the key of the emitter's lease)", c.Emitter.Name))
+	}
+	if c.DB.MaxConns > maxPoolConns {
+		p = append(p, fmt.Sprintf("DATABASE_MAX_CONNS: %d, want at most %d", c.DB.MaxConns, maxPoolConns))
+	}
+	return p
 }
 
 // Prefixes are the variable prefixes checked for typos.
@@ -108,9 +143,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	ops := opsserver.New(cfg.Ops, reg, log)
-	ops.Ready("nats", natsconn.Connected(conn.NC))
-	ops.Ready("jetstream", retry.Check)
-	ops.Live("nats", conn.Alive)
+	ops.Ready("nats", opsserver.Public(natsconn.Connected(conn.NC)))
+	ops.Ready("jetstream", opsserver.Public(retry.Check))
+	ops.Live("nats", opsserver.Public(conn.Alive))
+	// PostgreSQL errors name hosts and users: /readyz says "failing",
+	// the log has the error.
 	ops.Ready("postgres", pool.Ping)
 	ops.Wedged(func() (string, time.Time) { return "relay round", e.BusySince() })
 	log.Info("emitter starting")

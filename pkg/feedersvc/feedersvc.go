@@ -38,6 +38,18 @@ type Config struct {
 	Ops    opsserver.Config
 }
 
+// maxPoolConns bounds DATABASE_MAX_CONNS: PostgreSQL's own default allows
+// 100 connections for every client together.
+const maxPoolConns = 1000
+
+// Validate lists the problems that the nested configurations leave out.
+func (c Config) Validate() []string {
+	if c.DB.MaxConns > maxPoolConns {
+		return []string{fmt.Sprintf("DATABASE_MAX_CONNS: %d, want at most %d", c.DB.MaxConns, maxPoolConns)}
+	}
+	return nil
+}
+
 // Prefixes are the variable prefixes checked for typos.
 var Prefixes = []string{"FEEDER_", "NATS_", "LOG_", "DATABASE_", "OPS_"}
 
@@ -178,6 +190,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// The store's head is read at most once a second, however often
+	// /metrics is scraped: the pool is the feeder's.
+	head := opsserver.Cached(opsserver.DefaultCheckTTL, func(ctx context.Context) (int64, error) { return eventstore.Head(ctx, pool) })
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "jetproj_feeder_lag",
 		Help: "Events in the store after the last one this feeder published (0 on a standby).", ConstLabels: prometheus.Labels{"feeder": f.Config().Name}},
 		func() float64 {
@@ -187,16 +202,18 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			head, err := eventstore.Head(ctx, pool)
+			head, err := head(ctx)
 			if err != nil || head < st.Position {
 				return 0
 			}
 			return float64(head - st.Position)
 		}))
 	ops := opsserver.New(cfg.Ops, reg, log)
-	ops.Ready("nats", natsconn.Connected(conn.NC))
-	ops.Ready("jetstream", retry.Check)
-	ops.Live("nats", conn.Alive)
+	ops.Ready("nats", opsserver.Public(natsconn.Connected(conn.NC)))
+	ops.Ready("jetstream", opsserver.Public(retry.Check))
+	ops.Live("nats", opsserver.Public(conn.Alive))
+	// PostgreSQL errors name hosts and users: /readyz says "failing",
+	// the log has the error.
 	ops.Ready("postgres", pool.Ping)
 	// A standby is ready too (it takes over when the active one stops);
 	// /readyz shows which it is.

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 
 	"github.com/jetproj/jetproj/pkg/config"
 )
@@ -50,38 +51,86 @@ func (c Config) Validate() []string {
 	return p
 }
 
-// Check reports a problem with the service, or nil when all is well.
+// Check reports a problem with the service, or nil when all is well. Its
+// error's message is shown on the endpoint only when it is a PublicError
+// (see Public); otherwise the endpoint says "failing" and the service logs
+// the error.
 type Check func(ctx context.Context) error
+
+// Limits bound what the endpoint's clients may cost the service. The
+// endpoint is for probes and a metrics scraper on a private network (see
+// docs/operations.md); these limits keep a misbehaving or hostile client
+// from holding connections, goroutines or the database pool.
+type Limits struct {
+	// MaxConns is how many connections are served at once; further ones
+	// wait in the kernel's accept queue until one ends.
+	MaxConns int
+	// ReadHeaderTimeout, ReadTimeout, WriteTimeout and IdleTimeout are the
+	// http.Server's: a client that sends its request slowly, reads the
+	// answer slowly, or keeps an idle connection open is disconnected.
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	WriteTimeout      time.Duration
+	IdleTimeout       time.Duration
+	// MaxHeaderBytes bounds a request's header.
+	MaxHeaderBytes int
+	// CheckTTL is how long a check's result is reused (DefaultCheckTTL);
+	// 0 runs every check on every request.
+	CheckTTL time.Duration
+}
+
+// DefaultLimits are the limits of every service's endpoint.
+var DefaultLimits = Limits{
+	MaxConns:          32,
+	ReadHeaderTimeout: 5 * time.Second,
+	ReadTimeout:       10 * time.Second,
+	WriteTimeout:      15 * time.Second,
+	IdleTimeout:       30 * time.Second,
+	MaxHeaderBytes:    8 << 10,
+	CheckTTL:          DefaultCheckTTL,
+}
+
+// Option changes a Server.
+type Option func(*Server)
+
+// WithLimits replaces DefaultLimits (tests use short ones).
+func WithLimits(l Limits) Option { return func(s *Server) { s.limits = l } }
 
 // Server is the operations HTTP server of one service.
 type Server struct {
 	cfg    Config
 	gather prometheus.Gatherer
 	log    *slog.Logger
+	limits Limits
 
 	mu      sync.Mutex
 	live    map[string]Check
 	ready   map[string]Check
 	reports map[string]func() string
+	logged  map[string]string // the private error last logged per check
 	ln      net.Listener
 }
 
 // New returns a server exposing gather's metrics. Register checks with Live
 // and Ready, then Run it.
-func New(cfg Config, gather prometheus.Gatherer, log *slog.Logger) *Server {
+func New(cfg Config, gather prometheus.Gatherer, log *slog.Logger, opts ...Option) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, gather: gather, log: log,
-		live: map[string]Check{}, ready: map[string]Check{}, reports: map[string]func() string{}}
+	s := &Server{cfg: cfg, gather: gather, log: log, limits: DefaultLimits,
+		live: map[string]Check{}, ready: map[string]Check{}, reports: map[string]func() string{}, logged: map[string]string{}}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Live adds a liveness check: when it fails, /healthz answers 503 and the
-// orchestrator restarts the process.
+// orchestrator restarts the process. Its result is reused for CheckTTL.
 func (s *Server) Live(name string, c Check) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.live[name] = c
+	s.live[name] = cachedCheck(s.limits.CheckTTL, c)
 }
 
 // Report adds a line "name: <what fn returns>" to /readyz's answer, which
@@ -93,11 +142,13 @@ func (s *Server) Report(name string, fn func() string) {
 	s.reports[name] = fn
 }
 
-// Ready adds a readiness check: when it fails, /readyz answers 503.
+// Ready adds a readiness check: when it fails, /readyz answers 503. Its
+// result is reused for CheckTTL, so that probes cost one run (one
+// PostgreSQL ping …) per interval however many arrive.
 func (s *Server) Ready(name string, c Check) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.ready[name] = c
+	s.ready[name] = cachedCheck(s.limits.CheckTTL, c)
 }
 
 // defaultWedgedAfter is OPS_WEDGED_AFTER's default, for a Config built
@@ -147,14 +198,16 @@ func (s *Server) serveChecks(w http.ResponseWriter, r *http.Request, checks map[
 	}
 	s.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(r.Context(), checkTimeout)
 	defer cancel()
 	var b strings.Builder
 	failed := false
 	for i, c := range cs {
-		if err := c(ctx); err != nil {
+		err := c(ctx)
+		s.logPrivate(r.URL.Path, names[i], err)
+		if err != nil {
 			failed = true
-			fmt.Fprintf(&b, "%s: %v\n", names[i], err)
+			fmt.Fprintf(&b, "%s: %s\n", names[i], oneLine(shownMessage(err)))
 		} else {
 			fmt.Fprintf(&b, "%s: ok\n", names[i])
 		}
@@ -168,6 +221,31 @@ func (s *Server) serveChecks(w http.ResponseWriter, r *http.Request, checks map[
 	}
 	_, _ = w.Write([]byte(b.String()))
 }
+
+// logPrivate logs the error of a check that the endpoint does not show,
+// once per change: probes every second would otherwise repeat it.
+func (s *Server) logPrivate(path, name string, err error) {
+	var pe *PublicError
+	key := path + " " + name
+	msg := ""
+	if err != nil && !errors.As(err, &pe) {
+		msg = err.Error()
+	}
+	s.mu.Lock()
+	last := s.logged[key]
+	s.logged[key] = msg
+	s.mu.Unlock()
+	switch {
+	case msg == last:
+	case msg != "":
+		s.log.Warn("operations endpoint: check failing", "path", path, "check", name, "error", err)
+	default:
+		s.log.Info("operations endpoint: check ok again", "path", path, "check", name)
+	}
+}
+
+// oneLine keeps an answer line on one line.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // Disabled is the OPS_ADDR value that serves no endpoint.
 const Disabled = "off"
@@ -184,6 +262,9 @@ func (s *Server) Listen() error {
 	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("opsserver: OPS_ADDR %q: %w", s.cfg.Addr, err)
+	}
+	if s.limits.MaxConns > 0 {
+		ln = netutil.LimitListener(ln, s.limits.MaxConns)
 	}
 	s.ln = ln
 	return nil
@@ -208,7 +289,14 @@ func (s *Server) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: s.Handler(),
+		ReadHeaderTimeout: s.limits.ReadHeaderTimeout,
+		ReadTimeout:       s.limits.ReadTimeout,
+		WriteTimeout:      s.limits.WriteTimeout,
+		IdleTimeout:       s.limits.IdleTimeout,
+		MaxHeaderBytes:    s.limits.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(s.ln) }()
 	s.log.Info("operations endpoint listening", "addr", s.Addr())

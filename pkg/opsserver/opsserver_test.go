@@ -34,14 +34,17 @@ func TestServe(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_test_total", Help: "A test counter."})
 	reg.MustRegister(c)
 	c.Add(3)
-	s := opsserver.New(opsserver.Config{Addr: "127.0.0.1:0"}, reg, nil)
+	// Results are not reused here: the test changes them between requests.
+	limits := opsserver.DefaultLimits
+	limits.CheckTTL = 0
+	s := opsserver.New(opsserver.Config{Addr: "127.0.0.1:0"}, reg, nil, opsserver.WithLimits(limits))
 	var connected atomic.Bool
-	s.Ready("nats", func(context.Context) error {
+	s.Ready("nats", opsserver.Public(func(context.Context) error {
 		if !connected.Load() {
 			return errors.New("nats: RECONNECTING")
 		}
 		return nil
-	})
+	}))
 	stop := make(chan struct{})
 	served := make(chan error, 1)
 	listening := make(chan string, 1)

@@ -38,7 +38,7 @@ func NotWedged(after time.Duration, since func() (what string, started time.Time
 			return nil
 		}
 		if d := time.Since(started); d > after {
-			return fmt.Errorf("wedged: %s busy for %v (OPS_WEDGED_AFTER %v)", what, d.Round(time.Second), after)
+			return &PublicError{Err: fmt.Errorf("wedged: %s busy for %v (OPS_WEDGED_AFTER %v)", what, d.Round(time.Second), after)}
 		}
 		return nil
 	}

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/pkg/jsretry"
@@ -417,7 +418,7 @@ func (s *service) runGuarded(ctx context.Context) error {
 		Replica:  s.cfg.Projector.Replica,
 		LeaseTTL: s.cfg.Projector.LeaseTTL,
 		Replicas: s.cfg.Projector.StoreReplicas,
-		Retries: projector.RetryPolicy{MaxAttempts: s.cfg.Projector.MaxAttempts,
+		Retries: projector.RetryPolicy{MaxAttempts: s.cfg.Projector.attempts(),
 			BackoffMin: s.cfg.Projector.BackoffMin, BackoffMax: s.cfg.Projector.BackoffMax},
 		Logger:     s.log,
 		Registerer: reg,
@@ -433,22 +434,24 @@ func (s *service) runGuarded(ctx context.Context) error {
 	defer stopReport()
 	go s.report(rctx, gauges, defs, p)
 	ops := opsserver.New(s.cfg.Ops, reg, s.log)
-	ops.Ready("nats", natsconn.Connected(s.conn.NC))
-	ops.Ready("jetstream", s.retry.Check)
-	ops.Live("nats", s.conn.Alive)
+	ops.Ready("nats", opsserver.Public(natsconn.Connected(s.conn.NC)))
+	ops.Ready("jetstream", opsserver.Public(s.retry.Check))
+	ops.Live("nats", opsserver.Public(s.conn.Alive))
+	// PostgreSQL errors name hosts and users: /readyz says "failing",
+	// the log has the error.
 	ops.Ready("postgres", s.pool.Ping)
 	ops.Wedged(p.BusySince)
 	if max := s.cfg.Projector.ReadyMaxLag; max > 0 {
-		ops.Ready("lag", func(context.Context) error { return gauges.behind(max) })
+		ops.Ready("lag", opsserver.Public(func(context.Context) error { return gauges.behind(max) }))
 	}
-	ops.Ready("projections", func(context.Context) error {
+	ops.Ready("projections", opsserver.Public(func(context.Context) error {
 		// Ready once every projection of this replica has a runner: they
 		// are initialised and consuming, or on standby for their slots.
 		if got, want := len(p.Statuses()), len(definers); got < want {
 			return fmt.Errorf("%d of %d projections started", got, want)
 		}
 		return nil
-	})
+	}))
 	s.log.Info("projector starting", "projections", strings.Join(ns, ","), "replica", s.cfg.Projector.Replica, "lease_ttl", s.cfg.Projector.LeaseTTL)
 	err = ops.Serve(ctx, p.Run)
 	s.log.Info("projector stopped")
@@ -540,6 +543,24 @@ var (
 	attemptTimeout = 5 * time.Second
 )
 
+// ErrCommandRefused reports that the NATS server refused this user
+// publishing a partition command: in the documented setup only the
+// projector admin user may, the replicas' own user only receives them.
+var ErrCommandRefused = errors.New("this NATS user may not send partition commands")
+
+// controlPrefix starts the subject of a projection's partition commands
+// (jetproj.control.<name>), which pkg/projector owns.
+const controlPrefix = "jetproj.control."
+
+// commandRefused reports whether the server refused publishing to the
+// projection's control subject. A publish the server refuses is dropped
+// and reported asynchronously, with the subject only in the message's
+// text: the request itself just goes unanswered.
+func (s *service) commandRefused(name string) bool {
+	err := s.conn.NC.LastError()
+	return errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `"`+controlPrefix+name+`"`)
+}
+
 func (s *service) partition(ctx context.Context, op, name, partition string) error {
 	d := s.def(name)
 	if d.Kind() == projection.Global && partition != projection.GlobalPartition {
@@ -556,6 +577,10 @@ func (s *service) partition(ctx context.Context, op, name, partition string) err
 			break
 		}
 		unanswered := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, lease.ErrHeld)
+		if unanswered && s.commandRefused(name) {
+			return fmt.Errorf("%s %s: %w: the server refused publishing to %s%s; run partition commands as the projector admin user (docs/operations.md, \"NATS users and permissions\")",
+				name, partition, ErrCommandRefused, controlPrefix, name)
+		}
 		if !unanswered || ctx.Err() != nil {
 			if unanswered {
 				return fmt.Errorf("%s %s: no replica answered within %v (is the projection paused, or its replicas stuck?): %w", name, partition, commandTimeout, err)

@@ -52,6 +52,8 @@ func TestBadConfigurationListsEveryProblem(t *testing.T) {
 		"PROJECTOR_STORE_REPLICAS": "2",
 		"PROJECTOR_REPLCA":         "r1",
 		"PROJECTOR_MAX_ATTEMPTS":   "-1",
+		"PROJECTOR_REPLICA":        "r1\x1b[2J m.x",
+		"DATABASE_MAX_CONNS":       "100000",
 		"PROJECTOR_BACKOFF_MIN":    "2s",
 		"PROJECTOR_BACKOFF_MAX":    "1s",
 	}
@@ -65,7 +67,9 @@ func TestBadConfigurationListsEveryProblem(t *testing.T) {
 		`PROJECTOR_REPLCA: unknown variable (did you mean PROJECTOR_REPLICA?)`,
 		`PROJECTIONS: no projection "nope" (known: ` + strings.Join(examples.Names(), ", ") + `)`,
 		`PROJECTIONS: no projection "wallet_balanse"`,
-		`PROJECTOR_MAX_ATTEMPTS: -1, want at least 1`,
+		`PROJECTOR_MAX_ATTEMPTS: -1, want 1 to 1000`,
+		`PROJECTOR_REPLICA: "r1\x1b[2J m.x", want up to 64 characters`,
+		`DATABASE_MAX_CONNS: 100000, want at most 1000`,
 		`PROJECTOR_BACKOFF_MAX: 1s is below PROJECTOR_BACKOFF_MIN 2s`,
 	} {
 		if !strings.Contains(r.stderr, want) {
@@ -81,13 +85,28 @@ func TestBadConfigurationListsEveryProblem(t *testing.T) {
 	if r := call(context.Background(), env, examples.All, "run"); r.code != 2 || !strings.Contains(r.stderr, "PROJECTOR_LEASE_TTL: 500ms, want at least 1s") {
 		t.Errorf("short TTL: %v", r)
 	}
+	// Zero attempts would park a partition before its first try; set and
+	// empty are not the same.
+	for v, want := range map[string]string{
+		"0":     "PROJECTOR_MAX_ATTEMPTS: 0, want 1 to 1000",
+		"1001":  "PROJECTOR_MAX_ATTEMPTS: 1001, want 1 to 1000",
+		"three": `PROJECTOR_MAX_ATTEMPTS: cannot parse "three" as an integer`,
+	} {
+		_, err := projectorsvc.LoadConfig(map[string]string{"DATABASE_URL": "postgres://localhost/x", "PROJECTOR_MAX_ATTEMPTS": v}, examples.Names())
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("PROJECTOR_MAX_ATTEMPTS=%s: %v, want %q", v, err, want)
+		}
+	}
+	if cfg, err := projectorsvc.LoadConfig(map[string]string{"DATABASE_URL": "postgres://localhost/x", "PROJECTOR_REPLICA": "projector-7f9c.node-1"}, examples.Names()); err != nil || cfg.Projector.MaxAttempts != nil {
+		t.Errorf("a host-like replica name and no PROJECTOR_MAX_ATTEMPTS: %v, max attempts %v", err, cfg.Projector.MaxAttempts)
+	}
 	cfg, err := projectorsvc.LoadConfig(map[string]string{"DATABASE_URL": "postgres://localhost/x", "PROJECTIONS": " ticket_counts,,ticket_counts",
 		"PROJECTOR_MAX_ATTEMPTS": "3", "PROJECTOR_BACKOFF_MIN": "50ms"}, examples.Names())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := cfg.Projector.Selected(); len(got) != 1 || got[0] != "ticket_counts" || cfg.Projector.LeaseTTL != 6*time.Second || cfg.Projector.StoreReplicas != 1 ||
-		cfg.Projector.MaxAttempts != 3 || cfg.Projector.BackoffMin != 50*time.Millisecond || cfg.Projector.BackoffMax != 0 {
+		cfg.Projector.MaxAttempts == nil || *cfg.Projector.MaxAttempts != 3 || cfg.Projector.BackoffMin != 50*time.Millisecond || cfg.Projector.BackoffMax != 0 {
 		t.Errorf("config %+v, selected %q", cfg.Projector, got)
 	}
 }

@@ -9,9 +9,12 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -105,11 +108,23 @@ func printStatus(out io.Writer, all []projector.Status) error {
 	for _, st := range all {
 		for _, r := range st.Parked {
 			p := r.Parked
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", st.Name, r.Key, p.Seq, p.EventType, p.Attempts,
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", st.Name, displayKey(r.Key), p.Seq, displayKey(p.EventType), p.Attempts,
 				p.Since.Format(time.RFC3339), oneLine(p.Error))
 		}
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, st := range all {
+		for _, r := range st.Parked {
+			if displayKey(r.Key) != r.Key {
+				_, err := fmt.Fprintln(out, "\nA partition in double quotes is Go-quoted: pass its bytes unquoted, after --,"+
+					" e.g. projector retry <name> -- $'wallet/\\x1b[0m' or -- -w-1.")
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // owners formats replica slot counts as "r1:32 r2:32".
@@ -119,15 +134,49 @@ func owners(m map[string]int) string {
 	}
 	var parts []string
 	for _, k := range slices.Sorted(maps.Keys(m)) {
-		parts = append(parts, fmt.Sprintf("%s:%d", k, m[k]))
+		parts = append(parts, fmt.Sprintf("%s:%d", displayKey(k), m[k]))
 	}
 	return strings.Join(parts, " ")
 }
 
+// oneLine makes an error message one line of printable text: whitespace
+// runs become one space, other control characters (ANSI escape sequences
+// an event or a key may carry into an error) and invalid UTF-8 are shown
+// escaped, and the result is cut at 200 bytes.
 func oneLine(s string) string {
 	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > 200 {
-		s = s[:200] + "…"
+	var b strings.Builder
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case !unicode.IsPrint(r) && r != ' ':
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteRune(r)
+		}
+		if b.Len() > 200 {
+			return b.String() + "…"
+		}
+	}
+	return b.String()
+}
+
+// displayKey is how status prints a partition key, an event type or a
+// replica name: as it is when it is printable text that cannot be taken
+// for something else, Go-quoted (%q) otherwise — when it holds control
+// characters (an ANSI escape sequence would reach the terminal), spaces,
+// quotes, backslashes or invalid UTF-8, when it is empty, and when it starts
+// with '-' (it would read as a flag).
+func displayKey(s string) string {
+	if s == "" || strings.HasPrefix(s, "-") || !utf8.ValidString(s) {
+		return strconv.Quote(s)
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) || unicode.IsSpace(r) || r == '"' || r == '\\' {
+			return strconv.Quote(s)
+		}
 	}
 	return s
 }

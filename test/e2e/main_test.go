@@ -59,6 +59,9 @@ type binaries struct {
 	natsServer string
 	projector  string
 	emitter    string
+	// kvProjector is the projector with the examples and a KV-state
+	// projection that emits (internal/kvprojector).
+	kvProjector string
 }
 
 var bins binaries
@@ -89,11 +92,13 @@ func (b *binaries) buildAll() error {
 	b.natsServer = filepath.Join(b.dir, "nats-server")
 	b.projector = filepath.Join(b.dir, "projector")
 	b.emitter = filepath.Join(b.dir, "emitter")
+	b.kvProjector = filepath.Join(b.dir, "kvprojector")
 	targets := map[string]string{
-		b.feeder:     "./services/feeder",
-		b.projector:  "./services/projector",
-		b.emitter:    "./services/emitter",
-		b.natsServer: "github.com/nats-io/nats-server/v2",
+		b.feeder:      "./services/feeder",
+		b.projector:   "./services/projector",
+		b.emitter:     "./services/emitter",
+		b.kvProjector: "./test/e2e/internal/kvprojector",
+		b.natsServer:  "github.com/nats-io/nats-server/v2",
 	}
 	var (
 		wg   sync.WaitGroup
