@@ -63,6 +63,7 @@ type Server struct {
 	live    map[string]Check
 	ready   map[string]Check
 	reports map[string]func() string
+	mounts  map[string]http.Handler
 	ln      net.Listener
 }
 
@@ -73,7 +74,16 @@ func New(cfg Config, gather prometheus.Gatherer, log *slog.Logger) *Server {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Server{cfg: cfg, gather: gather, log: log,
-		live: map[string]Check{}, ready: map[string]Check{}, reports: map[string]func() string{}}
+		live: map[string]Check{}, ready: map[string]Check{}, reports: map[string]func() string{},
+		mounts: map[string]http.Handler{}}
+}
+
+// Mount serves h on pattern (an http.ServeMux pattern) beside the three
+// paths, e.g. the status page on "/".
+func (s *Server) Mount(pattern string, h http.Handler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mounts[pattern] = h
 }
 
 // Live adds a liveness check: when it fails, /healthz answers 503 and the
@@ -122,6 +132,11 @@ func (s *Server) Handler() http.Handler {
 	}
 	mux.HandleFunc("GET "+HealthPath, func(w http.ResponseWriter, r *http.Request) { s.serveChecks(w, r, s.live, nil) })
 	mux.HandleFunc("GET "+ReadyPath, func(w http.ResponseWriter, r *http.Request) { s.serveChecks(w, r, s.ready, s.reports) })
+	s.mu.Lock()
+	for p, h := range s.mounts {
+		mux.Handle(p, h)
+	}
+	s.mu.Unlock()
 	return mux
 }
 

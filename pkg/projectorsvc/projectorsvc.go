@@ -39,6 +39,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/pgconn"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
+	"github.com/jetproj/jetproj/pkg/statuspage"
 	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
@@ -413,6 +414,11 @@ func (s *service) runGuarded(ctx context.Context) error {
 	}
 	defer func() { _ = shutdownTracing(context.Background()) }()
 	reg := opsserver.NewRegistry()
+	if s.cfg.Projector.Replica == "" {
+		// The projector's own default, known here for the status page.
+		host, _ := os.Hostname()
+		s.cfg.Projector.Replica = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
 	p, err := projector.New(s.conn.NC, projector.Options{
 		Replica:  s.cfg.Projector.Replica,
 		LeaseTTL: s.cfg.Projector.LeaseTTL,
@@ -449,8 +455,15 @@ func (s *service) runGuarded(ctx context.Context) error {
 		}
 		return nil
 	})
+	page, err := statuspage.New(statuspage.Options{Config: s.cfg.Page, JS: s.js(), Service: "projector", Instance: s.cfg.Projector.Replica,
+		Replicas: s.replicas(), Logger: s.log, Actions: pageActions{s}})
+	if err != nil {
+		return err
+	}
+	page.Collect(s.pageCollector(page, p, reg))
+	ops.Mount("/", page.Handler())
 	s.log.Info("projector starting", "projections", strings.Join(ns, ","), "replica", s.cfg.Projector.Replica, "lease_ttl", s.cfg.Projector.LeaseTTL)
-	err = ops.Serve(ctx, p.Run)
+	err = ops.Serve(ctx, page.Beside(p.Run))
 	s.log.Info("projector stopped")
 	return err
 }
