@@ -40,9 +40,9 @@ type EmitterSnap struct {
 	Backlog int64 `json:"backlog"`
 	// Stalled is the number of subjects whose derived events JetStream
 	// refuses; StalledSubjects names them when known.
-	Stalled         int      `json:"stalled"`
-	StalledSubjects []string `json:"stalled_subjects,omitempty"`
-	Emitted         float64  `json:"emitted"`
+	Stalled         int       `json:"stalled"`
+	StalledSubjects []string  `json:"stalled_subjects,omitempty"`
+	Emitted         float64   `json:"emitted"`
 	At              time.Time `json:"at"`
 }
 

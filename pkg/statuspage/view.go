@@ -134,8 +134,12 @@ func decode(entries map[string]entry) snapshots {
 			s.errs = append(s.errs, k+": "+err.Error())
 		}
 	}
-	slices.SortFunc(s.feeders, func(a, b FeederSnap) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.Instance, b.Instance)) })
-	slices.SortFunc(s.emitters, func(a, b EmitterSnap) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.Instance, b.Instance)) })
+	slices.SortFunc(s.feeders, func(a, b FeederSnap) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.Instance, b.Instance))
+	})
+	slices.SortFunc(s.emitters, func(a, b EmitterSnap) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.Instance, b.Instance))
+	})
 	slices.SortFunc(s.replicas, func(a, b ReplicaSnap) int { return cmp.Compare(a.Replica, b.Replica) })
 	slices.SortFunc(s.projections, func(a, b ProjectionSnap) int { return cmp.Compare(a.Name, b.Name) })
 	return s
