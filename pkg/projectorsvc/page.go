@@ -20,8 +20,8 @@ import (
 
 // pageCollector publishes this replica's counters and slots, and the status
 // of every projection whose slot 0 it owns, read as `projector status` reads
-// it; also of any projection of the binary nobody has published lately
-// (not initialised, paused, waiting for start, or run by no replica).
+// it; also of any projection it runs that nobody has published lately (not
+// initialised, paused, waiting for start: no replica owns its slots).
 func (s *service) pageCollector(page *statuspage.Page, p *projector.Projector, reg prometheus.Gatherer) statuspage.Collector {
 	return func(ctx context.Context) (map[string]any, error) {
 		slots := map[string][]int{}
@@ -40,7 +40,7 @@ func (s *service) pageCollector(page *statuspage.Page, p *projector.Projector, r
 			},
 		}
 		var errs []error
-		for _, d := range s.defs {
+		for _, d := range s.selected(nil) {
 			key := statuspage.Key("projection", d.Name())
 			if !slices.Contains(slots[d.Name()], 0) && page.Fresh(ctx, key) {
 				continue
