@@ -273,6 +273,7 @@ func ownersText(m map[string]int) string {
 // token's name. Screenshots go to test/e2e/out (or $TEST_ARTIFACTS).
 func TestStatusPageInBrowser(t *testing.T) {
 	chromiumPath(t) // skip early, before starting anything
+	t.Cleanup(http.DefaultClient.CloseIdleConnections)
 	ctx := context.Background()
 	out := artifactsDir(t)
 	dbURL := newDatabase(t)
