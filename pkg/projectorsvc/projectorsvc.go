@@ -56,11 +56,12 @@ const usage = `Usage: projector [command] [arguments]
 Commands:
   run                               run the projections (default); each initialises itself on first start
   status [--json] [name…]           show every projection (or the named ones): state, position, lag, owners, parked partitions
+  status --watch [name…]            the same every 2s, redrawn in place on a terminal, until Ctrl-C
   init <name>                       initialise a projection (create its read model); also revives a deleted one
   reset <name>                      clear the read model and positions; running replicas replay it from the start
   rebuild <name>                    the same as reset; derived events are not emitted again during the replay
   rebuild <name> --partition <key>  rebuild one partition (e.g. wallet/w-1) from its first event
-  backfill <name>                   wait until running replicas have caught the projection up (lag 0), showing progress
+  backfill <name>                   wait until running replicas have caught the projection up (lag 0), with a progress bar, rate and ETA
   delete <name> --yes               remove the read model, positions, leases and derived-event stream
   retry <name> <partition>          retry a parked partition from its failing event
   skip <name> <partition>           skip a parked partition's failing event and go on
@@ -79,6 +80,7 @@ type command struct {
 	name      string
 	args      []string
 	json      bool
+	watch     bool
 	yes       bool
 	partition string
 }
@@ -86,7 +88,7 @@ type command struct {
 // flags each command accepts; value flags take the next argument.
 var commandFlags = map[string]map[string]bool{
 	"run":      {},
-	"status":   {"json": false},
+	"status":   {"json": false, "watch": false},
 	"init":     {},
 	"reset":    {},
 	"rebuild":  {"partition": true},
@@ -140,6 +142,8 @@ func parseArgs(args []string) (command, error) {
 		switch name {
 		case "json":
 			c.json = true
+		case "watch":
+			c.watch = true
 		case "yes":
 			c.yes = true
 		case "partition":
@@ -154,6 +158,8 @@ func parseArgs(args []string) (command, error) {
 		"backfill": {1, 1}, "delete": {1, 1}, "retry": {2, 2}, "skip": {2, 2}, "start": {1, 1}, "live": {2, 2},
 	}[c.name]
 	switch n := len(c.args); {
+	case c.json && c.watch:
+		return c, fmt.Errorf("status: --json and --watch do not go together")
 	case c.name == "live" && (n != 2 || (c.args[1] != "on" && c.args[1] != "off")):
 		return c, fmt.Errorf("live needs a projection name and on or off")
 	case n < want[0] && want[0] == 2:
@@ -249,7 +255,11 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 			err = nil
 		}
 	case "status":
-		err = s.status(ctx, cmd.args, cmd.json)
+		if cmd.watch {
+			err = s.watch(ctx, cmd.args)
+		} else {
+			err = s.status(ctx, cmd.args, cmd.json)
+		}
 	case "init":
 		err = s.init(ctx, cmd.args[0])
 	case "reset", "rebuild":
