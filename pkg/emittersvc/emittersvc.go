@@ -123,7 +123,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	page.Collect(pageCollector(cfg.Emitter, pool, reg))
+	page.Collect(PageCollector(cfg.Emitter, pool, reg))
 	ops.Mount("/", page.Handler())
 	log.Info("emitter starting", "instance", cfg.Emitter.Instance)
 	err = ops.Serve(ctx, page.Beside(e.Run))

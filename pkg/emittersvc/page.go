@@ -24,9 +24,9 @@ func instanceName() string {
 	return fmt.Sprintf("%s-%d", host, os.Getpid())
 }
 
-// pageCollector publishes this emitter's status for the status pages; the
+// PageCollector publishes this emitter's status for the status pages; the
 // active one counts the outbox backlog.
-func pageCollector(cfg emitter.Config, pool *pgxpool.Pool, reg prometheus.Gatherer) statuspage.Collector {
+func PageCollector(cfg emitter.Config, pool *pgxpool.Pool, reg prometheus.Gatherer) statuspage.Collector {
 	return func(ctx context.Context) (map[string]any, error) {
 		snap := statuspage.EmitterSnap{Name: cfg.Name, Instance: cfg.Instance,
 			Active:  statuspage.Metric(reg, "jetproj_emitter_lease_held", "")[""] == 1,

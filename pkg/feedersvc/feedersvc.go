@@ -214,7 +214,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	page.Collect(pageCollector(f, pool, conn.JS, cfg.Feeder, reg))
+	page.Collect(PageCollector(f, pool, conn.JS, cfg.Feeder, reg))
 	ops.Mount("/", page.Handler())
 	log.Info("feeder starting", "name", f.Config().Name, "stream", f.Config().Stream, "instance", f.Config().Instance)
 	err = ops.Serve(ctx, page.Beside(f.Run))

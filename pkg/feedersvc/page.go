@@ -12,10 +12,10 @@ import (
 	"github.com/jetproj/jetproj/pkg/statuspage"
 )
 
-// pageCollector publishes this feeder instance's status for the status
+// PageCollector publishes a feeder instance's status for the status
 // pages: the active instance also reads the store's head and the report
 // `feeder status` prints.
-func pageCollector(f *feeder.Feeder, pool eventstore.Querier, js jetstream.JetStream, cfg feeder.Config, reg prometheus.Gatherer) statuspage.Collector {
+func PageCollector(f *feeder.Feeder, pool eventstore.Querier, js jetstream.JetStream, cfg feeder.Config, reg prometheus.Gatherer) statuspage.Collector {
 	return func(ctx context.Context) (map[string]any, error) {
 		c := f.Config()
 		st := f.Status()

@@ -18,34 +18,41 @@ import (
 	"github.com/jetproj/jetproj/pkg/statuspage"
 )
 
-// pageCollector publishes this replica's counters and slots, and the status
-// of every projection whose slot 0 it owns, read as `projector status` reads
-// it; also of any projection it runs that nobody has published lately (not
-// initialised, paused, waiting for start: no replica owns its slots).
 func (s *service) pageCollector(page *statuspage.Page, p *projector.Projector, reg prometheus.Gatherer) statuspage.Collector {
+	return PageCollector(page, s.js(), p, s.selected(nil), s.replicas(), s.cfg.Projector.Replica, reg)
+}
+
+// PageCollector publishes, for the status pages, a projector replica's
+// counters and slots, and the status of every projection of defs whose slot
+// 0 it owns, read as `projector status` reads it (ReadStatus); also of any
+// projection of defs that nobody has published lately (not initialised,
+// paused, waiting for start: no replica owns its slots). replica is the
+// replica's name, reg the registry its projector registers its metrics in.
+func PageCollector(page *statuspage.Page, js jetstream.JetStream, p *projector.Projector, defs []*projection.Definition,
+	replicas int, replica string, reg prometheus.Gatherer) statuspage.Collector {
 	return func(ctx context.Context) (map[string]any, error) {
 		slots := map[string][]int{}
 		for _, st := range p.Statuses() {
 			slots[st.Projection] = st.Slots
 		}
 		var names []string
-		for _, d := range s.selected(nil) {
+		for _, d := range defs {
 			names = append(names, d.Name())
 		}
 		out := map[string]any{
-			statuspage.Key("projector", s.cfg.Projector.Replica): statuspage.ReplicaSnap{
-				Replica: s.cfg.Projector.Replica, Projections: names, Slots: slots,
+			statuspage.Key("projector", replica): statuspage.ReplicaSnap{
+				Replica: replica, Projections: names, Slots: slots,
 				Messages: statuspage.Metric(reg, "jetproj_projector_messages_total", "projection"),
 				Actions:  page.ActionLog(), At: time.Now().UTC(),
 			},
 		}
 		var errs []error
-		for _, d := range s.selected(nil) {
+		for _, d := range defs {
 			key := statuspage.Key("projection", d.Name())
 			if !slices.Contains(slots[d.Name()], 0) && page.Fresh(ctx, key) {
 				continue
 			}
-			snap, err := s.projectionSnap(ctx, d)
+			snap, err := projectionSnap(ctx, js, d, replicas, replica)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", d.Name(), err))
 				continue
@@ -57,13 +64,13 @@ func (s *service) pageCollector(page *statuspage.Page, p *projector.Projector, r
 }
 
 // projectionSnap is d's status with its registry entry's details.
-func (s *service) projectionSnap(ctx context.Context, d *projection.Definition) (statuspage.ProjectionSnap, error) {
-	st, err := s.readStatus(ctx, d)
+func projectionSnap(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int, replica string) (statuspage.ProjectionSnap, error) {
+	st, err := ReadStatus(ctx, js, d, replicas)
 	if err != nil {
 		return statuspage.ProjectionSnap{}, err
 	}
-	snap := statuspage.ProjectionSnap{Status: st, By: s.cfg.Projector.Replica, At: time.Now().UTC()}
-	kv, err := s.js().KeyValue(ctx, projector.RegistryBucket)
+	snap := statuspage.ProjectionSnap{Status: st, By: replica, At: time.Now().UTC()}
+	kv, err := js.KeyValue(ctx, projector.RegistryBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return snap, nil
 	}

@@ -24,11 +24,17 @@ import (
 // wallets is caught up when it has handled the last wallet event, whatever
 // came after it for tickets.
 func (s *service) readStatus(ctx context.Context, d *projection.Definition) (projector.Status, error) {
-	st, err := projector.ReadStatus(ctx, s.js(), d, s.replicas())
+	return ReadStatus(ctx, s.js(), d, s.replicas())
+}
+
+// ReadStatus is a projection's status as `projector status` shows it:
+// projector.ReadStatus, with the head of the projection's own subjects.
+func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) (projector.Status, error) {
+	st, err := projector.ReadStatus(ctx, js, d, replicas)
 	if err != nil {
 		return st, err
 	}
-	if head, ok := s.subjectsHead(ctx, d); ok {
+	if head, ok := subjectsHead(ctx, js, d); ok {
 		st.Head = head
 		st.Lag = 0
 		if st.Head > st.Position {
@@ -41,11 +47,15 @@ func (s *service) readStatus(ctx context.Context, d *projection.Definition) (pro
 // subjectsHead is the sequence of the last message on d's subjects; ok is
 // false when it cannot be told (custom sources).
 func (s *service) subjectsHead(ctx context.Context, d *projection.Definition) (uint64, bool) {
+	return subjectsHead(ctx, s.js(), d)
+}
+
+func subjectsHead(ctx context.Context, js jetstream.JetStream, d *projection.Definition) (uint64, bool) {
 	src := d.SourceConfig()
 	if d.CustomSource() != nil || src.Stream == "" || len(src.Subjects) == 0 {
 		return 0, false
 	}
-	stream, err := s.js().Stream(ctx, src.Stream)
+	stream, err := js.Stream(ctx, src.Stream)
 	if err != nil {
 		return 0, false
 	}
