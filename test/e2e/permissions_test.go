@@ -16,6 +16,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
+	"github.com/jetproj/jetproj/pkg/statuspage"
 )
 
 // Least privilege per service, as docs/operations.md documents it: each
@@ -45,7 +46,9 @@ func kvAPI(b string) []string { return append(streamAPI("KV_"+b), "$KV."+b+".>")
 // permissions renders the server's authorization block for the services
 // running projections, whose derived events link to the linked streams.
 func permissions(projections, linked []string) string {
-	common := []string{"$JS.API.INFO", "$JS.FC.>", "_INBOX.>"}
+	// Every service publishes its status for the status pages and reads
+	// the others'.
+	common := append([]string{"$JS.API.INFO", "$JS.FC.>", "_INBOX.>"}, kvAPI(statuspage.Bucket)...)
 	feeder := append([]string{"events.>"}, common...)
 	feeder = append(feeder, streamAPI("EVENTS")...)
 	feeder = append(append(feeder, kvAPI("jetproj_feeder_state")...), kvAPI("jetproj_feeder_leases")...)
