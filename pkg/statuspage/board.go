@@ -71,6 +71,12 @@ func (b *board) put(ctx context.Context, key string, value []byte) error {
 		return err
 	}
 	_, err = kv.Put(ctx, key, value)
+	if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrNoStreamResponse) {
+		// Deleted (or lost with a memory-only server): made again next time.
+		b.mu.Lock()
+		b.kv = nil
+		b.mu.Unlock()
+	}
 	return err
 }
 

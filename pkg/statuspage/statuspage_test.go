@@ -179,7 +179,10 @@ func TestPagesShareTheBucket(t *testing.T) {
 		if len(v.Feeders) != 1 || len(v.Projections) != 1 || len(v.History) < 3 {
 			return fmt.Errorf("%d feeders, %d projections, %d samples", len(v.Feeders), len(v.Projections), len(v.History))
 		}
-		if last := v.History[len(v.History)-1]; last.Rate[statuspage.StageFeeder] <= 0 || last.Lag["wallet_balance"] != 50 {
+		// Each page publishes on its own clock: wait for a sample in which
+		// both counters grew.
+		if last := v.History[len(v.History)-1]; last.Rate[statuspage.StageFeeder] <= 0 ||
+			last.Rate[statuspage.StageProjector+"wallet_balance"] <= 0 || last.Lag["wallet_balance"] != 50 {
 			return fmt.Errorf("last sample %+v", last)
 		}
 		return nil
