@@ -18,8 +18,9 @@ test: deps check ## Run every test (unit, integration, end-to-end) against real 
 	$(GO) test -count=1 -timeout 15m ./...
 
 .PHONY: deps
-deps: ## Make sure the PostgreSQL server binaries the tests start are installed
+deps: ## Make sure the PostgreSQL server binaries and the Chromium the tests start are installed
 	@./scripts/ensure-postgres.sh
+	@./scripts/ensure-chromium.sh
 
 .PHONY: check
 check: ## gofmt, go vet and generated docs up to date

@@ -28,6 +28,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/feeder"
 	"github.com/jetproj/jetproj/pkg/natsconn"
+	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/pgconn"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -50,6 +51,9 @@ type Options struct {
 	// Out receives the demo's story; Log the services' logs.
 	Out io.Writer
 	Log *slog.Logger
+	// OpsAddr is where the status page (and /metrics) is served: default
+	// 127.0.0.1:8080, a free port when that is taken; "off": none.
+	OpsAddr string
 }
 
 // Result sums a demo run up.
@@ -130,21 +134,32 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	// The three services, in this process.
 	sctx, stopServices := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	defer func() { stopServices(); wg.Wait() }()
-	f, err := feeder.New(feeder.Config{}, feeder.Deps{Pool: pool, NC: conn.NC, Logger: o.Log.With("service", "feeder")})
+	reg := opsserver.NewRegistry()
+	f, err := feeder.New(feeder.Config{Instance: "demo"}, feeder.Deps{Pool: pool, NC: conn.NC, Logger: o.Log.With("service", "feeder"), Registerer: reg})
 	if err != nil {
 		return res, err
 	}
-	p, err := projector.New(conn.NC, projector.Options{Replica: "demo", LeaseTTL: 2 * time.Second, Logger: o.Log.With("service", "projector")}, defs...)
+	p, err := projector.New(conn.NC, projector.Options{Replica: "demo", LeaseTTL: 2 * time.Second, Logger: o.Log.With("service", "projector"), Registerer: reg}, defs...)
 	if err != nil {
 		return res, err
 	}
-	em, err := emitter.New(emitter.Config{LeaseTTL: 2 * time.Second}, pool, conn.NC, o.Log.With("service", "emitter"), nil)
+	emCfg := emitter.Config{Name: "emitter", Instance: "demo", LeaseTTL: 2 * time.Second}
+	em, err := emitter.New(emCfg, pool, conn.NC, o.Log.With("service", "emitter"), reg)
 	if err != nil {
 		return res, err
 	}
-	for name, run := range map[string]func(context.Context) error{"feeder": f.Run, "projector": p.Run, "emitter": em.Run} {
+	services := map[string]func(context.Context) error{"feeder": f.Run, "projector": p.Run, "emitter": em.Run}
+	if o.OpsAddr != opsserver.Disabled {
+		ops, err := statusPage(o, reg, conn.JS, pool, f, p, defs, emCfg)
+		if err != nil {
+			return res, err
+		}
+		services["status page"] = ops.Run
+		say("▸ status page: http://%s/  (lag, throughput, parked partitions, live)", ops.Addr())
+	}
+	for name, run := range services {
 		wg.Go(func() {
 			if err := run(sctx); err != nil {
 				errs <- fmt.Errorf("%s: %w", name, err)

@@ -28,7 +28,7 @@ func TestRunSettles(t *testing.T) {
 	n := devtest.NATS(t)
 	var out bytes.Buffer
 	res, err := demo.Run(ctx, demo.Options{DatabaseURL: devtest.Postgres(t), NATS: natsconn.Config{URL: n.URL()},
-		Duration: 3 * time.Second, Rate: 100, Frame: 500 * time.Millisecond, Out: &out})
+		Duration: 3 * time.Second, Rate: 100, Frame: 500 * time.Millisecond, Out: &out, OpsAddr: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out.String())
 	}
@@ -38,7 +38,8 @@ func TestRunSettles(t *testing.T) {
 	if res.Derived == 0 || res.Duplicates != 0 {
 		t.Errorf("derived %d with %d duplicates: want some, none twice", res.Derived, res.Duplicates)
 	}
-	for _, want := range []string{"READ MODELS", "DERIVED EVENTS", "wallet_balance", "project.wallet_balance.wallet.", "every read model equals the fold"} {
+	for _, want := range []string{"READ MODELS", "DERIVED EVENTS", "wallet_balance", "project.wallet_balance.wallet.", "every read model equals the fold",
+		"status page: http://127.0.0.1:"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the demo's output lacks %q:\n%s", want, out.String())
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/natsconn"
 	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/pgconn"
+	"github.com/jetproj/jetproj/pkg/statuspage"
 	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
@@ -29,6 +30,7 @@ type Config struct {
 	Emitter emitter.Config
 	Log     logging.Config
 	Ops     opsserver.Config
+	Page    statuspage.Config
 }
 
 // Bounds of the settings that pkg/emitter accepts without an upper limit.
@@ -138,6 +140,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer func() { _ = shutdownTracing(context.Background()) }()
 	reg := opsserver.NewRegistry()
+	if cfg.Emitter.Instance == "" {
+		cfg.Emitter.Instance = instanceName()
+	}
 	e, err := emitter.New(cfg.Emitter, pool, conn.NC, log, reg)
 	if err != nil {
 		return err
@@ -150,8 +155,15 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// the log has the error.
 	ops.Ready("postgres", pool.Ping)
 	ops.Wedged(func() (string, time.Time) { return "relay round", e.BusySince() })
-	log.Info("emitter starting")
-	err = ops.Serve(ctx, e.Run)
+	page, err := statuspage.New(statuspage.Options{Config: cfg.Page, JS: conn.JS, Service: "emitter", Instance: cfg.Emitter.Instance,
+		Replicas: max(cfg.Emitter.Replicas, 1), Logger: log})
+	if err != nil {
+		return err
+	}
+	page.Collect(PageCollector(cfg.Emitter, pool, reg))
+	ops.Mount("/", page.Handler())
+	log.Info("emitter starting", "instance", cfg.Emitter.Instance)
+	err = ops.Serve(ctx, page.Beside(e.Run))
 	if lost := conn.Err(); lost != nil {
 		return lost
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/natsconn"
 	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/pgconn"
+	"github.com/jetproj/jetproj/pkg/statuspage"
 	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
@@ -36,6 +37,7 @@ type Config struct {
 	Feeder feeder.Config
 	Log    logging.Config
 	Ops    opsserver.Config
+	Page   statuspage.Config
 }
 
 // maxPoolConns bounds DATABASE_MAX_CONNS: PostgreSQL's own default allows
@@ -224,8 +226,15 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return "standby"
 	})
 	ops.Wedged(func() (string, time.Time) { return "feeding", f.BusySince() })
+	page, err := statuspage.New(statuspage.Options{Config: cfg.Page, JS: conn.JS, Service: "feeder", Instance: f.Config().Instance,
+		Replicas: f.Config().StreamReplicas, Logger: log})
+	if err != nil {
+		return err
+	}
+	page.Collect(PageCollector(f, pool, conn.JS, cfg.Feeder, reg))
+	ops.Mount("/", page.Handler())
 	log.Info("feeder starting", "name", f.Config().Name, "stream", f.Config().Stream, "instance", f.Config().Instance)
-	err = ops.Serve(ctx, f.Run)
+	err = ops.Serve(ctx, page.Beside(f.Run))
 	if lost := conn.Err(); lost != nil {
 		return lost
 	}

@@ -108,6 +108,7 @@ type Server struct {
 	ready   map[string]Check
 	reports map[string]func() string
 	logged  map[string]string // the private error last logged per check
+	mounts  map[string]http.Handler
 	ln      net.Listener
 }
 
@@ -118,11 +119,20 @@ func New(cfg Config, gather prometheus.Gatherer, log *slog.Logger, opts ...Optio
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, gather: gather, log: log, limits: DefaultLimits,
-		live: map[string]Check{}, ready: map[string]Check{}, reports: map[string]func() string{}, logged: map[string]string{}}
+		live: map[string]Check{}, ready: map[string]Check{}, reports: map[string]func() string{}, logged: map[string]string{},
+		mounts: map[string]http.Handler{}}
 	for _, o := range opts {
 		o(s)
 	}
 	return s
+}
+
+// Mount serves h on pattern (an http.ServeMux pattern) beside the three
+// paths, e.g. the status page on "/".
+func (s *Server) Mount(pattern string, h http.Handler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mounts[pattern] = h
 }
 
 // Live adds a liveness check: when it fails, /healthz answers 503 and the
@@ -173,6 +183,11 @@ func (s *Server) Handler() http.Handler {
 	}
 	mux.HandleFunc("GET "+HealthPath, func(w http.ResponseWriter, r *http.Request) { s.serveChecks(w, r, s.live, nil) })
 	mux.HandleFunc("GET "+ReadyPath, func(w http.ResponseWriter, r *http.Request) { s.serveChecks(w, r, s.ready, s.reports) })
+	s.mu.Lock()
+	for p, h := range s.mounts {
+		mux.Handle(p, h)
+	}
+	s.mu.Unlock()
 	return mux
 }
 

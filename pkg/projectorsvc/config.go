@@ -14,6 +14,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/natsconn"
 	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/pgconn"
+	"github.com/jetproj/jetproj/pkg/statuspage"
 )
 
 // Config is the projector service's configuration, read from the
@@ -24,6 +25,7 @@ type Config struct {
 	Log       logging.Config
 	Projector Settings
 	Ops       opsserver.Config
+	Page      statuspage.Config
 }
 
 // Settings are the projector's own variables.

@@ -9,3 +9,10 @@ func SetMetricsIntervals(lag, summary time.Duration) (restore func()) {
 	lagInterval, summaryInterval = lag, summary
 	return func() { lagInterval, summaryInterval = l, s }
 }
+
+// SetWatchInterval shortens how often status --watch reads, until restore.
+func SetWatchInterval(d time.Duration) (restore func()) {
+	w := watchInterval
+	watchInterval = d
+	return func() { watchInterval = w }
+}

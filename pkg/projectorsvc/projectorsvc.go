@@ -40,6 +40,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/pgconn"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
+	"github.com/jetproj/jetproj/pkg/statuspage"
 	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
@@ -56,11 +57,12 @@ const usage = `Usage: projector [command] [arguments]
 Commands:
   run                               run the projections (default); each initialises itself on first start
   status [--json] [name…]           show every projection (or the named ones): state, position, lag, owners, parked partitions
+  status --watch [name…]            the same every 2s, redrawn in place on a terminal, until Ctrl-C
   init <name>                       initialise a projection (create its read model); also revives a deleted one
   reset <name>                      clear the read model and positions; running replicas replay it from the start
   rebuild <name>                    the same as reset; derived events are not emitted again during the replay
   rebuild <name> --partition <key>  rebuild one partition (e.g. wallet/w-1) from its first event
-  backfill <name>                   wait until running replicas have caught the projection up (lag 0), showing progress
+  backfill <name>                   wait until running replicas have caught the projection up (lag 0), with a progress bar, rate and ETA
   delete <name> --yes               remove the read model, positions, leases and derived-event stream
   retry <name> <partition>          retry a parked partition from its failing event
   skip <name> <partition>           skip a parked partition's failing event and go on
@@ -79,6 +81,7 @@ type command struct {
 	name      string
 	args      []string
 	json      bool
+	watch     bool
 	yes       bool
 	partition string
 }
@@ -86,7 +89,7 @@ type command struct {
 // flags each command accepts; value flags take the next argument.
 var commandFlags = map[string]map[string]bool{
 	"run":      {},
-	"status":   {"json": false},
+	"status":   {"json": false, "watch": false},
 	"init":     {},
 	"reset":    {},
 	"rebuild":  {"partition": true},
@@ -140,6 +143,8 @@ func parseArgs(args []string) (command, error) {
 		switch name {
 		case "json":
 			c.json = true
+		case "watch":
+			c.watch = true
 		case "yes":
 			c.yes = true
 		case "partition":
@@ -154,6 +159,8 @@ func parseArgs(args []string) (command, error) {
 		"backfill": {1, 1}, "delete": {1, 1}, "retry": {2, 2}, "skip": {2, 2}, "start": {1, 1}, "live": {2, 2},
 	}[c.name]
 	switch n := len(c.args); {
+	case c.json && c.watch:
+		return c, fmt.Errorf("status: --json and --watch do not go together")
 	case c.name == "live" && (n != 2 || (c.args[1] != "on" && c.args[1] != "off")):
 		return c, fmt.Errorf("live needs a projection name and on or off")
 	case n < want[0] && want[0] == 2:
@@ -249,7 +256,11 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 			err = nil
 		}
 	case "status":
-		err = s.status(ctx, cmd.args, cmd.json)
+		if cmd.watch {
+			err = s.watch(ctx, cmd.args)
+		} else {
+			err = s.status(ctx, cmd.args, cmd.json)
+		}
 	case "init":
 		err = s.init(ctx, cmd.args[0])
 	case "reset", "rebuild":
@@ -414,6 +425,11 @@ func (s *service) runGuarded(ctx context.Context) error {
 	}
 	defer func() { _ = shutdownTracing(context.Background()) }()
 	reg := opsserver.NewRegistry()
+	if s.cfg.Projector.Replica == "" {
+		// The projector's own default, known here for the status page.
+		host, _ := os.Hostname()
+		s.cfg.Projector.Replica = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
 	p, err := projector.New(s.conn.NC, projector.Options{
 		Replica:  s.cfg.Projector.Replica,
 		LeaseTTL: s.cfg.Projector.LeaseTTL,
@@ -452,8 +468,15 @@ func (s *service) runGuarded(ctx context.Context) error {
 		}
 		return nil
 	}))
+	page, err := statuspage.New(statuspage.Options{Config: s.cfg.Page, JS: s.js(), Service: "projector", Instance: s.cfg.Projector.Replica,
+		Replicas: s.replicas(), Logger: s.log, Actions: pageActions{s}})
+	if err != nil {
+		return err
+	}
+	page.Collect(s.pageCollector(page, p, reg))
+	ops.Mount("/", page.Handler())
 	s.log.Info("projector starting", "projections", strings.Join(ns, ","), "replica", s.cfg.Projector.Replica, "lease_ttl", s.cfg.Projector.LeaseTTL)
-	err = ops.Serve(ctx, p.Run)
+	err = ops.Serve(ctx, page.Beside(p.Run))
 	s.log.Info("projector stopped")
 	return err
 }

@@ -27,11 +27,17 @@ import (
 // wallets is caught up when it has handled the last wallet event, whatever
 // came after it for tickets.
 func (s *service) readStatus(ctx context.Context, d *projection.Definition) (projector.Status, error) {
-	st, err := projector.ReadStatus(ctx, s.js(), d, s.replicas())
+	return ReadStatus(ctx, s.js(), d, s.replicas())
+}
+
+// ReadStatus is a projection's status as `projector status` shows it:
+// projector.ReadStatus, with the head of the projection's own subjects.
+func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) (projector.Status, error) {
+	st, err := projector.ReadStatus(ctx, js, d, replicas)
 	if err != nil {
 		return st, err
 	}
-	if head, ok := s.subjectsHead(ctx, d); ok {
+	if head, ok := subjectsHead(ctx, js, d); ok {
 		st.Head = head
 		st.Lag = 0
 		if st.Head > st.Position {
@@ -44,11 +50,15 @@ func (s *service) readStatus(ctx context.Context, d *projection.Definition) (pro
 // subjectsHead is the sequence of the last message on d's subjects; ok is
 // false when it cannot be told (custom sources).
 func (s *service) subjectsHead(ctx context.Context, d *projection.Definition) (uint64, bool) {
+	return subjectsHead(ctx, s.js(), d)
+}
+
+func subjectsHead(ctx context.Context, js jetstream.JetStream, d *projection.Definition) (uint64, bool) {
 	src := d.SourceConfig()
 	if d.CustomSource() != nil || src.Stream == "" || len(src.Subjects) == 0 {
 		return 0, false
 	}
-	stream, err := s.js().Stream(ctx, src.Stream)
+	stream, err := js.Stream(ctx, src.Stream)
 	if err != nil {
 		return 0, false
 	}
@@ -67,13 +77,9 @@ func (s *service) subjectsHead(ctx context.Context, d *projection.Definition) (u
 }
 
 func (s *service) status(ctx context.Context, names []string, asJSON bool) error {
-	var all []projector.Status
-	for _, d := range s.selected(names) {
-		st, err := s.readStatus(ctx, d)
-		if err != nil {
-			return fmt.Errorf("%s: %w", d.Name(), err)
-		}
-		all = append(all, st)
+	all, err := s.statuses(ctx, names)
+	if err != nil {
+		return err
 	}
 	if asJSON {
 		enc := json.NewEncoder(s.stdout)
@@ -81,6 +87,54 @@ func (s *service) status(ctx context.Context, names []string, asJSON bool) error
 		return enc.Encode(all)
 	}
 	return printStatus(s.stdout, all)
+}
+
+func (s *service) statuses(ctx context.Context, names []string) ([]projector.Status, error) {
+	var all []projector.Status
+	for _, d := range s.selected(names) {
+		st, err := s.readStatus(ctx, d)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", d.Name(), err)
+		}
+		all = append(all, st)
+	}
+	return all, nil
+}
+
+// watchInterval is how often status --watch reads the status again.
+var watchInterval = 2 * time.Second
+
+// watch prints the status every watchInterval until ctx ends: redrawn in
+// place on a terminal, one table after another (each under a time stamp)
+// otherwise. A failed read is shown and tried again.
+func (s *service) watch(ctx context.Context, names []string) error {
+	tty := isTerminal(s.stdout)
+	for {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s  every %v  (Ctrl-C to stop)\n\n", time.Now().Format(time.RFC3339), watchInterval)
+		all, err := s.statuses(ctx, names)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			fmt.Fprintf(&b, "status not read: %v\n", err)
+		} else if err := printStatus(&b, all); err != nil {
+			return err
+		}
+		if tty {
+			// Home, each line cleared to its end, then the rest of the
+			// screen: no flicker, no scrolling.
+			out := "\033[H" + strings.ReplaceAll(b.String(), "\n", "\033[K\n") + "\033[J"
+			fmt.Fprint(s.stdout, out)
+		} else {
+			fmt.Fprintln(s.stdout, b.String())
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(watchInterval):
+		}
+	}
 }
 
 func printStatus(out io.Writer, all []projector.Status) error {
@@ -193,6 +247,7 @@ func (s *service) backfill(ctx context.Context, name string) error {
 	var lastLine time.Time
 	var warnedOwners, warnedInit bool
 	start := time.Now()
+	var r rate
 	for {
 		st, err := s.readStatus(ctx, d)
 		if err != nil {
@@ -215,7 +270,9 @@ func (s *service) backfill(ctx context.Context, name string) error {
 			warnedOwners = true
 		}
 		done := st.State == projector.StateActive && st.Lag == 0 && len(st.Owners) > 0
-		line := fmt.Sprintf("%s: position %d / head %d (%s), lag %d", name, st.Position, st.Head, percent(st.Position, st.Head), st.Lag)
+		r.add(time.Now(), st.Position)
+		line := fmt.Sprintf("%s %s %s  position %d / head %d, lag %d, %s", name, bar(st.Position, st.Head, 24),
+			percent(st.Position, st.Head), st.Position, st.Head, st.Lag, r.describe(st.Lag))
 		switch {
 		case tty:
 			fmt.Fprintf(s.stdout, "\r\033[K%s", line)
@@ -243,6 +300,57 @@ func (s *service) backfill(ctx context.Context, name string) error {
 		case <-time.After(backfillPoll):
 		}
 	}
+}
+
+// bar draws pos/head as [#####·····] of width cells.
+func bar(pos, head uint64, width int) string {
+	done := width
+	if head > 0 {
+		done = int(float64(width) * float64(min(pos, head)) / float64(head))
+	}
+	return "[" + strings.Repeat("#", done) + strings.Repeat("·", width-done) + "]"
+}
+
+// rate is how fast a position moves: the average over the last rateWindow.
+type rate struct {
+	at  []time.Time
+	pos []uint64
+}
+
+const rateWindow = 10 * time.Second
+
+func (r *rate) add(now time.Time, pos uint64) {
+	r.at, r.pos = append(r.at, now), append(r.pos, pos)
+	for len(r.at) > 2 && now.Sub(r.at[0]) > rateWindow {
+		r.at, r.pos = r.at[1:], r.pos[1:]
+	}
+}
+
+// perSecond is the rate; ok is false until two readings apart.
+func (r *rate) perSecond() (float64, bool) {
+	n := len(r.at)
+	if n < 2 {
+		return 0, false
+	}
+	dt := r.at[n-1].Sub(r.at[0]).Seconds()
+	if dt <= 0 || r.pos[n-1] < r.pos[0] {
+		return 0, false
+	}
+	return float64(r.pos[n-1]-r.pos[0]) / dt, true
+}
+
+// describe is "1520 msg/s, ETA 12s" (or "rate …" while unknown).
+func (r *rate) describe(lag uint64) string {
+	ps, ok := r.perSecond()
+	switch {
+	case !ok:
+		return "rate …"
+	case lag == 0:
+		return fmt.Sprintf("%.0f msg/s", ps)
+	case ps == 0:
+		return "0 msg/s, ETA ∞"
+	}
+	return fmt.Sprintf("%.0f msg/s, ETA %v", ps, (time.Duration(float64(lag) / ps * float64(time.Second))).Round(time.Second))
 }
 
 func percent(pos, head uint64) string {

@@ -18,6 +18,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
+	"github.com/jetproj/jetproj/pkg/statuspage"
 )
 
 // Least privilege per service, as docs/operations.md documents it: each
@@ -72,7 +73,9 @@ type permSetup struct {
 
 // permissions renders the server's authorization block for setup.
 func permissions(setup permSetup) string {
-	common := []string{"$JS.API.INFO", "$JS.FC.>", "_INBOX.>"}
+	// Every service publishes its status for the status pages and reads
+	// the others'.
+	common := append([]string{"$JS.API.INFO", "$JS.FC.>", "_INBOX.>"}, kvAPI(statuspage.Bucket)...)
 	feeder := append([]string{"events.>"}, common...)
 	feeder = append(feeder, streamAPI("EVENTS")...)
 	feeder = append(append(feeder, kvAPI("jetproj_feeder_state")...), kvAPI("jetproj_feeder_leases")...)

@@ -29,18 +29,20 @@ import (
 	"github.com/jetproj/jetproj/pkg/opsserver"
 	"github.com/jetproj/jetproj/pkg/pgconn"
 	"github.com/jetproj/jetproj/pkg/projectorsvc"
+	"github.com/jetproj/jetproj/pkg/statuspage"
 )
 
 // sections maps the section names used in markers to configuration structs.
 // Adding a service's configuration to the documentation is one line here.
 var sections = map[string]any{
-	"nats":      natsconn.Config{},
-	"database":  pgconn.Config{},
-	"logging":   logging.Config{},
-	"ops":       opsserver.Config{},
-	"feeder":    feeder.Config{},
-	"projector": projectorsvc.Settings{},
-	"emitter":   emitter.Config{},
+	"nats":       natsconn.Config{},
+	"database":   pgconn.Config{},
+	"logging":    logging.Config{},
+	"ops":        opsserver.Config{},
+	"feeder":     feeder.Config{},
+	"projector":  projectorsvc.Settings{},
+	"emitter":    emitter.Config{},
+	"statuspage": statuspage.Config{},
 }
 
 func main() {
