@@ -225,16 +225,16 @@ type Definition struct {
 	store       any
 	// aggStream and aggPrefix are FromStream's.
 	aggStream, aggPrefix string
-	newState    func() any
-	stateType   reflect.Type
-	handlers    map[string]HandlerFunc
-	catchAll    HandlerFunc
-	flush       func(ctx context.Context, pc *PartitionContext) error
-	onInit      Hook
-	onReset     Hook
-	onDelete    Hook
-	onResetPart PartitionHook
-	errs        []string
+	newState             func() any
+	stateType            reflect.Type
+	handlers             map[string]HandlerFunc
+	catchAll             HandlerFunc
+	flush                func(ctx context.Context, pc *PartitionContext) error
+	onInit               Hook
+	onReset              Hook
+	onDelete             Hook
+	onResetPart          PartitionHook
+	errs                 []string
 
 	customSource Source
 	partitions   PartitionProvider
