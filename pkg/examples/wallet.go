@@ -48,28 +48,30 @@ func WalletBalance(pool *pgxpool.Pool) *projection.Projection[WalletState] {
 		}),
 	)
 	// The handlers queue their statements (Exec): a batch's writes travel
-	// to PostgreSQL together, in its commit's round trip. The balance is
-	// written once per wallet per batch, by the flush hook.
+	// to PostgreSQL together, in its commit's round trip. Each event writes
+	// the balance it leads to, so that a write PostgreSQL refuses is
+	// pinned on its event (which `projector skip` can then skip).
 	projection.On(p, func(_ context.Context, c *projection.Context[WalletState], e projection.Event[WalletOpened]) error {
 		return c.Exec(`INSERT INTO wallet_balance (wallet_id, owner, balance) VALUES ($1, $2, $3)
 ON CONFLICT (wallet_id) DO UPDATE SET owner = excluded.owner`, e.AggregateID, e.Data.Owner, c.State.Balance)
 	})
 	projection.On(p, func(_ context.Context, c *projection.Context[WalletState], e projection.Event[MoneyWasAddedToWallet]) error {
 		c.State.Balance += e.Data.Amount
-		return nil
+		return upsertBalance(c, e.AggregateID)
 	})
 	projection.On(p, func(_ context.Context, c *projection.Context[WalletState], e projection.Event[MoneyWasWithdrawnFromWallet]) error {
 		c.State.Balance -= e.Data.Amount
-		return nil
+		return upsertBalance(c, e.AggregateID)
 	})
 	projection.OnFlush(p, func(_ context.Context, c *projection.Context[WalletState]) error {
-		if err := c.Exec(`INSERT INTO wallet_balance (wallet_id, balance) VALUES ($1, $2)
-ON CONFLICT (wallet_id) DO UPDATE SET balance = excluded.balance`, idOf(c.Partition()), c.State.Balance); err != nil {
-			return err
-		}
 		return c.Emit(TypeWalletBalanceWasChanged, WalletBalanceWasChanged{WalletID: idOf(c.Partition()), Balance: c.State.Balance})
 	})
 	return p
+}
+
+func upsertBalance(c *projection.Context[WalletState], walletID string) error {
+	return c.Exec(`INSERT INTO wallet_balance (wallet_id, balance) VALUES ($1, $2)
+ON CONFLICT (wallet_id) DO UPDATE SET balance = excluded.balance`, walletID, c.State.Balance)
 }
 
 // WalletDoc is the document wallet_balance_kv keeps per wallet.

@@ -11,6 +11,22 @@ import (
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
+// errStore wraps an error sendQueued got that is the store's, not a
+// statement's: it fails the batch, not the partition.
+var errStore = errors.New("projector: store")
+
+// sendQueued sends the statements queued so far: a statement PostgreSQL
+// refused is returned as it is (a partition failure); any other error
+// wrapped in errStore.
+func sendQueued(ctx context.Context, qb QueueBatch) error {
+	err := qb.SendQueued(ctx)
+	var se *StatementError
+	if err == nil || errors.As(err, &se) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", errStore, err)
+}
+
 type applied struct {
 	rec  Record
 	fail *failure
@@ -105,7 +121,17 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 			continue
 		}
 		pc.Tenant = m.Tenant()
-		if err := r.safeApply(ctx, pc, m); err != nil {
+		err := r.safeApply(ctx, pc, m)
+		if err == nil && queues && r.eager {
+			// Looking for the statement that failed the batch: each
+			// message's statements go now, so the one refused is pinned
+			// on its message.
+			err = sendQueued(ctx, qb)
+		}
+		if err != nil {
+			if errors.Is(err, errStore) {
+				return applied{}, err
+			}
 			if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
 				return applied{}, rerr
 			}
@@ -125,11 +151,9 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 		return r.failed(p, w.msgs[len(w.msgs)-1], err, prev), nil
 	}
 	if queues && r.eager {
-		// Looking for the partition whose statement failed the batch:
-		// each partition's statements go now, under its savepoint.
-		if err := qb.SendQueued(ctx); err != nil {
-			var se *StatementError
-			if !errors.As(err, &se) {
+		// The flush hook's statements, pinned on the last message.
+		if err := sendQueued(ctx, qb); err != nil {
+			if errors.Is(err, errStore) {
 				return applied{}, err
 			}
 			if rerr := b.RollbackToSavepoint(ctx); rerr != nil {

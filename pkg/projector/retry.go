@@ -144,30 +144,23 @@ func (r *runner) applyCaughtUp(ctx context.Context, p *part, prev *failure, res 
 	}
 	p.setFailure(nil)
 	w := &work{p: p, msgs: metas}
-	b, err := r.store.Begin(ctx)
-	if err != nil {
-		p.setFailure(prev)
-		return err
-	}
-	applied, err := r.applyPartition(ctx, b, w, prev)
-	if err != nil {
-		b.Rollback(ctx)
-		p.setFailure(prev)
-		return err
-	}
 	more := len(res.msgs) == r.spec.BatchSize || res.overflow
-	if more && applied.fail == nil {
-		applied.rec.Behind = true
-	}
-	b.Put(int(p.slot), r.slots[int(p.slot)].token, applied.rec)
-	revs, err := b.Commit(ctx)
-	if err != nil {
-		p.setFailure(prev)
-		if isStatementFailure(err) && r.caps.Transactional && ctx.Err() == nil {
-			// The partition's own writes were refused: it fails as a
-			// handler error does, and parks after its attempts.
+	applied, revs, err := r.commitAlone(ctx, w, prev, more)
+	if err != nil && isStatementFailure(err) && r.caps.Transactional && ctx.Err() == nil {
+		// PostgreSQL refused a statement: apply again with each message's
+		// statements sent after it, which pins the failure on its message.
+		r.eager = true
+		applied, revs, err = r.commitAlone(ctx, w, prev, more)
+		r.eager = false
+		if err != nil && isStatementFailure(err) && ctx.Err() == nil {
+			p.setFailure(prev)
+			// Refused still (its record): it fails as a handler error
+			// does, and parks after its attempts.
 			return r.failAlone(ctx, w, err)
 		}
+	}
+	if err != nil {
+		p.setFailure(prev)
 		return err
 	}
 	applied.rec.Revision = revs[applied.rec.Key]
@@ -182,4 +175,23 @@ func (r *runner) applyCaughtUp(ctx context.Context, p *part, prev *failure, res 
 	}
 	r.markFailing(p)
 	return nil
+}
+
+// commitAlone applies w, a partition's own batch, and commits it.
+func (r *runner) commitAlone(ctx context.Context, w *work, prev *failure, more bool) (applied, map[string]uint64, error) {
+	b, err := r.store.Begin(ctx)
+	if err != nil {
+		return applied{}, nil, err
+	}
+	res, err := r.applyPartition(ctx, b, w, prev)
+	if err != nil {
+		b.Rollback(ctx)
+		return applied{}, nil, err
+	}
+	if more && res.fail == nil {
+		res.rec.Behind = true
+	}
+	b.Put(int(w.p.slot), r.slots[int(w.p.slot)].token, res.rec)
+	revs, err := b.Commit(ctx)
+	return res, revs, err
 }

@@ -52,7 +52,31 @@ func ledger() projection.Definer {
 	return p
 }
 
+// RatioName is a KV-state projection with a float state: each deposit's
+// ratio to the previous one. A deposit of 0 after none (0/0) makes it NaN,
+// which JSON cannot encode: that wallet's partition is parked for its
+// state, the others go on.
+const RatioName = "wallet_ratio_kv"
+
+// Ratio is a wallet's state in RatioName.
+type Ratio struct {
+	Last  int64   `json:"last"`
+	Ratio float64 `json:"ratio"`
+}
+
+func ratio() projection.Definer {
+	p := projection.New[Ratio](RatioName, projection.FromAggregates("wallet"))
+	projection.On(p, func(_ context.Context, c *projection.Context[Ratio], e projection.Event[examples.MoneyWasAddedToWallet]) error {
+		if c.State.Last != 0 || e.Data.Amount == 0 {
+			c.State.Ratio = float64(e.Data.Amount) / float64(c.State.Last)
+		}
+		c.State.Last = e.Data.Amount
+		return nil
+	})
+	return p
+}
+
 func main() {
 	os.Exit(projectorsvc.Main(context.Background(), os.Args[1:], nil, os.Stdout, os.Stderr,
-		func(pool *pgxpool.Pool) []projection.Definer { return append(examples.All(pool), ledger()) }))
+		func(pool *pgxpool.Pool) []projection.Definer { return append(examples.All(pool), ledger(), ratio()) }))
 }
