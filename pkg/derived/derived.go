@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/subject"
 	"github.com/jetproj/jetproj/pkg/tracing"
 )
@@ -37,7 +39,28 @@ const (
 	HeaderEmissionSeq    = "Emission-Seq"
 	HeaderSourcePosition = "Source-Position"
 	HeaderSourceSequence = "Source-Sequence"
+	// HeaderCausationID names the event that caused the derived event: the
+	// source message's Nats-Msg-Id (event-<position> for the feeder's
+	// events, the derived event's id in a pipeline), or
+	// <stream>:<sequence> for a source message without one.
+	HeaderCausationID = "Causation-Id"
+	// HeaderCorrelationID is the correlation_id entry of the derived
+	// event's metadata (carried over from the source event, or given with
+	// projection.WithMetadata), when it has one.
+	HeaderCorrelationID = "Correlation-Id"
+	// MetadataCorrelationID is the metadata key HeaderCorrelationID comes
+	// from.
+	MetadataCorrelationID = "correlation_id"
 )
+
+// Link is a stream a derived event is linked to.
+type Link struct {
+	Stream string `json:"stream"`
+	// Existing: the stream was not created by jetproj and the user opted
+	// in to it by name (projection.LinkExisting): it is used as it is,
+	// never created nor checked for jetproj's mark.
+	Existing bool `json:"existing,omitempty"`
+}
 
 // Event is a derived event ready to publish.
 type Event struct {
@@ -51,14 +74,22 @@ type Event struct {
 	// Partition, Seq) when empty.
 	MsgID string
 	// Generation and Seq place it among its partition's derived events.
-	Generation     int
-	Seq            uint64
-	Type           string
-	Payload        []byte
-	LinkTo         string
+	Generation int
+	Seq        uint64
+	Type       string
+	Payload    []byte
+	// Links are the streams it is linked to; LinkOnly leaves the
+	// projection's own stream out.
+	Links          []Link
+	LinkOnly       bool
 	SourceSeq      uint64
 	SourcePosition int64
 	TraceParent    string
+	// Metadata is sent as Meta-* headers, encoded as the feeder encodes an
+	// event's metadata; its correlation_id entry as Correlation-Id too.
+	Metadata map[string]string
+	// CausationID is the source event's id (HeaderCausationID).
+	CausationID string
 }
 
 // Mark returns the event's place among its partition's derived events.
@@ -85,7 +116,41 @@ func (e Event) Msg(subj string) *nats.Msg {
 	if e.TraceParent != "" {
 		m.Header.Set(tracing.Header, e.TraceParent)
 	}
+	if e.CausationID != "" {
+		m.Header.Set(HeaderCausationID, e.CausationID)
+	}
+	for k, v := range e.Metadata {
+		name, val := eventmsg.MetaHeader(k, v)
+		m.Header[name] = []string{val}
+		if k == MetadataCorrelationID {
+			m.Header[HeaderCorrelationID] = []string{val}
+		}
+	}
 	return m
+}
+
+// Target is a stream and subject a derived event is published to.
+type Target struct{ Stream, Subject string }
+
+// Targets lists where e goes, each once: the projection's own stream
+// ownStream on e.Subject unless e.LinkOnly, then each linked stream on
+// <lowercase link>.<projection>.<partition tokens>. Linked streams are
+// created the first time (Link); an error names the link it concerns.
+func (t *Tracker) Targets(ctx context.Context, ownStream string, e Event, replicas int) ([]Target, error) {
+	to := make([]Target, 0, 1+len(e.Links))
+	if !e.LinkOnly {
+		to = append(to, Target{ownStream, e.Subject})
+	}
+	for _, l := range e.Links {
+		stream, subj, err := t.Link(ctx, l, e.Subject, replicas)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(to, Target{stream, subj}) {
+			to = append(to, Target{stream, subj})
+		}
+	}
+	return to, nil
 }
 
 // Mark is the generation and emission sequence of a derived event.
@@ -331,21 +396,23 @@ func (t *Tracker) stream(ctx context.Context, name string) (jetstream.Stream, er
 }
 
 // Link returns the stream and subject an event of subj linked to link goes
-// to, creating the linked stream the first time.
-func (t *Tracker) Link(ctx context.Context, link, subj string, replicas int) (string, string, error) {
-	stream, target, err := LinkTarget(link, subj)
-	if err != nil {
-		return "", "", err
+// to, creating the linked stream the first time. A stream that exists and
+// was not created by jetproj for links is refused (ErrNotLinkStream)
+// unless link.Existing: then it is used as it is, never created.
+func (t *Tracker) Link(ctx context.Context, link Link, subj string, replicas int) (string, string, error) {
+	stream, target, err := LinkTarget(link.Stream, subj)
+	if err != nil || link.Existing {
+		return stream, target, err
 	}
 	t.mu.Lock()
-	ensured := t.linked[link]
+	ensured := t.linked[stream]
 	t.mu.Unlock()
 	if !ensured {
-		if err := EnsureLinkStream(ctx, t.js, link, replicas); err != nil {
+		if err := EnsureLinkStream(ctx, t.js, stream, replicas); err != nil {
 			return "", "", err
 		}
 		t.mu.Lock()
-		t.linked[link] = true
+		t.linked[stream] = true
 		t.mu.Unlock()
 	}
 	return stream, target, nil

@@ -3,6 +3,9 @@ package derived_test
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +13,7 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/derived"
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/eventmsg"
 )
 
 func TestMain(m *testing.M) { devtest.Main(m) }
@@ -50,7 +54,7 @@ func TestTrackerReadsWhatTheStreamHolds(t *testing.T) {
 	if _, err := tr.Last(ctx, "PROJECT_NONE", "project.none.a"); !errors.Is(err, jetstream.ErrStreamNotFound) {
 		t.Fatalf("missing stream: %v", err)
 	}
-	stream, subj, err := tr.Link(ctx, "linked", "project.p.k", 1)
+	stream, subj, err := tr.Link(ctx, derived.Link{Stream: "linked"}, "project.p.k", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,5 +100,80 @@ func TestEnsureLinkStreamChangesNoOtherStream(t *testing.T) {
 		if err := derived.EnsureLinkStream(ctx, js, "completed_orders", 1); err != nil {
 			t.Fatalf("EnsureLinkStream(completed_orders): %v", err)
 		}
+	}
+}
+
+// Metadata travels as the feeder's Meta-* headers (keys encoded as subject
+// tokens, values kept on one line), readable with eventmsg's rules; the
+// correlation_id entry also as Correlation-Id, the cause as Causation-Id.
+func TestMsgCarriesMetadataAndCausation(t *testing.T) {
+	e := derived.Event{Projection: "p", Partition: "k", Subject: "project.p.k", Generation: 1, Seq: 2, Type: "T",
+		CausationID: "event-41", Metadata: map[string]string{"correlation_id": "c-1", "user id": "ü", "note": "two\nlines"}}
+	m := e.Msg(e.Subject)
+	for h, want := range map[string]string{derived.HeaderCausationID: "event-41", derived.HeaderCorrelationID: "c-1",
+		"Meta-correlation_id": "c-1", "Meta-user%20id": "ü"} {
+		if got := m.Header.Get(h); got != want {
+			t.Errorf("header %s = %q, want %q", h, got, want)
+		}
+	}
+	got := map[string]string{}
+	for k, v := range m.Header {
+		if key, val, ok := eventmsg.MetaEntry(k, v[0]); ok {
+			got[key] = val
+		}
+	}
+	if !maps.Equal(got, e.Metadata) {
+		t.Fatalf("metadata read back %q, want %q", got, e.Metadata)
+	}
+	for _, v := range m.Header {
+		if strings.ContainsAny(v[0], "\r\n") {
+			t.Fatalf("header value %q spans lines", v[0])
+		}
+	}
+	// Without metadata: no such headers.
+	plain := derived.Event{Projection: "p", Partition: "k", Type: "T"}.Msg("project.p.k")
+	for k := range plain.Header {
+		if strings.HasPrefix(k, "Meta-") || k == derived.HeaderCorrelationID || k == derived.HeaderCausationID {
+			t.Fatalf("header %s on an event without metadata", k)
+		}
+	}
+}
+
+// Targets lists the own stream unless LinkOnly, then every link once;
+// an existing stream jetproj did not create is refused unless the link
+// opts in by name, and is then never changed.
+func TestTargets(t *testing.T) {
+	ctx := context.Background()
+	_, js := devtest.Connect(t, devtest.NATS(t))
+	tr := derived.NewTracker(js)
+	e := derived.Event{Projection: "p", Partition: "k", Subject: "project.p.k", Type: "T",
+		Links: []derived.Link{{Stream: "a"}, {Stream: "b"}, {Stream: "a"}}}
+	to, err := tr.Targets(ctx, "PROJECT_P", e, 1)
+	want := []derived.Target{{"PROJECT_P", "project.p.k"}, {"a", "a.p.k"}, {"b", "b.p.k"}}
+	if err != nil || !slices.Equal(to, want) {
+		t.Fatalf("Targets = %v, %v; want %v", to, err, want)
+	}
+	e.LinkOnly = true
+	if to, err = tr.Targets(ctx, "PROJECT_P", e, 1); err != nil || !slices.Equal(to, want[1:]) {
+		t.Fatalf("LinkOnly: Targets = %v, %v; want %v", to, err, want[1:])
+	}
+	cfg := jetstream.StreamConfig{Name: "theirs", Subjects: []string{"theirs.>"}, MaxAge: time.Hour}
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	e.Links = []derived.Link{{Stream: "theirs"}}
+	if _, err := tr.Targets(ctx, "PROJECT_P", e, 1); !errors.Is(err, derived.ErrNotLinkStream) {
+		t.Fatalf("a foreign stream without opt-in: %v; want ErrNotLinkStream", err)
+	}
+	e.Links = []derived.Link{{Stream: "theirs", Existing: true}}
+	if to, err = tr.Targets(ctx, "PROJECT_P", e, 1); err != nil || !slices.Equal(to, []derived.Target{{"theirs", "theirs.p.k"}}) {
+		t.Fatalf("opted in: %v, %v", to, err)
+	}
+	s, err := js.Stream(ctx, "theirs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config; got.MaxAge != time.Hour || got.Description != "" {
+		t.Fatalf("theirs changed: max age %v, description %q", got.MaxAge, got.Description)
 	}
 }

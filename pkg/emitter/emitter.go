@@ -52,6 +52,8 @@ const (
 	HeaderEmissionSeq    = derived.HeaderEmissionSeq
 	HeaderSourcePosition = derived.HeaderSourcePosition
 	HeaderSourceSequence = derived.HeaderSourceSequence
+	HeaderCausationID    = derived.HeaderCausationID
+	HeaderCorrelationID  = derived.HeaderCorrelationID
 )
 
 // Config configures the emitter.
@@ -391,7 +393,7 @@ func (e *Emitter) read(ctx context.Context, del, skip []int64, skipSubj []string
 	}
 	rows, err := e.pool.Query(ctx, `WITH relayed AS (DELETE FROM jetproj.outbox WHERE id = ANY($2))
 SELECT id, projection, partition, subject, generation, emit_seq, event_type, payload::text,
-       link_to, source_seq, source_position, traceparent FROM jetproj.outbox
+       link_to, source_seq, source_position, traceparent, links, link_only, metadata, causation_id FROM jetproj.outbox
  WHERE id NOT IN (SELECT unnest($2::bigint[])) AND id NOT IN (SELECT unnest($3::bigint[]))
    AND subject NOT IN (SELECT unnest($4::text[]))
  ORDER BY id LIMIT $1`, e.cfg.BatchSize, del, skip, skipSubj)
@@ -403,14 +405,25 @@ SELECT id, projection, partition, subject, generation, emit_seq, event_type, pay
 	for rows.Next() {
 		var r row
 		var seq, sseq int64
-		var payload string
+		var payload, linkTo, links, meta string
 		if err := rows.Scan(&r.id, &r.Projection, &r.Partition, &r.Subject, &r.Generation, &seq, &r.Type, &payload,
-			&r.LinkTo, &sseq, &r.SourcePosition, &r.TraceParent); err != nil {
+			&linkTo, &sseq, &r.SourcePosition, &r.TraceParent, &links, &r.LinkOnly, &meta, &r.CausationID); err != nil {
 			rows.Close()
 			pg.err = fmt.Errorf("emitter: read outbox: %w", err)
 			return pg
 		}
 		r.Seq, r.SourceSeq, r.Payload = uint64(seq), uint64(sseq), []byte(payload)
+		// Rows written before schema version 6 name one stream in link_to
+		// and have no metadata.
+		var err error
+		if r.Links, err = projector.OutboxLinks(linkTo, links); err == nil {
+			r.Metadata, err = projector.OutboxMetadata(meta)
+		}
+		if err != nil {
+			rows.Close()
+			pg.err = fmt.Errorf("emitter: read outbox row %d: %w", r.id, err)
+			return pg
+		}
 		r.Partition = projector.KeyFromStore(r.Partition)
 		// The id is derived from the row rather than read from msg_id, so
 		// that rows written before keys were escaped get safe ids too.
@@ -605,9 +618,6 @@ func (e *Emitter) relayOnce(ctx context.Context) (int, error) {
 	return en.finish()
 }
 
-// target is a stream and subject a derived event goes to.
-type target struct{ stream, subj string }
-
 // flight is a derived event on its way to a stream.
 type flight struct {
 	q      *subjectQueue
@@ -787,20 +797,25 @@ func (en *engine) finish() (int, error) {
 func (e *Emitter) send(en *engine, q *subjectQueue) bool {
 	ctx := en.ctx
 	r := q.rows[q.next]
-	to := []target{{projector.OwnStream(r.Projection), r.Subject}}
-	if r.LinkTo != "" {
-		ls, lsubj, err := e.marks.Link(ctx, r.LinkTo, r.Subject, e.cfg.Replicas)
-		if err != nil {
-			en.refuse(q, err)
-			return false
+	own := projector.OwnStream(r.Projection)
+	if r.LinkOnly {
+		// Not published there, but a projection without its stream was
+		// deleted: its rows are dropped, links too.
+		if _, err := e.marks.Last(ctx, own, r.Subject); errors.Is(err, jetstream.ErrStreamNotFound) {
+			en.gone = append(en.gone, r.Projection)
+			return true
 		}
-		to = append(to, target{ls, lsubj})
+	}
+	to, err := e.marks.Targets(ctx, own, r.Event, e.cfg.Replicas)
+	if err != nil {
+		en.refuse(q, err)
+		return false
 	}
 	m := r.Mark()
 	for _, t := range to {
-		en.targets[q.subj] = append(en.targets[q.subj], t.subj)
-		last, err := e.marks.Last(ctx, t.stream, t.subj)
-		if errors.Is(err, jetstream.ErrStreamNotFound) && t.stream == to[0].stream {
+		en.targets[q.subj] = append(en.targets[q.subj], t.Subject)
+		last, err := e.marks.Last(ctx, t.Stream, t.Subject)
+		if errors.Is(err, jetstream.ErrStreamNotFound) && t.Stream == own {
 			en.gone = append(en.gone, r.Projection) // deleted projection: drop its rows, links too
 			return true
 		}
@@ -813,11 +828,11 @@ func (e *Emitter) send(en *engine, q *subjectQueue) bool {
 		if !last.Before(m) {
 			continue // the stream holds it already
 		}
-		msg := r.Msg(t.subj)
+		msg := r.Msg(t.Subject)
 		if r.TraceParent != "" {
 			// The derived event continues its source event's trace.
 			_, span, tp := tracing.Start(ctx, r.TraceParent, "jetproj.emitter publish "+r.Projection, trace.SpanKindProducer,
-				attribute.String("messaging.destination.name", t.subj))
+				attribute.String("messaging.destination.name", t.Subject))
 			if tp != "" {
 				msg.Header.Set(tracing.Header, tp)
 			}
@@ -825,10 +840,10 @@ func (e *Emitter) send(en *engine, q *subjectQueue) bool {
 		}
 		fut, err := e.js.PublishMsgAsync(msg)
 		if err != nil {
-			en.refuse(q, fmt.Errorf("publish %s: %w", t.subj, err))
+			en.refuse(q, fmt.Errorf("publish %s: %w", t.Subject, err))
 			return false
 		}
-		en.inFlight = append(en.inFlight, flight{q, t.subj, fut})
+		en.inFlight = append(en.inFlight, flight{q, t.Subject, fut})
 		q.busy++
 	}
 	return false
@@ -867,8 +882,8 @@ func (e *Emitter) prefetchMarks(ctx context.Context, batch []row) error {
 	}
 	for _, r := range batch {
 		add(projector.OwnStream(r.Projection), r.Subject)
-		if r.LinkTo != "" {
-			if stream, subj, err := derived.LinkTarget(r.LinkTo, r.Subject); err == nil {
+		for _, l := range r.Links {
+			if stream, subj, err := derived.LinkTarget(l.Stream, r.Subject); err == nil {
 				add(stream, subj)
 			}
 		}

@@ -68,10 +68,33 @@ func New(prefix string, e eventstore.Event) (*nats.Msg, error) {
 			case HeaderTraceParent, HeaderTraceState:
 				h[k] = []string{headerValue(v)}
 			}
-			h[MetaPrefix+subject.EncodeToken(k)] = []string{headerValue(v)}
+			name, val := MetaHeader(k, v)
+			h[name] = []string{val}
 		}
 	}
 	return &nats.Msg{Subject: subj, Header: h, Data: e.Payload}, nil
+}
+
+// MetaHeader is the header name and value under which an event message
+// carries the metadata entry key: value (MetaPrefix and the key encoded like
+// a subject token; the value as headerValue keeps it). Derived events
+// carry their metadata the same way.
+func MetaHeader(key, value string) (name, val string) {
+	return MetaPrefix + subject.EncodeToken(key), headerValue(value)
+}
+
+// MetaEntry reverses MetaHeader for a header name and value; ok is false
+// for a header that is not a metadata entry, or whose key was hashed.
+func MetaEntry(name, value string) (key, val string, ok bool) {
+	enc, ok := strings.CutPrefix(name, MetaPrefix)
+	if !ok {
+		return "", "", false
+	}
+	key, err := subject.DecodeToken(enc)
+	if err != nil {
+		return "", "", false
+	}
+	return key, unquote(value), true
 }
 
 // headerValue keeps a value on one header line and unchanged by the trip:
@@ -149,13 +172,14 @@ func Parse(m *nats.Msg) (Event, error) {
 	e.Payload = m.Data
 	e.TraceParent = m.Header.Get(HeaderTraceParent)
 	for k, v := range m.Header {
-		if name, ok := strings.CutPrefix(k, MetaPrefix); ok && len(v) > 0 {
-			if key, err := subject.DecodeToken(name); err == nil {
-				if e.Metadata == nil {
-					e.Metadata = make(map[string]string)
-				}
-				e.Metadata[key] = unquote(v[0])
+		if len(v) == 0 {
+			continue
+		}
+		if key, val, ok := MetaEntry(k, v[0]); ok {
+			if e.Metadata == nil {
+				e.Metadata = make(map[string]string)
 			}
+			e.Metadata[key] = val
 		}
 	}
 	return e, nil

@@ -36,3 +36,24 @@ func ExampleContext_LinkTo() {
 	// 2 false
 	// 1 true
 }
+
+// Emit and LinkTo take options: metadata of the derived event's own (on top
+// of what it carries over from the source event: its Meta-* entries, its id
+// as Causation-Id), and links — here one event linked to two public streams
+// and not published on the projection's own stream.
+func ExampleLinkOnly() {
+	p := projection.New[Order]("orders", projection.FromAggregates("order"))
+	projection.On(p, func(_ context.Context, c *projection.Context[Order], e projection.Event[OrderShipped]) error {
+		return c.Emit("OrderWasShipped", e.Data,
+			projection.WithMetadata(map[string]string{"shipped_by": e.Data.Carrier}),
+			projection.Link("shipped_orders", "carrier_feed"),
+			projection.LinkOnly())
+	})
+	d := p.Def()
+	pc := &projection.PartitionContext{Key: "order/o-1", State: d.NewState()}
+	err := d.Apply(context.Background(), pc, projection.Meta{Type: "OrderShipped", Raw: []byte(`{"carrier":"acme"}`)})
+	e := pc.Emitted[0]
+	fmt.Println(err, len(pc.Emitted), e.Links, e.LinkOnly, e.Metadata)
+	// Output:
+	// <nil> 1 [{shipped_orders false} {carrier_feed false}] true map[shipped_by:acme]
+}

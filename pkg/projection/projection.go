@@ -84,7 +84,11 @@ type Meta struct {
 	// Position is the event store position (0 when the source has none).
 	Position int64
 	// Sequence is the message's stream sequence: the partition's position.
-	Sequence   uint64
+	Sequence uint64
+	// MsgID is the message's Nats-Msg-Id, if it has one: event-<position>
+	// for the feeder's events, the derived event's id for a projection's.
+	// Derived events name it as their cause (Causation-Id).
+	MsgID      string
 	RecordedAt time.Time
 	Metadata   map[string]string
 	// TraceParent is the event's W3C trace context (the traceparent
@@ -145,20 +149,164 @@ func (c *Context[S]) Tenant() string { return c.c.Tenant }
 
 // Emit records a derived event to publish on project.<name>.<partition>
 // once the batch commits. Emissions are dropped during rebuilds.
-func (c *Context[S]) Emit(eventType string, payload any) error {
-	return c.c.emit(eventType, payload, "")
+//
+// The derived event carries the metadata of the event that caused it (the
+// event being handled; in the flush hook, the partition's last event of the
+// batch) as Meta-* headers, its id as Causation-Id and its correlation_id
+// entry as Correlation-Id. Options add metadata of its own (WithMetadata)
+// and link it to other streams (Link, LinkOnly, LinkExisting). A bad option
+// is an error wrapping ErrInvalidEmission, and nothing is recorded.
+func (c *Context[S]) Emit(eventType string, payload any, opts ...EmitOption) error {
+	return c.c.emit(eventType, payload, "", opts)
 }
 
-// LinkTo records a derived event for the named stream as well.
-func (c *Context[S]) LinkTo(stream, eventType string, payload any) error {
-	return c.c.emit(eventType, payload, stream)
+// LinkTo records a derived event for the named stream as well: it is
+// published on the projection's own stream and on stream (created by
+// jetproj on first use, subjects <lowercase stream>.>). With LinkOnly it
+// goes to stream only; Link adds more streams. It takes Emit's options.
+func (c *Context[S]) LinkTo(stream, eventType string, payload any, opts ...EmitOption) error {
+	return c.c.emit(eventType, payload, stream, opts)
+}
+
+// ErrInvalidEmission is matched by the error of Emit or LinkTo when an
+// option, a stream name or a metadata entry cannot be used.
+var ErrInvalidEmission = errors.New("projection: invalid emission")
+
+// MaxMetadataKeyLen is the longest metadata key, in bytes once encoded as a
+// header name (subject token encoding, as the feeder's Meta-* headers):
+// a longer key would be hashed and lost to every reader.
+const MaxMetadataKeyLen = subject.MaxTokenLen
+
+// EmitOption is an option of Emit and LinkTo.
+type EmitOption func(*emitOptions) error
+
+type emitOptions struct {
+	meta     map[string]string
+	links    []string
+	existing map[string]bool
+	linkOnly bool
+}
+
+// WithMetadata gives the derived event metadata of its own, sent as Meta-*
+// headers like the feeder's. Its entries win over those carried over from
+// the source event. Keys must not be empty and must encode (as a subject
+// token: letters, digits, '-' and '_' one byte each, any other byte three)
+// into at most MaxMetadataKeyLen bytes; values are any text. The option
+// may be given several times.
+func WithMetadata(meta map[string]string) EmitOption {
+	return func(o *emitOptions) error {
+		for k, v := range meta {
+			if err := ValidMetadataKey(k); err != nil {
+				return err
+			}
+			if o.meta == nil {
+				o.meta = make(map[string]string, len(meta))
+			}
+			o.meta[k] = v
+		}
+		return nil
+	}
+}
+
+// ValidMetadataKey reports whether key can travel as a Meta-* header name
+// without being hashed (an error wrapping ErrInvalidEmission if not).
+func ValidMetadataKey(key string) error {
+	if key == "" {
+		return fmt.Errorf("%w: empty metadata key", ErrInvalidEmission)
+	}
+	n := 0
+	for i := 0; i < len(key); i++ {
+		switch c := key[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+			n++
+		default:
+			n += 3
+		}
+	}
+	if n > MaxMetadataKeyLen {
+		return fmt.Errorf("%w: metadata key %.40q… is %d bytes once encoded, over %d", ErrInvalidEmission, key, n, MaxMetadataKeyLen)
+	}
+	return nil
+}
+
+// Link publishes the derived event to each of streams too (created by
+// jetproj on first use, subjects <lowercase stream>.>), once per stream
+// however often it is named. A stream that exists and was not created by
+// jetproj for links is refused when publishing (see LinkExisting).
+func Link(streams ...string) EmitOption {
+	return func(o *emitOptions) error {
+		for _, s := range streams {
+			if err := o.addLink(s); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// LinkExisting links the derived event to streams that exist already and
+// that jetproj did not create — another team's stream, say — whose
+// subjects must take <lowercase stream>.<projection>.<partition…>. Naming
+// a stream here is the opt-in: without it such a stream is refused
+// (derived.ErrNotLinkStream) and left unchanged. jetproj never creates or
+// changes these streams; while one is missing, its events wait.
+func LinkExisting(streams ...string) EmitOption {
+	return func(o *emitOptions) error {
+		for _, s := range streams {
+			if err := o.addLink(s); err != nil {
+				return err
+			}
+			if o.existing == nil {
+				o.existing = map[string]bool{}
+			}
+			o.existing[s] = true
+		}
+		return nil
+	}
+}
+
+// LinkOnly publishes the derived event to its linked streams only, not to
+// the projection's own stream. It needs at least one link.
+func LinkOnly() EmitOption {
+	return func(o *emitOptions) error { o.linkOnly = true; return nil }
+}
+
+func (o *emitOptions) addLink(stream string) error {
+	if err := subject.ValidName(strings.ToLower(stream)); err != nil {
+		return fmt.Errorf("%w: link stream %q: %w", ErrInvalidEmission, stream, err)
+	}
+	for _, l := range o.links {
+		if l == stream {
+			return nil
+		}
+		if strings.EqualFold(l, stream) {
+			return fmt.Errorf("%w: link streams %q and %q share their subjects", ErrInvalidEmission, l, stream)
+		}
+	}
+	o.links = append(o.links, stream)
+	return nil
 }
 
 // Emission is an event derived by a handler or flush hook.
 type Emission struct {
 	Type    string
 	Payload json.RawMessage
-	LinkTo  string
+	// Links are the streams it is published to besides (or, with
+	// LinkOnly, instead of) the projection's own, in the order named.
+	Links []LinkStream
+	// LinkOnly: not published on the projection's own stream.
+	LinkOnly bool
+	// Metadata is the emission's own metadata (WithMetadata); the runtime
+	// adds what it carries over from the source event.
+	Metadata map[string]string
+}
+
+// LinkStream is a stream a derived event is linked to.
+type LinkStream struct {
+	Stream string `json:"stream"`
+	// Existing: the user opted in to a stream jetproj did not create
+	// (LinkExisting).
+	Existing bool `json:"existing,omitempty"`
 }
 
 // PartitionContext is the untyped partition context the runtime manages.
@@ -176,20 +324,36 @@ type PartitionContext struct {
 	Emitted []Emission
 }
 
-func (c *PartitionContext) emit(eventType string, payload any, link string) error {
+func (c *PartitionContext) emit(eventType string, payload any, link string, opts []EmitOption) error {
 	if eventType == "" {
-		return errors.New("projection: Emit needs an event type")
+		return fmt.Errorf("%w: Emit needs an event type", ErrInvalidEmission)
 	}
+	var o emitOptions
 	if link != "" {
-		if err := subject.ValidName(strings.ToLower(link)); err != nil {
-			return fmt.Errorf("projection: LinkTo stream %q: %w", link, err)
+		if err := o.addLink(link); err != nil {
+			return fmt.Errorf("projection: LinkTo: %w", err)
 		}
+	}
+	for _, opt := range opts {
+		if opt == nil {
+			continue
+		}
+		if err := opt(&o); err != nil {
+			return fmt.Errorf("projection: emit %s: %w", eventType, err)
+		}
+	}
+	if o.linkOnly && len(o.links) == 0 {
+		return fmt.Errorf("projection: emit %s: %w: LinkOnly without a linked stream", eventType, ErrInvalidEmission)
 	}
 	b, err := json.Marshal(payload)
 	if err != nil {
 		return fmt.Errorf("projection: emit %s: %w", eventType, err)
 	}
-	c.Emitted = append(c.Emitted, Emission{Type: eventType, Payload: b, LinkTo: link})
+	e := Emission{Type: eventType, Payload: b, LinkOnly: o.linkOnly, Metadata: o.meta}
+	for _, l := range o.links {
+		e.Links = append(e.Links, LinkStream{Stream: l, Existing: o.existing[l]})
+	}
+	c.Emitted = append(c.Emitted, e)
 	return nil
 }
 

@@ -5,10 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"time"
 
+	"github.com/jetproj/jetproj/pkg/derived"
+	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
 // errStore wraps an error sendQueued got that is the store's, not a
@@ -108,7 +113,10 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	// (pc.Emitted[:quiet]) are dropped, even when the batch goes on past
 	// the replay bound.
 	quiet, until := 0, max(r.replayUntil(), rec.Replay)
-	for _, m := range w.msgs {
+	// causes[i] is the message whose handler made pc.Emitted[i]; the
+	// flush hook's answer the partition's last message.
+	var causes []int
+	for i, m := range w.msgs {
 		if rec.Tenant != "" && m.Tenant() != rec.Tenant && m.Sequence != rec.Skip {
 			if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
 				return applied{}, rerr
@@ -140,6 +148,9 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 			return r.failed(p, m, err, prev), nil
 		}
 		rec.Seq, rec.Position = m.Sequence, m.Position
+		for len(causes) < len(pc.Emitted) {
+			causes = append(causes, i)
+		}
 		if m.Sequence <= until {
 			quiet = len(pc.Emitted)
 		}
@@ -162,7 +173,10 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 			return r.failed(p, w.msgs[len(w.msgs)-1], err, prev), nil
 		}
 	}
-	pc.Emitted = pc.Emitted[quiet:]
+	for len(causes) < len(pc.Emitted) {
+		causes = append(causes, len(w.msgs)-1)
+	}
+	pc.Emitted, causes = pc.Emitted[quiet:], causes[quiet:]
 	if len(pc.Emitted) > 0 {
 		last := w.msgs[len(w.msgs)-1]
 		ob, outbox := b.(OutboxBatch)
@@ -187,10 +201,12 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 			}
 			gen := r.generation()
 			rec.Outbox = slices.Clip(rec.Outbox)
-			for _, e := range pc.Emitted {
+			for i, e := range pc.Emitted {
 				rec.Emitted++
+				src := w.msgs[causes[i]]
 				rec.Outbox = append(rec.Outbox, Pending{Generation: gen, Seq: rec.Emitted, Type: e.Type, Payload: e.Payload,
-					LinkTo: e.LinkTo, SourceSeq: last.Sequence, SourcePosition: last.Position, TraceParent: traceparent})
+					Links: emissionLinks(e), LinkOnly: e.LinkOnly, SourceSeq: src.Sequence, SourcePosition: src.Position, TraceParent: traceparent,
+					Metadata: emissionMetadata(src, e), CausationID: r.causationID(src)})
 			}
 		case !outbox:
 			if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
@@ -202,10 +218,12 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 			gen := r.generation()
 			for i, e := range pc.Emitted {
 				rec.Emitted++
+				src := w.msgs[causes[i]]
 				entries[i] = OutboxEntry{Projection: r.def.Name(), Partition: p.key(), Subject: EmitSubject(r.def.Name(), p.key()),
 					MsgID: msgID(r.def.Name(), gen, p.key(), rec.Emitted), Generation: gen, Seq: rec.Emitted,
-					EventType: e.Type, Payload: e.Payload, LinkTo: e.LinkTo, SourceSeq: last.Sequence, SourcePosition: last.Position,
-					TraceParent: traceparent}
+					EventType: e.Type, Payload: e.Payload, Links: emissionLinks(e), LinkOnly: e.LinkOnly,
+					SourceSeq: src.Sequence, SourcePosition: src.Position, TraceParent: traceparent,
+					Metadata: emissionMetadata(src, e), CausationID: r.causationID(src)}
 			}
 			if err := ob.Emit(ctx, entries); err != nil {
 				return applied{}, err
@@ -233,6 +251,52 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	}
 	rec.State, rec.Parked, rec.Failing, rec.Behind = data, nil, nil, false
 	return applied{rec: rec, state: work}, nil
+}
+
+// emissionLinks are the streams e is linked to.
+func emissionLinks(e projection.Emission) []derived.Link {
+	if len(e.Links) == 0 {
+		return nil
+	}
+	links := make([]derived.Link, len(e.Links))
+	for i, l := range e.Links {
+		links[i] = derived.Link{Stream: l.Stream, Existing: l.Existing}
+	}
+	return links
+}
+
+// emissionMetadata is the metadata of a derived event: its source event's
+// (trace context aside: the derived event carries its own), then its own,
+// which wins.
+func emissionMetadata(src projection.Meta, e projection.Emission) map[string]string {
+	if len(src.Metadata) == 0 && len(e.Metadata) == 0 {
+		return nil
+	}
+	md := make(map[string]string, len(src.Metadata)+len(e.Metadata))
+	for k, v := range src.Metadata {
+		if k != tracing.Header && k != eventmsg.HeaderTraceState {
+			md[k] = v
+		}
+	}
+	maps.Copy(md, e.Metadata)
+	if len(md) == 0 {
+		return nil
+	}
+	return md
+}
+
+// causationID names the message a derived event answers: its
+// Nats-Msg-Id (event-<position> for the feeder's events), or
+// <stream>:<sequence> when it has none.
+func (r *runner) causationID(src projection.Meta) string {
+	if src.MsgID != "" {
+		return src.MsgID
+	}
+	stream := r.def.SourceConfig().Stream
+	if stream == "" {
+		stream = "source"
+	}
+	return stream + ":" + strconv.FormatUint(src.Sequence, 10)
 }
 
 func (r *runner) safeApply(ctx context.Context, pc *projection.PartitionContext, m projection.Meta) (err error) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -123,6 +122,7 @@ func (r *runner) msgMeta(m projection.Message) (projection.Meta, error) {
 	h := m.Header
 	meta.Type = h.Get(eventmsg.HeaderEventType)
 	meta.TraceParent = h.Get(tracing.Header)
+	meta.MsgID = h.Get(nats.MsgIdHdr)
 	if h.Get(eventmsg.HeaderEventPosition) != "" && h.Get(eventmsg.HeaderAggregateVersion) != "" {
 		e, err := eventmsg.Parse(&nats.Msg{Subject: m.Subject, Header: h, Data: m.Data})
 		if err == nil {
@@ -135,11 +135,14 @@ func (r *runner) msgMeta(m projection.Message) (projection.Meta, error) {
 		meta.Position, _ = strconv.ParseInt(p, 10, 64)
 	}
 	for k, v := range h {
-		if name, ok := strings.CutPrefix(k, eventmsg.MetaPrefix); ok && len(v) > 0 {
+		if len(v) == 0 {
+			continue
+		}
+		if key, val, ok := eventmsg.MetaEntry(k, v[0]); ok {
 			if meta.Metadata == nil {
 				meta.Metadata = map[string]string{}
 			}
-			meta.Metadata[name] = v[0]
+			meta.Metadata[key] = val
 		}
 	}
 	return meta, nil

@@ -40,7 +40,7 @@ var ErrUnpublished = errors.New("projector: derived events of this partition wai
 func unpublishedBytes(events []Pending) int {
 	n := 0
 	for _, e := range events {
-		n += len(e.Payload) + len(e.Type) + len(e.LinkTo) + len(e.TraceParent) + 64
+		n += len(e.Payload) + e.textLen() + 64
 	}
 	return n
 }
@@ -139,18 +139,16 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 			}
 			more = true
 			e := r.derivedEvent(p, p.x.outbox[i])
-			to := [][2]string{{OwnStream(r.def.Name()), e.Subject}}
-			if e.LinkTo != "" {
-				stream, subj, err := r.marks.Link(ctx, e.LinkTo, e.Subject, r.streamReplicas)
-				if err != nil {
-					refuse(p, err)
-					continue
-				}
-				to = append(to, [2]string{stream, subj})
+			// Each target is checked and published on its own: a stream
+			// holding the event already is skipped, the others get it.
+			to, err := r.marks.Targets(ctx, OwnStream(r.def.Name()), e, r.streamReplicas)
+			if err != nil {
+				refuse(p, err)
+				continue
 			}
 			for _, t := range to {
-				targets[p] = append(targets[p], t[1])
-				last, err := r.marks.Last(ctx, t[0], t[1])
+				targets[p] = append(targets[p], t.Subject)
+				last, err := r.marks.Last(ctx, t.Stream, t.Subject)
 				if err != nil {
 					refuse(p, err)
 					break
@@ -158,12 +156,12 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 				if !last.Before(e.Mark()) {
 					continue // the stream holds it already
 				}
-				fut, err := r.js.PublishMsgAsync(e.Msg(t[1]))
+				fut, err := r.js.PublishMsgAsync(e.Msg(t.Subject))
 				if err != nil {
-					refuse(p, fmt.Errorf("publish %s: %w", t[1], err))
+					refuse(p, fmt.Errorf("publish %s: %w", t.Subject, err))
 					break
 				}
-				pends = append(pends, pend{p, t[1], e.Mark(), fut})
+				pends = append(pends, pend{p, t.Subject, e.Mark(), fut})
 			}
 		}
 		if !more {
@@ -233,8 +231,8 @@ func (r *runner) derivedEvent(p *part, e Pending) derived.Event {
 func pendingEvent(name, key string, e Pending) derived.Event {
 	return derived.Event{Projection: name, Partition: key, Subject: EmitSubject(name, key),
 		MsgID: msgID(name, e.Generation, key, e.Seq), Generation: e.Generation, Seq: e.Seq,
-		Type: e.Type, Payload: e.Payload, LinkTo: e.LinkTo, SourceSeq: e.SourceSeq, SourcePosition: e.SourcePosition,
-		TraceParent: e.TraceParent}
+		Type: e.Type, Payload: e.Payload, Links: e.links(), LinkOnly: e.LinkOnly, SourceSeq: e.SourceSeq, SourcePosition: e.SourcePosition,
+		TraceParent: e.TraceParent, Metadata: e.Metadata, CausationID: e.CausationID}
 }
 
 // publishLeftovers publishes the derived events that the records of a KV
@@ -262,26 +260,22 @@ func publishLeftovers(ctx context.Context, js jetstream.JetStream, name string, 
 			g.Go(func() error {
 				for _, p := range rec.Outbox {
 					e := pendingEvent(name, rec.Key, p)
-					targets := [][2]string{{OwnStream(name), e.Subject}}
-					if e.LinkTo != "" {
-						stream, subj, err := marks.Link(gctx, e.LinkTo, e.Subject, replicas)
-						if err != nil {
-							return fmt.Errorf("projector: %w", err)
-						}
-						targets = append(targets, [2]string{stream, subj})
+					targets, err := marks.Targets(gctx, OwnStream(name), e, replicas)
+					if err != nil {
+						return fmt.Errorf("projector: %w", err)
 					}
 					for _, t := range targets {
-						last, err := marks.Last(gctx, t[0], t[1])
+						last, err := marks.Last(gctx, t.Stream, t.Subject)
 						if err != nil {
 							return fmt.Errorf("projector: derived events of %s: %w", rec.Key, err)
 						}
 						if !last.Before(e.Mark()) {
 							continue
 						}
-						msg := e.Msg(t[1])
+						msg := e.Msg(t.Subject)
 						ack, err := js.PublishMsg(gctx, msg)
 						if err != nil {
-							return fmt.Errorf("projector: publish %s: %w", t[1], err)
+							return fmt.Errorf("projector: publish %s: %w", t.Subject, err)
 						}
 						if err := marks.Acked(gctx, msg, ack); err != nil {
 							return fmt.Errorf("projector: derived events of %s: %w", rec.Key, err)

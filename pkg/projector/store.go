@@ -14,6 +14,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/jetproj/jetproj/pkg/derived"
 )
 
 // Record is what is stored per partition: its position and state, and when
@@ -59,14 +61,44 @@ type Record struct {
 
 // Pending is a derived event stored in its partition's record.
 type Pending struct {
-	Generation     int             `json:"gen"`
-	Seq            uint64          `json:"seq"`
-	Type           string          `json:"type"`
-	Payload        json.RawMessage `json:"payload"`
-	LinkTo         string          `json:"link,omitempty"`
-	SourceSeq      uint64          `json:"source_seq"`
-	SourcePosition int64           `json:"source_position,omitempty"`
-	TraceParent    string          `json:"traceparent,omitempty"`
+	Generation int             `json:"gen"`
+	Seq        uint64          `json:"seq"`
+	Type       string          `json:"type"`
+	Payload    json.RawMessage `json:"payload"`
+	// LinkTo is the one linked stream of records written before Links.
+	LinkTo         string `json:"link,omitempty"`
+	SourceSeq      uint64 `json:"source_seq"`
+	SourcePosition int64  `json:"source_position,omitempty"`
+	TraceParent    string `json:"traceparent,omitempty"`
+	// Links are the streams the event is linked to; LinkOnly leaves the
+	// projection's own stream out.
+	Links    []derived.Link `json:"links,omitempty"`
+	LinkOnly bool           `json:"link_only,omitempty"`
+	// Metadata is the event's metadata: the source event's, carried over,
+	// and its own (projection.WithMetadata).
+	Metadata map[string]string `json:"meta,omitempty"`
+	// CausationID is the source event's id.
+	CausationID string `json:"causation,omitempty"`
+}
+
+// links are the streams e is linked to, a record's older LinkTo included.
+func (e Pending) links() []derived.Link {
+	if e.LinkTo == "" {
+		return e.Links
+	}
+	return append([]derived.Link{{Stream: e.LinkTo}}, e.Links...)
+}
+
+// textLen is about the bytes e's strings take in a record, payload aside.
+func (e Pending) textLen() int {
+	n := len(e.Type) + len(e.LinkTo) + len(e.TraceParent) + len(e.CausationID)
+	for _, l := range e.Links {
+		n += len(l.Stream) + 16
+	}
+	for k, v := range e.Metadata {
+		n += len(k) + len(v) + 4
+	}
+	return n
 }
 
 // Parked tells why a partition stopped.
@@ -197,12 +229,29 @@ type OutboxEntry struct {
 	Seq        uint64
 	EventType  string
 	Payload    []byte
-	// LinkTo names a stream it is also published to.
-	LinkTo         string
+	// LinkTo names a stream it is also published to (older form of
+	// Links: both are stored as Links).
+	LinkTo string
+	// Links are the streams it is linked to; with LinkOnly it is not
+	// published on the projection's own stream.
+	Links          []derived.Link
+	LinkOnly       bool
 	SourceSeq      uint64
 	SourcePosition int64
 	// TraceParent continues the source event's trace (W3C), if it had one.
 	TraceParent string
+	// Metadata is sent as Meta-* headers: the source event's, carried
+	// over, and the emission's own. CausationID is the source event's id.
+	Metadata    map[string]string
+	CausationID string
+}
+
+// links are the streams e is linked to, LinkTo included.
+func (e OutboxEntry) links() []derived.Link {
+	if e.LinkTo == "" {
+		return e.Links
+	}
+	return append([]derived.Link{{Stream: e.LinkTo}}, e.Links...)
 }
 
 // OutboxBatch is a Batch that can store derived events with the read

@@ -471,7 +471,7 @@ func (s *KVStore) CheckRecord(r Record) error {
 	}
 	est := 256 + 6*(len(r.Key)+len(r.Subject)+len(r.Tenant)) + len(r.State)
 	for _, e := range r.Outbox {
-		est += 128 + 6*(len(e.Type)+len(e.LinkTo)) + len(e.Payload) + len(e.TraceParent)
+		est += 128 + 6*e.textLen() + len(e.Payload)
 	}
 	if est <= limit {
 		return nil

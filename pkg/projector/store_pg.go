@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/jetproj/jetproj/pkg/derived"
 )
 
 // PGStore keeps records in PostgreSQL tables, written in the same
@@ -74,6 +76,10 @@ DROP TRIGGER IF EXISTS outbox_notify ON jetproj.outbox;
 CREATE TRIGGER outbox_notify AFTER INSERT ON jetproj.outbox FOR EACH STATEMENT EXECUTE FUNCTION jetproj.notify_outbox();
 ALTER TABLE jetproj.outbox ADD COLUMN IF NOT EXISTS traceparent text NOT NULL DEFAULT '';
 ALTER TABLE jetproj.partitions ADD COLUMN IF NOT EXISTS replay bigint NOT NULL DEFAULT 0;
+ALTER TABLE jetproj.outbox ADD COLUMN IF NOT EXISTS links text NOT NULL DEFAULT '';
+ALTER TABLE jetproj.outbox ADD COLUMN IF NOT EXISTS link_only boolean NOT NULL DEFAULT false;
+ALTER TABLE jetproj.outbox ADD COLUMN IF NOT EXISTS metadata text NOT NULL DEFAULT '';
+ALTER TABLE jetproj.outbox ADD COLUMN IF NOT EXISTS causation_id text NOT NULL DEFAULT '';
 CREATE TABLE IF NOT EXISTS jetproj.slots (
     projection text    NOT NULL,
     slot       integer NOT NULL,
@@ -82,8 +88,10 @@ CREATE TABLE IF NOT EXISTS jetproj.slots (
     PRIMARY KEY (projection, slot)
 );`
 
-// pgSchemaVersion changes whenever pgSchema does.
-const pgSchemaVersion = 5
+// pgSchemaVersion changes whenever pgSchema does. 6: the outbox's links,
+// link_only, metadata and causation_id (rows written before keep link_to
+// and have no metadata; see OutboxLinks).
+const pgSchemaVersion = 6
 
 // Init creates the tables (idempotent). When the schema is current it runs
 // no DDL at all, so starting a projection never takes locks that running
@@ -334,20 +342,64 @@ func (b *pgBatch) queueOutbox(batch *pgx.Batch) {
 	}
 	var (
 		proj, part, subj, ids, types, payloads, links = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		traces                                        = make([]string, n)
+		traces, metas, causes                         = make([]string, n), make([]string, n), make([]string, n)
+		only                                          = make([]bool, n)
 		gens                                          = make([]int32, n)
 		seqs, sseqs, spos                             = make([]int64, n), make([]int64, n), make([]int64, n)
 	)
 	for i, e := range b.outbox {
-		proj[i], part[i], subj[i], ids[i], types[i], payloads[i], links[i] = e.Projection, storedString(e.Partition), e.Subject, e.MsgID, e.EventType, string(e.Payload), e.LinkTo
+		proj[i], part[i], subj[i], ids[i], types[i], payloads[i] = e.Projection, storedString(e.Partition), e.Subject, e.MsgID, e.EventType, string(e.Payload)
 		gens[i], seqs[i], sseqs[i], spos[i] = int32(e.Generation), int64(e.Seq), int64(e.SourceSeq), e.SourcePosition
-		traces[i] = e.TraceParent
+		traces[i], only[i], causes[i] = e.TraceParent, e.LinkOnly, e.CausationID
+		// JSON in text columns: a metadata value may hold what jsonb
+		// refuses (NUL).
+		if l := e.links(); len(l) > 0 {
+			j, _ := json.Marshal(l)
+			links[i] = string(j)
+		}
+		if len(e.Metadata) > 0 {
+			j, _ := json.Marshal(e.Metadata)
+			metas[i] = string(j)
+		}
 	}
-	batch.Queue(`INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, generation, emit_seq, event_type, payload, link_to, source_seq, source_position, traceparent)
-SELECT p, pa, s, m, g, q, t, y::jsonb, l, ss, sp, tp
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::text[])
-     WITH ORDINALITY AS o(p, pa, s, m, g, q, t, y, l, ss, sp, tp, n)
-ORDER BY n`, proj, part, subj, ids, gens, seqs, types, payloads, links, sseqs, spos, traces)
+	batch.Queue(`INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, generation, emit_seq, event_type, payload, links, source_seq, source_position, traceparent,
+    link_only, metadata, causation_id)
+SELECT p, pa, s, m, g, q, t, y::jsonb, l, ss, sp, tp, lo, md, ca
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::text[],
+            $13::bool[], $14::text[], $15::text[])
+     WITH ORDINALITY AS o(p, pa, s, m, g, q, t, y, l, ss, sp, tp, lo, md, ca, n)
+ORDER BY n`, proj, part, subj, ids, gens, seqs, types, payloads, links, sseqs, spos, traces, only, metas, causes)
+}
+
+// OutboxLinks are the linked streams of an outbox row from its link_to
+// (rows written before schema version 6: one stream) and links (JSON)
+// columns.
+func OutboxLinks(linkTo, links string) ([]derived.Link, error) {
+	var out []derived.Link
+	if linkTo != "" {
+		out = append(out, derived.Link{Stream: linkTo})
+	}
+	if links != "" {
+		var more []derived.Link
+		if err := json.Unmarshal([]byte(links), &more); err != nil {
+			return nil, fmt.Errorf("projector: outbox links %q: %w", links, err)
+		}
+		out = append(out, more...)
+	}
+	return out, nil
+}
+
+// OutboxMetadata is the metadata of an outbox row from its metadata column
+// (empty for rows written before schema version 6).
+func OutboxMetadata(s string) (map[string]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var md map[string]string
+	if err := json.Unmarshal([]byte(s), &md); err != nil {
+		return nil, fmt.Errorf("projector: outbox metadata: %w", err)
+	}
+	return md, nil
 }
 
 // Commit checks the fence tokens, writes the records with compare-and-set on
