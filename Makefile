@@ -57,9 +57,11 @@ bench-pipeline: ## Benchmark the whole pipeline (feeder, projector, emitter proc
 	$(GO) run ./internal/cmd/bench pipeline-throughput
 
 .PHONY: fuzz
-fuzz: ## Fuzz the subject token encoding for 30s each
+fuzz: ## Fuzz the encodings hostile input goes through (subject tokens, derived-event keys, stored keys) for 30s each
 	$(GO) test ./pkg/subject -run '^$$' -fuzz FuzzTokenRoundTrip -fuzztime 30s
 	$(GO) test ./pkg/subject -run '^$$' -fuzz FuzzDecodeToken -fuzztime 30s
+	$(GO) test ./pkg/derived -run '^$$' -fuzz FuzzKeyEncoding -fuzztime 30s
+	$(GO) test ./pkg/projector -run '^$$' -fuzz FuzzStoredKeys -fuzztime 30s
 
 .PHONY: clean
 clean: ## Remove binaries and the demo's data

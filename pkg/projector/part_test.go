@@ -174,3 +174,31 @@ func TestStoredStringRoundTrip(t *testing.T) {
 		t.Error("an ordinary key is not stored as it is")
 	}
 }
+
+// FuzzStoredKeys: any partition key survives the stores' encoding
+// (storedString: valid UTF-8 without NUL, read back exactly) and gives a
+// bounded KV key token of KV-key characters only.
+func FuzzStoredKeys(f *testing.F) {
+	for _, s := range []string{"", "wallet/w-1", "a\r\nb", "bad\xffid", "nul\x00", storedPrefix + "x", strings.Repeat(".", 1500), "é✓🚀"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, key string) {
+		stored := storedString(key)
+		if !utf8.ValidString(stored) || strings.IndexByte(stored, 0) >= 0 {
+			t.Fatalf("%q stored as %q", key, stored)
+		}
+		if got := loadedString(stored); got != key {
+			t.Fatalf("%q came back as %q", key, got)
+		}
+		tok := kvKeyToken(key)
+		if len(tok) == 0 || len(tok) > maxKVKeyToken {
+			t.Fatalf("token of %q is %d bytes", key, len(tok))
+		}
+		for i := 0; i < len(tok); i++ {
+			c := tok[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '/' || c == '=') {
+				t.Fatalf("token of %q holds %q", key, c)
+			}
+		}
+	})
+}
