@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -63,6 +65,7 @@ func (r *runner) collect(first projection.Message) []projection.Message {
 		break
 	}
 	r.batch = batch
+	r.cons.took(size)
 	return batch
 }
 
@@ -74,6 +77,27 @@ type consumer struct {
 	sub  projection.Subscription
 	msgs chan projection.Message
 	stop chan struct{}
+	// bytes is the payload waiting in msgs; delivery waits while it is
+	// over maxBufferedBytes, until the loop takes messages (room).
+	bytes atomic.Int64
+	room  chan struct{}
+	gauge prometheus.Gauge // bytes, exported
+}
+
+// maxBufferedBytes bounds the payload a consumer holds for the loop, on top
+// of the batch being handled: messages of up to the server's max_payload
+// (1 MiB by default) would otherwise let thousands of buffered messages
+// take gigabytes.
+const maxBufferedBytes = 32 << 20
+
+// took tells the consumer's delivery that the loop took n bytes.
+func (c *consumer) took(n int) {
+	c.bytes.Add(-int64(n))
+	c.gauge.Sub(float64(n))
+	select {
+	case c.room <- struct{}{}:
+	default:
+	}
 }
 
 func (r *runner) startConsumer(ctx context.Context) error {
@@ -85,8 +109,18 @@ func (r *runner) startConsumer(ctx context.Context) error {
 		start = 1
 	}
 	r.stopConsumer()
-	cons := &consumer{msgs: make(chan projection.Message, r.catchUpSize()+r.spec.BatchSize), stop: make(chan struct{})}
+	cons := &consumer{msgs: make(chan projection.Message, r.catchUpSize()+r.spec.BatchSize), stop: make(chan struct{}), room: make(chan struct{}, 1),
+		gauge: r.metrics.buffered.WithLabelValues(r.def.Name())}
 	sub, err := r.source.Consume(ctx, start, func(m projection.Message) {
+		for cons.bytes.Load() > maxBufferedBytes {
+			select {
+			case <-cons.room:
+			case <-cons.stop:
+				return
+			}
+		}
+		cons.bytes.Add(int64(len(m.Data)))
+		cons.gauge.Add(float64(len(m.Data)))
 		select {
 		case cons.msgs <- m:
 		case <-cons.stop:
@@ -106,6 +140,7 @@ func (r *runner) stopConsumer() {
 	}
 	close(r.cons.stop)
 	r.cons.sub.Stop()
+	r.cons.gauge.Sub(float64(r.cons.bytes.Load())) // what it held goes with it
 	r.cons = nil
 }
 

@@ -63,6 +63,11 @@ func (s *jsSub) enter() bool {
 
 func (s *jsSub) Err() <-chan error { return s.errs }
 
+// pullMaxBytes bounds the payload the consumer asks the server for at a
+// time, whatever Buffer says: a stream of large messages cannot fill the
+// client's memory.
+const pullMaxBytes = 16 << 20
+
 // Consume implements projection.Source.
 func (s *JetStreamSource) Consume(ctx context.Context, from uint64, deliver func(projection.Message)) (projection.Subscription, error) {
 	if from == 0 {
@@ -104,7 +109,7 @@ func (s *JetStreamSource) Consume(ctx context.Context, from uint64, deliver func
 			default:
 			}
 		}
-	}), jetstream.PullMaxMessages(buf))
+	}), jetstream.PullMaxMessagesWithBytesLimit(buf, pullMaxBytes))
 	if err != nil {
 		jsretry.FromContext(ctx).Failed(op, err)
 		return nil, err

@@ -1,6 +1,7 @@
 package projector_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -410,4 +411,47 @@ func TestGlobalPoisonRetryAndSkip(t *testing.T) {
 		t.Fatal(err)
 	}
 	seen(17, 10+13+500+7)
+}
+
+// TestConsumerHoldsABoundedPayload: with large messages and a handler that
+// does not keep up, the consumer holds at most 32 MiB for the loop (it held
+// as many messages as two batches take: here, all of them).
+func TestConsumerHoldsABoundedPayload(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "BIG", Subjects: []string{"big.>"}, AllowDirect: true}); err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte("x"), 900<<10)
+	for i := range 120 {
+		if _, err := b.js.Publish(ctx, fmt.Sprintf("big.p.k%d", i), body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gate := make(chan struct{})
+	p := projection.New[struct{}]("big_payloads", projection.FromSubjects("BIG", "big.>"))
+	projection.OnAny(p, func(ctx context.Context, _ *projection.Context[struct{}], _ projection.Meta) error {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+		}
+		return nil
+	})
+	_, reg := b.runWithRegistry(t, "r1", p)
+	defer close(gate)
+	gauge := func() int { return counter(t, reg, "jetproj_projector_buffered_bytes", "big_payloads") }
+	devtest.Eventually(t, 20*time.Second, func() error {
+		if n := gauge(); n < 30<<20 {
+			return fmt.Errorf("%d bytes buffered", n)
+		}
+		return nil
+	})
+	// Measuring an interval, not synchronising: the consumer has every
+	// chance to take more, and must not.
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if n := gauge(); n > 33<<20 {
+			t.Fatalf("%d MiB buffered for the loop, want at most 32 MiB and a message", n>>20)
+		}
+	}
 }

@@ -10,6 +10,7 @@ type metrics struct {
 	slots     *prometheus.GaugeVec
 	batch     *prometheus.HistogramVec
 	sizes     *prometheus.HistogramVec
+	buffered  *prometheus.GaugeVec
 	writes    *prometheus.CounterVec
 	emitted   *prometheus.CounterVec
 	waiting   *prometheus.GaugeVec
@@ -27,10 +28,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		emitted:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jetproj_projector_events_emitted_total", Help: "Derived events of KV-state projections the projector published (the emitter publishes those of Postgres sinks)."}, l),
 		waiting:   prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jetproj_projector_partitions_unpublished", Help: "Partitions of KV-state projections whose derived events JetStream refused: they wait in their records and are tried again."}, l),
 		batch:     prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "jetproj_projector_batch_seconds", Help: "Batch durations.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, l),
+		buffered:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "jetproj_projector_buffered_bytes", Help: "Payload bytes the consumer holds for the loop (at most 32 MiB, then delivery waits)."}, l),
 		sizes:     prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "jetproj_projector_batch_messages", Help: "Messages per batch (catch-up batches grow to CatchUpBatchSize).", Buckets: prometheus.ExponentialBuckets(1, 4, 9)}, l),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.processed, m.errors, m.retries, m.parked, m.slots, m.batch, m.sizes, m.writes, m.emitted, m.waiting} {
+		for _, c := range []prometheus.Collector{m.processed, m.errors, m.retries, m.parked, m.slots, m.batch, m.sizes, m.buffered, m.writes, m.emitted, m.waiting} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
