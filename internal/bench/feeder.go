@@ -117,6 +117,9 @@ type FeederResult struct {
 	Events     int
 	Aggregates int
 	NATSNoSync bool
+	// Target describes the servers (NATS process or embedded, PostgreSQL
+	// settings) for the report.
+	Target Target
 	// Raw and Feeder hold each round's run, in order.
 	Raw, Feeder []Run
 	Live        Latency
@@ -174,7 +177,7 @@ func Feeder(ctx context.Context, t Target, opts FeederOptions) (FeederResult, er
 	if err := o.validate(); err != nil {
 		return FeederResult{}, err
 	}
-	res := FeederResult{Date: time.Now(), Events: o.Events, Aggregates: o.Aggregates, NATSNoSync: t.NATSNoSync}
+	res := FeederResult{Date: time.Now(), Events: o.Events, Aggregates: o.Aggregates, NATSNoSync: t.NATSNoSync, Target: t}
 	out := o.Progress
 
 	// An administrative pool and connection: migration, loading, resets.
@@ -279,8 +282,7 @@ func (r FeederResult) Summary() string {
 	fmt.Fprintf(&b, "live latency @%d ev/s: p50 %s  p90 %s  p99 %s  max %s (goal p99 ≤ %s) %s\n",
 		l.Rate, ms(l.P50), ms(l.P90), ms(l.P99), ms(l.Max), ms(GoalLiveP99), verdict(l.P99 <= GoalLiveP99))
 	fmt.Fprintf(&b, "  %d events, achieved %.0f ev/s; commit → delivered from stream EVENTS\n", l.Events, l.Achieved)
-	fmt.Fprintf(&b, "  NATS embedded, NoSync=%t; PostgreSQL throwaway, fsync off; GOMAXPROCS %d\n",
-		r.NATSNoSync, runtime.GOMAXPROCS(0))
+	fmt.Fprintf(&b, "  %s; GOMAXPROCS %d\n", r.Target.Describe(), runtime.GOMAXPROCS(0))
 	return b.String()
 }
 
