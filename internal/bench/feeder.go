@@ -208,9 +208,9 @@ func Feeder(ctx context.Context, t Target, opts FeederOptions) (FeederResult, er
 		o.Events, o.Aggregates, time.Since(started).Round(time.Millisecond), head)
 
 	for round := 1; round <= o.Rounds; round++ {
-		run, err := profiled(o.CPUProfileDir, fmt.Sprintf("raw-%d.pprof", round), func() (Run, error) {
+		run, err := profiled(o.CPUProfileDir, fmt.Sprintf("raw-%d.pprof", round), cpuMeasured(t, func() (Run, error) {
 			return rawRelay(ctx, t, o.Events)
-		})
+		}))
 		if err != nil {
 			return res, fmt.Errorf("round %d raw relay: %w", round, err)
 		}
@@ -221,9 +221,9 @@ func Feeder(ctx context.Context, t Target, opts FeederOptions) (FeederResult, er
 			return res, err
 		}
 
-		run, err = profiled(o.CPUProfileDir, fmt.Sprintf("feeder-%d.pprof", round), func() (Run, error) {
+		run, err = profiled(o.CPUProfileDir, fmt.Sprintf("feeder-%d.pprof", round), cpuMeasured(t, func() (Run, error) {
 			return feederBackfill(ctx, t, js, head, o.Events, o.Logger)
-		})
+		}))
 		if err != nil {
 			return res, fmt.Errorf("round %d feeder: %w", round, err)
 		}
@@ -246,7 +246,32 @@ func Feeder(ctx context.Context, t Target, opts FeederOptions) (FeederResult, er
 }
 
 func runLine(r Run) string {
-	return fmt.Sprintf("%d events in %6.2fs  %6.0f ev/s", r.Events, r.Elapsed.Seconds(), r.Rate())
+	line := fmt.Sprintf("%d events in %6.2fs  %6.0f ev/s", r.Events, r.Elapsed.Seconds(), r.Rate())
+	if r.ClientCPU > 0 {
+		line += fmt.Sprintf("  CPU: benchmark process %.2fs", r.ClientCPU.Seconds())
+		if r.ServerCPU > 0 {
+			line += fmt.Sprintf(", nats-server %.2fs", r.ServerCPU.Seconds())
+		}
+	}
+	return line
+}
+
+// cpuMeasured wraps a run so that it records the CPU time this process and
+// the nats-server process (when t has one) used during it.
+func cpuMeasured(t Target, fn func() (Run, error)) func() (Run, error) {
+	return func() (Run, error) {
+		c0 := processCPU(os.Getpid())
+		var s0 time.Duration
+		if t.NATSPID != 0 {
+			s0 = processCPU(t.NATSPID)
+		}
+		run, err := fn()
+		run.ClientCPU = processCPU(os.Getpid()) - c0
+		if t.NATSPID != 0 {
+			run.ServerCPU = processCPU(t.NATSPID) - s0
+		}
+		return run, err
+	}
 }
 
 // profiled runs fn, under a CPU profile written to dir/name when dir is set,

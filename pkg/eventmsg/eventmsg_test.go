@@ -71,3 +71,31 @@ func TestParseRejectsForeignMessages(t *testing.T) {
 		t.Fatalf("got %v, want ErrNotEvent", err)
 	}
 }
+
+// BenchmarkNew measures building one event's message, as the feeder does
+// for every event: the contract headers without metadata (most events) and
+// with a traceparent.
+func BenchmarkNew(b *testing.B) {
+	e := eventstore.Event{
+		Position: 123456, TransactionID: 98765, AggregateType: "wallet", AggregateID: "3f2b9c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b",
+		Version: 7, Type: "MoneyWasAddedToWallet", Payload: json.RawMessage(`{"amount":5}`),
+		RecordedAt: time.Date(2026, 12, 6, 8, 0, 0, 123456000, time.UTC),
+	}
+	b.Run("plain", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := eventmsg.New("events", e); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	e.Metadata = eventstore.Metadata{"traceparent": json.RawMessage(`"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"`)}
+	b.Run("traceparent", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := eventmsg.New("events", e); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
