@@ -435,7 +435,10 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			return err
 		}
 		for _, e := range evs {
-			msg, err := eventmsg.New(f.cfg.SubjectPrefix, e)
+			// Sequence fencing: the stream refuses the message unless its
+			// last sequence is seq, so a second feeder (or a lost lease)
+			// cannot interleave.
+			msg, err := eventmsg.NewFenced(f.cfg.SubjectPrefix, e, seq)
 			if err != nil {
 				_ = drain(true)
 				return fmt.Errorf("feeder: event %d: %w", e.Position, err)
@@ -447,11 +450,6 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 				msg.Header.Set(tracing.Header, child)
 				span.End()
 			}
-			// Sequence fencing: the stream refuses the message unless its
-			// last sequence is seq, so a second feeder (or a lost lease)
-			// cannot interleave. Set as a header directly: the same as
-			// jetstream.WithExpectLastSequence without an option per message.
-			msg.Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatUint(seq, 10)}
 			fut, err := f.js.PublishMsgAsync(msg)
 			if errors.Is(err, nats.ErrMaxPayload) {
 				if derr := drain(true); derr != nil {
