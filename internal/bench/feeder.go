@@ -303,12 +303,42 @@ func (r FeederResult) Summary() string {
 		r.Events, raw.Rate(), fd.Rate(), r.Ratio(), GoalFeederRatio, verdict(r.Ratio() >= GoalFeederRatio))
 	fmt.Fprintf(&b, "  best of %d runs each; medians: raw relay %.0f ev/s  feeder %.0f ev/s  ratio %.2f\n",
 		len(r.Raw), median(r.Raw), median(r.Feeder), r.MedianRatio())
+	if rc, fc := meanCPU(r.Raw, false), meanCPU(r.Feeder, false); rc > 0 && fc > 0 {
+		fmt.Fprintf(&b, "  CPU per event, mean of the runs: benchmark process raw relay %.1f µs, feeder %.1f µs (raw/feeder %.2f)",
+			rc, fc, rc/fc)
+		if rs, fs := meanCPU(r.Raw, true), meanCPU(r.Feeder, true); rs > 0 && fs > 0 {
+			fmt.Fprintf(&b, "; nats-server raw relay %.1f µs, feeder %.1f µs", rs, fs)
+		}
+		fmt.Fprintln(&b)
+	}
 	l := r.Live
 	fmt.Fprintf(&b, "live latency @%d ev/s: p50 %s  p90 %s  p99 %s  max %s (goal p99 ≤ %s) %s\n",
 		l.Rate, ms(l.P50), ms(l.P90), ms(l.P99), ms(l.Max), ms(GoalLiveP99), verdict(l.P99 <= GoalLiveP99))
 	fmt.Fprintf(&b, "  %d events, achieved %.0f ev/s; commit → delivered from stream EVENTS\n", l.Events, l.Achieved)
 	fmt.Fprintf(&b, "  %s; GOMAXPROCS %d\n", r.Target.Describe(), runtime.GOMAXPROCS(0))
 	return b.String()
+}
+
+// meanCPU is the mean CPU time per event of the runs, in microseconds: the
+// benchmark process's, or the nats-server process's with server.
+func meanCPU(runs []Run, server bool) float64 {
+	var cpu time.Duration
+	events := 0
+	for _, r := range runs {
+		c := r.ClientCPU
+		if server {
+			c = r.ServerCPU
+		}
+		if c <= 0 {
+			return 0
+		}
+		cpu += c
+		events += r.Events
+	}
+	if events == 0 {
+		return 0
+	}
+	return float64(cpu.Microseconds()) / float64(events)
 }
 
 func verdict(ok bool) string {
