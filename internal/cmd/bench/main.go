@@ -1,6 +1,8 @@
 // Command bench runs jetproj's benchmarks against throwaway servers that it
-// starts on loopback and removes at exit: a non-durable PostgreSQL cluster
-// and an embedded NATS server.
+// starts on loopback and removes at exit: a PostgreSQL cluster and a NATS
+// server — for feeder and pipeline-throughput a nats-server process and
+// PostgreSQL with fsync on (-embedded and -fsync-off for the older
+// setting), for the others an embedded NATS server and fsync off.
 //
 // Usage:
 //
