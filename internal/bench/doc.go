@@ -6,5 +6,12 @@
 // The command internal/cmd/bench runs them; docs/benchmarks.md records the
 // results. The feeder benchmark (Feeder) compares the feeder's backfill with
 // a plain relay of the same messages and measures the live latency from an
-// append's commit to the event's delivery from the EVENTS stream.
+// append's commit to the event's delivery from the EVENTS stream. The
+// pipeline throughput benchmark (PipelineThroughput) runs the feeder,
+// projector and emitter service binaries as processes over stored events
+// and compares the whole pipeline's rate with the feeder's own.
+//
+// StartServersWith starts the headline setting: NATS as a nats-server
+// process of its own (NATSProcess, built from the module in go.mod) and
+// PostgreSQL with its default settings (fsync on).
 package bench

@@ -117,6 +117,9 @@ type FeederResult struct {
 	Events     int
 	Aggregates int
 	NATSNoSync bool
+	// Target describes the servers (NATS process or embedded, PostgreSQL
+	// settings) for the report.
+	Target Target
 	// Raw and Feeder hold each round's run, in order.
 	Raw, Feeder []Run
 	Live        Latency
@@ -174,7 +177,7 @@ func Feeder(ctx context.Context, t Target, opts FeederOptions) (FeederResult, er
 	if err := o.validate(); err != nil {
 		return FeederResult{}, err
 	}
-	res := FeederResult{Date: time.Now(), Events: o.Events, Aggregates: o.Aggregates, NATSNoSync: t.NATSNoSync}
+	res := FeederResult{Date: time.Now(), Events: o.Events, Aggregates: o.Aggregates, NATSNoSync: t.NATSNoSync, Target: t}
 	out := o.Progress
 
 	// An administrative pool and connection: migration, loading, resets.
@@ -205,9 +208,9 @@ func Feeder(ctx context.Context, t Target, opts FeederOptions) (FeederResult, er
 		o.Events, o.Aggregates, time.Since(started).Round(time.Millisecond), head)
 
 	for round := 1; round <= o.Rounds; round++ {
-		run, err := profiled(o.CPUProfileDir, fmt.Sprintf("raw-%d.pprof", round), func() (Run, error) {
+		run, err := profiled(o.CPUProfileDir, fmt.Sprintf("raw-%d.pprof", round), cpuMeasured(t, func() (Run, error) {
 			return rawRelay(ctx, t, o.Events)
-		})
+		}))
 		if err != nil {
 			return res, fmt.Errorf("round %d raw relay: %w", round, err)
 		}
@@ -218,9 +221,9 @@ func Feeder(ctx context.Context, t Target, opts FeederOptions) (FeederResult, er
 			return res, err
 		}
 
-		run, err = profiled(o.CPUProfileDir, fmt.Sprintf("feeder-%d.pprof", round), func() (Run, error) {
+		run, err = profiled(o.CPUProfileDir, fmt.Sprintf("feeder-%d.pprof", round), cpuMeasured(t, func() (Run, error) {
 			return feederBackfill(ctx, t, js, head, o.Events, o.Logger)
-		})
+		}))
 		if err != nil {
 			return res, fmt.Errorf("round %d feeder: %w", round, err)
 		}
@@ -243,7 +246,32 @@ func Feeder(ctx context.Context, t Target, opts FeederOptions) (FeederResult, er
 }
 
 func runLine(r Run) string {
-	return fmt.Sprintf("%d events in %6.2fs  %6.0f ev/s", r.Events, r.Elapsed.Seconds(), r.Rate())
+	line := fmt.Sprintf("%d events in %6.2fs  %6.0f ev/s", r.Events, r.Elapsed.Seconds(), r.Rate())
+	if r.ClientCPU > 0 {
+		line += fmt.Sprintf("  CPU: benchmark process %.2fs", r.ClientCPU.Seconds())
+		if r.ServerCPU > 0 {
+			line += fmt.Sprintf(", nats-server %.2fs", r.ServerCPU.Seconds())
+		}
+	}
+	return line
+}
+
+// cpuMeasured wraps a run so that it records the CPU time this process and
+// the nats-server process (when t has one) used during it.
+func cpuMeasured(t Target, fn func() (Run, error)) func() (Run, error) {
+	return func() (Run, error) {
+		c0 := processCPU(os.Getpid())
+		var s0 time.Duration
+		if t.NATSPID != 0 {
+			s0 = processCPU(t.NATSPID)
+		}
+		run, err := fn()
+		run.ClientCPU = processCPU(os.Getpid()) - c0
+		if t.NATSPID != 0 {
+			run.ServerCPU = processCPU(t.NATSPID) - s0
+		}
+		return run, err
+	}
 }
 
 // profiled runs fn, under a CPU profile written to dir/name when dir is set,
@@ -275,13 +303,42 @@ func (r FeederResult) Summary() string {
 		r.Events, raw.Rate(), fd.Rate(), r.Ratio(), GoalFeederRatio, verdict(r.Ratio() >= GoalFeederRatio))
 	fmt.Fprintf(&b, "  best of %d runs each; medians: raw relay %.0f ev/s  feeder %.0f ev/s  ratio %.2f\n",
 		len(r.Raw), median(r.Raw), median(r.Feeder), r.MedianRatio())
+	if rc, fc := meanCPU(r.Raw, false), meanCPU(r.Feeder, false); rc > 0 && fc > 0 {
+		fmt.Fprintf(&b, "  CPU per event, mean of the runs: benchmark process raw relay %.1f µs, feeder %.1f µs (raw/feeder %.2f)",
+			rc, fc, rc/fc)
+		if rs, fs := meanCPU(r.Raw, true), meanCPU(r.Feeder, true); rs > 0 && fs > 0 {
+			fmt.Fprintf(&b, "; nats-server raw relay %.1f µs, feeder %.1f µs", rs, fs)
+		}
+		fmt.Fprintln(&b)
+	}
 	l := r.Live
 	fmt.Fprintf(&b, "live latency @%d ev/s: p50 %s  p90 %s  p99 %s  max %s (goal p99 ≤ %s) %s\n",
 		l.Rate, ms(l.P50), ms(l.P90), ms(l.P99), ms(l.Max), ms(GoalLiveP99), verdict(l.P99 <= GoalLiveP99))
 	fmt.Fprintf(&b, "  %d events, achieved %.0f ev/s; commit → delivered from stream EVENTS\n", l.Events, l.Achieved)
-	fmt.Fprintf(&b, "  NATS embedded, NoSync=%t; PostgreSQL throwaway, fsync off; GOMAXPROCS %d\n",
-		r.NATSNoSync, runtime.GOMAXPROCS(0))
+	fmt.Fprintf(&b, "  %s; GOMAXPROCS %d\n", r.Target.Describe(), runtime.GOMAXPROCS(0))
 	return b.String()
+}
+
+// meanCPU is the mean CPU time per event of the runs, in microseconds: the
+// benchmark process's, or the nats-server process's with server.
+func meanCPU(runs []Run, server bool) float64 {
+	var cpu time.Duration
+	events := 0
+	for _, r := range runs {
+		c := r.ClientCPU
+		if server {
+			c = r.ServerCPU
+		}
+		if c <= 0 {
+			return 0
+		}
+		cpu += c
+		events += r.Events
+	}
+	if events == 0 {
+		return 0
+	}
+	return float64(cpu.Microseconds()) / float64(events)
 }
 
 func verdict(ok bool) string {

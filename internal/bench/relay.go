@@ -87,6 +87,10 @@ func streamMsgs(ctx context.Context, js jetstream.JetStream, name string) (uint6
 type Run struct {
 	Events  int
 	Elapsed time.Duration
+	// CPU time used during the run by this process (the client side) and,
+	// when NATS runs as a process of its own, by the nats-server process;
+	// zero when not measured.
+	ClientCPU, ServerCPU time.Duration
 }
 
 // Rate is the run's events per second.

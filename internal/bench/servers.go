@@ -19,6 +19,8 @@ type Target struct {
 	// NATSProcess is set when NATS runs as a process of its own (not
 	// embedded in the benchmark's process).
 	NATSProcess bool
+	// NATSPID is the nats-server process's id when NATSProcess is set.
+	NATSPID int
 	// PGDurable is set when PostgreSQL runs with its default settings
 	// (fsync on).
 	PGDurable bool
@@ -116,7 +118,7 @@ func StartServersWith(ctx context.Context, o ServerOptions) (*Servers, error) {
 		return nil, err
 	}
 	s.NATSProc = n
-	s.target.NATSURL, s.target.NATSProcess = n.URL(), true
+	s.target.NATSURL, s.target.NATSProcess, s.target.NATSPID = n.URL(), true, n.PID()
 	return s, nil
 }
 

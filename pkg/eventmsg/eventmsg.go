@@ -40,22 +40,75 @@ const (
 // MsgID is the deterministic Nats-Msg-Id of the event at position.
 func MsgID(position int64) string { return "event-" + strconv.FormatInt(position, 10) }
 
+// HeaderExpectedLastSequence is the JetStream header that makes the stream
+// refuse a message unless its last sequence is the given one (sequence
+// fencing); NewFenced sets it.
+const HeaderExpectedLastSequence = "Nats-Expected-Last-Sequence"
+
 // New builds the message for e, published under subject prefix (normally
 // "events").
 func New(prefix string, e eventstore.Event) (*nats.Msg, error) {
+	return build(prefix, e, false, 0)
+}
+
+// NewFenced is New with the sequence fence the feeder publishes under:
+// header Nats-Expected-Last-Sequence set to lastSeq, so that the stream
+// stores the message only right after its message lastSeq (the same header
+// as jetstream.WithExpectLastSequence, built with the others).
+func NewFenced(prefix string, e eventstore.Event, lastSeq uint64) (*nats.Msg, error) {
+	return build(prefix, e, true, lastSeq)
+}
+
+func build(prefix string, e eventstore.Event, fenced bool, lastSeq uint64) (*nats.Msg, error) {
 	subj, err := subject.EventWithPrefix(prefix, e.AggregateType, e.AggregateID)
 	if err != nil {
 		return nil, err
 	}
-	h := make(nats.Header, 10+len(e.Metadata))
-	h[HeaderMsgID] = []string{MsgID(e.Position)}
-	h[HeaderEventType] = []string{headerValue(e.Type)}
-	h[HeaderEventPosition] = []string{strconv.FormatInt(e.Position, 10)}
-	h[HeaderEventTransaction] = []string{strconv.FormatUint(e.TransactionID, 10)}
-	h[HeaderAggregateType] = []string{headerValue(e.AggregateType)}
-	h[HeaderAggregateID] = []string{headerValue(e.AggregateID)}
-	h[HeaderAggregateVersion] = []string{strconv.FormatInt(e.Version, 10)}
-	h[HeaderRecordedAt] = []string{e.RecordedAt.UTC().Format(time.RFC3339Nano)}
+	// The feeder builds one message per event: the numbers and the time
+	// are formatted into one string and the values share one backing
+	// array, so that a message costs a few allocations, not one per header.
+	var buf [96]byte
+	b := append(buf[:0], "event-"...)
+	b = strconv.AppendInt(b, e.Position, 10)
+	msgIDEnd := len(b)
+	b = strconv.AppendUint(b, e.TransactionID, 10)
+	txEnd := len(b)
+	b = strconv.AppendInt(b, e.Version, 10)
+	versionEnd := len(b)
+	b = e.RecordedAt.UTC().AppendFormat(b, time.RFC3339Nano)
+	recordedEnd := len(b)
+	if fenced {
+		b = strconv.AppendUint(b, lastSeq, 10)
+	}
+	nums := string(b)
+	fixed := 8
+	if fenced {
+		fixed++
+	}
+	vals := make([]string, fixed, fixed+2*len(e.Metadata))
+	vals[0] = nums[:msgIDEnd]
+	vals[1] = headerValue(e.Type)
+	vals[2] = nums[len("event-"):msgIDEnd]
+	vals[3] = nums[msgIDEnd:txEnd]
+	vals[4] = headerValue(e.AggregateType)
+	vals[5] = headerValue(e.AggregateID)
+	vals[6] = nums[txEnd:versionEnd]
+	vals[7] = nums[versionEnd:recordedEnd]
+	// Sized for every header, fence included: a key added later would
+	// grow the map for every message.
+	h := make(nats.Header, fixed+2*len(e.Metadata))
+	h[HeaderMsgID] = vals[0:1:1]
+	h[HeaderEventType] = vals[1:2:2]
+	h[HeaderEventPosition] = vals[2:3:3]
+	h[HeaderEventTransaction] = vals[3:4:4]
+	h[HeaderAggregateType] = vals[4:5:5]
+	h[HeaderAggregateID] = vals[5:6:6]
+	h[HeaderAggregateVersion] = vals[6:7:7]
+	h[HeaderRecordedAt] = vals[7:8:8]
+	if fenced {
+		vals[8] = nums[recordedEnd:]
+		h[HeaderExpectedLastSequence] = vals[8:9:9]
+	}
 	if len(e.Metadata) > 0 {
 		keys := make([]string, 0, len(e.Metadata))
 		for k := range e.Metadata {
@@ -64,12 +117,15 @@ func New(prefix string, e eventstore.Event) (*nats.Msg, error) {
 		sort.Strings(keys)
 		for _, k := range keys {
 			v, _ := e.Metadata.String(k)
+			v = headerValue(v)
 			switch k {
 			case HeaderTraceParent, HeaderTraceState:
-				h[k] = []string{headerValue(v)}
+				vals = append(vals, v)
+				h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
 			}
-			name, val := MetaHeader(k, v)
-			h[name] = []string{val}
+			// The name MetaHeader gives; v is already the header value.
+			vals = append(vals, v)
+			h[MetaPrefix+subject.EncodeToken(k)] = vals[len(vals)-1 : len(vals) : len(vals)]
 		}
 	}
 	return &nats.Msg{Subject: subj, Header: h, Data: e.Payload}, nil

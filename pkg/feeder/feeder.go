@@ -288,6 +288,13 @@ type pending struct {
 	pos int64
 }
 
+// readPage is the outcome of a read-ahead.
+type readPage struct {
+	evs     []eventstore.Event
+	scanned eventstore.Cursor
+	err     error
+}
+
 // session resolves where the stream ends and feeds from there until ctx
 // ends or something fails.
 func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
@@ -381,12 +388,47 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		return err
 	}
 
+	// While a full page is published, the next one is read (read-ahead):
+	// PostgreSQL works on it while the client builds and sends messages.
+	// The read starts after the page's last row, as the next read would; a
+	// read taken earlier sees a horizon no later than that read would, so it
+	// returns a prefix of what that read would, never a row past a gap.
+	filtered := len(f.filter.AggregateTypes)+len(f.filter.EventTypeLike) > 0
+	rctx, stopReads := context.WithCancel(ctx)
+	var ahead chan readPage // a read-ahead in flight, or nil
+	defer func() {
+		stopReads()
+		if ahead != nil {
+			<-ahead
+		}
+	}()
 	for {
 		if err := ctx.Err(); err != nil {
 			_ = drain(true)
 			return err
 		}
-		evs, scanned, err := eventstore.ReadCommitted(ctx, f.pool, cur, f.cfg.BatchSize, f.filter)
+		var (
+			evs     []eventstore.Event
+			scanned eventstore.Cursor
+			err     error
+		)
+		if ahead != nil {
+			p := <-ahead
+			ahead = nil
+			evs, scanned, err = p.evs, p.scanned, p.err
+		} else {
+			evs, scanned, err = eventstore.ReadCommitted(ctx, f.pool, cur, f.cfg.BatchSize, f.filter)
+		}
+		// A full page may have more behind it; a short unfiltered page is
+		// the end of what is below the horizon now.
+		more := err == nil && scanned != cur && (len(evs) == f.cfg.BatchSize || filtered)
+		if more {
+			ahead = make(chan readPage, 1)
+			go func(ch chan<- readPage, from eventstore.Cursor) {
+				evs, scanned, err := eventstore.ReadCommitted(rctx, f.pool, from, f.cfg.BatchSize, f.filter)
+				ch <- readPage{evs: evs, scanned: scanned, err: err}
+			}(ahead, scanned)
+		}
 		if err != nil {
 			if derr := drain(true); derr != nil {
 				return errors.Join(err, derr)
@@ -394,7 +436,10 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			return err
 		}
 		for _, e := range evs {
-			msg, err := eventmsg.New(f.cfg.SubjectPrefix, e)
+			// Sequence fencing: the stream refuses the message unless its
+			// last sequence is seq, so a second feeder (or a lost lease)
+			// cannot interleave.
+			msg, err := eventmsg.NewFenced(f.cfg.SubjectPrefix, e, seq)
 			if err != nil {
 				_ = drain(true)
 				return fmt.Errorf("feeder: event %d: %w", e.Position, err)
@@ -406,7 +451,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 				msg.Header.Set(tracing.Header, child)
 				span.End()
 			}
-			fut, err := f.js.PublishMsgAsync(msg, jetstream.WithExpectLastSequence(seq))
+			fut, err := f.js.PublishMsgAsync(msg)
 			if errors.Is(err, nats.ErrMaxPayload) {
 				if derr := drain(true); derr != nil {
 					return derr
@@ -451,9 +496,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			f.setProgress(acked, "")
 			save()
 		}
-		// A full page may have more behind it; a short unfiltered page is
-		// the end of what is below the horizon now.
-		if progressed && (len(evs) == f.cfg.BatchSize || len(f.filter.AggregateTypes)+len(f.filter.EventTypeLike) > 0) {
+		if more {
 			idleWait = 500 * time.Microsecond
 			continue
 		}

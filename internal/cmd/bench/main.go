@@ -1,6 +1,8 @@
 // Command bench runs jetproj's benchmarks against throwaway servers that it
-// starts on loopback and removes at exit: a non-durable PostgreSQL cluster
-// and an embedded NATS server.
+// starts on loopback and removes at exit: a PostgreSQL cluster and a NATS
+// server — for feeder and pipeline-throughput a nats-server process and
+// PostgreSQL with fsync on (-embedded and -fsync-off for the older
+// setting), for the others an embedded NATS server and fsync off.
 //
 // Usage:
 //
@@ -203,6 +205,9 @@ func runFeeder(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "duration of the live appends")
 	fs.IntVar(&o.Writers, "writers", 4, "concurrent live writers")
 	fs.StringVar(&o.CPUProfileDir, "cpuprofile", "", "directory for a CPU profile of each run (raw-N.pprof, feeder-N.pprof, live.pprof)")
+	var so bench.ServerOptions
+	fs.BoolVar(&so.EmbeddedNATS, "embedded", false, "run NATS embedded in the benchmark's process (NoSync) instead of a nats-server process")
+	fs.BoolVar(&so.FastPostgres, "fsync-off", false, "run PostgreSQL with fsync off instead of its default settings")
 	c := commonFlags(fs, args, "feeders")
 	if err := c.parse(fs); err != nil {
 		return err
@@ -211,8 +216,9 @@ func runFeeder(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	o.Logger, o.Progress = c.logger(stderr), stdout
-	return c.serve(ctx, stdout, stderr, "starting throwaway PostgreSQL (fsync off) and embedded NATS (NoSync: true, same server for every step) on loopback",
-		bench.StartServers, func(t bench.Target) (report, error) { return bench.Feeder(ctx, t, o) })
+	return c.serve(ctx, stdout, stderr, serversBanner(so),
+		func(ctx context.Context) (*bench.Servers, error) { return bench.StartServersWith(ctx, so) },
+		func(t bench.Target) (report, error) { return bench.Feeder(ctx, t, o) })
 }
 
 func runProjector(ctx context.Context, args []string, stdout, stderr io.Writer) error {
