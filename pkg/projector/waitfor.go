@@ -158,13 +158,13 @@ func (w *Waiter) WaitForEvent(ctx context.Context, projection string, ev EventRe
 	pw.begin(w)
 	defer pw.end()
 
-	t := waitTarget{ev: ev}
+	t := waitTarget{ev: ev, lookNow: true}
 	for {
-		st, changed := pw.state()
-		if st.err != nil {
-			return st.err
+		v, werr, changed := pw.state()
+		if werr != nil {
+			return werr
 		}
-		done, why, err := w.check(ctx, pw, st, &t)
+		done, why, err := w.check(ctx, pw, v, &t)
 		if err != nil || done {
 			return err
 		}
@@ -185,10 +185,10 @@ func (w *Waiter) WaitForEvent(ctx context.Context, projection string, ev EventRe
 			// the stream stored it, it can be found. Until then,
 			// look again soon.
 			if p, _ := strconv.ParseInt(m.Header.Get(eventmsg.HeaderEventPosition), 10, 64); p >= ev.Position {
-				t.published = true
+				t.lookNow, t.backoff = true, 0
 			}
 		case <-t.retry:
-			t.retry = nil
+			t.retry, t.lookNow = nil, true
 		}
 	}
 }
@@ -203,10 +203,11 @@ type waitTarget struct {
 	reads   bool   // the projection's filter takes the subject
 	key     string // its partition, when the provider is known
 	// Not yet published: a core subscription on its subject.
-	sub       *nats.Subscription
-	arrivals  chan *nats.Msg
-	published bool             // seen on the subscription
-	retry     <-chan time.Time // look again (published, not stored yet)
+	sub      *nats.Subscription
+	arrivals chan *nats.Msg
+	lookNow  bool             // look for it in the stream at the next check
+	retry    <-chan time.Time // look again then
+	backoff  time.Duration
 	// For an event the projection does not read: the first message it
 	// reads after the slowest slot's position (nextAfter), at that
 	// position (nextFrom).
@@ -223,60 +224,41 @@ func (t *waitTarget) close() {
 
 // check looks at the projection's progress: done when the event is
 // applied; why says what is missing otherwise.
-func (w *Waiter) check(ctx context.Context, pw *progressWatch, st watchState, t *waitTarget) (done bool, why string, err error) {
-	if len(st.entries) == 0 {
+func (w *Waiter) check(ctx context.Context, pw *progressWatch, v *progressView, t *waitTarget) (done bool, why string, err error) {
+	if v == nil {
 		return false, "no replica has published its progress", nil
 	}
-	// The newest generation's entries (reset and rebuild start one).
-	gen := 0
-	var ref ReplicaProgress
-	for _, e := range st.entries {
-		if e.Generation >= gen {
-			gen, ref = e.Generation, e
-		}
-	}
+	ref := v.ref
 	if ref.Stream == "" {
 		return false, "", fmt.Errorf("%w: %s", ErrNotWaitable, pw.name)
 	}
 	if !t.located {
+		// Look (again) at first, when the event's subject saw a
+		// publication, and at a slowing pace meanwhile (a publication can
+		// be stored just after a look, seen by no subscription yet):
+		// progress does not tell where the event is.
+		if !t.lookNow {
+			return false, "the feeder has not published the event yet", nil
+		}
+		t.lookNow = false
 		ok, err := w.locate(ctx, ref, t)
 		if err != nil {
 			t.close()
 			return false, "", err
 		}
 		if !ok {
-			if t.published && t.retry == nil {
-				t.retry = time.After(2 * time.Millisecond)
+			if t.retry == nil {
+				t.backoff = min(max(2*t.backoff, 2*time.Millisecond), 100*time.Millisecond)
+				t.retry = time.After(t.backoff)
 			}
 			return false, "the feeder has not published the event yet", nil
 		}
 		t.close()
 	}
-	// Each slot's progress from its latest owner.
-	best := make([]*SlotProgress, max(ref.Slots, 1))
-	for _, e := range st.entries {
-		if e.Generation != gen {
-			continue
-		}
-		for i := range e.Owned {
-			sp := &e.Owned[i]
-			if sp.Slot >= len(best) {
-				continue
-			}
-			if b := best[sp.Slot]; b == nil || sp.Token > b.Token || (sp.Token == b.Token && sp.Seq > b.Seq) {
-				best[sp.Slot] = sp
-			}
-		}
+	if v.missing >= 0 {
+		return false, fmt.Sprintf("slot %d has no owner that published its progress", v.missing), nil
 	}
-	low := uint64(0)
-	for n, sp := range best {
-		if sp == nil {
-			return false, fmt.Sprintf("slot %d has no owner that published its progress", n), nil
-		}
-		if n == 0 || sp.Seq < low {
-			low = sp.Seq
-		}
-	}
+	low := v.low
 	if !t.reads {
 		if low >= t.seq {
 			return true, "", nil
@@ -299,7 +281,7 @@ func (w *Waiter) check(ctx context.Context, pw *progressWatch, st watchState, t 
 		return false, fmt.Sprintf("applied up to stream sequence %d; the event is at %d", low, t.seq), nil
 	}
 	// Every slot passed the event: unless its partition is failing.
-	for _, sp := range best {
+	for _, sp := range v.failing {
 		for _, f := range sp.Failing {
 			if f.Seq >= t.seq || !t.holds(ref.Partitions, f) {
 				continue
@@ -314,6 +296,58 @@ func (w *Waiter) check(ctx context.Context, pw *progressWatch, st watchState, t 
 		}
 	}
 	return true, "", nil
+}
+
+// progressView is a projection's progress merged from its replicas'
+// entries: computed once per update, read by every wait.
+type progressView struct {
+	ref     ReplicaProgress // an entry of the newest generation
+	missing int             // a slot no entry covers; -1 when all are
+	low     uint64          // the lowest slot position
+	failing []*SlotProgress // slots with failing partitions
+}
+
+// mergeProgress merges the entries of the newest generation (reset and
+// rebuild start one), each slot from its latest owner.
+func mergeProgress(entries map[string]ReplicaProgress) *progressView {
+	if len(entries) == 0 {
+		return nil
+	}
+	v := &progressView{missing: -1}
+	gen := -1
+	for _, e := range entries {
+		if e.Generation > gen {
+			gen, v.ref = e.Generation, e
+		}
+	}
+	best := make([]*SlotProgress, max(v.ref.Slots, 1))
+	for _, e := range entries {
+		if e.Generation != gen {
+			continue
+		}
+		for i := range e.Owned {
+			sp := &e.Owned[i]
+			if sp.Slot < 0 || sp.Slot >= len(best) {
+				continue
+			}
+			if b := best[sp.Slot]; b == nil || sp.Token > b.Token || (sp.Token == b.Token && sp.Seq > b.Seq) {
+				best[sp.Slot] = sp
+			}
+		}
+	}
+	for n, sp := range best {
+		if sp == nil {
+			v.missing = n
+			return v
+		}
+		if n == 0 || sp.Seq < v.low {
+			v.low = sp.Seq
+		}
+		if len(sp.Failing) > 0 || sp.Truncated {
+			v.failing = append(v.failing, sp)
+		}
+	}
+	return v
 }
 
 // holds reports whether failing partition f may hold the event.
@@ -497,24 +531,20 @@ type progressWatch struct {
 	nc   *nats.Conn
 
 	mu       sync.Mutex
-	entries  map[string]ReplicaProgress
+	entries  map[string]ReplicaProgress // owned by follow
+	view     *progressView
 	err      error
 	changed  chan struct{} // closed at the next change
 	waiting  int
 	lastWant time.Time
 }
 
-type watchState struct {
-	entries map[string]ReplicaProgress
-	err     error
-}
-
-// state returns the entries (not to be modified) and a channel closed at
-// their next change.
-func (pw *progressWatch) state() (watchState, <-chan struct{}) {
+// state returns the merged progress (not to be modified), the watch's
+// error, and a channel closed at the next change.
+func (pw *progressWatch) state() (*progressView, error, <-chan struct{}) {
 	pw.mu.Lock()
 	defer pw.mu.Unlock()
-	return watchState{entries: pw.entries, err: pw.err}, pw.changed
+	return pw.view, pw.err, pw.changed
 }
 
 // begin counts a wait and asks the replicas to publish, unless asked
@@ -619,19 +649,14 @@ func (pw *progressWatch) follow(ctx context.Context, kw jetstream.KeyWatcher) {
 				continue
 			}
 			var p ReplicaProgress
-			put := e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &p) == nil
-			pw.mu.Lock()
-			// Copy on write: waits read the map without the lock.
-			entries := make(map[string]ReplicaProgress, len(pw.entries)+1)
-			for k, v := range pw.entries {
-				entries[k] = v
-			}
-			if put {
-				entries[e.Key()] = p
+			if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &p) == nil {
+				pw.entries[e.Key()] = p
 			} else {
-				delete(entries, e.Key())
+				delete(pw.entries, e.Key())
 			}
-			pw.entries = entries
+			v := mergeProgress(pw.entries)
+			pw.mu.Lock()
+			pw.view = v
 			close(pw.changed)
 			pw.changed = make(chan struct{})
 			pw.mu.Unlock()
