@@ -101,6 +101,8 @@ type runner struct {
 
 	mu     sync.Mutex
 	status RunnerStatus
+
+	progress *progressPub // what WaitFor watches (progress.go)
 }
 
 // RunnerStatus is what a runner reports about itself.
@@ -140,6 +142,8 @@ func (r *runner) run(ctx context.Context) error {
 	mctx, stopManager := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { r.manage(mctx) })
+	r.progress = newProgressPub()
+	wg.Go(func() { r.runProgress(mctx) })
 	defer func() {
 		// Write what write-behind holds while the slots are still ours.
 		if len(r.dirty) > 0 {
@@ -177,6 +181,7 @@ func (r *runner) run(ctx context.Context) error {
 	defer retry.Stop()
 	defer r.busy.Stop()
 	for {
+		r.noteProgress()
 		r.busy.Start()
 		// Apply ownership changes between batches.
 		for drained := false; !drained; {

@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -68,6 +69,9 @@ Commands:
   skip <name> <partition>           skip a parked partition's failing event and go on
   start <name>                      start a projection deployed with ManualStart
   live <name> on|off                switch emission of derived events on (new events only) or off
+  wait <name> --position N [--timeout D]
+                                    wait until the projection has applied the event at position N (default timeout 30s);
+                                    exit 0 when it has, 1 on timeout or a parked partition
   healthcheck                       exit 0 when the local replica's /readyz answers 200 (container health check)
   help                              print this help
 
@@ -84,6 +88,8 @@ type command struct {
 	watch     bool
 	yes       bool
 	partition string
+	position  int64         // wait
+	timeout   time.Duration // wait
 }
 
 // flags each command accepts; value flags take the next argument.
@@ -99,6 +105,7 @@ var commandFlags = map[string]map[string]bool{
 	"skip":     {},
 	"start":    {},
 	"live":     {},
+	"wait":     {"position": true, "timeout": true},
 }
 
 // parseArgs reads the command and its flags, which may come before or after
@@ -152,15 +159,29 @@ func parseArgs(args []string) (command, error) {
 				return c, fmt.Errorf("%s: --partition needs a partition key such as wallet/w-1", c.name)
 			}
 			c.partition = value
+		case "position":
+			n, err := strconv.ParseInt(value, 10, 64)
+			if err != nil || n <= 0 {
+				return c, fmt.Errorf("%s: --position needs a positive event store position, not %q", c.name, value)
+			}
+			c.position = n
+		case "timeout":
+			d, err := time.ParseDuration(value)
+			if err != nil || d <= 0 {
+				return c, fmt.Errorf("%s: --timeout needs a positive duration such as 10s, not %q", c.name, value)
+			}
+			c.timeout = d
 		}
 	}
 	want := map[string][2]int{ // min, max positional arguments
 		"run": {0, 0}, "status": {0, 1 << 20}, "init": {1, 1}, "reset": {1, 1}, "rebuild": {1, 1},
-		"backfill": {1, 1}, "delete": {1, 1}, "retry": {2, 2}, "skip": {2, 2}, "start": {1, 1}, "live": {2, 2},
+		"backfill": {1, 1}, "delete": {1, 1}, "retry": {2, 2}, "skip": {2, 2}, "start": {1, 1}, "live": {2, 2}, "wait": {1, 1},
 	}[c.name]
 	switch n := len(c.args); {
 	case c.json && c.watch:
 		return c, fmt.Errorf("status: --json and --watch do not go together")
+	case c.name == "wait" && c.position == 0:
+		return c, fmt.Errorf("wait needs --position N, the event store position to wait for")
 	case c.name == "live" && (n != 2 || (c.args[1] != "on" && c.args[1] != "off")):
 		return c, fmt.Errorf("live needs a projection name and on or off")
 	case n < want[0] && want[0] == 2:
@@ -279,6 +300,8 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 		if err = projector.Start(ctx, s.js(), s.def(cmd.args[0]), s.replicas()); err == nil {
 			s.progress("%s started", cmd.args[0])
 		}
+	case "wait":
+		err = s.wait(ctx, cmd.args[0], cmd.position, cmd.timeout)
 	case "live":
 		live := cmd.args[1] == "on"
 		if err = projector.SetLive(ctx, s.js(), s.def(cmd.args[0]), s.replicas(), live); err == nil {

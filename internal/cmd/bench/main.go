@@ -54,6 +54,7 @@ var commands = map[string]command{
 	"emitter":   {"the emitter draining the outbox against a raw async publish", bench.RunEmitterCommand},
 	"pipeline-throughput": {"stored events through feeder, projector and emitter processes vs the feeder alone",
 		runPipelineThroughput},
+	"waitfor": {"append → projector.WaitFor returns, beside append → derived event, at 1k ev/s", bench.RunWaitForCommand},
 }
 
 var commandOrder = []string{"feeder", "projector", "pipeline", "pipeline-throughput", "emitter"}
