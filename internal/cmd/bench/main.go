@@ -57,7 +57,7 @@ var commands = map[string]command{
 	"waitfor": {"append → projector.WaitFor returns, beside append → derived event, at 1k ev/s", bench.RunWaitForCommand},
 }
 
-var commandOrder = []string{"feeder", "projector", "pipeline", "pipeline-throughput", "emitter"}
+var commandOrder = []string{"feeder", "projector", "pipeline", "pipeline-throughput", "emitter", "waitfor"}
 
 // childCommand is the hidden command the projector benchmark starts itself
 // with to measure a projector's memory in a process of its own.
