@@ -24,6 +24,9 @@ type Target struct {
 	// PGDurable is set when PostgreSQL runs with its default settings
 	// (fsync on).
 	PGDurable bool
+	// PostgresPID is the postmaster's process id when the benchmark
+	// started the server, for its CPU time (0 otherwise).
+	PostgresPID int
 }
 
 // Describe is the servers in words, for reports.
@@ -47,6 +50,9 @@ type ServerOptions struct {
 	// FastPostgres turns fsync off; the default keeps PostgreSQL's default
 	// settings (fsync on).
 	FastPostgres bool
+	// StatStatements loads pg_stat_statements, for benchmarks that report
+	// where PostgreSQL spent its time (-pgstat).
+	StatStatements bool
 }
 
 // Servers are a throwaway PostgreSQL cluster and an embedded NATS server,
@@ -91,7 +97,11 @@ func StartServers(ctx context.Context) (*Servers, error) {
 // the module in go.mod, and PostgreSQL with fsync on. Close stops both and
 // removes their directories.
 func StartServersWith(ctx context.Context, o ServerOptions) (*Servers, error) {
-	pg, err := devenv.StartPostgres(ctx, devenv.PostgresOptions{Durable: !o.FastPostgres})
+	po := devenv.PostgresOptions{Durable: !o.FastPostgres}
+	if o.StatStatements {
+		po.Settings = map[string]string{"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}
+	}
+	pg, err := devenv.StartPostgres(ctx, po)
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +111,7 @@ func StartServersWith(ctx context.Context, o ServerOptions) (*Servers, error) {
 		s.Close()
 		return nil, err
 	}
-	s.target = Target{DatabaseURL: dbURL, PGDurable: !o.FastPostgres}
+	s.target = Target{DatabaseURL: dbURL, PGDurable: !o.FastPostgres, PostgresPID: pg.PID()}
 	if o.EmbeddedNATS {
 		n, err := devenv.StartNATS(ctx, devenv.NATSOptions{NoSync: true})
 		if err != nil {

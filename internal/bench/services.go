@@ -152,6 +152,48 @@ func processCPU(pid int) time.Duration {
 	return time.Duration(u+st) * 10 * time.Millisecond
 }
 
+// serverCPU is the CPU time of a server process and its children: the
+// live ones, and those that ended (cutime and cstime of the parent), e.g.
+// PostgreSQL's postmaster and its backends.
+func serverCPU(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	total := processCPU(pid) + childrenCPU(pid)
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		child, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child))
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(b), ')')
+		if f := strings.Fields(string(b[i+1:])); i >= 0 && len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			total += processCPU(child)
+		}
+	}
+	return total
+}
+
+// childrenCPU is cutime + cstime of pid: its children that ended.
+func childrenCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 15 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[13], 10, 64)
+	st, _ := strconv.ParseInt(f[14], 10, 64)
+	return time.Duration(u+st) * 10 * time.Millisecond
+}
+
 // scrapeMetrics reads a Prometheus text endpoint and returns the sum of
 // every sample of each named metric (labels ignored).
 func scrapeMetrics(ctx context.Context, client *http.Client, url string, names ...string) (map[string]float64, error) {

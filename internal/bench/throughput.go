@@ -55,6 +55,9 @@ type ThroughputOptions struct {
 	Progress io.Writer
 	// Logger receives the benchmark's own warnings (nil: discarded).
 	Logger *slog.Logger
+	// PGStat prints, after each pipeline run, the statements PostgreSQL
+	// spent most time on (the server must load pg_stat_statements).
+	PGStat bool
 }
 
 func (o ThroughputOptions) withDefaults() ThroughputOptions {
@@ -112,6 +115,11 @@ type PipelineRun struct {
 	Run
 	// FeederDone is when EVENTS held every event, from the feeder's start.
 	FeederDone time.Duration
+	// Batches the projector committed, the messages in them and the time
+	// it spent in them (its metrics).
+	Batches       int
+	BatchMessages float64
+	BatchTime     time.Duration
 	// CPU time each process used during the run (feeder, projector,
 	// emitter, nats-server when it is a process).
 	CPU map[string]time.Duration
@@ -251,9 +259,9 @@ func PipelineThroughput(ctx context.Context, t Target, natsPID int, opts Through
 				return res, fmt.Errorf("round %d pipeline %s: %w", round, name, err)
 			}
 			res.Pipelines[name] = append(res.Pipelines[name], run)
-			fmt.Fprintf(out, "round %d/%d  %-18s  %s  (%.2f× the feeder; EVENTS full after %.2fs; %d derived events; CPU %s)\n",
+			fmt.Fprintf(out, "round %d/%d  %-18s  %s  (%.2f× the feeder; EVENTS full after %.2fs; %d derived events; %d batches of %.0f messages, %.1fs in batches; CPU %s)\n",
 				round, o.Rounds, name, runLine(run.Run), ratio(run.Rate(), res.Feeder[len(res.Feeder)-1].Rate()),
-				run.FeederDone.Seconds(), run.Derived, cpuLine(run.CPU))
+				run.FeederDone.Seconds(), run.Derived, run.Batches, run.BatchMessages/max(float64(run.Batches), 1), run.BatchTime.Seconds(), cpuLine(run.CPU))
 		}
 	}
 	return res, nil
@@ -261,7 +269,7 @@ func PipelineThroughput(ctx context.Context, t Target, natsPID int, opts Through
 
 func cpuLine(cpu map[string]time.Duration) string {
 	var parts []string
-	for _, name := range []string{"feeder", "projector", "emitter", "nats-server"} {
+	for _, name := range []string{"feeder", "projector", "emitter", "nats-server", "postgres"} {
 		if d, ok := cpu[name]; ok {
 			parts = append(parts, fmt.Sprintf("%s %.1fs", name, d.Seconds()))
 		}
@@ -424,6 +432,7 @@ func (b *throughputBench) pipeline(ctx context.Context, name string) (PipelineRu
 	}
 
 	cpu0 := map[string]time.Duration{"projector": p.cpu(), "emitter": e.cpu()}
+	cpu0["postgres"] = serverCPU(b.t.PostgresPID)
 	if b.natsPID != 0 {
 		cpu0["nats-server"] = processCPU(b.natsPID)
 	}
@@ -474,6 +483,14 @@ func (b *throughputBench) pipeline(ctx context.Context, name string) (PipelineRu
 	run.Run = Run{Events: b.o.Events, Elapsed: time.Since(start)}
 	run.FeederDone = feederDone
 	run.CPU = map[string]time.Duration{"feeder": f.cpu(), "projector": p.cpu() - cpu0["projector"], "emitter": e.cpu() - cpu0["emitter"]}
+	if b.t.PostgresPID != 0 {
+		run.CPU["postgres"] = serverCPU(b.t.PostgresPID) - cpu0["postgres"]
+	}
+	if m, err := scrapeMetrics(ctx, b.http, metricsURL, "jetproj_projector_batch_messages_count", "jetproj_projector_batch_messages_sum",
+		"jetproj_projector_batch_seconds_sum"); err == nil {
+		run.Batches, run.BatchMessages, run.BatchTime = int(m["jetproj_projector_batch_messages_count"]), m["jetproj_projector_batch_messages_sum"],
+			time.Duration(m["jetproj_projector_batch_seconds_sum"]*float64(time.Second))
+	}
 	if b.natsPID != 0 {
 		run.CPU["nats-server"] = processCPU(b.natsPID) - cpu0["nats-server"]
 	}
@@ -482,6 +499,9 @@ func (b *throughputBench) pipeline(ctx context.Context, name string) (PipelineRu
 	}
 	if run.Derived, err = b.check(ctx, name); err != nil {
 		return fail(err)
+	}
+	if b.o.PGStat {
+		b.printStatements(ctx)
 	}
 	return run, nil
 }
@@ -783,4 +803,30 @@ func (r ThroughputResult) Markdown(command string) string {
 	}
 	fmt.Fprintln(&b, ".")
 	return b.String()
+}
+
+// printStatements prints the statements PostgreSQL spent most time on since
+// the last call, and resets the statistics.
+func (b *throughputBench) printStatements(ctx context.Context) {
+	out := b.o.Progress
+	if _, err := b.pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
+		fmt.Fprintf(out, "  pg_stat_statements: %v\n", err)
+		return
+	}
+	rows, err := b.pool.Query(ctx, `SELECT calls, rows, total_exec_time, left(regexp_replace(query, '\s+', ' ', 'g'), 110)
+FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12`)
+	if err != nil {
+		fmt.Fprintf(out, "  pg_stat_statements: %v\n", err)
+		return
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var calls, n int64
+		var ms float64
+		var q string
+		if rows.Scan(&calls, &n, &ms, &q) == nil {
+			fmt.Fprintf(out, "  %8.0f ms %7d calls %8d rows  %s\n", ms, calls, n, q)
+		}
+	}
+	_, _ = b.pool.Exec(ctx, `SELECT pg_stat_statements_reset()`)
 }

@@ -236,6 +236,17 @@ func (p *Postgres) CreateDatabase(ctx context.Context, name string) (string, err
 	return p.URL(name), nil
 }
 
+// PID is the postmaster's process id (0 when stopped): benchmarks read
+// the CPU time of the server and its backends from it.
+func (p *Postgres) PID() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
 // Stop shuts the server down (fast shutdown: open transactions roll back)
 // and waits for it to exit. Safe to call when stopped.
 func (p *Postgres) Stop(ctx context.Context) error { return p.signal(ctx, syscall.SIGINT) }

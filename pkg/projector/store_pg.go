@@ -80,6 +80,9 @@ ALTER TABLE jetproj.outbox ADD COLUMN IF NOT EXISTS links text NOT NULL DEFAULT 
 ALTER TABLE jetproj.outbox ADD COLUMN IF NOT EXISTS link_only boolean NOT NULL DEFAULT false;
 ALTER TABLE jetproj.outbox ADD COLUMN IF NOT EXISTS metadata text NOT NULL DEFAULT '';
 ALTER TABLE jetproj.outbox ADD COLUMN IF NOT EXISTS causation_id text NOT NULL DEFAULT '';
+-- Every batch rewrites its partitions' rows: room on their pages lets the
+-- new versions stay there (HOT updates, no index writes).
+ALTER TABLE jetproj.partitions SET (fillfactor = 50);
 CREATE TABLE IF NOT EXISTS jetproj.slots (
     projection text    NOT NULL,
     slot       integer NOT NULL,
@@ -90,8 +93,8 @@ CREATE TABLE IF NOT EXISTS jetproj.slots (
 
 // pgSchemaVersion changes whenever pgSchema does. 6: the outbox's links,
 // link_only, metadata and causation_id (rows written before keep link_to
-// and have no metadata; see OutboxLinks).
-const pgSchemaVersion = 6
+// and have no metadata; see OutboxLinks). 7: jetproj.partitions' fillfactor.
+const pgSchemaVersion = 7
 
 // Init creates the tables (idempotent). When the schema is current it runs
 // no DDL at all, so starting a projection never takes locks that running

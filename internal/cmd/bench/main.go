@@ -314,10 +314,12 @@ func runPipelineThroughput(ctx context.Context, args []string, stdout, stderr io
 	fs.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "longest run")
 	fs.BoolVar(&so.EmbeddedNATS, "embedded", false, "run NATS embedded in the benchmark's process (NoSync) instead of a nats-server process")
 	fs.BoolVar(&so.FastPostgres, "fsync-off", false, "run PostgreSQL with fsync off instead of its default settings")
+	fs.BoolVar(&o.PGStat, "pgstat", false, "print the statements PostgreSQL spent most time on after each pipeline run (loads pg_stat_statements)")
 	c := commonFlags(fs, args, "benchmark")
 	if err := c.parse(fs); err != nil {
 		return err
 	}
+	so.StatStatements = o.PGStat
 	o.Projections = strings.Split(*projections, ",")
 	o.Logger, o.Progress = c.logger(stderr), stdout
 	var natsPID int
