@@ -189,15 +189,18 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 			// Events JetStream keeps refusing would grow the record past
 			// what the bucket takes, and its write would then fail the
 			// whole batch: the partition fails first, alone.
-			if n := unpublishedBytes(rec.Outbox); n > maxUnpublished {
+			// The same holds for the projection as a whole: what every
+			// partition keeps is bounded too (maxUnpublishedTotal).
+			n := unpublishedBytes(rec.Outbox)
+			if n > maxUnpublished || r.unsentBytes > r.unsentLimit {
 				if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
 					return applied{}, rerr
 				}
 				// Each attempt of the partition tries its events again:
 				// it is not parked while they only wait out a pause.
 				delete(r.holds, p)
-				return r.failed(p, last, fmt.Errorf("%w: %d events (%d bytes) refused by JetStream, see the log; fix the cause, then retry",
-					ErrUnpublished, len(rec.Outbox), n), prev), nil
+				return r.failed(p, last, fmt.Errorf("%w: %d events (%d bytes; %d bytes in all partitions) refused by JetStream, see the log; fix the cause, then retry",
+					ErrUnpublished, len(rec.Outbox), n, r.unsentBytes), prev), nil
 			}
 			gen := r.generation()
 			rec.Outbox = slices.Clip(rec.Outbox)

@@ -231,6 +231,11 @@ const maxDirty = 1 << 20
 // StateWriteInterval has passed. Watermarks are written only with (or
 // after) the records they cover.
 func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behind bool) error {
+	if len(r.unsent) > 0 {
+		r.countUnsent()
+	} else {
+		r.unsentBytes = 0
+	}
 	markDue := time.Since(r.lastMark) > time.Second
 	deferWrites := r.writeBehind && behind && time.Since(r.lastWrite) < r.spec.WriteEvery && len(r.dirty) < maxDirty
 	if len(order) == 0 && (deferWrites || (!markDue && len(r.dirty) == 0)) {

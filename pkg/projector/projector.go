@@ -1,6 +1,7 @@
 package projector
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -36,6 +37,9 @@ type Options struct {
 	// Retries overrides, for every projection, what the projections set
 	// with projection.Retries; zero fields keep theirs.
 	Retries RetryPolicy
+
+	// unpublishedLimit overrides maxUnpublishedTotal (tests).
+	unpublishedLimit int
 }
 
 // RetryPolicy is how failing partitions are retried: MaxAttempts before
@@ -225,7 +229,7 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.De
 		def: d, spec: p.opts.Retries.apply(d.Spec()), store: store, js: p.js, nc: p.nc, source: source, parts_: d.Partitions(), leases: leases, reg: reg,
 		replica: p.opts.Replica, ttl: p.opts.LeaseTTL, streamReplicas: p.opts.Replicas, metrics: p.metrics, eventPrefix: aggregatePrefix(d),
 		log:    p.log.With("projection", d.Name()),
-		status: RunnerStatus{Projection: d.Name(), Replica: p.opts.Replica},
+		status: RunnerStatus{Projection: d.Name(), Replica: p.opts.Replica}, unsentLimit: cmp.Or(p.opts.unpublishedLimit, maxUnpublishedTotal),
 	}, nil
 }
 

@@ -32,6 +32,23 @@ const maxTracked = 100_000
 // outgrowing the bucket's largest value.
 const maxUnpublished = 256 << 10
 
+// maxUnpublishedTotal bounds the bytes of refused derived events all of a
+// projection's partitions keep: past it, a partition that emits fails with
+// ErrUnpublished (retried, then parked) instead of adding more — memory and
+// the bucket would otherwise grow with the number of partitions.
+const maxUnpublishedTotal = 64 << 20
+
+// countUnsent sets r.unsentBytes: what the partitions waiting to publish
+// hold. Computed once per batch.
+func (r *runner) countUnsent() {
+	r.unsentBytes = 0
+	for _, p := range r.unsent {
+		if p.x != nil {
+			r.unsentBytes += unpublishedBytes(p.x.outbox)
+		}
+	}
+}
+
 // ErrUnpublished fails a partition of a KV-state projection whose derived
 // events JetStream has refused for too long.
 var ErrUnpublished = errors.New("projector: derived events of this partition wait to be published")

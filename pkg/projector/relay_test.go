@@ -3,6 +3,7 @@ package projector_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -683,4 +684,77 @@ func TestKVStateKeysDifferingInUnsafeBytesEachEmit(t *testing.T) {
 			t.Errorf("%q: message id %q", w, id)
 		}
 	}
+}
+
+// The refused derived events of all partitions together are bounded too:
+// with JetStream refusing every partition's events, partitions that emit
+// fail with ErrUnpublished once the projection's total passes the bound,
+// although each partition alone holds far less than its own bound; after
+// the fix, retrying them publishes every event once, in order.
+func TestUnpublishedTotalIsBounded(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const name = "kv_backlog_total"
+	pad := strings.Repeat("y", 4<<10)
+	p := walletBalance(name, projection.BatchSize(1), projection.Retries(1, 10*time.Millisecond, 10*time.Millisecond))
+	projection.OnFlush(p, func(_ context.Context, c *projection.Context[Balance]) error {
+		body := struct {
+			balanceChanged
+			Pad string `json:"pad"`
+		}{balanceChanged{c.State.Cents, c.State.Count}, pad}
+		return c.LinkTo("kv_total_link", "WalletBalanceWasChanged", body)
+	})
+	// A stream jetproj did not create: JetStream refuses the links.
+	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "kv_total_link", Subjects: []string{"kv_total_link.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	b.publishWallets(t, 30, 2) // 90 events of ~4 KiB: ~360 KiB, each partition ~12 KiB
+	nc, err := nats.Connect(b.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, err := projector.New(nc, projector.WithUnpublishedLimit(projector.Options{Replica: "r1", LeaseTTL: 2 * time.Second, Logger: testLogger(t)}, 64<<10), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := &running{p: pr, nc: nc, done: make(chan error, 1)}
+	rctx, cancel := context.WithCancel(ctx)
+	run.cancel = cancel
+	go func() { run.done <- pr.Run(rctx) }()
+	t.Cleanup(func() { run.stop(t) })
+	var parked []projector.Record
+	devtest.Eventually(t, 60*time.Second, func() error {
+		st, err := projector.ReadStatus(ctx, b.js, p.Def(), 1)
+		if err != nil {
+			return err
+		}
+		if parked = st.Parked; len(parked) == 0 {
+			return errors.New("nothing parked yet")
+		}
+		return nil
+	})
+	if !strings.Contains(parked[0].Parked.Error, "in all partitions") {
+		t.Fatalf("parked %s with %q; want the projection's total named", parked[0].Key, parked[0].Parked.Error)
+	}
+	if err := b.js.DeleteStream(ctx, "kv_total_link"); err != nil {
+		t.Fatal(err)
+	}
+	devtest.Eventually(t, 60*time.Second, func() error {
+		st, err := projector.ReadStatus(ctx, b.js, p.Def(), 1)
+		if err != nil {
+			return err
+		}
+		for _, rec := range st.Parked {
+			if err := projector.PartitionCommand(ctx, nc, b.js, p.Def(), 1, projector.Command{Op: "retry", Partition: rec.Key}); err != nil {
+				return err
+			}
+		}
+		if len(st.Parked) > 0 {
+			return fmt.Errorf("%d partitions parked", len(st.Parked))
+		}
+		return nil
+	})
+	b.waitFold(t, name, 30*time.Second)
+	b.waitDerived(t, name)
 }

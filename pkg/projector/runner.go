@@ -90,6 +90,10 @@ type runner struct {
 	caps       Capabilities // what the store can do
 	batchErrs  int
 	pauseUntil time.Time
+	// unsentBytes is what the partitions waiting to publish held at the
+	// start of the batch (countUnsent).
+	unsentBytes int
+	unsentLimit int // maxUnpublishedTotal
 	// draining: a polling projection takes what its last tick found.
 	draining bool
 	// consFailing counts consumer starts that failed in a row.
