@@ -82,6 +82,9 @@ func permissions(setup permSetup) string {
 
 	proj := append([]string{}, common...)
 	proj = append(append(proj, readAPI("EVENTS")...), kvAPI("jetproj_projections")...)
+	// Read-your-writes: replicas publish their progress while someone
+	// waits (projector.WaitFor), who asks on jetproj.progress.<name>.
+	proj = append(proj, kvAPI("jetproj_progress")...)
 	emit := append([]string{"project.>"}, common...)
 	emit = append(emit, kvAPI("jetproj_emitter_leases")...)
 	for _, n := range setup.projections {
@@ -103,7 +106,7 @@ func permissions(setup permSetup) string {
 	// (they reset, delete and read what the replicas use, and publish what
 	// a KV-state projection's records still hold), and the partition
 	// commands, which no replica sends.
-	admin := append([]string{"jetproj.control.>"}, proj...)
+	admin := append([]string{"jetproj.control.>", "jetproj.progress.>"}, proj...)
 	list := func(subjects []string) string { return `["` + strings.Join(subjects, `", "`) + `"]` }
 	return fmt.Sprintf(`
 authorization {
@@ -115,7 +118,7 @@ authorization {
     }}
     {user: projector, password: projector-pw, permissions: {
       publish: {allow: %s}
-      subscribe: {allow: ["_INBOX.>", "jetproj.control.>"]}
+      subscribe: {allow: ["_INBOX.>", "jetproj.control.>", "jetproj.progress.>"]}
     }}
     {user: projector-admin, password: projector-admin-pw, permissions: {
       publish: {allow: %s}
