@@ -57,3 +57,38 @@ func ExampleLinkOnly() {
 	// Output:
 	// <nil> 1 [{shipped_orders false} {carrier_feed false}] true map[shipped_by:acme]
 }
+
+// statements prints what a handler queues with Context.Exec. In the
+// projector it is the batch's PostgreSQL transaction: the statements travel
+// together with the commit.
+type statements struct{}
+
+func (statements) Queue(sql string, args ...any) { fmt.Println(sql, args) }
+
+type MoneyWasAddedToWallet struct {
+	Amount int64 `json:"amount"`
+}
+
+type Wallet struct{ Balance int64 }
+
+// A handler of a projection with a PostgreSQL sink writes its read model by
+// queueing statements: no round trip per statement, and a statement
+// PostgreSQL refuses fails this wallet's partition alone. Without a
+// PostgreSQL sink Exec returns ErrNoPostgres.
+func ExampleContext_Exec() {
+	p := projection.New[Wallet]("wallet_balance", projection.FromAggregates("wallet"))
+	projection.On(p, func(_ context.Context, c *projection.Context[Wallet], e projection.Event[MoneyWasAddedToWallet]) error {
+		c.State.Balance += e.Data.Amount
+		return c.Exec(`UPDATE wallet_balance SET balance = $2 WHERE wallet_id = $1`, e.AggregateID, c.State.Balance)
+	})
+	d := p.Def()
+	pc := &projection.PartitionContext{Key: "wallet/w-1", State: d.NewState(), Queue: statements{}}
+	m := projection.Meta{Type: "MoneyWasAddedToWallet", Raw: []byte(`{"amount":500}`), AggregateID: "w-1"}
+	fmt.Println(d.Apply(context.Background(), pc, m))
+	pc.Queue = nil
+	fmt.Println(d.Apply(context.Background(), pc, m))
+	// Output:
+	// UPDATE wallet_balance SET balance = $2 WHERE wallet_id = $1 [w-1 500]
+	// <nil>
+	// projection: Exec needs a PostgreSQL sink (projection.Postgres or PostgresPerTenant)
+}
