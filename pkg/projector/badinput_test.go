@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -122,11 +120,7 @@ func TestQueuedStatementFailureParksOnlyItsPartition(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := newPool(t)
 	if _, err := pool.Exec(ctx, `CREATE TABLE odd (wallet text PRIMARY KEY, cents bigint NOT NULL CHECK (cents < 1000000), applied int NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}

@@ -90,11 +90,7 @@ func TestCustomStoreRunsAProjection(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := newPool(t)
 	st := auditedStore{inner: projector.NewPGStore(pool, "audited"), commits: new(atomic.Int64)}
 	b.publishWallets(t, 50, 3)
 	b.run(t, "r1", walletBalance("audited", projection.CustomStore(st)))

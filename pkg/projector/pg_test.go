@@ -104,12 +104,7 @@ func (b *bundle) waitTable(t *testing.T, pool *pgxpool.Pool, within time.Duratio
 func TestPostgresProjectionExactlyOnceWithReplicas(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := newPool(t)
 	var inFlight sync.Map
 	var overlaps atomic.Int64
 	def := func() *projection.Projection[struct{}] { return pgBalance(pool, &inFlight, &overlaps) }
@@ -174,12 +169,7 @@ func TestIdleCostsNothing(t *testing.T) {
 func TestCatchUpBatchesCrossAReplicaKill(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := newPool(t)
 	var inFlight sync.Map
 	var overlaps atomic.Int64
 	def := func() *projection.Projection[struct{}] {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
@@ -74,11 +73,7 @@ func TestStatusOfAnOlderSchema(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := newPool(t)
 	def := walletBalance("pg_status_v4", projection.Postgres(pool))
 	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
 		t.Fatal(err)
