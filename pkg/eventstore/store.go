@@ -1,10 +1,12 @@
 package eventstore
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -57,22 +59,29 @@ func Append(ctx context.Context, db Executor, aggregateType, aggregateID string,
 // can store events together with its own writes. A version conflict may
 // surface here or, for ExpectAny racing another writer, at commit.
 func AppendTx(ctx context.Context, tx Querier, aggregateType, aggregateID string, expected int64, events ...NewEvent) (AppendResult, error) {
+	res, _, err := appendTx(ctx, tx, aggregateType, aggregateID, expected, events, false)
+	return res, err
+}
+
+// appendTx appends; with stored it also returns the stored events, in
+// version order, as a reader of the store would see them.
+func appendTx(ctx context.Context, tx Querier, aggregateType, aggregateID string, expected int64, events []NewEvent, stored bool) (AppendResult, []Event, error) {
 	if len(events) == 0 {
-		return AppendResult{}, fmt.Errorf("%w: no events to append", ErrInvalidEvent)
+		return AppendResult{}, nil, fmt.Errorf("%w: no events to append", ErrInvalidEvent)
 	}
 	if expected < ExpectAny {
-		return AppendResult{}, fmt.Errorf("%w: expected version %d", ErrInvalidEvent, expected)
+		return AppendResult{}, nil, fmt.Errorf("%w: expected version %d", ErrInvalidEvent, expected)
 	}
 	types := make([]string, len(events))
 	payloads := make([]string, len(events))
 	metas := make([]string, len(events))
 	for i, e := range events {
 		if e.Type == "" {
-			return AppendResult{}, fmt.Errorf("%w: event %d has no type", ErrInvalidEvent, i)
+			return AppendResult{}, nil, fmt.Errorf("%w: event %d has no type", ErrInvalidEvent, i)
 		}
 		p, err := marshalPayload(e.Payload)
 		if err != nil {
-			return AppendResult{}, fmt.Errorf("%w: event %d (%s) payload: %v", ErrInvalidEvent, i, e.Type, err)
+			return AppendResult{}, nil, fmt.Errorf("%w: event %d (%s) payload: %v", ErrInvalidEvent, i, e.Type, err)
 		}
 		m := e.Metadata
 		if m == nil {
@@ -80,7 +89,7 @@ func AppendTx(ctx context.Context, tx Querier, aggregateType, aggregateID string
 		}
 		mb, err := json.Marshal(m)
 		if err != nil {
-			return AppendResult{}, fmt.Errorf("%w: event %d metadata: %v", ErrInvalidEvent, i, err)
+			return AppendResult{}, nil, fmt.Errorf("%w: event %d metadata: %v", ErrInvalidEvent, i, err)
 		}
 		types[i], payloads[i], metas[i] = e.Type, string(p), string(mb)
 	}
@@ -89,38 +98,62 @@ func AppendTx(ctx context.Context, tx Querier, aggregateType, aggregateID string
 	if err := tx.QueryRow(ctx,
 		`SELECT coalesce(max(version), 0) FROM eventstore.events WHERE aggregate_type = $1 AND aggregate_id = $2`,
 		aggregateType, aggregateID).Scan(&current); err != nil {
-		return AppendResult{}, fmt.Errorf("eventstore: read version: %w", err)
+		return AppendResult{}, nil, fmt.Errorf("eventstore: read version: %w", err)
 	}
 	if expected != ExpectAny && current != expected {
-		return AppendResult{}, &VersionConflictError{aggregateType, aggregateID, expected, current}
+		return AppendResult{}, nil, &VersionConflictError{aggregateType, aggregateID, expected, current}
 	}
 
+	returning := `position, transaction_id, version, recorded_at`
+	if stored {
+		returning += `, payload, metadata`
+	}
 	rows, err := tx.Query(ctx, `
 INSERT INTO eventstore.events (aggregate_type, aggregate_id, version, event_type, payload, metadata)
 SELECT $1, $2, $3 + n, t, p::jsonb, m::jsonb
 FROM unnest($4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS e(t, p, m, n)
 ORDER BY n
-RETURNING position`, aggregateType, aggregateID, current, types, payloads, metas)
+RETURNING `+returning, aggregateType, aggregateID, current, types, payloads, metas)
 	if err != nil {
-		return AppendResult{}, conflictOr(err, aggregateType, aggregateID, expected, current)
+		return AppendResult{}, nil, conflictOr(err, aggregateType, aggregateID, expected, current)
 	}
 	var res AppendResult
+	var out []Event
+	if stored {
+		out = make([]Event, 0, len(events))
+	}
 	for rows.Next() {
-		var pos int64
-		if err := rows.Scan(&pos); err != nil {
+		e := Event{AggregateType: aggregateType, AggregateID: aggregateID}
+		dest := []any{&e.Position, &e.TransactionID, &e.Version, &e.RecordedAt}
+		var payload, meta []byte
+		if stored {
+			dest = append(dest, &payload, &meta)
+		}
+		if err := rows.Scan(dest...); err != nil {
 			rows.Close()
-			return AppendResult{}, err
+			return AppendResult{}, nil, err
 		}
-		if res.FirstPosition == 0 || pos < res.FirstPosition {
-			res.FirstPosition = pos
+		if stored {
+			e.Type, e.Payload = types[e.Version-current-1], payload
+			if len(meta) > 2 {
+				if err := json.Unmarshal(meta, &e.Metadata); err != nil {
+					rows.Close()
+					return AppendResult{}, nil, fmt.Errorf("eventstore: event %d metadata: %w", e.Position, err)
+				}
+			}
+			out = append(out, e)
 		}
-		res.LastPosition = max(res.LastPosition, pos)
+		if res.FirstPosition == 0 || e.Position < res.FirstPosition {
+			res.FirstPosition = e.Position
+		}
+		res.LastPosition = max(res.LastPosition, e.Position)
 	}
 	if err := rows.Err(); err != nil {
-		return AppendResult{}, conflictOr(err, aggregateType, aggregateID, expected, current)
+		return AppendResult{}, nil, conflictOr(err, aggregateType, aggregateID, expected, current)
 	}
 	res.Version = current + int64(len(events))
-	return res, nil
+	slices.SortFunc(out, func(a, b Event) int { return cmp.Compare(a.Version, b.Version) })
+	return res, out, nil
 }
 
 func conflictOr(err error, aggType, aggID string, expected, current int64) error {

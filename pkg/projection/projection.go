@@ -404,6 +404,7 @@ type Definition struct {
 	partitions   PartitionProvider
 	manualStart  bool
 	notLive      bool
+	inline       bool
 }
 
 // Projection is a typed definition: handlers see state of type S.
@@ -745,6 +746,9 @@ func (d *Definition) Validate() error {
 	}
 	if d.pool != nil && d.tenantPools != nil {
 		errs = append(errs, "Postgres and PostgresPerTenant exclude each other")
+	}
+	if d.inline {
+		errs = append(errs, d.inlineProblems()...)
 	}
 	if len(errs) == 0 {
 		return nil

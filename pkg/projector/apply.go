@@ -116,6 +116,7 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	// causes[i] is the message whose handler made pc.Emitted[i]; the
 	// flush hook's answer the partition's last message.
 	var causes []int
+	inlined := 0 // messages applied inline already
 	for i, m := range w.msgs {
 		if rec.Tenant != "" && m.Tenant() != rec.Tenant && m.Sequence != rec.Skip {
 			if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
@@ -126,6 +127,11 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 		if m.Sequence == rec.Skip {
 			r.log.Warn("message skipped by operator", "partition", rec.Key, "seq", m.Sequence, "event_type", m.Type)
 			rec.Seq, rec.Position, rec.Skip = m.Sequence, m.Position, 0
+			continue
+		}
+		if r.appliedInline(rec, m) { // inline_runner.go
+			rec.Seq = m.Sequence
+			inlined++
 			continue
 		}
 		pc.Tenant = m.Tenant()
@@ -155,7 +161,7 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 			quiet = len(pc.Emitted)
 		}
 	}
-	if err := r.safeFlush(ctx, pc); err != nil {
+	if err := r.flushUnlessInlined(ctx, pc, inlined == len(w.msgs)); err != nil {
 		if rerr := b.RollbackToSavepoint(ctx); rerr != nil {
 			return applied{}, rerr
 		}

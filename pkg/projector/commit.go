@@ -246,6 +246,10 @@ func (r *runner) commit(ctx context.Context, order []*work, lastSeq uint64, behi
 	if err != nil {
 		return err
 	}
+	if err := r.refreshInline(ctx, b, order); err != nil { // inline_runner.go
+		b.Rollback(ctx)
+		return err
+	}
 	type result struct {
 		w     *work
 		rec   Record
