@@ -14,6 +14,7 @@
 //	projector  projection catch-up, rebuild, replica scaling and memory
 //	pipeline   append → derived event latency through feeder, projector and emitter
 //	emitter    the emitter draining the outbox against a raw async publish
+//	inline     appends/s with and without one inline projection
 //	pipeline-throughput
 //	           200k stored events through feeder, projector and emitter processes
 //	           against the feeder alone (separate nats-server, PostgreSQL fsync on)
@@ -54,10 +55,11 @@ var commands = map[string]command{
 	"emitter":   {"the emitter draining the outbox against a raw async publish", bench.RunEmitterCommand},
 	"pipeline-throughput": {"stored events through feeder, projector and emitter processes vs the feeder alone",
 		runPipelineThroughput},
+	"inline":  {"appends/s with and without one inline projection", bench.RunInlineCommand},
 	"waitfor": {"append → projector.WaitFor returns, beside append → derived event, at 1k ev/s", bench.RunWaitForCommand},
 }
 
-var commandOrder = []string{"feeder", "projector", "pipeline", "pipeline-throughput", "emitter", "waitfor"}
+var commandOrder = []string{"feeder", "projector", "pipeline", "pipeline-throughput", "emitter", "waitfor", "inline"}
 
 // childCommand is the hidden command the projector benchmark starts itself
 // with to measure a projector's memory in a process of its own.
