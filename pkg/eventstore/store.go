@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -333,4 +334,123 @@ ORDER BY transaction_id, position LIMIT 1`, c.TransactionID, c.Position).Scan(&o
 		return false, fmt.Errorf("eventstore: pending: %w", err)
 	}
 	return true, nil
+}
+
+// PageLimits bounds a page of ReadCommittedPage.
+type PageLimits struct {
+	// Rows is the most rows the page passes over (returned or skipped by
+	// the filter); at least 1.
+	Rows int
+	// Bytes is the most payload and metadata bytes (their JSON text) the
+	// returned events may hold together; 0 means no limit. The first row
+	// is always returned, however large, so a single event larger than
+	// Bytes comes alone.
+	Bytes int64
+}
+
+// Page is what ReadCommittedPage read.
+type Page struct {
+	Events []Event
+	// Scanned is the cursor of the last row the page passed over (see
+	// ReadCommitted).
+	Scanned Cursor
+	// Rows counts the rows passed over, returned or skipped by the filter.
+	Rows int
+	// Bytes is the size of the returned events' payloads and metadata as
+	// JSON text (what the client receives).
+	Bytes int64
+	// Cut is set when the page stopped at the byte limit: committed rows
+	// follow it.
+	Cut bool
+}
+
+// More reports whether rows may follow the page below the horizon: it was
+// cut by bytes or passed over as many rows as its limit allowed.
+func (p Page) More(l PageLimits) bool { return p.Cut || (p.Rows > 0 && p.Rows >= l.Rows) }
+
+// ReadCommittedPage is ReadCommitted with a byte budget as well as a row
+// limit: it returns the longest prefix of the rows ReadCommitted would return
+// whose payloads and metadata stay within l.Bytes (at least one row). The
+// sizes are summed in PostgreSQL, so rows past the budget are never sent;
+// the rows within the row limit are measured, so a caller reading large
+// events keeps l.Rows near the rows a page actually holds.
+func ReadCommittedPage(ctx context.Context, db Querier, c Cursor, l PageLimits, f Filter) (Page, error) {
+	p := Page{Scanned: c}
+	if l.Rows < 1 {
+		return p, fmt.Errorf("eventstore: read committed: page of %d rows", l.Rows)
+	}
+	budget := l.Bytes
+	if budget <= 0 {
+		budget = math.MaxInt64
+	}
+	// page: the rows ReadCommitted would pass over, in order, each with
+	// its size (0 for rows the filter skips: they are not sent). sized:
+	// the running sum. The outer query keeps the first row and every row
+	// whose running sum is within the budget — a prefix, as sizes are not
+	// negative — and returns the first row past it without its payload,
+	// so the caller knows the page was cut.
+	rows, err := db.Query(ctx, `
+SELECT position, transaction_id, aggregate_type, aggregate_id, version, event_type,
+       CASE WHEN keep AND wanted THEN payload END, CASE WHEN keep AND wanted THEN metadata END,
+       recorded_at, wanted, keep, size
+FROM (
+    SELECT *, rn = 1 OR run <= $6 AS keep
+    FROM (
+        SELECT *, row_number() OVER w AS rn, sum(size) OVER w AS run
+        FROM (
+            SELECT *, CASE WHEN wanted THEN octet_length(payload::text) + octet_length(metadata::text) ELSE 0 END AS size
+            FROM (
+                SELECT position, transaction_id, aggregate_type, aggregate_id, version, event_type, payload, metadata, recorded_at,
+                       (cardinality($4::text[]) = 0 OR aggregate_type = ANY($4::text[]))
+                       AND (cardinality($5::text[]) = 0 OR event_type LIKE ANY($5::text[])) AS wanted
+                FROM eventstore.events
+                WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                  AND (transaction_id, position) > ($1::xid8, $2::bigint)
+                ORDER BY transaction_id, position
+                LIMIT $3
+            ) page
+        ) measured
+        WINDOW w AS (ORDER BY transaction_id, position)
+    ) sized
+    WHERE rn <= 2 OR run - size <= $6
+) kept
+ORDER BY transaction_id, position`, c.TransactionID, c.Position, l.Rows, nonNil(f.AggregateTypes), nonNil(f.EventTypeLike), budget)
+	if err != nil {
+		return Page{Scanned: c}, fmt.Errorf("eventstore: read committed: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			e            Event
+			payload      []byte
+			meta         []byte
+			wanted, keep bool
+			size         int64
+		)
+		if err := rows.Scan(&e.Position, &e.TransactionID, &e.AggregateType, &e.AggregateID, &e.Version,
+			&e.Type, &payload, &meta, &e.RecordedAt, &wanted, &keep, &size); err != nil {
+			return Page{Scanned: c}, fmt.Errorf("eventstore: read committed: %w", err)
+		}
+		if !keep {
+			p.Cut = true
+			continue
+		}
+		p.Scanned = e.Cursor()
+		p.Rows++
+		if !wanted {
+			continue
+		}
+		e.Payload = payload
+		if len(meta) > 0 {
+			if err := json.Unmarshal(meta, &e.Metadata); err != nil {
+				return Page{Scanned: c}, fmt.Errorf("eventstore: event %d metadata: %w", e.Position, err)
+			}
+		}
+		p.Bytes += size
+		p.Events = append(p.Events, e)
+	}
+	if err := rows.Err(); err != nil {
+		return Page{Scanned: c}, fmt.Errorf("eventstore: read committed: %w", err)
+	}
+	return p, nil
 }
