@@ -33,6 +33,7 @@ type Config struct {
 	EventTypes     []string `env:"FEEDER_EVENT_TYPES" envSeparator:"," doc:"Only feed event types matching these globs (comma-separated, * and ?; e.g. Ticket.*,Order.Created; empty: all)."`
 
 	BatchSize    int           `env:"FEEDER_BATCH_SIZE" envDefault:"1000" doc:"Rows read from PostgreSQL per query."`
+	PageBytes    int64         `env:"FEEDER_PAGE_BYTES" envDefault:"8388608" doc:"Payload and metadata bytes read from PostgreSQL per query at most (an event larger than this is read alone), and bytes of publishes awaiting their acknowledgement at most; the feeder holds about three times this."`
 	MaxPending   int           `env:"FEEDER_MAX_PENDING" envDefault:"4000" doc:"Publishes awaiting their JetStream acknowledgement at most."`
 	PollInterval time.Duration `env:"FEEDER_POLL_INTERVAL" envDefault:"1s" doc:"Fallback poll when no notification arrives."`
 	// OnOversized is OversizedStop or OversizedDeadLetter.
@@ -71,6 +72,9 @@ func (c Config) Defaults() Config {
 	if c.BatchSize == 0 {
 		c.BatchSize = 1000
 	}
+	if c.PageBytes == 0 {
+		c.PageBytes = DefaultPageBytes
+	}
 	if c.MaxPending == 0 {
 		c.MaxPending = 4000
 	}
@@ -91,6 +95,14 @@ func (c Config) Defaults() Config {
 	}
 	return c
 }
+
+// DefaultPageBytes is FEEDER_PAGE_BYTES's default, 8 MiB.
+const DefaultPageBytes = 8 << 20
+
+const (
+	minPageBytes = 1 << 10 // 1 KiB
+	maxPageBytes = 1 << 30 // 1 GiB
+)
 
 var (
 	nameRE   = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
@@ -125,6 +137,9 @@ func (c Config) Validate() []string {
 	}
 	if c.BatchSize < 1 || c.BatchSize > 100000 {
 		add("FEEDER_BATCH_SIZE: %d: want 1..100000", c.BatchSize)
+	}
+	if c.PageBytes < minPageBytes || c.PageBytes > maxPageBytes {
+		add("FEEDER_PAGE_BYTES: %d: want %d..%d", c.PageBytes, minPageBytes, maxPageBytes)
 	}
 	if c.MaxPending < 1 || c.MaxPending > 1000000 {
 		add("FEEDER_MAX_PENDING: %d: want 1..1000000", c.MaxPending)
