@@ -370,10 +370,16 @@ func (p Page) More(l PageLimits) bool { return p.Cut || (p.Rows > 0 && p.Rows >=
 
 // ReadCommittedPage is ReadCommitted with a byte budget as well as a row
 // limit: it returns the longest prefix of the rows ReadCommitted would return
-// whose payloads and metadata stay within l.Bytes (at least one row). The
-// sizes are summed in PostgreSQL, so rows past the budget are never sent;
-// the rows within the row limit are measured, so a caller reading large
-// events keeps l.Rows near the rows a page actually holds.
+// whose payloads and metadata stay within l.Bytes (at least one row).
+//
+// Measuring the JSON text of every row in PostgreSQL would cost more than the
+// read itself, so the budget is applied twice: PostgreSQL stops sending at
+// the row where the stored sizes (pg_column_size, which reads no value)
+// reach the budget, and the rows it sends are cut exactly by the bytes
+// received; the rest of what was sent is read and dropped, not kept. Stored
+// sizes are compressed, so with highly compressible payloads PostgreSQL may
+// send more than the budget; the page still holds no more than l.Bytes. A
+// caller reading large events keeps l.Rows near the rows a page holds.
 func ReadCommittedPage(ctx context.Context, db Querier, c Cursor, l PageLimits, f Filter) (Page, error) {
 	p := Page{Scanned: c}
 	if l.Rows < 1 {
@@ -383,22 +389,23 @@ func ReadCommittedPage(ctx context.Context, db Querier, c Cursor, l PageLimits, 
 	if budget <= 0 {
 		budget = math.MaxInt64
 	}
-	// page: the rows ReadCommitted would pass over, in order, each with
-	// its size (0 for rows the filter skips: they are not sent). sized:
+	// page: the rows ReadCommitted would pass over, in order. sized: their
+	// stored sizes (0 for rows the filter skips: they are not sent) and
 	// the running sum. The outer query keeps the first row and every row
 	// whose running sum is within the budget — a prefix, as sizes are not
 	// negative — and returns the first row past it without its payload,
-	// so the caller knows the page was cut.
+	// so that the caller knows the page was cut.
 	rows, err := db.Query(ctx, `
 SELECT position, transaction_id, aggregate_type, aggregate_id, version, event_type,
        CASE WHEN keep AND wanted THEN payload END, CASE WHEN keep AND wanted THEN metadata END,
-       recorded_at, wanted, keep, size
+       recorded_at, wanted, keep
 FROM (
     SELECT *, rn = 1 OR run <= $6 AS keep
     FROM (
-        SELECT *, row_number() OVER w AS rn, sum(size) OVER w AS run
+        SELECT *, row_number() OVER w AS rn, sum(stored) OVER w AS run
         FROM (
-            SELECT *, CASE WHEN wanted THEN octet_length(payload::text) + octet_length(metadata::text) ELSE 0 END AS size
+            SELECT position, transaction_id, aggregate_type, aggregate_id, version, event_type, payload, metadata, recorded_at, wanted,
+                   CASE WHEN wanted THEN pg_column_size(payload) + pg_column_size(metadata) ELSE 0 END AS stored
             FROM (
                 SELECT position, transaction_id, aggregate_type, aggregate_id, version, event_type, payload, metadata, recorded_at,
                        (cardinality($4::text[]) = 0 OR aggregate_type = ANY($4::text[]))
@@ -412,7 +419,7 @@ FROM (
         ) measured
         WINDOW w AS (ORDER BY transaction_id, position)
     ) sized
-    WHERE rn <= 2 OR run - size <= $6
+    WHERE rn <= 2 OR run - stored <= $6
 ) kept
 ORDER BY transaction_id, position`, c.TransactionID, c.Position, l.Rows, nonNil(f.AggregateTypes), nonNil(f.EventTypeLike), budget)
 	if err != nil {
@@ -425,15 +432,17 @@ ORDER BY transaction_id, position`, c.TransactionID, c.Position, l.Rows, nonNil(
 			payload      []byte
 			meta         []byte
 			wanted, keep bool
-			size         int64
 		)
 		if err := rows.Scan(&e.Position, &e.TransactionID, &e.AggregateType, &e.AggregateID, &e.Version,
-			&e.Type, &payload, &meta, &e.RecordedAt, &wanted, &keep, &size); err != nil {
+			&e.Type, &payload, &meta, &e.RecordedAt, &wanted, &keep); err != nil {
 			return Page{Scanned: c}, fmt.Errorf("eventstore: read committed: %w", err)
 		}
-		if !keep {
+		size := int64(len(payload) + len(meta))
+		if !keep || (p.Rows > 0 && p.Bytes+size > budget) {
+			// Past the budget: this row and the rest are dropped (Close
+			// reads and discards what PostgreSQL still sends).
 			p.Cut = true
-			continue
+			break
 		}
 		p.Scanned = e.Cursor()
 		p.Rows++
@@ -449,6 +458,7 @@ ORDER BY transaction_id, position`, c.TransactionID, c.Position, l.Rows, nonNil(
 		p.Bytes += size
 		p.Events = append(p.Events, e)
 	}
+	rows.Close()
 	if err := rows.Err(); err != nil {
 		return Page{Scanned: c}, fmt.Errorf("eventstore: read committed: %w", err)
 	}
