@@ -10,7 +10,7 @@ import (
 )
 
 // OnOversized values: what the feeder does with an event larger than the
-// server's max payload.
+// server's max payload, or that the stream refuses for its max_msg_size.
 const (
 	// OversizedStop stops the feeder at the event: nothing after it is
 	// published until the server accepts it (raise max_payload) or an
@@ -37,7 +37,7 @@ type Config struct {
 	MaxPending   int           `env:"FEEDER_MAX_PENDING" envDefault:"4000" doc:"Publishes awaiting their JetStream acknowledgement at most."`
 	PollInterval time.Duration `env:"FEEDER_POLL_INTERVAL" envDefault:"1s" doc:"Fallback poll when no notification arrives."`
 	// OnOversized is OversizedStop or OversizedDeadLetter.
-	OnOversized string `env:"FEEDER_ON_OVERSIZED" envDefault:"stop" doc:"Event larger than the server's max payload: stop (default; status names the event) or dead-letter (record it in eventstore.dead_letters and go on)."`
+	OnOversized string `env:"FEEDER_ON_OVERSIZED" envDefault:"stop" doc:"Event larger than the server's max payload or the stream's max_msg_size: stop (default; status names the event) or dead-letter (record it in eventstore.dead_letters and go on)."`
 
 	StreamReplicas  int           `env:"FEEDER_STREAM_REPLICAS" envDefault:"1" doc:"Replicas of the target stream (1, 3 or 5)."`
 	StreamMaxAge    time.Duration `env:"FEEDER_STREAM_MAX_AGE" envDefault:"0s" doc:"Maximum age of messages in the stream (0: keep forever)."`
