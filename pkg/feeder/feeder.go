@@ -23,6 +23,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/jsretry"
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/opsserver"
+	"github.com/jetproj/jetproj/pkg/subject"
 	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
@@ -636,10 +637,9 @@ func (f *Feeder) publishError(ctx context.Context, stream jetstream.Stream, p pe
 		limit = int64(info.Config.MaxMsgSize)
 	}
 	e := p.ev
-	msg, merr := eventmsg.NewFenced(f.cfg.SubjectPrefix, *e, 0)
 	size := p.size
-	if merr == nil {
-		size = msgSize(msg) - int64(len(msg.Subject)) // the stream counts headers and data
+	if subj, serr := subject.EventWithPrefix(f.cfg.SubjectPrefix, e.AggregateType, e.AggregateID); serr == nil {
+		size -= int64(len(subj)) // the stream counts headers and data
 	}
 	return &refusedError{ev: e, over: &OversizedError{Position: e.Position, AggregateType: e.AggregateType,
 		AggregateID: e.AggregateID, EventType: e.Type, Size: size, MaxPayload: f.nc.MaxPayload(),

@@ -713,7 +713,7 @@ func TestStreamMaxMsgSizeStopsTheFeeder(t *testing.T) {
 				return nil
 			})
 			st := r.f.Status()
-			if st.Stalled == nil || st.Stalled.Position != res.LastPosition || st.Stalled.MaxMsgSize != 2048 ||
+			if st.Stalled == nil || st.Stalled.Position != res.LastPosition || st.Stalled.MaxMsgSize != 2048 || st.Stalled.Size <= 4000 ||
 				!strings.Contains(st.Error, "max_msg_size") {
 				t.Fatalf("status does not name the event %d and the stream's limit: %+v", res.LastPosition, st)
 			}
