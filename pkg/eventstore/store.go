@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 
@@ -366,4 +367,133 @@ ORDER BY transaction_id, position LIMIT 1`, c.TransactionID, c.Position).Scan(&o
 		return false, fmt.Errorf("eventstore: pending: %w", err)
 	}
 	return true, nil
+}
+
+// PageLimits bounds a page of ReadCommittedPage.
+type PageLimits struct {
+	// Rows is the most rows the page passes over (returned or skipped by
+	// the filter); at least 1.
+	Rows int
+	// Bytes is the most payload and metadata bytes (their JSON text) the
+	// returned events may hold together; 0 means no limit. The first row
+	// is always returned, however large, so a single event larger than
+	// Bytes comes alone.
+	Bytes int64
+}
+
+// Page is what ReadCommittedPage read.
+type Page struct {
+	Events []Event
+	// Scanned is the cursor of the last row the page passed over (see
+	// ReadCommitted).
+	Scanned Cursor
+	// Rows counts the rows passed over, returned or skipped by the filter.
+	Rows int
+	// Bytes is the size of the returned events' payloads and metadata as
+	// JSON text (what the client receives).
+	Bytes int64
+	// Cut is set when the page stopped at the byte limit: committed rows
+	// follow it.
+	Cut bool
+}
+
+// More reports whether rows may follow the page below the horizon: it was
+// cut by bytes or passed over as many rows as its limit allowed.
+func (p Page) More(l PageLimits) bool { return p.Cut || (p.Rows > 0 && p.Rows >= l.Rows) }
+
+// ReadCommittedPage is ReadCommitted with a byte budget as well as a row
+// limit: it returns the longest prefix of the rows ReadCommitted would return
+// whose payloads and metadata stay within l.Bytes (at least one row).
+//
+// Measuring the JSON text of every row in PostgreSQL would cost more than the
+// read itself, so the budget is applied twice: PostgreSQL stops sending at
+// the row where the stored sizes (pg_column_size, which reads no value)
+// reach the budget, and the rows it sends are cut exactly by the bytes
+// received; the rest of what was sent is read and dropped, not kept. Stored
+// sizes are compressed, so with highly compressible payloads PostgreSQL may
+// send more than the budget; the page still holds no more than l.Bytes. A
+// caller reading large events keeps l.Rows near the rows a page holds.
+func ReadCommittedPage(ctx context.Context, db Querier, c Cursor, l PageLimits, f Filter) (Page, error) {
+	p := Page{Scanned: c}
+	if l.Rows < 1 {
+		return p, fmt.Errorf("eventstore: read committed: page of %d rows", l.Rows)
+	}
+	budget := l.Bytes
+	if budget <= 0 {
+		budget = math.MaxInt64
+	}
+	// page: the rows ReadCommitted would pass over, in order. sized: their
+	// stored sizes (0 for rows the filter skips: they are not sent) and
+	// the running sum. The outer query keeps the first row and every row
+	// whose running sum is within the budget — a prefix, as sizes are not
+	// negative — and returns the first row past it without its payload,
+	// so that the caller knows the page was cut.
+	rows, err := db.Query(ctx, `
+SELECT position, transaction_id, aggregate_type, aggregate_id, version, event_type,
+       CASE WHEN keep AND wanted THEN payload END, CASE WHEN keep AND wanted THEN metadata END,
+       recorded_at, wanted, keep
+FROM (
+    SELECT *, rn = 1 OR run <= $6 AS keep
+    FROM (
+        SELECT *, row_number() OVER w AS rn, sum(stored) OVER w AS run
+        FROM (
+            SELECT position, transaction_id, aggregate_type, aggregate_id, version, event_type, payload, metadata, recorded_at, wanted,
+                   CASE WHEN wanted THEN pg_column_size(payload) + pg_column_size(metadata) ELSE 0 END AS stored
+            FROM (
+                SELECT position, transaction_id, aggregate_type, aggregate_id, version, event_type, payload, metadata, recorded_at,
+                       (cardinality($4::text[]) = 0 OR aggregate_type = ANY($4::text[]))
+                       AND (cardinality($5::text[]) = 0 OR event_type LIKE ANY($5::text[])) AS wanted
+                FROM eventstore.events
+                WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                  AND (transaction_id, position) > ($1::xid8, $2::bigint)
+                ORDER BY transaction_id, position
+                LIMIT $3
+            ) page
+        ) measured
+        WINDOW w AS (ORDER BY transaction_id, position)
+    ) sized
+    WHERE rn <= 2 OR run - stored <= $6
+) kept
+ORDER BY transaction_id, position`, c.TransactionID, c.Position, l.Rows, nonNil(f.AggregateTypes), nonNil(f.EventTypeLike), budget)
+	if err != nil {
+		return Page{Scanned: c}, fmt.Errorf("eventstore: read committed: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			e            Event
+			payload      []byte
+			meta         []byte
+			wanted, keep bool
+		)
+		if err := rows.Scan(&e.Position, &e.TransactionID, &e.AggregateType, &e.AggregateID, &e.Version,
+			&e.Type, &payload, &meta, &e.RecordedAt, &wanted, &keep); err != nil {
+			return Page{Scanned: c}, fmt.Errorf("eventstore: read committed: %w", err)
+		}
+		size := int64(len(payload) + len(meta))
+		if !keep || (p.Rows > 0 && p.Bytes+size > budget) {
+			// Past the budget: this row and the rest are dropped (Close
+			// reads and discards what PostgreSQL still sends).
+			p.Cut = true
+			break
+		}
+		p.Scanned = e.Cursor()
+		p.Rows++
+		if !wanted {
+			continue
+		}
+		e.Payload = payload
+		if len(meta) > 0 {
+			if err := json.Unmarshal(meta, &e.Metadata); err != nil {
+				return Page{Scanned: c}, fmt.Errorf("eventstore: event %d metadata: %w", e.Position, err)
+			}
+		}
+		p.Bytes += size
+		p.Events = append(p.Events, e)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return Page{Scanned: c}, fmt.Errorf("eventstore: read committed: %w", err)
+	}
+	return p, nil
 }

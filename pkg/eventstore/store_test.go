@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -287,5 +288,102 @@ func TestGlobToLike(t *testing.T) {
 		if got := eventstore.GlobToLike(glob); got != want {
 			t.Errorf("GlobToLike(%q) = %q, want %q", glob, got, want)
 		}
+	}
+}
+
+// TestReadCommittedPageByteBudget: a page stops before the event that would
+// take it past the byte budget, an event larger than the budget comes alone,
+// rows the filter skips cost nothing, and pages follow each other without a
+// gap or a repeat.
+func TestReadCommittedPageByteBudget(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := setup(t)
+	blob := func(n int) eventstore.NewEvent {
+		return eventstore.NewEvent{Type: "Blob", Payload: map[string]string{"b": strings.Repeat("x", n)}}
+	}
+	// Sizes in order: 1000 1000 5000 1000 1000, then wallet 1000, ticket
+	// 50000, wallet 1000.
+	for i, n := range []int{1000, 1000, 5000, 1000, 1000} {
+		if _, err := eventstore.Append(ctx, pool, "blob", fmt.Sprint(i), eventstore.ExpectAny, blob(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, n := range []int{1000, 50000, 1000} {
+		agg := []string{"wallet", "ticket", "wallet"}[i]
+		if _, err := eventstore.Append(ctx, pool, agg, fmt.Sprint(i), eventstore.ExpectAny, blob(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	devtest.Eventually(t, 10*time.Second, func() error {
+		evs, _, err := eventstore.ReadCommitted(ctx, pool, eventstore.Cursor{}, 100, eventstore.Filter{})
+		if err == nil && len(evs) != 8 {
+			err = fmt.Errorf("%d of 8 rows below the horizon", len(evs))
+		}
+		return err
+	})
+	lim := eventstore.PageLimits{Rows: 100, Bytes: 2500}
+	var (
+		cur        eventstore.Cursor
+		afterBlobs eventstore.Cursor // the last blob's
+		sizes      []string
+		all        []int64
+	)
+	for range 20 {
+		p, err := eventstore.ReadCommittedPage(ctx, pool, cur, lim, eventstore.Filter{AggregateTypes: []string{"blob"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Events) == 0 {
+			break
+		}
+		var got int64
+		var page []string
+		for _, e := range p.Events {
+			got += int64(len(e.Payload) + len("{}"))
+			page = append(page, fmt.Sprint(len(e.Payload)/1000))
+			all = append(all, e.Position)
+			afterBlobs = e.Cursor()
+		}
+		if got != p.Bytes {
+			t.Errorf("page holds %d bytes, Bytes says %d", got, p.Bytes)
+		}
+		if p.Bytes > lim.Bytes && len(p.Events) > 1 {
+			t.Errorf("page of %d events holds %d bytes, over the budget", len(p.Events), p.Bytes)
+		}
+		sizes = append(sizes, strings.Join(page, "+")+fmt.Sprintf("(cut %v)", p.Cut))
+		cur = p.Scanned
+	}
+	if got := strings.Join(sizes, " "); got != "1+1(cut true) 5(cut true) 1+1(cut false)" {
+		t.Fatalf("pages (KB, rounded down): %s", got)
+	}
+	for i := 1; i < len(all); i++ {
+		if all[i] <= all[i-1] {
+			t.Fatalf("positions out of order or repeated: %v", all)
+		}
+	}
+	// Rows the filter skips cost nothing: the 50 kB ticket between the two
+	// wallets does not cut the page, and the page passes over it.
+	cur = afterBlobs
+	p, err := eventstore.ReadCommittedPage(ctx, pool, cur, lim, eventstore.Filter{AggregateTypes: []string{"wallet"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Events) != 2 || p.Rows != 3 || p.Cut || p.More(lim) {
+		t.Fatalf("filtered page: %d events, %d rows, cut %v", len(p.Events), p.Rows, p.Cut)
+	}
+	// Unfiltered, the ticket comes alone after the first wallet.
+	p, err = eventstore.ReadCommittedPage(ctx, pool, cur, lim, eventstore.Filter{})
+	if err != nil || len(p.Events) != 1 || !p.Cut || !p.More(lim) {
+		t.Fatalf("unfiltered page: %+v, %v", p, err)
+	}
+	p, err = eventstore.ReadCommittedPage(ctx, pool, p.Scanned, lim, eventstore.Filter{})
+	if err != nil || len(p.Events) != 1 || p.Events[0].AggregateType != "ticket" || !p.Cut {
+		t.Fatalf("the large ticket does not come alone: %+v, %v", p, err)
+	}
+	// A row limit still applies.
+	p, err = eventstore.ReadCommittedPage(ctx, pool, eventstore.Cursor{}, eventstore.PageLimits{Rows: 3}, eventstore.Filter{})
+	if err != nil || len(p.Events) != 3 || p.Cut || !p.More(eventstore.PageLimits{Rows: 3}) {
+		t.Fatalf("row-limited page: %d events, cut %v, %v", len(p.Events), p.Cut, err)
 	}
 }

@@ -10,7 +10,7 @@ import (
 )
 
 // OnOversized values: what the feeder does with an event larger than the
-// server's max payload.
+// server's max payload, or that the stream refuses for its max_msg_size.
 const (
 	// OversizedStop stops the feeder at the event: nothing after it is
 	// published until the server accepts it (raise max_payload) or an
@@ -33,10 +33,11 @@ type Config struct {
 	EventTypes     []string `env:"FEEDER_EVENT_TYPES" envSeparator:"," doc:"Only feed event types matching these globs (comma-separated, * and ?; e.g. Ticket.*,Order.Created; empty: all)."`
 
 	BatchSize    int           `env:"FEEDER_BATCH_SIZE" envDefault:"1000" doc:"Rows read from PostgreSQL per query."`
+	PageBytes    int64         `env:"FEEDER_PAGE_BYTES" envDefault:"8388608" doc:"Payload and metadata bytes read from PostgreSQL per query at most (an event larger than this is read alone), and bytes of publishes awaiting their acknowledgement at most; the feeder holds about three times this."`
 	MaxPending   int           `env:"FEEDER_MAX_PENDING" envDefault:"4000" doc:"Publishes awaiting their JetStream acknowledgement at most."`
 	PollInterval time.Duration `env:"FEEDER_POLL_INTERVAL" envDefault:"1s" doc:"Fallback poll when no notification arrives."`
 	// OnOversized is OversizedStop or OversizedDeadLetter.
-	OnOversized string `env:"FEEDER_ON_OVERSIZED" envDefault:"stop" doc:"Event larger than the server's max payload: stop (default; status names the event) or dead-letter (record it in eventstore.dead_letters and go on)."`
+	OnOversized string `env:"FEEDER_ON_OVERSIZED" envDefault:"stop" doc:"Event larger than the server's max payload or the stream's max_msg_size: stop (default; status names the event) or dead-letter (record it in eventstore.dead_letters and go on)."`
 
 	StreamReplicas  int           `env:"FEEDER_STREAM_REPLICAS" envDefault:"1" doc:"Replicas of the target stream (1, 3 or 5)."`
 	StreamMaxAge    time.Duration `env:"FEEDER_STREAM_MAX_AGE" envDefault:"0s" doc:"Maximum age of messages in the stream (0: keep forever)."`
@@ -71,6 +72,9 @@ func (c Config) Defaults() Config {
 	if c.BatchSize == 0 {
 		c.BatchSize = 1000
 	}
+	if c.PageBytes == 0 {
+		c.PageBytes = DefaultPageBytes
+	}
 	if c.MaxPending == 0 {
 		c.MaxPending = 4000
 	}
@@ -91,6 +95,14 @@ func (c Config) Defaults() Config {
 	}
 	return c
 }
+
+// DefaultPageBytes is FEEDER_PAGE_BYTES's default, 8 MiB.
+const DefaultPageBytes = 8 << 20
+
+const (
+	minPageBytes = 1 << 10 // 1 KiB
+	maxPageBytes = 1 << 30 // 1 GiB
+)
 
 var (
 	nameRE   = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
@@ -125,6 +137,9 @@ func (c Config) Validate() []string {
 	}
 	if c.BatchSize < 1 || c.BatchSize > 100000 {
 		add("FEEDER_BATCH_SIZE: %d: want 1..100000", c.BatchSize)
+	}
+	if c.PageBytes < minPageBytes || c.PageBytes > maxPageBytes {
+		add("FEEDER_PAGE_BYTES: %d: want %d..%d", c.PageBytes, minPageBytes, maxPageBytes)
 	}
 	if c.MaxPending < 1 || c.MaxPending > 1000000 {
 		add("FEEDER_MAX_PENDING: %d: want 1..1000000", c.MaxPending)

@@ -23,6 +23,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/jsretry"
 	"github.com/jetproj/jetproj/pkg/lease"
 	"github.com/jetproj/jetproj/pkg/opsserver"
+	"github.com/jetproj/jetproj/pkg/subject"
 	"github.com/jetproj/jetproj/pkg/tracing"
 )
 
@@ -185,14 +186,23 @@ func (f *Feeder) feed(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if errors.Is(err, errResume) {
+			continue // an event was dead-lettered: resume after it at once
+		}
 		var over *OversizedError
 		wait := backoff
 		if errors.As(err, &over) {
-			f.setState(StateStalled, err)
+			f.setState(StateStalled, over)
 			f.saveStatus(ctx)
-			f.log.Error("feeder stopped at an event larger than the server's max payload; raise max_payload or set FEEDER_ON_OVERSIZED=dead-letter",
-				logPosition, over.Position, "aggregate_type", over.AggregateType, "aggregate_id", over.AggregateID,
-				"event_type", over.EventType, "size", over.Size, "max_payload", over.MaxPayload)
+			if over.MaxMsgSize > 0 {
+				f.log.Error("feeder stopped at an event larger than the stream's max_msg_size; raise it or set FEEDER_ON_OVERSIZED=dead-letter",
+					logPosition, over.Position, "aggregate_type", over.AggregateType, "aggregate_id", over.AggregateID,
+					"event_type", over.EventType, "size", over.Size, "stream", over.Stream, "max_msg_size", over.MaxMsgSize)
+			} else {
+				f.log.Error("feeder stopped at an event larger than the server's max payload; raise max_payload or set FEEDER_ON_OVERSIZED=dead-letter",
+					logPosition, over.Position, "aggregate_type", over.AggregateType, "aggregate_id", over.AggregateID,
+					"event_type", over.EventType, "size", over.Size, "max_payload", over.MaxPayload)
+			}
 			wait = stallRetry
 		} else {
 			f.metrics.errors.Inc()
@@ -283,17 +293,24 @@ func (f *Feeder) poke() {
 // pending is a publish awaiting its acknowledgement, or (fut nil) a marker
 // that the rows up to cur were scanned.
 type pending struct {
-	fut jetstream.PubAckFuture
-	cur eventstore.Cursor
-	pos int64
+	fut  jetstream.PubAckFuture
+	cur  eventstore.Cursor
+	pos  int64
+	size int64             // the message's bytes, counted in flight
+	ev   *eventstore.Event // the event, to name it if the stream refuses it
 }
 
 // readPage is the outcome of a read-ahead.
 type readPage struct {
-	evs     []eventstore.Event
-	scanned eventstore.Cursor
-	err     error
+	page eventstore.Page
+	lim  eventstore.PageLimits
+	err  error
 }
+
+// errResume ends a session that must start again at once from the stream
+// and the checkpoint (after an event was dead-lettered behind publishes in
+// flight).
+var errResume = errors.New("feeder: resume after a dead-lettered event")
 
 // session resolves where the stream ends and feeds from there until ctx
 // ends or something fails.
@@ -308,47 +325,68 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		seq       = start.StreamSeq
 		acked     = start
 		queue     []pending
+		inflight  int64 // bytes of the publishes in queue
+		broken    bool  // a publish failed: nothing after it may be acknowledged
 		lastSaved = time.Now()
 		idleWait  = 500 * time.Microsecond
+		// The page's row limit: FEEDER_BATCH_SIZE, lowered while pages
+		// are cut by FEEDER_PAGE_BYTES (so PostgreSQL does not measure
+		// many rows that will not be sent), raised again when not.
+		lim = eventstore.PageLimits{Rows: f.cfg.BatchSize, Bytes: f.cfg.PageBytes}
 	)
 	f.setProgress(acked, StateFeeding)
 
-	// settle pops acknowledged publishes from the head of the queue; with
-	// wait it blocks on the head. It returns the first failure.
-	settle := func(wait bool) error {
+	pop := func() {
+		inflight -= queue[0].size
+		queue = queue[1:]
+	}
+	// failed records a publish that failed: every later one fails too
+	// (its expected sequence is wrong), and no marker after it may move
+	// the acknowledged cursor past it.
+	failed := func(p pending, err error) error {
+		pop() // its outcome is consumed
+		broken = true
+		f.metrics.inflight.Set(float64(inflight))
+		return f.publishError(ctx, stream, p, err)
+	}
+	// settle pops acknowledged publishes from the head of the queue; while
+	// block() holds (nil: never) it waits for the head. It returns the
+	// first failure.
+	settle := func(block func() bool) error {
+		if broken {
+			return errors.New("feeder: an earlier publish failed")
+		}
+		defer func() { f.metrics.inflight.Set(float64(inflight)) }()
 		for len(queue) > 0 {
 			p := queue[0]
 			if p.fut != nil {
+				var ack *jetstream.PubAck
 				select {
-				case ack := <-p.fut.Ok():
-					acked.StreamSeq = ack.Sequence
-					f.metrics.published.Inc()
-					f.metrics.position.Set(float64(p.pos))
+				case ack = <-p.fut.Ok():
 				case err := <-p.fut.Err():
-					queue = queue[1:] // its outcome is consumed
-					return fmt.Errorf("feeder: publish event %d: %w", p.pos, err)
+					return failed(p, err)
 				default:
-					if !wait {
+					if block == nil || !block() {
 						return nil
 					}
 					select {
-					case ack := <-p.fut.Ok():
-						acked.StreamSeq = ack.Sequence
-						f.metrics.published.Inc()
-						f.metrics.position.Set(float64(p.pos))
+					case ack = <-p.fut.Ok():
 					case err := <-p.fut.Err():
-						queue = queue[1:] // its outcome is consumed
-						return fmt.Errorf("feeder: publish event %d: %w", p.pos, err)
+						return failed(p, err)
 					case <-ctx.Done():
 						return ctx.Err()
 					}
 				}
+				acked.StreamSeq = ack.Sequence
+				f.metrics.published.Inc()
+				f.metrics.position.Set(float64(p.pos))
 			}
 			acked.Cursor = p.cur
-			queue = queue[1:]
+			pop()
 		}
 		return nil
 	}
+	all := func() bool { return true }
 	// save records the checkpoint and status, unless nothing changed since
 	// the last time: an idle feeder writes nothing.
 	savedCk, savedState := Checkpoint{}, ""
@@ -366,7 +404,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 	// drain waits for every publish in flight, so that nothing lands after
 	// the session ended, and records the checkpoint.
 	drain := func(force bool) error {
-		err := settle(true)
+		err := settle(all)
 		if err != nil {
 			// Later publishes fail on the sequence expectation; wait for
 			// them so the next session sees the final stream.
@@ -379,7 +417,8 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 					}
 				}
 			}
-			queue = nil
+			queue, inflight = nil, 0
+			f.metrics.inflight.Set(0)
 		}
 		f.setProgress(acked, "")
 		if force || err != nil || (acked != savedCk && time.Since(lastSaved) > time.Second) {
@@ -387,13 +426,41 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		}
 		return err
 	}
+	// fail ends the session with err after draining. An event the stream
+	// refused for its size is dead-lettered here when so configured: every
+	// publish before it was acknowledged and none after it landed, so the
+	// checkpoint moves just past it and the next session resumes there.
+	fail := func(err error) error {
+		wasBroken := broken
+		if derr := drain(true); derr != nil && !wasBroken {
+			err = errors.Join(err, derr)
+		}
+		var refused *refusedError
+		if !errors.As(err, &refused) {
+			return err
+		}
+		f.metrics.oversized.Inc()
+		if f.cfg.OnOversized != OversizedDeadLetter {
+			return refused.over
+		}
+		if err := f.deadLetter(ctx, *refused.ev, refused.over); err != nil {
+			return err
+		}
+		acked.Cursor = refused.ev.Cursor()
+		if err := f.saveCheckpoint(context.WithoutCancel(ctx), acked); err != nil {
+			return fmt.Errorf("feeder: checkpoint after dead-lettering event %d: %w", refused.ev.Position, err)
+		}
+		return errResume
+	}
 
 	// While a full page is published, the next one is read (read-ahead):
 	// PostgreSQL works on it while the client builds and sends messages.
 	// The read starts after the page's last row, as the next read would; a
 	// read taken earlier sees a horizon no later than that read would, so it
 	// returns a prefix of what that read would, never a row past a gap.
-	filtered := len(f.filter.AggregateTypes)+len(f.filter.EventTypeLike) > 0
+	// Pages are capped by rows and by bytes (FEEDER_PAGE_BYTES); the
+	// feeder holds at most this page, the one read ahead and
+	// FEEDER_PAGE_BYTES of publishes in flight.
 	rctx, stopReads := context.WithCancel(ctx)
 	var ahead chan readPage // a read-ahead in flight, or nil
 	defer func() {
@@ -408,41 +475,49 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			return err
 		}
 		var (
-			evs     []eventstore.Event
-			scanned eventstore.Cursor
-			err     error
+			page eventstore.Page
+			read = lim
+			err  error
 		)
 		if ahead != nil {
 			p := <-ahead
 			ahead = nil
-			evs, scanned, err = p.evs, p.scanned, p.err
+			page, read, err = p.page, p.lim, p.err
 		} else {
-			evs, scanned, err = eventstore.ReadCommitted(ctx, f.pool, cur, f.cfg.BatchSize, f.filter)
+			page, err = eventstore.ReadCommittedPage(ctx, f.pool, cur, lim, f.filter)
 		}
-		// A full page may have more behind it; a short unfiltered page is
-		// the end of what is below the horizon now.
-		more := err == nil && scanned != cur && (len(evs) == f.cfg.BatchSize || filtered)
+		evs, scanned := page.Events, page.Scanned
+		if err == nil && len(evs) > 0 {
+			f.metrics.pageBytes.Observe(float64(page.Bytes))
+		}
+		switch {
+		case err != nil:
+		case page.Cut:
+			lim.Rows = min(f.cfg.BatchSize, max(2, 2*page.Rows))
+		case page.Rows >= read.Rows:
+			lim.Rows = min(f.cfg.BatchSize, 2*read.Rows)
+		}
+		// A full page may have more behind it; a page that is neither full
+		// nor cut by bytes is the end of what is below the horizon now.
+		more := err == nil && scanned != cur && page.More(read)
 		if more {
 			ahead = make(chan readPage, 1)
-			go func(ch chan<- readPage, from eventstore.Cursor) {
-				evs, scanned, err := eventstore.ReadCommitted(rctx, f.pool, from, f.cfg.BatchSize, f.filter)
-				ch <- readPage{evs: evs, scanned: scanned, err: err}
-			}(ahead, scanned)
+			go func(ch chan<- readPage, from eventstore.Cursor, lim eventstore.PageLimits) {
+				p, err := eventstore.ReadCommittedPage(rctx, f.pool, from, lim, f.filter)
+				ch <- readPage{page: p, lim: lim, err: err}
+			}(ahead, scanned, lim)
 		}
 		if err != nil {
-			if derr := drain(true); derr != nil {
-				return errors.Join(err, derr)
-			}
-			return err
+			return fail(err)
 		}
-		for _, e := range evs {
+		for i := range evs {
+			e := &evs[i]
 			// Sequence fencing: the stream refuses the message unless its
 			// last sequence is seq, so a second feeder (or a lost lease)
 			// cannot interleave.
-			msg, err := eventmsg.NewFenced(f.cfg.SubjectPrefix, e, seq)
+			msg, err := eventmsg.NewFenced(f.cfg.SubjectPrefix, *e, seq)
 			if err != nil {
-				_ = drain(true)
-				return fmt.Errorf("feeder: event %d: %w", e.Position, err)
+				return fail(fmt.Errorf("feeder: event %d: %w", e.Position, err))
 			}
 			// The message continues the trace of the append, if any.
 			if tp := msg.Header.Get(tracing.Header); tp != "" {
@@ -454,7 +529,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			fut, err := f.js.PublishMsgAsync(msg)
 			if errors.Is(err, nats.ErrMaxPayload) {
 				if derr := drain(true); derr != nil {
-					return derr
+					return fail(derr)
 				}
 				over := &OversizedError{Position: e.Position, AggregateType: e.AggregateType, AggregateID: e.AggregateID,
 					EventType: e.Type, Size: msgSize(msg), MaxPayload: f.nc.MaxPayload()}
@@ -462,35 +537,39 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 				if f.cfg.OnOversized != OversizedDeadLetter {
 					return over
 				}
-				if err := f.deadLetter(ctx, e, over); err != nil {
+				if err := f.deadLetter(ctx, *e, over); err != nil {
 					return err
 				}
 				queue = append(queue, pending{cur: e.Cursor(), pos: e.Position})
 				continue
 			}
 			if err != nil {
-				if derr := drain(true); derr != nil {
-					return errors.Join(err, derr)
-				}
-				return fmt.Errorf("feeder: publish event %d: %w", e.Position, err)
+				return fail(fmt.Errorf("feeder: publish event %d: %w", e.Position, err))
 			}
 			seq++
-			queue = append(queue, pending{fut: fut, cur: e.Cursor(), pos: e.Position})
-			if len(queue) >= f.cfg.MaxPending {
-				if err := settle(true); err != nil {
-					_ = drain(true)
-					return err
+			size := msgSize(msg)
+			queue = append(queue, pending{fut: fut, cur: e.Cursor(), pos: e.Position, size: size, ev: e})
+			inflight += size
+			switch {
+			case len(queue) >= f.cfg.MaxPending:
+				if err := settle(all); err != nil {
+					return fail(err)
+				}
+			case inflight > f.cfg.PageBytes:
+				// Wait until half the byte budget is acknowledged.
+				if err := settle(func() bool { return inflight > f.cfg.PageBytes/2 }); err != nil {
+					return fail(err)
 				}
 			}
 		}
+		f.metrics.inflight.Set(float64(inflight))
 		progressed := scanned != cur
 		if progressed {
 			queue = append(queue, pending{cur: scanned})
 			cur = scanned
 		}
-		if err := settle(false); err != nil {
-			_ = drain(true)
-			return err
+		if err := settle(nil); err != nil {
+			return fail(err)
 		}
 		if len(evs) > 0 && time.Since(lastSaved) > time.Second {
 			f.setProgress(acked, "")
@@ -502,7 +581,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		}
 		// Caught up with what is below the horizon.
 		if err := drain(false); err != nil {
-			return err
+			return fail(err)
 		}
 		stateChanged := f.Status().State != StateCaughtUp
 		f.setProgress(acked, StateCaughtUp)
@@ -532,6 +611,39 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		f.busy.Start()
 		timer.Stop()
 	}
+}
+
+// refusedError is a publish the stream refused for its max_msg_size.
+type refusedError struct {
+	ev   *eventstore.Event
+	over *OversizedError
+}
+
+func (e *refusedError) Error() string { return e.over.Error() }
+func (e *refusedError) Unwrap() error { return e.over }
+
+// publishError turns the failure of publish p into the error the session
+// ends with: a *refusedError when the stream refused the message for its
+// max_msg_size (JetStream error 10054, JSStreamMessageExceedsMaximumErr).
+func (f *Feeder) publishError(ctx context.Context, stream jetstream.Stream, p pending, err error) error {
+	var api *jetstream.APIError
+	if p.ev == nil || !errors.As(err, &api) || api.ErrorCode != jetstream.JSErrCodeStreamMessageExceedsMaximum {
+		return fmt.Errorf("feeder: publish event %d: %w", p.pos, err)
+	}
+	limit := int64(stream.CachedInfo().Config.MaxMsgSize)
+	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if info, ierr := stream.Info(ictx); ierr == nil { // the limit may have changed since the start
+		limit = int64(info.Config.MaxMsgSize)
+	}
+	e := p.ev
+	size := p.size
+	if subj, serr := subject.EventWithPrefix(f.cfg.SubjectPrefix, e.AggregateType, e.AggregateID); serr == nil {
+		size -= int64(len(subj)) // the stream counts headers and data
+	}
+	return &refusedError{ev: e, over: &OversizedError{Position: e.Position, AggregateType: e.AggregateType,
+		AggregateID: e.AggregateID, EventType: e.Type, Size: size, MaxPayload: f.nc.MaxPayload(),
+		MaxMsgSize: limit, Stream: f.cfg.Stream}}
 }
 
 func msgSize(m *nats.Msg) int64 {

@@ -18,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/jetproj/jetproj/pkg/devenv"
 	"github.com/jetproj/jetproj/pkg/devenv/devtest"
@@ -63,6 +65,12 @@ type running struct {
 // start runs a feeder with its own NATS connection and pool.
 func (b *bundle) start(t *testing.T, cfg feeder.Config) *running {
 	t.Helper()
+	return b.startWith(t, cfg, nil)
+}
+
+// startWith is start with the feeder's metrics registered in reg.
+func (b *bundle) startWith(t *testing.T, cfg feeder.Config, reg prometheus.Registerer) *running {
+	t.Helper()
 	nc, err := nats.Connect(b.nats.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond), nats.ReconnectBufSize(-1))
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +79,7 @@ func (b *bundle) start(t *testing.T, cfg feeder.Config) *running {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := feeder.New(cfg, feeder.Deps{Pool: pool, NC: nc, Logger: testLogger()})
+	f, err := feeder.New(cfg, feeder.Deps{Pool: pool, NC: nc, Logger: testLogger(), Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -643,10 +651,10 @@ func TestStreamConfigDifferenceIsReported(t *testing.T) {
 
 func TestConfigListsEveryProblem(t *testing.T) {
 	cfg := feeder.Config{Name: "Bad Name", Stream: "a.b", SubjectPrefix: "x.*", EventTypes: []string{"Ticket .*"},
-		BatchSize: -1, OnOversized: "drop", StreamReplicas: 2, LeaseBucket: "same", StateBucket: "same"}.Defaults()
+		BatchSize: -1, PageBytes: 100, OnOversized: "drop", StreamReplicas: 2, LeaseBucket: "same", StateBucket: "same"}.Defaults()
 	problems := cfg.Validate()
 	for _, want := range []string{"FEEDER_NAME", "FEEDER_STREAM:", "FEEDER_SUBJECT_PREFIX", "FEEDER_EVENT_TYPES", "FEEDER_BATCH_SIZE",
-		"FEEDER_ON_OVERSIZED", "FEEDER_STREAM_REPLICAS", "FEEDER_STATE_BUCKET"} {
+		"FEEDER_PAGE_BYTES", "FEEDER_ON_OVERSIZED", "FEEDER_STREAM_REPLICAS", "FEEDER_STATE_BUCKET"} {
 		found := false
 		for _, p := range problems {
 			found = found || strings.HasPrefix(p, want)
@@ -662,4 +670,209 @@ func TestConfigListsEveryProblem(t *testing.T) {
 		t.Errorf("defaults are invalid: %q", p)
 	}
 	_ = strconv.Itoa
+}
+
+// createStreamWithMaxMsgSize creates the feeder's stream as the feeder would,
+// but with a max_msg_size (a setting the feeder leaves to the operator).
+func createStreamWithMaxMsgSize(t *testing.T, b *bundle, maxMsgSize int32) {
+	t.Helper()
+	sc := feeder.Config{}.Defaults().StreamConfig()
+	sc.MaxMsgSize = maxMsgSize
+	if _, err := b.js.CreateStream(context.Background(), sc); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStreamMaxMsgSizeStopsTheFeeder: an event the stream refuses for its
+// max_msg_size (the server's max payload would take it) stops the feeder
+// at that event with a status that names it, whether later events were in
+// flight behind it or not; nothing after it is published.
+func TestStreamMaxMsgSizeStopsTheFeeder(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		after int // events appended after the refused one
+	}{{"followed", 2}, {"last", 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			ctx := context.Background()
+			createStreamWithMaxMsgSize(t, b, 2048)
+			appendN(t, b.pool, "wallet", 3, 1)
+			res, err := eventstore.Append(ctx, b.pool, "wallet", "big", eventstore.ExpectAny,
+				eventstore.NewEvent{Type: "WalletOpened", Payload: map[string]string{"blob": strings.Repeat("x", 4000)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			appendN(t, b.pool, "ticket", tc.after, 1)
+			r := b.start(t, feeder.Config{})
+			devtest.Eventually(t, 20*time.Second, func() error {
+				if st := r.f.Status(); st.State != feeder.StateStalled {
+					return fmt.Errorf("state %s (%s)", st.State, st.Error)
+				}
+				return nil
+			})
+			st := r.f.Status()
+			if st.Stalled == nil || st.Stalled.Position != res.LastPosition || st.Stalled.MaxMsgSize != 2048 || st.Stalled.Size <= 4000 ||
+				!strings.Contains(st.Error, "max_msg_size") {
+				t.Fatalf("status does not name the event %d and the stream's limit: %+v", res.LastPosition, st)
+			}
+			if n, _ := streamCount(ctx, b.js, "EVENTS"); n != 3 {
+				t.Fatalf("stream holds %d events, want the 3 before the refused one", n)
+			}
+			r.stop(t)
+			// A restarted feeder stops at the same event: nothing was skipped.
+			r = b.start(t, feeder.Config{})
+			devtest.Eventually(t, 20*time.Second, func() error {
+				if st := r.f.Status(); st.State != feeder.StateStalled || st.Stalled == nil || st.Stalled.Position != res.LastPosition {
+					return fmt.Errorf("after a restart: state %s (%s)", st.State, st.Error)
+				}
+				return nil
+			})
+			if n, _ := streamCount(ctx, b.js, "EVENTS"); n != 3 {
+				t.Fatalf("after a restart the stream holds %d events, want 3", n)
+			}
+		})
+	}
+}
+
+// TestStreamMaxMsgSizeDeadLettered: with FEEDER_ON_OVERSIZED=dead-letter an
+// event the stream refuses for its max_msg_size is recorded and skipped,
+// once, and every other event is published once, in order, across a
+// restart.
+func TestStreamMaxMsgSizeDeadLettered(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	createStreamWithMaxMsgSize(t, b, 2048)
+	big := eventstore.NewEvent{Type: "WalletOpened", Payload: map[string]string{"blob": strings.Repeat("x", 4000)}}
+	appendN(t, b.pool, "wallet", 3, 1)
+	first, err := eventstore.Append(ctx, b.pool, "wallet", "big-1", eventstore.ExpectAny, big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, b.pool, "ticket", 2, 1)
+	cfg := feeder.Config{OnOversized: feeder.OversizedDeadLetter}
+	r := b.start(t, cfg)
+	waitStream(t, b.js, "EVENTS", 5, 20*time.Second)
+	r.stop(t)
+	second, err := eventstore.Append(ctx, b.pool, "wallet", "big-2", eventstore.ExpectAny, big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, b.pool, "order", 4, 1)
+	r = b.start(t, cfg)
+	waitStream(t, b.js, "EVENTS", 9, 20*time.Second)
+	devtest.Eventually(t, 20*time.Second, func() error {
+		if st := r.f.Status(); st.State != feeder.StateCaughtUp {
+			return fmt.Errorf("state %s (%s)", st.State, st.Error)
+		}
+		return nil
+	})
+	r.stop(t)
+
+	rows, err := b.pool.Query(ctx, `SELECT position, reason FROM eventstore.dead_letters WHERE feeder = 'events' ORDER BY position`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dead []int64
+	for rows.Next() {
+		var pos int64
+		var reason string
+		if err := rows.Scan(&pos, &reason); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(reason, "max_msg_size") {
+			t.Errorf("dead letter %d: reason %q does not name the limit", pos, reason)
+		}
+		dead = append(dead, pos)
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	if fmt.Sprint(dead) != fmt.Sprint([]int64{first.LastPosition, second.LastPosition}) {
+		t.Fatalf("dead letters %v, want %d and %d", dead, first.LastPosition, second.LastPosition)
+	}
+	// The stream holds every other event once, in store order.
+	var want []int64
+	prow, err := b.pool.Query(ctx, `SELECT position FROM eventstore.events WHERE NOT position = ANY($1) ORDER BY transaction_id, position`, dead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for prow.Next() {
+		var p int64
+		if err := prow.Scan(&p); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, p)
+	}
+	var got []int64
+	for _, m := range streamMsgs(t, b.js, "EVENTS") {
+		p, _ := strconv.ParseInt(m.Headers().Get(eventmsg.HeaderEventPosition), 10, 64)
+		got = append(got, p)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("stream holds positions %v, want %v", got, want)
+	}
+}
+
+// TestPagesCappedByBytes: events with large payloads are read in pages that
+// stay within FEEDER_PAGE_BYTES (an event larger than it alone), observed
+// on the page-size histogram, and published exactly once, in order.
+func TestPagesCappedByBytes(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const budget = 256 << 10 // a bucket bound of jetproj_feeder_page_bytes
+	// 60 events of ~40 kB over 6 wallets (2.4 MB: 10 pages at least), one
+	// of 400 kB (larger than the budget, smaller than max_payload) in the
+	// middle, then small ones.
+	for i := range 60 {
+		if _, err := eventstore.Append(ctx, b.pool, "wallet", fmt.Sprint("w", i%6), eventstore.ExpectAny,
+			eventstore.NewEvent{Type: "MoneyWasAddedToWallet", Payload: map[string]string{"memo": strings.Repeat("m", 40_000)}}); err != nil {
+			t.Fatal(err)
+		}
+		if i == 30 {
+			if _, err := eventstore.Append(ctx, b.pool, "wallet", "huge", eventstore.ExpectAny,
+				eventstore.NewEvent{Type: "WalletOpened", Payload: map[string]string{"memo": strings.Repeat("h", 400_000)}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	appendN(t, b.pool, "ticket", 50, 2)
+	reg := prometheus.NewRegistry()
+	r := b.startWith(t, feeder.Config{PageBytes: budget}, reg)
+	waitStream(t, b.js, "EVENTS", 161, 30*time.Second)
+	r.stop(t)
+	verifyExactlyOnce(t, b, "EVENTS")
+
+	h := pageHistogram(t, reg)
+	var within, total uint64
+	for _, bk := range h.GetBucket() {
+		if bk.GetUpperBound() == budget {
+			within = bk.GetCumulativeCount()
+		}
+	}
+	total = h.GetSampleCount()
+	// Every page but the one holding the 400 kB event alone is within the
+	// budget; 2.4 MB take at least 10 pages.
+	if total-within != 1 || total < 11 {
+		t.Fatalf("%d pages, %d of them within %d bytes: want all but the one with the large event (max %v bytes)",
+			total, within, budget, h.GetSampleSum())
+	}
+}
+
+func pageHistogram(t *testing.T, reg *prometheus.Registry) *dto.Histogram {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "jetproj_feeder_page_bytes" {
+			return mf.GetMetric()[0].GetHistogram()
+		}
+	}
+	t.Fatal("no jetproj_feeder_page_bytes metric")
+	return nil
 }

@@ -44,15 +44,24 @@ type Oversized struct {
 	EventType     string `json:"event_type"`
 	Size          int64  `json:"size"`
 	MaxPayload    int64  `json:"max_payload"`
+	// MaxMsgSize is set when the stream refused the event for its
+	// max_msg_size (the server's max payload would have taken it).
+	MaxMsgSize int64  `json:"max_msg_size,omitempty"`
+	Stream     string `json:"stream,omitempty"`
 }
 
 // ErrOversized is matched by an *OversizedError.
-var ErrOversized = errors.New("feeder: event larger than the server's max payload")
+var ErrOversized = errors.New("feeder: event larger than the server's max payload or the stream's max_msg_size")
 
-// OversizedError reports an event larger than the server's max payload.
+// OversizedError reports an event larger than the server's max payload, or
+// one the stream refused for its max_msg_size (MaxMsgSize set).
 type OversizedError Oversized
 
 func (e *OversizedError) Error() string {
+	if e.MaxMsgSize > 0 {
+		return fmt.Sprintf("feeder: event %d (%s of %s %q) is %d bytes, more than stream %s's max_msg_size of %d bytes",
+			e.Position, e.EventType, e.AggregateType, e.AggregateID, e.Size, e.Stream, e.MaxMsgSize)
+	}
 	return fmt.Sprintf("feeder: event %d (%s of %s %q) is %d bytes, more than the server's max payload of %d bytes",
 		e.Position, e.EventType, e.AggregateType, e.AggregateID, e.Size, e.MaxPayload)
 }
@@ -137,7 +146,8 @@ func ReadReport(ctx context.Context, js jetstream.JetStream, cfg Config) (Report
 
 type metrics struct {
 	published, oversized, deadLettered, errors prometheus.Counter
-	position, active                           prometheus.Gauge
+	position, active, inflight                 prometheus.Gauge
+	pageBytes                                  prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer, name string) (*metrics, error) {
@@ -146,7 +156,7 @@ func newMetrics(reg prometheus.Registerer, name string) (*metrics, error) {
 		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_feeder_events_published_total",
 			Help: "Events published and acknowledged by JetStream.", ConstLabels: labels}),
 		oversized: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_feeder_events_oversized_total",
-			Help: "Events larger than the server's max payload.", ConstLabels: labels}),
+			Help: "Events larger than the server's max payload or refused for the stream's max_msg_size.", ConstLabels: labels}),
 		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_feeder_events_dead_lettered_total",
 			Help: "Events moved to eventstore.dead_letters.", ConstLabels: labels}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_feeder_errors_total",
@@ -155,9 +165,14 @@ func newMetrics(reg prometheus.Registerer, name string) (*metrics, error) {
 			Help: "Store position of the last event acknowledged by JetStream.", ConstLabels: labels}),
 		active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_feeder_lease_held",
 			Help: "1 while this instance holds the feeder's lease.", ConstLabels: labels}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_feeder_inflight_bytes",
+			Help: "Bytes of the publishes awaiting their acknowledgement (at most about FEEDER_PAGE_BYTES).", ConstLabels: labels}),
+		pageBytes: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "jetproj_feeder_page_bytes",
+			Help:    "Payload and metadata bytes of each page of events read (at most FEEDER_PAGE_BYTES, or one larger event alone).",
+			Buckets: prometheus.ExponentialBuckets(1024, 4, 10), ConstLabels: labels}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.published, m.oversized, m.deadLettered, m.errors, m.position, m.active} {
+		for _, c := range []prometheus.Collector{m.published, m.oversized, m.deadLettered, m.errors, m.position, m.active, m.inflight, m.pageBytes} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("feeder: register metrics: %w", err)
 			}
