@@ -57,9 +57,9 @@ type EmitterView struct {
 	Active          string   `json:"active"`
 	Standbys        []string `json:"standbys"`
 	Backlog         int64    `json:"backlog"`
-	Stalled         int      `json:"stalled"`
-	StalledSubjects []string `json:"stalled_subjects,omitempty"`
-	Rate            float64  `json:"rate"`
+	Stalled         int              `json:"stalled"`
+	StalledSubjects []StalledSubject `json:"stalled_subjects,omitempty"`
+	Rate            float64          `json:"rate"`
 }
 
 // ProjectionView is a projection's status (the fields of `projector status
