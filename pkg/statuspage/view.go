@@ -53,10 +53,10 @@ type FeederView struct {
 
 // EmitterView is one emitter (by name).
 type EmitterView struct {
-	Name            string   `json:"name"`
-	Active          string   `json:"active"`
-	Standbys        []string `json:"standbys"`
-	Backlog         int64    `json:"backlog"`
+	Name            string           `json:"name"`
+	Active          string           `json:"active"`
+	Standbys        []string         `json:"standbys"`
+	Backlog         int64            `json:"backlog"`
 	Stalled         int              `json:"stalled"`
 	StalledSubjects []StalledSubject `json:"stalled_subjects,omitempty"`
 	Rate            float64          `json:"rate"`
