@@ -127,3 +127,51 @@ VALUES ('wallet_balance', $1, $2, '', 1, 'WalletBalanceWasChanged', '{}', 1, $3)
 		t.Fatalf("the stalled subject's event was published: %v", err)
 	}
 }
+
+// `emitter dead-letters` lists the dead-lettered subjects of every
+// database and `emitter requeue <subject>` moves them back to the outbox,
+// with their ids.
+func TestDeadLetterCommands(t *testing.T) {
+	ctx := context.Background()
+	urls := []string{devtest.Postgres(t), devtest.Postgres(t)}
+	for i, u := range urls {
+		p, err := pgxpool.New(ctx, u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		if err := projector.NewPGStore(p, "wallet_balance").Init(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			if _, err := p.Exec(ctx, `INSERT INTO jetproj.outbox_dead (id, projection, partition, subject, msg_id, emit_seq, event_type, payload, source_seq, reason)
+VALUES (41, 'wallet_balance', 'wallet/x', 'project.wallet_balance.wallet.x', '', 1, 'WalletBalanceWasChanged', '{}', 1, 'refused for good: too big')`); err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				var id int64
+				if err := p.QueryRow(ctx, `SELECT id FROM jetproj.outbox WHERE subject = 'project.wallet_balance.wallet.x'`).Scan(&id); err != nil || id != 41 {
+					t.Errorf("requeued row: id %d, %v; want it back in the outbox with its id", id, err)
+				}
+			}()
+		}
+	}
+	env := map[string]string{"DATABASE_URL": urls[0], "EMITTER_TENANT_DATABASE_URLS": urls[1], "NATS_URL": "nats://127.0.0.1:1"}
+	run := func(args ...string) (int, string) {
+		var out, errs strings.Builder
+		code := emittersvc.Main(ctx, args, env, &out, &errs)
+		return code, out.String() + errs.String()
+	}
+	if code, out := run("dead-letters"); code != 0 || !strings.Contains(out, "project.wallet_balance.wallet.x") || !strings.Contains(out, "refused for good: too big") {
+		t.Fatalf("dead-letters: exit %d\n%s", code, out)
+	}
+	if code, out := run("requeue", "project.wallet_balance.wallet.x"); code != 0 || !strings.Contains(out, "requeued 1") {
+		t.Fatalf("requeue: exit %d\n%s", code, out)
+	}
+	if code, out := run("requeue", "project.wallet_balance.wallet.x"); code != 1 || !strings.Contains(out, "no dead-lettered events") {
+		t.Fatalf("requeue again: exit %d\n%s", code, out)
+	}
+	if code, out := run("dead-letters"); code != 0 || strings.Contains(out, "wallet.x") {
+		t.Fatalf("dead-letters after the requeue: exit %d\n%s", code, out)
+	}
+}
