@@ -152,7 +152,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	services := map[string]func(context.Context) error{"feeder": f.Run, "projector": p.Run, "emitter": em.Run}
 	if o.OpsAddr != opsserver.Disabled {
-		ops, err := statusPage(o, reg, conn.JS, pool, f, p, defs, emCfg)
+		ops, err := statusPage(o, reg, conn.JS, pool, f, p, defs, emCfg, em)
 		if err != nil {
 			return res, err
 		}

@@ -42,7 +42,7 @@ func (o *ops) Run(ctx context.Context) error {
 // statusPage builds the status page of the three services running in this
 // process, listening already (on a free port when the default is taken).
 func statusPage(o Options, reg *prometheus.Registry, js jetstream.JetStream, pool *pgxpool.Pool, f *feeder.Feeder,
-	p *projector.Projector, defs []projection.Definer, emCfg emitter.Config) (*ops, error) {
+	p *projector.Projector, defs []projection.Definer, emCfg emitter.Config, em *emitter.Emitter) (*ops, error) {
 	page, err := statuspage.New(statuspage.Options{Config: statuspage.Config{Admin: "off", Interval: 2 * time.Second},
 		JS: js, Service: "demo", Instance: "demo", Logger: o.Log})
 	if err != nil {
@@ -54,7 +54,7 @@ func statusPage(o Options, reg *prometheus.Registry, js jetstream.JetStream, poo
 	}
 	page.Collect(feedersvc.PageCollector(f, pool, js, feeder.Config{}, reg))
 	page.Collect(projectorsvc.PageCollector(page, js, p, ds, 1, "demo", reg))
-	page.Collect(emittersvc.PageCollector(emCfg, pool, reg))
+	page.Collect(emittersvc.PageCollector(emCfg, []emitter.Database{{Pool: pool}}, em.Stalled, reg))
 	addr := o.OpsAddr
 	if addr == "" {
 		addr = defaultOpsAddr

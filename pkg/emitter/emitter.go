@@ -64,6 +64,42 @@ type Config struct {
 	LeaseTTL     time.Duration `env:"EMITTER_LEASE_TTL" envDefault:"10s" doc:"Lease time to live: a standby takes over at most this long after the active emitter died."`
 	Replicas     int           `env:"EMITTER_STREAM_REPLICAS" envDefault:"1" doc:"Replicas of the emitter's lease bucket and of the linked streams it creates."`
 	Instance     string        `env:"EMITTER_INSTANCE" doc:"This instance's identity in the lease (default host-pid)."`
+	// TenantDatabaseURLs are read by services/emitter, which relays the
+	// outbox of each as well as DATABASE_URL's; a Go program passes pools
+	// to NewDatabases instead.
+	TenantDatabaseURLs []string `env:"EMITTER_TENANT_DATABASE_URLS" envSeparator:"," doc:"More databases whose outbox this emitter relays besides DATABASE_URL's, under the same lease: the tenant databases of projections with PostgresPerTenant (each tenant's derived events are written to its own database). Connection strings as for DATABASE_URL; each database once."`
+	// DeadLetterAfter is off (0) or how long a subject may stay refused
+	// before its rows move to jetproj.outbox_dead.
+	DeadLetterAfter OptionalDuration `env:"EMITTER_DEAD_LETTER_AFTER" envDefault:"off" doc:"off, or a duration of at least 1s: a subject whose derived events JetStream has refused for longer (not counting timeouts and lost connections) has its outbox rows moved to jetproj.outbox_dead, with the reason; so has at once one refused for good (message over max_msg_size or max_payload, sealed stream, a linked stream jetproj did not create). Later rows of the subject follow it there until emitter requeue <subject>."`
+}
+
+// OptionalDuration is a duration, or off (0). Its text form is "off" or a
+// time.ParseDuration string.
+type OptionalDuration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *OptionalDuration) UnmarshalText(b []byte) error {
+	if string(b) == "off" || string(b) == "" {
+		*d = 0
+		return nil
+	}
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("want off or a duration (30m, 2h)")
+	}
+	if v <= 0 {
+		return fmt.Errorf("want off or a positive duration")
+	}
+	*d = OptionalDuration(v)
+	return nil
+}
+
+// String is "off" or the duration.
+func (d OptionalDuration) String() string {
+	if d <= 0 {
+		return "off"
+	}
+	return time.Duration(d).String()
 }
 
 // Validate lists every problem.
@@ -80,6 +116,15 @@ func (c Config) Validate() []string {
 	}
 	if c.Name == "" {
 		p = append(p, "EMITTER_NAME: must not be empty")
+	}
+	for i, u := range c.TenantDatabaseURLs {
+		if _, err := pgxpool.ParseConfig(u); u == "" || err != nil {
+			// Never quoted: it may hold a password.
+			p = append(p, fmt.Sprintf("EMITTER_TENANT_DATABASE_URLS: entry %d: not a valid PostgreSQL connection string", i+1))
+		}
+	}
+	if c.DeadLetterAfter < 0 || c.DeadLetterAfter > 0 && time.Duration(c.DeadLetterAfter) < time.Second {
+		p = append(p, fmt.Sprintf("EMITTER_DEAD_LETTER_AFTER: %v: want off or at least 1s", time.Duration(c.DeadLetterAfter)))
 	}
 	return p
 }
@@ -106,20 +151,38 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Emitter relays the outbox.
+// Database is one database whose outbox the emitter relays.
+type Database struct {
+	// Name tells the database apart in logs and on the status page
+	// (host:port/database, say); empty for the only one.
+	Name string
+	Pool *pgxpool.Pool
+}
+
+// Emitter relays the outbox of one database or several, under one lease.
 type Emitter struct {
 	cfg     Config
-	pool    *pgxpool.Pool
 	js      jetstream.JetStream
 	log     *slog.Logger
-	wake    chan struct{}
 	emitted prometheus.Counter
 	// duplicates counts publishes JetStream acknowledged as duplicates of
 	// another message (derived.ErrUnexpectedDuplicate).
 	duplicates prometheus.Counter
-	held       prometheus.Gauge
-	stalled    prometheus.Gauge
-	busy       opsserver.Busy // a relay round in progress
+	// deadLettered counts outbox rows moved to jetproj.outbox_dead.
+	deadLettered prometheus.Counter
+	held         prometheus.Gauge
+	stalled      prometheus.Gauge
+	// dbs relay a database's outbox each, side by side.
+	dbs []*relayer
+}
+
+// relayer relays one database's outbox: all that follows is per database.
+type relayer struct {
+	*Emitter
+	db   string // Database.Name
+	pool *pgxpool.Pool
+	wake chan struct{}
+	busy opsserver.Busy // a relay round in progress
 
 	// marks is what each subject's stream holds: generation and emission
 	// sequence of its last derived event.
@@ -129,8 +192,8 @@ type Emitter struct {
 	// acknowledged: the next round deletes them.
 	acked []int64
 	// stalls are the subjects whose last attempt JetStream refused, and
-	// readAt when the last round read the outbox. Only the relay touches
-	// them.
+	// readAt when the last round read the outbox. Only the relay changes
+	// them, under mu (Stalled reads them).
 	stalls map[string]*stall
 	readAt time.Time
 	// ahead is the next page, read while the last round published; nil
@@ -139,6 +202,13 @@ type Emitter struct {
 	// ahead lacks those rows, so their later ones wait too.
 	ahead     *page
 	unrelayed map[string]bool
+	// dead are the subjects with rows in jetproj.outbox_dead: their outbox
+	// rows are never published and follow them there (follow). deadLoaded
+	// reports whether dead was read since the lease was taken; followAt is
+	// when follow last ran.
+	dead       map[string]bool
+	deadLoaded bool
+	followAt   time.Time
 }
 
 // stall is a subject whose derived event JetStream refused: its rows wait
@@ -146,6 +216,8 @@ type Emitter struct {
 type stall struct {
 	until time.Time
 	wait  time.Duration
+	since time.Time // first refusal
+	err   string    // the last refusal
 }
 
 // Pauses of a stalled subject.
@@ -169,11 +241,24 @@ func (e *StalledError) Error() string {
 
 func (e *StalledError) Unwrap() error { return e.Err }
 
-// New builds an Emitter.
+// New builds an Emitter of pool's outbox.
 func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer) (*Emitter, error) {
+	return NewDatabases(cfg, []Database{{Pool: pool}}, nc, log, reg)
+}
+
+// NewDatabases builds an Emitter of several databases' outboxes (the
+// tenant databases of projections with PostgresPerTenant, say). Each is
+// relayed on its own, side by side, with every guarantee of one: exactly
+// once, a subject's events in order, a refused subject stalling alone. A
+// database must be named once: two relays of one outbox would publish its
+// rows twice.
+func NewDatabases(cfg Config, dbs []Database, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer) (*Emitter, error) {
 	cfg = cfg.withDefaults()
 	if p := cfg.Validate(); len(p) > 0 {
 		return nil, fmt.Errorf("emitter: invalid configuration:\n  %s", strings.Join(p, "\n  "))
+	}
+	if len(dbs) == 0 {
+		return nil, errors.New("emitter: no database")
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(max(4*cfg.BatchSize, 2*maxInFlight)), jetstream.WithPublishAsyncTimeout(10*time.Second))
 	if err != nil {
@@ -182,16 +267,37 @@ func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg pr
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Emitter{cfg: cfg, pool: pool, js: js, log: log, wake: make(chan struct{}, 1),
+	e := &Emitter{cfg: cfg, js: js, log: log,
 		emitted: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_emitter_events_emitted_total", Help: "Derived events published."}),
 		held:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_emitter_lease_held", Help: "1 on the active emitter, 0 on a standby."}),
 		stalled: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_emitter_stalled_subjects", Help: "Subjects whose derived events JetStream refused; their rows wait in the outbox."}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_emitter_unexpected_duplicates_total",
 			Help: "Derived events JetStream discarded as duplicates of another message; their subjects stall and the rows wait in the outbox."}),
-		stalls: map[string]*stall{}}
-	e.marks = derived.NewTracker(js)
+		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_emitter_dead_lettered_total",
+			Help: "Outbox rows moved to jetproj.outbox_dead: refused for good or for longer than EMITTER_DEAD_LETTER_AFTER, or following such a row of their subject."}),
+	}
+	seen := map[*pgxpool.Pool]bool{}
+	for _, d := range dbs {
+		if d.Pool == nil || seen[d.Pool] {
+			return nil, fmt.Errorf("emitter: database %q: no pool, or a pool given twice", d.Name)
+		}
+		seen[d.Pool] = true
+		log := e.log
+		if d.Name != "" {
+			log = log.With("database", d.Name)
+		}
+		r := &relayer{db: d.Name, pool: d.Pool, wake: make(chan struct{}, 1), stalls: map[string]*stall{}, dead: map[string]bool{}}
+		r.Emitter = &Emitter{}
+		*r.Emitter = *e // shares the metrics and JetStream; logs name the database
+		r.Emitter.log = log
+		r.marks = derived.NewTracker(js)
+		e.dbs = append(e.dbs, r)
+	}
+	for _, r := range e.dbs {
+		r.Emitter.dbs = e.dbs
+	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{e.emitted, e.duplicates, e.held, e.stalled} {
+		for _, c := range []prometheus.Collector{e.emitted, e.duplicates, e.deadLettered, e.held, e.stalled} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -200,7 +306,8 @@ func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg pr
 	return e, nil
 }
 
-// Run relays until ctx ends, while holding the emitter's lease.
+// Run relays until ctx ends, while holding the emitter's lease: every
+// database's outbox, side by side.
 func (e *Emitter) Run(ctx context.Context) error {
 	kv, err := lease.EnsureBucket(ctx, e.js, "jetproj_emitter_leases", e.cfg.LeaseTTL, e.cfg.Replicas)
 	if err != nil {
@@ -210,11 +317,16 @@ func (e *Emitter) Run(ctx context.Context) error {
 		return err
 	}
 	err = lease.Run(ctx, kv, e.cfg.Name, e.cfg.Instance, lease.Options{Logger: e.log}, func(ctx context.Context, _ *lease.Lease) error {
-		e.marks.Forget() // another emitter may have run meanwhile
-		e.ahead, e.unrelayed = nil, nil
 		e.held.Set(1)
 		defer e.held.Set(0)
-		return e.relay(ctx)
+		var wg sync.WaitGroup
+		for _, r := range e.dbs {
+			r.marks.Forget() // another emitter may have run meanwhile
+			r.ahead, r.unrelayed, r.deadLoaded = nil, nil, false
+			wg.Go(func() { r.relay(ctx) })
+		}
+		wg.Wait()
+		return nil
 	})
 	if ctx.Err() != nil {
 		return nil
@@ -222,13 +334,62 @@ func (e *Emitter) Run(ctx context.Context) error {
 	return err
 }
 
-// BusySince is when the relay round in progress (reading the outbox,
-// publishing, waiting for acknowledgements) started; zero while the emitter
-// waits for rows, for a retry or for the lease. A liveness check
-// (opsserver.NotWedged) reports the emitter wedged when it is too old.
-func (e *Emitter) BusySince() time.Time { return e.busy.Since() }
+// BusySince is when the oldest relay round in progress (reading the
+// outbox, publishing, waiting for acknowledgements) started; zero while
+// the emitter waits for rows, for a retry or for the lease. A liveness
+// check (opsserver.NotWedged) reports the emitter wedged when it is too
+// old.
+func (e *Emitter) BusySince() time.Time {
+	var oldest time.Time
+	for _, r := range e.dbs {
+		if t := r.busy.Since(); !t.IsZero() && (oldest.IsZero() || t.Before(oldest)) {
+			oldest = t
+		}
+	}
+	return oldest
+}
 
-func (e *Emitter) relay(ctx context.Context) error {
+// StalledSubject is a subject whose derived events JetStream refuses: its
+// rows wait in the outbox of Database.
+type StalledSubject struct {
+	Database string    `json:"database,omitempty"`
+	Subject  string    `json:"subject"`
+	Since    time.Time `json:"since"` // the first refusal
+	Error    string    `json:"error"` // the last refusal
+}
+
+// Stalled lists the stalled subjects, oldest first. It is safe to call
+// while the emitter runs.
+func (e *Emitter) Stalled() []StalledSubject {
+	var out []StalledSubject
+	for _, r := range e.dbs {
+		r.mu.Lock()
+		for subj, s := range r.stalls {
+			out = append(out, StalledSubject{Database: r.db, Subject: subj, Since: s.since, Error: s.err})
+		}
+		r.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b StalledSubject) int {
+		if c := a.Since.Compare(b.Since); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Database+"\x00"+a.Subject, b.Database+"\x00"+b.Subject)
+	})
+	return out
+}
+
+// countStalled sets the stalled subjects' gauge.
+func (e *Emitter) countStalled() {
+	n := 0
+	for _, r := range e.dbs {
+		r.mu.Lock()
+		n += len(r.stalls)
+		r.mu.Unlock()
+	}
+	e.stalled.Set(float64(n))
+}
+
+func (e *relayer) relay(ctx context.Context) error {
 	defer e.busy.Stop()
 	lctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -237,7 +398,7 @@ func (e *Emitter) relay(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	for {
 		e.busy.Start()
-		n, err := e.RelayOnce(ctx)
+		n, err := e.round(ctx)
 		e.busy.Stop()
 		if ctx.Err() != nil {
 			return nil
@@ -273,7 +434,7 @@ func (e *Emitter) relay(ctx context.Context) error {
 	}
 }
 
-func (e *Emitter) listen(ctx context.Context) {
+func (e *relayer) listen(ctx context.Context) {
 	for ctx.Err() == nil {
 		conn, err := e.pool.Acquire(ctx)
 		if err == nil {
@@ -298,7 +459,7 @@ func (e *Emitter) listen(ctx context.Context) {
 	}
 }
 
-func (e *Emitter) poke() {
+func (e *relayer) poke() {
 	select {
 	case e.wake <- struct{}{}:
 	default:
@@ -331,7 +492,7 @@ const maxInFlight = 4096
 // interval, or less when a stalled subject is due before. A subject that
 // was due when the last round read the outbox was read by it; one that
 // came due since is read at once.
-func (e *Emitter) idleWait(now time.Time) time.Duration {
+func (e *relayer) idleWait(now time.Time) time.Duration {
 	wait := e.cfg.PollInterval
 	for _, s := range e.stalls {
 		if s.until.After(e.readAt) {
@@ -341,37 +502,70 @@ func (e *Emitter) idleWait(now time.Time) time.Duration {
 	return wait
 }
 
-// RelayOnce publishes one round of outbox rows: a page of up to BatchSize
-// rows, published asynchronously across subjects (a subject's rows one at
-// a time, each acknowledged before the next), while the next page is read
-// from PostgreSQL in the same statement that deletes the rows the previous
-// round relayed. A round that reads nothing therefore still deletes; it
-// returns how many rows it relayed. Rows of a subject JetStream refuses
-// stay in the outbox, the subject stalls (*StalledError) and the others are
-// relayed. A round that fails as a whole forgets what it knew of the
-// streams: the next reads them again. RelayOnce is not safe for concurrent
-// use.
+// RelayOnce publishes one round of outbox rows of each database: a page
+// of up to BatchSize rows, published asynchronously across subjects (a
+// subject's rows one at a time, each acknowledged before the next), while
+// the next page is read from PostgreSQL in the same statement that deletes
+// the rows the previous round relayed. A round that reads nothing
+// therefore still deletes; it returns how many rows it relayed. Rows of a
+// subject JetStream refuses stay in the outbox, the subject stalls
+// (*StalledError) and the others are relayed. A round that fails as a
+// whole forgets what it knew of the streams: the next reads them again.
+// With several databases, the first error other than a StalledError wins;
+// stalled subjects of every database are reported together. RelayOnce is
+// not safe for concurrent use.
 func (e *Emitter) RelayOnce(ctx context.Context) (int, error) {
+	total := 0
+	var stalled *StalledError
+	var failed error
+	for _, r := range e.dbs {
+		n, err := r.round(ctx)
+		total += n
+		var se *StalledError
+		switch {
+		case err == nil:
+		case errors.As(err, &se):
+			if stalled == nil {
+				stalled = &StalledError{Err: se.Err}
+			}
+			stalled.Subjects = append(stalled.Subjects, se.Subjects...)
+		case failed == nil:
+			failed = err
+		}
+	}
+	if failed != nil {
+		return total, failed
+	}
+	if stalled != nil {
+		return total, stalled
+	}
+	return total, nil
+}
+
+// round is one round of this database's outbox (RelayOnce).
+func (e *relayer) round(ctx context.Context) (int, error) {
 	n, err := e.relayOnce(ctx)
 	if se := (*StalledError)(nil); err != nil && !errors.As(err, &se) {
 		e.marks.Forget()
 		e.ahead = nil // read from the start again
 	}
-	e.stalled.Set(float64(len(e.stalls)))
+	e.countStalled()
 	return n, err
 }
 
 // stalledNow lists the subjects still paused at now, and forgets those
 // whose pause ended long ago without their rows coming back (a deleted
 // projection's, say).
-func (e *Emitter) stalledNow(now time.Time) []string {
+func (e *relayer) stalledNow(now time.Time) []string {
 	subjs := []string{}
 	for subj, s := range e.stalls {
 		switch {
 		case now.Before(s.until):
 			subjs = append(subjs, subj)
 		case now.Sub(s.until) > stallMax:
+			e.mu.Lock()
 			delete(e.stalls, subj)
+			e.mu.Unlock()
 		}
 	}
 	return subjs
@@ -380,7 +574,7 @@ func (e *Emitter) stalledNow(now time.Time) []string {
 // read deletes the rows of del (relayed and acknowledged) and reads the
 // next page: the first rows in id order that are neither in del nor in
 // skip nor on a subject of skipSubj.
-func (e *Emitter) read(ctx context.Context, del, skip []int64, skipSubj []string) *page {
+func (e *relayer) read(ctx context.Context, del, skip []int64, skipSubj []string) *page {
 	pg := &page{readAt: time.Now(), deleted: del}
 	if del == nil {
 		del = []int64{}
@@ -445,12 +639,25 @@ const (
 	roundTime = time.Second
 )
 
-func (e *Emitter) relayOnce(ctx context.Context) (int, error) {
+func (e *relayer) relayOnce(ctx context.Context) (int, error) {
+	if err := e.loadDead(ctx); err != nil {
+		return 0, err
+	}
+	if len(e.dead) > 0 && time.Since(e.followAt) >= followEvery {
+		if err := e.follow(ctx); err != nil {
+			return 0, err
+		}
+	}
 	e.mu.Lock()
 	acked := e.acked
 	e.mu.Unlock()
 	now := time.Now()
+	// Dead-lettered subjects are left out like stalled ones: their rows
+	// follow them into the dead letter (follow), never to JetStream.
 	stalledNow := e.stalledNow(now)
+	for subj := range e.dead {
+		stalledNow = append(stalledNow, subj)
+	}
 	// A page read ahead lacks the rows of the round before: the subjects
 	// that round did not relay wait, so that none of their rows overtakes
 	// another. A page read from the start lacks only stalled subjects.
@@ -642,7 +849,7 @@ type subjectQueue struct {
 // the first could fail while the second lands, and the stream's last mark
 // would then hide the first from every later round.
 type engine struct {
-	e        *Emitter
+	e        *relayer
 	ctx      context.Context
 	queues   map[string]*subjectQueue
 	ready    []*subjectQueue
@@ -698,7 +905,11 @@ func (en *engine) settled(q *subjectQueue) {
 		return
 	}
 	en.done = append(en.done, q.rows[q.next].id)
-	delete(en.e.stalls, q.subj) // flowing again
+	if _, ok := en.e.stalls[q.subj]; ok { // flowing again
+		en.e.mu.Lock()
+		delete(en.e.stalls, q.subj)
+		en.e.mu.Unlock()
+	}
 	q.next++
 	if q.next < len(q.rows) {
 		q.ready = true
@@ -758,7 +969,8 @@ func (en *engine) waitHead() {
 	en.settled(f.q)
 }
 
-// finish stalls the refused subjects and reports the round.
+// finish stalls the refused subjects, moves those refused for good or for
+// too long to the dead letter, and reports the round.
 func (en *engine) finish() (int, error) {
 	e := en.e
 	if len(en.gone) > 0 {
@@ -770,17 +982,20 @@ func (en *engine) finish() (int, error) {
 	// Pauses count from the round's end: a round slower than a pause
 	// would otherwise read the same stalled subjects again first.
 	end := time.Now()
+	e.mu.Lock()
 	for _, subj := range en.order {
 		e.marks.Drop(en.targets[subj]...)
 		s := e.stalls[subj]
 		if s == nil {
-			s = &stall{wait: stallFirst}
+			s = &stall{wait: stallFirst, since: end}
 			e.stalls[subj] = s
 		} else {
 			s.wait = min(2*s.wait, stallMax)
 		}
 		s.until = end.Add(s.wait)
+		s.err = en.refused[subj].Error()
 	}
+	e.mu.Unlock()
 	if len(en.done) == 0 && allTransient(en.refused) {
 		// Nothing went through and nothing was refused for a reason of its
 		// own: JetStream is probably unreachable or overloaded, the relay's
@@ -788,13 +1003,37 @@ func (en *engine) finish() (int, error) {
 		// should only they be in trouble, the next round reads the others.
 		return 0, fmt.Errorf("emitter: %d subjects not relayed, the first %s: %w", len(en.order), en.order[0], en.refused[en.order[0]])
 	}
-	return len(en.done), &StalledError{Subjects: en.order, Err: en.refused[en.order[0]]}
+	order := en.order
+	if after := time.Duration(e.cfg.DeadLetterAfter); after > 0 {
+		var subjs, reasons []string
+		for _, subj := range order {
+			err := en.refused[subj]
+			switch age := end.Sub(e.stalls[subj].since); {
+			case RefusedForGood(err):
+				subjs, reasons = append(subjs, subj), append(reasons, "refused for good: "+err.Error())
+			case !transient(err) && age >= after:
+				subjs, reasons = append(subjs, subj), append(reasons, fmt.Sprintf("refused for %v (EMITTER_DEAD_LETTER_AFTER %v): %v", age.Round(time.Millisecond), after, err))
+			}
+		}
+		if len(subjs) > 0 {
+			if err := e.deadLetter(en.ctx, subjs, reasons); err != nil {
+				// They stay stalled: nothing is lost, the next refusal tries again.
+				e.log.Error("moving refused derived events to the dead letter failed; their subjects stay stalled", "subjects", len(subjs), "first", subjs[0], "error", err)
+			} else {
+				order = slices.DeleteFunc(slices.Clone(order), func(s string) bool { return e.dead[s] })
+			}
+		}
+	}
+	if len(order) == 0 {
+		return len(en.done), nil
+	}
+	return len(en.done), &StalledError{Subjects: order, Err: en.refused[order[0]]}
 }
 
 // send publishes q's current row to its targets the streams do not hold
 // yet, adding the publishes to en's in flight; it reports whether the row is to
 // be dropped because its projection's stream is gone.
-func (e *Emitter) send(en *engine, q *subjectQueue) bool {
+func (e *relayer) send(en *engine, q *subjectQueue) bool {
 	ctx := en.ctx
 	r := q.rows[q.next]
 	own := projector.OwnStream(r.Projection)
@@ -853,25 +1092,52 @@ func (e *Emitter) send(en *engine, q *subjectQueue) bool {
 // its event: a timeout, a lost connection, no answer.
 func allTransient(refused map[string]error) bool {
 	for _, err := range refused {
-		switch {
-		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
-			errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrConnectionClosed),
-			errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrConnectionReconnecting),
-			errors.Is(err, jetstream.ErrAsyncPublishTimeout), errors.Is(err, jetstream.ErrNoStreamResponse),
-			errors.Is(err, jetstream.ErrTooManyStalledMsgs):
-		default:
+		if !transient(err) {
 			return false
 		}
 	}
 	return true
 }
 
+// transient reports whether a refusal says nothing of its event: a
+// timeout, a lost connection, no answer.
+func transient(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrConnectionClosed) ||
+		errors.Is(err, nats.ErrDisconnected) || errors.Is(err, nats.ErrConnectionReconnecting) ||
+		errors.Is(err, jetstream.ErrAsyncPublishTimeout) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, jetstream.ErrTooManyStalledMsgs)
+}
+
+// RefusedForGood reports whether a refusal will not pass while the
+// servers' and streams' configuration stays as it is, told by JetStream's
+// API error codes and the client's errors, never by their text: a message
+// larger than the stream's max_msg_size or the server's max_payload
+// (10054, nats.ErrMaxPayload), a sealed stream (10109), a linked stream
+// jetproj did not create (derived.ErrNotLinkStream).
+func RefusedForGood(err error) bool {
+	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, derived.ErrNotLinkStream) {
+		return true
+	}
+	var api *jetstream.APIError
+	if errors.As(err, &api) {
+		switch api.ErrorCode {
+		case jetstream.JSErrCodeStreamMessageExceedsMaximum, jsErrCodeStreamSealed:
+			return true
+		}
+	}
+	return false
+}
+
+// jsErrCodeStreamSealed is JetStream's "invalid operation on sealed stream".
+const jsErrCodeStreamSealed jetstream.ErrorCode = 10109
+
 // prefetchMarks reads what the streams hold on the subjects of batch that
 // the emitter has not seen yet — own and linked — with multi-subject
 // direct gets, so that a batch over many new partitions costs a few round
 // trips rather than one per partition. What it cannot settle is read one
 // by one in the relay loop.
-func (e *Emitter) prefetchMarks(ctx context.Context, batch []row) error {
+func (e *relayer) prefetchMarks(ctx context.Context, batch []row) error {
 	per := map[string][]string{}
 	seen := map[string]bool{}
 	add := func(stream, subj string) {

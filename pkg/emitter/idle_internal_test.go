@@ -10,7 +10,7 @@ import (
 // that came due since is read at once.
 func TestIdleWait(t *testing.T) {
 	now := time.Now()
-	e := &Emitter{cfg: Config{PollInterval: time.Second}, stalls: map[string]*stall{}, readAt: now.Add(-time.Second)}
+	e := &relayer{Emitter: &Emitter{cfg: Config{PollInterval: time.Second}}, stalls: map[string]*stall{}, readAt: now.Add(-time.Second)}
 	if got := e.idleWait(now); got != time.Second {
 		t.Fatalf("no stalls: wait %v; want the poll interval", got)
 	}

@@ -61,6 +61,27 @@ func (c Config) Validate() []string {
 	if c.Emitter.Name != "" && !nameRE.MatchString(c.Emitter.Name) {
 		p = append(p, fmt.Sprintf("EMITTER_NAME: %q: want 1-64 characters of [A-Za-z0-9_-] (it is the key of the emitter's lease)", c.Emitter.Name))
 	}
+	// A database named twice would be relayed twice: its rows published
+	// twice. Told apart by host, port and database name.
+	seen := map[string]int{}
+	if where := dbWhere(c.DB.URL); where != "" {
+		seen[where] = 0
+	}
+	for i, u := range c.Emitter.TenantDatabaseURLs {
+		where := dbWhere(u)
+		if where == "" {
+			continue // pkg/emitter reports it
+		}
+		if j, ok := seen[where]; ok {
+			other := "DATABASE_URL"
+			if j > 0 {
+				other = fmt.Sprintf("entry %d", j)
+			}
+			p = append(p, fmt.Sprintf("EMITTER_TENANT_DATABASE_URLS: entry %d: the database %s again (as %s): each database once", i+1, where, other))
+			continue
+		}
+		seen[where] = i + 1
+	}
 	if c.DB.MaxConns > maxPoolConns {
 		p = append(p, fmt.Sprintf("DATABASE_MAX_CONNS: %d, want at most %d", c.DB.MaxConns, maxPoolConns))
 	}
@@ -70,22 +91,39 @@ func (c Config) Validate() []string {
 // Prefixes are the variable prefixes checked for typos.
 var Prefixes = []string{"EMITTER_", "NATS_", "LOG_", "DATABASE_", "OPS_"}
 
-const usage = `Usage: emitter [run|healthcheck|help]
+const usage = `Usage: emitter [run|healthcheck|dead-letters|requeue <subject>|help]
 
 Relays the projections' derived events from jetproj.outbox to JetStream
 (project.<name>.> and linked streams), exactly once. Configuration comes from
 the environment; see README.md.
+
+  dead-letters        lists the subjects whose derived events are in the
+                      dead letter (jetproj.outbox_dead) of each database
+  requeue <subject>   moves a subject's dead-lettered events back to the
+                      outbox, in their order: the running emitter relays them
 `
 
 // Main runs the command in args and returns the exit code.
 func Main(ctx context.Context, args []string, environ map[string]string, stdout, stderr io.Writer) int {
+	command := "run"
 	if len(args) > 0 {
+		command = args[0]
 		switch args[0] {
 		case "help", "-h", "--help":
 			fmt.Fprint(stdout, usage)
 			return 0
 		case "healthcheck":
 			return opsserver.HealthcheckCommand(ctx, environ, stderr)
+		case "requeue":
+			if len(args) != 2 || args[1] == "" {
+				fmt.Fprintf(stderr, "emitter: requeue takes one subject\n\n%s", usage)
+				return 2
+			}
+		case "dead-letters":
+			if len(args) != 1 {
+				fmt.Fprintf(stderr, "emitter: dead-letters takes no argument\n\n%s", usage)
+				return 2
+			}
 		case "run":
 		default:
 			fmt.Fprintf(stderr, "emitter: unknown command %q\n\n%s", args[0], usage)
@@ -101,6 +139,13 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 		fmt.Fprintf(stderr, "emitter: %v\n", err)
 		return 2
 	}
+	if command == "requeue" || command == "dead-letters" {
+		if err := deadLetterCommand(ctx, cfg, args, stdout); err != nil {
+			fmt.Fprintf(stderr, "emitter: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 	log := logging.New(stderr, cfg.Log).With("service", "emitter")
 	ctx, stop := lifecycle.SignalContext(ctx, log, os.Exit)
 	defer stop()
@@ -115,11 +160,11 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 }
 
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
-	pool, err := pgconn.Open(ctx, cfg.DB)
+	dbs, err := openDatabases(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
+	defer closeDatabases(dbs)
 	// Passing JetStream trouble (a node restarting, a leader moving) is
 	// waited for everywhere below, logged once per episode, and fails
 	// readiness while it lasts.
@@ -143,7 +188,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if cfg.Emitter.Instance == "" {
 		cfg.Emitter.Instance = instanceName()
 	}
-	e, err := emitter.New(cfg.Emitter, pool, conn.NC, log, reg)
+	e, err := emitter.NewDatabases(cfg.Emitter, dbs, conn.NC, log, reg)
 	if err != nil {
 		return err
 	}
@@ -153,14 +198,21 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ops.Live("nats", opsserver.Public(conn.Alive))
 	// PostgreSQL errors name hosts and users: /readyz says "failing",
 	// the log has the error.
-	ops.Ready("postgres", pool.Ping)
+	ops.Ready("postgres", func(ctx context.Context) error {
+		for _, d := range dbs {
+			if err := d.Pool.Ping(ctx); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	ops.Wedged(func() (string, time.Time) { return "relay round", e.BusySince() })
 	page, err := statuspage.New(statuspage.Options{Config: cfg.Page, JS: conn.JS, Service: "emitter", Instance: cfg.Emitter.Instance,
 		Replicas: max(cfg.Emitter.Replicas, 1), Logger: log})
 	if err != nil {
 		return err
 	}
-	page.Collect(PageCollector(cfg.Emitter, pool, reg))
+	page.Collect(PageCollector(cfg.Emitter, dbs, e.Stalled, reg))
 	ops.Mount("/", page.Handler())
 	log.Info("emitter starting", "instance", cfg.Emitter.Instance)
 	err = ops.Serve(ctx, page.Beside(e.Run))

@@ -5,7 +5,9 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/jetproj/jetproj/pkg/config"
 	"github.com/jetproj/jetproj/pkg/emittersvc"
 )
 
@@ -63,5 +65,47 @@ func TestHelp(t *testing.T) {
 	}
 	if code := emittersvc.Main(context.Background(), []string{"nope"}, map[string]string{}, &out, &errs); code != 2 {
 		t.Fatalf("unknown command: exit %d", code)
+	}
+}
+
+// EMITTER_DEAD_LETTER_AFTER is off or a duration of at least 1s; each
+// tenant database is a valid connection string, named once (DATABASE_URL
+// included), and a bad one is never quoted (it may hold a password).
+func TestBadConfigurationDeadLetterAndTenants(t *testing.T) {
+	for _, c := range []struct {
+		env  map[string]string
+		want []string
+	}{
+		{map[string]string{"EMITTER_DEAD_LETTER_AFTER": "soon"}, []string{"EMITTER_DEAD_LETTER_AFTER", "want off or a duration"}},
+		{map[string]string{"EMITTER_DEAD_LETTER_AFTER": "500ms"}, []string{"EMITTER_DEAD_LETTER_AFTER: 500ms: want off or at least 1s"}},
+		{map[string]string{"EMITTER_DEAD_LETTER_AFTER": "-1m"}, []string{"EMITTER_DEAD_LETTER_AFTER", "positive"}},
+		{map[string]string{"EMITTER_TENANT_DATABASE_URLS": "postgres://u:secret@db:5432/a,postgres://u:secret@db:5432/x,postgres://db/a"},
+			[]string{"EMITTER_TENANT_DATABASE_URLS: entry 2: the database db:5432/x again (as DATABASE_URL)", "entry 3: the database db:5432/a again (as entry 1)"}},
+		{map[string]string{"EMITTER_TENANT_DATABASE_URLS": "postgres://u:secret@db:99999999/a"}, []string{"EMITTER_TENANT_DATABASE_URLS: entry 1: not a valid PostgreSQL connection string"}},
+	} {
+		env := map[string]string{"DATABASE_URL": "postgres://db:5432/x", "NATS_URL": "nats://localhost:4222"}
+		for k, v := range c.env {
+			env[k] = v
+		}
+		var out, errs bytes.Buffer
+		if code := emittersvc.Main(context.Background(), nil, env, &out, &errs); code != 2 {
+			t.Errorf("%v: exit %d, want 2\n%s", c.env, code, errs.String())
+		}
+		for _, want := range c.want {
+			if !strings.Contains(errs.String(), want) {
+				t.Errorf("%v: stderr lacks %q:\n%s", c.env, want, errs.String())
+			}
+		}
+		if strings.Contains(errs.String(), "secret") {
+			t.Errorf("%v: stderr quotes a password:\n%s", c.env, errs.String())
+		}
+	}
+	for ok, want := range map[string]time.Duration{"off": 0, "30m": 30 * time.Minute} {
+		env := map[string]string{"DATABASE_URL": "postgres://db:5432/x", "NATS_URL": "nats://localhost:4222", "EMITTER_DEAD_LETTER_AFTER": ok,
+			"EMITTER_TENANT_DATABASE_URLS": "postgres://db:5432/a,host=db2 dbname=b"}
+		cfg, err := config.Load[emittersvc.Config](config.WithEnvironment(env))
+		if err != nil || time.Duration(cfg.Emitter.DeadLetterAfter) != want || len(cfg.Emitter.TenantDatabaseURLs) != 2 {
+			t.Errorf("EMITTER_DEAD_LETTER_AFTER=%s: %+v, %v", ok, cfg.Emitter, err)
+		}
 	}
 }

@@ -83,6 +83,32 @@ ALTER TABLE jetproj.outbox ADD COLUMN IF NOT EXISTS causation_id text NOT NULL D
 -- Every batch rewrites its partitions' rows: room on their pages lets the
 -- new versions stay there (HOT updates, no index writes).
 ALTER TABLE jetproj.partitions SET (fillfactor = 50);
+-- The emitter's dead letter: outbox rows of subjects JetStream refused for
+-- good or for too long (EMITTER_DEAD_LETTER_AFTER), with their outbox ids,
+-- until emitter requeue moves them back (docs/operations.md).
+CREATE TABLE IF NOT EXISTS jetproj.outbox_dead (
+    id              bigint      PRIMARY KEY,
+    projection      text        NOT NULL,
+    partition       text        NOT NULL,
+    subject         text        NOT NULL,
+    msg_id          text        NOT NULL,
+    generation      integer     NOT NULL DEFAULT 0,
+    emit_seq        bigint      NOT NULL,
+    event_type      text        NOT NULL,
+    payload         jsonb       NOT NULL,
+    link_to         text        NOT NULL DEFAULT '',
+    source_seq      bigint      NOT NULL,
+    source_position bigint      NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    traceparent     text        NOT NULL DEFAULT '',
+    links           text        NOT NULL DEFAULT '',
+    link_only       boolean     NOT NULL DEFAULT false,
+    metadata        text        NOT NULL DEFAULT '',
+    causation_id    text        NOT NULL DEFAULT '',
+    reason          text        NOT NULL,
+    dead_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS outbox_dead_subject ON jetproj.outbox_dead (subject, id);
 CREATE TABLE IF NOT EXISTS jetproj.slots (
     projection text    NOT NULL,
     slot       integer NOT NULL,
@@ -94,7 +120,8 @@ CREATE TABLE IF NOT EXISTS jetproj.slots (
 // pgSchemaVersion changes whenever pgSchema does. 6: the outbox's links,
 // link_only, metadata and causation_id (rows written before keep link_to
 // and have no metadata; see OutboxLinks). 7: jetproj.partitions' fillfactor.
-const pgSchemaVersion = 7
+// 8: the emitter's dead letter, jetproj.outbox_dead.
+const pgSchemaVersion = 8
 
 // Init creates the tables (idempotent). When the schema is current it runs
 // no DDL at all, so starting a projection never takes locks that running

@@ -39,11 +39,20 @@ type EmitterSnap struct {
 	// Backlog is the rows waiting in jetproj.outbox.
 	Backlog int64 `json:"backlog"`
 	// Stalled is the number of subjects whose derived events JetStream
-	// refuses; StalledSubjects names them when known.
-	Stalled         int       `json:"stalled"`
-	StalledSubjects []string  `json:"stalled_subjects,omitempty"`
-	Emitted         float64   `json:"emitted"`
-	At              time.Time `json:"at"`
+	// refuses; StalledSubjects names them (the oldest 50), with since when.
+	Stalled         int              `json:"stalled"`
+	StalledSubjects []StalledSubject `json:"stalled_subjects,omitempty"`
+	Emitted         float64          `json:"emitted"`
+	At              time.Time        `json:"at"`
+}
+
+// StalledSubject is a subject whose derived events JetStream refuses: they
+// wait in the outbox of Database (empty when the emitter has one).
+type StalledSubject struct {
+	Subject  string    `json:"subject"`
+	Database string    `json:"database,omitempty"`
+	Since    time.Time `json:"since"` // the first refusal
+	Error    string    `json:"error,omitempty"`
 }
 
 // ReplicaSnap is one projector replica: key projector.<replica>.

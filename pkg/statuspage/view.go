@@ -53,13 +53,13 @@ type FeederView struct {
 
 // EmitterView is one emitter (by name).
 type EmitterView struct {
-	Name            string   `json:"name"`
-	Active          string   `json:"active"`
-	Standbys        []string `json:"standbys"`
-	Backlog         int64    `json:"backlog"`
-	Stalled         int      `json:"stalled"`
-	StalledSubjects []string `json:"stalled_subjects,omitempty"`
-	Rate            float64  `json:"rate"`
+	Name            string           `json:"name"`
+	Active          string           `json:"active"`
+	Standbys        []string         `json:"standbys"`
+	Backlog         int64            `json:"backlog"`
+	Stalled         int              `json:"stalled"`
+	StalledSubjects []StalledSubject `json:"stalled_subjects,omitempty"`
+	Rate            float64          `json:"rate"`
 }
 
 // ProjectionView is a projection's status (the fields of `projector status

@@ -118,8 +118,15 @@
     fill($("#emitters tbody"), v.emitters.map((e) =>
       el("tr", { "data-emitter": e.name },
         td("name", e.name), td("active", e.active || "none"), td("standbys", e.standbys.join(" ") || "-"),
-        num("backlog", e.backlog), el("td", { "data-field": "stalled", class: "n", title: (e.stalled_subjects || []).join("\n"), text: String(e.stalled) }),
+        num("backlog", e.backlog), el("td", { "data-field": "stalled", class: "n", text: String(e.stalled) }),
         num("rate", fmtRate(e.rate)))));
+    // The stalled subjects, oldest first, with since when and why.
+    const rows = [];
+    v.emitters.forEach((e) => (e.stalled_subjects || []).forEach((s) => rows.push(
+      el("tr", { "data-emitter": e.name, "data-subject": s.subject },
+        td("emitter", e.name), td("subject", s.subject), td("database", s.database || "-"),
+        td("since", fmtTime(s.since)), td("error", s.error || "", "err")))));
+    fill($("#stalled tbody"), rows);
   }
 
   function renderReplicas(v) {
