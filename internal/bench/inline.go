@@ -165,4 +165,3 @@ func RunInlineCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	res.Print(stdout)
 	return nil
 }
-
