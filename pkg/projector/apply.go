@@ -91,7 +91,11 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 		}
 		if err := tb.Use(ctx, tenant); err != nil {
 			if errors.Is(err, ErrUnknownTenant) {
-				return r.failed(p, w.msgs[0], err, prev), nil
+				// Its record is kept by the primary database, marked with
+				// the tenant it names: never taken for the primary's own.
+				res := r.failed(p, w.msgs[0], err, prev)
+				res.rec.Tenant = tenant
+				return res, nil
 			}
 			return applied{}, err
 		}

@@ -123,7 +123,7 @@ func (p *InlineProjection) Init(ctx context.Context) error {
 	return nil
 }
 
-const recordColumns = `partition, subject, behind, failing, skip, emitted, replay, seq, position, state, parked, revision, updated_at`
+const recordColumns = `partition, subject, behind, failing, skip, emitted, replay, seq, position, state, parked, revision, updated_at, tenant`
 
 // ApplyInline implements eventstore.InlineProjection: events are one
 // aggregate's, just appended in tx.

@@ -83,6 +83,10 @@ ALTER TABLE jetproj.outbox ADD COLUMN IF NOT EXISTS causation_id text NOT NULL D
 -- Every batch rewrites its partitions' rows: room on their pages lets the
 -- new versions stay there (HOT updates, no index writes).
 ALTER TABLE jetproj.partitions SET (fillfactor = 50);
+-- The tenant a record belongs to when it is not the database's own
+-- (PostgresPerTenant: a partition whose events name a tenant without a
+-- database is recorded in the first tenant's).
+ALTER TABLE jetproj.partitions ADD COLUMN IF NOT EXISTS tenant text NOT NULL DEFAULT '';
 -- The emitter's dead letter: outbox rows of subjects JetStream refused for
 -- good or for too long (EMITTER_DEAD_LETTER_AFTER), with their outbox ids,
 -- until emitter requeue moves them back (docs/operations.md).
@@ -120,8 +124,9 @@ CREATE TABLE IF NOT EXISTS jetproj.slots (
 // pgSchemaVersion changes whenever pgSchema does. 6: the outbox's links,
 // link_only, metadata and causation_id (rows written before keep link_to
 // and have no metadata; see OutboxLinks). 7: jetproj.partitions' fillfactor.
-// 8: the emitter's dead letter, jetproj.outbox_dead.
-const pgSchemaVersion = 8
+// 8: the emitter's dead letter, jetproj.outbox_dead. 9: jetproj.partitions'
+// tenant.
+const pgSchemaVersion = 9
 
 // Init creates the tables (idempotent). When the schema is current it runs
 // no DDL at all, so starting a projection never takes locks that running
@@ -173,7 +178,7 @@ func (s *PGStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64, err
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return nil, 0, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, replay, seq, position, state, parked, revision, updated_at
+	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, replay, seq, position, state, parked, revision, updated_at, tenant
 FROM jetproj.partitions WHERE projection = $1 AND slot = $2`, s.projection, slot)
 	if err != nil {
 		return nil, 0, err
@@ -189,7 +194,7 @@ func scanRecords(rows pgx.Rows) ([]Record, error) {
 		var r Record
 		var seq, rev, skip, emitted, replay int64
 		var state, parked, failing []byte
-		if err := rows.Scan(&r.Key, &r.Subject, &r.Behind, &failing, &skip, &emitted, &replay, &seq, &r.Position, &state, &parked, &rev, &r.Updated); err != nil {
+		if err := rows.Scan(&r.Key, &r.Subject, &r.Behind, &failing, &skip, &emitted, &replay, &seq, &r.Position, &state, &parked, &rev, &r.Updated, &r.Tenant); err != nil {
 			return nil, err
 		}
 		loadedRecord(&r)
@@ -216,7 +221,7 @@ func scanRecords(rows pgx.Rows) ([]Record, error) {
 
 // Get reads one record.
 func (s *PGStore) Get(ctx context.Context, _ int, key string) (*Record, error) {
-	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, replay, seq, position, state, parked, revision, updated_at
+	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, replay, seq, position, state, parked, revision, updated_at, tenant
 FROM jetproj.partitions WHERE projection = $1 AND partition = $2`, s.projection, storedString(key))
 	if err != nil {
 		return nil, err
@@ -272,7 +277,7 @@ func (s *PGStore) Summary(ctx context.Context) ([]Record, int, error) {
 	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.partitions WHERE projection = $1`, s.projection).Scan(&n); err != nil {
 		return nil, 0, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, replay, seq, position, state, parked, revision, updated_at
+	rows, err := s.pool.Query(ctx, `SELECT partition, subject, behind, failing, skip, emitted, replay, seq, position, state, parked, revision, updated_at, tenant
 FROM jetproj.partitions WHERE projection = $1 AND parked IS NOT NULL ORDER BY partition`, s.projection)
 	if err != nil {
 		return nil, 0, err
@@ -514,29 +519,29 @@ func (b *pgBatch) prepare(ctx context.Context) (map[string]uint64, error) {
 		return rows.Err()
 	}
 	if len(ins.keys) > 0 {
-		batch.Queue(`INSERT INTO jetproj.partitions (projection, partition, slot, seq, position, state, parked, revision, updated_at, subject, behind, failing, skip, emitted, replay)
-SELECT $1, k, sl, sq, po, st::jsonb, pk::jsonb, 1, $2, su, be, fa::jsonb, sk, em, re
-FROM unnest($3::text[], $4::int[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[])
-     AS u(k, sl, sq, po, st, pk, su, be, fa, sk, em, re)
+		batch.Queue(`INSERT INTO jetproj.partitions (projection, partition, slot, seq, position, state, parked, revision, updated_at, subject, behind, failing, skip, emitted, replay, tenant)
+SELECT $1, k, sl, sq, po, st::jsonb, pk::jsonb, 1, $2, su, be, fa::jsonb, sk, em, re, tn
+FROM unnest($3::text[], $4::int[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::text[])
+     AS u(k, sl, sq, po, st, pk, su, be, fa, sk, em, re, tn)
 ON CONFLICT DO NOTHING RETURNING partition`, b.s.projection, now, ins.keys, ins.slots, ins.seqs, ins.positions, ins.states, ins.parked,
-			ins.subjects, ins.behind, ins.failing, ins.skips, ins.emitted, ins.replays).Query(written)
+			ins.subjects, ins.behind, ins.failing, ins.skips, ins.emitted, ins.replays, ins.tenants).Query(written)
 	}
 	if len(upd.keys) > 0 {
 		batch.Queue(`UPDATE jetproj.partitions p SET seq = u.sq, position = u.po, state = u.st::jsonb, parked = u.pk::jsonb, revision = p.revision + 1,
-    updated_at = $2, subject = u.su, behind = u.be, failing = u.fa::jsonb, skip = u.sk, emitted = u.em, replay = u.re
-FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[])
-     AS u(k, rv, sq, po, st, pk, su, be, fa, sk, em, re)
+    updated_at = $2, subject = u.su, behind = u.be, failing = u.fa::jsonb, skip = u.sk, emitted = u.em, replay = u.re, tenant = u.tn
+FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::text[])
+     AS u(k, rv, sq, po, st, pk, su, be, fa, sk, em, re, tn)
 WHERE p.projection = $1 AND p.partition = u.k AND p.revision = u.rv
 RETURNING p.partition`, b.s.projection, now, upd.keys, upd.revs, upd.seqs, upd.positions, upd.states, upd.parked,
-			upd.subjects, upd.behind, upd.failing, upd.skips, upd.emitted, upd.replays).Query(written)
+			upd.subjects, upd.behind, upd.failing, upd.skips, upd.emitted, upd.replays, upd.tenants).Query(written)
 	}
 	if len(plain.keys) > 0 {
 		batch.Queue(`UPDATE jetproj.partitions p SET seq = u.sq, position = u.po, state = u.st::jsonb, revision = p.revision + 1,
-    updated_at = $2, subject = u.su, emitted = u.em, parked = NULL, failing = NULL, behind = false, skip = 0, replay = 0
-FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bigint[]) AS u(k, rv, sq, po, st, su, em)
+    updated_at = $2, subject = u.su, emitted = u.em, tenant = u.tn, parked = NULL, failing = NULL, behind = false, skip = 0, replay = 0
+FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bigint[], $10::text[]) AS u(k, rv, sq, po, st, su, em, tn)
 WHERE p.projection = $1 AND p.partition = u.k AND p.revision = u.rv
 RETURNING p.partition`, b.s.projection, now, plain.keys, plain.revs, plain.seqs, plain.positions, plain.states,
-			plain.subjects, plain.emitted).Query(written)
+			plain.subjects, plain.emitted, plain.tenants).Query(written)
 	}
 	if len(b.marks) > 0 {
 		slots, marks := make([]int32, 0, len(b.marks)), make([]int64, 0, len(b.marks))
@@ -607,7 +612,7 @@ func nulEscape(b []byte) int {
 
 // pgRows are records as the columns of a bulk write.
 type pgRows struct {
-	keys, subjects                                 []string
+	keys, subjects, tenants                        []string
 	slots                                          []int32
 	revs, seqs, positions, skips, emitted, replays []int64
 	states, parked, failing                        []*string
@@ -621,6 +626,7 @@ func newPGRows(n int) *pgRows {
 func (r *pgRows) add(key string, slot int, rec Record) {
 	r.keys = append(r.keys, key)
 	r.subjects = append(r.subjects, storedString(rec.Subject))
+	r.tenants = append(r.tenants, storedString(rec.Tenant))
 	r.slots = append(r.slots, int32(slot))
 	r.revs = append(r.revs, int64(rec.Revision))
 	r.seqs = append(r.seqs, int64(rec.Seq))

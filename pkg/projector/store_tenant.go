@@ -62,7 +62,9 @@ func (s *TenantStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64,
 			return nil, 0, fmt.Errorf("tenant %s: %w", t, err)
 		}
 		for j := range recs {
-			recs[j].Tenant = t
+			if recs[j].Tenant == "" {
+				recs[j].Tenant = t // written before records named their tenant
+			}
 		}
 		all = append(all, recs...)
 		if i == 0 {
@@ -90,7 +92,9 @@ func (s *TenantStore) Get(ctx context.Context, slot int, key string) (*Record, e
 			return nil, err
 		}
 		if r != nil {
-			r.Tenant = t
+			if r.Tenant == "" {
+				r.Tenant = t
+			}
 			return r, nil
 		}
 	}

@@ -107,6 +107,15 @@ func TestTenantsNeverSeeEachOthersEvents(t *testing.T) {
 		}
 		return nil
 	})
+	// Its record is kept by the first tenant's database but marked with
+	// the tenant it names: read back, it is not acme's.
+	parked, _, err := projector.NewTenantStore(pools, "tenant_balances").Summary(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(parked) != 1 || parked[0].Key != "wallet/initech-w1" || parked[0].Tenant != "initech" || !strings.Contains(parked[0].Parked.Error, `unknown tenant "initech"`) {
+		t.Fatalf("parked records %+v; want wallet/initech-w1 of tenant initech, parked for its unknown tenant", parked)
+	}
 
 	// Rebuilding one tenant partition runs its reset hook in that tenant's
 	// database (issue 14: it was handed a nil transaction), then replays.
