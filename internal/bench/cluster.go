@@ -97,8 +97,9 @@ type Resume struct {
 	// was on EVENTS; Derived until a derived event caused by such an
 	// event was on the projection's stream.
 	Events, Derived time.Duration
-	// Healthy is the time from the node's restart until every stream had
-	// its three replicas current again.
+	// Healthy is the time from the node's restart (the process started)
+	// until JetStream answered through it and every stream had its
+	// replicas current again.
 	Healthy time.Duration
 }
 
@@ -209,6 +210,8 @@ type latencyRunner struct {
 	// failed receives a process's early exit.
 	failed chan error
 	o      ClusterOptions
+	// metricsURL is the projector's /metrics.
+	metricsURL string
 }
 
 // latencyRun starts feeder, projector (wallet_balance) and emitter as
@@ -239,7 +242,8 @@ func latencyRun(ctx context.Context, t Target, bins *serviceBinaries, o ClusterO
 	}
 	runtime.GC()
 	r := &latencyRunner{b: b, nc: nc, failed: make(chan error, 3), o: o}
-	p, e, _, err := b.startProjection(ctx, examples.WalletBalanceName)
+	p, e, metricsURL, err := b.startProjection(ctx, examples.WalletBalanceName)
+	r.metricsURL = metricsURL
 	for _, s := range []*service{p, e} {
 		if s != nil {
 			r.procs = append(r.procs, s)
@@ -295,6 +299,30 @@ func latencyRun(ctx context.Context, t Target, bins *serviceBinaries, o ClusterO
 		}
 	}
 	return nil
+}
+
+// state describes where the pipeline stands, for an error.
+func (r *latencyRunner) state(ctx context.Context, events, derived jetstream.Stream) string {
+	var parts []string
+	if head, err := eventstore.Head(ctx, r.b.pool); err == nil {
+		parts = append(parts, fmt.Sprintf("store head %d", head))
+	}
+	ev, err := lastPosition(ctx, events, eventmsg.HeaderEventPosition)
+	parts = append(parts, fmt.Sprintf("EVENTS last position %d (%v)", ev, err))
+	der, err := lastPosition(ctx, derived, emitter.HeaderSourcePosition)
+	parts = append(parts, fmt.Sprintf("derived last source position %d (%v)", der, err))
+	var outbox, rows int64
+	_ = r.b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox`).Scan(&outbox)
+	_ = r.b.pool.QueryRow(ctx, `SELECT count(*) FROM wallet_balance`).Scan(&rows)
+	parts = append(parts, fmt.Sprintf("outbox %d rows, wallet_balance %d rows", outbox, rows))
+	if r.metricsURL != "" {
+		m, err := scrapeMetrics(ctx, r.b.http, r.metricsURL, "jetproj_projector_slots_owned", "jetproj_projector_messages_total", "jetproj_projector_batch_messages_count")
+		parts = append(parts, fmt.Sprintf("projector metrics %v (%v)", m, err))
+	}
+	if l, err := streamLeaders(ctx, r.b.js); err == nil {
+		parts = append(parts, fmt.Sprintf("leaders %v", l))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // exited is the first process exit, if any.
@@ -458,6 +486,7 @@ func (r *latencyRunner) killLeader(ctx context.Context, cl *NATSCluster, own str
 	if err != nil {
 		return rs, err
 	}
+	fmt.Fprintf(r.o.Progress, "SIGKILL of %s leading %s (store head %d)\n", rs.Node, strings.Join(rs.Led, ", "), head)
 	node.Kill()
 	killed := time.Now()
 	var evAt, derAt time.Time
@@ -482,14 +511,14 @@ func (r *latencyRunner) killLeader(ctx context.Context, cl *NATSCluster, own str
 		return !evAt.IsZero() && !derAt.IsZero(), nil
 	})
 	if err != nil {
-		return rs, fmt.Errorf("bench: pipeline did not resume within %v of the SIGKILL of %s (EVENTS moved: %t, %s moved: %t): %w",
-			time.Since(killed).Round(time.Millisecond), rs.Node, !evAt.IsZero(), own, !derAt.IsZero(), err)
+		return rs, fmt.Errorf("bench: pipeline did not resume within %v of the SIGKILL of %s (EVENTS moved: %t, %s moved: %t; %s): %w",
+			time.Since(killed).Round(time.Millisecond), rs.Node, !evAt.IsZero(), own, !derAt.IsZero(), r.state(ctx, events, derived), err)
 	}
 	rs.Events, rs.Derived = evAt.Sub(killed), derAt.Sub(killed)
+	restarted := time.Now()
 	if err := node.Restart(ctx); err != nil {
 		return rs, err
 	}
-	restarted := time.Now()
 	if err := r.waitHealthy(ctx, 2*time.Minute); err != nil {
 		return rs, err
 	}

@@ -379,7 +379,7 @@ func (b *throughputBench) feederAlone(ctx context.Context) (Run, error) {
 		}
 		return b.eventsFull(ctx)
 	}); err != nil {
-		return Run{}, err
+		return Run{}, fmt.Errorf("%w\n--- feeder ---\n%s", err, f.out.tail(3000))
 	}
 	run := Run{Events: b.o.Events, Elapsed: time.Since(start)}
 	if n, err := streamMsgs(ctx, b.js, feeder.Config{}.Defaults().Stream); err != nil || n != uint64(b.o.Events) {
