@@ -351,8 +351,12 @@ func (b *throughputBench) natsCPU() (time.Duration, bool) {
 
 // eventsFull reports whether EVENTS holds every event.
 func (b *throughputBench) eventsFull(ctx context.Context) (bool, error) {
-	n, err := streamMsgs(ctx, b.js, feeder.Config{}.Defaults().Stream)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
+	// A request of its own deadline: on a cluster a JetStream API reply is
+	// now and then lost, and the next poll asks again.
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, err := streamMsgs(rctx, b.js, feeder.Config{}.Defaults().Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) || (err != nil && rctx.Err() != nil && ctx.Err() == nil) {
 		return false, nil
 	}
 	return n >= uint64(b.o.Events), err
@@ -475,7 +479,13 @@ func (b *throughputBench) pipeline(ctx context.Context, name string) (PipelineRu
 				return false, nil
 			}
 		}
-		return b.caughtUp(ctx, name, metricsURL)
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		ok, err := b.caughtUp(rctx, name, metricsURL)
+		if err != nil && rctx.Err() != nil && ctx.Err() == nil {
+			return false, nil // a lost reply: the next poll asks again
+		}
+		return ok, err
 	})
 	run.Run = Run{Events: b.o.Events, Elapsed: time.Since(start)}
 	run.FeederDone = feederDone
