@@ -144,3 +144,51 @@ func TestPipelineThroughput(t *testing.T) {
 		t.Errorf("nats-server directory %s not removed: %v", dir, err)
 	}
 }
+
+// TestPipelineCluster runs the cluster benchmark's whole code path at a
+// tiny size — a single nats-server and a three-node cluster, throughput,
+// latency, one SIGKILL of the node leading EVENTS and every check — so that
+// it cannot rot. About 30 s, most of it the election after the kill.
+func TestPipelineCluster(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	srv, err := bench.StartServersWith(ctx, bench.ServerOptions{FastPostgres: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var progress bytes.Buffer
+	res, err := bench.PipelineCluster(ctx, srv, bench.ClusterOptions{
+		Throughput: bench.ThroughputOptions{Events: 1000, Wallets: 100, Projections: []string{"wallet_balance"}},
+		Rate:       100, Duration: time.Second, Kills: 1, Progress: &progress,
+	})
+	if err != nil {
+		t.Fatalf("PipelineCluster: %v\nprogress:\n%s", err, progress.String())
+	}
+	for _, r := range []bench.ThroughputResult{res.Single, res.Cluster} {
+		if runs := r.Pipelines["wallet_balance"]; len(runs) != 1 || runs[0].Events != 1000 || runs[0].Rate() <= 0 {
+			t.Errorf("wallet_balance runs: got %+v, want one of 1000 events at a positive rate", runs)
+		}
+	}
+	if !res.Cluster.Target.NATSCluster || res.Cluster.Target.NATSReplicas != 3 || len(res.Cluster.Target.NATSPIDs) != 3 {
+		t.Errorf("cluster target: got %+v, want three nodes, R3", res.Cluster.Target)
+	}
+	for _, p := range []bench.PipelineResult{res.SingleLatency, res.ClusterLatency} {
+		if len(p.Rounds) != 1 || p.Rounds[0].Derived.Events != 100 || p.Rounds[0].Derived.P99 <= 0 {
+			t.Errorf("latency rounds: got %+v, want one of 100 events", p.Rounds)
+		}
+	}
+	if len(res.Resumes) != 1 || res.Resumes[0].Events <= 0 || res.Resumes[0].Derived <= 0 || res.Resumes[0].Node == "" {
+		t.Errorf("resumes: got %+v, want one with both times", res.Resumes)
+	}
+	md := res.Markdown("go run ./internal/cmd/bench pipeline-cluster")
+	for _, want := range []string{"| feeder alone |", "| cluster | 1 | 100 |", "| 1 | n"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+	if sum := res.Summary(); !strings.Contains(sum, "cluster of 3 nats-server processes") {
+		t.Errorf("summary lacks the cluster:\n%s", sum)
+	}
+}

@@ -120,6 +120,10 @@ func natsServerBinary(ctx context.Context) (string, error) {
 type NATSProcess struct {
 	dir  string
 	port int
+	bin  string
+	conf string
+	// name is the server_name.
+	name string
 	cmd  *exec.Cmd
 	done chan struct{}
 	log  *lockedBuffer
@@ -150,24 +154,159 @@ func StartNATSProcess(ctx context.Context) (*NATSProcess, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("bench: nats config: %w", err)
 	}
-	n := &NATSProcess{dir: dir, port: port, done: make(chan struct{}), log: &lockedBuffer{}}
-	// The process outlives ctx: Close stops it.
-	n.cmd = exec.Command(bin, "-c", conf)
-	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
-	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := n.cmd.Start(); err != nil {
+	n := &NATSProcess{dir: dir, port: port, bin: bin, conf: conf, name: "jetproj-bench", log: &lockedBuffer{}}
+	if err := n.launch(); err != nil {
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("bench: start nats-server: %w", err)
+		return nil, err
 	}
-	go func() {
-		_ = n.cmd.Wait()
-		close(n.done)
-	}()
 	if err := n.waitReady(ctx); err != nil {
 		n.Close()
 		return nil, err
 	}
 	return n, nil
+}
+
+// launch starts the server process with its configuration file. The
+// process outlives any context: Close or Kill stop it.
+func (n *NATSProcess) launch() error {
+	n.done = make(chan struct{})
+	n.cmd = exec.Command(n.bin, "-c", n.conf)
+	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := n.cmd.Start(); err != nil {
+		return fmt.Errorf("bench: start nats-server %s: %w", n.name, err)
+	}
+	cmd, done := n.cmd, n.done
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	return nil
+}
+
+// Kill ends the server with SIGKILL, as a crash would, and waits until the
+// process is gone; its store stays for Restart.
+func (n *NATSProcess) Kill() {
+	select {
+	case <-n.done:
+		return
+	default:
+	}
+	_ = n.cmd.Process.Kill()
+	<-n.done
+}
+
+// Restart starts a killed server again with the same configuration and
+// store, and waits until JetStream answers through it.
+func (n *NATSProcess) Restart(ctx context.Context) error {
+	if err := n.launch(); err != nil {
+		return err
+	}
+	return n.waitReady(ctx)
+}
+
+// Name is the server's server_name, as stream and cluster information name
+// it.
+func (n *NATSProcess) Name() string { return n.name }
+
+// NATSCluster is three (or more) nats-server processes clustered over
+// loopback routes, each with its own port and store directory, started by
+// this program.
+type NATSCluster struct {
+	Nodes []*NATSProcess
+}
+
+// StartNATSCluster builds (once, cached) and starts size nats-server
+// processes named n1, n2 … with JetStream and default settings, routed to
+// each other as one cluster, and waits until JetStream answers through
+// each. Close stops them and removes their directories.
+func StartNATSCluster(ctx context.Context, size int) (*NATSCluster, error) {
+	bin, err := natsServerBinary(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c := &NATSCluster{}
+	routePorts := make([]int, size)
+	routes := make([]string, size)
+	for i := range size {
+		if routePorts[i], err = devenv.FreePort(); err != nil {
+			return nil, err
+		}
+		routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", routePorts[i])
+	}
+	for i := range size {
+		port, err := devenv.FreePort()
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		dir, err := os.MkdirTemp("", "jetproj-bench-nats-cluster-")
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("bench: nats dir: %w", err)
+		}
+		n := &NATSProcess{dir: dir, port: port, bin: bin, conf: filepath.Join(dir, "nats.conf"),
+			name: fmt.Sprintf("n%d", i+1), log: &lockedBuffer{}, done: make(chan struct{})}
+		close(n.done) // not started yet
+		c.Nodes = append(c.Nodes, n)
+		body := fmt.Sprintf("server_name: %s\nhost: 127.0.0.1\nport: %d\njetstream {\n  store_dir: %q\n}\ncluster {\n  name: jetproj-bench\n  listen: 127.0.0.1:%d\n  routes: [%s]\n}\n",
+			n.name, port, filepath.Join(dir, "store"), routePorts[i], strings.Join(routes, ", "))
+		if err := os.WriteFile(n.conf, []byte(body), 0o644); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("bench: nats config: %w", err)
+		}
+	}
+	// All first, then wait: a node's JetStream answers once the cluster
+	// has a meta leader, which needs a quorum of nodes up.
+	for _, n := range c.Nodes {
+		if err := n.launch(); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	for _, n := range c.Nodes {
+		if err := n.waitReady(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// URL names every node, as NATS_URL does.
+func (c *NATSCluster) URL() string {
+	urls := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		urls[i] = n.URL()
+	}
+	return strings.Join(urls, ",")
+}
+
+// PIDs are the nodes' current process ids.
+func (c *NATSCluster) PIDs() []int {
+	pids := make([]int, len(c.Nodes))
+	for i, n := range c.Nodes {
+		pids[i] = n.PID()
+	}
+	return pids
+}
+
+// Node is the node whose server_name is name (nil when none).
+func (c *NATSCluster) Node(name string) *NATSProcess {
+	for _, n := range c.Nodes {
+		if n.name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Close stops every node and removes their directories. Safe to call
+// twice.
+func (c *NATSCluster) Close() {
+	for _, n := range c.Nodes {
+		n.Close()
+	}
 }
 
 func (n *NATSProcess) waitReady(ctx context.Context) error {

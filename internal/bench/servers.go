@@ -21,6 +21,13 @@ type Target struct {
 	NATSProcess bool
 	// NATSPID is the nats-server process's id when NATSProcess is set.
 	NATSPID int
+	// NATSCluster is set when NATSURL names the nodes of a cluster of
+	// nats-server processes (NATSProcess is set too); NATSPIDs are their
+	// process ids, and NATSReplicas the replicas the services give the
+	// streams and buckets they create (0: the services' default, 1).
+	NATSCluster  bool
+	NATSPIDs     []int
+	NATSReplicas int
 	// PGDurable is set when PostgreSQL runs with its default settings
 	// (fsync on).
 	PGDurable bool
@@ -34,6 +41,10 @@ func (t Target) Describe() string {
 	n := fmt.Sprintf("NATS embedded in the benchmark's process, NoSync=%t", t.NATSNoSync)
 	if t.NATSProcess {
 		n = "NATS a separate nats-server process (default settings)"
+	}
+	if t.NATSCluster {
+		n = fmt.Sprintf("NATS a cluster of %d nats-server processes over loopback routes (default settings), streams and buckets R%d",
+			len(t.NATSPIDs), max(t.NATSReplicas, 1))
 	}
 	pg := "PostgreSQL throwaway, fsync off"
 	if t.PGDurable {

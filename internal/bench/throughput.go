@@ -168,15 +168,15 @@ func pipelineRuns(p []PipelineRun) []Run {
 
 // throughputBench is one benchmark's shared state.
 type throughputBench struct {
-	o       ThroughputOptions
-	t       Target
-	pool    *pgxpool.Pool
-	js      jetstream.JetStream
-	bins    *serviceBinaries
-	fold    map[string]examples.WalletRow
-	sum     int64
-	natsPID int
-	http    *http.Client
+	o        ThroughputOptions
+	t        Target
+	pool     *pgxpool.Pool
+	js       jetstream.JetStream
+	bins     *serviceBinaries
+	fold     map[string]examples.WalletRow
+	sum      int64
+	natsPIDs []int
+	http     *http.Client
 }
 
 // PipelineThroughput runs the pipeline throughput benchmark against t: it
@@ -190,7 +190,9 @@ type throughputBench struct {
 // results in full: read model = fold, outbox empty, each wallet's last
 // derived event carries its final balance, no Nats-Msg-Id twice. A failed
 // check is an error. natsPID, when not 0, is the nats-server process whose
-// CPU time the runs report.
+// CPU time the runs report (on a cluster, t.NATSPIDs: the sum of the
+// nodes'); t.NATSReplicas go to the services as the replicas of their
+// streams and buckets.
 func PipelineThroughput(ctx context.Context, t Target, natsPID int, opts ThroughputOptions) (ThroughputResult, error) {
 	o := opts.withDefaults()
 	res := ThroughputResult{Date: time.Now(), Events: o.Events, Wallets: o.Wallets, Target: t,
@@ -199,7 +201,10 @@ func PipelineThroughput(ctx context.Context, t Target, natsPID int, opts Through
 		return res, err
 	}
 	out := o.Progress
-	b := &throughputBench{o: o, t: t, natsPID: natsPID, http: &http.Client{Timeout: 5 * time.Second}}
+	b := &throughputBench{o: o, t: t, natsPIDs: t.NATSPIDs, http: &http.Client{Timeout: 5 * time.Second}}
+	if natsPID != 0 && len(b.natsPIDs) == 0 {
+		b.natsPIDs = []int{natsPID}
+	}
 	var err error
 	if b.pool, err = pgxpool.New(ctx, t.DatabaseURL); err != nil {
 		return res, fmt.Errorf("bench: postgres pool: %w", err)
@@ -316,16 +321,42 @@ func (b *throughputBench) env(addr string, extra ...string) map[string]string {
 		"LOG_FORMAT":   "json",
 		"OPS_ADDR":     addr,
 	}
+	if r := b.t.NATSReplicas; r > 1 {
+		// Each service reads only its own.
+		for _, k := range []string{"FEEDER_STREAM_REPLICAS", "PROJECTOR_STORE_REPLICAS", "EMITTER_STREAM_REPLICAS"} {
+			env[k] = strconv.Itoa(r)
+		}
+	}
 	for i := 0; i+1 < len(extra); i += 2 {
 		env[extra[i]] = extra[i+1]
 	}
 	return env
 }
 
+// feederConfig is the feeder's configuration as the services' environment
+// gives it (the stream's replicas).
+func (b *throughputBench) feederConfig() feeder.Config {
+	return feeder.Config{StreamReplicas: max(b.t.NATSReplicas, 1)}.Defaults()
+}
+
+// natsCPU is the CPU time the nats-server processes have used so far, and
+// whether there are any.
+func (b *throughputBench) natsCPU() (time.Duration, bool) {
+	var d time.Duration
+	for _, pid := range b.natsPIDs {
+		d += processCPU(pid)
+	}
+	return d, len(b.natsPIDs) > 0
+}
+
 // eventsFull reports whether EVENTS holds every event.
 func (b *throughputBench) eventsFull(ctx context.Context) (bool, error) {
-	n, err := streamMsgs(ctx, b.js, feeder.Config{}.Defaults().Stream)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
+	// A request of its own deadline: on a cluster a JetStream API reply is
+	// now and then lost, and the next poll asks again.
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, err := streamMsgs(rctx, b.js, feeder.Config{}.Defaults().Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) || (err != nil && rctx.Err() != nil && ctx.Err() == nil) {
 		return false, nil
 	}
 	return n >= uint64(b.o.Events), err
@@ -352,7 +383,7 @@ func (b *throughputBench) feederAlone(ctx context.Context) (Run, error) {
 		}
 		return b.eventsFull(ctx)
 	}); err != nil {
-		return Run{}, err
+		return Run{}, fmt.Errorf("%w\n--- feeder ---\n%s", err, f.out.tail(3000))
 	}
 	run := Run{Events: b.o.Events, Elapsed: time.Since(start)}
 	if n, err := streamMsgs(ctx, b.js, feeder.Config{}.Defaults().Stream); err != nil || n != uint64(b.o.Events) {
@@ -390,51 +421,21 @@ func (b *throughputBench) pipeline(ctx context.Context, name string) (PipelineRu
 	runtime.GC()
 	ctx, cancel := context.WithTimeout(ctx, b.o.Timeout)
 	defer cancel()
-	// The projector waits for its source stream: create it empty, with the
-	// feeder's configuration, as a deployment's first feeder start would.
-	if _, _, err := feeder.EnsureStream(ctx, b.js, feeder.Config{}.Defaults()); err != nil {
-		return run, err
+	p, e, metricsURL, err := b.startProjection(ctx, name)
+	if p != nil {
+		defer p.stop()
 	}
-	// Port 0: a port picked by the kernel and logged, free for sure on a
-	// machine where others start servers too.
-	p, err := startService("projector", b.bins.projector,
-		b.env("127.0.0.1:0", "PROJECTIONS", name, "PROJECTOR_REPLICA", "bench"), "run")
+	if e != nil {
+		defer e.stop()
+	}
 	if err != nil {
 		return run, err
-	}
-	defer p.stop()
-	e, err := startService("emitter", b.bins.emitter, b.env("off"), "run")
-	if err != nil {
-		return run, err
-	}
-	defer e.stop()
-	slots := float64(projectionSlots(name))
-	begin := time.Now()
-	var metricsURL string
-	if err := poll(ctx, 10*time.Millisecond, func() (bool, error) {
-		if err := errors.Join(p.exited(), e.exited()); err != nil {
-			return false, err
-		}
-		if metricsURL == "" {
-			addr := p.opsAddr()
-			if addr == "" {
-				return false, nil
-			}
-			metricsURL = "http://" + addr + "/metrics"
-		}
-		m, err := scrapeMetrics(ctx, b.http, metricsURL, "jetproj_projector_slots_owned")
-		if err != nil {
-			return false, nil // not listening yet
-		}
-		return m["jetproj_projector_slots_owned"] >= slots, nil
-	}); err != nil {
-		return run, fmt.Errorf("bench: projector did not take its %v slots in %v: %w\n%s", slots, time.Since(begin).Round(time.Millisecond), err, p.out.tail(3000))
 	}
 
 	cpu0 := map[string]time.Duration{"projector": p.cpu(), "emitter": e.cpu()}
 	cpu0["postgres"] = serverCPU(b.t.PostgresPID)
-	if b.natsPID != 0 {
-		cpu0["nats-server"] = processCPU(b.natsPID)
+	if d, ok := b.natsCPU(); ok {
+		cpu0["nats-server"] = d
 	}
 	start := time.Now()
 	f, err := startService("feeder", b.bins.feeder, b.env("off"), "run")
@@ -478,7 +479,13 @@ func (b *throughputBench) pipeline(ctx context.Context, name string) (PipelineRu
 				return false, nil
 			}
 		}
-		return b.caughtUp(ctx, name, metricsURL)
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		ok, err := b.caughtUp(rctx, name, metricsURL)
+		if err != nil && rctx.Err() != nil && ctx.Err() == nil {
+			return false, nil // a lost reply: the next poll asks again
+		}
+		return ok, err
 	})
 	run.Run = Run{Events: b.o.Events, Elapsed: time.Since(start)}
 	run.FeederDone = feederDone
@@ -491,8 +498,8 @@ func (b *throughputBench) pipeline(ctx context.Context, name string) (PipelineRu
 		run.Batches, run.BatchMessages, run.BatchTime = int(m["jetproj_projector_batch_messages_count"]), m["jetproj_projector_batch_messages_sum"],
 			time.Duration(m["jetproj_projector_batch_seconds_sum"]*float64(time.Second))
 	}
-	if b.natsPID != 0 {
-		run.CPU["nats-server"] = processCPU(b.natsPID) - cpu0["nats-server"]
+	if d, ok := b.natsCPU(); ok {
+		run.CPU["nats-server"] = d - cpu0["nats-server"]
 	}
 	if err != nil {
 		return fail(fmt.Errorf("bench: pipeline not caught up after %v: %w", time.Since(start).Round(time.Millisecond), err))
@@ -504,6 +511,53 @@ func (b *throughputBench) pipeline(ctx context.Context, name string) (PipelineRu
 		b.printStatements(ctx)
 	}
 	return run, nil
+}
+
+// startProjection creates EVENTS empty (the projector waits for its
+// source stream), starts the projector (PROJECTIONS=name) and the emitter
+// and waits until the projector holds every slot. It returns the processes
+// started, also on error (the caller stops them), and the projector's
+// metrics URL.
+func (b *throughputBench) startProjection(ctx context.Context, name string) (p, e *service, metricsURL string, err error) {
+	// Created with the feeder's configuration, as a deployment's first
+	// feeder start would.
+	if _, _, err := feeder.EnsureStream(ctx, b.js, b.feederConfig()); err != nil {
+		return nil, nil, "", err
+	}
+	// Port 0: a port picked by the kernel and logged, free for sure on a
+	// machine where others start servers too.
+	p, err = startService("projector", b.bins.projector,
+		b.env("127.0.0.1:0", "PROJECTIONS", name, "PROJECTOR_REPLICA", "bench"), "run")
+	if err != nil {
+		return nil, nil, "", err
+	}
+	e, err = startService("emitter", b.bins.emitter, b.env("off"), "run")
+	if err != nil {
+		return p, nil, "", err
+	}
+	slots := float64(projectionSlots(name))
+	begin := time.Now()
+	err = poll(ctx, 10*time.Millisecond, func() (bool, error) {
+		if err := errors.Join(p.exited(), e.exited()); err != nil {
+			return false, err
+		}
+		if metricsURL == "" {
+			addr := p.opsAddr()
+			if addr == "" {
+				return false, nil
+			}
+			metricsURL = "http://" + addr + "/metrics"
+		}
+		m, err := scrapeMetrics(ctx, b.http, metricsURL, "jetproj_projector_slots_owned")
+		if err != nil {
+			return false, nil // not listening yet
+		}
+		return m["jetproj_projector_slots_owned"] >= slots, nil
+	})
+	if err != nil {
+		return p, e, "", fmt.Errorf("bench: projector did not take its %v slots in %v: %w\n%s", slots, time.Since(begin).Round(time.Millisecond), err, p.out.tail(3000))
+	}
+	return p, e, metricsURL, nil
 }
 
 func projectionSlots(name string) int {

@@ -18,6 +18,9 @@
 //	pipeline-throughput
 //	           200k stored events through feeder, projector and emitter processes
 //	           against the feeder alone (separate nats-server, PostgreSQL fsync on)
+//	pipeline-cluster
+//	           the pipeline on one nats-server and on a three-node cluster (R3) in one
+//	           run: throughput, append → derived latency, resume after a leader SIGKILL
 //
 // Run "go run ./internal/cmd/bench <benchmark> -h" for a benchmark's flags.
 // The first interrupt stops the benchmark and cleans up; a second one exits
@@ -55,11 +58,13 @@ var commands = map[string]command{
 	"emitter":   {"the emitter draining the outbox against a raw async publish", bench.RunEmitterCommand},
 	"pipeline-throughput": {"stored events through feeder, projector and emitter processes vs the feeder alone",
 		runPipelineThroughput},
-	"inline":  {"appends/s with and without one inline projection", bench.RunInlineCommand},
+	"inline": {"appends/s with and without one inline projection", bench.RunInlineCommand},
+	"pipeline-cluster": {"pipeline throughput, latency and leader-SIGKILL resume: one nats-server vs a 3-node R3 cluster",
+		runPipelineCluster},
 	"waitfor": {"append → projector.WaitFor returns, beside append → derived event, at 1k ev/s", bench.RunWaitForCommand},
 }
 
-var commandOrder = []string{"feeder", "projector", "pipeline", "pipeline-throughput", "emitter", "waitfor", "inline"}
+var commandOrder = []string{"feeder", "projector", "pipeline", "pipeline-throughput", "pipeline-cluster", "emitter", "waitfor", "inline"}
 
 // childCommand is the hidden command the projector benchmark starts itself
 // with to measure a projector's memory in a process of its own.
@@ -350,4 +355,36 @@ func serversBanner(so bench.ServerOptions) string {
 		pg = "throwaway PostgreSQL (fsync off)"
 	}
 	return "starting " + pg + " and " + n + " on loopback"
+}
+
+func runPipelineCluster(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pipeline-cluster", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o bench.ClusterOptions
+	var so bench.ServerOptions
+	fs.IntVar(&o.Throughput.Events, "events", 50000, "events loaded into the store beforehand, for each server's throughput runs")
+	fs.IntVar(&o.Throughput.Wallets, "wallets", 0, "wallets the events are spread over (0: events/10)")
+	fs.IntVar(&o.Throughput.Rounds, "rounds", 1, "throughput rounds of feeder alone then each pipeline, per server")
+	projections := fs.String("projections", strings.Join(bench.ThroughputProjections, ","), "projections run as pipelines in the throughput runs")
+	fs.DurationVar(&o.Throughput.Timeout, "timeout", 10*time.Minute, "longest throughput run")
+	fs.IntVar(&o.Rate, "rate", 200, "append rate in events/s of the latency rounds and during the leader kills")
+	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "duration of a latency round")
+	fs.IntVar(&o.Writers, "writers", 4, "concurrent writers, each to its own 64 wallets")
+	fs.IntVar(&o.Rounds, "latency-rounds", 1, "latency rounds per server")
+	fs.IntVar(&o.Kills, "kills", 2, "SIGKILLs of the node leading EVENTS, one after the other")
+	fs.BoolVar(&so.FastPostgres, "fsync-off", false, "run PostgreSQL with fsync off instead of its default settings")
+	c := commonFlags(fs, args, "benchmark")
+	if err := c.parse(fs); err != nil {
+		return err
+	}
+	o.Throughput.Projections = strings.Split(*projections, ",")
+	o.Logger, o.Progress = c.logger(stderr), stdout
+	var srv *bench.Servers
+	return c.serve(ctx, stdout, stderr, serversBanner(so)+"; then a three-node nats-server cluster",
+		func(ctx context.Context) (*bench.Servers, error) {
+			s, err := bench.StartServersWith(ctx, so)
+			srv = s
+			return s, err
+		},
+		func(bench.Target) (report, error) { return bench.PipelineCluster(ctx, srv, o) })
 }
