@@ -182,7 +182,11 @@ func (f *Feeder) feed(ctx context.Context) error {
 
 	backoff := 100 * time.Millisecond
 	for {
+		began := time.Now()
 		err := f.session(ctx, stream)
+		if time.Since(began) > sessionSettled {
+			backoff = 100 * time.Millisecond // a new episode
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -219,6 +223,15 @@ func (f *Feeder) feed(ctx context.Context) error {
 		f.busy.Start()
 	}
 }
+
+const (
+	// startRequestTimeout bounds the requests that find where a session
+	// resumes.
+	startRequestTimeout = 2 * time.Second
+	// sessionSettled: a session that lasted longer ended a new episode of
+	// trouble, whose retries start again from the shortest wait.
+	sessionSettled = 10 * time.Second
+)
 
 const ownerPrefix = "jetproj events fed from eventstore.events by feeder "
 
@@ -682,6 +695,11 @@ type Checkpoint struct {
 // after the checkpoint when it is at the same stream sequence (rows skipped
 // by filters after the last message).
 func (f *Feeder) resolveStart(ctx context.Context, stream jetstream.Stream) (Checkpoint, error) {
+	// Each request gets a short deadline: during a leader election one may
+	// go unanswered, and the session's retry asks again sooner than the
+	// client's default timeout (5 s) would.
+	ctx, cancel := context.WithTimeout(ctx, startRequestTimeout)
+	defer cancel()
 	info, err := stream.Info(ctx)
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("feeder: stream info: %w", err)
