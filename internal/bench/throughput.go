@@ -22,6 +22,7 @@ import (
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/feeder"
+	"github.com/jetproj/jetproj/pkg/jsretry"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 
@@ -638,7 +639,16 @@ func (b *throughputBench) check(ctx context.Context, name string) (int, error) {
 			errs = append(errs, fmt.Errorf("read model: %w", err))
 		}
 	}
+	// On a cluster a read may meet a stream whose leader is still being
+	// chosen (no responders): read again, a few times.
 	derived, err := examples.ReadDerived(ctx, b.js, projector.OwnStream(name))
+	for try := 0; err != nil && jsretry.Transient(err) && try < 20 && ctx.Err() == nil; try++ {
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
+		derived, err = examples.ReadDerived(ctx, b.js, projector.OwnStream(name))
+	}
 	if err != nil {
 		errs = append(errs, fmt.Errorf("derived events: %w", err))
 	}
