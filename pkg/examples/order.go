@@ -11,6 +11,7 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // CompletedOrdersStream is the public stream order_fulfilment links its
@@ -226,4 +227,22 @@ func AppendOrderFlow(ctx context.Context, db eventstore.Executor, o Order, steps
 		}
 	}
 	return nil
+}
+
+// DeliverAndConfirm is a command that reads its own writes: it appends
+// o's ShipmentDelivered, waits until order_fulfilment has applied it
+// (projector.Waiter: it watches the projection's progress, it does not poll
+// the read model) and answers from the read model whether the order is now
+// complete. Keep one Waiter for the whole service.
+func DeliverAndConfirm(ctx context.Context, pool *pgxpool.Pool, w *projector.Waiter, o Order) (complete bool, err error) {
+	res, err := eventstore.Append(ctx, pool, "shipment", "s-"+o.ID, eventstore.ExpectNoStream,
+		eventstore.NewEvent{Type: TypeShipmentDelivered, Payload: ShipmentDelivered{OrderID: o.ID, Carrier: o.Carrier}})
+	if err != nil {
+		return false, fmt.Errorf("examples: deliver order %s: %w", o.ID, err)
+	}
+	if err := w.WaitFor(ctx, OrderFulfilmentName, res.LastPosition); err != nil {
+		return false, fmt.Errorf("examples: deliver order %s: %w", o.ID, err)
+	}
+	err = pool.QueryRow(ctx, `SELECT completed FROM order_fulfilment WHERE order_id = $1`, o.ID).Scan(&complete)
+	return complete, err
 }

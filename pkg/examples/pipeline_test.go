@@ -433,3 +433,38 @@ func exec(t *testing.T, pool *pgxpool.Pool, sql string) {
 		t.Fatal(err)
 	}
 }
+
+// TestDeliverAndConfirmReadsItsOwnWrite: a command appends the last step of
+// an order and answers from the read model at once, after WaitFor — no
+// polling, no retry: complete for a placed and paid order, not complete for
+// one that was never paid.
+func TestDeliverAndConfirmReadsItsOwnWrite(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	b.project(t, "r1", examples.OrderFulfilment(b.pool))
+	w := projector.NewWaiter(b.js, b.pool)
+	defer w.Close()
+	paid := examples.Order{ID: "ryw-1", Customer: "acme", Total: 4200, Carrier: "dhl"}
+	unpaid := examples.Order{ID: "ryw-2", Customer: "acme", Total: 100, Carrier: "ups"}
+	if err := examples.AppendOrderFlow(ctx, b.pool, paid, examples.StepPlaced, examples.StepPaid); err != nil {
+		t.Fatal(err)
+	}
+	if err := examples.AppendOrderFlow(ctx, b.pool, unpaid, examples.StepPlaced); err != nil {
+		t.Fatal(err)
+	}
+	// The projection runs (WaitFor needs it initialised) and has the first
+	// steps.
+	devtest.Eventually(t, 20*time.Second, func() error { return orderHas(ctx, b.pool, unpaid.ID, []examples.OrderStep{examples.StepPlaced}) })
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for _, c := range []struct {
+		o    examples.Order
+		want bool
+	}{{paid, true}, {unpaid, false}} {
+		got, err := examples.DeliverAndConfirm(wctx, b.pool, w, c.o)
+		if err != nil || got != c.want {
+			t.Fatalf("order %s: complete %v (%v), want %v", c.o.ID, got, err, c.want)
+		}
+	}
+}
