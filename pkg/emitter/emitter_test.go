@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
@@ -791,17 +793,23 @@ VALUES ('wallet_balance', $1, $2, $3, $4, 'WalletBalanceWasChanged', '{}', $4, $
 // gauge reads the value of the gauge called name from reg.
 func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
+	return metricValue(t, reg, name).GetGauge().GetValue()
+}
+
+// metricValue is the first sample of the metric called name in reg.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string) *dto.Metric {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
+			return mf.GetMetric()[0]
 		}
 	}
 	t.Fatalf("no metric %s", name)
-	return 0
+	return nil
 }
 
 // However many subjects stall, the others' rows are still reached: stalled
@@ -854,17 +862,7 @@ VALUES ('wallet_balance', 'wallet/ok', $1, 'wallet_balance:0:wallet/ok:1', 1, 'W
 // counter reads the value of the counter called name from reg.
 func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
+	return metricValue(t, reg, name).GetCounter().GetValue()
 }
 
 // Partition keys that differ only in bytes a header cannot carry each get

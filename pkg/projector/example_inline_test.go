@@ -10,7 +10,7 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/devenv"
 	"github.com/jetproj/jetproj/pkg/eventstore"
-	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 
@@ -41,19 +41,10 @@ func ExampleInline() {
 		return
 	}
 
-	owners := projection.New[struct{}]("wallet_owners", projection.FromAggregates("wallet"), projection.Postgres(pool),
-		projection.Inline(),
-		projection.OnInit(func(ctx context.Context, tx projectionTx) error {
-			_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS wallet_owners (owner text PRIMARY KEY, wallet text NOT NULL)`)
-			return err
-		}),
-		projection.OnReset(func(ctx context.Context, tx projectionTx) error {
-			_, err := tx.Exec(ctx, `TRUNCATE wallet_owners`)
-			return err
-		}))
-	projection.On(owners, func(ctx context.Context, c *projection.Context[struct{}], e projection.Event[WalletOpened]) error {
-		return c.Exec(`INSERT INTO wallet_owners (owner, wallet) VALUES ($1, $2)`, e.Data.Owner, e.AggregateID)
-	})
+	// examples.WalletOwners is projection.New with projection.Postgres and
+	// projection.Inline, and a handler that inserts (owner, wallet) into a
+	// table whose primary key is the owner (pkg/examples/owners.go).
+	owners := examples.WalletOwners(pool)
 	inline, err := projector.Inline(owners)
 	if err != nil {
 		fmt.Println(err)
@@ -67,7 +58,7 @@ func ExampleInline() {
 
 	open := func(wallet, owner string) error {
 		_, err := store.Append(ctx, pool, "wallet", wallet, eventstore.ExpectNoStream,
-			eventstore.NewEvent{Type: "WalletOpened", Payload: WalletOpened{Owner: owner}})
+			eventstore.NewEvent{Type: examples.TypeWalletOpened, Payload: examples.WalletOpened{Owner: owner}})
 		return err
 	}
 	fmt.Println("w-1 for ann:", open("w-1", "ann"))

@@ -484,7 +484,7 @@ func (b *pgBatch) prepare(ctx context.Context) (map[string]uint64, error) {
 	// inserts the new ones, one updates the others with compare-and-set on
 	// their revision; each returns the partitions it wrote, and a record
 	// missing there was written meanwhile by another owner.
-	ins, upd, plain := newPGRows(len(b.puts)), newPGRows(len(b.puts)), newPGRows(len(b.puts))
+	ins, upd := newPGRows(len(b.puts)), newPGRows(len(b.puts))
 	slotOf := make(map[string]int, len(b.puts))
 	last := make(map[string]int, len(b.puts)) // a key put twice: the last wins
 	for i, p := range b.puts {
@@ -500,11 +500,7 @@ func (b *pgBatch) prepare(ctx context.Context) (map[string]uint64, error) {
 			ins.add(skey, p.slot, p.rec)
 			revs[p.rec.Key] = 1
 		} else {
-			if r := p.rec; r.Parked == nil && r.Failing == nil && !r.Behind && r.Skip == 0 && r.Replay == 0 {
-				plain.add(skey, p.slot, r) // the usual case: a narrower statement
-			} else {
-				upd.add(skey, p.slot, p.rec)
-			}
+			upd.add(skey, p.slot, p.rec)
 			revs[p.rec.Key] = p.rec.Revision + 1
 		}
 	}
@@ -534,14 +530,6 @@ FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8
 WHERE p.projection = $1 AND p.partition = u.k AND p.revision = u.rv
 RETURNING p.partition`, b.s.projection, now, upd.keys, upd.revs, upd.seqs, upd.positions, upd.states, upd.parked,
 			upd.subjects, upd.behind, upd.failing, upd.skips, upd.emitted, upd.replays, upd.tenants).Query(written)
-	}
-	if len(plain.keys) > 0 {
-		batch.Queue(`UPDATE jetproj.partitions p SET seq = u.sq, position = u.po, state = u.st::jsonb, revision = p.revision + 1,
-    updated_at = $2, subject = u.su, emitted = u.em, tenant = u.tn, parked = NULL, failing = NULL, behind = false, skip = 0, replay = 0
-FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bigint[], $10::text[]) AS u(k, rv, sq, po, st, su, em, tn)
-WHERE p.projection = $1 AND p.partition = u.k AND p.revision = u.rv
-RETURNING p.partition`, b.s.projection, now, plain.keys, plain.revs, plain.seqs, plain.positions, plain.states,
-			plain.subjects, plain.emitted, plain.tenants).Query(written)
 	}
 	if len(b.marks) > 0 {
 		slots, marks := make([]int32, 0, len(b.marks)), make([]int64, 0, len(b.marks))
