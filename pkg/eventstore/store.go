@@ -351,6 +351,48 @@ func Head(ctx context.Context, db Querier) (int64, error) {
 	return head, nil
 }
 
+// behindCount caps the rows Behind counts: past it, Behind estimates.
+const behindCount = 100000
+
+// Behind returns how many committed events follow cursor c in the order the
+// feeder reads them: 0 once every event up to the store's head is behind c.
+// Past 100,000 events it returns an estimate (the head's position minus
+// c's), so that a feeder far behind does not count millions of rows.
+//
+// The head's position minus c's is not the lag: positions are drawn before
+// a transaction's id, so concurrent appends commit positions out of cursor
+// order, and the cursor's position may stay below the head for good.
+func Behind(ctx context.Context, db Querier, c Cursor) (int64, error) {
+	var n int64
+	err := db.QueryRow(ctx, `SELECT count(*) FROM (SELECT FROM eventstore.events
+WHERE (transaction_id, position) > ($1::xid8, $2::bigint) LIMIT $3) s`, c.TransactionID, c.Position, behindCount).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("eventstore: behind: %w", err)
+	}
+	if n < behindCount {
+		return n, nil
+	}
+	head, err := Head(ctx, db)
+	if err != nil {
+		return 0, err
+	}
+	return max(head-c.Position, n), nil
+}
+
+// Highest returns the highest position among the events at or before
+// cursor c: c's own position, or a higher one that an older transaction
+// drew (see Behind). It looks at the 10,000 positions after c's.
+func Highest(ctx context.Context, db Querier, c Cursor) (int64, error) {
+	var high int64
+	err := db.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM (SELECT transaction_id, position FROM eventstore.events
+WHERE position > $2::bigint ORDER BY position LIMIT 10000) s
+WHERE (transaction_id, position) <= ($1::xid8, $2::bigint)`, c.TransactionID, c.Position).Scan(&high)
+	if err != nil {
+		return 0, fmt.Errorf("eventstore: highest: %w", err)
+	}
+	return max(high, c.Position), nil
+}
+
 // Pending reports whether committed rows exist after c that ReadCommitted
 // does not return yet because an older transaction is still open.
 func Pending(ctx context.Context, db Querier, c Cursor) (bool, error) {

@@ -60,6 +60,7 @@ type Feeder struct {
 
 	mu     sync.Mutex
 	status Status
+	cursor eventstore.Cursor // where the acknowledged events end
 }
 
 // New checks cfg (with defaults applied) and builds a Feeder.
@@ -337,6 +338,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		cur       = start.Cursor // next read starts after it
 		seq       = start.StreamSeq
 		acked     = start
+		high      = start.Cursor.Position // the highest position acknowledged
 		queue     []pending
 		inflight  int64 // bytes of the publishes in queue
 		broken    bool  // a publish failed: nothing after it may be acknowledged
@@ -347,7 +349,12 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		// many rows that will not be sent), raised again when not.
 		lim = eventstore.PageLimits{Rows: f.cfg.BatchSize, Bytes: f.cfg.PageBytes}
 	)
-	f.setProgress(acked, StateFeeding)
+	if h, err := eventstore.Highest(ctx, f.pool, start.Cursor); err == nil {
+		high = h
+	} else {
+		f.log.Warn("highest position published not read; the status shows the cursor's", logError, err)
+	}
+	f.setProgress(acked, high, StateFeeding)
 
 	pop := func() {
 		inflight -= queue[0].size
@@ -392,7 +399,10 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 				}
 				acked.StreamSeq = ack.Sequence
 				f.metrics.published.Inc()
-				f.metrics.position.Set(float64(p.pos))
+			}
+			if p.pos > high {
+				high = p.pos
+				f.metrics.position.Set(float64(high))
 			}
 			acked.Cursor = p.cur
 			pop()
@@ -433,7 +443,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			queue, inflight = nil, 0
 			f.metrics.inflight.Set(0)
 		}
-		f.setProgress(acked, "")
+		f.setProgress(acked, high, "")
 		if force || err != nil || (acked != savedCk && time.Since(lastSaved) > time.Second) {
 			save()
 		}
@@ -578,14 +588,14 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 		f.metrics.inflight.Set(float64(inflight))
 		progressed := scanned != cur
 		if progressed {
-			queue = append(queue, pending{cur: scanned})
+			queue = append(queue, pending{cur: scanned, pos: scanned.Position})
 			cur = scanned
 		}
 		if err := settle(nil); err != nil {
 			return fail(err)
 		}
 		if len(evs) > 0 && time.Since(lastSaved) > time.Second {
-			f.setProgress(acked, "")
+			f.setProgress(acked, high, "")
 			save()
 		}
 		if more {
@@ -597,7 +607,7 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 			return fail(err)
 		}
 		stateChanged := f.Status().State != StateCaughtUp
-		f.setProgress(acked, StateCaughtUp)
+		f.setProgress(acked, high, StateCaughtUp)
 		if stateChanged || time.Since(lastSaved) > time.Second {
 			save()
 		}

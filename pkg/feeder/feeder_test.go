@@ -876,3 +876,57 @@ func pageHistogram(t *testing.T, reg *prometheus.Registry) *dto.Histogram {
 	t.Fatal("no jetproj_feeder_page_bytes metric")
 	return nil
 }
+
+// TestPositionAndLagWhenPositionsInterleave: a transaction that took its id
+// first but drew its positions last is read before the younger one, so the
+// read cursor ends below the store's head. Once every event is published the
+// status shows the head's position and the lag is 0 — before and after a
+// restart.
+func TestPositionAndLagWhenPositionsInterleave(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	older, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer older.Rollback(ctx) //nolint:errcheck // no-op after commit
+	if _, err := older.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil { // takes its id now
+		t.Fatal(err)
+	}
+	appendN(t, b.pool, "wallet", 1, 3) // younger: positions 1–3
+	if _, err := eventstore.AppendTx(ctx, older, "wallet", "older", eventstore.ExpectNoStream,
+		eventstore.NewEvent{Type: "WalletOpened", Payload: map[string]string{}},
+		eventstore.NewEvent{Type: "MoneyWasAddedToWallet", Payload: map[string]int{"amount": 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := older.Commit(ctx); err != nil { // positions 4–5, read first
+		t.Fatal(err)
+	}
+	check := func(r *running) {
+		t.Helper()
+		devtest.Eventually(t, 20*time.Second, func() error {
+			st := r.f.Status()
+			if st.State != feeder.StateCaughtUp || st.Position != 5 {
+				return fmt.Errorf("status %s at position %d (cursor %s), want caught-up at 5", st.State, st.Position, st.Cursor)
+			}
+			return nil
+		})
+		if c := r.f.Cursor(); c.Position != 3 {
+			t.Fatalf("cursor %v: the test did not interleave positions", c)
+		}
+		n, err := eventstore.Behind(ctx, b.pool, r.f.Cursor())
+		if err != nil || n != 0 {
+			t.Fatalf("behind the cursor: %d, %v; want 0", n, err)
+		}
+		if n, err := eventstore.Behind(ctx, b.pool, eventstore.Cursor{}); err != nil || n != 5 {
+			t.Fatalf("behind the start: %d, %v; want 5", n, err)
+		}
+	}
+	r := b.start(t, feeder.Config{})
+	waitStream(t, b.js, "EVENTS", 5, 20*time.Second)
+	check(r)
+	r.stop(t)
+	check(b.start(t, feeder.Config{}))
+	verifyExactlyOnce(t, b, "EVENTS")
+}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/jetproj/jetproj/pkg/eventstore"
 )
 
 // States of a feeder.
@@ -28,6 +30,10 @@ type Status struct {
 	Stream    string     `json:"stream"`
 	Instance  string     `json:"instance,omitempty"`
 	State     string     `json:"state"`
+	// Position is the highest store position acknowledged by JetStream;
+	// Cursor, where the next read starts (transaction id/position: events
+	// are read in that order, so an older transaction's positions may come
+	// after a younger one's).
 	Position  int64      `json:"position"`
 	Cursor    string     `json:"cursor"`
 	StreamSeq uint64     `json:"stream_seq"`
@@ -76,6 +82,15 @@ func (f *Feeder) Status() Status {
 	return f.status
 }
 
+// Cursor returns where the events this instance had acknowledged end: every
+// event at or before it is in the stream. eventstore.Behind(Cursor()) is its
+// lag.
+func (f *Feeder) Cursor() eventstore.Cursor {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.cursor
+}
+
 func (f *Feeder) setState(state string, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -91,9 +106,10 @@ func (f *Feeder) setState(state string, err error) {
 	}
 }
 
-func (f *Feeder) setProgress(ck Checkpoint, state string) {
+func (f *Feeder) setProgress(ck Checkpoint, high int64, state string) {
 	f.mu.Lock()
-	f.status.Position, f.status.Cursor, f.status.StreamSeq = ck.Cursor.Position, ck.Cursor.String(), ck.StreamSeq
+	f.status.Position, f.status.Cursor, f.status.StreamSeq = high, ck.Cursor.String(), ck.StreamSeq
+	f.cursor = ck.Cursor
 	f.mu.Unlock()
 	if state != "" && state != f.Status().State {
 		f.setState(state, nil)
@@ -162,7 +178,7 @@ func newMetrics(reg prometheus.Registerer, name string) (*metrics, error) {
 		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "jetproj_feeder_errors_total",
 			Help: "Feeding interruptions (PostgreSQL or NATS errors) that were retried.", ConstLabels: labels}),
 		position: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_feeder_position",
-			Help: "Store position of the last event acknowledged by JetStream.", ConstLabels: labels}),
+			Help: "Highest store position acknowledged by JetStream.", ConstLabels: labels}),
 		active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_feeder_lease_held",
 			Help: "1 while this instance holds the feeder's lease.", ConstLabels: labels}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "jetproj_feeder_inflight_bytes",

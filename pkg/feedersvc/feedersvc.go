@@ -194,9 +194,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	// The store's head is read at most once a second, however often
 	// /metrics is scraped: the pool is the feeder's.
-	head := opsserver.Cached(opsserver.DefaultCheckTTL, func(ctx context.Context) (int64, error) { return eventstore.Head(ctx, pool) })
+	behind := opsserver.Cached(opsserver.DefaultCheckTTL, func(ctx context.Context) (int64, error) { return eventstore.Behind(ctx, pool, f.Cursor()) })
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "jetproj_feeder_lag",
-		Help: "Events in the store after the last one this feeder published (0 on a standby).", ConstLabels: prometheus.Labels{"feeder": f.Config().Name}},
+		Help: "Committed events in the store this feeder has not published yet (0 on a standby).", ConstLabels: prometheus.Labels{"feeder": f.Config().Name}},
 		func() float64 {
 			st := f.Status()
 			if st.State == feeder.StateStandby || st.State == feeder.StateStarting {
@@ -204,11 +204,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			head, err := head(ctx)
-			if err != nil || head < st.Position {
+			n, err := behind(ctx)
+			if err != nil {
 				return 0
 			}
-			return float64(head - st.Position)
+			return float64(n)
 		}))
 	ops := opsserver.New(cfg.Ops, reg, log)
 	ops.Ready("nats", opsserver.Public(natsconn.Connected(conn.NC)))

@@ -31,7 +31,7 @@ func PageCollector(f *feeder.Feeder, pool eventstore.Querier, js jetstream.JetSt
 		head, err := eventstore.Head(ctx, pool)
 		if err == nil {
 			snap.StoreHead = head
-			snap.Lag = max(head-st.Position, 0)
+			snap.Lag, err = eventstore.Behind(ctx, pool, f.Cursor())
 		}
 		rep, rerr := feeder.ReadReport(ctx, js, cfg)
 		if rerr == nil {
