@@ -890,7 +890,7 @@ func TestPositionAndLagWhenPositionsInterleave(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer older.Rollback(ctx) //nolint:errcheck // no-op after commit
+	defer older.Rollback(ctx)                                                 //nolint:errcheck // no-op after commit
 	if _, err := older.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil { // takes its id now
 		t.Fatal(err)
 	}

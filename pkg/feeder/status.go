@@ -26,10 +26,10 @@ const (
 
 // Status is a snapshot of what a feeder is doing.
 type Status struct {
-	Name      string     `json:"name"`
-	Stream    string     `json:"stream"`
-	Instance  string     `json:"instance,omitempty"`
-	State     string     `json:"state"`
+	Name     string `json:"name"`
+	Stream   string `json:"stream"`
+	Instance string `json:"instance,omitempty"`
+	State    string `json:"state"`
 	// Position is the highest store position acknowledged by JetStream;
 	// Cursor, where the next read starts (transaction id/position: events
 	// are read in that order, so an older transaction's positions may come
