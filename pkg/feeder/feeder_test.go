@@ -890,8 +890,9 @@ func TestPositionAndLagWhenPositionsInterleave(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer older.Rollback(ctx)                                                 //nolint:errcheck // no-op after commit
-	if _, err := older.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil { // takes its id now
+	defer older.Rollback(ctx) //nolint:errcheck // no-op after commit
+	// The older transaction takes its id now.
+	if _, err := older.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
 		t.Fatal(err)
 	}
 	appendN(t, b.pool, "wallet", 1, 3) // younger: positions 1–3
