@@ -60,7 +60,7 @@ bench-pipeline: ## Benchmark the whole pipeline (feeder, projector, emitter proc
 fuzz: ## Fuzz the encodings hostile input goes through (subject tokens, derived-event keys, stored keys) for 30s each
 	$(GO) test ./pkg/subject -run '^$$' -fuzz FuzzTokenRoundTrip -fuzztime 30s
 	$(GO) test ./pkg/subject -run '^$$' -fuzz FuzzDecodeToken -fuzztime 30s
-	$(GO) test ./pkg/derived -run '^$$' -fuzz FuzzKeyEncoding -fuzztime 30s
+	$(GO) test ./internal/derived -run '^$$' -fuzz FuzzKeyEncoding -fuzztime 30s
 	$(GO) test ./pkg/projector -run '^$$' -fuzz FuzzStoredKeys -fuzztime 30s
 
 .PHONY: clean

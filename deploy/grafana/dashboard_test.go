@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/jetproj/jetproj/pkg/opsserver"
+	"github.com/jetproj/jetproj/internal/opsserver"
 )
 
 type panel struct {

@@ -15,7 +15,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 
-	"github.com/jetproj/jetproj/pkg/opsserver"
+	"github.com/jetproj/jetproj/internal/opsserver"
 )
 
 // loadCompose loads docker-compose.yml, with the files named layered over

@@ -12,10 +12,10 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/jetproj/jetproj/pkg/config"
-	"github.com/jetproj/jetproj/pkg/demo"
-	"github.com/jetproj/jetproj/pkg/emittersvc"
-	"github.com/jetproj/jetproj/pkg/feedersvc"
+	"github.com/jetproj/jetproj/internal/config"
+	"github.com/jetproj/jetproj/internal/demo"
+	"github.com/jetproj/jetproj/internal/emittersvc"
+	"github.com/jetproj/jetproj/internal/feedersvc"
 	"github.com/jetproj/jetproj/pkg/projectorsvc"
 )
 

@@ -14,13 +14,13 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/natsconn"
+	"github.com/jetproj/jetproj/internal/natsconn"
 )
 
 // TestNATSClusterRuns runs prod's nats.conf for real: three servers in this
 // process (routes pointed at loopback ports instead of nats-<i>.nats-headless),
 // with the operator authentication of auth.conf, and a service connecting
-// with its credentials file through pkg/natsconn creates a stream with 3
+// with its credentials file through internal/natsconn creates a stream with 3
 // replicas, as FEEDER_STREAM_REPLICAS=3 makes the feeder do.
 func TestNATSClusterRuns(t *testing.T) {
 	if testing.Short() {

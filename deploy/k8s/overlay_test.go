@@ -20,8 +20,8 @@ import (
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
-	"github.com/jetproj/jetproj/pkg/memlimit"
-	"github.com/jetproj/jetproj/pkg/opsserver"
+	"github.com/jetproj/jetproj/internal/process"
+	"github.com/jetproj/jetproj/internal/opsserver"
 )
 
 // Minimal shapes of the custom resources, decoded strictly too: a field
@@ -449,8 +449,8 @@ func checkResources(r reporter, svc string, c corev1.Container) {
 		r.Errorf("%s: memory request %v above the limit %v", svc, req.Memory(), lim.Memory())
 	}
 	if svc == "projector" {
-		// The projector sets GOMEMLIMIT to memlimit.Fraction of the limit.
-		soft := float64(lim.Memory().Value()) * memlimit.Fraction
+		// The projector sets GOMEMLIMIT to process.MemLimitFraction of the limit.
+		soft := float64(lim.Memory().Value()) * process.MemLimitFraction
 		if soft < projectorHeap {
 			r.Errorf("projector: memory limit %v gives GOMEMLIMIT %.0f MB, below the %d MB the projector needs with 1M partitions",
 				lim.Memory(), soft/1e6, projectorHeap/1_000_000)

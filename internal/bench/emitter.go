@@ -20,9 +20,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/derived"
-	"github.com/jetproj/jetproj/pkg/devenv"
-	"github.com/jetproj/jetproj/pkg/emitter"
+	"github.com/jetproj/jetproj/internal/derived"
+	"github.com/jetproj/jetproj/internal/devenv"
+	"github.com/jetproj/jetproj/internal/emitter"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/jetproj/jetproj/pkg/devenv"
+	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"

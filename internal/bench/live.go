@@ -17,7 +17,7 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
-	"github.com/jetproj/jetproj/pkg/feeder"
+	"github.com/jetproj/jetproj/internal/feeder"
 )
 
 // Latency is the live latency measurement: from an append's commit to the

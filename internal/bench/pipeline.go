@@ -17,8 +17,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/jetproj/jetproj/pkg/devenv"
-	"github.com/jetproj/jetproj/pkg/emitter"
+	"github.com/jetproj/jetproj/internal/devenv"
+	"github.com/jetproj/jetproj/internal/emitter"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"

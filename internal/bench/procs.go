@@ -18,7 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/devenv"
+	"github.com/jetproj/jetproj/internal/devenv"
 )
 
 // natsServerModule is the module the nats-server binary is built from: the

@@ -24,7 +24,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/feeder"
+	"github.com/jetproj/jetproj/internal/feeder"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 	"github.com/jetproj/jetproj/pkg/subject"

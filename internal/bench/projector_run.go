@@ -16,7 +16,7 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
-	"github.com/jetproj/jetproj/pkg/feeder"
+	"github.com/jetproj/jetproj/internal/feeder"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 	"github.com/jetproj/jetproj/pkg/subject"

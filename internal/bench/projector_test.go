@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/jetproj/jetproj/internal/bench"
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
 )
 
 // childEnv makes the test binary the projector benchmark's memory child

@@ -14,7 +14,7 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
-	"github.com/jetproj/jetproj/pkg/feeder"
+	"github.com/jetproj/jetproj/internal/feeder"
 )
 
 // Settings of the raw relay, the same as the feeder's defaults.

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/jetproj/jetproj/pkg/devenv"
+	"github.com/jetproj/jetproj/internal/devenv"
 )
 
 // Target is where a benchmark runs: a PostgreSQL database (migrated by the

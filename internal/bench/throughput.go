@@ -21,8 +21,8 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
-	"github.com/jetproj/jetproj/pkg/feeder"
-	"github.com/jetproj/jetproj/pkg/jsretry"
+	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/internal/jsretry"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 

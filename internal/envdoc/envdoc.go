@@ -19,7 +19,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/jetproj/jetproj/pkg/config"
+	"github.com/jetproj/jetproj/internal/config"
 )
 
 // Header is the first line of every table.

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/jetproj/jetproj/internal/envdoc"
-	"github.com/jetproj/jetproj/pkg/natsconn"
+	"github.com/jetproj/jetproj/internal/natsconn"
 )
 
 type store struct {

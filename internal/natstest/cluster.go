@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/devenv"
+	"github.com/jetproj/jetproj/internal/devenv"
 )
 
 // Cluster is a JetStream cluster of embedded servers on loopback, named

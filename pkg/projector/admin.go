@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/lease"
+	"github.com/jetproj/jetproj/internal/lease"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 

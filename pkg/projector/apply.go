@@ -10,10 +10,10 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/jetproj/jetproj/pkg/derived"
+	"github.com/jetproj/jetproj/internal/derived"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/projection"
-	"github.com/jetproj/jetproj/pkg/tracing"
+	"github.com/jetproj/jetproj/internal/tracing"
 )
 
 // errStore wraps an error sendQueued got that is the store's, not a

@@ -12,7 +12,7 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/projection"
-	"github.com/jetproj/jetproj/pkg/tracing"
+	"github.com/jetproj/jetproj/internal/tracing"
 )
 
 // maxBatchBytes bounds the payload of a batch.

@@ -8,7 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/jsretry"
+	"github.com/jetproj/jetproj/internal/jsretry"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 

@@ -14,8 +14,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/jetproj/jetproj/pkg/jsretry"
-	"github.com/jetproj/jetproj/pkg/lease"
+	"github.com/jetproj/jetproj/internal/jsretry"
+	"github.com/jetproj/jetproj/internal/lease"
 )
 
 // manage keeps this replica's share of the slots: it heartbeats membership,

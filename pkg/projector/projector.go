@@ -16,8 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/jetproj/jetproj/pkg/jsretry"
-	"github.com/jetproj/jetproj/pkg/lease"
+	"github.com/jetproj/jetproj/internal/jsretry"
+	"github.com/jetproj/jetproj/internal/lease"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 

@@ -10,7 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/jsretry"
+	"github.com/jetproj/jetproj/internal/jsretry"
 )
 
 // RegistryBucket is the KV bucket that records every projection's

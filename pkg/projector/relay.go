@@ -11,7 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/derived"
+	"github.com/jetproj/jetproj/internal/derived"
 )
 
 // Derived events of partitions whose state lives in KV are written in the

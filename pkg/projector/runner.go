@@ -12,10 +12,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/derived"
-	"github.com/jetproj/jetproj/pkg/jsretry"
-	"github.com/jetproj/jetproj/pkg/lease"
-	"github.com/jetproj/jetproj/pkg/opsserver"
+	"github.com/jetproj/jetproj/internal/derived"
+	"github.com/jetproj/jetproj/internal/jsretry"
+	"github.com/jetproj/jetproj/internal/lease"
+	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/subject"
 )

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jetproj/jetproj/pkg/lease"
+	"github.com/jetproj/jetproj/internal/lease"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/subject"
 )

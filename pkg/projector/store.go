@@ -15,7 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/jetproj/jetproj/pkg/derived"
+	"github.com/jetproj/jetproj/internal/derived"
 )
 
 // Record is what is stored per partition: its position and state, and when

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/jetproj/jetproj/pkg/derived"
+	"github.com/jetproj/jetproj/internal/derived"
 )
 
 // PGStore keeps records in PostgreSQL tables, written in the same

@@ -7,7 +7,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/jetproj/jetproj/pkg/projection"
-	"github.com/jetproj/jetproj/pkg/tracing"
+	"github.com/jetproj/jetproj/internal/tracing"
 )
 
 // traceBatch starts the span in which a partition applies msgs: the child

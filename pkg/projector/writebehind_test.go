@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )

@@ -8,21 +8,21 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jetproj/jetproj/pkg/config"
-	"github.com/jetproj/jetproj/pkg/lease"
-	"github.com/jetproj/jetproj/pkg/logging"
-	"github.com/jetproj/jetproj/pkg/natsconn"
-	"github.com/jetproj/jetproj/pkg/opsserver"
-	"github.com/jetproj/jetproj/pkg/pgconn"
-	"github.com/jetproj/jetproj/pkg/statuspage"
+	"github.com/jetproj/jetproj/internal/config"
+	"github.com/jetproj/jetproj/internal/lease"
+	"github.com/jetproj/jetproj/internal/process"
+	"github.com/jetproj/jetproj/internal/natsconn"
+	"github.com/jetproj/jetproj/internal/opsserver"
+	"github.com/jetproj/jetproj/internal/pgpool"
+	"github.com/jetproj/jetproj/internal/statuspage"
 )
 
 // Config is the projector service's configuration, read from the
 // environment.
 type Config struct {
-	DB        pgconn.Config
+	DB        pgpool.Config
 	NATS      natsconn.Config
-	Log       logging.Config
+	Log       process.LogConfig
 	Projector Settings
 	Ops       opsserver.Config
 	Page      statuspage.Config

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/examples"
 )
 

@@ -15,7 +15,7 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
-	"github.com/jetproj/jetproj/pkg/statuspage"
+	"github.com/jetproj/jetproj/internal/statuspage"
 )
 
 func (s *service) pageCollector(page *statuspage.Page, p *projector.Projector, reg prometheus.Gatherer) statuspage.Collector {

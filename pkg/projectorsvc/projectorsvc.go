@@ -31,18 +31,16 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/jsretry"
-	"github.com/jetproj/jetproj/pkg/lease"
-	"github.com/jetproj/jetproj/pkg/lifecycle"
-	"github.com/jetproj/jetproj/pkg/logging"
-	"github.com/jetproj/jetproj/pkg/memlimit"
-	"github.com/jetproj/jetproj/pkg/natsconn"
-	"github.com/jetproj/jetproj/pkg/opsserver"
-	"github.com/jetproj/jetproj/pkg/pgconn"
+	"github.com/jetproj/jetproj/internal/jsretry"
+	"github.com/jetproj/jetproj/internal/lease"
+	"github.com/jetproj/jetproj/internal/process"
+	"github.com/jetproj/jetproj/internal/natsconn"
+	"github.com/jetproj/jetproj/internal/opsserver"
+	"github.com/jetproj/jetproj/internal/pgpool"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
-	"github.com/jetproj/jetproj/pkg/statuspage"
-	"github.com/jetproj/jetproj/pkg/tracing"
+	"github.com/jetproj/jetproj/internal/statuspage"
+	"github.com/jetproj/jetproj/internal/tracing"
 )
 
 // Definitions returns the projections a projector binary knows, with their
@@ -250,8 +248,8 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 		return 2
 	}
 
-	log := logging.New(stderr, cfg.Log).With("service", "projector")
-	ctx, stop := lifecycle.SignalContext(ctx, log, os.Exit)
+	log := process.NewLogger(stderr, cfg.Log).With("service", "projector")
+	ctx, stop := process.SignalContext(ctx, log, os.Exit)
 	defer stop()
 
 	// Passing JetStream trouble (a node restarting, a leader moving) is
@@ -349,7 +347,7 @@ type service struct {
 }
 
 func (s *service) connect(ctx context.Context, logConn bool, defs Definitions) error {
-	pool, err := pgconn.Open(ctx, s.cfg.DB)
+	pool, err := pgpool.Open(ctx, s.cfg.DB)
 	if err != nil {
 		return err
 	}
@@ -410,7 +408,7 @@ func (s *service) progress(format string, args ...any) {
 }
 
 func (s *service) run(ctx context.Context) error {
-	if limit := memlimit.FromCgroup(memlimit.DefaultCgroupFile); limit > 0 {
+	if limit := process.MemLimitFromCgroup(process.DefaultCgroupFile); limit > 0 {
 		s.log.Info("soft memory limit set below the container's", "bytes", limit)
 	}
 	// A connection the server closed for good ends the replica.

@@ -13,17 +13,16 @@ import (
 	"os"
 	"time"
 
-	"github.com/jetproj/jetproj/pkg/config"
-	"github.com/jetproj/jetproj/pkg/demo"
-	"github.com/jetproj/jetproj/pkg/lifecycle"
-	"github.com/jetproj/jetproj/pkg/logging"
-	"github.com/jetproj/jetproj/pkg/natsconn"
+	"github.com/jetproj/jetproj/internal/config"
+	"github.com/jetproj/jetproj/internal/demo"
+	"github.com/jetproj/jetproj/internal/process"
+	"github.com/jetproj/jetproj/internal/natsconn"
 )
 
 type env struct {
 	DatabaseURL string `env:"DATABASE_URL" doc:"Event store; empty starts a throwaway PostgreSQL."`
 	NATS        natsconn.Config
-	Log         logging.Config
+	Log         process.LogConfig
 }
 
 const usage = `Usage: demo [run] [flags]   the whole pipeline in this process, shown live
@@ -46,8 +45,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "demo:", err)
 			return 2
 		}
-		log := logging.New(stderr, cfg.Log).With("service", "demo-writer")
-		ctx, stop := lifecycle.SignalContext(context.Background(), log, os.Exit)
+		log := process.NewLogger(stderr, cfg.Log).With("service", "demo-writer")
+		ctx, stop := process.SignalContext(context.Background(), log, os.Exit)
 		defer stop()
 		n, err := demo.Write(ctx, cfg, log)
 		if err != nil {
@@ -74,9 +73,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	log := slog.New(slog.DiscardHandler)
 	if *verbose {
-		log = logging.New(stderr, cfg.Log)
+		log = process.NewLogger(stderr, cfg.Log)
 	}
-	ctx, stop := lifecycle.SignalContext(context.Background(), log, os.Exit)
+	ctx, stop := process.SignalContext(context.Background(), log, os.Exit)
 	defer stop()
 	res, err := demo.Run(ctx, demo.Options{DatabaseURL: cfg.DatabaseURL, NATS: cfg.NATS, Duration: *duration,
 		Rate: *rate, Out: stdout, Log: log, Redraw: isTerminal(stdout) && !*verbose})

@@ -6,7 +6,7 @@ import (
 	"context"
 	"os"
 
-	"github.com/jetproj/jetproj/pkg/emittersvc"
+	"github.com/jetproj/jetproj/internal/emittersvc"
 )
 
 func main() {

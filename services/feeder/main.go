@@ -6,7 +6,7 @@ import (
 	"context"
 	"os"
 
-	"github.com/jetproj/jetproj/pkg/feedersvc"
+	"github.com/jetproj/jetproj/internal/feedersvc"
 )
 
 func main() {

@@ -17,9 +17,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/demo"
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
-	"github.com/jetproj/jetproj/pkg/emitter"
+	"github.com/jetproj/jetproj/internal/demo"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/emitter"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"

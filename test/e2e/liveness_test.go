@@ -11,9 +11,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/examples"
-	"github.com/jetproj/jetproj/pkg/opsserver"
+	"github.com/jetproj/jetproj/internal/opsserver"
 )
 
 // wantProbe waits until addr's path answers code with a body containing

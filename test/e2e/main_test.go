@@ -14,8 +14,8 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/jetproj/jetproj/pkg/devenv"
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/devenv"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
 )
 
 // TestMain does what devtest.Main does (stop the shared PostgreSQL cluster,

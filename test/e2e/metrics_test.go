@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
-	"github.com/jetproj/jetproj/pkg/opsserver"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/opsserver"
 )
 
 // wantSample waits until the service at addr reports the sample (metric

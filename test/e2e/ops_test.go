@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jetproj/jetproj/pkg/devenv"
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
-	"github.com/jetproj/jetproj/pkg/opsserver"
+	"github.com/jetproj/jetproj/internal/devenv"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/opsserver"
 )
 
 // opsAddr returns a free loopback address for a process's operations

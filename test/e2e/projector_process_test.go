@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jetproj/jetproj/pkg/demo"
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/demo"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/examples"
 )
 

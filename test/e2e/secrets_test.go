@@ -12,8 +12,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/devenv"
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/devenv"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/examples"
 )
 

@@ -23,12 +23,12 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
-	"github.com/jetproj/jetproj/pkg/feeder"
+	"github.com/jetproj/jetproj/internal/feeder"
 	"github.com/jetproj/jetproj/pkg/projector"
-	"github.com/jetproj/jetproj/pkg/statuspage"
+	"github.com/jetproj/jetproj/internal/statuspage"
 )
 
 // chromiumPath finds Debian's chromium (scripts/ensure-chromium.sh installs

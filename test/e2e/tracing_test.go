@@ -16,7 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 )

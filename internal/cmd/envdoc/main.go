@@ -22,22 +22,22 @@ import (
 	"slices"
 
 	"github.com/jetproj/jetproj/internal/envdoc"
-	"github.com/jetproj/jetproj/pkg/emitter"
-	"github.com/jetproj/jetproj/pkg/feeder"
-	"github.com/jetproj/jetproj/pkg/logging"
-	"github.com/jetproj/jetproj/pkg/natsconn"
-	"github.com/jetproj/jetproj/pkg/opsserver"
-	"github.com/jetproj/jetproj/pkg/pgconn"
+	"github.com/jetproj/jetproj/internal/emitter"
+	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/internal/process"
+	"github.com/jetproj/jetproj/internal/natsconn"
+	"github.com/jetproj/jetproj/internal/opsserver"
+	"github.com/jetproj/jetproj/internal/pgpool"
 	"github.com/jetproj/jetproj/pkg/projectorsvc"
-	"github.com/jetproj/jetproj/pkg/statuspage"
+	"github.com/jetproj/jetproj/internal/statuspage"
 )
 
 // sections maps the section names used in markers to configuration structs.
 // Adding a service's configuration to the documentation is one line here.
 var sections = map[string]any{
 	"nats":       natsconn.Config{},
-	"database":   pgconn.Config{},
-	"logging":    logging.Config{},
+	"database":   pgpool.Config{},
+	"logging":    process.LogConfig{},
 	"ops":        opsserver.Config{},
 	"feeder":     feeder.Config{},
 	"projector":  projectorsvc.Settings{},

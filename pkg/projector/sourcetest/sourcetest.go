@@ -50,7 +50,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/jetproj/jetproj/pkg/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 

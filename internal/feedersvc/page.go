@@ -1,0 +1,45 @@
+package feedersvc
+
+import (
+	"context"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/jetproj/jetproj/pkg/eventstore"
+	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/internal/statuspage"
+)
+
+// PageCollector publishes a feeder instance's status for the status
+// pages: the active instance also reads the store's head and the report
+// `feeder status` prints.
+func PageCollector(f *feeder.Feeder, pool eventstore.Querier, js jetstream.JetStream, cfg feeder.Config, reg prometheus.Gatherer) statuspage.Collector {
+	return func(ctx context.Context) (map[string]any, error) {
+		c := f.Config()
+		st := f.Status()
+		snap := statuspage.FeederSnap{Name: c.Name, Stream: c.Stream, Instance: c.Instance, State: st.State,
+			Active:    st.State != feeder.StateStandby && st.State != feeder.StateStarting,
+			Position:  st.Position,
+			Published: statuspage.Metric(reg, "jetproj_feeder_events_published_total", "")[""],
+			At:        time.Now().UTC()}
+		key := statuspage.Key("feeder", c.Name, c.Instance)
+		if !snap.Active {
+			return map[string]any{key: snap}, nil
+		}
+		head, err := eventstore.Head(ctx, pool)
+		if err == nil {
+			snap.StoreHead = head
+			snap.Lag, err = eventstore.Behind(ctx, pool, f.Cursor())
+		}
+		rep, rerr := feeder.ReadReport(ctx, js, cfg)
+		if rerr == nil {
+			snap.Report = &rep
+		}
+		if err == nil {
+			err = rerr
+		}
+		return map[string]any{key: snap}, err
+	}
+}
