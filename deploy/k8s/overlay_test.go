@@ -20,8 +20,8 @@ import (
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
-	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/opsserver"
+	"github.com/jetproj/jetproj/internal/process"
 )
 
 // Minimal shapes of the custom resources, decoded strictly too: a field

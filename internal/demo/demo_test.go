@@ -10,9 +10,9 @@ import (
 	"github.com/jetproj/jetproj/internal/config"
 	"github.com/jetproj/jetproj/internal/demo"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
-	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/internal/natsconn"
 	"github.com/jetproj/jetproj/internal/pgpool"
+	"github.com/jetproj/jetproj/pkg/eventstore"
 )
 
 func TestMain(m *testing.M) { devtest.Main(m) }

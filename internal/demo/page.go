@@ -15,10 +15,10 @@ import (
 	"github.com/jetproj/jetproj/internal/feeder"
 	"github.com/jetproj/jetproj/internal/feedersvc"
 	"github.com/jetproj/jetproj/internal/opsserver"
+	"github.com/jetproj/jetproj/internal/statuspage"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 	"github.com/jetproj/jetproj/pkg/projectorsvc"
-	"github.com/jetproj/jetproj/internal/statuspage"
 )
 
 // defaultOpsAddr is where the demo serves its status page, unless taken.

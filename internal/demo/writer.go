@@ -7,9 +7,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/jetproj/jetproj/pkg/eventstore"
-	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/pgpool"
+	"github.com/jetproj/jetproj/internal/process"
+	"github.com/jetproj/jetproj/pkg/eventstore"
 )
 
 // WriterConfig configures `demo write`, the demo writer of the container

@@ -39,8 +39,8 @@ import (
 	"github.com/jetproj/jetproj/internal/derived"
 	"github.com/jetproj/jetproj/internal/lease"
 	"github.com/jetproj/jetproj/internal/opsserver"
-	"github.com/jetproj/jetproj/pkg/projector"
 	"github.com/jetproj/jetproj/internal/tracing"
+	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // Header names of derived events (package derived).

@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jetproj/jetproj/internal/natstest"
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/emittersvc"
+	"github.com/jetproj/jetproj/internal/natstest"
 	"github.com/jetproj/jetproj/internal/opsserver"
 )
 

@@ -14,10 +14,10 @@ import (
 	"github.com/jetproj/jetproj/internal/config"
 	"github.com/jetproj/jetproj/internal/emitter"
 	"github.com/jetproj/jetproj/internal/jsretry"
-	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/natsconn"
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/internal/pgpool"
+	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/statuspage"
 	"github.com/jetproj/jetproj/internal/tracing"
 )

@@ -16,9 +16,9 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/emittersvc"
+	"github.com/jetproj/jetproj/internal/statuspage"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
-	"github.com/jetproj/jetproj/internal/statuspage"
 )
 
 // The service relays DATABASE_URL's outbox and each of

@@ -18,15 +18,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetproj/jetproj/internal/config"
-	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/internal/feeder"
 	"github.com/jetproj/jetproj/internal/jsretry"
-	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/natsconn"
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/internal/pgpool"
+	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/statuspage"
 	"github.com/jetproj/jetproj/internal/tracing"
+	"github.com/jetproj/jetproj/pkg/eventstore"
 )
 
 // Config is the feeder service's configuration, read from the environment.

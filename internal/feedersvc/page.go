@@ -7,9 +7,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/internal/feeder"
 	"github.com/jetproj/jetproj/internal/statuspage"
+	"github.com/jetproj/jetproj/pkg/eventstore"
 )
 
 // PageCollector publishes a feeder instance's status for the status

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jetproj/jetproj/internal/natstest"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/natsconn"
+	"github.com/jetproj/jetproj/internal/natstest"
 )
 
 // TestClosedByServerFailsLiveness: after the server closes the connection

@@ -4,9 +4,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/jetproj/jetproj/internal/natstest"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/natsconn"
+	"github.com/jetproj/jetproj/internal/natstest"
 )
 
 // TestWarnSingleReplicaOnCluster (issue 13, item 5): connected to a

@@ -21,8 +21,8 @@ import (
 
 	"github.com/jetproj/jetproj/internal/config"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
-	"github.com/jetproj/jetproj/pkg/projector"
 	"github.com/jetproj/jetproj/internal/statuspage"
+	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 func TestMain(m *testing.M) { devtest.Main(m) }

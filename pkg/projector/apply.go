@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/jetproj/jetproj/internal/derived"
+	"github.com/jetproj/jetproj/internal/tracing"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/projection"
-	"github.com/jetproj/jetproj/internal/tracing"
 )
 
 // errStore wraps an error sendQueued got that is the store's, not a

@@ -10,9 +10,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/jetproj/jetproj/internal/tracing"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/projection"
-	"github.com/jetproj/jetproj/internal/tracing"
 )
 
 // maxBatchBytes bounds the payload of a batch.

@@ -10,10 +10,10 @@ import (
 
 	"github.com/jetproj/jetproj/internal/config"
 	"github.com/jetproj/jetproj/internal/lease"
-	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/natsconn"
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/internal/pgpool"
+	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/statuspage"
 )
 

@@ -13,9 +13,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/jetproj/jetproj/internal/statuspage"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
-	"github.com/jetproj/jetproj/internal/statuspage"
 )
 
 func (s *service) pageCollector(page *statuspage.Page, p *projector.Projector, reg prometheus.Gatherer) statuspage.Collector {

@@ -15,8 +15,8 @@ import (
 
 	"github.com/jetproj/jetproj/internal/config"
 	"github.com/jetproj/jetproj/internal/demo"
-	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/natsconn"
+	"github.com/jetproj/jetproj/internal/process"
 )
 
 type env struct {

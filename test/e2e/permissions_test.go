@@ -16,9 +16,9 @@ import (
 
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/statuspage"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
-	"github.com/jetproj/jetproj/internal/statuspage"
 )
 
 // Least privilege per service, as docs/operations.md documents it: each

@@ -24,11 +24,11 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/internal/statuspage"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
-	"github.com/jetproj/jetproj/internal/feeder"
 	"github.com/jetproj/jetproj/pkg/projector"
-	"github.com/jetproj/jetproj/internal/statuspage"
 )
 
 // chromiumPath finds Debian's chromium (scripts/ensure-chromium.sh installs

@@ -21,15 +21,15 @@ import (
 	"os"
 	"slices"
 
-	"github.com/jetproj/jetproj/internal/envdoc"
 	"github.com/jetproj/jetproj/internal/emitter"
+	"github.com/jetproj/jetproj/internal/envdoc"
 	"github.com/jetproj/jetproj/internal/feeder"
-	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/natsconn"
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/internal/pgpool"
-	"github.com/jetproj/jetproj/pkg/projectorsvc"
+	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/statuspage"
+	"github.com/jetproj/jetproj/pkg/projectorsvc"
 )
 
 // sections maps the section names used in markers to configuration structs.
