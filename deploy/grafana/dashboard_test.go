@@ -49,7 +49,7 @@ func registered(t *testing.T) map[string]string {
 	out := map[string]string{}
 	optName := regexp.MustCompile(`Name:\s*"(jetproj_[a-z0-9_]+)"`)
 	histogram := regexp.MustCompile(`NewHistogram(?:Vec)?\(prometheus\.HistogramOpts\{\s*Name:\s*"(jetproj_[a-z0-9_]+)"`)
-	err := filepath.WalkDir("../../pkg", func(path string, d fs.DirEntry, err error) error {
+	walk := func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
 			return err
 		}
@@ -66,9 +66,11 @@ func registered(t *testing.T) map[string]string {
 			}
 		}
 		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	}
+	for _, dir := range []string{"../../pkg", "../../internal"} {
+		if err := filepath.WalkDir(dir, walk); err != nil {
+			t.Fatal(err)
+		}
 	}
 	mfs, err := opsserver.NewRegistry().Gather()
 	if err != nil {

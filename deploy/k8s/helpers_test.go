@@ -153,7 +153,7 @@ var jetprojMetric = regexp.MustCompile(`\bjetproj_[a-z0-9_]+`)
 
 func registeredMetrics() ([]string, error) {
 	var names []string
-	for _, dir := range []string{"pkg", "services"} {
+	for _, dir := range []string{"pkg", "internal", "services"} {
 		err := filepath.WalkDir(filepath.Join(repoRoot, dir), func(path string, d os.DirEntry, err error) error {
 			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
 				return err
@@ -189,7 +189,7 @@ func checkQuery(r reporter, where, expr string, registered []string) {
 			}
 		}
 		if !slices.Contains(registered, base) {
-			r.Errorf("%s: %q uses %s, which no Go source under pkg/ or services/ registers (registered: %s)",
+			r.Errorf("%s: %q uses %s, which no Go source under pkg/, internal/ or services/ registers (registered: %s)",
 				where, expr, n, strings.Join(registered, " "))
 		}
 	}

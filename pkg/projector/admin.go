@@ -91,25 +91,51 @@ func Start(ctx context.Context, js jetstream.JetStream, d *projection.Definition
 }
 
 // SetLive switches emission on or off. Switched on, the projection emits for
-// events after the source's current end only: what it catches up on until
-// then emits nothing.
+// every event appended after SetLive began, and nothing for what it catches
+// up on before that. Switched off, replicas stop emitting as they learn of
+// it (within moments; events they handle until then still emit).
+//
+// Switching on takes two registry updates: the first marks the switch in
+// progress (LivePending), then the source's end is read and recorded as
+// ReplayUntil. A replica of a deployment that is not live reads the entry
+// from the server before each batch and waits out a switch in progress,
+// so an event appended after the source's end was read is never handled as
+// not live, however late the replica's copy of the registry is. If SetLive
+// fails half-way, the projection waits (its batches fail and are retried)
+// until SetLive is run again.
 func SetLive(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int, live bool) error {
 	reg, err := OpenRegistry(ctx, js, replicas)
 	if err != nil {
 		return err
 	}
+	e, err := reg.Update(ctx, d.Name(), func(e *Entry, exists bool) error {
+		if !exists {
+			return fmt.Errorf("projector: no projection %q: run init first", d.Name())
+		}
+		if live && e.NotLive {
+			e.LivePending = true
+		}
+		e.NotLive = !live
+		if !live {
+			e.LivePending = false
+		}
+		return nil
+	})
+	if err != nil || !e.LivePending {
+		return err
+	}
 	head, err := sourceHead(ctx, js, d)
 	if err != nil {
-		return err
+		return fmt.Errorf("projector: %s is switching live and waits for SetLive to run again: %w", d.Name(), err)
 	}
 	_, err = reg.Update(ctx, d.Name(), func(e *Entry, exists bool) error {
 		if !exists {
 			return fmt.Errorf("projector: no projection %q: run init first", d.Name())
 		}
-		if live && e.NotLive {
+		if e.LivePending {
 			e.ReplayUntil = max(e.ReplayUntil, head)
+			e.LivePending = false
 		}
-		e.NotLive = !live
 		return nil
 	})
 	return err

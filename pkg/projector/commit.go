@@ -125,6 +125,9 @@ const (
 // returns fail the batch as a whole: a taken-over slot, a store that
 // cannot be reached.
 func (r *runner) commitBatch(ctx context.Context, order []*work, lastSeq uint64, behind bool) error {
+	if err := r.settleLive(ctx); err != nil {
+		return err
+	}
 	err := r.commit(ctx, order, lastSeq, behind)
 	if err == nil || ctx.Err() != nil || errors.Is(err, ErrFenced) || len(order) == 0 || !r.caps.Transactional {
 		return err

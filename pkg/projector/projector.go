@@ -40,6 +40,9 @@ type Options struct {
 
 	// unpublishedLimit overrides maxUnpublishedTotal (tests).
 	unpublishedLimit int
+	// staleRegistry leaves the registry unwatched, so the local copy
+	// keeps what the replica read at start (tests).
+	staleRegistry bool
 }
 
 // RetryPolicy is how failing partitions are retried: MaxAttempts before
@@ -158,8 +161,10 @@ func (p *Projector) run(ctx context.Context) error {
 	}
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	if err := reg.Watch(wctx); err != nil {
-		return err
+	if !p.opts.staleRegistry {
+		if err := reg.Watch(wctx); err != nil {
+			return err
+		}
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, d := range p.defs {

@@ -39,9 +39,13 @@ type Entry struct {
 	ReplayUntil uint64 `json:"replay_until,omitempty"`
 	// NotLive marks a deployment that must not emit (blue-green: v2
 	// catching up beside v1).
-	NotLive  bool      `json:"not_live,omitempty"`
-	Updated  time.Time `json:"updated"`
-	Revision uint64    `json:"-"`
+	NotLive bool `json:"not_live,omitempty"`
+	// LivePending marks a switch to live in progress: SetLive has turned
+	// NotLive off and is reading the source's end for ReplayUntil.
+	// Replicas wait for it before deciding what a batch emits.
+	LivePending bool      `json:"live_pending,omitempty"`
+	Updated     time.Time `json:"updated"`
+	Revision    uint64    `json:"-"`
 }
 
 // Registry reads and changes registry entries; a watch keeps a local copy

@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -427,6 +428,47 @@ func (r *runner) replayUntil() uint64 {
 	e, _ := r.reg.cached(r.def.Name())
 	return e.ReplayUntil
 }
+
+// settleLive makes the cached registry entry current before a batch when
+// what the batch emits depends on it: while the cached entry says the
+// deployment is not live, or is being switched live, the entry is read from
+// the server, and a switch in progress (see SetLive) is waited for. So a
+// batch never holds an event appended after SetLive read the source's end
+// while this replica still thinks the deployment is not live.
+func (r *runner) settleLive(ctx context.Context) error {
+	name := r.def.Name()
+	if e, ok := r.reg.cached(name); !ok || (!e.NotLive && !e.LivePending) {
+		return nil
+	}
+	deadline := time.Now().Add(liveSwitchWait)
+	for {
+		e, ok, err := r.reg.Get(ctx, name)
+		if err != nil {
+			return fmt.Errorf("projector: registry: %w", err)
+		}
+		if !ok {
+			return nil
+		}
+		r.reg.remember(name, e)
+		if !e.LivePending {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("projector: %s is being switched live and SetLive has not finished", name)
+		}
+		t := time.NewTimer(10 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// liveSwitchWait is how long a batch waits for a switch to live in
+// progress before it fails (and is read again after a pause).
+const liveSwitchWait = 5 * time.Second
 
 func (r *runner) emitting(seq uint64) bool {
 	e, ok := r.reg.cached(r.def.Name())
