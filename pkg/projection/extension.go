@@ -29,6 +29,13 @@ type Message struct {
 var ErrNoMessage = errors.New("projection: no message")
 
 // Subscription is a running Consume.
+//
+// A Subscription may also have a method Pending(ctx context.Context)
+// (uint64, error) that returns how many messages the source holds for it
+// and has not delivered yet: a subscription that delivers nothing for a
+// while although Pending reports messages is stopped and Consume is called
+// again (the built-in source has it, against a client library's consumer
+// that stops pulling after a server restart or a leader change).
 type Subscription interface {
 	// Stop ends delivery; no callback runs after it returns.
 	Stop()

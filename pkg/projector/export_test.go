@@ -1,5 +1,7 @@
 package projector
 
+import "time"
+
 // WithUnpublishedLimit sets the bound of refused derived events all
 // partitions of a projection keep (maxUnpublishedTotal), for tests.
 func WithUnpublishedLimit(o Options, n int) Options {
@@ -11,5 +13,12 @@ func WithUnpublishedLimit(o Options, n int) Options {
 // at start (no watch), for tests of what must not depend on the watch.
 func WithStaleRegistry(o Options) Options {
 	o.staleRegistry = true
+	return o
+}
+
+// WithConsumerCheck sets how often an idle runner asks the source whether
+// its consumer holds messages back (consumerCheckEvery), for tests.
+func WithConsumerCheck(o Options, d time.Duration) Options {
+	o.consumerCheck = d
 	return o
 }

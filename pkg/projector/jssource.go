@@ -33,6 +33,7 @@ func NewJetStreamSource(ctx context.Context, js jetstream.JetStream, stream stri
 }
 
 type jsSub struct {
+	cons    jetstream.Consumer
 	cc      jetstream.ConsumeContext
 	errs    chan error
 	mu      sync.Mutex
@@ -63,6 +64,16 @@ func (s *jsSub) enter() bool {
 
 func (s *jsSub) Err() <-chan error { return s.errs }
 
+// Pending returns how many messages the server holds for the consumer that
+// it has not delivered yet.
+func (s *jsSub) Pending(ctx context.Context) (uint64, error) {
+	info, err := s.cons.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.NumPending, nil
+}
+
 // pullMaxBytes bounds the payload the consumer asks the server for at a
 // time, whatever Buffer says: a stream of large messages cannot fill the
 // client's memory.
@@ -89,7 +100,7 @@ func (s *JetStreamSource) Consume(ctx context.Context, from uint64, deliver func
 		jsretry.FromContext(ctx).Failed(op, err)
 		return nil, err
 	}
-	sub := &jsSub{errs: make(chan error, 1)}
+	sub := &jsSub{cons: c, errs: make(chan error, 1)}
 	cc, err := c.Consume(func(m jetstream.Msg) {
 		if !sub.enter() {
 			return

@@ -40,6 +40,8 @@ type Options struct {
 
 	// unpublishedLimit overrides maxUnpublishedTotal (tests).
 	unpublishedLimit int
+	// consumerCheck overrides consumerCheckEvery (tests).
+	consumerCheck time.Duration
 	// staleRegistry leaves the registry unwatched, so the local copy
 	// keeps what the replica read at start (tests).
 	staleRegistry bool
@@ -235,6 +237,7 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.De
 		replica: p.opts.Replica, ttl: p.opts.LeaseTTL, streamReplicas: p.opts.Replicas, metrics: p.metrics, eventPrefix: aggregatePrefix(d),
 		log:    p.log.With("projection", d.Name()),
 		status: RunnerStatus{Projection: d.Name(), Replica: p.opts.Replica}, unsentLimit: cmp.Or(p.opts.unpublishedLimit, maxUnpublishedTotal),
+		consCheck: p.opts.consumerCheck,
 	}, nil
 }
 

@@ -1,7 +1,9 @@
 package projector
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -100,6 +102,12 @@ type runner struct {
 	// consFailing counts consumer starts that failed in a row.
 	consFailing int
 	consBackoff jsretry.Backoff
+	// delivered is when the consumer last gave the loop a message (or
+	// started); checkConsumer compares it with what the source holds.
+	delivered time.Time
+	// consCheck is how often an idle loop asks the source whether the
+	// consumer holds back messages (consumerCheckEvery; tests lower it).
+	consCheck time.Duration
 	// states are decoded states of partitions a catch-up handled, as
 	// their stored state encodes them (takeState, keepState).
 	states map[*part]any
@@ -184,6 +192,8 @@ func (r *runner) run(ctx context.Context) error {
 
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
+	check := time.NewTicker(cmp.Or(r.consCheck, consumerCheckEvery))
+	defer check.Stop()
 	defer r.busy.Stop()
 	for {
 		r.noteProgress()
@@ -266,6 +276,7 @@ func (r *runner) run(ctx context.Context) error {
 				r.consFailing = 0
 			}
 			r.consBackoff.Reset()
+			r.delivered = time.Now()
 		}
 		r.setState("running")
 		// Wait for work: messages, ownership changes, due retries, commands.
@@ -321,6 +332,10 @@ func (r *runner) run(ctx context.Context) error {
 			r.log.Warn("consumer failed; restarting", "error", err)
 			r.restartAt = r.next
 			continue
+		case <-check.C:
+			r.busy.Start()
+			r.checkConsumer(ctx)
+			continue
 		case <-tick:
 		case first = <-msgs:
 			got = true
@@ -333,6 +348,7 @@ func (r *runner) run(ctx context.Context) error {
 			}
 		}
 		r.busy.Start()
+		r.delivered = time.Now()
 		batch := r.collect(first)
 		// Behind: at least another full batch waits.
 		last := batch[len(batch)-1]
@@ -342,6 +358,40 @@ func (r *runner) run(ctx context.Context) error {
 		r.draining = r.spec.Mode == projection.Polling && (last.Pending > 0 || len(r.cons.msgs) > 0)
 		clear(batch) // let the messages go; the buffer is reused
 	}
+}
+
+// consumerCheckEvery is how often a runner waiting for messages asks the
+// source whether its consumer holds some back.
+const consumerCheckEvery = 10 * time.Second
+
+// pendingReporter is a subscription that can tell how many messages the
+// source holds for it and has not delivered (see projection.Subscription).
+type pendingReporter interface {
+	Pending(ctx context.Context) (uint64, error)
+}
+
+// checkConsumer restarts a consumer that has delivered nothing for a check
+// interval although the source holds messages for it: a client library's
+// consumer may stop pulling after a server restart or a leader change and
+// never say so. Polling projections hold messages back on purpose and are
+// not checked.
+func (r *runner) checkConsumer(ctx context.Context) {
+	pr, ok := r.cons.sub.(pendingReporter)
+	if !ok || r.spec.Mode == projection.Polling || len(r.cons.msgs) > 0 || time.Since(r.delivered) < cmp.Or(r.consCheck, consumerCheckEvery) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	n, err := pr.Pending(ctx)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+	case err != nil || n == 0:
+		return // passing trouble: the next check asks again
+	}
+	r.log.Warn("consumer delivered nothing although the source holds messages for it; restarting it",
+		"pending", n, "idle", time.Since(r.delivered).Round(time.Second), "error", err)
+	r.metrics.errors.WithLabelValues(r.def.Name()).Inc()
+	r.restartAt = r.next
 }
 
 // idleMark fires a second after the last watermark save when a slot's

@@ -1,0 +1,120 @@
+package projector_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projector"
+)
+
+// silentSource's first subscription delivers its first messages and then
+// nothing more, though it goes on running and the server holds messages for
+// it: a client library's consumer that stopped pulling and never said so.
+type silentSource struct {
+	*projector.JetStreamSource
+	deliver  int // messages the first subscription delivers
+	consumes atomic.Int32
+	stopped  chan struct{} // closed when the first subscription went quiet
+}
+
+func (s *silentSource) Consume(ctx context.Context, from uint64, deliver func(projection.Message)) (projection.Subscription, error) {
+	if s.consumes.Add(1) > 1 {
+		return s.JetStreamSource.Consume(ctx, from, deliver)
+	}
+	// After its first messages the subscription's consumer stops pulling:
+	// the server keeps the others; no error is reported.
+	sub := &silentSub{quiet: make(chan struct{})}
+	var n atomic.Int32
+	inner, err := s.JetStreamSource.Consume(ctx, from, func(m projection.Message) {
+		switch k := int(n.Add(1)); {
+		case k <= s.deliver:
+			deliver(m)
+		case k == s.deliver+1:
+			close(sub.quiet)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	sub.Subscription = inner
+	go func() {
+		<-sub.quiet
+		sub.once.Do(inner.Stop)
+		close(s.stopped)
+	}()
+	return sub, nil
+}
+
+type silentSub struct {
+	projection.Subscription
+	quiet chan struct{}
+	once  sync.Once
+}
+
+func (s *silentSub) Stop() { s.once.Do(s.Subscription.Stop) }
+
+func (s *silentSub) Pending(ctx context.Context) (uint64, error) {
+	return s.Subscription.(interface {
+		Pending(context.Context) (uint64, error)
+	}).Pending(ctx)
+}
+
+// A consumer that delivers nothing while the stream holds messages for it
+// is restarted, and the projection catches up.
+func TestSilentConsumerIsRestarted(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	js, err := projector.NewJetStreamSource(context.Background(), b.js, "EVENTS", []string{"events.wallet.*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &silentSource{JetStreamSource: js, deliver: 5, stopped: make(chan struct{})}
+	def := walletBalance("wallet_balance", projection.WithSource(src))
+	b.publishWallets(t, 20, 1)
+	nc, err := nats.Connect(b.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := projector.WithConsumerCheck(projector.Options{Replica: "r1", LeaseTTL: 2 * time.Second, Logger: testLogger(t)}, 200*time.Millisecond)
+	p, err := projector.New(nc, opts, def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{p: p, nc: nc, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- p.Run(ctx) }()
+	t.Cleanup(func() { r.stop(t) })
+	// Events published after it went quiet wait on the server.
+	select {
+	case <-src.stopped:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first subscription did not go quiet")
+	}
+	for i := range 5 {
+		b.publish(t, fmt.Sprintf("w%d", i), "MoneyWasAddedToWallet", `{"amount":1}`)
+	}
+	devtest.Eventually(t, 30*time.Second, func() error {
+		got := b.states(t, "wallet_balance")
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for k, want := range b.fold {
+			var bal Balance
+			_ = jsonUnmarshal(got[k].State, &bal)
+			if bal != want {
+				return fmt.Errorf("%s: %+v, want %+v (consumer started %d times)", k, bal, want, src.consumes.Load())
+			}
+		}
+		return nil
+	})
+	if n := src.consumes.Load(); n < 2 {
+		t.Fatalf("consumer started %d times, want a restart", n)
+	}
+}
