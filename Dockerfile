@@ -13,6 +13,10 @@ FROM --platform=$BUILDPLATFORM golang:${GO_VERSION} AS build
 ARG TARGETOS
 ARG TARGETARCH
 WORKDIR /src
+# The services are the root module alone: go.work (which adds deploy/'s
+# tests) stays out of the build context (.dockerignore), and is ignored
+# should it be there.
+ENV GOWORK=off
 COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .

@@ -1,4 +1,9 @@
 # jetproj — run `make help` for the targets.
+#
+# Two modules, one workspace (go.work): the root module (the library and the
+# services) and deploy/ (the tests of the manifests, compose files and
+# Dockerfile, whose dependencies library users should not inherit).
+# `go test ./...` stops at a module's edge, so the targets name both.
 GO      ?= go
 BIN     ?= bin
 SERVICES = feeder projector emitter demo
@@ -15,7 +20,7 @@ demo: deps ## Run the whole pipeline (feeder, projector, emitter) on embedded NA
 
 .PHONY: test
 test: deps check ## Run every test (unit, integration, end-to-end) against real PostgreSQL and NATS
-	$(GO) test -count=1 -timeout 15m ./...
+	$(GO) test -count=1 -timeout 15m ./... ./deploy/...
 
 .PHONY: deps
 deps: ## Make sure the PostgreSQL server binaries and the Chromium the tests start are installed
@@ -26,7 +31,7 @@ deps: ## Make sure the PostgreSQL server binaries and the Chromium the tests sta
 check: ## gofmt, go vet and generated docs up to date
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
-	$(GO) vet ./...
+	$(GO) vet ./... ./deploy/...
 	$(GO) run ./internal/cmd/envdoc -check README.md
 
 .PHONY: race

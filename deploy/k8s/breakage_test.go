@@ -181,6 +181,7 @@ func TestChecksCatchBreakage(t *testing.T) {
 		{"base with a shell", "gcr.io/distroless/static-debian12:nonroot", "debian:12", "distroless"},
 		{"old Go", "GO_VERSION=1.26", "GO_VERSION=1.22", "go.mod's go version"},
 		{"wrong binary", "COPY --from=build /out/projector", "COPY --from=build /out/feeder", "ENTRYPOINT"},
+		{"workspace build", "ENV GOWORK=off", "", "GOWORK=off"},
 	}
 	for _, c := range dockerCases {
 		t.Run("Dockerfile "+c.name, func(t *testing.T) {

@@ -113,12 +113,19 @@ func mainPackages() ([]string, error) {
 func checkDockerfile(r reporter, d *dockerfile, programs []string) map[string][]string {
 	entrypoints := map[string][]string{}
 	// The build stage: the Go version of go.mod, static binaries of every program.
+	// The repository's go.work adds deploy/: the images build the root
+	// module alone, with its own versions.
+	_, err := os.Stat(filepath.Join(repoRoot, "go.work"))
+	workspace := err == nil
 	builds := 0
 	for _, s := range d.stages {
-		cgoOff := false
+		cgoOff, workOff := false, false
 		for _, in := range s.instr {
 			if in.cmd == "ENV" && regexp.MustCompile(`\bCGO_ENABLED=0\b`).MatchString(in.rest) {
 				cgoOff = true
+			}
+			if in.cmd == "ENV" && regexp.MustCompile(`\bGOWORK=off\b`).MatchString(in.rest) {
+				workOff = true
 			}
 			if in.cmd != "RUN" || !strings.Contains(in.rest, "go build") {
 				continue
@@ -126,6 +133,9 @@ func checkDockerfile(r reporter, d *dockerfile, programs []string) map[string][]
 			builds++
 			if !cgoOff && !regexp.MustCompile(`\bCGO_ENABLED=0\b`).MatchString(in.rest) {
 				r.Errorf("Dockerfile line %d: go build without CGO_ENABLED=0: the distroless/static images need static binaries", in.line)
+			}
+			if workspace && !workOff && !regexp.MustCompile(`\bGOWORK=off\b`).MatchString(in.rest) {
+				r.Errorf("Dockerfile line %d: go build without GOWORK=off: the images build the root module alone, not the go.work workspace", in.line)
 			}
 			for _, p := range programs {
 				if !strings.Contains(in.rest, "./services/"+p) {
@@ -203,8 +213,8 @@ func readDockerfile(t *testing.T) (*dockerfile, []string) {
 }
 
 // TestDockerfile: a target per program with a main package under
-// services/, static, non-root, on a minimal base; .dockerignore keeps the
-// sources in the build context.
+// services/, static, non-root, on a minimal base, built from the root
+// module alone; .dockerignore keeps the sources in the build context.
 func TestDockerfile(t *testing.T) {
 	d, programs := readDockerfile(t)
 	checkDockerfile(t, d, programs)
@@ -228,5 +238,13 @@ func TestDockerfile(t *testing.T) {
 	}
 	if !slices.Contains(patterns, ".git") {
 		t.Error(".dockerignore: .git belongs out of the build context")
+	}
+	// go.work adds deploy/, which is not in the build context: a build in
+	// workspace mode would fail, or build with the versions deploy/'s tests
+	// need rather than the root module's.
+	if _, err := os.Stat(filepath.Join(repoRoot, "go.work")); err == nil {
+		if !slices.Contains(patterns, "go.work") {
+			t.Error(".dockerignore: go.work belongs out of the build context (the images build the root module alone)")
+		}
 	}
 }
