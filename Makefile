@@ -34,6 +34,14 @@ check: ## gofmt, go vet and generated docs up to date
 	$(GO) vet ./... ./deploy/...
 	$(GO) run ./internal/cmd/envdoc -check README.md
 
+.PHONY: lint
+lint: ## golangci-lint (.golangci.yml) over both modules, the version internal/tools/go.mod pins
+	@# internal/tools is its own module, outside the workspace: the linter's
+	@# dependencies never reach the library's module graph. go tool -n builds
+	@# it once (then from the build cache) and prints where.
+	@lint=$$(cd internal/tools && GOWORK=off $(GO) tool -n golangci-lint) && \
+	  $$lint run ./... && cd deploy && $$lint run ./...
+
 .PHONY: race
 race: ## Run the unit and integration tests with the race detector
 	$(GO) test -race -count=1 -timeout 20m ./pkg/...

@@ -378,7 +378,7 @@ func (r *latencyRunner) kills(ctx context.Context, cl *NATSCluster, res *Cluster
 	js := r.b.js
 	for k := range o.Kills {
 		if err := r.waitHealthy(ctx, 60*time.Second); err != nil {
-			halt()
+			_ = halt() // this error, not the writers', is the one to report
 			return err
 		}
 		// Derived events flow before the kill.
@@ -397,12 +397,12 @@ func (r *latencyRunner) kills(ctx context.Context, cl *NATSCluster, res *Cluster
 			pos, _ := lastPosition(ctx, s, emitter.HeaderSourcePosition)
 			return head > 0 && pos > 0 && head-pos < int64(o.Rate), nil
 		}); err != nil {
-			halt()
+			_ = halt() // this error, not the writers', is the one to report
 			return err
 		}
 		rs, err := r.killLeader(ctx, cl, own)
 		if err != nil {
-			halt()
+			_ = halt() // this error, not the writers', is the one to report
 			return fmt.Errorf("kill %d: %w", k+1, err)
 		}
 		res.Resumes = append(res.Resumes, rs)

@@ -146,7 +146,7 @@ func RunEmitterCommand(ctx context.Context, args []string, stdout, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	defer pg.Close() //nolint:errcheck
+	defer pg.Close()
 	dbURL, err := pg.CreateDatabase(ctx, "bench")
 	if err != nil {
 		return err

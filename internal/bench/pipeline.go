@@ -147,7 +147,7 @@ func Pipeline(ctx context.Context, t Target, o PipelineOptions) (PipelineResult,
 	if err != nil {
 		return res, err
 	}
-	defer f.stop()
+	defer f.stop() //nolint:errcheck // the result is measured by then
 	rmPool := c.pool
 	if o.ReadModelCluster {
 		pg, err := devenv.StartPostgres(ctx, devenv.PostgresOptions{})
@@ -241,7 +241,7 @@ func measurePipeline(ctx context.Context, js jetstream.JetStream, nc *nats.Conn,
 	if err != nil {
 		return PipelineRound{}, err
 	}
-	defer sub.Unsubscribe()
+	defer sub.Unsubscribe() //nolint:errcheck
 	var stream jetstream.Stream
 	for stream == nil {
 		// The feeder creates EVENTS when it starts.

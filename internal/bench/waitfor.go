@@ -85,7 +85,7 @@ func WaitForLatency(ctx context.Context, t Target, o WaitForOptions) (WaitForRes
 	if err != nil {
 		return res, err
 	}
-	defer f.stop()
+	defer f.stop() //nolint:errcheck // the result is measured by then
 	def := examples.WalletBalance(c.pool)
 	if err := projector.Init(ctx, js, def.Def(), 1); err != nil {
 		return res, err
@@ -330,7 +330,7 @@ func RunWaitForCommand(ctx context.Context, args []string, stdout, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	defer s.Close() //nolint:errcheck
+	defer s.Close()
 	res, err := WaitForLatency(ctx, s.Target(), o)
 	if err != nil {
 		return err

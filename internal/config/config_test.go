@@ -36,7 +36,7 @@ type app struct {
 	Primary  db            `envPrefix:"APP_PRIMARY_"`
 	Replica  *db           `envPrefix:"APP_REPLICA_" env:",init"`
 	Ignored  string        `env:"-"`
-	internal string
+	internal string        //nolint:unused // unexported: Vars and Load must leave it alone
 }
 
 func (a *app) Validate() []string {

@@ -259,7 +259,7 @@ func cleanSlate(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream,
 			return err
 		}
 		if err := del(ctx, tx); err != nil {
-			tx.Rollback(ctx)
+			tx.Rollback(ctx) //nolint:errcheck // the hook's error is the one to report
 			return fmt.Errorf("demo: delete hook of %s: %w", d.Def().Name(), err)
 		}
 		if err := tx.Commit(ctx); err != nil {

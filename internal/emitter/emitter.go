@@ -389,7 +389,8 @@ func (e *Emitter) countStalled() {
 	e.stalled.Set(float64(n))
 }
 
-func (e *relayer) relay(ctx context.Context) error {
+// relay runs rounds until ctx ends: errors are logged and retried.
+func (e *relayer) relay(ctx context.Context) {
 	defer e.busy.Stop()
 	lctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -401,7 +402,7 @@ func (e *relayer) relay(ctx context.Context) error {
 		n, err := e.round(ctx)
 		e.busy.Stop()
 		if ctx.Err() != nil {
-			return nil
+			return
 		}
 		if se := (*StalledError)(nil); errors.As(err, &se) {
 			// The others went on: no pause for them.
@@ -412,7 +413,7 @@ func (e *relayer) relay(ctx context.Context) error {
 			e.log.Warn("relay interrupted; retrying", "error", err, "in", backoff)
 			select {
 			case <-ctx.Done():
-				return nil
+				return
 			case <-time.After(backoff):
 			}
 			backoff = min(2*backoff, 5*time.Second)

@@ -351,7 +351,7 @@ func TestRebuildAndNotLiveEmitNothing(t *testing.T) {
 			if err == nil {
 				break
 			}
-			if err != pgx.ErrNoRows {
+			if !errors.Is(err, pgx.ErrNoRows) {
 				return err
 			}
 			time.Sleep(5 * time.Millisecond) // polling the table for the probe's row

@@ -76,7 +76,7 @@ func Transient(err error) bool {
 	if err == nil || errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConnectionClosed) {
 		return false
 	}
-	if _, ok := err.(*settling); ok {
+	if s := (*settling)(nil); errors.As(err, &s) {
 		return true
 	}
 	for _, s := range transientErrs {

@@ -1,6 +1,7 @@
 package natsconn
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -138,7 +139,7 @@ func plural(n int, one, many string) string {
 }
 
 func pathErr(err error) error {
-	if pe, ok := err.(*os.PathError); ok {
+	if pe := (*os.PathError)(nil); errors.As(err, &pe) {
 		return pe.Err
 	}
 	return err

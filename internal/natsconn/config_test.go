@@ -136,7 +136,7 @@ func TestRedacted(t *testing.T) {
 	for name, out := range map[string]string{
 		"%v":         fmt.Sprintf("%v", cfg),
 		"%+v":        fmt.Sprintf("%+v", cfg),
-		"%s":         fmt.Sprintf("%s", cfg),
+		"%s":         fmt.Sprintf("%s", cfg), //nolint:staticcheck // the %s verb is what is tested
 		"%+v nested": fmt.Sprintf("%+v", wrapper{cfg}),
 		"slog":       logs.String(),
 	} {

@@ -65,7 +65,7 @@ func TestTraceThroughThePipeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sub.Unsubscribe()
+	defer sub.Unsubscribe() //nolint:errcheck
 	sctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	start := func(name string, run func(context.Context) error) {

@@ -159,7 +159,7 @@ func typeOf(partition string) string {
 	return typ
 }
 
-// Order flow steps, for AppendOrderFlow.
+// OrderStep is a step of the order flow, for AppendOrderFlow.
 type OrderStep string
 
 const (

@@ -94,10 +94,10 @@ func (b *bundle) publish(t *testing.T, wallet string, typ string, payload string
 		Version: b.ver[wallet], Type: typ, Payload: []byte(payload), RecordedAt: time.Now()}
 	bal := b.fold["wallet/"+wallet]
 	var amount int64
-	fmt.Sscanf(payload, `{"amount":%d}`, &amount)
+	_, _ = fmt.Sscanf(payload, `{"amount":%d}`, &amount) // other payloads keep 0
 	switch typ {
 	case "WalletOpened":
-		fmt.Sscanf(payload, `{"owner":%q}`, &bal.Owner)
+		_, _ = fmt.Sscanf(payload, `{"owner":%q}`, &bal.Owner)
 		bal.Count++
 	case "MoneyWasAddedToWallet":
 		bal.Cents += amount

@@ -92,7 +92,7 @@ func (r *runner) part(key string) *part {
 // current reports whether p is still the partition of its key: not given up
 // with its slot since.
 func (r *runner) current(p *part) bool {
-	sl := r.slots[int(int(p.slot))]
+	sl := r.slots[int(p.slot)]
 	return sl != nil && sl.parts.get(p.key()) == p
 }
 

@@ -134,7 +134,7 @@ type StateStore interface {
 	Reset(ctx context.Context) error
 	// Get reads one record (nil when absent).
 	Get(ctx context.Context, slot int, key string) (*Record, error)
-	// List returns the parked records and the number of records.
+	// Summary returns the parked records and the number of records.
 	Summary(ctx context.Context) (parked []Record, partitions int, err error)
 }
 

@@ -160,7 +160,7 @@ func (w *Waiter) WaitForEvent(ctx context.Context, projection string, ev EventRe
 
 	t := waitTarget{ev: ev, lookNow: true}
 	for {
-		v, werr, changed := pw.state()
+		v, changed, werr := pw.state()
 		if werr != nil {
 			return werr
 		}
@@ -196,7 +196,6 @@ func (w *Waiter) WaitForEvent(ctx context.Context, projection string, ev EventRe
 // waitTarget is what one wait learned about its event.
 type waitTarget struct {
 	ev      EventRef
-	gen     int
 	located bool
 	seq     uint64 // the event's stream sequence
 	subj    string
@@ -539,12 +538,12 @@ type progressWatch struct {
 	lastWant time.Time
 }
 
-// state returns the merged progress (not to be modified), the watch's
-// error, and a channel closed at the next change.
-func (pw *progressWatch) state() (*progressView, error, <-chan struct{}) {
+// state returns the merged progress (not to be modified), a channel
+// closed at the next change, and the watch's error.
+func (pw *progressWatch) state() (*progressView, <-chan struct{}, error) {
 	pw.mu.Lock()
 	defer pw.mu.Unlock()
-	return pw.view, pw.err, pw.changed
+	return pw.view, pw.changed, pw.err
 }
 
 // begin counts a wait and asks the replicas to publish, unless asked

@@ -89,12 +89,11 @@ func TestWaitForPostgresReadModel(t *testing.T) {
 	cents := map[string]int64{}
 	for i := range 40 {
 		wallet := fmt.Sprintf("w%d", i%7)
-		var pos int64
 		if _, ok := cents[wallet]; !ok {
-			pos = b.appendEvent(t, "wallet", wallet, "WalletOpened", WalletOpened{Owner: "o"})
+			b.appendEvent(t, "wallet", wallet, "WalletOpened", WalletOpened{Owner: "o"})
 			cents[wallet] = 0
 		}
-		pos = b.appendEvent(t, "wallet", wallet, "MoneyWasAddedToWallet", MoneyWasAddedToWallet{Amount: int64(i + 1)})
+		pos := b.appendEvent(t, "wallet", wallet, "MoneyWasAddedToWallet", MoneyWasAddedToWallet{Amount: int64(i + 1)})
 		cents[wallet] += int64(i + 1)
 		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		err := w.WaitFor(wctx, "wallet_balance_pg", pos)

@@ -185,9 +185,9 @@ func unhex(c byte) (byte, bool) {
 
 // quoteShort keeps error messages readable for arbitrarily long input.
 func quoteShort(s string) string {
-	const max = 2 * MaxTokenLen
-	if len(s) <= max {
+	const limit = 2 * MaxTokenLen
+	if len(s) <= limit {
 		return s
 	}
-	return s[:max] + "…"
+	return s[:limit] + "…"
 }

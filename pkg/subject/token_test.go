@@ -117,7 +117,7 @@ func TestDecodeTokenErrors(t *testing.T) {
 				t.Errorf("DecodeToken(%q) returned %q with its error", tt.in, got)
 			}
 			other := subject.ErrHashedToken
-			if tt.want == subject.ErrHashedToken {
+			if errors.Is(tt.want, subject.ErrHashedToken) {
 				other = subject.ErrInvalidToken
 			}
 			if errors.Is(err, other) {

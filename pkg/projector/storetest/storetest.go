@@ -137,7 +137,7 @@ func (s *suite) setup(t *testing.T) (projector.StateStore, context.Context) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	t.Cleanup(cancel)
-	var st projector.StateStore = s.newStore(t)
+	st := s.newStore(t)
 	if s.opts.Tenant != "" {
 		st = tenantStore{st, s.opts.Tenant}
 	}
