@@ -101,27 +101,28 @@ func New(nc *nats.Conn, opts Options, defs ...projection.Definer) (*Projector, e
 	if err != nil {
 		return nil, err
 	}
-	var problems []string
+	var problems []error
 	seen := map[string]bool{}
 	p := &Projector{nc: nc, js: js, opts: opts, log: opts.Logger}
 	for _, d := range defs {
 		def := d.Def()
 		if err := def.Validate(); err != nil {
-			problems = append(problems, err.Error())
+			problems = append(problems, err)
 		}
 		if seen[def.Name()] {
-			problems = append(problems, fmt.Sprintf("projection %q defined twice", def.Name()))
+			problems = append(problems, fmt.Errorf("projection %q defined twice", def.Name()))
 		}
 		seen[def.Name()] = true
 		if st := def.Spec().Store; st != nil {
 			if _, ok := st.(StateStore); !ok {
-				problems = append(problems, fmt.Sprintf("projection %q: CustomStore(%T): not a projector.StateStore", def.Name(), st))
+				problems = append(problems, fmt.Errorf("projection %q: CustomStore(%T): not a projector.StateStore", def.Name(), st))
 			}
 		}
 		p.defs = append(p.defs, def)
 	}
-	if len(problems) > 0 {
-		return nil, errors.New(strings.Join(problems, "\n"))
+	// One line each; errors.Is finds projection.ErrInvalid through it.
+	if err := errors.Join(problems...); err != nil {
+		return nil, err
 	}
 	if p.metrics, err = newMetrics(opts.Registerer); err != nil {
 		return nil, err
