@@ -184,11 +184,6 @@ func LinkTarget(link, subj string) (stream, target string, err error) {
 // linkDescription marks the streams jetproj created for LinkTo.
 const linkDescription = "jetproj linked stream"
 
-// ErrNotLinkStream reports a LinkTo whose stream exists and was not created
-// for links (EVENTS, a projection's own stream, another team's stream):
-// jetproj never changes such a stream.
-var ErrNotLinkStream = errors.New("stream exists and is not a jetproj linked stream")
-
 // EnsureLinkStream creates the linked stream link, or checks that the
 // stream of that name is one jetproj created for links.
 func EnsureLinkStream(ctx context.Context, js jetstream.JetStream, link string, replicas int) error {
@@ -314,30 +309,6 @@ func (t *Tracker) Last(ctx context.Context, stream, subj string) (Mark, error) {
 	t.Set(subj, m)
 	return m, nil
 }
-
-// ErrUnexpectedDuplicate reports a derived event that JetStream
-// acknowledged as a duplicate of a message that is not that event (an
-// earlier message with the same Nats-Msg-Id on another subject, or one
-// deleted since): the event was not stored. See DuplicateError.
-var ErrUnexpectedDuplicate = errors.New("derived: JetStream discarded the event as a duplicate of another message")
-
-// DuplicateError is the ErrUnexpectedDuplicate of one publish: what was
-// published and what the stream holds at the sequence the acknowledgement
-// named.
-type DuplicateError struct {
-	Stream   string
-	Subject  string
-	MsgID    string
-	Sequence uint64 // the acknowledged sequence
-	Held     string // what the stream holds there
-}
-
-func (e *DuplicateError) Error() string {
-	return fmt.Sprintf("derived: %s on %s acknowledged as a duplicate of %s sequence %d, which holds %s: not stored",
-		e.MsgID, e.Subject, e.Stream, e.Sequence, e.Held)
-}
-
-func (e *DuplicateError) Unwrap() error { return ErrUnexpectedDuplicate }
 
 // Acked records that JetStream acknowledged msg (built by Event.Msg) with
 // ack, and returns nil when the stream holds it. An acknowledgement marked

@@ -3,7 +3,6 @@ package derived
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -17,10 +16,6 @@ import (
 // MaxKeyTokenLen is the longest key token KeyToken produces, in bytes: a
 // key whose escaped form is longer is hashed.
 const MaxKeyTokenLen = 128
-
-// ErrInvalidKey reports a Partition header value EscapeKey cannot have
-// produced.
-var ErrInvalidKey = errors.New("derived: invalid escaped partition key")
 
 // keySafe reports whether b stands for itself in an escaped key: printable
 // ASCII other than space, '%' and '~'.

@@ -3,7 +3,6 @@ package devenv
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -49,9 +48,6 @@ type Postgres struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 }
-
-// ErrNoPostgres reports that no PostgreSQL server binaries were found.
-var ErrNoPostgres = errors.New("devenv: no PostgreSQL binaries found (set PG_BIN or install postgresql)")
 
 // StartPostgres initialises a new cluster and starts it. As root, initdb and
 // postgres run as the "postgres" user, which then owns the directories.

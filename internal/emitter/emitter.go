@@ -226,21 +226,6 @@ const (
 	stallMax   = 30 * time.Second
 )
 
-// StalledError reports the subjects whose derived events JetStream refused
-// in a round. The round relayed every other subject's rows; the stalled
-// ones wait in the outbox and are tried again after a pause that grows
-// from 250 ms to 30 s.
-type StalledError struct {
-	Subjects []string
-	Err      error // the first refusal
-}
-
-func (e *StalledError) Error() string {
-	return fmt.Sprintf("emitter: derived events of %d subject(s) held back (first %s): %v", len(e.Subjects), e.Subjects[0], e.Err)
-}
-
-func (e *StalledError) Unwrap() error { return e.Err }
-
 // New builds an Emitter of pool's outbox.
 func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer) (*Emitter, error) {
 	return NewDatabases(cfg, []Database{{Pool: pool}}, nc, log, reg)

@@ -11,7 +11,6 @@
 package envdoc
 
 import (
-	"errors"
 	"fmt"
 	"maps"
 	"reflect"
@@ -24,9 +23,6 @@ import (
 
 // Header is the first line of every table.
 const Header = "| Variable | Default | Required | Description |"
-
-// ErrMarkers reports markers that do not pair up or name an unknown section.
-var ErrMarkers = errors.New("envdoc: bad markers")
 
 // Markdown renders the variables of the configuration struct v (or the
 // struct v points to) as a markdown table, one row per variable in field

@@ -56,25 +56,6 @@ type Oversized struct {
 	Stream     string `json:"stream,omitempty"`
 }
 
-// ErrOversized is matched by an *OversizedError.
-var ErrOversized = errors.New("feeder: event larger than the server's max payload or the stream's max_msg_size")
-
-// OversizedError reports an event larger than the server's max payload, or
-// one the stream refused for its max_msg_size (MaxMsgSize set).
-type OversizedError Oversized
-
-func (e *OversizedError) Error() string {
-	if e.MaxMsgSize > 0 {
-		return fmt.Sprintf("feeder: event %d (%s of %s %q) is %d bytes, more than stream %s's max_msg_size of %d bytes",
-			e.Position, e.EventType, e.AggregateType, e.AggregateID, e.Size, e.Stream, e.MaxMsgSize)
-	}
-	return fmt.Sprintf("feeder: event %d (%s of %s %q) is %d bytes, more than the server's max payload of %d bytes",
-		e.Position, e.EventType, e.AggregateType, e.AggregateID, e.Size, e.MaxPayload)
-}
-
-// Is makes errors.Is(err, ErrOversized) true.
-func (e *OversizedError) Is(target error) bool { return target == ErrOversized }
-
 // Status returns what the feeder is doing now.
 func (f *Feeder) Status() Status {
 	f.mu.Lock()

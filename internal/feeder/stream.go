@@ -11,24 +11,6 @@ import (
 	"github.com/jetproj/jetproj/internal/jsretry"
 )
 
-// ErrStreamConfig is matched by a *StreamConfigError.
-var ErrStreamConfig = errors.New("feeder: stream configuration differs")
-
-// StreamConfigError reports how an existing stream differs from the
-// configuration when the feeder was not told to update it.
-type StreamConfigError struct {
-	Stream      string
-	Differences []string
-}
-
-func (e *StreamConfigError) Error() string {
-	return fmt.Sprintf("feeder: stream %s exists with a different configuration (set FEEDER_STREAM_UPDATE=true to apply): %s",
-		e.Stream, strings.Join(e.Differences, "; "))
-}
-
-// Is makes errors.Is(err, ErrStreamConfig) true.
-func (e *StreamConfigError) Is(target error) bool { return target == ErrStreamConfig }
-
 // StreamConfig is the stream the feeder publishes to.
 func (c Config) StreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{

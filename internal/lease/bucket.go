@@ -16,20 +16,6 @@ import (
 // for at least a second.
 const MinTTL = time.Second
 
-// ConfigMismatchError is returned by EnsureBucket when the bucket already
-// exists with a TTL other than the one asked for. Using it anyway would make
-// holders fence themselves on the wrong schedule, so the caller has to decide
-// (change the configuration, or edit or delete the bucket).
-type ConfigMismatchError struct {
-	Bucket  string
-	WantTTL time.Duration
-	GotTTL  time.Duration
-}
-
-func (e *ConfigMismatchError) Error() string {
-	return fmt.Sprintf("lease: bucket %q exists with TTL %v, want %v", e.Bucket, e.GotTTL, e.WantTTL)
-}
-
 // EnsureBucket creates the KV bucket that holds leases, or opens it if it
 // already exists with the same TTL. It is idempotent.
 //

@@ -69,17 +69,6 @@ func cachedCheck(ttl time.Duration, c Check) Check {
 	}
 }
 
-// PublicError is an error whose message the endpoint may show to whoever
-// asks it: built by jetproj from its own state (a connection status, a
-// JetStream operation waiting, a wedged loop), with no address, user name,
-// password or driver text in it. Any other error of a check is shown as
-// "failing" only, and logged in full.
-type PublicError struct{ Err error }
-
-func (e *PublicError) Error() string { return e.Err.Error() }
-
-func (e *PublicError) Unwrap() error { return e.Err }
-
 // Public marks c's errors as safe to show on /healthz and /readyz (see
 // PublicError). Use it only for checks whose messages jetproj writes
 // itself; a check of a driver (PostgreSQL's Ping) stays private.

@@ -4,7 +4,6 @@ package pgpool
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -30,9 +29,6 @@ func (c Config) Validate() []string {
 	}
 	return p
 }
-
-// ErrInvalidURL reports a connection string that does not parse.
-var ErrInvalidURL = errors.New("pgpool: DATABASE_URL is not a valid PostgreSQL connection string")
 
 // Open creates a pool and checks that the server answers. Errors name the
 // host, port and database, never the password.

@@ -46,10 +46,6 @@ type Action struct {
 	Live string `json:"live,omitempty"`
 }
 
-// ErrBadAction wraps an action that cannot be done as asked (unknown
-// projection, missing partition): the page answers 400.
-var ErrBadAction = errors.New("statuspage: bad action")
-
 // Actions does what the page asks: the projector service implements it.
 type Actions interface {
 	// Do performs a and returns what happened, in a sentence.

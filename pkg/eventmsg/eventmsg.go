@@ -4,7 +4,6 @@
 package eventmsg
 
 import (
-	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -169,9 +168,6 @@ func headerValue(s string) string {
 	}
 	return s
 }
-
-// ErrNotEvent reports a message that lacks the headers of an event message.
-var ErrNotEvent = errors.New("eventmsg: not an event message")
 
 // Event is what a reader learns from an event message.
 type Event struct {

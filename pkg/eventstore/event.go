@@ -2,7 +2,6 @@ package eventstore
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -90,26 +89,3 @@ const (
 	// ExpectNoStream appends only to an aggregate with no events yet.
 	ExpectNoStream int64 = 0
 )
-
-// ErrVersionConflict is matched by errors.Is on a *VersionConflictError.
-var ErrVersionConflict = errors.New("eventstore: version conflict")
-
-// ErrInvalidEvent reports an event that cannot be stored.
-var ErrInvalidEvent = errors.New("eventstore: invalid event")
-
-// VersionConflictError reports that an aggregate was not at the version the
-// appender expected: someone else appended first.
-type VersionConflictError struct {
-	AggregateType string
-	AggregateID   string
-	Expected      int64
-	Actual        int64
-}
-
-func (e *VersionConflictError) Error() string {
-	return fmt.Sprintf("eventstore: version conflict on %s %q: expected version %d, actual %d",
-		e.AggregateType, e.AggregateID, e.Expected, e.Actual)
-}
-
-// Is makes errors.Is(err, ErrVersionConflict) true.
-func (e *VersionConflictError) Is(target error) bool { return target == ErrVersionConflict }

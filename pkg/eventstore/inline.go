@@ -2,7 +2,6 @@ package eventstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -18,11 +17,6 @@ type InlineProjection interface {
 	// append.
 	ApplyInline(ctx context.Context, tx pgx.Tx, events []Event) error
 }
-
-// ErrInlineProjection is matched by the error of an append that an inline
-// projection refused (a handler error, a read-model write PostgreSQL
-// refused): nothing was stored. The projection's own error is wrapped too.
-var ErrInlineProjection = errors.New("eventstore: inline projection failed")
 
 // Appender appends events and applies inline projections to them in the
 // same transaction. Its zero value appends like the package functions.

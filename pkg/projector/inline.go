@@ -56,35 +56,6 @@ func InlineRegistry(reg *Registry) InlineOption {
 	return func(p *InlineProjection) { p.reg = reg }
 }
 
-// ErrNotInline reports a definition that was not marked projection.Inline.
-var ErrNotInline = errors.New("projector: projection not marked projection.Inline")
-
-// ErrPartitionStopped reports an append to an aggregate whose partition is
-// parked or failing in the asynchronous runner: the inline projection
-// would have to apply the event the runner is stuck on first. Retry or
-// skip it there (projector retry / skip), then append again.
-var ErrPartitionStopped = errors.New("projector: partition parked or failing")
-
-// InlineError is the error of an inline application: the projection, the
-// partition and the event it failed on (Position 0 when it failed outside
-// a handler: the flush hook, writing the record).
-type InlineError struct {
-	Projection string
-	Partition  string
-	Position   int64
-	EventType  string
-	Err        error
-}
-
-func (e *InlineError) Error() string {
-	if e.Position == 0 {
-		return fmt.Sprintf("projector: inline %s, partition %s: %v", e.Projection, e.Partition, e.Err)
-	}
-	return fmt.Sprintf("projector: inline %s, partition %s, event %s at position %d: %v", e.Projection, e.Partition, e.EventType, e.Position, e.Err)
-}
-
-func (e *InlineError) Unwrap() error { return e.Err }
-
 // Inline returns p applied inline, for eventstore.WithInline. p must be
 // marked projection.Inline (and so be partitioned by aggregate, with a
 // Postgres read model).

@@ -49,10 +49,6 @@ func (r *runner) countUnsent() {
 	}
 }
 
-// ErrUnpublished fails a partition of a KV-state projection whose derived
-// events JetStream has refused for too long.
-var ErrUnpublished = errors.New("projector: derived events of this partition wait to be published")
-
 // unpublishedBytes is about what events take in a record.
 func unpublishedBytes(events []Pending) int {
 	n := 0

@@ -6,8 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -112,10 +110,6 @@ type Parked struct {
 	Since     time.Time `json:"since"`
 }
 
-// ErrFenced reports that another replica took over a slot: the batch was not
-// committed.
-var ErrFenced = errors.New("projector: slot taken over by another replica")
-
 // StateStore keeps partitions' records and slot watermarks. Every
 // implementation must pass the behaviour suite in package storetest.
 type StateStore interface {
@@ -197,11 +191,6 @@ type RecordChecker interface {
 	CheckRecord(r Record) error
 }
 
-// ErrStateNotStored reports a partition whose state the store cannot keep
-// (it does not encode, or the store refuses it): the partition fails alone,
-// retried and then parked, with the reason.
-var ErrStateNotStored = errors.New("projector: state cannot be stored")
-
 // QueueBatch is a Batch that takes the statements handlers queue
 // (projection.Context.Exec) and sends them with the commit.
 type QueueBatch interface {
@@ -261,26 +250,12 @@ type OutboxBatch interface {
 	Emit(ctx context.Context, entries []OutboxEntry) error
 }
 
-// ErrNoOutbox reports a projection that emits with a custom state store
-// that can keep no outbox (the built-in stores can).
-var ErrNoOutbox = errors.New("projector: Emit needs a store that commits derived events with the state (Postgres outbox or KV record)")
-
 // TenantBatch is a Batch that writes to one database per tenant: Use picks
 // the tenant before a partition's writes.
 type TenantBatch interface {
 	Batch
 	Use(ctx context.Context, tenant string) error
 }
-
-// FencedError names the slots whose commit was refused.
-type FencedError struct{ Slots []int }
-
-func (e *FencedError) Error() string {
-	return fmt.Sprintf("projector: slots %v taken over by another replica", e.Slots)
-}
-
-// Is makes errors.Is(err, ErrFenced) true.
-func (e *FencedError) Is(target error) bool { return target == ErrFenced }
 
 // maxKVKeyToken bounds the part of a KV key that names a partition. The
 // key is a subject ($KV.<bucket>.p.<slot>.<token>), and a subject longer

@@ -36,19 +36,6 @@ type queuedStmt struct {
 	args []any
 }
 
-// StatementError reports a statement a handler queued (Context.Exec) that
-// PostgreSQL refused when the queue was sent.
-type StatementError struct {
-	SQL string
-	Err error
-}
-
-func (e *StatementError) Error() string {
-	return fmt.Sprintf("projector: queued statement %q: %v", e.SQL, e.Err)
-}
-
-func (e *StatementError) Unwrap() error { return e.Err }
-
 // mark asks for a savepoint before the next statement.
 func (t *lazyTx) mark(name string) { t.pending, t.spAt = name, -1 }
 

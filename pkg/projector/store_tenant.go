@@ -2,16 +2,12 @@ package projector
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
-
-// ErrUnknownTenant reports an event whose tenant has no database.
-var ErrUnknownTenant = errors.New("projector: unknown tenant")
 
 // TenantStore keeps each tenant's partitions in that tenant's database
 // (a PGStore per tenant). A batch opens one transaction per tenant it

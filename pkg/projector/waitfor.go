@@ -20,46 +20,6 @@ import (
 	"github.com/jetproj/jetproj/pkg/subject"
 )
 
-// Errors of WaitFor.
-var (
-	// ErrUnknownProjection: the registry has no projection of that name
-	// (never initialised, or a typo).
-	ErrUnknownProjection = errors.New("projector: no such projection")
-	// ErrEventNotFound: the event store holds no event at the position
-	// (never appended, or its transaction rolled back).
-	ErrEventNotFound = errors.New("projector: no event at this position")
-	// ErrEventNotInStream: the event is not in the projection's source
-	// stream although later events of its aggregate are (dead-lettered by
-	// the feeder, or removed by the stream's limits).
-	ErrEventNotInStream = errors.New("projector: event not in the projection's source stream")
-	// ErrNotWaitable: the projection reads a custom source, which WaitFor
-	// cannot follow.
-	ErrNotWaitable = errors.New("projector: projection's source cannot be waited for")
-	// ErrParked is matched by a *ParkedError.
-	ErrParked = errors.New("projector: partition parked")
-)
-
-// ParkedError reports that the event waited for belongs to a parked
-// partition: the projection will not apply it until an operator retries
-// or skips the partition (`projector retry|skip <name> <partition>`).
-type ParkedError struct {
-	Projection string
-	Partition  string
-	// Seq and EventType are those of the message the partition failed on;
-	// Error is the handler's error.
-	Seq       uint64
-	EventType string
-	Cause     string
-}
-
-func (e *ParkedError) Error() string {
-	return fmt.Sprintf("projector: %s: partition %s is parked at stream sequence %d (%s: %s); retry or skip it",
-		e.Projection, e.Partition, e.Seq, e.EventType, e.Cause)
-}
-
-// Is makes errors.Is(err, ErrParked) true.
-func (e *ParkedError) Is(target error) bool { return target == ErrParked }
-
 // EventRef names an event by its event-store position and aggregate, as
 // eventstore.Append's caller knows them.
 type EventRef struct {

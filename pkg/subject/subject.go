@@ -1,7 +1,6 @@
 package subject
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"unicode"
@@ -21,16 +20,6 @@ const (
 
 	// MaxNameLen is the longest valid projection name, in bytes.
 	MaxNameLen = 64
-)
-
-var (
-	// ErrInvalidSubject reports a subject or subject prefix that does not
-	// have the expected shape. Errors wrapping it say what is wrong.
-	ErrInvalidSubject = errors.New("subject: invalid subject")
-
-	// ErrInvalidName reports a projection name that is not [a-z0-9_]+ of at
-	// most MaxNameLen bytes.
-	ErrInvalidName = errors.New("subject: invalid projection name")
 )
 
 // Event returns the subject of an event message:

@@ -3,7 +3,6 @@ package subject
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strings"
 )
@@ -23,17 +22,6 @@ const marker = '~'
 
 // EmptyToken is the token for the empty string.
 const EmptyToken = "~"
-
-var (
-	// ErrInvalidToken reports a token that EncodeToken cannot have produced.
-	// Errors wrapping it say what is wrong and where.
-	ErrInvalidToken = errors.New("subject: invalid token")
-
-	// ErrHashedToken reports a hashed token (see IsHashed): a well-formed
-	// token for an over-long string that cannot be decoded from the subject.
-	// The original is carried in the Aggregate-Type / Aggregate-Id headers.
-	ErrHashedToken = errors.New("subject: hashed token cannot be decoded")
-)
 
 const upperHex = "0123456789ABCDEF"
 

@@ -1,0 +1,6 @@
+package eventmsg
+
+import "errors"
+
+// ErrNotEvent reports a message that lacks the headers of an event message.
+var ErrNotEvent = errors.New("eventmsg: not an event message")
