@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/jetproj/jetproj/internal/config"
 	"github.com/jetproj/jetproj/internal/pgpool"
 	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/pkg/eventstore"
@@ -43,6 +44,7 @@ func Write(ctx context.Context, cfg WriterConfig, log *slog.Logger) (int, error)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	cfg = config.FillDefaults(cfg) // DEMO_RATE's default for a Rate not set
 	pool, err := pgpool.Open(ctx, cfg.DB)
 	if err != nil {
 		return 0, err

@@ -36,9 +36,11 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/jetproj/jetproj/internal/config"
 	"github.com/jetproj/jetproj/internal/derived"
 	"github.com/jetproj/jetproj/internal/lease"
 	"github.com/jetproj/jetproj/internal/opsserver"
+	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/tracing"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -56,14 +58,15 @@ const (
 	HeaderCorrelationID  = derived.HeaderCorrelationID
 )
 
-// Config configures the emitter.
+// Config configures the emitter. Its env tags are the EMITTER_* variables;
+// New gives its zero fields their defaults (Defaults).
 type Config struct {
 	Name         string        `env:"EMITTER_NAME" envDefault:"emitter" doc:"Lease key: one active emitter per name."`
 	BatchSize    int           `env:"EMITTER_BATCH_SIZE" envDefault:"5000" doc:"Outbox rows read per page (a round reads pages while it publishes)."`
 	PollInterval time.Duration `env:"EMITTER_POLL_INTERVAL" envDefault:"1s" doc:"Fallback poll when no notification arrives."`
 	LeaseTTL     time.Duration `env:"EMITTER_LEASE_TTL" envDefault:"10s" doc:"Lease time to live: a standby takes over at most this long after the active emitter died."`
 	Replicas     int           `env:"EMITTER_STREAM_REPLICAS" envDefault:"1" doc:"Replicas of the emitter's lease bucket and of the linked streams it creates."`
-	Instance     string        `env:"EMITTER_INSTANCE" doc:"This instance's identity in the lease (default host-pid)."`
+	Instance     string        `env:"EMITTER_INSTANCE" doc:"This instance's identity in the lease (default: host name and process id)."`
 	// TenantDatabaseURLs are read by services/emitter, which relays the
 	// outbox of each as well as DATABASE_URL's; a Go program passes pools
 	// to NewDatabases instead.
@@ -129,24 +132,13 @@ func (c Config) Validate() []string {
 	return p
 }
 
-func (c Config) withDefaults() Config {
-	if c.Name == "" {
-		c.Name = "emitter"
-	}
-	if c.BatchSize == 0 {
-		c.BatchSize = 5000
-	}
-	if c.PollInterval == 0 {
-		c.PollInterval = time.Second
-	}
-	if c.LeaseTTL == 0 {
-		c.LeaseTTL = 10 * time.Second
-	}
-	if c.Replicas == 0 {
-		c.Replicas = 1
-	}
+// Defaults returns the configuration with every zero field set to its
+// default: the env tag's (config.FillDefaults), and for Instance the host
+// name and process id.
+func (c Config) Defaults() Config {
+	c = config.FillDefaults(c)
 	if c.Instance == "" {
-		c.Instance = fmt.Sprintf("emitter-%d", time.Now().UnixNano())
+		c.Instance = process.Instance()
 	}
 	return c
 }
@@ -238,9 +230,9 @@ func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg pr
 // database must be named once: two relays of one outbox would publish its
 // rows twice.
 func NewDatabases(cfg Config, dbs []Database, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer) (*Emitter, error) {
-	cfg = cfg.withDefaults()
+	cfg = cfg.Defaults()
 	if p := cfg.Validate(); len(p) > 0 {
-		return nil, fmt.Errorf("emitter: invalid configuration:\n  %s", strings.Join(p, "\n  "))
+		return nil, fmt.Errorf("emitter: %w", &config.Error{Problems: p})
 	}
 	if len(dbs) == 0 {
 		return nil, errors.New("emitter: no database")

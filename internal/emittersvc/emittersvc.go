@@ -159,6 +159,7 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 }
 
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	cfg.Emitter = cfg.Emitter.Defaults() // EMITTER_INSTANCE: host name and process id
 	dbs, err := openDatabases(ctx, cfg)
 	if err != nil {
 		return err
@@ -177,16 +178,13 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// A connection the server closed for good ends the emitter.
 	ctx, stopGuard := conn.Guard(ctx)
 	defer stopGuard()
-	conn.WarnSingleReplica(max(cfg.Emitter.Replicas, 1), "EMITTER_STREAM_REPLICAS", "KV_jetproj_emitter_leases", "linked streams")
+	conn.WarnSingleReplica(cfg.Emitter.Replicas, "EMITTER_STREAM_REPLICAS", "KV_jetproj_emitter_leases", "linked streams")
 	shutdownTracing, err := tracing.Setup(ctx, "jetproj-emitter", log)
 	if err != nil {
 		return fmt.Errorf("tracing: %w", err)
 	}
 	defer func() { _ = shutdownTracing(context.Background()) }()
 	reg := opsserver.NewRegistry()
-	if cfg.Emitter.Instance == "" {
-		cfg.Emitter.Instance = instanceName()
-	}
 	e, err := emitter.NewDatabases(cfg.Emitter, dbs, conn.NC, log, reg)
 	if err != nil {
 		return err
@@ -207,7 +205,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	})
 	ops.Wedged(func() (string, time.Time) { return "relay round", e.BusySince() })
 	page, err := statuspage.New(statuspage.Options{Config: cfg.Page, JS: conn.JS, Service: "emitter", Instance: cfg.Emitter.Instance,
-		Replicas: max(cfg.Emitter.Replicas, 1), Logger: log})
+		Replicas: cfg.Emitter.Replicas, Logger: log})
 	if err != nil {
 		return err
 	}

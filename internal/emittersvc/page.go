@@ -3,8 +3,6 @@ package emittersvc
 import (
 	"context"
 	"errors"
-	"fmt"
-	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -13,15 +11,6 @@ import (
 	"github.com/jetproj/jetproj/internal/emitter"
 	"github.com/jetproj/jetproj/internal/statuspage"
 )
-
-// instanceName is the default EMITTER_INSTANCE: host name and process id.
-func instanceName() string {
-	host, _ := os.Hostname()
-	if host == "" {
-		host = "emitter"
-	}
-	return fmt.Sprintf("%s-%d", host, os.Getpid())
-}
 
 // maxPageStalls bounds the stalled subjects named on the status page.
 const maxPageStalls = 50

@@ -2,10 +2,11 @@ package feeder
 
 import (
 	"fmt"
-	"os"
 	"regexp"
 	"time"
 
+	"github.com/jetproj/jetproj/internal/config"
+	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/pkg/subject"
 )
 
@@ -52,52 +53,15 @@ type Config struct {
 }
 
 // Defaults returns the configuration with every zero field set to its
-// default, as the env tags declare them.
+// default: the env tag's (config.FillDefaults), and for Instance the host
+// name and process id.
 func (c Config) Defaults() Config {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
-	def(&c.Name, "events")
-	def(&c.Stream, "EVENTS")
-	def(&c.SubjectPrefix, "events")
-	def(&c.OnOversized, OversizedStop)
-	def(&c.LeaseBucket, "jetproj_feeder_leases")
-	def(&c.StateBucket, "jetproj_feeder_state")
+	c = config.FillDefaults(c)
 	if c.Instance == "" {
-		host, _ := os.Hostname()
-		c.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
-	}
-	if c.BatchSize == 0 {
-		c.BatchSize = 1000
-	}
-	if c.PageBytes == 0 {
-		c.PageBytes = DefaultPageBytes
-	}
-	if c.MaxPending == 0 {
-		c.MaxPending = 4000
-	}
-	if c.PollInterval == 0 {
-		c.PollInterval = time.Second
-	}
-	if c.StreamReplicas == 0 {
-		c.StreamReplicas = 1
-	}
-	if c.DuplicateWindow == 0 {
-		c.DuplicateWindow = 2 * time.Minute
-	}
-	if c.MaxConsumers == 0 {
-		c.MaxConsumers = -1
-	}
-	if c.LeaseTTL == 0 {
-		c.LeaseTTL = 10 * time.Second
+		c.Instance = process.Instance()
 	}
 	return c
 }
-
-// DefaultPageBytes is FEEDER_PAGE_BYTES's default, 8 MiB.
-const DefaultPageBytes = 8 << 20
 
 const (
 	minPageBytes = 1 << 10 // 1 KiB

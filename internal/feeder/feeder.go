@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/jetproj/jetproj/internal/config"
 	"github.com/jetproj/jetproj/internal/jsretry"
 	"github.com/jetproj/jetproj/internal/lease"
 	"github.com/jetproj/jetproj/internal/opsserver"
@@ -67,7 +68,7 @@ type Feeder struct {
 func New(cfg Config, deps Deps) (*Feeder, error) {
 	cfg = cfg.Defaults()
 	if p := cfg.Validate(); len(p) > 0 {
-		return nil, fmt.Errorf("feeder: invalid configuration:\n  %s", strings.Join(p, "\n  "))
+		return nil, fmt.Errorf("feeder: %w", &config.Error{Problems: p})
 	}
 	if deps.Pool == nil || deps.NC == nil {
 		return nil, errors.New("feeder: Deps.Pool and Deps.NC are required")

@@ -161,16 +161,12 @@ func (s *Server) Ready(name string, c Check) {
 	s.ready[name] = cachedCheck(s.limits.CheckTTL, c)
 }
 
-// defaultWedgedAfter is OPS_WEDGED_AFTER's default, for a Config built
-// without it.
-const defaultWedgedAfter = 2 * time.Minute
-
 // Wedged adds the liveness check "loop": it fails when since reports a step
 // of the run loop busy for longer than OPS_WEDGED_AFTER (see NotWedged).
 func (s *Server) Wedged(since func() (what string, started time.Time)) {
 	after := s.cfg.WedgedAfter
-	if after <= 0 {
-		after = defaultWedgedAfter
+	if after <= 0 { // a Config built without it: OPS_WEDGED_AFTER's default
+		after = config.Defaults[Config]().WedgedAfter
 	}
 	s.Live("loop", NotWedged(after, since))
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/jetproj/jetproj/internal/config"
 )
 
 // Config is the PostgreSQL connection of a service.
@@ -37,9 +39,10 @@ func Open(ctx context.Context, c Config) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, ErrInvalidURL // the parse error may quote the password
 	}
-	if c.MaxConns > 0 {
-		pc.MaxConns = c.MaxConns
+	if c.MaxConns <= 0 { // a Config built without it: DATABASE_MAX_CONNS's default
+		c.MaxConns = config.Defaults[Config]().MaxConns
 	}
+	pc.MaxConns = c.MaxConns
 	where := fmt.Sprintf("%s:%d/%s", pc.ConnConfig.Host, pc.ConnConfig.Port, pc.ConnConfig.Database)
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {

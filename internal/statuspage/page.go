@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/internal/config"
 )
 
 //go:embed assets
@@ -89,8 +91,8 @@ func New(o Options) (*Page, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	if o.Config.Interval <= 0 {
-		o.Config.Interval = 5 * time.Second
+	if o.Config.Interval <= 0 { // a Config built without it: OPS_STATUS_INTERVAL's default
+		o.Config.Interval = config.Defaults[Config]().Interval
 	}
 	p := &Page{o: o, log: o.Logger.With("component", "statuspage"),
 		board: newBoard(o.JS, o.Replicas, o.Config.Interval), hist: newHistory(o.Config.Interval)}
