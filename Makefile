@@ -7,6 +7,20 @@
 GO      ?= go
 BIN     ?= bin
 SERVICES = feeder projector emitter demo
+MODULE   = github.com/jetproj/jetproj
+
+# The packages whose code runs goroutines of its own (leases, relays,
+# consumers, watches, servers) or whose tests drive that code from several
+# goroutines: make test runs them with the race detector. The rest run
+# without it: the end-to-end tests (their processes are built without it),
+# the benchmarks' tests (which measure), pkg/examples (the example
+# projections on the runtime pkg/projector's tests race already; under the
+# detector on a busy machine its waits time out), deploy/'s checks of
+# files, and packages without concurrency. `make race` races them all.
+RACE_PKGS = internal/feeder internal/emitter internal/lease internal/jsretry \
+	internal/natsconn internal/opsserver internal/statuspage internal/tracing \
+	internal/derived internal/process internal/demo internal/emittersvc \
+	internal/devenv/devtest pkg/eventstore pkg/projector pkg/projectorsvc
 
 .DEFAULT_GOAL := help
 
@@ -19,8 +33,18 @@ demo: deps ## Run the whole pipeline (feeder, projector, emitter) on embedded NA
 	$(GO) run ./services/demo
 
 .PHONY: test
-test: deps check ## Run every test (unit, integration, end-to-end) against real PostgreSQL and NATS
-	$(GO) test -count=1 -timeout 15m ./... ./deploy/...
+test: deps check ## Run every test (unit, integration, end-to-end) against real PostgreSQL and NATS, the concurrent packages with the race detector
+	@status=0; \
+	  echo "$(GO) test -race -count=1 -timeout 15m <RACE_PKGS>"; \
+	  $(GO) test -race -count=1 -timeout 15m $(addprefix ./,$(RACE_PKGS)) || status=1; \
+	  rest=$$($(GO) list ./... ./deploy/... | grep -vxF $(foreach p,$(RACE_PKGS),-e $(MODULE)/$(p))) || exit 1; \
+	  echo "$(GO) test -count=1 -timeout 15m <the other packages of both modules>"; \
+	  $(GO) test -count=1 -timeout 15m $$rest || status=1; \
+	  exit $$status
+
+.PHONY: test-short
+test-short: ## The quick loop: unit and fast integration tests of both modules (-short skips end-to-end, benchmark and slow tests), no race detector
+	$(GO) test -short -count=1 -timeout 5m ./... ./deploy/...
 
 .PHONY: deps
 deps: ## Make sure the PostgreSQL server binaries and the Chromium the tests start are installed
@@ -43,8 +67,8 @@ lint: ## golangci-lint (.golangci.yml) over both modules, the version internal/t
 	  $$lint run ./... && cd deploy && $$lint run ./...
 
 .PHONY: race
-race: ## Run the unit and integration tests with the race detector
-	$(GO) test -race -count=1 -timeout 20m ./pkg/...
+race: ## Run every unit and integration test with the race detector (make test races the concurrent packages only)
+	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... ./deploy/... | grep -v -e '/test/e2e' -e '/internal/bench$$')
 
 .PHONY: build
 build: ## Build the service binaries into ./bin

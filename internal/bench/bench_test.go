@@ -20,6 +20,7 @@ func TestMain(m *testing.M) { devtest.Main(m) }
 // against real servers, so that it cannot rot.
 func TestFeeder(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	target := bench.Target{DatabaseURL: devtest.Postgres(t), NATSURL: devtest.NATS(t).URL(), NATSNoSync: true}
@@ -62,6 +63,7 @@ func TestFeeder(t *testing.T) {
 // TestStartServers starts and removes the servers the command uses.
 func TestStartServers(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	srv, err := bench.StartServers(ctx)
@@ -96,6 +98,7 @@ func TestStartServers(t *testing.T) {
 // rot.
 func TestPipelineThroughput(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	srv, err := bench.StartServersWith(ctx, bench.ServerOptions{FastPostgres: true})
@@ -151,6 +154,7 @@ func TestPipelineThroughput(t *testing.T) {
 // it cannot rot. About 30 s, most of it the election after the kill.
 func TestPipelineCluster(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	srv, err := bench.StartServersWith(ctx, bench.ServerOptions{FastPostgres: true})

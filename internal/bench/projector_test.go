@@ -35,6 +35,7 @@ func init() {
 // process, so that it cannot rot.
 func TestProjector(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	target := bench.Target{NATSURL: devtest.NATS(t).URL(), NATSNoSync: true}

@@ -88,6 +88,7 @@ func relayRound(ctx context.Context, e *emitter.Emitter) error {
 // them back in order, and they are published once the cause is fixed.
 func TestRefusedForGoodIsDeadLettered(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	ctx := context.Background()
 	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {

@@ -266,6 +266,7 @@ func (b *bundle) waitFinals(t *testing.T) {
 
 func TestEmittedExactlyOnceThroughKills(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	for i := range 50 {
 		for d := range 4 {
@@ -503,6 +504,7 @@ func (b *bundle) balances(t *testing.T, table string) map[string]int64 {
 // deployed with ManualStart does nothing until started.
 func TestBlueGreen(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	ctx := context.Background()
 	for i := range 30 {

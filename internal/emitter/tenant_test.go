@@ -63,6 +63,7 @@ func (b *bundle) depositFor(t *testing.T, tenant, wallet string, amount int64) {
 // emitter and the projector; both outboxes end empty.
 func TestTenantDatabasesRelayedByOneEmitter(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t) // b.pool: tenant t1's database
 	ctx := context.Background()
 	other, err := pgxpool.New(ctx, devtest.Postgres(t))

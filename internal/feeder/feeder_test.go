@@ -307,6 +307,7 @@ func TestFeedsEveryEventWithContractHeaders(t *testing.T) {
 // aggregate, and no rolled-back event.
 func TestGapSafeUnderFire(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	ctx := context.Background()
 	cfg := feeder.Config{LeaseTTL: 2 * time.Second, BatchSize: 500}
@@ -434,6 +435,7 @@ func TestResumesFromTheStreamNotTheWindow(t *testing.T) {
 
 func TestNATSRestartMidStream(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	ctx := context.Background()
 	appendN(t, b.pool, "wallet", 2000, 10)
@@ -459,6 +461,7 @@ func TestNATSRestartMidStream(t *testing.T) {
 // TestPostgresRestartMidStream is not parallel: it restarts the cluster that
 // every test of this package shares.
 func TestPostgresRestartMidStream(t *testing.T) {
+	devtest.Slow(t)
 	b := setup(t)
 	ctx := context.Background()
 	appendN(t, b.pool, "wallet", 2000, 10)

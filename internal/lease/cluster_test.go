@@ -44,6 +44,7 @@ func clusterKV(t *testing.T, c *natstest.Cluster, bucket string) (jetstream.JetS
 // TTL (plus a poll) of the bucket accepting writes again. The times are
 // printed.
 func TestRunThroughLeaderMoves(t *testing.T) {
+	devtest.Slow(t)
 	const ttl = 3 * time.Second
 	cl := natstest.StartCluster(t, 3)
 	ctx := jsretry.NewContext(t.Context(), jsretry.New(logger(t)))

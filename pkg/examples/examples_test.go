@@ -142,6 +142,7 @@ func testLogger(t *testing.T, who string) *slog.Logger {
 // store.
 func TestReadModelsEqualFold(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	b.write(t, 2000)
 	b.project(t, "r1", examples.All(b.pool)...)
@@ -179,6 +180,7 @@ func TestReadModelsEqualFold(t *testing.T) {
 // the SQL balances equal the KV documents.
 func TestGlobalAndPartitionedAgree(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	b.write(t, 1000)
 	stop1 := b.project(t, "r1", examples.All(b.pool)...)
@@ -214,6 +216,7 @@ func TestGlobalAndPartitionedAgree(t *testing.T) {
 // model and the replay fills it again.
 func TestResetAndPartitionRebuild(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	b.write(t, 1000)
 	b.project(t, "r1", examples.All(b.pool)...)

@@ -351,6 +351,7 @@ func TestHighValueWallets(t *testing.T) {
 // happened while it was down included.
 func TestPipelineStageFailure(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	ctx := context.Background()
 	hv := func() projection.Definer {
@@ -440,6 +441,7 @@ func exec(t *testing.T, pool *pgxpool.Pool, sql string) {
 // one that was never paid.
 func TestDeliverAndConfirmReadsItsOwnWrite(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	ctx := context.Background()
 	b.project(t, "r1", examples.OrderFulfilment(b.pool))

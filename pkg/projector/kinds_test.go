@@ -166,6 +166,7 @@ func TestPolling(t *testing.T) {
 // are handled in a few batches, not one each).
 func TestPollingDrainsABacklogAtOneTick(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	b.publishWallets(t, 200, 9)
 	_, reg := b.runWithRegistry(t, "r1", walletBalance("wallet_polled", projection.WithPolling(time.Second), projection.BatchSize(20)))
@@ -418,6 +419,7 @@ func TestGlobalPoisonRetryAndSkip(t *testing.T) {
 // as many messages as two batches take: here, all of them).
 func TestConsumerHoldsABoundedPayload(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	ctx := context.Background()
 	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "BIG", Subjects: []string{"big.>"}, AllowDirect: true}); err != nil {

@@ -103,6 +103,7 @@ func (b *bundle) waitTable(t *testing.T, pool *pgxpool.Pool, within time.Duratio
 // were applied in order, and no partition ran on two replicas at once.
 func TestPostgresProjectionExactlyOnceWithReplicas(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	pool := newPool(t)
 	var inFlight sync.Map
@@ -168,6 +169,7 @@ func TestIdleCostsNothing(t *testing.T) {
 // and doubles nothing (each row counts its events once, in version order).
 func TestCatchUpBatchesCrossAReplicaKill(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	pool := newPool(t)
 	var inFlight sync.Map

@@ -244,6 +244,7 @@ func TestPartitionedKVProjectionEqualsFold(t *testing.T) {
 
 func TestReplicasShareAndSurviveKills(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	def := walletBalance("wallet_balance")
 	b.publishWallets(t, 200, 5)

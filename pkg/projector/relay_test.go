@@ -221,6 +221,7 @@ func TestKVStateDerivedEventsSurviveACrashBeforePublishing(t *testing.T) {
 
 func TestKVStateEmissionThroughKills(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	b.publishWallets(t, 100, 5)
 	def := func() projection.Definer { return emittingWallets("kv_kill", projection.BatchSize(20)) }

@@ -69,6 +69,7 @@ func (b *bundle) stateWrites(t *testing.T, name string) uint64 {
 
 func TestWriteBehindWritesEachPartitionOncePerInterval(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	// 200 wallets × 11 events, interleaved: no batch of 50 holds two
 	// events of one wallet, so writing per batch would write 2200 records.
@@ -131,6 +132,7 @@ func gatedWallets(after int64, opts ...projection.Option) (*projection.Projectio
 
 func TestWriteBehindKilledMidCatchUpAppliesEveryEventOnce(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	b.publishWallets(t, 300, 20)
 	def, open, held := gatedWallets(2000)
@@ -155,6 +157,7 @@ func TestWriteBehindKilledMidCatchUpAppliesEveryEventOnce(t *testing.T) {
 
 func TestWriteBehindStopWritesWhatItHandled(t *testing.T) {
 	t.Parallel()
+	devtest.Slow(t)
 	b := setup(t)
 	b.publishWallets(t, 300, 20)
 	def, open, held := gatedWallets(2000)

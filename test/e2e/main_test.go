@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -22,6 +23,13 @@ import (
 // check for leaked goroutines) and also removes the binaries the tests
 // built: devtest.Main ends with os.Exit, which would leave them behind.
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// make test-short: the end-to-end tests build the real binaries
+		// and run them for minutes.
+		fmt.Println("e2e: skipped with -short")
+		os.Exit(0)
+	}
 	code := m.Run()
 	bins.remove()
 	if c := cluster.Load(); c != nil {

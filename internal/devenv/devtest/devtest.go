@@ -145,3 +145,14 @@ func Eventually(t testing.TB, within time.Duration, cond func() error) {
 		backoff = min(backoff*2, 100*time.Millisecond)
 	}
 }
+
+// Slow skips t under -short (make test-short): tests that take seconds —
+// kills and restarts of servers, clusters, thousands of events, a
+// benchmark — as opposed to the unit tests and quick integration tests
+// the short loop keeps. make test runs them all.
+func Slow(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("slow: skipped with -short")
+	}
+}
