@@ -40,20 +40,7 @@ import (
 	"github.com/jetproj/jetproj/internal/lease"
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/internal/tracing"
-	"github.com/jetproj/jetproj/pkg/projector"
-)
-
-// Header names of derived events (package derived).
-const (
-	HeaderEventType      = derived.HeaderEventType
-	HeaderProjection     = derived.HeaderProjection
-	HeaderPartition      = derived.HeaderPartition
-	HeaderGeneration     = derived.HeaderGeneration
-	HeaderEmissionSeq    = derived.HeaderEmissionSeq
-	HeaderSourcePosition = derived.HeaderSourcePosition
-	HeaderSourceSequence = derived.HeaderSourceSequence
-	HeaderCausationID    = derived.HeaderCausationID
-	HeaderCorrelationID  = derived.HeaderCorrelationID
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
 // Config configures the emitter.
@@ -309,7 +296,7 @@ func NewDatabases(cfg Config, dbs []Database, nc *nats.Conn, log *slog.Logger, r
 // Run relays until ctx ends, while holding the emitter's lease: every
 // database's outbox, side by side.
 func (e *Emitter) Run(ctx context.Context) error {
-	kv, err := lease.EnsureBucket(ctx, e.js, "jetproj_emitter_leases", e.cfg.LeaseTTL, e.cfg.Replicas)
+	kv, err := lease.EnsureBucket(ctx, e.js, contract.EmitterLeaseBucket, e.cfg.LeaseTTL, e.cfg.Replicas)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -610,15 +597,15 @@ SELECT id, projection, partition, subject, generation, emit_seq, event_type, pay
 		// Rows written before schema version 6 name one stream in link_to
 		// and have no metadata.
 		var err error
-		if r.Links, err = projector.OutboxLinks(linkTo, links); err == nil {
-			r.Metadata, err = projector.OutboxMetadata(meta)
+		if r.Links, err = derived.OutboxLinks(linkTo, links); err == nil {
+			r.Metadata, err = derived.OutboxMetadata(meta)
 		}
 		if err != nil {
 			rows.Close()
 			pg.err = fmt.Errorf("emitter: read outbox row %d: %w", r.id, err)
 			return pg
 		}
-		r.Partition = projector.KeyFromStore(r.Partition)
+		r.Partition = derived.LoadedString(r.Partition)
 		// The id is derived from the row rather than read from msg_id, so
 		// that rows written before keys were escaped get safe ids too.
 		r.MsgID = derived.MsgID(r.Projection, r.Generation, r.Partition, r.Seq)
@@ -1036,7 +1023,7 @@ func (en *engine) finish() (int, error) {
 func (e *relayer) send(en *engine, q *subjectQueue) bool {
 	ctx := en.ctx
 	r := q.rows[q.next]
-	own := projector.OwnStream(r.Projection)
+	own := contract.ProjectionStream(r.Projection)
 	if r.LinkOnly {
 		// Not published there, but a projection without its stream was
 		// deleted: its rows are dropped, links too.
@@ -1073,7 +1060,7 @@ func (e *relayer) send(en *engine, q *subjectQueue) bool {
 			_, span, tp := tracing.Start(ctx, r.TraceParent, "jetproj.emitter publish "+r.Projection, trace.SpanKindProducer,
 				attribute.String("messaging.destination.name", t.Subject))
 			if tp != "" {
-				msg.Header.Set(tracing.Header, tp)
+				msg.Header.Set(contract.HeaderTraceParent, tp)
 			}
 			span.End()
 		}
@@ -1147,7 +1134,7 @@ func (e *relayer) prefetchMarks(ctx context.Context, batch []row) error {
 		}
 	}
 	for _, r := range batch {
-		add(projector.OwnStream(r.Projection), r.Subject)
+		add(contract.ProjectionStream(r.Projection), r.Subject)
 		for _, l := range r.Links {
 			if stream, subj, err := derived.LinkTarget(l.Stream, r.Subject); err == nil {
 				add(stream, subj)

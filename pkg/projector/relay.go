@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/derived"
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
 // Derived events of partitions whose state lives in KV are written in the
@@ -158,7 +159,7 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 			e := r.derivedEvent(p, p.x.outbox[i])
 			// Each target is checked and published on its own: a stream
 			// holding the event already is skipped, the others get it.
-			to, err := r.marks.Targets(ctx, OwnStream(r.def.Name()), e, r.streamReplicas)
+			to, err := r.marks.Targets(ctx, contract.ProjectionStream(r.def.Name()), e, r.streamReplicas)
 			if err != nil {
 				refuse(p, err)
 				continue
@@ -277,7 +278,7 @@ func publishLeftovers(ctx context.Context, js jetstream.JetStream, name string, 
 			g.Go(func() error {
 				for _, p := range rec.Outbox {
 					e := pendingEvent(name, rec.Key, p)
-					targets, err := marks.Targets(gctx, OwnStream(name), e, replicas)
+					targets, err := marks.Targets(gctx, contract.ProjectionStream(name), e, replicas)
 					if err != nil {
 						return fmt.Errorf("projector: %w", err)
 					}

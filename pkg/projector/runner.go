@@ -16,6 +16,7 @@ import (
 	"github.com/jetproj/jetproj/internal/jsretry"
 	"github.com/jetproj/jetproj/internal/lease"
 	"github.com/jetproj/jetproj/internal/opsserver"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/subject"
 )
@@ -175,7 +176,7 @@ func (r *runner) run(ctx context.Context) error {
 	}()
 
 	ctlCh := make(chan *nats.Msg, 16)
-	ctl, err := r.nc.ChanSubscribe(controlSubject(r.def.Name()), ctlCh)
+	ctl, err := r.nc.ChanSubscribe(contract.ControlSubject(r.def.Name()), ctlCh)
 	if err != nil {
 		return err
 	}
@@ -442,7 +443,7 @@ func (r *runner) emitting(seq uint64) bool {
 // the tokens encoded as in package subject.
 func EmitSubject(projection, key string) string {
 	if typ, id, ok := strings.Cut(key, "/"); ok {
-		return "project." + projection + "." + typ + "." + subject.EncodeToken(id)
+		return contract.ProjectionPrefix + "." + projection + "." + typ + "." + subject.EncodeToken(id)
 	}
-	return "project." + projection + "." + subject.EncodeToken(key)
+	return contract.ProjectionPrefix + "." + projection + "." + subject.EncodeToken(key)
 }
