@@ -199,19 +199,13 @@ type relayer struct {
 }
 
 // stall is a subject whose derived event JetStream refused: its rows wait
-// in the outbox until until, then are tried again.
+// in the outbox until Until, then are tried again (derived.Backoff: from
+// 250 ms, doubling to 30 s).
 type stall struct {
-	until time.Time
-	wait  time.Duration
+	derived.Backoff
 	since time.Time // first refusal
 	err   string    // the last refusal
 }
-
-// Pauses of a stalled subject.
-const (
-	stallFirst = 250 * time.Millisecond
-	stallMax   = 30 * time.Second
-)
 
 // StalledError reports the subjects whose derived events JetStream refused
 // in a round. The round relayed every other subject's rows; the stalled
@@ -482,8 +476,8 @@ const maxInFlight = 4096
 func (e *relayer) idleWait(now time.Time) time.Duration {
 	wait := e.cfg.PollInterval
 	for _, s := range e.stalls {
-		if s.until.After(e.readAt) {
-			wait = min(wait, max(s.until.Sub(now), 0))
+		if s.Until.After(e.readAt) {
+			wait = min(wait, max(s.Until.Sub(now), 0))
 		}
 	}
 	return wait
@@ -547,9 +541,9 @@ func (e *relayer) stalledNow(now time.Time) []string {
 	subjs := []string{}
 	for subj, s := range e.stalls {
 		switch {
-		case now.Before(s.until):
+		case now.Before(s.Until):
 			subjs = append(subjs, subj)
-		case now.Sub(s.until) > stallMax:
+		case now.Sub(s.Until) > derived.BackoffMax:
 			e.mu.Lock()
 			delete(e.stalls, subj)
 			e.mu.Unlock()
@@ -974,12 +968,10 @@ func (en *engine) finish() (int, error) {
 		e.marks.Drop(en.targets[subj]...)
 		s := e.stalls[subj]
 		if s == nil {
-			s = &stall{wait: stallFirst, since: end}
+			s = &stall{since: end}
 			e.stalls[subj] = s
-		} else {
-			s.wait = min(2*s.wait, stallMax)
 		}
-		s.until = end.Add(s.wait)
+		s.Refused(end)
 		s.err = en.refused[subj].Error()
 	}
 	e.mu.Unlock()

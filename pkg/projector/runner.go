@@ -80,7 +80,7 @@ type runner struct {
 	// Derived events of KV-state partitions written but not yet published
 	// (relay.go), and what the streams hold.
 	unsent         []*part
-	holds          map[*part]*refusedHold // unsent partitions JetStream refused, paused
+	holds          map[*part]*derived.Backoff // unsent partitions JetStream refused, paused
 	marks          *derived.Tracker
 	streamReplicas int
 	busy           opsserver.Busy // a step of the loop in progress (see liveness.go)
