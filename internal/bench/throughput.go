@@ -21,9 +21,9 @@ import (
 
 	"github.com/jetproj/jetproj/internal/feeder"
 	"github.com/jetproj/jetproj/internal/jsretry"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
-	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // Goals of the pipeline throughput benchmark (DESIGN.md §5): the whole
@@ -641,13 +641,13 @@ func (b *throughputBench) check(ctx context.Context, name string) (int, error) {
 	}
 	// On a cluster a read may meet a stream whose leader is still being
 	// chosen (no responders): read again, a few times.
-	derived, err := examples.ReadDerived(ctx, b.js, projector.OwnStream(name))
+	derived, err := examples.ReadDerived(ctx, b.js, contract.ProjectionStream(name))
 	for try := 0; err != nil && jsretry.Transient(err) && try < 20 && ctx.Err() == nil; try++ {
 		select {
 		case <-ctx.Done():
 		case <-time.After(250 * time.Millisecond):
 		}
-		derived, err = examples.ReadDerived(ctx, b.js, projector.OwnStream(name))
+		derived, err = examples.ReadDerived(ctx, b.js, contract.ProjectionStream(name))
 	}
 	if err != nil {
 		errs = append(errs, fmt.Errorf("derived events: %w", err))
@@ -656,7 +656,7 @@ func (b *throughputBench) check(ctx context.Context, name string) (int, error) {
 	// a projection without a stream of its own emits nothing.
 	if name == examples.WalletBalanceName || len(derived) > 0 {
 		if err := checkDerived(derived, b.fold); err != nil {
-			errs = append(errs, fmt.Errorf("derived events on %s: %w", projector.OwnStream(name), err))
+			errs = append(errs, fmt.Errorf("derived events on %s: %w", contract.ProjectionStream(name), err))
 		}
 	}
 	return len(derived), errors.Join(errs...)

@@ -28,6 +28,7 @@ import (
 	"github.com/jetproj/jetproj/internal/natsconn"
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/internal/pgpool"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -272,7 +273,7 @@ func cleanSlate(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream,
 	names := js.StreamNames(ctx)
 	var doomed []string
 	for n := range names.Name() {
-		if n == "EVENTS" || strings.HasPrefix(n, "KV_jetproj_") || strings.HasPrefix(n, "PROJECT_") || contains(linkStreams, n) {
+		if n == contract.EventsStream || strings.HasPrefix(n, contract.KVStream(contract.BucketPrefix)) || strings.HasPrefix(n, contract.ProjectionStreamPrefix) || contains(linkStreams, n) {
 			doomed = append(doomed, n)
 		}
 	}

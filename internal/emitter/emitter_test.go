@@ -24,6 +24,7 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/emitter"
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -211,7 +212,7 @@ func (b *bundle) derived(t *testing.T) []derived {
 func (b *bundle) derivedOf(t *testing.T, name string) []derived {
 	t.Helper()
 	ctx := context.Background()
-	s, err := b.js.Stream(ctx, projector.OwnStream(name))
+	s, err := b.js.Stream(ctx, contract.ProjectionStream(name))
 	if err != nil {
 		return nil // not initialised yet
 	}
@@ -431,14 +432,14 @@ func TestLinkToAndDelete(t *testing.T) {
 		}
 		return err
 	})
-	own, err := count(projector.OwnStream("big_deposits"))
+	own, err := count(contract.ProjectionStream("big_deposits"))
 	if err != nil || own != 2 {
 		t.Fatalf("own stream holds %d, %v; want 2", own, err)
 	}
 	if err := projector.Delete(ctx, b.js, big.Def(), 1, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.js.Stream(ctx, projector.OwnStream("big_deposits")); err == nil {
+	if _, err := b.js.Stream(ctx, contract.ProjectionStream("big_deposits")); err == nil {
 		t.Fatal("the deleted projection's stream is still there")
 	}
 	if n, err := count("completed_orders"); err != nil || n != 2 {
@@ -556,7 +557,7 @@ func TestBlueGreen(t *testing.T) {
 	if err := projector.Delete(ctx, b.js, v1.Def(), 1, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.js.Stream(ctx, projector.OwnStream("wallet_balance")); err == nil {
+	if _, err := b.js.Stream(ctx, contract.ProjectionStream("wallet_balance")); err == nil {
 		t.Fatal("v1's stream outlived its delete")
 	}
 	var exists bool
@@ -620,7 +621,7 @@ func TestRefusedEventIsNotOvertakenByTheNext(t *testing.T) {
 	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
 		t.Fatal(err)
 	}
-	own := projector.OwnStream("wallet_balance")
+	own := contract.ProjectionStream("wallet_balance")
 	setMaxMsgSize := func(n int32) {
 		s, err := b.js.Stream(ctx, own)
 		if err != nil {
@@ -890,7 +891,7 @@ VALUES ('wallet_balance', $1, $2, $3, 1, 'WalletBalanceWasChanged', '{}', 1)`,
 	if len(ds) != len(keys) {
 		t.Fatalf("stream holds %d events for %d partitions: %v", len(ds), len(keys), ds)
 	}
-	s, err := b.js.Stream(ctx, projector.OwnStream("wallet_balance"))
+	s, err := b.js.Stream(ctx, contract.ProjectionStream("wallet_balance"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -899,8 +900,8 @@ VALUES ('wallet_balance', $1, $2, $3, 1, 'WalletBalanceWasChanged', '{}', 1)`,
 		if err != nil {
 			t.Fatalf("%q: %v", k, err)
 		}
-		if got, err := derivedpkg.UnescapeKey(m.Header.Get(emitter.HeaderPartition)); err != nil || got != k {
-			t.Errorf("%q: Partition header %q gives %q, %v", k, m.Header.Get(emitter.HeaderPartition), got, err)
+		if got, err := derivedpkg.UnescapeKey(m.Header.Get(contract.HeaderPartition)); err != nil || got != k {
+			t.Errorf("%q: Partition header %q gives %q, %v", k, m.Header.Get(contract.HeaderPartition), got, err)
 		}
 	}
 }
@@ -917,7 +918,7 @@ func TestUnexpectedDuplicateStallsItsSubject(t *testing.T) {
 	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
 		t.Fatal(err)
 	}
-	own := projector.OwnStream("wallet_balance")
+	own := contract.ProjectionStream("wallet_balance")
 	// Another message holds w1's first id.
 	squatter := nats.NewMsg(projector.EmitSubject("wallet_balance", "wallet/squatter"))
 	squatter.Header.Set(nats.MsgIdHdr, "wallet_balance:0:wallet/w1:1")

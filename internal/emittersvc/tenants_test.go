@@ -17,6 +17,7 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/emittersvc"
 	"github.com/jetproj/jetproj/internal/statuspage"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -82,7 +83,7 @@ VALUES ('wallet_balance', $1, $2, '', 1, 'WalletBalanceWasChanged', '{}', 1, $3)
 			t.Errorf("exit %d\n%s", c, stderr.String())
 		}
 	}()
-	s, err := js.Stream(ctx, projector.OwnStream("wallet_balance"))
+	s, err := js.Stream(ctx, contract.ProjectionStream("wallet_balance"))
 	if err != nil {
 		t.Fatal(err)
 	}

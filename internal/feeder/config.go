@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/subject"
 )
 
@@ -60,11 +61,11 @@ func (c Config) Defaults() Config {
 		}
 	}
 	def(&c.Name, "events")
-	def(&c.Stream, "EVENTS")
-	def(&c.SubjectPrefix, "events")
+	def(&c.Stream, contract.EventsStream)
+	def(&c.SubjectPrefix, contract.EventsPrefix)
 	def(&c.OnOversized, OversizedStop)
-	def(&c.LeaseBucket, "jetproj_feeder_leases")
-	def(&c.StateBucket, "jetproj_feeder_state")
+	def(&c.LeaseBucket, contract.FeederLeaseBucket)
+	def(&c.StateBucket, contract.FeederStateBucket)
 	if c.Instance == "" {
 		host, _ := os.Hostname()
 		c.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())

@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
 //go:embed assets
@@ -206,7 +208,7 @@ func (p *Page) View(ctx context.Context, since int64) View {
 	entries, err := p.board.readAll(ctx)
 	s := decode(entries)
 	if err != nil {
-		s.errs = append(s.errs, "reading "+Bucket+": "+err.Error())
+		s.errs = append(s.errs, "reading "+contract.StatusBucket+": "+err.Error())
 	}
 	p.mu.Lock()
 	v := build(s, p.hist.last())

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -442,7 +443,7 @@ func ReadDerived(ctx context.Context, js jetstream.JetStream, stream string) ([]
 			}
 			n++
 			seq = md.Sequence.Stream
-			out = append(out, DerivedEvent{Subject: m.Subject(), Type: m.Headers().Get("Event-Type"),
+			out = append(out, DerivedEvent{Subject: m.Subject(), Type: m.Headers().Get(contract.HeaderEventType),
 				MsgID: m.Headers().Get(jetstream.MsgIDHeader), Data: m.Data()})
 			if seq == last {
 				break
@@ -467,7 +468,7 @@ func ReadDerived(ctx context.Context, js jetstream.JetStream, stream string) ([]
 // ReadBalanceChanges reads the WalletBalanceWasChanged events on
 // wallet_balance's own stream, in stream order: high_value_wallets' input.
 func ReadBalanceChanges(ctx context.Context, js jetstream.JetStream) ([]WalletBalanceWasChanged, error) {
-	msgs, err := ReadDerived(ctx, js, projector.OwnStream(WalletBalanceName))
+	msgs, err := ReadDerived(ctx, js, contract.ProjectionStream(WalletBalanceName))
 	if err != nil {
 		return nil, err
 	}

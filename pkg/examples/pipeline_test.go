@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -137,7 +138,7 @@ func TestOrderFulfilmentAnyArrivalOrder(t *testing.T) {
 	}
 	// And the streams, read here once more: one event per completed order,
 	// on the subject of the partition that completed it.
-	for _, stream := range []string{projector.OwnStream(examples.OrderFulfilmentName), examples.CompletedOrdersStream} {
+	for _, stream := range []string{contract.ProjectionStream(examples.OrderFulfilmentName), examples.CompletedOrdersStream} {
 		got := completedOn(t, b.js, stream)
 		if len(got) != len(want) {
 			t.Fatalf("%s: %d OrderFullyCompleted, want %d", stream, len(got), len(want))
@@ -279,7 +280,7 @@ func (w *wallets) change(t *testing.T, id string, delta int64) {
 // high_value_wallets' stream by wallet, and checks their subjects.
 func highValueOn(t *testing.T, js jetstream.JetStream) map[string][]int64 {
 	t.Helper()
-	msgs, err := examples.ReadDerived(context.Background(), js, projector.OwnStream(examples.HighValueWalletsName))
+	msgs, err := examples.ReadDerived(context.Background(), js, contract.ProjectionStream(examples.HighValueWalletsName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +306,7 @@ func TestHighValueWallets(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	b.project(t, "wb", examples.WalletBalance(b.pool))
-	waitStream(t, b.js, projector.OwnStream(examples.WalletBalanceName))
+	waitStream(t, b.js, contract.ProjectionStream(examples.WalletBalanceName))
 	b.project(t, "hv", examples.HighValueWallets(b.pool))
 
 	w := &wallets{b: b, balance: map[string]int64{}}
@@ -357,7 +358,7 @@ func TestPipelineStageFailure(t *testing.T) {
 		return examples.HighValueWallets(b.pool, projection.Retries(1000, 20*time.Millisecond, 200*time.Millisecond))
 	}
 	b.project(t, "wb", examples.WalletBalance(b.pool))
-	waitStream(t, b.js, projector.OwnStream(examples.WalletBalanceName))
+	waitStream(t, b.js, contract.ProjectionStream(examples.WalletBalanceName))
 	stopHV := b.project(t, "hv1", hv())
 	settled := func() error {
 		if err := examples.Verify(ctx, b.pool, b.js, examples.WalletBalanceName, examples.HighValueWalletsName); err != nil {

@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
-	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // Verify compares the read models of the named example projections (all
@@ -260,7 +260,7 @@ func verifyCompletedOrders(ctx context.Context, pool *pgxpool.Pool, js jetstream
 		return err
 	}
 	var errs []error
-	for _, stream := range []string{projector.OwnStream(OrderFulfilmentName), CompletedOrdersStream} {
+	for _, stream := range []string{contract.ProjectionStream(OrderFulfilmentName), CompletedOrdersStream} {
 		msgs, err := ReadDerived(ctx, js, stream)
 		if err != nil {
 			return err
@@ -296,7 +296,7 @@ func verifyHighValueEmitted(ctx context.Context, js jetstream.JetStream) error {
 		return err
 	}
 	_, expected := FoldHighValue(changes)
-	msgs, err := ReadDerived(ctx, js, projector.OwnStream(HighValueWalletsName))
+	msgs, err := ReadDerived(ctx, js, contract.ProjectionStream(HighValueWalletsName))
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/subject"
 )
 
@@ -80,8 +81,8 @@ type AggregatePartitions struct{}
 
 // Partition implements PartitionProvider.
 func (AggregatePartitions) Partition(m Message) (string, error) {
-	t, okT := m.Header["Aggregate-Type"]
-	id, okID := m.Header["Aggregate-Id"]
+	t, okT := m.Header[contract.HeaderAggregateType]
+	id, okID := m.Header[contract.HeaderAggregateID]
 	if !okT || !okID || len(t) == 0 || len(id) == 0 {
 		return "", errors.Join(ErrNoPartition, errors.New("no Aggregate-Type or Aggregate-Id header on "+m.Subject))
 	}

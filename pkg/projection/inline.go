@@ -1,6 +1,6 @@
 package projection
 
-import "github.com/jetproj/jetproj/pkg/subject"
+import "github.com/jetproj/jetproj/pkg/contract"
 
 // Inline marks a projection that is also applied inline: synchronously, in
 // the transaction that appends its events (projector.Inline with
@@ -26,7 +26,7 @@ func (d *Definition) AggregatePrefix() string {
 	if d.aggStream != "" {
 		return d.aggPrefix
 	}
-	return subject.EventsPrefix
+	return contract.EventsPrefix
 }
 
 func (d *Definition) inlineProblems() []string {

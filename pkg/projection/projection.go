@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/subject"
 )
 
@@ -442,8 +443,8 @@ func New[S any](name string, opts ...Option) *Projection[S] {
 		if d.source.Stream != "" {
 			d.errs = append(d.errs, "FromAggregates with FromSubjects: choose one source")
 		}
-		prefix := subject.EventsPrefix
-		d.source.Stream = "EVENTS"
+		prefix := contract.EventsPrefix
+		d.source.Stream = contract.EventsStream
 		if d.aggStream != "" {
 			d.source.Stream, prefix = d.aggStream, d.aggPrefix
 		}

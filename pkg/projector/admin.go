@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/lease"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -65,13 +66,10 @@ func Init(ctx context.Context, js jetstream.JetStream, d *projection.Definition,
 	return err
 }
 
-// OwnStream is the name of a projection's own stream of derived events.
-func OwnStream(name string) string { return "PROJECT_" + strings.ToUpper(name) }
-
 // ensureOwnStream creates the projection's stream, project.<name>.>.
 func ensureOwnStream(ctx context.Context, js jetstream.JetStream, name string, replicas int) error {
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name: OwnStream(name), Subjects: []string{"project." + name + ".>"}, Replicas: max(replicas, 1),
+		Name: contract.ProjectionStream(name), Subjects: []string{contract.ProjectionSubjects(name)}, Replicas: max(replicas, 1),
 		Storage: jetstream.FileStorage, AllowDirect: true, Duplicates: 2 * time.Minute,
 		Description: "jetproj events derived by projection " + name,
 	})
@@ -213,7 +211,7 @@ func pause(ctx context.Context, js jetstream.JetStream, reg *Registry, name, rea
 	}); err != nil {
 		return err
 	}
-	kv, err := js.KeyValue(ctx, leaseBucket(name))
+	kv, err := js.KeyValue(ctx, contract.LeaseBucket(name))
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil
 	}
@@ -380,11 +378,11 @@ func Delete(ctx context.Context, js jetstream.JetStream, d *projection.Definitio
 			return err
 		}
 	}
-	if err := js.DeleteKeyValue(ctx, leaseBucket(d.Name())); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+	if err := js.DeleteKeyValue(ctx, contract.LeaseBucket(d.Name())); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return err
 	}
 	// The projection's own stream goes; linked streams stay.
-	if err := js.DeleteStream(ctx, OwnStream(d.Name())); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+	if err := js.DeleteStream(ctx, contract.ProjectionStream(d.Name())); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return err
 	}
 	_, err = reg.Update(ctx, d.Name(), func(e *Entry, _ bool) error {
@@ -393,9 +391,6 @@ func Delete(ctx context.Context, js jetstream.JetStream, d *projection.Definitio
 	})
 	return err
 }
-
-// controlSubject is where partition commands reach the owning replica.
-func controlSubject(name string) string { return "jetproj.control." + name }
 
 // Command is a partition command.
 type Command struct {
@@ -418,7 +413,7 @@ var ErrNoOwner = errors.New("projector: no replica owns the partition")
 // command is applied to the store directly under the slot's lease.
 func PartitionCommand(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, d *projection.Definition, replicas int, cmd Command) error {
 	b, _ := json.Marshal(cmd)
-	msg, err := nc.RequestWithContext(ctx, controlSubject(d.Name()), b)
+	msg, err := nc.RequestWithContext(ctx, contract.ControlSubject(d.Name()), b)
 	if err == nil {
 		var rep CommandReply
 		if err := json.Unmarshal(msg.Data, &rep); err != nil {
@@ -434,13 +429,13 @@ func PartitionCommand(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 	}
 	// Nobody answered: take the slot's lease and change the record.
 	slot := SlotOf(cmd.Partition, d.Spec().Slots)
-	kv, err := lease.EnsureBucket(ctx, js, leaseBucket(d.Name()), 6*time.Second, replicas)
+	kv, err := lease.EnsureBucket(ctx, js, contract.LeaseBucket(d.Name()), 6*time.Second, replicas)
 	if err != nil {
 		var mm *lease.ConfigMismatchError
 		if !errors.As(err, &mm) {
 			return err
 		}
-		if kv, err = js.KeyValue(ctx, leaseBucket(d.Name())); err != nil {
+		if kv, err = js.KeyValue(ctx, contract.LeaseBucket(d.Name())); err != nil {
 			return err
 		}
 	}

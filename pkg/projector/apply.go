@@ -11,8 +11,7 @@ import (
 	"time"
 
 	"github.com/jetproj/jetproj/internal/derived"
-	"github.com/jetproj/jetproj/internal/tracing"
-	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -287,7 +286,7 @@ func emissionMetadata(src projection.Meta, e projection.Emission) map[string]str
 	}
 	md := make(map[string]string, len(src.Metadata)+len(e.Metadata))
 	for k, v := range src.Metadata {
-		if k != tracing.Header && k != eventmsg.HeaderTraceState {
+		if k != contract.HeaderTraceParent && k != contract.HeaderTraceState {
 			md[k] = v
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/emitter"
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -372,7 +373,7 @@ func inlineServers(t *testing.T, pool *pgxpool.Pool) (*nats.Conn, jetstream.JetS
 func runnerCaughtUp(t *testing.T, js jetstream.JetStream, pool *pgxpool.Pool, name string, wallets []string) {
 	t.Helper()
 	ctx := context.Background()
-	s, err := js.Stream(ctx, "EVENTS")
+	s, err := js.Stream(ctx, contract.EventsStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +387,7 @@ func runnerCaughtUp(t *testing.T, js jetstream.JetStream, pool *pgxpool.Pool, na
 			if err != nil {
 				return err
 			}
-			if pos := last.Header.Get("Event-Position"); pos != fmt.Sprint(head) {
+			if pos := last.Header.Get(contract.HeaderEventPosition); pos != fmt.Sprint(head) {
 				return fmt.Errorf("%s: the stream is at position %s, the store at %d", w, pos, head)
 			}
 			var seq int64
@@ -404,7 +405,7 @@ func runnerCaughtUp(t *testing.T, js jetstream.JetStream, pool *pgxpool.Pool, na
 // derivedOnStream counts the derived events on the projection's stream
 // and fails on a repeated message id.
 func derivedOnStream(ctx context.Context, js jetstream.JetStream, name string) (int, error) {
-	s, err := js.Stream(ctx, projector.OwnStream(name))
+	s, err := js.Stream(ctx, contract.ProjectionStream(name))
 	if err != nil {
 		return 0, err
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/jsretry"
 	"github.com/jetproj/jetproj/internal/lease"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -141,10 +142,8 @@ func StoreFor(js jetstream.JetStream, d *projection.Definition, replicas int) St
 	if pools := d.Spec().TenantPools; len(pools) > 0 {
 		return NewTenantStore(pools, d.Name())
 	}
-	return NewKVStore(js, "jetproj_state_"+d.Name(), replicas)
+	return NewKVStore(js, contract.StateBucket(d.Name()), replicas)
 }
-
-func leaseBucket(name string) string { return "jetproj_leases_" + name }
 
 // Run initialises the projections that are not yet and runs them all until
 // ctx ends; it returns nil then.
@@ -224,7 +223,7 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.De
 		s.Buffer = 2 * d.Spec().BatchSize
 		source = s
 	}
-	leases, err := lease.EnsureBucket(ctx, p.js, leaseBucket(d.Name()), p.opts.LeaseTTL, p.opts.Replicas)
+	leases, err := lease.EnsureBucket(ctx, p.js, contract.LeaseBucket(d.Name()), p.opts.LeaseTTL, p.opts.Replicas)
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -186,7 +187,7 @@ func (b *bundle) states(t *testing.T, name string) map[string]projector.Record {
 	t.Helper()
 	ctx := context.Background()
 	out := map[string]projector.Record{}
-	kv, err := b.js.KeyValue(ctx, "jetproj_state_"+name)
+	kv, err := b.js.KeyValue(ctx, contract.StateBucket(name))
 	if err != nil {
 		return out
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/derived"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -93,7 +94,7 @@ func (b *bundle) waitDerived(t *testing.T, name string) map[string]emitted {
 	t.Helper()
 	var last map[string]emitted
 	devtest.Eventually(t, 60*time.Second, func() error {
-		last = checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream(name)))
+		last = checkOnceInOrder(t, b.streamEvents(t, contract.ProjectionStream(name)))
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		for k, want := range b.fold {
@@ -138,7 +139,7 @@ func TestKVStateProjectionEmitsOncePerBatchInOrder(t *testing.T) {
 		}
 	}
 	emittedN := counter(t, reg, "jetproj_projector_events_emitted_total", "kv_emit")
-	own := len(b.streamEvents(t, projector.OwnStream("kv_emit")))
+	own := len(b.streamEvents(t, contract.ProjectionStream("kv_emit")))
 	if emittedN != own+100 {
 		t.Fatalf("metric counts %d published, streams hold %d + 100 linked", emittedN, own)
 	}
@@ -197,20 +198,20 @@ func TestKVStateDerivedEventsSurviveACrashBeforePublishing(t *testing.T) {
 	// The projector takes the slot over and publishes the second only.
 	b.run(t, "r1", def)
 	devtest.Eventually(t, 30*time.Second, func() error {
-		own := checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream("kv_crash")))
+		own := checkOnceInOrder(t, b.streamEvents(t, contract.ProjectionStream("kv_crash")))
 		links := b.streamEvents(t, "kv_links2")
 		if e := own[first.Subject]; e.mark.Seq != 2 || len(links) != 1 {
 			return fmt.Errorf("own stream ends at %+v, linked stream holds %d", e.mark, len(links))
 		}
 		return nil
 	})
-	if n := len(b.streamEvents(t, projector.OwnStream("kv_crash"))); n != 2 {
+	if n := len(b.streamEvents(t, contract.ProjectionStream("kv_crash"))); n != 2 {
 		t.Fatalf("own stream holds %d events, want 2", n)
 	}
 	// A deposit continues the numbering.
 	b.publish(t, "w0", "MoneyWasAddedToWallet", `{"amount":3}`)
 	devtest.Eventually(t, 30*time.Second, func() error {
-		own := checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream("kv_crash")))
+		own := checkOnceInOrder(t, b.streamEvents(t, contract.ProjectionStream("kv_crash")))
 		if e := own[first.Subject]; e.mark.Seq != 3 || e.body.Cents != 3 {
 			return fmt.Errorf("last derived %+v %+v", e.mark, e.body)
 		}
@@ -226,7 +227,7 @@ func TestKVStateEmissionThroughKills(t *testing.T) {
 	def := func() projection.Definer { return emittingWallets("kv_kill", projection.BatchSize(20)) }
 	r1 := b.run(t, "r1", def())
 	devtest.Eventually(t, 30*time.Second, func() error {
-		if len(b.streamEvents(t, projector.OwnStream("kv_kill"))) == 0 {
+		if len(b.streamEvents(t, contract.ProjectionStream("kv_kill"))) == 0 {
 			return fmt.Errorf("nothing emitted yet")
 		}
 		return nil
@@ -286,7 +287,7 @@ func TestReplayingBatchEmitsForNewEventsOnly(t *testing.T) {
 	r := b.run(t, "r1", def)
 	b.waitFold(t, "kv_replay", 30*time.Second)
 	devtest.Eventually(t, 30*time.Second, func() error {
-		if n := len(b.streamEvents(t, projector.OwnStream("kv_replay"))); n != wallets*deposits {
+		if n := len(b.streamEvents(t, contract.ProjectionStream("kv_replay"))); n != wallets*deposits {
 			return fmt.Errorf("%d derived events, want %d", n, wallets*deposits)
 		}
 		return nil
@@ -307,7 +308,7 @@ func TestReplayingBatchEmitsForNewEventsOnly(t *testing.T) {
 	var after []emitted
 	devtest.Eventually(t, 30*time.Second, func() error {
 		after = after[:0]
-		for _, e := range b.streamEvents(t, projector.OwnStream("kv_replay")) {
+		for _, e := range b.streamEvents(t, contract.ProjectionStream("kv_replay")) {
 			if e.mark.Gen > 0 { // the reset's generation
 				after = append(after, e)
 			}
@@ -339,7 +340,7 @@ func TestPartitionRebuildEmitsForNewEventsOnly(t *testing.T) {
 	b.publishWallets(t, wallets, deposits)
 	r := b.run(t, "r1", def)
 	b.waitFold(t, "kv_part_replay", 30*time.Second)
-	own := projector.OwnStream("kv_part_replay")
+	own := contract.ProjectionStream("kv_part_replay")
 	devtest.Eventually(t, 30*time.Second, func() error {
 		if n := len(b.streamEvents(t, own)); n != wallets*deposits {
 			return fmt.Errorf("%d derived events, want %d", n, wallets*deposits)
@@ -412,7 +413,7 @@ func TestResetPublishesWhatRecordsStillHold(t *testing.T) {
 	if err := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf); err != nil {
 		t.Fatal(err)
 	}
-	own := b.streamEvents(t, projector.OwnStream("kv_reset_left"))
+	own := b.streamEvents(t, contract.ProjectionStream("kv_reset_left"))
 	checkOnceInOrder(t, own)
 	if len(own) != 2 || own[1].mark.Seq != 2 {
 		t.Fatalf("own stream holds %d events (%+v); want the first and, published by the reset, the second", len(own), own)
@@ -453,7 +454,7 @@ func TestRefusedPartitionWaitsAlone(t *testing.T) {
 			b.publish(t, fmt.Sprintf("w%d", i), "MoneyWasAddedToWallet", fmt.Sprintf(`{"amount":%d}`, round+1))
 		}
 		devtest.Eventually(t, 30*time.Second, func() error {
-			last := checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream(name)))
+			last := checkOnceInOrder(t, b.streamEvents(t, contract.ProjectionStream(name)))
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			for k, want := range b.fold {
@@ -563,7 +564,7 @@ func TestUnpublishedBacklogParksThePartition(t *testing.T) {
 	}
 	// The other wallets are done, their events published.
 	devtest.Eventually(t, 30*time.Second, func() error {
-		last := checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream(name)))
+		last := checkOnceInOrder(t, b.streamEvents(t, contract.ProjectionStream(name)))
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		for _, k := range []string{"wallet/w1", "wallet/w2"} {
@@ -643,7 +644,7 @@ func TestResetRefusedLeftoversChangeNothing(t *testing.T) {
 	if hookRuns != 1 {
 		t.Fatalf("reset hook ran %d times; want 1", hookRuns)
 	}
-	if own := b.streamEvents(t, projector.OwnStream("kv_reset_refused")); len(own) != 1 {
+	if own := b.streamEvents(t, contract.ProjectionStream("kv_reset_refused")); len(own) != 1 {
 		t.Fatalf("own stream holds %d events; want the leftover", len(own))
 	}
 	if links := b.streamEvents(t, "kv_reset_foreign"); len(links) != 1 {
@@ -667,7 +668,7 @@ func TestKVStateKeysDifferingInUnsafeBytesEachEmit(t *testing.T) {
 	b.run(t, "r1", emittingWallets("kv_keys"))
 	b.waitFold(t, "kv_keys", 30*time.Second)
 	last := b.waitDerived(t, "kv_keys")
-	s, err := b.js.Stream(context.Background(), projector.OwnStream("kv_keys"))
+	s, err := b.js.Stream(context.Background(), contract.ProjectionStream("kv_keys"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -677,8 +678,8 @@ func TestKVStateKeysDifferingInUnsafeBytesEachEmit(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", w, err)
 		}
-		if key, err := derived.UnescapeKey(m.Header.Get(derived.HeaderPartition)); err != nil || key != "wallet/"+w {
-			t.Errorf("%q: Partition header %q gives %q, %v", w, m.Header.Get(derived.HeaderPartition), key, err)
+		if key, err := derived.UnescapeKey(m.Header.Get(contract.HeaderPartition)); err != nil || key != "wallet/"+w {
+			t.Errorf("%q: Partition header %q gives %q, %v", w, m.Header.Get(contract.HeaderPartition), key, err)
 		}
 		if id := m.Header.Get(nats.MsgIdHdr); id != last[subj].id || strings.ContainsAny(id, " \r\n\t") {
 			t.Errorf("%q: message id %q", w, id)

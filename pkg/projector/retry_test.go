@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -35,7 +36,7 @@ func (s *gatedSource) Next(ctx context.Context, subject string, from uint64) (pr
 // newGatedSource is a closed gatedSource over b's EVENTS wallets.
 func newGatedSource(t *testing.T, b *bundle) *gatedSource {
 	t.Helper()
-	js, err := projector.NewJetStreamSource(context.Background(), b.js, "EVENTS", []string{"events.wallet.*"})
+	js, err := projector.NewJetStreamSource(context.Background(), b.js, contract.EventsStream, []string{"events.wallet.*"})
 	if err != nil {
 		t.Fatal(err)
 	}

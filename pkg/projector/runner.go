@@ -19,6 +19,7 @@ import (
 	"github.com/jetproj/jetproj/internal/jsretry"
 	"github.com/jetproj/jetproj/internal/lease"
 	"github.com/jetproj/jetproj/internal/opsserver"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/subject"
 )
@@ -82,7 +83,7 @@ type runner struct {
 	// Derived events of KV-state partitions written but not yet published
 	// (relay.go), and what the streams hold.
 	unsent         []*part
-	holds          map[*part]*refusedHold // unsent partitions JetStream refused, paused
+	holds          map[*part]*derived.Backoff // unsent partitions JetStream refused, paused
 	marks          *derived.Tracker
 	streamReplicas int
 	busy           opsserver.Busy // a step of the loop in progress (see liveness.go)
@@ -184,7 +185,7 @@ func (r *runner) run(ctx context.Context) error {
 	}()
 
 	ctlCh := make(chan *nats.Msg, 16)
-	ctl, err := r.nc.ChanSubscribe(controlSubject(r.def.Name()), ctlCh)
+	ctl, err := r.nc.ChanSubscribe(contract.ControlSubject(r.def.Name()), ctlCh)
 	if err != nil {
 		return err
 	}
@@ -534,7 +535,7 @@ func (r *runner) emitting(seq uint64) bool {
 // the tokens encoded as in package subject.
 func EmitSubject(projection, key string) string {
 	if typ, id, ok := strings.Cut(key, "/"); ok {
-		return "project." + projection + "." + typ + "." + subject.EncodeToken(id)
+		return contract.ProjectionPrefix + "." + projection + "." + typ + "." + subject.EncodeToken(id)
 	}
-	return "project." + projection + "." + subject.EncodeToken(key)
+	return contract.ProjectionPrefix + "." + projection + "." + subject.EncodeToken(key)
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -38,7 +39,7 @@ type Status struct {
 // PostgreSQL store's tables are brought to the current schema first.
 func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) (Status, error) {
 	st := Status{Name: d.Name(), Kind: d.Kind().String(), Slots: d.Spec().Slots, Owners: map[string]int{}, State: "not initialised"}
-	kv, err := js.KeyValue(ctx, RegistryBucket)
+	kv, err := js.KeyValue(ctx, contract.RegistryBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return st, nil // no projection was ever initialised here
 	}
@@ -54,7 +55,7 @@ func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Defin
 	if s, err := js.Stream(ctx, d.SourceConfig().Stream); err == nil {
 		st.Head = s.CachedInfo().State.LastSeq
 	}
-	if kv, err := js.KeyValue(ctx, leaseBucket(d.Name())); err == nil {
+	if kv, err := js.KeyValue(ctx, contract.LeaseBucket(d.Name())); err == nil {
 		if lister, err := kv.ListKeys(ctx); err == nil {
 			for k := range lister.Keys() {
 				if !strings.HasPrefix(k, "s.") {

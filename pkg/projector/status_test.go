@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -28,7 +29,7 @@ func TestStatusChangesNothing(t *testing.T) {
 	if err != nil || st.State != "not initialised" {
 		t.Fatalf("status before init: %+v, %v; want not initialised", st, err)
 	}
-	if _, err := b.js.KeyValue(ctx, projector.RegistryBucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+	if _, err := b.js.KeyValue(ctx, contract.RegistryBucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
 		t.Fatalf("status created the registry (lookup: %v)", err)
 	}
 	b.publishWallets(t, 5, 2)

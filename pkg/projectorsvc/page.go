@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetproj/jetproj/internal/statuspage"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -70,7 +71,7 @@ func projectionSnap(ctx context.Context, js jetstream.JetStream, d *projection.D
 		return statuspage.ProjectionSnap{}, err
 	}
 	snap := statuspage.ProjectionSnap{Status: st, By: replica, At: time.Now().UTC()}
-	kv, err := js.KeyValue(ctx, projector.RegistryBucket)
+	kv, err := js.KeyValue(ctx, contract.RegistryBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return snap, nil
 	}

@@ -39,6 +39,7 @@ import (
 	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/statuspage"
 	"github.com/jetproj/jetproj/internal/tracing"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -425,9 +426,9 @@ func (s *service) runGuarded(ctx context.Context) error {
 	defs := s.selected(nil)
 	var what []string
 	for _, d := range defs {
-		what = append(what, projector.OwnStream(d.Name()), "KV_jetproj_leases_"+d.Name())
+		what = append(what, contract.ProjectionStream(d.Name()), contract.KVStream(contract.LeaseBucket(d.Name())))
 	}
-	s.conn.WarnSingleReplica(s.replicas(), "PROJECTOR_STORE_REPLICAS", append(what, "KV_"+projector.RegistryBucket)...)
+	s.conn.WarnSingleReplica(s.replicas(), "PROJECTOR_STORE_REPLICAS", append(what, contract.KVStream(contract.RegistryBucket))...)
 	if err := s.waitForSources(ctx, defs); err != nil {
 		return err
 	}
@@ -510,7 +511,7 @@ func (s *service) waitForSources(ctx context.Context, defs []*projection.Definit
 	// which that projection's initialisation creates: do not wait for it.
 	own := map[string]bool{}
 	for _, d := range defs {
-		own[projector.OwnStream(d.Name())] = true
+		own[contract.ProjectionStream(d.Name())] = true
 	}
 	for _, d := range defs {
 		if d.CustomSource() != nil || own[d.SourceConfig().Stream] {
@@ -550,7 +551,7 @@ func (s *service) init(ctx context.Context, name string) error {
 	}
 	// Delete removed the projection's lease bucket and Init does not make
 	// it again; replicas that kept running need it to take the slots back.
-	_, err := lease.EnsureBucket(ctx, s.js(), "jetproj_leases_"+name, s.cfg.Projector.LeaseTTL, s.replicas())
+	_, err := lease.EnsureBucket(ctx, s.js(), contract.LeaseBucket(name), s.cfg.Projector.LeaseTTL, s.replicas())
 	var mismatch *lease.ConfigMismatchError
 	if err != nil && !errors.As(err, &mismatch) {
 		return err
@@ -592,17 +593,13 @@ var (
 // projector admin user may, the replicas' own user only receives them.
 var ErrCommandRefused = errors.New("this NATS user may not send partition commands")
 
-// controlPrefix starts the subject of a projection's partition commands
-// (jetproj.control.<name>), which pkg/projector owns.
-const controlPrefix = "jetproj.control."
-
 // commandRefused reports whether the server refused publishing to the
 // projection's control subject. A publish the server refuses is dropped
 // and reported asynchronously, with the subject only in the message's
 // text: the request itself just goes unanswered.
 func (s *service) commandRefused(name string) bool {
 	err := s.conn.NC.LastError()
-	return errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `"`+controlPrefix+name+`"`)
+	return errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `"`+contract.ControlSubject(name)+`"`)
 }
 
 func (s *service) partition(ctx context.Context, op, name, partition string) error {
@@ -622,8 +619,8 @@ func (s *service) partition(ctx context.Context, op, name, partition string) err
 		}
 		unanswered := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, lease.ErrHeld)
 		if unanswered && s.commandRefused(name) {
-			return fmt.Errorf("%s %s: %w: the server refused publishing to %s%s; run partition commands as the projector admin user (docs/operations.md, \"NATS users and permissions\")",
-				name, partition, ErrCommandRefused, controlPrefix, name)
+			return fmt.Errorf("%s %s: %w: the server refused publishing to %s; run partition commands as the projector admin user (docs/operations.md, \"NATS users and permissions\")",
+				name, partition, ErrCommandRefused, contract.ControlSubject(name))
 		}
 		if !unanswered || ctx.Err() != nil {
 			if unanswered {

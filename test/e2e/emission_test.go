@@ -19,10 +19,9 @@ import (
 
 	"github.com/jetproj/jetproj/internal/demo"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
-	"github.com/jetproj/jetproj/internal/emitter"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
-	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // emitterEnv is the environment of an emitter process.
@@ -105,10 +104,10 @@ func readDerived(t *testing.T, js jetstream.JetStream, name string) []derivedMsg
 		for m := range batch.Messages() {
 			n++
 			h := m.Headers()
-			gen, _ := strconv.Atoi(h.Get(emitter.HeaderGeneration))
-			seq, _ := strconv.ParseUint(h.Get(emitter.HeaderEmissionSeq), 10, 64)
+			gen, _ := strconv.Atoi(h.Get(contract.HeaderGeneration))
+			seq, _ := strconv.ParseUint(h.Get(contract.HeaderEmissionSeq), 10, 64)
 			out = append(out, derivedMsg{stream: name, subject: m.Subject(), msgID: h.Get(jetstream.MsgIDHeader),
-				typ: h.Get(emitter.HeaderEventType), gen: gen, seq: seq, data: m.Data()})
+				typ: h.Get(contract.HeaderEventType), gen: gen, seq: seq, data: m.Data()})
 		}
 		if n == 0 && ctx.Err() != nil {
 			t.Fatalf("stream %s: read %d of %d messages", name, len(out), info.State.Msgs)
@@ -279,11 +278,11 @@ func TestPipelineSurvivesSIGKILL(t *testing.T) {
 		}
 		return outboxEmpty(ctx, pool)
 	})
-	wallets := checkExactlyOnce(t, readDerived(t, js, projector.OwnStream(examples.WalletBalanceName)))
+	wallets := checkExactlyOnce(t, readDerived(t, js, contract.ProjectionStream(examples.WalletBalanceName)))
 	checkFinalBalances(t, pool, wallets)
 	for _, name := range examples.Names() {
 		if name != examples.WalletBalanceName {
-			checkExactlyOnce(t, readDerived(t, js, projector.OwnStream(name)))
+			checkExactlyOnce(t, readDerived(t, js, contract.ProjectionStream(name)))
 		}
 	}
 	// OrderFullyCompleted once per completed order on the own stream and on
@@ -381,7 +380,7 @@ func TestEmissionLifecycle(t *testing.T) {
 	env := pipelineEnv(dbURL, ns.URL(), "p1")
 	startProjector(t, "projector p1", env)
 	startEmitter(t, "emitter", emitterEnv(dbURL, ns.URL(), "e1"))
-	own := projector.OwnStream(examples.WalletBalanceName)
+	own := contract.ProjectionStream(examples.WalletBalanceName)
 
 	for i := range 40 {
 		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 5, 100)
@@ -400,7 +399,7 @@ func TestEmissionLifecycle(t *testing.T) {
 	if before < 40 {
 		t.Fatalf("%d derived events for 40 wallets", before)
 	}
-	sub := subscribeCount(t, ns.URL(), "project.wallet_balance.>")
+	sub := subscribeCount(t, ns.URL(), contract.ProjectionSubjects(examples.WalletBalanceName))
 
 	// Rebuild: the read model is rebuilt, nothing is emitted or stored in
 	// the outbox meanwhile.
@@ -492,8 +491,8 @@ func TestEmissionLifecycle(t *testing.T) {
 	projectorCmd(t, env, "delete", examples.WalletBalanceName, "--yes")
 	projectorCmd(t, env, "delete", examples.OrderFulfilmentName, "--yes")
 	for _, name := range []string{examples.WalletBalanceName, examples.OrderFulfilmentName} {
-		if _, err := js.Stream(ctx, projector.OwnStream(name)); err == nil {
-			t.Errorf("stream %s still exists after delete", projector.OwnStream(name))
+		if _, err := js.Stream(ctx, contract.ProjectionStream(name)); err == nil {
+			t.Errorf("stream %s still exists after delete", contract.ProjectionStream(name))
 		}
 	}
 	if n := streamMsgCount(t, js, linked); n != 1 {
@@ -541,7 +540,7 @@ func TestPipelineStageFailsAndResumes(t *testing.T) {
 		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 3, 20000*int64(i%4+1))
 	}
 	devtest.Eventually(t, 60*time.Second, settled(both...))
-	highBefore := streamMsgCount(t, js, projector.OwnStream(examples.HighValueWalletsName))
+	highBefore := streamMsgCount(t, js, contract.ProjectionStream(examples.HighValueWalletsName))
 	if highBefore == 0 {
 		t.Fatal("no wallet became high value")
 	}
@@ -549,23 +548,23 @@ func TestPipelineStageFailsAndResumes(t *testing.T) {
 	// The stage dies; wallet_balance goes on, deriving what the stage will
 	// need.
 	stage.kill()
-	changes := streamMsgCount(t, js, projector.OwnStream(examples.WalletBalanceName))
+	changes := streamMsgCount(t, js, contract.ProjectionStream(examples.WalletBalanceName))
 	for i := range 20 {
 		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 2, 30000)
 	}
 	devtest.Eventually(t, 60*time.Second, settled(examples.WalletBalanceName))
-	if after := streamMsgCount(t, js, projector.OwnStream(examples.WalletBalanceName)); after <= changes {
+	if after := streamMsgCount(t, js, contract.ProjectionStream(examples.WalletBalanceName)); after <= changes {
 		t.Fatalf("wallet_balance emitted nothing while the stage was down (%d → %d)", changes, after)
 	}
-	if n := streamMsgCount(t, js, projector.OwnStream(examples.HighValueWalletsName)); n != highBefore {
+	if n := streamMsgCount(t, js, contract.ProjectionStream(examples.HighValueWalletsName)); n != highBefore {
 		t.Fatalf("high_value_wallets emitted while its process was dead (%d → %d)", highBefore, n)
 	}
 
 	// Back: it resumes where it stopped, nothing missed, nothing twice.
 	startProjector(t, "projector stage", stageEnv)
 	devtest.Eventually(t, 60*time.Second, settled(both...))
-	if n := streamMsgCount(t, js, projector.OwnStream(examples.HighValueWalletsName)); n <= highBefore {
+	if n := streamMsgCount(t, js, contract.ProjectionStream(examples.HighValueWalletsName)); n <= highBefore {
 		t.Errorf("no wallet became high value after the restart (%d → %d)", highBefore, n)
 	}
-	checkExactlyOnce(t, readDerived(t, js, projector.OwnStream(examples.HighValueWalletsName)))
+	checkExactlyOnce(t, readDerived(t, js, contract.ProjectionStream(examples.HighValueWalletsName)))
 }

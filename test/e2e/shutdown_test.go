@@ -16,6 +16,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/opsserver"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -39,7 +40,7 @@ func slotOwners(ctx context.Context, t *testing.T, env map[string]string) map[st
 // read from its lease bucket directly (no process to start: the handover
 // is timed with it).
 func slotsHeld(ctx context.Context, js jetstream.JetStream, projection, replica string) (int, error) {
-	kv, err := js.KeyValue(ctx, "jetproj_leases_"+projection)
+	kv, err := js.KeyValue(ctx, contract.LeaseBucket(projection))
 	if err != nil {
 		return 0, err
 	}
@@ -231,7 +232,7 @@ func TestEmitterSIGTERMHandsOverAtOnce(t *testing.T) {
 		emitters[name] = startEmitter(t, "emitter "+name, env)
 	}
 	walletDeposits(t, pool, "w-1", 1, 100)
-	own := projector.OwnStream(examples.WalletBalanceName)
+	own := contract.ProjectionStream(examples.WalletBalanceName)
 	var active string
 	devtest.Eventually(t, 30*time.Second, func() error {
 		// The first deposit's derived event must have been relayed: an
@@ -246,7 +247,7 @@ func TestEmitterSIGTERMHandsOverAtOnce(t *testing.T) {
 		if err := outboxEmpty(ctx, pool); err != nil {
 			return err
 		}
-		kv, err := js.KeyValue(ctx, "jetproj_emitter_leases")
+		kv, err := js.KeyValue(ctx, contract.EmitterLeaseBucket)
 		if err != nil {
 			return err
 		}
