@@ -111,12 +111,12 @@ func (a pageActions) Do(ctx context.Context, act statuspage.Action) (string, err
 	case "retry", "skip":
 		err = c.partition(ctx, act.Op, act.Projection, act.Partition)
 	case "start":
-		if err = projector.Start(ctx, c.js(), c.def(act.Projection), c.replicas()); err == nil {
+		if err = c.admin().Resume(ctx, c.def(act.Projection)); err == nil {
 			c.progress("%s started", act.Projection)
 		}
 	case "live":
 		live := act.Live == "on"
-		if err = projector.SetLive(ctx, c.js(), c.def(act.Projection), c.replicas(), live); err == nil {
+		if err = c.admin().SetLive(ctx, c.def(act.Projection), live); err == nil {
 			c.progress("%s is live: %v (emits for events after the source's current end)", act.Projection, live)
 		}
 	default:

@@ -295,14 +295,14 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 	case "retry", "skip":
 		err = s.partition(ctx, cmd.name, cmd.args[0], cmd.args[1])
 	case "start":
-		if err = projector.Start(ctx, s.js(), s.def(cmd.args[0]), s.replicas()); err == nil {
+		if err = s.admin().Resume(ctx, s.def(cmd.args[0])); err == nil {
 			s.progress("%s started", cmd.args[0])
 		}
 	case "wait":
 		err = s.wait(ctx, cmd.args[0], cmd.position, cmd.timeout)
 	case "live":
 		live := cmd.args[1] == "on"
-		if err = projector.SetLive(ctx, s.js(), s.def(cmd.args[0]), s.replicas(), live); err == nil {
+		if err = s.admin().SetLive(ctx, s.def(cmd.args[0]), live); err == nil {
 			s.progress("%s is live: %v (emits for events after the source's current end)", cmd.args[0], live)
 		}
 	}
@@ -374,6 +374,12 @@ func (s *service) close() {
 func (s *service) js() jetstream.JetStream { return s.conn.JS }
 
 func (s *service) replicas() int { return s.cfg.Projector.StoreReplicas }
+
+// admin changes the projections' lifecycle; its progress lines go to
+// s.stdout.
+func (s *service) admin() *projector.Admin {
+	return projector.NewAdmin(s.js(), projector.AdminOptions{Replicas: s.replicas(), Progress: s.progress})
+}
 
 // def returns the named definition (Main checked that it exists).
 func (s *service) def(name string) *projection.Definition {
@@ -545,7 +551,7 @@ func (s *service) waitForSources(ctx context.Context, defs []*projection.Definit
 }
 
 func (s *service) init(ctx context.Context, name string) error {
-	if err := projector.Init(ctx, s.js(), s.def(name), s.replicas()); err != nil {
+	if err := s.admin().Init(ctx, s.def(name)); err != nil {
 		return err
 	}
 	// Delete removed the projection's lease bucket and Init does not make
@@ -560,7 +566,7 @@ func (s *service) init(ctx context.Context, name string) error {
 }
 
 func (s *service) reset(ctx context.Context, cmd, name string) error {
-	if err := projector.Reset(ctx, s.js(), s.def(name), s.replicas(), s.progress); err != nil {
+	if err := s.admin().Reset(ctx, s.def(name)); err != nil {
 		return err
 	}
 	if cmd == "rebuild" {
@@ -571,7 +577,7 @@ func (s *service) reset(ctx context.Context, cmd, name string) error {
 }
 
 func (s *service) delete(ctx context.Context, name string) error {
-	if err := projector.Delete(ctx, s.js(), s.def(name), s.replicas(), s.progress); err != nil {
+	if err := s.admin().Delete(ctx, s.def(name)); err != nil {
 		return err
 	}
 	s.progress("%s deleted; `projector init %s` brings it back", name, name)
@@ -612,10 +618,13 @@ func (s *service) partition(ctx context.Context, op, name, partition string) err
 	}
 	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
-	cmd := projector.Command{Op: op, Partition: partition}
+	admin := s.admin()
+	command := map[string]func(context.Context, projection.Definer, string) error{
+		"retry": admin.Retry, "skip": admin.Skip, "rebuild": admin.RebuildPartition,
+	}[op]
 	for said := false; ; {
 		actx, acancel := context.WithTimeout(ctx, attemptTimeout)
-		err := projector.PartitionCommand(actx, s.conn.NC, s.js(), d, s.replicas(), cmd)
+		err := command(actx, d, partition)
 		acancel()
 		if err == nil {
 			break
