@@ -88,7 +88,7 @@ func WaitForLatency(ctx context.Context, t Target, o WaitForOptions) (WaitForRes
 	}
 	defer f.stop()
 	def := examples.WalletBalance(c.pool)
-	if err := projector.Init(ctx, js, def.Def(), 1); err != nil {
+	if err := projector.NewAdmin(js, projector.AdminOptions{}).Init(ctx, def); err != nil {
 		return res, err
 	}
 	p, err := projector.New(c.nc, projector.Options{Replica: "bench", Logger: o.Logger.With("service", "projector")}, def)

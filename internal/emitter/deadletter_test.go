@@ -91,7 +91,7 @@ func TestRefusedForGoodIsDeadLettered(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	own := contract.ProjectionStream("wallet_balance")
@@ -197,7 +197,7 @@ func TestStalledTooLongIsDeadLettered(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	squatter := nats.NewMsg(projector.EmitSubject("wallet_balance", "wallet/squatter"))

@@ -81,6 +81,9 @@ type bundle struct {
 	want map[string]int64 // balance per wallet
 }
 
+// admin changes the projections' lifecycle, as the projector commands do.
+func (b *bundle) admin() *projector.Admin { return projector.NewAdmin(b.js, projector.AdminOptions{}) }
+
 func setup(t *testing.T) *bundle {
 	t.Helper()
 	ctx := context.Background()
@@ -313,7 +316,7 @@ func TestRebuildAndNotLiveEmitNothing(t *testing.T) {
 	before := len(b.derived(t))
 
 	// Rebuild: the read model is rebuilt, nothing is emitted.
-	if err := projector.Reset(ctx, b.js, def.Def(), 1, nil); err != nil {
+	if err := b.admin().Reset(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 30*time.Second, func() error {
@@ -335,7 +338,7 @@ func TestRebuildAndNotLiveEmitNothing(t *testing.T) {
 	}
 
 	// Not live: nothing; switched live: only new events.
-	if err := projector.SetLive(ctx, b.js, def.Def(), 1, false); err != nil {
+	if err := b.admin().SetLive(ctx, def, false); err != nil {
 		t.Fatal(err)
 	}
 	// The runner learns the flag through a watch: deposit to probe wallets
@@ -378,7 +381,7 @@ func TestRebuildAndNotLiveEmitNothing(t *testing.T) {
 		}
 		return nil
 	})
-	if err := projector.SetLive(ctx, b.js, def.Def(), 1, true); err != nil {
+	if err := b.admin().SetLive(ctx, def, true); err != nil {
 		t.Fatal(err)
 	}
 	b.deposit(t, "w2", 5)
@@ -436,7 +439,7 @@ func TestLinkToAndDelete(t *testing.T) {
 	if err != nil || own != 2 {
 		t.Fatalf("own stream holds %d, %v; want 2", own, err)
 	}
-	if err := projector.Delete(ctx, b.js, big.Def(), 1, nil); err != nil {
+	if err := b.admin().Delete(ctx, big); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.js.Stream(ctx, contract.ProjectionStream("big_deposits")); err == nil {
@@ -450,11 +453,11 @@ func TestLinkToAndDelete(t *testing.T) {
 	// derived events anew: the linked stream's marks of its previous life
 	// (wallet a's first) must not hide them.
 	stopProjector()
-	if err := projector.Init(ctx, b.js, big.Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, big); err != nil {
 		t.Fatal(err)
 	}
 	for _, live := range []bool{false, true} {
-		if err := projector.SetLive(ctx, b.js, big.Def(), 1, live); err != nil {
+		if err := b.admin().SetLive(ctx, big, live); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -520,7 +523,7 @@ func TestBlueGreen(t *testing.T) {
 	b.projector(t, v1, v2, v3)
 	// 2. Check v2: caught up, equal to v1, nothing emitted.
 	devtest.Eventually(t, 30*time.Second, func() error {
-		st, err := projector.ReadStatus(ctx, b.js, v2.Def(), 1)
+		st, err := b.admin().Status(ctx, v2)
 		if err != nil {
 			return err
 		}
@@ -536,7 +539,7 @@ func TestBlueGreen(t *testing.T) {
 		t.Fatalf("v2 emitted %d events while not live", n)
 	}
 	// 3. Live: v2 emits for new events only.
-	if err := projector.SetLive(ctx, b.js, v2.Def(), 1, true); err != nil {
+	if err := b.admin().SetLive(ctx, v2, true); err != nil {
 		t.Fatal(err)
 	}
 	b.deposit(t, "w3", 50)
@@ -550,11 +553,11 @@ func TestBlueGreen(t *testing.T) {
 		return nil
 	})
 	// v3 has done nothing although the projector handled new events.
-	if st, err := projector.ReadStatus(ctx, b.js, v3.Def(), 1); err != nil || st.Position != 0 || len(st.Owners) != 0 {
+	if st, err := b.admin().Status(ctx, v3); err != nil || st.Position != 0 || len(st.Owners) != 0 {
 		t.Fatalf("v3 (manual start) ran before its start: %+v, %v", st, err)
 	}
 	// 4. Delete v1: its stream and table go; v2 goes on.
-	if err := projector.Delete(ctx, b.js, v1.Def(), 1, nil); err != nil {
+	if err := b.admin().Delete(ctx, v1); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.js.Stream(ctx, contract.ProjectionStream("wallet_balance")); err == nil {
@@ -572,7 +575,7 @@ func TestBlueGreen(t *testing.T) {
 		return nil
 	})
 	// Started, v3 catches up.
-	if err := projector.Start(ctx, b.js, v3.Def(), 1); err != nil {
+	if err := b.admin().Resume(ctx, v3); err != nil {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 30*time.Second, func() error {
@@ -618,7 +621,7 @@ func TestRefusedEventIsNotOvertakenByTheNext(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	def := walletBalance(b.pool)
-	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	own := contract.ProjectionStream("wallet_balance")
@@ -672,7 +675,7 @@ func TestRemovedLinkedStreamIsCreatedAgain(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	subj := projector.EmitSubject("wallet_balance", "wallet/w1")
@@ -712,7 +715,7 @@ func TestRefusedSubjectStallsAlone(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {
@@ -819,7 +822,7 @@ func TestManyStalledSubjectsDoNotHoldTheOthers(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {
@@ -874,7 +877,7 @@ func TestKeysDifferingInUnsafeBytesAreAllEmitted(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	keys := []string{"wallet/a b", "wallet/a\nb", "wallet/a\r\nb", "wallet/a\tb", "wallet/ a b", "wallet/a b "}
@@ -915,7 +918,7 @@ func TestUnexpectedDuplicateStallsItsSubject(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	own := contract.ProjectionStream("wallet_balance")
@@ -994,7 +997,7 @@ func TestRefusedSubjectWaitsAcrossPages(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {

@@ -43,7 +43,7 @@ func TestTenantDatabasesAndStalledSubjectsOnThePage(t *testing.T) {
 		pools = append(pools, p)
 	}
 	def := projection.New[struct{}]("wallet_balance", projection.FromAggregates("wallet"), projection.Postgres(pools[0]))
-	if err := projector.Init(ctx, js, def.Def(), 1); err != nil {
+	if err := projector.NewAdmin(js, projector.AdminOptions{}).Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {

@@ -221,26 +221,25 @@ func TestResetAndPartitionRebuild(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	nc, js := devtest.Connect(t, b.nats)
+	_, js := devtest.Connect(t, b.nats)
+	admin := projector.NewAdmin(js, projector.AdminOptions{Progress: t.Logf})
 	// A partition command goes to the replica owning the partition: wait
 	// until the replica holds every slot.
-	wb := examples.WalletBalance(b.pool).Def()
+	wb := examples.WalletBalance(b.pool)
 	devtest.Eventually(t, 20*time.Second, func() error {
-		st, err := projector.ReadStatus(ctx, js, wb, 1)
+		st, err := admin.Status(ctx, wb)
 		if err != nil || st.Owners["r1"] != st.Slots {
 			return fmt.Errorf("owners %v of %d slots (%v)", st.Owners, st.Slots, err)
 		}
 		return nil
 	})
-	if err := projector.Reset(ctx, js, examples.TicketCounts(b.pool).Def(), 1, t.Logf); err != nil {
+	if err := admin.Reset(ctx, examples.TicketCounts(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.pool.Exec(ctx, `UPDATE wallet_balance SET balance = -1 WHERE wallet_id = 'w-1'`); err != nil {
 		t.Fatal(err)
 	}
-	err := projector.PartitionCommand(ctx, nc, js, wb, 1,
-		projector.Command{Op: "rebuild", Partition: "wallet/w-1"})
-	if err != nil {
+	if err := admin.RebuildPartition(ctx, wb, "wallet/w-1"); err != nil {
 		t.Fatal(err)
 	}
 	b.write(t, 200)

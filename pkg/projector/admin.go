@@ -17,10 +17,49 @@ import (
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
-// Init prepares a projection: its state store, its init hook and its
-// registry entry (active). It is idempotent and also revives a deleted
-// projection.
-func Init(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) error {
+// AdminOptions configure an Admin.
+type AdminOptions struct {
+	// Replicas of the KV buckets and streams an operation creates when they
+	// are missing (the registry, a projection's state bucket, lease bucket
+	// and own stream): 1, 3 or 5, as the running projectors'
+	// Options.Replicas. Default 1.
+	Replicas int
+	// Progress receives the progress lines of long operations (Reset,
+	// Delete); nil discards them.
+	Progress Progress
+}
+
+// Admin changes projections' lifecycle from outside the replicas that run
+// them — what the `projector` commands init, reset, rebuild, delete,
+// start, live, retry, skip and status do — through the NATS server the
+// replicas use. Running replicas follow its changes: they give their slots
+// back while a projection is paused, replay it after a reset, and carry out
+// partition commands for the partitions they own.
+//
+// An Admin holds no resources of its own; it is safe for concurrent use.
+type Admin struct {
+	js       jetstream.JetStream
+	replicas int
+	progress Progress
+}
+
+// NewAdmin returns an Admin working through js. Partition commands (Retry,
+// Skip, RebuildPartition) are requests on js's connection.
+func NewAdmin(js jetstream.JetStream, opts AdminOptions) *Admin {
+	if opts.Progress == nil {
+		opts.Progress = func(string, ...any) {}
+	}
+	return &Admin{js: js, replicas: max(opts.Replicas, 1), progress: opts.Progress}
+}
+
+// Init prepares a projection: its state store, its init hook (OnInit, which
+// creates the read model), its own stream of derived events and its
+// registry entry (active, or paused until Resume when deployed with
+// projection.ManualStart). It is idempotent and also revives a deleted
+// projection. A projector initialises the projections it runs by itself
+// the first time; Init does it beforehand (`projector init`).
+func (a *Admin) Init(ctx context.Context, p projection.Definer) error {
+	d, js, replicas := p.Def(), a.js, a.replicas
 	reg, err := OpenRegistry(ctx, js, replicas)
 	if err != nil {
 		return err
@@ -79,19 +118,23 @@ func ensureOwnStream(ctx context.Context, js jetstream.JetStream, name string, r
 	return nil
 }
 
-// Start starts a projection deployed with ManualStart.
-func Start(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) error {
-	reg, err := OpenRegistry(ctx, js, replicas)
+// Resume lets the replicas run a projection deployed with
+// projection.ManualStart, which Init left paused (`projector start`): its
+// registry entry becomes active, and the replicas running it take its
+// slots. It does not start a projector; Projector.Run does.
+func (a *Admin) Resume(ctx context.Context, p projection.Definer) error {
+	reg, err := OpenRegistry(ctx, a.js, a.replicas)
 	if err != nil {
 		return err
 	}
-	return resume(ctx, reg, d.Name(), false)
+	return resume(ctx, reg, p.Def().Name(), false)
 }
 
-// SetLive switches emission on or off. Switched on, the projection emits for
-// every event appended after SetLive began, and nothing for what it catches
-// up on before that. Switched off, replicas stop emitting as they learn of
-// it (within moments; events they handle until then still emit).
+// SetLive switches emission on or off (`projector live`). Switched on, the
+// projection emits for every event appended after SetLive began, and
+// nothing for what it catches up on before that. Switched off, replicas
+// stop emitting as they learn of it (within moments; events they handle
+// until then still emit). The projection must have been initialised.
 //
 // Switching on takes two registry updates: the first marks the switch in
 // progress (LivePending), then the source's end is read and recorded as
@@ -101,8 +144,9 @@ func Start(ctx context.Context, js jetstream.JetStream, d *projection.Definition
 // not live, however late the replica's copy of the registry is. If SetLive
 // fails half-way, the projection waits (its batches fail and are retried)
 // until SetLive is run again.
-func SetLive(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int, live bool) error {
-	reg, err := OpenRegistry(ctx, js, replicas)
+func (a *Admin) SetLive(ctx context.Context, p projection.Definer, live bool) error {
+	d, js := p.Def(), a.js
+	reg, err := OpenRegistry(ctx, js, a.replicas)
 	if err != nil {
 		return err
 	}
@@ -259,14 +303,16 @@ func resume(ctx context.Context, reg *Registry, name string, bump bool) error {
 	return err
 }
 
-// Reset pauses the projection, runs its reset hook, removes its positions
-// and state, and resumes it: replicas then rebuild it from the start of its
-// source. Rebuild is Reset under another name (emission is suppressed while
-// replaying, see issue 4).
-func Reset(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int, progress Progress) error {
-	if progress == nil {
-		progress = func(string, ...any) {}
-	}
+// Reset pauses the projection until every replica has given its slots
+// back, runs its reset hook (OnReset), removes its positions and state,
+// and resumes it: replicas then rebuild it from the start of its source,
+// emitting nothing for the messages already there. `projector reset` and
+// `projector rebuild` both do this. A projection still waiting for Resume
+// (ManualStart) stays paused. The derived events a KV-state projection's
+// records still hold are published first; if JetStream refuses them,
+// nothing is reset and the projection goes on as it was.
+func (a *Admin) Reset(ctx context.Context, p projection.Definer) error {
+	d, js, replicas, progress := p.Def(), a.js, a.replicas, a.progress
 	reg, err := OpenRegistry(ctx, js, replicas)
 	if err != nil {
 		return err
@@ -345,13 +391,13 @@ func publishKVLeftovers(ctx context.Context, js jetstream.JetStream, d *projecti
 	return nil
 }
 
-// Delete pauses the projection, runs its delete hook and removes its state,
-// its lease bucket and (issue 4) its own stream; the registry keeps a
-// "deleted" entry so running replicas do not bring it back.
-func Delete(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int, progress Progress) error {
-	if progress == nil {
-		progress = func(string, ...any) {}
-	}
+// Delete pauses the projection until every replica has given its slots
+// back, runs its delete hook (OnDelete) and removes its positions and
+// state, its lease bucket and its own stream (linked streams stay); the
+// registry keeps a "deleted" entry so running replicas do not bring it
+// back. Init revives it (`projector delete`, `projector init`).
+func (a *Admin) Delete(ctx context.Context, p projection.Definer) error {
+	d, js, replicas, progress := p.Def(), a.js, a.replicas, a.progress
 	reg, err := OpenRegistry(ctx, js, replicas)
 	if err != nil {
 		return err
@@ -408,12 +454,46 @@ type CommandReply struct {
 // command was carried out directly on the store.
 var ErrNoOwner = errors.New("projector: no replica owns the partition")
 
-// PartitionCommand asks the replica owning the partition to retry it, skip
-// its failing event, or rebuild it. When no replica owns its slot, the
-// command is applied to the store directly under the slot's lease.
-func PartitionCommand(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, d *projection.Definition, replicas int, cmd Command) error {
+// Retry retries a parked partition from its failing event (`projector
+// retry`), once its cause is fixed. partition is the partition's key
+// ("wallet/w-1", projection.GlobalPartition for a global projection).
+//
+// Retry, Skip and RebuildPartition send a request to the replica that
+// owns the partition's slot, which carries the command out and answers at
+// once. When no replica listens (no responders), the command is carried
+// out here, on the state store, under the slot's lease; that fails while a
+// replica holds the slot ("its slot is held"). Nobody answers while a slot
+// changes hands: keep ctx short and try again when it ends, as `projector
+// retry` does (5 s at a time, for 30 s). A NATS user that may not publish
+// to the projection's control subject gets no answer either: the server
+// drops the request and reports nats.ErrPermissionViolation on the
+// connection.
+func (a *Admin) Retry(ctx context.Context, p projection.Definer, partition string) error {
+	return a.partitionCommand(ctx, p.Def(), Command{Op: "retry", Partition: partition})
+}
+
+// Skip skips a parked (or failing) partition's failing event (`projector
+// skip`): the partition goes on from the next one. See Retry for how the
+// command reaches the partition.
+func (a *Admin) Skip(ctx context.Context, p projection.Definer, partition string) error {
+	return a.partitionCommand(ctx, p.Def(), Command{Op: "skip", Partition: partition})
+}
+
+// RebuildPartition rebuilds one partition (`projector rebuild --partition`):
+// its OnResetPartition hook runs, then it handles its events again from the
+// first, emitting nothing for those it had handled. See Retry for how the
+// command reaches the partition.
+func (a *Admin) RebuildPartition(ctx context.Context, p projection.Definer, partition string) error {
+	return a.partitionCommand(ctx, p.Def(), Command{Op: "rebuild", Partition: partition})
+}
+
+// partitionCommand asks the replica owning the partition to carry cmd out.
+// When no replica answers, the command is applied to the store directly
+// under the slot's lease.
+func (a *Admin) partitionCommand(ctx context.Context, d *projection.Definition, cmd Command) error {
+	js, replicas := a.js, a.replicas
 	b, _ := json.Marshal(cmd)
-	msg, err := nc.RequestWithContext(ctx, contract.ControlSubject(d.Name()), b)
+	msg, err := js.Conn().RequestWithContext(ctx, contract.ControlSubject(d.Name()), b)
 	if err == nil {
 		var rep CommandReply
 		if err := json.Unmarshal(msg.Data, &rep); err != nil {

@@ -441,7 +441,7 @@ func TestInlineWithTheRunner(t *testing.T) {
 	nc, js := inlineServers(t, pool)
 	const name = "inline_runner"
 	def := inlineWallets(pool, name)
-	if err := projector.Init(ctx, js, def.Def(), 1); err != nil {
+	if err := projector.NewAdmin(js, projector.AdminOptions{}).Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	reg, err := projector.OpenRegistry(ctx, js, 1)
@@ -547,7 +547,7 @@ func TestInlineWithTheRunner(t *testing.T) {
 	}
 
 	// Rebuild through the stream: the same read model, nothing emitted.
-	if err := projector.Reset(ctx, js, def.Def(), 1, nil); err != nil {
+	if err := projector.NewAdmin(js, projector.AdminOptions{}).Reset(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	runnerCaughtUp(t, js, pool, name, wallets)

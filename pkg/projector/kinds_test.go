@@ -16,7 +16,6 @@ import (
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
-	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 type Totals struct {
@@ -255,7 +254,7 @@ func TestFromStreamReadsASecondFeeder(t *testing.T) {
 			}
 			return nil
 		})
-		if err := projector.PartitionCommand(ctx, b.nc, b.js, d.Def(), 1, projector.Command{Op: "skip", Partition: "wallet/eu-3"}); err != nil {
+		if err := b.admin().Skip(ctx, d, "wallet/eu-3"); err != nil {
 			t.Fatal(err)
 		}
 		devtest.Eventually(t, 20*time.Second, func() error {
@@ -325,7 +324,7 @@ func TestPartitionOfSeveralSubjectsLosesNothingOnRetry(t *testing.T) {
 		return nil
 	})
 	poison.Store(false) // the fix
-	if err := projector.PartitionCommand(ctx, b.nc, b.js, p.Def(), 1, projector.Command{Op: "retry", Partition: "k0"}); err != nil {
+	if err := b.admin().Retry(ctx, p, "k0"); err != nil {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 20*time.Second, func() error {
@@ -400,14 +399,14 @@ func TestGlobalPoisonRetryAndSkip(t *testing.T) {
 	parked(13)
 	seen(0, 0) // a partition's batch is all or nothing: it stays before it
 	broken.Store(false)
-	if err := projector.PartitionCommand(ctx, b.nc, b.js, p.Def(), 1, projector.Command{Op: "retry", Partition: projection.GlobalPartition}); err != nil {
+	if err := b.admin().Retry(ctx, p, projection.GlobalPartition); err != nil {
 		t.Fatal(err)
 	}
 	seen(16, 10+13+500)
 	b.publish(t, "w2", "MoneyWasAddedToWallet", `{"amount":666}`)
 	b.publish(t, "w3", "MoneyWasAddedToWallet", `{"amount":7}`)
 	parked(666)
-	if err := projector.PartitionCommand(ctx, b.nc, b.js, p.Def(), 1, projector.Command{Op: "skip", Partition: projection.GlobalPartition}); err != nil {
+	if err := b.admin().Skip(ctx, p, projection.GlobalPartition); err != nil {
 		t.Fatal(err)
 	}
 	seen(17, 10+13+500+7)

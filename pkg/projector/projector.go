@@ -201,7 +201,7 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.De
 		return nil, nil
 	}
 	if !ok {
-		if err := Init(ctx, p.js, d, p.opts.Replicas); err != nil {
+		if err := NewAdmin(p.js, AdminOptions{Replicas: p.opts.Replicas}).Init(ctx, d); err != nil {
 			return nil, err
 		}
 		p.log.Info("projection initialised", "projection", d.Name())

@@ -75,6 +75,9 @@ type bundle struct {
 	pos  int64
 }
 
+// admin changes the projections' lifecycle, as the projector commands do.
+func (b *bundle) admin() *projector.Admin { return projector.NewAdmin(b.js, projector.AdminOptions{}) }
+
 func setup(t *testing.T) *bundle {
 	t.Helper()
 	b := &bundle{nats: devtest.NATS(t), fold: map[string]Balance{}, ver: map[string]int64{}}
@@ -302,7 +305,7 @@ func TestPoisonEventParksOnlyItsPartition(t *testing.T) {
 	}
 	// Skip the poison event: w7 resumes from its own position.
 	ctx := context.Background()
-	if err := projector.PartitionCommand(ctx, b.nc, b.js, def.Def(), 1, projector.Command{Op: "skip", Partition: "wallet/w7"}); err != nil {
+	if err := b.admin().Skip(ctx, def, "wallet/w7"); err != nil {
 		t.Fatal(err)
 	}
 	b.mu.Lock()

@@ -167,7 +167,7 @@ func TestKVStateDerivedEventsSurviveACrashBeforePublishing(t *testing.T) {
 	def := emittingWallets("kv_crash")
 	// What the dead projector left: w0 handled up to seq 1, its state and
 	// two derived events in the record, the first of them published.
-	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	store := projector.NewKVStore(b.js, "jetproj_state_kv_crash", 1)
@@ -293,7 +293,7 @@ func TestReplayingBatchEmitsForNewEventsOnly(t *testing.T) {
 		return nil
 	})
 	r.stop(t)
-	if err := projector.Reset(ctx, b.js, def.Def(), 1, nil); err != nil {
+	if err := b.admin().Reset(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	// New deposits are in the stream before a replica starts: its first
@@ -338,7 +338,7 @@ func TestPartitionRebuildEmitsForNewEventsOnly(t *testing.T) {
 	const wallets, deposits = 10, 5
 	def := depositEmitter("kv_part_replay")
 	b.publishWallets(t, wallets, deposits)
-	r := b.run(t, "r1", def)
+	b.run(t, "r1", def)
 	b.waitFold(t, "kv_part_replay", 30*time.Second)
 	own := contract.ProjectionStream("kv_part_replay")
 	devtest.Eventually(t, 30*time.Second, func() error {
@@ -347,8 +347,7 @@ func TestPartitionRebuildEmitsForNewEventsOnly(t *testing.T) {
 		}
 		return nil
 	})
-	cmd := projector.Command{Op: "rebuild", Partition: "wallet/w3"}
-	if err := projector.PartitionCommand(ctx, r.nc, b.js, def.Def(), 1, cmd); err != nil {
+	if err := b.admin().RebuildPartition(ctx, def, "wallet/w3"); err != nil {
 		t.Fatal(err)
 	}
 	b.publish(t, "w3", "MoneyWasAddedToWallet", `{"amount":7}`)
@@ -386,7 +385,7 @@ func TestResetPublishesWhatRecordsStillHold(t *testing.T) {
 	ctx := context.Background()
 	b.publishWallets(t, 1, 0)
 	def := emittingWallets("kv_reset_left")
-	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	store := projector.NewKVStore(b.js, "jetproj_state_kv_reset_left", 1)
@@ -410,7 +409,7 @@ func TestResetPublishesWhatRecordsStillHold(t *testing.T) {
 	if _, err := b.js.PublishMsg(ctx, first.Msg(first.Subject)); err != nil {
 		t.Fatal(err)
 	}
-	if err := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf); err != nil {
+	if err := projector.NewAdmin(b.js, projector.AdminOptions{Progress: t.Logf}).Reset(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	own := b.streamEvents(t, contract.ProjectionStream("kv_reset_left"))
@@ -546,10 +545,10 @@ func TestUnpublishedBacklogParksThePartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.publishWallets(t, 3, 12) // w0: 13 events of 40 KiB each, more than a record keeps
-	r := b.run(t, "r1", p)
+	b.run(t, "r1", p)
 	var parked projector.Record
 	devtest.Eventually(t, 60*time.Second, func() error {
-		st, err := projector.ReadStatus(ctx, b.js, p.Def(), 1)
+		st, err := b.admin().Status(ctx, p)
 		if err != nil {
 			return err
 		}
@@ -578,7 +577,7 @@ func TestUnpublishedBacklogParksThePartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 30*time.Second, func() error {
-		return projector.PartitionCommand(ctx, r.nc, b.js, p.Def(), 1, projector.Command{Op: "retry", Partition: "wallet/w0"})
+		return b.admin().Retry(ctx, p, "wallet/w0")
 	})
 	b.waitFold(t, name, 30*time.Second)
 	b.waitDerived(t, name)
@@ -598,7 +597,7 @@ func TestResetRefusedLeftoversChangeNothing(t *testing.T) {
 		hookRuns++
 		return nil
 	}))
-	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	store := projector.NewKVStore(b.js, "jetproj_state_kv_reset_refused", 1)
@@ -619,7 +618,7 @@ func TestResetRefusedLeftoversChangeNothing(t *testing.T) {
 	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "kv_reset_foreign", Subjects: []string{"kv_reset_foreign.>"}}); err != nil {
 		t.Fatal(err)
 	}
-	resetErr := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf)
+	resetErr := projector.NewAdmin(b.js, projector.AdminOptions{Progress: t.Logf}).Reset(ctx, def)
 	if resetErr == nil {
 		t.Fatal("reset with refused leftovers succeeded; want it refused")
 	}
@@ -629,7 +628,7 @@ func TestResetRefusedLeftoversChangeNothing(t *testing.T) {
 	if r, err := store.Get(ctx, slot, "wallet/w0"); err != nil || r == nil || len(r.Outbox) != 1 {
 		t.Fatalf("record after the refused reset: %+v, %v; want it unchanged", r, err)
 	}
-	if st, err := projector.ReadStatus(ctx, b.js, def.Def(), 1); err != nil || st.State != "active" {
+	if st, err := b.admin().Status(ctx, def); err != nil || st.State != "active" {
 		t.Fatalf("status after the refused reset: %+v, %v; want active", st, err)
 	}
 	if !strings.Contains(resetErr.Error(), "not reset") {
@@ -638,7 +637,7 @@ func TestResetRefusedLeftoversChangeNothing(t *testing.T) {
 	if err := b.js.DeleteStream(ctx, "kv_reset_foreign"); err != nil {
 		t.Fatal(err)
 	}
-	if err := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf); err != nil {
+	if err := projector.NewAdmin(b.js, projector.AdminOptions{Progress: t.Logf}).Reset(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	if hookRuns != 1 {
@@ -726,7 +725,7 @@ func TestUnpublishedTotalIsBounded(t *testing.T) {
 	t.Cleanup(func() { run.stop(t) })
 	var parked []projector.Record
 	devtest.Eventually(t, 60*time.Second, func() error {
-		st, err := projector.ReadStatus(ctx, b.js, p.Def(), 1)
+		st, err := b.admin().Status(ctx, p)
 		if err != nil {
 			return err
 		}
@@ -742,12 +741,12 @@ func TestUnpublishedTotalIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 60*time.Second, func() error {
-		st, err := projector.ReadStatus(ctx, b.js, p.Def(), 1)
+		st, err := b.admin().Status(ctx, p)
 		if err != nil {
 			return err
 		}
 		for _, rec := range st.Parked {
-			if err := projector.PartitionCommand(ctx, nc, b.js, p.Def(), 1, projector.Command{Op: "retry", Partition: rec.Key}); err != nil {
+			if err := b.admin().Retry(ctx, p, rec.Key); err != nil {
 				return err
 			}
 		}

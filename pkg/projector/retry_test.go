@@ -138,7 +138,7 @@ func TestCatchUpKeepsLiveMessagesThatArriveDuringItsRead(t *testing.T) {
 	b.run(t, "r1", def)
 	b.waitFold(t, "wallet_balance", 30*time.Second)
 	devtest.Eventually(t, 30*time.Second, func() error {
-		return projector.PartitionCommand(ctx, b.nc, b.js, def.Def(), 1, projector.Command{Op: "rebuild", Partition: "wallet/w3"})
+		return b.admin().RebuildPartition(ctx, def, "wallet/w3")
 	})
 	// w3's read hangs; its new events and others' go by meanwhile.
 	devtest.Eventually(t, 30*time.Second, func() error {

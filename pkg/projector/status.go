@@ -33,11 +33,13 @@ type Status struct {
 	Parked []Record       `json:"parked,omitempty"`
 }
 
-// ReadStatus reports on a projection from the registry, its leases, its
-// state store and its source stream. It creates and changes no bucket or
-// stream (replicas picks the state store, as the projector would); a
-// PostgreSQL store's tables are brought to the current schema first.
-func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) (Status, error) {
+// Status reports on a projection from the registry, its leases, its state
+// store and its source stream. It creates and changes no bucket or stream;
+// a PostgreSQL store's tables are brought to the current schema first.
+// Head is the source stream's last sequence (`projector status` shows the
+// last message on the projection's own subjects instead).
+func (a *Admin) Status(ctx context.Context, p projection.Definer) (Status, error) {
+	d, js := p.Def(), a.js
 	st := Status{Name: d.Name(), Kind: d.Kind().String(), Slots: d.Spec().Slots, Owners: map[string]int{}, State: "not initialised"}
 	kv, err := js.KeyValue(ctx, contract.RegistryBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
@@ -67,7 +69,7 @@ func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Defin
 			}
 		}
 	}
-	store := StoreFor(js, d, replicas)
+	store := StoreFor(js, d, a.replicas)
 	if st.State == "not initialised" {
 		return st, nil
 	}

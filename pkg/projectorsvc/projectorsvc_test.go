@@ -133,6 +133,13 @@ func TestUsage(t *testing.T) {
 		{[]string{"live", "wallet_balance"}, 2, "live needs a projection name and on or off"},
 		{[]string{"live", "wallet_balance", "maybe"}, 2, "live needs a projection name and on or off"},
 		{[]string{"start"}, 2, "start needs a projection name"},
+		{[]string{"skip", "wallet_balance"}, 2, "skip needs a projection name and a partition"},
+		{[]string{"wait", "wallet_balance"}, 2, "wait needs --position N"},
+		{[]string{"wait", "--position", "3"}, 2, "wait needs a projection name"},
+		{[]string{"run", "x"}, 2, `run: unexpected arguments ["x"]`},
+		{[]string{"help", "--json"}, 0, "Usage: projector"},
+		{[]string{"healthcheck", "x"}, 2, `healthcheck: unexpected arguments ["x"]`},
+		{[]string{"healthcheck", "-h"}, 0, "Usage: projector"},
 	} {
 		r := call(context.Background(), env, examples.All, tc.args...)
 		out := r.stdout + r.stderr

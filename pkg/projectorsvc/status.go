@@ -31,9 +31,9 @@ func (s *service) readStatus(ctx context.Context, d *projection.Definition) (pro
 }
 
 // ReadStatus is a projection's status as `projector status` shows it:
-// projector.ReadStatus, with the head of the projection's own subjects.
+// projector.Admin.Status, with the head of the projection's own subjects.
 func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) (projector.Status, error) {
-	st, err := projector.ReadStatus(ctx, js, d, replicas)
+	st, err := projector.NewAdmin(js, projector.AdminOptions{Replicas: replicas}).Status(ctx, d)
 	if err != nil {
 		return st, err
 	}
