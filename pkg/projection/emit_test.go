@@ -7,11 +7,12 @@ import (
 	"testing"
 
 	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projection/projectiontest"
 )
 
 // emitWith runs a handler that emits with opts and returns its error and
 // what it recorded.
-func emitWith(t *testing.T, link string, opts ...projection.EmitOption) ([]projection.Emission, error) {
+func emitWith(t *testing.T, link string, opts ...projection.EmitOption) ([]projectiontest.Emission, error) {
 	t.Helper()
 	p := projection.New[Order]("orders", projection.FromAggregates("order"))
 	projection.On(p, func(_ context.Context, c *projection.Context[Order], _ projection.Event[OrderShipped]) error {
@@ -20,10 +21,9 @@ func emitWith(t *testing.T, link string, opts ...projection.EmitOption) ([]proje
 		}
 		return c.Emit("T", 1, opts...)
 	})
-	d := p.Def()
-	pc := &projection.PartitionContext{Key: "order/o-1", State: d.NewState()}
-	err := d.Apply(context.Background(), pc, projection.Meta{Type: "OrderShipped", Raw: []byte(`{}`)})
-	return pc.Emitted, err
+	pt := projectiontest.NewPartition(p, "order/o-1")
+	err := pt.Apply(context.Background(), projectiontest.Event("OrderShipped", OrderShipped{}))
+	return pt.Emitted, err
 }
 
 func TestEmitOptions(t *testing.T) {
@@ -73,7 +73,7 @@ func TestEmitOptionsCombine(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := got[0]
-	want := []projection.LinkStream{{Stream: "a"}, {Stream: "b"}, {Stream: "theirs", Existing: true}}
+	want := []projectiontest.Link{{Stream: "a"}, {Stream: "b"}, {Stream: "theirs", Existing: true}}
 	if len(e.Links) != len(want) || e.LinkOnly || e.Metadata["k"] != "2" || e.Metadata["j"] != "x" {
 		t.Fatalf("emission %+v", e)
 	}

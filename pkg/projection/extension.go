@@ -126,24 +126,4 @@ func WithSource(s Source) Option { return func(d *Definition) { d.customSource =
 // WithPartitions places messages in partitions with a custom provider.
 func WithPartitions(p PartitionProvider) Option { return func(d *Definition) { d.partitions = p } }
 
-// CustomSource is the source set with WithSource, if any.
-func (d *Definition) CustomSource() Source { return d.customSource }
-
-// Partitions is the partition provider in effect.
-func (d *Definition) Partitions() PartitionProvider {
-	switch {
-	case d.kind == Global:
-		return GlobalPartitions{}
-	case d.partitions != nil:
-		return d.partitions
-	case len(d.source.AggregateTypes) > 0:
-		return AggregatePartitions{}
-	case d.source.PartitionKey != nil:
-		f := d.source.PartitionKey
-		return PartitionFunc(func(m Message) (string, error) { return f(m.Subject), nil })
-	default:
-		return SubjectPartitions{Skip: 2}
-	}
-}
-
 var strconvUnquote = func(s string) (string, error) { return strconv.Unquote(s) }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -37,7 +38,8 @@ type Status struct {
 // stream (replicas picks the state store, as the projector would); a
 // PostgreSQL store's tables are brought to the current schema first.
 func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) (Status, error) {
-	st := Status{Name: d.Name(), Kind: d.Kind().String(), Slots: d.Spec().Slots, Owners: map[string]int{}, State: "not initialised"}
+	spec := projectionspec.Of(d)
+	st := Status{Name: d.Name(), Kind: spec.Kind().String(), Slots: spec.Settings().Slots, Owners: map[string]int{}, State: "not initialised"}
 	kv, err := js.KeyValue(ctx, RegistryBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return st, nil // no projection was ever initialised here
@@ -51,7 +53,7 @@ func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Defin
 	} else if ok {
 		st.State, st.Generation, st.Store = e.State, e.Generation, e.Store
 	}
-	if s, err := js.Stream(ctx, d.SourceConfig().Stream); err == nil {
+	if s, err := js.Stream(ctx, spec.SourceConfig().Stream); err == nil {
 		st.Head = s.CachedInfo().State.LastSeq
 	}
 	if kv, err := js.KeyValue(ctx, leaseBucket(d.Name())); err == nil {
@@ -87,7 +89,7 @@ func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Defin
 	default:
 		st.Parked, st.Partitions = parked, n
 		first := true
-		for slot := range d.Spec().Slots {
+		for slot := range spec.Settings().Slots {
 			_, wm, err := loadWatermark(ctx, store, slot)
 			if err != nil {
 				return st, err
