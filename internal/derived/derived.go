@@ -46,7 +46,7 @@ const (
 	HeaderCausationID = "Causation-Id"
 	// HeaderCorrelationID is the correlation_id entry of the derived
 	// event's metadata (carried over from the source event, or given with
-	// projection.WithMetadata), when it has one.
+	// projection.Metadata), when it has one.
 	HeaderCorrelationID = "Correlation-Id"
 	// MetadataCorrelationID is the metadata key HeaderCorrelationID comes
 	// from.

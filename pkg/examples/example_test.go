@@ -40,7 +40,7 @@ func Example() {
 // replica at a time, in its only partition.
 func Example_global() {
 	type Count struct{ Registered int }
-	p := projection.New[Count]("tickets_registered", projection.FromAggregates("ticket"), projection.AsGlobal())
+	p := projection.New[Count]("tickets_registered", projection.FromAggregates("ticket"), projection.Global())
 	projection.On(p, func(_ context.Context, c *projection.Context[Count], _ projection.Event[examples.TicketWasRegistered]) error {
 		c.State.Registered++
 		return nil

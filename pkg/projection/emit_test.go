@@ -35,12 +35,12 @@ func TestEmitOptions(t *testing.T) {
 		ok   bool
 	}{
 		{"plain", "", nil, true},
-		{"key at the limit", "", []projection.EmitOption{projection.WithMetadata(map[string]string{long: "v"})}, true},
-		{"key over the limit", "", []projection.EmitOption{projection.WithMetadata(map[string]string{long + "k": "v"})}, false},
+		{"key at the limit", "", []projection.EmitOption{projection.Metadata(map[string]string{long: "v"})}, true},
+		{"key over the limit", "", []projection.EmitOption{projection.Metadata(map[string]string{long + "k": "v"})}, false},
 		// é is two bytes, each encoded in three: 22 of them take 132 bytes.
-		{"non-ASCII key over the limit", "", []projection.EmitOption{projection.WithMetadata(map[string]string{strings.Repeat("é", 22): "v"})}, false},
-		{"non-ASCII key within", "", []projection.EmitOption{projection.WithMetadata(map[string]string{strings.Repeat("é", 21): "v"})}, true},
-		{"empty key", "", []projection.EmitOption{projection.WithMetadata(map[string]string{"": "v"})}, false},
+		{"non-ASCII key over the limit", "", []projection.EmitOption{projection.Metadata(map[string]string{strings.Repeat("é", 22): "v"})}, false},
+		{"non-ASCII key within", "", []projection.EmitOption{projection.Metadata(map[string]string{strings.Repeat("é", 21): "v"})}, true},
+		{"empty key", "", []projection.EmitOption{projection.Metadata(map[string]string{"": "v"})}, false},
 		{"link only without a link", "", []projection.EmitOption{projection.LinkOnly()}, false},
 		{"link only with LinkTo", "a", []projection.EmitOption{projection.LinkOnly()}, true},
 		{"bad link name", "", []projection.EmitOption{projection.Link("not a stream")}, false},
@@ -67,7 +67,7 @@ func TestEmitOptions(t *testing.T) {
 // once, LinkTo's first; LinkExisting marks its streams only.
 func TestEmitOptionsCombine(t *testing.T) {
 	got, err := emitWith(t, "a",
-		projection.WithMetadata(map[string]string{"k": "1", "j": "x"}), projection.WithMetadata(map[string]string{"k": "2"}),
+		projection.Metadata(map[string]string{"k": "1", "j": "x"}), projection.Metadata(map[string]string{"k": "2"}),
 		projection.Link("b", "a"), projection.LinkExisting("theirs"))
 	if err != nil {
 		t.Fatal(err)

@@ -47,7 +47,7 @@ func ExampleLinkOnly() {
 	p := projection.New[Order]("orders", projection.FromAggregates("order"))
 	projection.On(p, func(_ context.Context, c *projection.Context[Order], e projection.Event[OrderShipped]) error {
 		return c.Emit("OrderWasShipped", e.Data,
-			projection.WithMetadata(map[string]string{"shipped_by": e.Data.Carrier}),
+			projection.Metadata(map[string]string{"shipped_by": e.Data.Carrier}),
 			projection.Link("shipped_orders", "carrier_feed"),
 			projection.LinkOnly())
 	})

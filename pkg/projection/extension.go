@@ -120,10 +120,10 @@ type PartitionFunc func(m Message) (string, error)
 // Partition implements PartitionProvider.
 func (f PartitionFunc) Partition(m Message) (string, error) { return f(m) }
 
-// WithSource reads the projection's messages from a custom source.
-func WithSource(s Source) Option { return func(d *Definition) { d.customSource = s } }
+// FromSource reads the projection's messages from a custom source.
+func FromSource(s Source) Option { return func(d *Definition) { d.customSource = s } }
 
-// WithPartitions places messages in partitions with a custom provider.
-func WithPartitions(p PartitionProvider) Option { return func(d *Definition) { d.partitions = p } }
+// Partitions places messages in partitions with a custom provider.
+func Partitions(p PartitionProvider) Option { return func(d *Definition) { d.partitions = p } }
 
 var strconvUnquote = func(s string) (string, error) { return strconv.Unquote(s) }

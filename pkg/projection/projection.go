@@ -105,7 +105,7 @@ func (c *Context[S]) Tenant() string { return c.c.Tenant }
 // The derived event carries the metadata of the event that caused it (the
 // event being handled; in the flush hook, the partition's last event of the
 // batch) as Meta-* headers, its id as Causation-Id and its correlation_id
-// entry as Correlation-Id. Options add metadata of its own (WithMetadata)
+// entry as Correlation-Id. Options add metadata of its own (Metadata)
 // and link it to other streams (Link, LinkOnly, LinkExisting). A bad option
 // is an error wrapping ErrInvalidEmission, and nothing is recorded.
 func (c *Context[S]) Emit(eventType string, payload any, opts ...EmitOption) error {
@@ -139,13 +139,13 @@ type emitOptions struct {
 	linkOnly bool
 }
 
-// WithMetadata gives the derived event metadata of its own, sent as Meta-*
+// Metadata gives the derived event metadata of its own, sent as Meta-*
 // headers like the feeder's. Its entries win over those carried over from
 // the source event. Keys must not be empty and must encode (as a subject
 // token: letters, digits, '-' and '_' one byte each, any other byte three)
 // into at most MaxMetadataKeyLen bytes; values are any text. The option
 // may be given several times.
-func WithMetadata(meta map[string]string) EmitOption {
+func Metadata(meta map[string]string) EmitOption {
 	return func(o *emitOptions) error {
 		for k, v := range meta {
 			if err := validMetadataKey(k); err != nil {
@@ -443,9 +443,9 @@ func PartitionBy(f func(subject string) string) Option {
 	return func(d *Definition) { d.source.PartitionKey = f }
 }
 
-// AsGlobal makes the projection global: one partition, every event in
+// Global makes the projection global: one partition, every event in
 // stream order, one active replica.
-func AsGlobal() Option { return func(d *Definition) { d.kind = projectionrt.Global; d.slots = 1 } }
+func Global() Option { return func(d *Definition) { d.kind = projectionrt.Global; d.slots = 1 } }
 
 // BatchSize sets how many messages a batch takes at most while the
 // projection follows the head of its source (default 500). Given alone,
@@ -476,11 +476,11 @@ func CatchUpBatchSize(n int) Option {
 // maxBatchSize bounds BatchSize and CatchUpBatchSize.
 const maxBatchSize = 100_000
 
-// WithPolling runs the projection on an interval instead of per event.
-func WithPolling(interval time.Duration) Option {
+// Polling runs the projection on an interval instead of per event.
+func Polling(interval time.Duration) Option {
 	return func(d *Definition) {
 		if interval <= 0 {
-			d.errs = append(d.errs, "WithPolling: interval must be positive")
+			d.errs = append(d.errs, "Polling: interval must be positive")
 		}
 		d.mode, d.interval = projectionrt.Polling, interval
 	}
