@@ -330,7 +330,8 @@ type Projection[S any] struct {
 	*Definition
 }
 
-// Option configures a definition.
+// Option configures a definition given to New. Options are named for what
+// they choose, From… for a source and On… for a hook.
 type Option func(*Definition)
 
 // New defines a projection named name ([a-z0-9_]+) whose partitions carry
@@ -372,7 +373,7 @@ func New[S any](name string, opts ...Option) *Projection[S] {
 		d.errs = append(d.errs, "FromStream names the stream of FromAggregates, which is missing")
 	}
 	if d.source.Stream == "" && len(d.source.Subjects) == 0 && d.customSource == nil {
-		d.errs = append(d.errs, "no source: use FromAggregates or FromSubjects")
+		d.errs = append(d.errs, "no source: use FromAggregates, FromSubjects or FromSource")
 	}
 	if d.kind == projectionrt.Global {
 		d.slots = 1
@@ -448,8 +449,8 @@ func PartitionBy(f func(subject string) string) Option {
 func Global() Option { return func(d *Definition) { d.kind = projectionrt.Global; d.slots = 1 } }
 
 // BatchSize sets how many messages a batch takes at most while the
-// projection follows the head of its source (default 500). Given alone,
-// it bounds catch-up batches too.
+// projection follows the head of its source (default 500, at most
+// 100,000). Given alone, it bounds catch-up batches too.
 func BatchSize(n int) Option {
 	return func(d *Definition) {
 		if n < 1 || n > maxBatchSize {
@@ -463,7 +464,7 @@ func BatchSize(n int) Option {
 // projection is far behind its source (a backlog, a rebuild): larger
 // batches mean fewer commits, flushes and derived events per partition.
 // The default is 8 × the default BatchSize (4,000), or BatchSize when only
-// that was given; a batch also stops at 8 MiB of payload.
+// that was given; at most 100,000. A batch also stops at 8 MiB of payload.
 func CatchUpBatchSize(n int) Option {
 	return func(d *Definition) {
 		if n < 1 || n > maxBatchSize {
