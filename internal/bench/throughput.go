@@ -22,6 +22,7 @@ import (
 	"github.com/jetproj/jetproj/internal/feeder"
 	"github.com/jetproj/jetproj/internal/jsretry"
 	"github.com/jetproj/jetproj/pkg/contract"
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 )
@@ -564,7 +565,7 @@ func (b *throughputBench) startProjection(ctx context.Context, name string) (p, 
 func projectionSlots(name string) int {
 	for _, d := range examples.All(nil) {
 		if def := d.Def(); def.Name() == name {
-			return def.Spec().Slots
+			return projectionspec.Of(def).Settings().Slots
 		}
 	}
 	return 64

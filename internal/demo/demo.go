@@ -29,6 +29,7 @@ import (
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/internal/pgpool"
 	"github.com/jetproj/jetproj/pkg/contract"
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -251,8 +252,9 @@ func cleanSlate(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream,
 		return err
 	}
 	for _, d := range defs {
-		_, _, del, _ := d.Def().Hooks()
-		if del == nil || d.Def().Spec().Pool == nil {
+		spec := projectionspec.Of(d)
+		del := spec.Hooks().Delete
+		if del == nil || spec.Settings().Pool == nil {
 			continue
 		}
 		tx, err := pool.Begin(ctx)

@@ -598,7 +598,7 @@ func TestFlushEmitsOncePerBatch(t *testing.T) {
 		b.deposit(t, "w1", int64(100+i))
 		b.deposit(t, "w2", 5)
 	}
-	b.projector(t, walletBalance(b.pool, projection.WithPolling(500*time.Millisecond)))
+	b.projector(t, walletBalance(b.pool, projection.Polling(500*time.Millisecond)))
 	b.emitter(t)
 	b.waitFinals(t)
 	perSubject := map[string]int{}

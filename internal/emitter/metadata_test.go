@@ -53,7 +53,7 @@ func metaLinks(opts ...projection.Option) *projection.Projection[lastPos] {
 	projection.On(p, func(_ context.Context, c *projection.Context[lastPos], e projection.Event[MoneyWasAddedToWallet]) error {
 		c.State.Pos = e.Position
 		body := map[string]int64{"pos": e.Position}
-		if err := c.Emit("Deposited", body, projection.WithMetadata(map[string]string{"source": "projector"})); err != nil {
+		if err := c.Emit("Deposited", body, projection.Metadata(map[string]string{"source": "projector"})); err != nil {
 			return err
 		}
 		if err := c.LinkTo("audit_a", "Audited", body, projection.Link("audit_b", "audit_a"), projection.LinkOnly()); err != nil {

@@ -18,9 +18,11 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/emitter"
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projection/projectiontest"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 
@@ -251,67 +253,65 @@ func TestResetAndPartitionRebuild(t *testing.T) {
 func TestHandlersWithoutServers(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	d := examples.WalletBalanceKV().Def()
-	pc := &projection.PartitionContext{Key: "wallet/w-1", State: d.NewState()}
-	for _, e := range []struct{ typ, payload string }{
-		{"WalletOpened", `{"owner":"ann"}`},
-		{"MoneyWasAddedToWallet", `{"amount":500}`},
-		{"MoneyWasWithdrawnFromWallet", `{"amount":120}`},
-		{"SomethingElse", `{}`},
-	} {
-		if err := d.Apply(ctx, pc, projection.Meta{Type: e.typ, Raw: []byte(e.payload), Partition: pc.Key}); err != nil {
-			t.Fatal(err)
-		}
+	kv := projectiontest.NewPartition(examples.WalletBalanceKV(), "wallet/w-1")
+	if err := kv.Apply(ctx,
+		projectiontest.Event("WalletOpened", examples.WalletOpened{Owner: "ann"}),
+		projectiontest.Event("MoneyWasAddedToWallet", examples.MoneyWasAddedToWallet{Amount: 500}),
+		projectiontest.Event("MoneyWasWithdrawnFromWallet", examples.MoneyWasWithdrawnFromWallet{Amount: 120}),
+		projectiontest.Event("SomethingElse", struct{}{}),
+	); err != nil {
+		t.Fatal(err)
 	}
-	if got, want := *pc.State.(*examples.WalletDoc), (examples.WalletDoc{Owner: "ann", Balance: 380}); got != want {
+	if got, want := *kv.State, (examples.WalletDoc{Owner: "ann", Balance: 380}); got != want {
 		t.Fatalf("state %+v, want %+v", got, want)
 	}
-	err := d.Apply(ctx, pc, projection.Meta{Type: "MoneyWasAddedToWallet", Raw: []byte(`{"amount":"x"}`)})
+	err := kv.Apply(ctx, projectiontest.Event("MoneyWasAddedToWallet", json.RawMessage(`{"amount":"x"}`)))
 	if err == nil {
 		t.Fatal("a payload that does not decode is no error")
 	}
 
-	wb := examples.WalletBalance(nil).Def()
-	queued := &statements{}
-	pc = &projection.PartitionContext{Key: "wallet/w-7", State: &examples.WalletState{Balance: 4200}, Queue: queued}
-	if err := wb.Flush(ctx, pc); err != nil {
+	wb := projectiontest.NewPartition(examples.WalletBalance(nil), "wallet/w-7")
+	*wb.State = examples.WalletState{Balance: 4200}
+	if err := wb.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if len(queued.args) != 0 {
-		t.Fatalf("flush queued %v, want nothing (the handlers write)", queued.args)
+	if len(wb.Statements) != 0 {
+		t.Fatalf("flush queued %v, want nothing (the handlers write)", wb.Statements)
 	}
-	if err := wb.Apply(ctx, pc, projection.Meta{Type: "MoneyWasAddedToWallet", Raw: []byte(`{"amount":50}`), AggregateID: "w-7"}); err != nil {
+	deposit := projectiontest.Event("MoneyWasAddedToWallet", examples.MoneyWasAddedToWallet{Amount: 50})
+	deposit.AggregateID = "w-7"
+	if err := wb.Apply(ctx, deposit); err != nil {
 		t.Fatal(err)
 	}
-	if len(queued.args) != 1 || fmt.Sprint(queued.args[0]) != "[w-7 4250]" {
-		t.Fatalf("deposit queued %v, want one upsert of [w-7 4250]", queued.args)
+	if len(wb.Statements) != 1 || fmt.Sprint(wb.Statements[0].Args) != "[w-7 4250]" {
+		t.Fatalf("deposit queued %v, want one upsert of [w-7 4250]", wb.Statements)
 	}
-	if len(pc.Emitted) != 1 || pc.Emitted[0].Type != "WalletBalanceWasChanged" {
-		t.Fatalf("emitted %+v", pc.Emitted)
+	if len(wb.Emitted) != 1 || wb.Emitted[0].Type != "WalletBalanceWasChanged" {
+		t.Fatalf("emitted %+v", wb.Emitted)
 	}
 	var ev examples.WalletBalanceWasChanged
-	if err := json.Unmarshal(pc.Emitted[0].Payload, &ev); err != nil || ev != (examples.WalletBalanceWasChanged{WalletID: "w-7", Balance: 4200}) {
-		t.Fatalf("payload %s (%v)", pc.Emitted[0].Payload, err)
+	if err := json.Unmarshal(wb.Emitted[0].Payload, &ev); err != nil || ev != (examples.WalletBalanceWasChanged{WalletID: "w-7", Balance: 4200}) {
+		t.Fatalf("payload %s (%v)", wb.Emitted[0].Payload, err)
 	}
-	if got := string(pc.Emitted[0].Payload); got != `{"walletId":"w-7","balance":4200}` {
+	if got := string(wb.Emitted[0].Payload); got != `{"walletId":"w-7","balance":4200}` {
 		t.Fatalf("payload %s", got)
 	}
 }
 
 func TestDefinitionsAreValid(t *testing.T) {
 	t.Parallel()
-	want := map[string]projection.Kind{
-		"wallet_balance": projection.Partitioned, "wallet_balance_kv": projection.Partitioned,
-		"ticket_details": projection.Partitioned, "ticket_counts": projection.Global,
-		"order_fulfilment": projection.Partitioned, "high_value_wallets": projection.Partitioned,
+	want := map[string]projectionspec.Kind{
+		"wallet_balance": projectionspec.Partitioned, "wallet_balance_kv": projectionspec.Partitioned,
+		"ticket_details": projectionspec.Partitioned, "ticket_counts": projectionspec.Global,
+		"order_fulfilment": projectionspec.Partitioned, "high_value_wallets": projectionspec.Partitioned,
 	}
 	for _, d := range examples.All(nil) {
 		def := d.Def()
 		if err := def.Validate(); err != nil {
 			t.Error(err)
 		}
-		if k, ok := want[def.Name()]; !ok || k != def.Kind() {
-			t.Errorf("%s: kind %v, want %v (known %v)", def.Name(), def.Kind(), k, ok)
+		if k, ok := want[def.Name()]; !ok || k != projectionspec.Of(def).Kind() {
+			t.Errorf("%s: kind %v, want %v (known %v)", def.Name(), projectionspec.Of(def).Kind(), k, ok)
 		}
 		if got, ok := examples.ByName(nil, def.Name()); !ok || got.Def().Name() != def.Name() {
 			t.Errorf("ByName(%s) = %v, %v", def.Name(), got, ok)
@@ -408,8 +408,3 @@ func TestFoldOrdersAndHighValue(t *testing.T) {
 		t.Errorf("emitted %s, want %s", got, want)
 	}
 }
-
-// statements records what handlers queue with Context.Exec.
-type statements struct{ args [][]any }
-
-func (s *statements) Queue(_ string, args ...any) { s.args = append(s.args, args) }

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/pkg/contract"
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -220,7 +221,7 @@ func ReadWalletDocs(ctx context.Context, js jetstream.JetStream) (map[string]Wal
 	d := WalletBalanceKV().Def()
 	store := projector.StoreFor(js, d, 1)
 	out := map[string]WalletDoc{}
-	for slot := range d.Spec().Slots {
+	for slot := range projectionspec.Of(d).Settings().Slots {
 		recs, _, err := store.LoadSlot(ctx, slot)
 		if err != nil {
 			return nil, err

@@ -14,6 +14,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/lease"
 	"github.com/jetproj/jetproj/pkg/contract"
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -68,14 +69,14 @@ func (a *Admin) Init(ctx context.Context, p projection.Definer) error {
 	if err := store.Init(ctx); err != nil {
 		return err
 	}
-	init, _, _, _ := d.Hooks()
+	init := projectionspec.Of(d).Hooks().Init
 	if err := runHook(ctx, d, init); err != nil {
 		return fmt.Errorf("projector: %s: init hook: %w", d.Name(), err)
 	}
 	if err := ensureOwnStream(ctx, js, d.Name(), replicas); err != nil {
 		return err
 	}
-	manual, notLive := d.Deployment()
+	manual, notLive := projectionspec.Of(d).Deployment()
 	_, err = reg.Update(ctx, d.Name(), func(e *Entry, exists bool) error {
 		if exists && e.State == StateActive {
 			return nil
@@ -86,7 +87,7 @@ func (a *Admin) Init(ctx context.Context, p projection.Definer) error {
 			// marks must not hide the new ones.
 			e.Generation++
 		}
-		e.State, e.Kind, e.Slots, e.Reason = StateActive, d.Kind().String(), d.Spec().Slots, ""
+		e.State, e.Kind, e.Slots, e.Reason = StateActive, projectionspec.Of(d).Kind().String(), projectionspec.Of(d).Settings().Slots, ""
 		if !exists {
 			e.NotLive = notLive
 			if manual {
@@ -95,9 +96,9 @@ func (a *Admin) Init(ctx context.Context, p projection.Definer) error {
 		}
 		e.Store = "kv"
 		switch {
-		case d.Spec().Pool != nil:
+		case projectionspec.Of(d).Settings().Pool != nil:
 			e.Store = "postgres"
-		case len(d.Spec().TenantPools) > 0:
+		case len(projectionspec.Of(d).Settings().TenantPools) > 0:
 			e.Store = "postgres-per-tenant"
 		}
 		return nil
@@ -183,11 +184,11 @@ func (a *Admin) SetLive(ctx context.Context, p projection.Definer, live bool) er
 	return err
 }
 
-func sourceHead(ctx context.Context, js jetstream.JetStream, d *projection.Definition) (uint64, error) {
-	if src := d.CustomSource(); src != nil {
+func sourceHead(ctx context.Context, js jetstream.JetStream, d projection.Definer) (uint64, error) {
+	if src := projectionspec.Of(d).CustomSource(); src != nil {
 		return src.Head(ctx)
 	}
-	s, err := js.Stream(ctx, d.SourceConfig().Stream)
+	s, err := js.Stream(ctx, projectionspec.Of(d).SourceConfig().Stream)
 	if err != nil {
 		return 0, err
 	}
@@ -198,14 +199,15 @@ func sourceHead(ctx context.Context, js jetstream.JetStream, d *projection.Defin
 	return info.State.LastSeq, nil
 }
 
-func runHook(ctx context.Context, d *projection.Definition, h projection.Hook) error {
+func runHook(ctx context.Context, d projection.Definer, h projection.Hook) error {
 	if h == nil {
 		return nil
 	}
-	pools := []*pgxpool.Pool{d.Spec().Pool}
-	if d.Spec().Pool == nil {
+	settings := projectionspec.Of(d).Settings()
+	pools := []*pgxpool.Pool{settings.Pool}
+	if settings.Pool == nil {
 		pools = nil
-		for _, p := range d.Spec().TenantPools {
+		for _, p := range settings.TenantPools {
 			pools = append(pools, p)
 		}
 	}
@@ -213,7 +215,7 @@ func runHook(ctx context.Context, d *projection.Definition, h projection.Hook) e
 		return h(ctx, nil)
 	}
 	for _, pool := range pools {
-		if err := runHookIn(ctx, pool, d.Name(), h); err != nil {
+		if err := runHookIn(ctx, pool, d.Def().Name(), h); err != nil {
 			return err
 		}
 	}
@@ -354,7 +356,7 @@ func (a *Admin) Reset(ctx context.Context, p projection.Definer) error {
 			return err
 		}
 	}
-	_, reset, _, _ := d.Hooks()
+	reset := projectionspec.Of(d).Hooks().Reset
 	if err := runHook(ctx, d, reset); err != nil {
 		return fmt.Errorf("projector: %s: reset hook: %w", d.Name(), err)
 	}
@@ -381,7 +383,7 @@ func publishKVLeftovers(ctx context.Context, js jetstream.JetStream, d *projecti
 	if err := ensureOwnStream(ctx, js, d.Name(), replicas); err != nil {
 		return err
 	}
-	n, err := publishLeftovers(ctx, js, d.Name(), kv, d.Spec().Slots, replicas)
+	n, err := publishLeftovers(ctx, js, d.Name(), kv, projectionspec.Of(d).Settings().Slots, replicas)
 	if err != nil {
 		return fmt.Errorf("projector: %s: not reset: derived events its records still hold were not published (%w); fix the cause and reset again", d.Name(), err)
 	}
@@ -405,7 +407,7 @@ func (a *Admin) Delete(ctx context.Context, p projection.Definer) error {
 	if err := pause(ctx, js, reg, d.Name(), "delete", progress); err != nil {
 		return err
 	}
-	_, _, del, _ := d.Hooks()
+	del := projectionspec.Of(d).Hooks().Delete
 	if err := runHook(ctx, d, del); err != nil {
 		return fmt.Errorf("projector: %s: delete hook: %w", d.Name(), err)
 	}
@@ -508,7 +510,7 @@ func (a *Admin) partitionCommand(ctx context.Context, d *projection.Definition, 
 		return err
 	}
 	// Nobody answered: take the slot's lease and change the record.
-	slot := SlotOf(cmd.Partition, d.Spec().Slots)
+	slot := SlotOf(cmd.Partition, projectionspec.Of(d).Settings().Slots)
 	kv, err := lease.EnsureBucket(ctx, js, contract.LeaseBucket(d.Name()), 6*time.Second, replicas)
 	if err != nil {
 		var mm *lease.ConfigMismatchError
@@ -560,8 +562,8 @@ func (a *Admin) partitionCommand(ctx context.Context, d *projection.Definition, 
 // batch b: in the database of the partition's tenant for a tenant store (a
 // partition that has no tenant yet never wrote anything there). A hook
 // that panics is an error, not the end of the replica.
-func resetPartition(ctx context.Context, d *projection.Definition, b Batch, rec Record) (err error) {
-	_, _, _, resetPart := d.Hooks()
+func resetPartition(ctx context.Context, d projection.Definer, b Batch, rec Record) (err error) {
+	resetPart := projectionspec.Of(d).Hooks().ResetPartition
 	if resetPart == nil {
 		return nil
 	}
@@ -570,12 +572,12 @@ func resetPartition(ctx context.Context, d *projection.Definition, b Batch, rec 
 			return nil
 		}
 		if err := tb.Use(ctx, rec.Tenant); err != nil {
-			return fmt.Errorf("projector: %s: reset partition %s: %w", d.Name(), rec.Key, err)
+			return fmt.Errorf("projector: %s: reset partition %s: %w", d.Def().Name(), rec.Key, err)
 		}
 	}
 	defer func() {
 		if v := recover(); v != nil {
-			err = fmt.Errorf("projector: %s: OnResetPartition panicked for %s: %v", d.Name(), rec.Key, v)
+			err = fmt.Errorf("projector: %s: OnResetPartition panicked for %s: %v", d.Def().Name(), rec.Key, v)
 		}
 	}()
 	return resetPart(ctx, b.Tx(), rec.Key)
@@ -674,7 +676,7 @@ func (r *runner) control(ctx context.Context, m *nats.Msg) {
 	f := &failure{next: time.Now()}
 	p.setFailure(f)
 	r.markFailing(p)
-	if r.def.Kind() == projection.Global {
+	if r.def.Kind() == projectionspec.Global {
 		f.retrying = true
 		if r.restartAt == 0 || rec.Seq+1 < r.restartAt {
 			r.restartAt = rec.Seq + 1

@@ -318,7 +318,7 @@ func TestInlineProjectionRefused(t *testing.T) {
 	}
 	for name, p := range map[string]*projection.Projection[struct{}]{
 		"not_marked": projection.New[struct{}]("not_marked", projection.FromAggregates("wallet"), projection.Postgres(pool)),
-		"global":     projection.New[struct{}]("global", projection.FromAggregates("wallet"), projection.Postgres(pool), projection.Inline(), projection.AsGlobal()),
+		"global":     projection.New[struct{}]("global", projection.FromAggregates("wallet"), projection.Postgres(pool), projection.Inline(), projection.Global()),
 		"kv":         projection.New[struct{}]("kv", projection.FromAggregates("wallet"), projection.Inline()),
 		"subjects":   projection.New[struct{}]("subjects", projection.FromSubjects("S", "s.>"), projection.Postgres(pool), projection.Inline()),
 	} {

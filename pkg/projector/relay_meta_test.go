@@ -53,7 +53,7 @@ func kvMetaLinks() *projection.Projection[lastPos] {
 	projection.On(p, func(_ context.Context, c *projection.Context[lastPos], e projection.Event[MoneyWasAddedToWallet]) error {
 		c.State.Pos = e.Position
 		body := map[string]int64{"pos": e.Position}
-		if err := c.Emit("Deposited", body, projection.WithMetadata(map[string]string{"source": "projector"})); err != nil {
+		if err := c.Emit("Deposited", body, projection.Metadata(map[string]string{"source": "projector"})); err != nil {
 			return err
 		}
 		if err := c.Emit("Audited", body, projection.Link("kv_audit_a", "kv_audit_b", "kv_audit_a"), projection.LinkOnly()); err != nil {

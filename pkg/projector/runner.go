@@ -19,6 +19,7 @@ import (
 	"github.com/jetproj/jetproj/internal/jsretry"
 	"github.com/jetproj/jetproj/internal/lease"
 	"github.com/jetproj/jetproj/internal/opsserver"
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/subject"
@@ -40,8 +41,8 @@ func SlotOf(key string, slots int) int {
 
 // runner runs one projection in this process.
 type runner struct {
-	def     *projection.Definition
-	spec    projection.Spec
+	def     projectionspec.Spec
+	spec    projectionspec.Settings
 	store   StateStore
 	js      jetstream.JetStream
 	nc      *nats.Conn
@@ -286,7 +287,7 @@ func (r *runner) run(ctx context.Context) error {
 		got := false
 		var tick <-chan time.Time
 		msgs := r.cons.msgs
-		if r.spec.Mode == projection.Polling && !r.draining {
+		if r.spec.Mode == projectionspec.Polling && !r.draining {
 			// Polling projections look at what arrived once per interval,
 			// and then take all of it, batch after batch.
 			tick, msgs = time.After(r.spec.Interval), nil
@@ -356,7 +357,7 @@ func (r *runner) run(ctx context.Context) error {
 		r.process(ctx, batch, last.Pending >= uint64(r.spec.BatchSize) || (len(batch) >= r.spec.BatchSize && len(r.cons.msgs) > 0))
 		// A polling projection drains what its tick found, then waits for
 		// the next one.
-		r.draining = r.spec.Mode == projection.Polling && (last.Pending > 0 || len(r.cons.msgs) > 0)
+		r.draining = r.spec.Mode == projectionspec.Polling && (last.Pending > 0 || len(r.cons.msgs) > 0)
 		clear(batch) // let the messages go; the buffer is reused
 	}
 }
@@ -378,7 +379,7 @@ type pendingReporter interface {
 // not checked.
 func (r *runner) checkConsumer(ctx context.Context) {
 	pr, ok := r.cons.sub.(pendingReporter)
-	if !ok || r.spec.Mode == projection.Polling || len(r.cons.msgs) > 0 || time.Since(r.delivered) < cmp.Or(r.consCheck, consumerCheckEvery) {
+	if !ok || r.spec.Mode == projectionspec.Polling || len(r.cons.msgs) > 0 || time.Since(r.delivered) < cmp.Or(r.consCheck, consumerCheckEvery) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -77,7 +77,7 @@ func TestSilentConsumerIsRestarted(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := &silentSource{JetStreamSource: js, deliver: 5, stopped: make(chan struct{})}
-	def := walletBalance("wallet_balance", projection.WithSource(src))
+	def := walletBalance("wallet_balance", projection.FromSource(src))
 	b.publishWallets(t, 20, 1)
 	nc, err := nats.Connect(b.nats.URL())
 	if err != nil {

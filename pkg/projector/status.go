@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/pkg/contract"
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -40,7 +41,8 @@ type Status struct {
 // last message on the projection's own subjects instead).
 func (a *Admin) Status(ctx context.Context, p projection.Definer) (Status, error) {
 	d, js := p.Def(), a.js
-	st := Status{Name: d.Name(), Kind: d.Kind().String(), Slots: d.Spec().Slots, Owners: map[string]int{}, State: "not initialised"}
+	spec := projectionspec.Of(d)
+	st := Status{Name: d.Name(), Kind: spec.Kind().String(), Slots: spec.Settings().Slots, Owners: map[string]int{}, State: "not initialised"}
 	kv, err := js.KeyValue(ctx, contract.RegistryBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return st, nil // no projection was ever initialised here
@@ -54,7 +56,7 @@ func (a *Admin) Status(ctx context.Context, p projection.Definer) (Status, error
 	} else if ok {
 		st.State, st.Generation, st.Store = e.State, e.Generation, e.Store
 	}
-	if s, err := js.Stream(ctx, d.SourceConfig().Stream); err == nil {
+	if s, err := js.Stream(ctx, spec.SourceConfig().Stream); err == nil {
 		st.Head = s.CachedInfo().State.LastSeq
 	}
 	if kv, err := js.KeyValue(ctx, contract.LeaseBucket(d.Name())); err == nil {
@@ -90,7 +92,7 @@ func (a *Admin) Status(ctx context.Context, p projection.Definer) (Status, error
 	default:
 		st.Parked, st.Partitions = parked, n
 		first := true
-		for slot := range d.Spec().Slots {
+		for slot := range spec.Settings().Slots {
 			_, wm, err := loadWatermark(ctx, store, slot)
 			if err != nil {
 				return st, err

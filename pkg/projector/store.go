@@ -73,7 +73,7 @@ type Pending struct {
 	Links    []derived.Link `json:"links,omitempty"`
 	LinkOnly bool           `json:"link_only,omitempty"`
 	// Metadata is the event's metadata: the source event's, carried over,
-	// and its own (projection.WithMetadata).
+	// and its own (projection.Metadata).
 	Metadata map[string]string `json:"meta,omitempty"`
 	// CausationID is the source event's id.
 	CausationID string `json:"causation,omitempty"`

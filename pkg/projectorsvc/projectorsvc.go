@@ -38,6 +38,7 @@ import (
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/internal/pgpool"
 	"github.com/jetproj/jetproj/internal/process"
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/internal/statuspage"
 	"github.com/jetproj/jetproj/internal/tracing"
 	"github.com/jetproj/jetproj/pkg/contract"
@@ -326,10 +327,11 @@ func (s *service) waitForSources(ctx context.Context, defs []*projection.Definit
 		own[contract.ProjectionStream(d.Name())] = true
 	}
 	for _, d := range defs {
-		if d.CustomSource() != nil || own[d.SourceConfig().Stream] {
+		spec := projectionspec.Of(d)
+		if spec.CustomSource() != nil || own[spec.SourceConfig().Stream] {
 			continue
 		}
-		name := d.SourceConfig().Stream
+		name := spec.SourceConfig().Stream
 		for logged := false; ; {
 			_, err := jsretry.Value(ctx, "source stream "+name, func(ctx context.Context) (jetstream.Stream, error) {
 				return s.js().Stream(ctx, name)
@@ -432,7 +434,7 @@ func (s *service) commandRefused(name string) bool {
 
 func (s *service) partition(ctx context.Context, op, name, partition string) error {
 	d := s.def(name)
-	if d.Kind() == projection.Global && partition != projection.GlobalPartition {
+	if projectionspec.Of(d).Kind() == projectionspec.Global && partition != projection.GlobalPartition {
 		return fmt.Errorf("%s is global: its only partition is %q", name, projection.GlobalPartition)
 	}
 	ctx, cancel := context.WithTimeout(ctx, commandTimeout)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -355,7 +356,7 @@ func TestRunStatusRetrySkip(t *testing.T) {
 	devtest.Eventually(t, 20*time.Second, func() error {
 		for id, want := range map[string]int{"w-7": 5, "w-9": 4, "w-1": 4} {
 			key := "wallet/" + id
-			rec, err := store.Get(context.Background(), projector.SlotOf(key, d.Spec().Slots), key)
+			rec, err := store.Get(context.Background(), projector.SlotOf(key, projectionspec.Of(d).Settings().Slots), key)
 			if err != nil || rec == nil {
 				return fmt.Errorf("%s: %v %v", key, rec, err)
 			}

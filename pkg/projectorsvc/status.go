@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -54,8 +55,9 @@ func (s *service) subjectsHead(ctx context.Context, d *projection.Definition) (u
 }
 
 func subjectsHead(ctx context.Context, js jetstream.JetStream, d *projection.Definition) (uint64, bool) {
-	src := d.SourceConfig()
-	if d.CustomSource() != nil || src.Stream == "" || len(src.Subjects) == 0 {
+	spec := projectionspec.Of(d)
+	src := spec.SourceConfig()
+	if spec.CustomSource() != nil || src.Stream == "" || len(src.Subjects) == 0 {
 		return 0, false
 	}
 	stream, err := js.Stream(ctx, src.Stream)
