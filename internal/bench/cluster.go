@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
@@ -412,11 +413,11 @@ func (r *latencyRunner) kills(ctx context.Context, cl *NATSCluster, res *Cluster
 	}
 	res.Appended = appended
 	stopped := time.Now()
-	events, err := examples.ReadAllEvents(ctx, r.b.pool)
+	events, err := examplecheck.ReadAllEvents(ctx, r.b.pool)
 	if err != nil {
 		return err
 	}
-	fold, err := examples.FoldWallets(events)
+	fold, err := examplecheck.FoldWallets(events)
 	if err != nil {
 		return err
 	}

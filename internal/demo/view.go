@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/examples"
 )
@@ -169,7 +170,7 @@ func readModels(ctx context.Context, pool *pgxpool.Pool) []string {
 	var wallets int
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM wallet_balance`).Scan(&wallets)
 	lines = append(lines, fmt.Sprintf("  (%d wallets)", wallets))
-	if c, err := examples.ReadTicketCounts(ctx, pool); err == nil {
+	if c, err := examplecheck.ReadTicketCounts(ctx, pool); err == nil {
 		lines = append(lines, "", "ticket_counts (global)", fmt.Sprintf("  open %d · closed %d", c.Open, c.Closed))
 	}
 	var total, done int
@@ -218,7 +219,7 @@ func (v *view) balancesMatch(ctx context.Context, pool *pgxpool.Pool) error {
 	v.mu.Lock()
 	v.stats = st
 	v.mu.Unlock()
-	rows, err := examples.ReadWallets(ctx, pool)
+	rows, err := examplecheck.ReadWallets(ctx, pool)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/emitter"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/internal/feeder"
 	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/eventstore"
@@ -129,7 +130,7 @@ func (b *bundle) write(t *testing.T, n int) {
 
 func (b *bundle) waitVerified(t *testing.T, within time.Duration, names ...string) {
 	t.Helper()
-	devtest.Eventually(t, within, func() error { return examples.Verify(context.Background(), b.pool, b.js, names...) })
+	devtest.Eventually(t, within, func() error { return examplecheck.Verify(context.Background(), b.pool, b.js, names...) })
 }
 
 func testLogger(t *testing.T, who string) *slog.Logger {
@@ -152,13 +153,13 @@ func TestReadModelsEqualFold(t *testing.T) {
 
 	// The fold is not trivially empty.
 	ctx := context.Background()
-	wallets, _ := examples.ReadWallets(ctx, b.pool)
-	counts, _ := examples.ReadTicketCounts(ctx, b.pool)
+	wallets, _ := examplecheck.ReadWallets(ctx, b.pool)
+	counts, _ := examplecheck.ReadTicketCounts(ctx, b.pool)
 	if len(wallets) < 5 || counts.Open == 0 || counts.Closed == 0 {
 		t.Fatalf("little to compare: %d wallets, counts %+v", len(wallets), counts)
 	}
-	orders, _ := examples.ReadOrders(ctx, b.pool)
-	high, _ := examples.ReadHighValueWallets(ctx, b.pool)
+	orders, _ := examplecheck.ReadOrders(ctx, b.pool)
+	high, _ := examplecheck.ReadHighValueWallets(ctx, b.pool)
 	completed, crossings := 0, int64(0)
 	for _, o := range orders {
 		if o.Completed {
@@ -171,7 +172,7 @@ func TestReadModelsEqualFold(t *testing.T) {
 	if completed == 0 || completed == len(orders) || crossings == 0 {
 		t.Fatalf("little to compare: %d of %d orders completed, %d wallets became of high value", completed, len(orders), crossings)
 	}
-	devtest.Eventually(t, 30*time.Second, func() error { return examples.VerifyDerived(ctx, b.pool, b.js) })
+	devtest.Eventually(t, 30*time.Second, func() error { return examplecheck.VerifyDerived(ctx, b.pool, b.js) })
 }
 
 // TestGlobalAndPartitionedAgree runs the global ticket_counts and the
@@ -190,14 +191,14 @@ func TestGlobalAndPartitionedAgree(t *testing.T) {
 	b.write(t, 500)
 	b.waitVerified(t, 45*time.Second)
 	ctx := context.Background()
-	if err := examples.Agree(ctx, b.pool); err != nil {
+	if err := examplecheck.Agree(ctx, b.pool); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := examples.ReadWallets(ctx, b.pool)
+	rows, err := examplecheck.ReadWallets(ctx, b.pool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	docs, err := examples.ReadWalletDocs(ctx, b.js)
+	docs, err := examplecheck.ReadWalletDocs(ctx, b.js)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,25 +342,25 @@ func TestFold(t *testing.T) {
 		ev("ticket", "t1", "TicketWasClosed", `{}`),
 		ev("order", "o1", "OrderPlaced", `{"customer":"acme","total":5000}`),
 	}
-	wallets, err := examples.FoldWallets(events)
+	wallets, err := examplecheck.FoldWallets(events)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := fmt.Sprint(wallets); got != "map[a:{a ann 700} b:{b bob 0}]" {
 		t.Errorf("wallets %s", got)
 	}
-	tickets, err := examples.FoldTickets(events)
+	tickets, err := examplecheck.FoldTickets(events)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := fmt.Sprint(tickets); got != "map[t1:{t1 bug closed} t2:{t2 feature open}]" {
 		t.Errorf("tickets %s", got)
 	}
-	counts := examples.FoldTicketCounts(events)
-	if counts != (examples.Counts{Open: 1, Closed: 1}) || examples.CountTickets(tickets) != counts {
-		t.Errorf("counts %+v, summed %+v", counts, examples.CountTickets(tickets))
+	counts := examplecheck.FoldTicketCounts(events)
+	if counts != (examplecheck.Counts{Open: 1, Closed: 1}) || examplecheck.CountTickets(tickets) != counts {
+		t.Errorf("counts %+v, summed %+v", counts, examplecheck.CountTickets(tickets))
 	}
-	if _, err := examples.FoldWallets(append(events, ev("wallet", "a", "MoneyWasAddedToWallet", `{"amount":"x"}`))); err == nil {
+	if _, err := examplecheck.FoldWallets(append(events, ev("wallet", "a", "MoneyWasAddedToWallet", `{"amount":"x"}`))); err == nil {
 		t.Error("a payload that does not decode is no error")
 	}
 }
@@ -379,25 +380,25 @@ func TestFoldOrdersAndHighValue(t *testing.T) {
 		ev("payment", "p1", "PaymentSucceeded", `{"orderId":"o1"}`),
 		ev("order", "o2", "OrderPlaced", `{"customer":"globex","total":700}`),
 	}
-	rows, err := examples.FoldOrders(events)
+	rows, err := examplecheck.FoldOrders(events)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got, want := fmt.Sprint(rows), "map[o1:{o1 true acme 5000 true p1 true s1 dhl true} o2:{o2 true globex 700 true p2 false   false}]"; got != want {
 		t.Errorf("orders %s, want %s", got, want)
 	}
-	done, err := examples.ExpectedCompletedOrders(events)
+	done, err := examplecheck.ExpectedCompletedOrders(events)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got, want := fmt.Sprint(done), "map[o1:{o1 acme 5000 dhl}]"; got != want {
 		t.Errorf("completed %s, want %s", got, want)
 	}
-	if _, err := examples.FoldOrders(append(events, ev("payment", "p3", "PaymentSucceeded", `{}`))); err == nil {
+	if _, err := examplecheck.FoldOrders(append(events, ev("payment", "p3", "PaymentSucceeded", `{}`))); err == nil {
 		t.Error("a payment without orderId is no error")
 	}
 
-	high, emitted := examples.FoldHighValue([]examples.WalletBalanceWasChanged{
+	high, emitted := examplecheck.FoldHighValue([]examples.WalletBalanceWasChanged{
 		{WalletID: "a", Balance: 99999}, {WalletID: "a", Balance: 100000}, {WalletID: "b", Balance: 500000},
 		{WalletID: "a", Balance: 200000}, {WalletID: "a", Balance: 0}, {WalletID: "a", Balance: 100001},
 	})

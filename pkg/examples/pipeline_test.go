@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
@@ -115,21 +116,21 @@ func TestOrderFulfilmentAnyArrivalOrder(t *testing.T) {
 	appendAll(steps[half:])
 
 	devtest.Eventually(t, 60*time.Second, func() error {
-		if err := examples.Verify(ctx, b.pool, b.js, examples.OrderFulfilmentName); err != nil {
+		if err := examplecheck.Verify(ctx, b.pool, b.js, examples.OrderFulfilmentName); err != nil {
 			return err
 		}
 		if err := outboxEmpty(ctx, b.pool); err != nil {
 			return err
 		}
-		return examples.VerifyDerived(ctx, b.pool, b.js, examples.OrderFulfilmentName)
+		return examplecheck.VerifyDerived(ctx, b.pool, b.js, examples.OrderFulfilmentName)
 	})
 
 	// The reference the checks above compare with is the test's own.
-	events, err := examples.ReadAllEvents(ctx, b.pool)
+	events, err := examplecheck.ReadAllEvents(ctx, b.pool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	expected, err := examples.ExpectedCompletedOrders(events)
+	expected, err := examplecheck.ExpectedCompletedOrders(events)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,14 +191,14 @@ func (b *bundle) projectCrashing(t *testing.T, replica string, defs ...projectio
 // orderHas checks that order id's row holds exactly the given steps, and is
 // completed when it holds all three.
 func orderHas(ctx context.Context, pool *pgxpool.Pool, id string, steps []examples.OrderStep) error {
-	rows, err := examples.ReadOrders(ctx, pool)
+	rows, err := examplecheck.ReadOrders(ctx, pool)
 	if err != nil {
 		return err
 	}
 	r := rows[id]
-	want := examples.OrderRow{OrderID: id, Placed: slices.Contains(steps, examples.StepPlaced),
+	want := examplecheck.OrderRow{OrderID: id, Placed: slices.Contains(steps, examples.StepPlaced),
 		Paid: slices.Contains(steps, examples.StepPaid), Delivered: slices.Contains(steps, examples.StepDelivered)}
-	got := examples.OrderRow{OrderID: r.OrderID, Placed: r.Placed, Paid: r.Paid, Delivered: r.Delivered}
+	got := examplecheck.OrderRow{OrderID: r.OrderID, Placed: r.Placed, Paid: r.Paid, Delivered: r.Delivered}
 	if got != want || r.Completed != (len(steps) == 3) {
 		return fmt.Errorf("order %s after %v: %+v", id, steps, r)
 	}
@@ -207,7 +208,7 @@ func orderHas(ctx context.Context, pool *pgxpool.Pool, id string, steps []exampl
 // completedOn reads the OrderFullyCompleted events of a stream by order id.
 func completedOn(t *testing.T, js jetstream.JetStream, stream string) map[string][]examples.OrderFullyCompleted {
 	t.Helper()
-	msgs, err := examples.ReadDerived(context.Background(), js, stream)
+	msgs, err := examplecheck.ReadDerived(context.Background(), js, stream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +261,7 @@ func (w *wallets) change(t *testing.T, id string, delta int64) {
 	w.balance[id] += delta
 	want := w.balance[id]
 	devtest.Eventually(t, 20*time.Second, func() error {
-		changes, err := examples.ReadBalanceChanges(ctx, w.b.js)
+		changes, err := examplecheck.ReadBalanceChanges(ctx, w.b.js)
 		if err != nil {
 			return err
 		}
@@ -280,7 +281,7 @@ func (w *wallets) change(t *testing.T, id string, delta int64) {
 // high_value_wallets' stream by wallet, and checks their subjects.
 func highValueOn(t *testing.T, js jetstream.JetStream) map[string][]int64 {
 	t.Helper()
-	msgs, err := examples.ReadDerived(context.Background(), js, contract.ProjectionStream(examples.HighValueWalletsName))
+	msgs, err := examplecheck.ReadDerived(context.Background(), js, contract.ProjectionStream(examples.HighValueWalletsName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,18 +326,18 @@ func TestHighValueWallets(t *testing.T) {
 		w.change(t, c.id, c.delta)
 	}
 	devtest.Eventually(t, 30*time.Second, func() error {
-		if err := examples.Verify(ctx, b.pool, b.js, examples.WalletBalanceName, examples.HighValueWalletsName); err != nil {
+		if err := examplecheck.Verify(ctx, b.pool, b.js, examples.WalletBalanceName, examples.HighValueWalletsName); err != nil {
 			return err
 		}
 		if err := outboxEmpty(ctx, b.pool); err != nil {
 			return err
 		}
-		return examples.VerifyDerived(ctx, b.pool, b.js, examples.HighValueWalletsName)
+		return examplecheck.VerifyDerived(ctx, b.pool, b.js, examples.HighValueWalletsName)
 	})
 	if got, want := fmt.Sprint(highValueOn(t, b.js)), "map[a:[110000 100000 100000] c:[250000]]"; got != want {
 		t.Fatalf("WalletBecameHighValue %s, want %s", got, want)
 	}
-	rows, err := examples.ReadHighValueWallets(ctx, b.pool)
+	rows, err := examplecheck.ReadHighValueWallets(ctx, b.pool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,13 +362,13 @@ func TestPipelineStageFailure(t *testing.T) {
 	waitStream(t, b.js, contract.ProjectionStream(examples.WalletBalanceName))
 	stopHV := b.project(t, "hv1", hv())
 	settled := func() error {
-		if err := examples.Verify(ctx, b.pool, b.js, examples.WalletBalanceName, examples.HighValueWalletsName); err != nil {
+		if err := examplecheck.Verify(ctx, b.pool, b.js, examples.WalletBalanceName, examples.HighValueWalletsName); err != nil {
 			return err
 		}
 		if err := outboxEmpty(ctx, b.pool); err != nil {
 			return err
 		}
-		return examples.VerifyDerived(ctx, b.pool, b.js, examples.HighValueWalletsName)
+		return examplecheck.VerifyDerived(ctx, b.pool, b.js, examples.HighValueWalletsName)
 	}
 	b.write(t, 1500)
 	devtest.Eventually(t, 45*time.Second, settled)
@@ -378,7 +379,7 @@ func TestPipelineStageFailure(t *testing.T) {
 	w.change(t, "fail-x", 150000) // wallet_balance publishes it …
 	b.write(t, 500)
 	devtest.Eventually(t, 30*time.Second, func() error {
-		return examples.Verify(ctx, b.pool, b.js, examples.WalletBalanceName) // … and keeps running
+		return examplecheck.Verify(ctx, b.pool, b.js, examples.WalletBalanceName) // … and keeps running
 	})
 	devtest.Eventually(t, 20*time.Second, func() error {
 		var failing bool
@@ -405,9 +406,9 @@ WHERE projection = 'high_value_wallets' AND partition = 'wallet/fail-x'`).Scan(&
 	w.change(t, "stop-y", 200000)
 	b.write(t, 500)
 	devtest.Eventually(t, 30*time.Second, func() error {
-		return examples.Verify(ctx, b.pool, b.js, examples.WalletBalanceName)
+		return examplecheck.Verify(ctx, b.pool, b.js, examples.WalletBalanceName)
 	})
-	if rows, err := examples.ReadHighValueWallets(ctx, b.pool); err != nil || rows["stop-y"] != (examples.HighValueRow{}) {
+	if rows, err := examplecheck.ReadHighValueWallets(ctx, b.pool); err != nil || rows["stop-y"] != (examplecheck.HighValueRow{}) {
 		t.Fatalf("stop-y handled while its stage was stopped: %+v (%v)", rows["stop-y"], err)
 	}
 	b.project(t, "hv2", hv())

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/examples"
 )
@@ -299,7 +300,7 @@ func TestClusterNodeRestartsAndLeaderKills(t *testing.T) {
 	devtest.Eventually(t, bound, func() error {
 		noExits()
 		ctx := context.Background()
-		if err := examples.Verify(ctx, pool, js, examples.WalletBalanceName); err != nil {
+		if err := examplecheck.Verify(ctx, pool, js, examples.WalletBalanceName); err != nil {
 			return err
 		}
 		return outboxEmpty(ctx, pool)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/demo"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
@@ -171,7 +172,7 @@ func outboxEmpty(ctx context.Context, pool *pgxpool.Pool) error {
 // wallet carries the wallet's final balance.
 func checkFinalBalances(t *testing.T, pool *pgxpool.Pool, bySubject map[string][]derivedMsg) {
 	t.Helper()
-	rows, err := examples.ReadWallets(context.Background(), pool)
+	rows, err := examplecheck.ReadWallets(context.Background(), pool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +274,7 @@ func TestPipelineSurvivesSIGKILL(t *testing.T) {
 
 	devtest.Eventually(t, 180*time.Second, func() error {
 		ctx := context.Background()
-		if err := examples.Verify(ctx, pool, js); err != nil {
+		if err := examplecheck.Verify(ctx, pool, js); err != nil {
 			return err
 		}
 		return outboxEmpty(ctx, pool)
@@ -288,7 +289,7 @@ func TestPipelineSurvivesSIGKILL(t *testing.T) {
 	// OrderFullyCompleted once per completed order on the own stream and on
 	// completed_orders; WalletBecameHighValue as the fold of wallet_balance's
 	// stream says.
-	if err := examples.VerifyDerived(context.Background(), pool, js); err != nil {
+	if err := examplecheck.VerifyDerived(context.Background(), pool, js); err != nil {
 		t.Error(err)
 	}
 	if n := streamMsgCount(t, js, examples.CompletedOrdersStream); n == 0 {
@@ -388,7 +389,7 @@ func TestEmissionLifecycle(t *testing.T) {
 	settle := func() {
 		t.Helper()
 		devtest.Eventually(t, 60*time.Second, func() error {
-			if err := examples.Verify(ctx, pool, js, examples.WalletBalanceName); err != nil {
+			if err := examplecheck.Verify(ctx, pool, js, examples.WalletBalanceName); err != nil {
 				return err
 			}
 			return outboxEmpty(ctx, pool)
@@ -462,7 +463,7 @@ func TestEmissionLifecycle(t *testing.T) {
 	bySubject := checkExactlyOnce(t, readDerived(t, js, own))
 	for _, id := range []string{"w-2", "w-new"} {
 		ms := bySubject["project.wallet_balance.wallet."+id]
-		rows, err := examples.ReadWallets(ctx, pool)
+		rows, err := examplecheck.ReadWallets(ctx, pool)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -524,14 +525,14 @@ func TestPipelineStageFailsAndResumes(t *testing.T) {
 	both := []string{examples.WalletBalanceName, examples.HighValueWalletsName}
 	settled := func(names ...string) func() error {
 		return func() error {
-			if err := examples.Verify(ctx, pool, js, names...); err != nil {
+			if err := examplecheck.Verify(ctx, pool, js, names...); err != nil {
 				return err
 			}
 			if err := outboxEmpty(ctx, pool); err != nil {
 				return err
 			}
 			if slices.Contains(names, examples.HighValueWalletsName) {
-				return examples.VerifyDerived(ctx, pool, js, examples.HighValueWalletsName)
+				return examplecheck.VerifyDerived(ctx, pool, js, examples.HighValueWalletsName)
 			}
 			return nil
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
@@ -204,7 +205,7 @@ func TestHostileInputNeverStopsThePipeline(t *testing.T) {
 		if err := outboxEmpty(ctx, pool); err != nil {
 			return err
 		}
-		rows, err := examples.ReadWallets(ctx, pool)
+		rows, err := examplecheck.ReadWallets(ctx, pool)
 		if err != nil {
 			return err
 		}

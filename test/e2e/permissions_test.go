@@ -16,6 +16,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -239,13 +240,13 @@ func TestLeastPrivilege(t *testing.T) {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 60*time.Second, func() error {
-		if err := examples.Verify(ctx, pool, js, examples.WalletBalanceName, examples.OrderFulfilmentName); err != nil {
+		if err := examplecheck.Verify(ctx, pool, js, examples.WalletBalanceName, examples.OrderFulfilmentName); err != nil {
 			return err
 		}
 		if err := outboxEmpty(ctx, pool); err != nil {
 			return err
 		}
-		if err := examples.VerifyDerived(ctx, pool, js, examples.OrderFulfilmentName); err != nil {
+		if err := examplecheck.VerifyDerived(ctx, pool, js, examples.OrderFulfilmentName); err != nil {
 			return err
 		}
 		// The projector published wallet_ledger_kv's derived events: each

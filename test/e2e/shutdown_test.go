@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/examples"
@@ -89,7 +90,7 @@ func TestSIGTERMHandsOverAtOnce(t *testing.T) {
 		if owners["p1"] == 0 || owners["p2"] == 0 || owners["p1"]+owners["p2"] != 64 {
 			return fmt.Errorf("owners %v", owners)
 		}
-		return examples.Verify(ctx, pool, js, examples.WalletBalanceName)
+		return examplecheck.Verify(ctx, pool, js, examples.WalletBalanceName)
 	})
 
 	if err := p1.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -121,7 +122,7 @@ func TestSIGTERMHandsOverAtOnce(t *testing.T) {
 	for i := range 50 {
 		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 1, 7)
 	}
-	devtest.Eventually(t, 30*time.Second, func() error { return examples.Verify(ctx, pool, js, examples.WalletBalanceName) })
+	devtest.Eventually(t, 30*time.Second, func() error { return examplecheck.Verify(ctx, pool, js, examples.WalletBalanceName) })
 }
 
 // TestSecondSignalExitsAtOnce: while a graceful stop waits (here the
