@@ -110,6 +110,9 @@ type runner struct {
 	// consCheck is how often an idle loop asks the source whether the
 	// consumer holds back messages (consumerCheckEvery; tests lower it).
 	consCheck time.Duration
+	// quietRestarts counts consumer restarts by checkConsumer since the
+	// last message.
+	quietRestarts int
 	// states are decoded states of partitions a catch-up handled, as
 	// their stored state encodes them (takeState, keepState).
 	states map[*part]any
@@ -350,7 +353,7 @@ func (r *runner) run(ctx context.Context) error {
 			}
 		}
 		r.busy.Start()
-		r.delivered = time.Now()
+		r.delivered, r.quietRestarts = time.Now(), 0
 		batch := r.collect(first)
 		// Behind: at least another full batch waits.
 		last := batch[len(batch)-1]
@@ -361,6 +364,10 @@ func (r *runner) run(ctx context.Context) error {
 		clear(batch) // let the messages go; the buffer is reused
 	}
 }
+
+// errNoAnswer: the subscription did not say in time how many messages it
+// has pending.
+var errNoAnswer = errors.New("projector: the consumer did not answer")
 
 // consumerCheckEvery is how often a runner waiting for messages asks the
 // source whether its consumer holds some back.
@@ -384,14 +391,46 @@ func (r *runner) checkConsumer(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	n, err := pr.Pending(ctx)
+	// Asked aside: a subscription stuck in its client (nats.go's ordered
+	// consumer holds its lock while it recreates itself) may not return
+	// when ctx ends.
+	type answer struct {
+		n   uint64
+		err error
+	}
+	ch := make(chan answer, 1)
+	go func() {
+		n, err := pr.Pending(ctx)
+		ch <- answer{n, err}
+	}()
+	var n uint64
+	var err error
+	select {
+	case a := <-ch:
+		n, err = a.n, a.err
+	case <-ctx.Done():
+		err = fmt.Errorf("%w: %w", errNoAnswer, ctx.Err())
+	}
 	switch {
-	case errors.Is(err, jetstream.ErrConsumerNotFound):
+	case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, errNoAnswer):
+		// Gone from the server, or stuck in the client (nats.go's ordered
+		// consumer retries recreating itself for as long as it takes,
+		// holding its lock; seen after a leader SIGKILL).
 	case err != nil || n == 0:
 		return // passing trouble: the next check asks again
 	}
-	r.log.Warn("consumer delivered nothing although the source holds messages for it; restarting it",
-		"pending", n, "idle", time.Since(r.delivered).Round(time.Second), "error", err)
+	// Logged once per episode: while the cluster cannot answer, the check
+	// restarts the consumer every interval.
+	log := r.log.Warn
+	if r.quietRestarts > 0 {
+		log = r.log.Debug
+	}
+	r.quietRestarts++
+	if err != nil {
+		log("consumer did not answer and delivered nothing; restarting it", "idle", time.Since(r.delivered).Round(time.Second), "error", err)
+	} else {
+		log("consumer delivered nothing although the source holds messages for it; restarting it", "pending", n, "idle", time.Since(r.delivered).Round(time.Second))
+	}
 	r.metrics.errors.WithLabelValues(r.def.Name()).Inc()
 	r.restartAt = r.next
 }
