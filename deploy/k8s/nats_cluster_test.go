@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/natsconn"
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
 // TestNATSClusterRuns runs prod's nats.conf for real: three servers in this
@@ -124,7 +125,7 @@ func TestNATSClusterRuns(t *testing.T) {
 	}
 	defer conn.NC.Close()
 	for {
-		_, err = conn.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "EVENTS", Subjects: []string{"events.>"}, Replicas: n})
+		_, err = conn.JS.CreateStream(ctx, jetstream.StreamConfig{Name: contract.EventsStream, Subjects: []string{contract.AllEvents}, Replicas: n})
 		if err == nil || ctx.Err() != nil {
 			break
 		}

@@ -19,11 +19,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/internal/emitter"
-	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/internal/examplecheck"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
-	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // ClusterOptions configure the cluster benchmark (PipelineCluster). Zero
@@ -307,9 +306,9 @@ func (r *latencyRunner) state(ctx context.Context, events, derived jetstream.Str
 	if head, err := eventstore.Head(ctx, r.b.pool); err == nil {
 		parts = append(parts, fmt.Sprintf("store head %d", head))
 	}
-	ev, err := lastPosition(ctx, events, eventmsg.HeaderEventPosition)
+	ev, err := lastPosition(ctx, events, contract.HeaderEventPosition)
 	parts = append(parts, fmt.Sprintf("EVENTS last position %d (%v)", ev, err))
-	der, err := lastPosition(ctx, derived, emitter.HeaderSourcePosition)
+	der, err := lastPosition(ctx, derived, contract.HeaderSourcePosition)
 	parts = append(parts, fmt.Sprintf("derived last source position %d (%v)", der, err))
 	var outbox, rows int64
 	_ = r.b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox`).Scan(&outbox)
@@ -374,7 +373,7 @@ func (r *latencyRunner) kills(ctx context.Context, cl *NATSCluster, res *Cluster
 		return werr
 	}
 
-	own := projector.OwnStream(examples.WalletBalanceName)
+	own := contract.ProjectionStream(examples.WalletBalanceName)
 	js := r.b.js
 	for k := range o.Kills {
 		if err := r.waitHealthy(ctx, 60*time.Second); err != nil {
@@ -394,7 +393,7 @@ func (r *latencyRunner) kills(ctx context.Context, cl *NATSCluster, res *Cluster
 			if err != nil {
 				return false, nil // the emitter creates it
 			}
-			pos, _ := lastPosition(ctx, s, emitter.HeaderSourcePosition)
+			pos, _ := lastPosition(ctx, s, contract.HeaderSourcePosition)
 			return head > 0 && pos > 0 && head-pos < int64(o.Rate), nil
 		}); err != nil {
 			_ = halt() // this error, not the writers', is the one to report
@@ -414,11 +413,11 @@ func (r *latencyRunner) kills(ctx context.Context, cl *NATSCluster, res *Cluster
 	}
 	res.Appended = appended
 	stopped := time.Now()
-	events, err := examples.ReadAllEvents(ctx, r.b.pool)
+	events, err := examplecheck.ReadAllEvents(ctx, r.b.pool)
 	if err != nil {
 		return err
 	}
-	fold, err := examples.FoldWallets(events)
+	fold, err := examplecheck.FoldWallets(events)
 	if err != nil {
 		return err
 	}
@@ -461,7 +460,7 @@ func (r *latencyRunner) killLeader(ctx context.Context, cl *NATSCluster, own str
 	if err != nil {
 		return rs, err
 	}
-	rs.Node = leaders["EVENTS"]
+	rs.Node = leaders[contract.EventsStream]
 	node := cl.Node(rs.Node)
 	if node == nil {
 		return rs, fmt.Errorf("bench: EVENTS led by %q, not a node of the cluster", rs.Node)
@@ -478,7 +477,7 @@ func (r *latencyRunner) killLeader(ctx context.Context, cl *NATSCluster, own str
 	if err != nil {
 		return rs, err
 	}
-	events, err := js.Stream(ctx, "EVENTS")
+	events, err := js.Stream(ctx, contract.EventsStream)
 	if err != nil {
 		return rs, err
 	}
@@ -499,12 +498,12 @@ func (r *latencyRunner) killLeader(ctx context.Context, cl *NATSCluster, own str
 			return false, err
 		}
 		if evAt.IsZero() {
-			if pos, _ := lastPosition(pctx, events, eventmsg.HeaderEventPosition); pos > head {
+			if pos, _ := lastPosition(pctx, events, contract.HeaderEventPosition); pos > head {
 				evAt = time.Now()
 			}
 		}
 		if derAt.IsZero() {
-			if pos, _ := lastPosition(pctx, derived, emitter.HeaderSourcePosition); pos > head {
+			if pos, _ := lastPosition(pctx, derived, contract.HeaderSourcePosition); pos > head {
 				derAt = time.Now()
 			}
 		}
@@ -556,7 +555,7 @@ func streamLeaders(ctx context.Context, js jetstream.JetStream) (map[string]stri
 	if err := infos.Err(); err != nil && !errors.Is(err, jetstream.ErrEndOfData) {
 		return nil, err
 	}
-	if out["EVENTS"] == "" {
+	if out[contract.EventsStream] == "" {
 		return nil, errors.New("bench: EVENTS has no leader")
 	}
 	return out, nil

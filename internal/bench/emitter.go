@@ -23,6 +23,7 @@ import (
 	"github.com/jetproj/jetproj/internal/derived"
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/emitter"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 
@@ -317,7 +318,7 @@ func fillEmitterOutbox(ctx context.Context, pool *pgxpool.Pool, o EmitterOptions
 		return fmt.Errorf("bench: empty outbox: %w", err)
 	}
 	pad := strings.Repeat("x", max(o.Payload-50, 0))
-	prefix := "project." + emitterProjection + ".wallet.w"
+	prefix := contract.ProjectionPrefix + "." + emitterProjection + ".wallet.w"
 	_, err := pool.Exec(ctx, `INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, generation, emit_seq, event_type, payload, source_seq, source_position)
 SELECT $1, 'wallet/w' || p, $2 || p, $1 || ':0:wallet/w' || p || ':' || s, 0, s, 'WalletBalanceWasChanged',
        jsonb_build_object('walletId', 'wallet/w' || p, 'balance', i * 7, 'note', $5::text), i, i
@@ -357,11 +358,11 @@ func outboxMsgs(ctx context.Context, pool *pgxpool.Pool) ([]*nats.Msg, error) {
 // resetEmitterStream deletes and creates the projection's stream, with
 // the settings the projector gives it.
 func resetEmitterStream(ctx context.Context, js jetstream.JetStream) error {
-	if err := deleteStream(ctx, js, projector.OwnStream(emitterProjection)); err != nil {
+	if err := deleteStream(ctx, js, contract.ProjectionStream(emitterProjection)); err != nil {
 		return err
 	}
 	_, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: projector.OwnStream(emitterProjection), Subjects: []string{"project." + emitterProjection + ".>"},
+		Name: contract.ProjectionStream(emitterProjection), Subjects: []string{contract.ProjectionSubjects(emitterProjection)},
 		Storage: jetstream.FileStorage, AllowDirect: true, Duplicates: 2 * time.Minute,
 		Description: "jetproj benchmark: emitter",
 	})
@@ -413,7 +414,7 @@ func rawEmitterPublish(ctx context.Context, t Target, admin jetstream.JetStream,
 	if err != nil {
 		return run, err
 	}
-	if got, err := streamMsgs(ctx, admin, projector.OwnStream(emitterProjection)); err != nil || got != uint64(len(msgs)) {
+	if got, err := streamMsgs(ctx, admin, contract.ProjectionStream(emitterProjection)); err != nil || got != uint64(len(msgs)) {
 		return run, fmt.Errorf("bench: raw stream holds %d messages, want %d (%v)", got, len(msgs), err)
 	}
 	return run, nil
@@ -444,7 +445,7 @@ func emitterDrain(ctx context.Context, t Target, admin jetstream.JetStream, pool
 		cancel()
 		<-done
 	}()
-	stream := projector.OwnStream(emitterProjection)
+	stream := contract.ProjectionStream(emitterProjection)
 	for {
 		got, err := streamMsgs(ctx, admin, stream)
 		if err != nil {

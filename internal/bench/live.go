@@ -16,7 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/feeder"
-	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 )
 
@@ -100,7 +100,7 @@ func measureLive(ctx context.Context, t Target, streamName string, o liveOptions
 	)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		now := time.Now()
-		pos, err := strconv.ParseInt(m.Headers().Get(eventmsg.HeaderEventPosition), 10, 64)
+		pos, err := strconv.ParseInt(m.Headers().Get(contract.HeaderEventPosition), 10, 64)
 		if err != nil {
 			return // not an event message; the count check below reports it
 		}

@@ -19,7 +19,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/emitter"
-	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -227,9 +227,9 @@ func measurePipeline(ctx context.Context, js jetstream.JetStream, nc *nats.Conn,
 		events  = map[int64]time.Time{}
 		derived = map[string][]derivedMark{}
 	)
-	sub, err := nc.Subscribe("project."+examples.WalletBalanceName+".>", func(m *nats.Msg) {
+	sub, err := nc.Subscribe(contract.ProjectionSubjects(examples.WalletBalanceName), func(m *nats.Msg) {
 		now := time.Now()
-		pos, err := strconv.ParseInt(m.Header.Get(emitter.HeaderSourcePosition), 10, 64)
+		pos, err := strconv.ParseInt(m.Header.Get(contract.HeaderSourcePosition), 10, 64)
 		if err != nil {
 			return
 		}
@@ -245,7 +245,7 @@ func measurePipeline(ctx context.Context, js jetstream.JetStream, nc *nats.Conn,
 	var stream jetstream.Stream
 	for stream == nil {
 		// The feeder creates EVENTS when it starts.
-		if stream, err = js.Stream(ctx, "EVENTS"); err != nil {
+		if stream, err = js.Stream(ctx, contract.EventsStream); err != nil {
 			if !errors.Is(err, jetstream.ErrStreamNotFound) {
 				return PipelineRound{}, err
 			}
@@ -262,7 +262,7 @@ func measurePipeline(ctx context.Context, js jetstream.JetStream, nc *nats.Conn,
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		now := time.Now()
-		if pos, err := strconv.ParseInt(m.Headers().Get(eventmsg.HeaderEventPosition), 10, 64); err == nil {
+		if pos, err := strconv.ParseInt(m.Headers().Get(contract.HeaderEventPosition), 10, 64); err == nil {
 			mu.Lock()
 			events[pos] = now
 			mu.Unlock()

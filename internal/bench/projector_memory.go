@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 	"github.com/jetproj/jetproj/pkg/subject"
@@ -102,7 +103,7 @@ func writePartitions(ctx context.Context, t Target, js jetstream.JetStream, name
 	if err != nil {
 		return Run{}, err
 	}
-	bucket := "jetproj_state_" + name
+	bucket := contract.StateBucket(name)
 	if err := deleteBucket(ctx, js, bucket); err != nil {
 		return Run{}, err
 	}
@@ -132,7 +133,7 @@ func writePartitions(ctx context.Context, t Target, js jetstream.JetStream, name
 		return Run{}, err
 	}
 	d := newDomain(seed + 1000)
-	prefix := "$KV." + bucket + "."
+	prefix := contract.KVSubjectPrefix(bucket)
 	now := time.Now().UTC()
 	start := time.Now()
 	for i := range n {
@@ -170,7 +171,7 @@ func writePartitions(ctx context.Context, t Target, js jetstream.JetStream, name
 	if err != nil {
 		return run, err
 	}
-	if got, err := streamMsgs(ctx, js, "KV_"+bucket); err != nil || got != uint64(n+64) {
+	if got, err := streamMsgs(ctx, js, contract.KVStream(bucket)); err != nil || got != uint64(n+64) {
 		return run, fmt.Errorf("bench: bucket %s holds %d entries, want %d (%v)", bucket, got, n+64, err)
 	}
 	return run, nil

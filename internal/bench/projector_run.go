@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -83,7 +84,7 @@ func publishEvents(ctx context.Context, t Target, evs []eventstore.Event) (Run, 
 			defer mu.Unlock()
 			failures++
 			if pubErr == nil {
-				pubErr = fmt.Errorf("bench: publish %s: %w", m.Header.Get(eventmsg.HeaderMsgID), err)
+				pubErr = fmt.Errorf("bench: publish %s: %w", m.Header.Get(contract.HeaderMsgID), err)
 			}
 		}))
 	if err != nil {
@@ -95,7 +96,7 @@ func publishEvents(ctx context.Context, t Target, evs []eventstore.Event) (Run, 
 	}
 	start := time.Now()
 	for _, e := range evs {
-		msg, err := eventmsg.New(subject.EventsPrefix, e)
+		msg, err := eventmsg.New(contract.EventsPrefix, e)
 		if err != nil {
 			return Run{}, fmt.Errorf("bench: event %d: %w", e.Position, err)
 		}
@@ -416,12 +417,12 @@ func catchUpRun(ctx context.Context, t Target, js jetstream.JetStream, name stri
 
 // dropProjection deletes a projection's KV buckets and registry entry.
 func dropProjection(ctx context.Context, js jetstream.JetStream, name string) error {
-	for _, b := range []string{"jetproj_state_" + name, "jetproj_leases_" + name} {
+	for _, b := range []string{contract.StateBucket(name), contract.LeaseBucket(name)} {
 		if err := deleteBucket(ctx, js, b); err != nil {
 			return err
 		}
 	}
-	kv, err := js.KeyValue(ctx, projector.RegistryBucket)
+	kv, err := js.KeyValue(ctx, contract.RegistryBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil
 	}

@@ -86,7 +86,7 @@ func (b *projectorBench) scaleRun(ctx context.Context, kind string, n int) (Scal
 	var handled atomic.Int64
 	var opts []projection.Option
 	if kind == kindGlobal {
-		opts = append(opts, projection.AsGlobal())
+		opts = append(opts, projection.Global())
 	}
 	var reps []*replica
 	defer func() { _ = stopAll(reps) }() // after an error; stopping twice is harmless

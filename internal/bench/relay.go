@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 )
@@ -123,7 +124,7 @@ func rawRelay(ctx context.Context, t Target, want int) (Run, error) {
 			defer mu.Unlock()
 			failures++
 			if pubErr == nil {
-				pubErr = fmt.Errorf("bench: raw publish %s: %w", m.Header.Get(eventmsg.HeaderMsgID), err)
+				pubErr = fmt.Errorf("bench: raw publish %s: %w", m.Header.Get(contract.HeaderMsgID), err)
 			}
 		}))
 	if err != nil {

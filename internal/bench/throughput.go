@@ -19,11 +19,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/internal/feeder"
 	"github.com/jetproj/jetproj/internal/jsretry"
+	"github.com/jetproj/jetproj/internal/projectionspec"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
-	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // Goals of the pipeline throughput benchmark (DESIGN.md §5): the whole
@@ -174,7 +176,7 @@ type throughputBench struct {
 	pool     *pgxpool.Pool
 	js       jetstream.JetStream
 	bins     *serviceBinaries
-	fold     map[string]examples.WalletRow
+	fold     map[string]examplecheck.WalletRow
 	sum      int64
 	natsPIDs []int
 	http     *http.Client
@@ -236,11 +238,11 @@ func PipelineThroughput(ctx context.Context, t Target, natsPID int, opts Through
 	if err != nil {
 		return res, err
 	}
-	events, err := examples.ReadAllEvents(ctx, b.pool)
+	events, err := examplecheck.ReadAllEvents(ctx, b.pool)
 	if err != nil {
 		return res, err
 	}
-	if b.fold, err = examples.FoldWallets(events); err != nil {
+	if b.fold, err = examplecheck.FoldWallets(events); err != nil {
 		return res, err
 	}
 	for _, w := range b.fold {
@@ -564,7 +566,7 @@ func (b *throughputBench) startProjection(ctx context.Context, name string) (p, 
 func projectionSlots(name string) int {
 	for _, d := range examples.All(nil) {
 		if def := d.Def(); def.Name() == name {
-			return def.Spec().Slots
+			return projectionspec.Of(def).Settings().Slots
 		}
 	}
 	return 64
@@ -590,7 +592,7 @@ func (b *throughputBench) caughtUp(ctx context.Context, name, metricsURL string)
 		if err != nil || rows != int64(len(b.fold)) || sum != b.sum {
 			return false, nil
 		}
-		got, err := examples.ReadWallets(ctx, b.pool)
+		got, err := examplecheck.ReadWallets(ctx, b.pool)
 		if err != nil {
 			return false, err
 		}
@@ -600,7 +602,7 @@ func (b *throughputBench) caughtUp(ctx context.Context, name, metricsURL string)
 		if err != nil || m["jetproj_projector_partitions_unpublished"] != 0 {
 			return false, err
 		}
-		docs, err := examples.ReadWalletDocs(ctx, b.js)
+		docs, err := examplecheck.ReadWalletDocs(ctx, b.js)
 		if err != nil {
 			return false, err
 		}
@@ -619,7 +621,7 @@ func (b *throughputBench) check(ctx context.Context, name string) (int, error) {
 	}
 	switch name {
 	case examples.WalletBalanceName:
-		got, err := examples.ReadWallets(ctx, b.pool)
+		got, err := examplecheck.ReadWallets(ctx, b.pool)
 		if err == nil {
 			err = diffWallets(got, b.fold)
 		}
@@ -631,7 +633,7 @@ func (b *throughputBench) check(ctx context.Context, name string) (int, error) {
 			errs = append(errs, fmt.Errorf("outbox holds %d rows, want 0 (%v)", outbox, err))
 		}
 	default:
-		got, err := examples.ReadWalletDocs(ctx, b.js)
+		got, err := examplecheck.ReadWalletDocs(ctx, b.js)
 		if err == nil {
 			err = diffDocs(got, b.fold)
 		}
@@ -641,13 +643,13 @@ func (b *throughputBench) check(ctx context.Context, name string) (int, error) {
 	}
 	// On a cluster a read may meet a stream whose leader is still being
 	// chosen (no responders): read again, a few times.
-	derived, err := examples.ReadDerived(ctx, b.js, projector.OwnStream(name))
+	derived, err := examplecheck.ReadDerived(ctx, b.js, contract.ProjectionStream(name))
 	for try := 0; err != nil && jsretry.Transient(err) && try < 20 && ctx.Err() == nil; try++ {
 		select {
 		case <-ctx.Done():
 		case <-time.After(250 * time.Millisecond):
 		}
-		derived, err = examples.ReadDerived(ctx, b.js, projector.OwnStream(name))
+		derived, err = examplecheck.ReadDerived(ctx, b.js, contract.ProjectionStream(name))
 	}
 	if err != nil {
 		errs = append(errs, fmt.Errorf("derived events: %w", err))
@@ -656,7 +658,7 @@ func (b *throughputBench) check(ctx context.Context, name string) (int, error) {
 	// a projection without a stream of its own emits nothing.
 	if name == examples.WalletBalanceName || len(derived) > 0 {
 		if err := checkDerived(derived, b.fold); err != nil {
-			errs = append(errs, fmt.Errorf("derived events on %s: %w", projector.OwnStream(name), err))
+			errs = append(errs, fmt.Errorf("derived events on %s: %w", contract.ProjectionStream(name), err))
 		}
 	}
 	return len(derived), errors.Join(errs...)
@@ -664,7 +666,7 @@ func (b *throughputBench) check(ctx context.Context, name string) (int, error) {
 
 // checkDerived checks that every wallet's last WalletBalanceWasChanged
 // carries its final balance and that no Nats-Msg-Id appears twice.
-func checkDerived(derived []examples.DerivedEvent, fold map[string]examples.WalletRow) error {
+func checkDerived(derived []examplecheck.DerivedEvent, fold map[string]examplecheck.WalletRow) error {
 	last := map[string]int64{}
 	ids := make(map[string]struct{}, len(derived))
 	var dups []string
@@ -702,7 +704,7 @@ func checkDerived(derived []examples.DerivedEvent, fold map[string]examples.Wall
 	return errors.Join(errs...)
 }
 
-func diffWallets(got, want map[string]examples.WalletRow) error {
+func diffWallets(got, want map[string]examplecheck.WalletRow) error {
 	var bad []string
 	for id, w := range want {
 		if g, ok := got[id]; !ok || g != w {
@@ -712,7 +714,7 @@ func diffWallets(got, want map[string]examples.WalletRow) error {
 	return diffResult(len(got), len(want), bad)
 }
 
-func diffDocs(got map[string]examples.WalletDoc, want map[string]examples.WalletRow) error {
+func diffDocs(got map[string]examples.WalletDoc, want map[string]examplecheck.WalletRow) error {
 	var bad []string
 	for id, w := range want {
 		if g, ok := got[id]; !ok || g.Owner != w.Owner || g.Balance != w.Balance {

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/emitter"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -87,7 +88,7 @@ func WaitForLatency(ctx context.Context, t Target, o WaitForOptions) (WaitForRes
 	}
 	defer f.stop() //nolint:errcheck // the result is measured by then
 	def := examples.WalletBalance(c.pool)
-	if err := projector.Init(ctx, js, def.Def(), 1); err != nil {
+	if err := projector.NewAdmin(js, projector.AdminOptions{}).Init(ctx, def); err != nil {
 		return res, err
 	}
 	p, err := projector.New(c.nc, projector.Options{Replica: "bench", Logger: o.Logger.With("service", "projector")}, def)
@@ -150,9 +151,9 @@ func measureWaitFor(ctx context.Context, nc *nats.Conn, pool interface {
 		mu      sync.Mutex
 		derived = map[string][]derivedMark{}
 	)
-	sub, err := nc.Subscribe("project."+examples.WalletBalanceName+".>", func(m *nats.Msg) {
+	sub, err := nc.Subscribe(contract.ProjectionSubjects(examples.WalletBalanceName), func(m *nats.Msg) {
 		now := time.Now()
-		pos, err := strconv.ParseInt(m.Header.Get(emitter.HeaderSourcePosition), 10, 64)
+		pos, err := strconv.ParseInt(m.Header.Get(contract.HeaderSourcePosition), 10, 64)
 		if err != nil {
 			return
 		}

@@ -24,10 +24,13 @@ import (
 
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/emitter"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/internal/feeder"
 	"github.com/jetproj/jetproj/internal/natsconn"
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/internal/pgpool"
+	"github.com/jetproj/jetproj/internal/projectionspec"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -211,10 +214,10 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return res, fmt.Errorf("demo: the pipeline did not settle within 30s: %w", verr)
 	}
 	say("\n✔ %d events appended to PostgreSQL, %d on EVENTS, each exactly once.", res.Written, res.Fed)
-	say("✔ every read model equals the fold of all events (examples.Verify).")
+	say("✔ every read model equals the fold of all events (examplecheck.Verify).")
 	say("✔ %d derived events on project.> and %d on completed_orders.>, %d duplicates;", res.Derived, res.Linked, res.Duplicates)
 	say("  each wallet's last WalletBalanceWasChanged carries its final balance; one OrderFullyCompleted")
-	say("  per completed order, whatever the order its events arrived in (examples.VerifyDerived).")
+	say("  per completed order, whatever the order its events arrived in (examplecheck.VerifyDerived).")
 	stopServices()
 	wg.Wait()
 	return res, nil
@@ -226,7 +229,7 @@ func settled(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, v 
 	if fed := v.fedCount(); fed < written {
 		return fmt.Errorf("%d of %d events on EVENTS", fed, written)
 	}
-	if err := examples.Verify(ctx, pool, js); err != nil {
+	if err := examplecheck.Verify(ctx, pool, js); err != nil {
 		return err
 	}
 	var pending int
@@ -236,7 +239,7 @@ func settled(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, v 
 	if pending > 0 {
 		return fmt.Errorf("%d derived events still in the outbox", pending)
 	}
-	if err := examples.VerifyDerived(ctx, pool, js); err != nil {
+	if err := examplecheck.VerifyDerived(ctx, pool, js); err != nil {
 		return err
 	}
 	return v.balancesMatch(ctx, pool)
@@ -250,8 +253,9 @@ func cleanSlate(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream,
 		return err
 	}
 	for _, d := range defs {
-		_, _, del, _ := d.Def().Hooks()
-		if del == nil || d.Def().Spec().Pool == nil {
+		spec := projectionspec.Of(d)
+		del := spec.Hooks().Delete
+		if del == nil || spec.Settings().Pool == nil {
 			continue
 		}
 		tx, err := pool.Begin(ctx)
@@ -272,7 +276,7 @@ func cleanSlate(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream,
 	names := js.StreamNames(ctx)
 	var doomed []string
 	for n := range names.Name() {
-		if n == "EVENTS" || strings.HasPrefix(n, "KV_jetproj_") || strings.HasPrefix(n, "PROJECT_") || contains(linkStreams, n) {
+		if n == contract.EventsStream || strings.HasPrefix(n, contract.KVStream(contract.BucketPrefix)) || strings.HasPrefix(n, contract.ProjectionStreamPrefix) || contains(linkStreams, n) {
 			doomed = append(doomed, n)
 		}
 	}

@@ -14,8 +14,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/internal/examplecheck"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/examples"
-	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // view draws frames: the read models on the left, the derived events as
@@ -60,8 +61,8 @@ func (v *view) watch(ctx context.Context, nc *nats.Conn, js jetstream.JetStream)
 	onDerived := func(m *nats.Msg) {
 		v.mu.Lock()
 		defer v.mu.Unlock()
-		d := derived{at: time.Now(), subject: m.Subject, typ: m.Header.Get("Event-Type"), payload: string(m.Data)}
-		if strings.HasPrefix(m.Subject, "project.") {
+		d := derived{at: time.Now(), subject: m.Subject, typ: m.Header.Get(contract.HeaderEventType), payload: string(m.Data)}
+		if strings.HasPrefix(m.Subject, contract.ProjectionPrefix+".") {
 			v.seen++
 		} else {
 			v.linked++
@@ -79,18 +80,18 @@ func (v *view) watch(ctx context.Context, nc *nats.Conn, js jetstream.JetStream)
 			v.recent = v.recent[len(v.recent)-recentShown:]
 		}
 	}
-	if err := subscribe(ctx, nc, "project.>", onDerived); err != nil {
+	if err := subscribe(ctx, nc, contract.AllProjections, onDerived); err != nil {
 		return err
 	}
 	for _, l := range linkStreams {
-		if err := subscribe(ctx, nc, l+".>", onDerived); err != nil {
+		if err := subscribe(ctx, nc, contract.LinkedSubjects(l), onDerived); err != nil {
 			return err
 		}
 	}
 	go func() {
-		_ = watchStream(ctx, js, "EVENTS", func(m jetstream.Msg) {
+		_ = watchStream(ctx, js, contract.EventsStream, func(m jetstream.Msg) {
 			v.mu.Lock()
-			v.lastEvt = m.Subject() + " " + m.Headers().Get("Event-Type")
+			v.lastEvt = m.Subject() + " " + m.Headers().Get(contract.HeaderEventType)
 			v.mu.Unlock()
 		})
 	}()
@@ -101,7 +102,7 @@ func (v *view) watch(ctx context.Context, nc *nats.Conn, js jetstream.JetStream)
 func (v *view) fedCount() int {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	s, err := v.js.Stream(ctx, "EVENTS")
+	s, err := v.js.Stream(ctx, contract.EventsStream)
 	if err != nil {
 		return 0
 	}
@@ -169,7 +170,7 @@ func readModels(ctx context.Context, pool *pgxpool.Pool) []string {
 	var wallets int
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM wallet_balance`).Scan(&wallets)
 	lines = append(lines, fmt.Sprintf("  (%d wallets)", wallets))
-	if c, err := examples.ReadTicketCounts(ctx, pool); err == nil {
+	if c, err := examplecheck.ReadTicketCounts(ctx, pool); err == nil {
 		lines = append(lines, "", "ticket_counts (global)", fmt.Sprintf("  open %d · closed %d", c.Open, c.Closed))
 	}
 	var total, done int
@@ -218,7 +219,7 @@ func (v *view) balancesMatch(ctx context.Context, pool *pgxpool.Pool) error {
 	v.mu.Lock()
 	v.stats = st
 	v.mu.Unlock()
-	rows, err := examples.ReadWallets(ctx, pool)
+	rows, err := examplecheck.ReadWallets(ctx, pool)
 	if err != nil {
 		return err
 	}
@@ -237,7 +238,7 @@ func readDerived(ctx context.Context, js jetstream.JetStream) (streamStats, erro
 	ids := map[string]bool{}
 	var streams []string
 	for _, n := range examples.Names() {
-		streams = append(streams, projector.OwnStream(n))
+		streams = append(streams, contract.ProjectionStream(n))
 	}
 	streams = append(streams, linkStreams...)
 	for _, name := range streams {
@@ -272,7 +273,7 @@ func readDerived(ctx context.Context, js jetstream.JetStream) (streamStats, erro
 				} else {
 					st.derived++
 				}
-				if m.Headers().Get("Event-Type") == examples.TypeWalletBalanceWasChanged {
+				if m.Headers().Get(contract.HeaderEventType) == examples.TypeWalletBalanceWasChanged {
 					var p examples.WalletBalanceWasChanged
 					if json.Unmarshal(m.Data(), &p) == nil {
 						st.lastBalance[p.WalletID] = p.Balance

@@ -1,8 +1,9 @@
-// Package derived is the contract of derived events on JetStream — their
+// Package derived builds and publishes derived events on JetStream — their
 // headers, linked streams and the marks that make publishing them exactly
-// once — shared by the two publishers: the emitter, which relays the
-// outbox of projections with a PostgreSQL sink, and the projector, which
-// publishes the events of projections whose state lives in KV.
+// once — for the two publishers: the emitter, which relays the outbox of
+// projections with a PostgreSQL sink, and the projector, which publishes
+// the events of projections whose state lives in KV. The names of the
+// headers, streams and subjects are package contract's.
 //
 // Every derived event carries its partition's generation and emission
 // sequence (headers Projection-Generation and Emission-Seq). A publisher
@@ -25,32 +26,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/internal/tracing"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/subject"
-)
-
-// Header names of derived events.
-const (
-	HeaderEventType      = "Event-Type"
-	HeaderProjection     = "Projection"
-	HeaderPartition      = "Partition"
-	HeaderGeneration     = "Projection-Generation"
-	HeaderEmissionSeq    = "Emission-Seq"
-	HeaderSourcePosition = "Source-Position"
-	HeaderSourceSequence = "Source-Sequence"
-	// HeaderCausationID names the event that caused the derived event: the
-	// source message's Nats-Msg-Id (event-<position> for the feeder's
-	// events, the derived event's id in a pipeline), or
-	// <stream>:<sequence> for a source message without one.
-	HeaderCausationID = "Causation-Id"
-	// HeaderCorrelationID is the correlation_id entry of the derived
-	// event's metadata (carried over from the source event, or given with
-	// projection.WithMetadata), when it has one.
-	HeaderCorrelationID = "Correlation-Id"
-	// MetadataCorrelationID is the metadata key HeaderCorrelationID comes
-	// from.
-	MetadataCorrelationID = "correlation_id"
 )
 
 // Link is a stream a derived event is linked to.
@@ -88,7 +66,7 @@ type Event struct {
 	// Metadata is sent as Meta-* headers, encoded as the feeder encodes an
 	// event's metadata; its correlation_id entry as Correlation-Id too.
 	Metadata map[string]string
-	// CausationID is the source event's id (HeaderCausationID).
+	// CausationID is the source event's id (contract.HeaderCausationID).
 	CausationID string
 }
 
@@ -104,26 +82,26 @@ func (e Event) Msg(subj string) *nats.Msg {
 		id = MsgID(e.Projection, e.Generation, e.Partition, e.Seq)
 	}
 	m.Header.Set(nats.MsgIdHdr, id)
-	m.Header.Set(HeaderEventType, e.Type)
-	m.Header.Set(HeaderProjection, e.Projection)
-	m.Header.Set(HeaderPartition, EscapeKey(e.Partition))
-	m.Header.Set(HeaderGeneration, strconv.Itoa(e.Generation))
-	m.Header.Set(HeaderEmissionSeq, strconv.FormatUint(e.Seq, 10))
-	m.Header.Set(HeaderSourceSequence, strconv.FormatUint(e.SourceSeq, 10))
+	m.Header.Set(contract.HeaderEventType, e.Type)
+	m.Header.Set(contract.HeaderProjection, e.Projection)
+	m.Header.Set(contract.HeaderPartition, EscapeKey(e.Partition))
+	m.Header.Set(contract.HeaderGeneration, strconv.Itoa(e.Generation))
+	m.Header.Set(contract.HeaderEmissionSeq, strconv.FormatUint(e.Seq, 10))
+	m.Header.Set(contract.HeaderSourceSequence, strconv.FormatUint(e.SourceSeq, 10))
 	if e.SourcePosition > 0 {
-		m.Header.Set(HeaderSourcePosition, strconv.FormatInt(e.SourcePosition, 10))
+		m.Header.Set(contract.HeaderSourcePosition, strconv.FormatInt(e.SourcePosition, 10))
 	}
 	if e.TraceParent != "" {
-		m.Header.Set(tracing.Header, e.TraceParent)
+		m.Header.Set(contract.HeaderTraceParent, e.TraceParent)
 	}
 	if e.CausationID != "" {
-		m.Header.Set(HeaderCausationID, e.CausationID)
+		m.Header.Set(contract.HeaderCausationID, e.CausationID)
 	}
 	for k, v := range e.Metadata {
 		name, val := eventmsg.MetaHeader(k, v)
 		m.Header[name] = []string{val}
-		if k == MetadataCorrelationID {
-			m.Header[HeaderCorrelationID] = []string{val}
+		if k == contract.MetadataCorrelationID {
+			m.Header[contract.HeaderCorrelationID] = []string{val}
 		}
 	}
 	return m
@@ -165,8 +143,8 @@ func (m Mark) Before(o Mark) bool { return m.Gen < o.Gen || m.Gen == o.Gen && m.
 // MarkOf reads the mark of a derived event from its headers.
 func MarkOf(h nats.Header) Mark {
 	var m Mark
-	m.Gen, _ = strconv.Atoi(h.Get(HeaderGeneration))
-	m.Seq, _ = strconv.ParseUint(h.Get(HeaderEmissionSeq), 10, 64)
+	m.Gen, _ = strconv.Atoi(h.Get(contract.HeaderGeneration))
+	m.Seq, _ = strconv.ParseUint(h.Get(contract.HeaderEmissionSeq), 10, 64)
 	return m
 }
 
@@ -178,24 +156,21 @@ func LinkTarget(link, subj string) (stream, target string, err error) {
 	if err := subject.ValidName(prefix); err != nil {
 		return "", "", fmt.Errorf("LinkTo %q: %w", link, err)
 	}
-	return link, prefix + "." + strings.TrimPrefix(subj, "project."), nil
+	return link, contract.LinkedSubject(link, subj), nil
 }
-
-// linkDescription marks the streams jetproj created for LinkTo.
-const linkDescription = "jetproj linked stream"
 
 // EnsureLinkStream creates the linked stream link, or checks that the
 // stream of that name is one jetproj created for links.
 func EnsureLinkStream(ctx context.Context, js jetstream.JetStream, link string, replicas int) error {
-	_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: link, Subjects: []string{strings.ToLower(link) + ".>"},
+	_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: link, Subjects: []string{contract.LinkedSubjects(link)},
 		Replicas: max(replicas, 1), AllowDirect: true, Storage: jetstream.FileStorage,
-		Description: linkDescription})
+		Description: contract.LinkedStreamDescription})
 	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		s, serr := js.Stream(ctx, link)
 		if serr != nil {
 			return fmt.Errorf("linked stream %s: %w", link, serr)
 		}
-		if cfg := s.CachedInfo().Config; cfg.Description != linkDescription {
+		if cfg := s.CachedInfo().Config; cfg.Description != contract.LinkedStreamDescription {
 			return fmt.Errorf("linked stream %s: %w (subjects %v)", link, ErrNotLinkStream, cfg.Subjects)
 		}
 		return nil
@@ -340,7 +315,7 @@ func (t *Tracker) Acked(ctx context.Context, msg *nats.Msg, ack *jetstream.PubAc
 		return fmt.Errorf("derived: check duplicate acknowledgement of %s: %w", msg.Subject, err)
 	}
 	held := MarkOf(raw.Header)
-	if raw.Subject == msg.Subject && held == mark && raw.Header.Get(HeaderProjection) == msg.Header.Get(HeaderProjection) {
+	if raw.Subject == msg.Subject && held == mark && raw.Header.Get(contract.HeaderProjection) == msg.Header.Get(contract.HeaderProjection) {
 		t.Set(msg.Subject, mark) // published before; the stream holds it
 		return nil
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/derived"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 )
 
@@ -26,8 +27,8 @@ func TestMsgCarriesItsMark(t *testing.T) {
 	if got := derived.MarkOf(m.Header); got != e.Mark() {
 		t.Fatalf("mark %+v, want %+v", got, e.Mark())
 	}
-	for h, want := range map[string]string{"Nats-Msg-Id": e.MsgID, derived.HeaderEventType: e.Type, derived.HeaderPartition: e.Partition,
-		derived.HeaderSourceSequence: "40", derived.HeaderSourcePosition: "39", "traceparent": e.TraceParent} {
+	for h, want := range map[string]string{"Nats-Msg-Id": e.MsgID, contract.HeaderEventType: e.Type, contract.HeaderPartition: e.Partition,
+		contract.HeaderSourceSequence: "40", contract.HeaderSourcePosition: "39", "traceparent": e.TraceParent} {
 		if got := m.Header.Get(h); got != want {
 			t.Errorf("header %s = %q, want %q", h, got, want)
 		}
@@ -110,7 +111,7 @@ func TestMsgCarriesMetadataAndCausation(t *testing.T) {
 	e := derived.Event{Projection: "p", Partition: "k", Subject: "project.p.k", Generation: 1, Seq: 2, Type: "T",
 		CausationID: "event-41", Metadata: map[string]string{"correlation_id": "c-1", "user id": "ü", "note": "two\nlines"}}
 	m := e.Msg(e.Subject)
-	for h, want := range map[string]string{derived.HeaderCausationID: "event-41", derived.HeaderCorrelationID: "c-1",
+	for h, want := range map[string]string{contract.HeaderCausationID: "event-41", contract.HeaderCorrelationID: "c-1",
 		"Meta-correlation_id": "c-1", "Meta-user%20id": "ü"} {
 		if got := m.Header.Get(h); got != want {
 			t.Errorf("header %s = %q, want %q", h, got, want)
@@ -133,7 +134,7 @@ func TestMsgCarriesMetadataAndCausation(t *testing.T) {
 	// Without metadata: no such headers.
 	plain := derived.Event{Projection: "p", Partition: "k", Type: "T"}.Msg("project.p.k")
 	for k := range plain.Header {
-		if strings.HasPrefix(k, "Meta-") || k == derived.HeaderCorrelationID || k == derived.HeaderCausationID {
+		if strings.HasPrefix(k, "Meta-") || k == contract.HeaderCorrelationID || k == contract.HeaderCausationID {
 			t.Fatalf("header %s on an event without metadata", k)
 		}
 	}

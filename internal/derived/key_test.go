@@ -12,6 +12,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/derived"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
 // keys differ only in bytes headers cannot carry, in '%' and '~', or in
@@ -97,8 +98,8 @@ func TestEventsOfLookAlikeKeysAreAllStored(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", k, err)
 		}
-		if got, err := derived.UnescapeKey(m.Header.Get(derived.HeaderPartition)); err != nil || got != k {
-			t.Errorf("%q: Partition header %q gives %q, %v", k, m.Header.Get(derived.HeaderPartition), got, err)
+		if got, err := derived.UnescapeKey(m.Header.Get(contract.HeaderPartition)); err != nil || got != k {
+			t.Errorf("%q: Partition header %q gives %q, %v", k, m.Header.Get(contract.HeaderPartition), got, err)
 		}
 	}
 }

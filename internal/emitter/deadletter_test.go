@@ -15,6 +15,7 @@ import (
 	derivedpkg "github.com/jetproj/jetproj/internal/derived"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/emitter"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 
@@ -91,10 +92,10 @@ func TestRefusedForGoodIsDeadLettered(t *testing.T) {
 	devtest.Slow(t)
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
-	own := projector.OwnStream("wallet_balance")
+	own := contract.ProjectionStream("wallet_balance")
 	b.setMaxMsgSize(t, own, 512)
 	big := fmt.Sprintf(`{"note":%q}`, strings.Repeat("x", 1024))
 	b.insertRow(t, "w1", 1, big)
@@ -197,7 +198,7 @@ func TestStalledTooLongIsDeadLettered(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	squatter := nats.NewMsg(projector.EmitSubject("wallet_balance", "wallet/squatter"))

@@ -42,20 +42,7 @@ import (
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/tracing"
-	"github.com/jetproj/jetproj/pkg/projector"
-)
-
-// Header names of derived events (package derived).
-const (
-	HeaderEventType      = derived.HeaderEventType
-	HeaderProjection     = derived.HeaderProjection
-	HeaderPartition      = derived.HeaderPartition
-	HeaderGeneration     = derived.HeaderGeneration
-	HeaderEmissionSeq    = derived.HeaderEmissionSeq
-	HeaderSourcePosition = derived.HeaderSourcePosition
-	HeaderSourceSequence = derived.HeaderSourceSequence
-	HeaderCausationID    = derived.HeaderCausationID
-	HeaderCorrelationID  = derived.HeaderCorrelationID
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
 // Config configures the emitter. Its env tags are the EMITTER_* variables;
@@ -204,19 +191,13 @@ type relayer struct {
 }
 
 // stall is a subject whose derived event JetStream refused: its rows wait
-// in the outbox until until, then are tried again.
+// in the outbox until Until, then are tried again (derived.Backoff: from
+// 250 ms, doubling to 30 s).
 type stall struct {
-	until time.Time
-	wait  time.Duration
+	derived.Backoff
 	since time.Time // first refusal
 	err   string    // the last refusal
 }
-
-// Pauses of a stalled subject.
-const (
-	stallFirst = 250 * time.Millisecond
-	stallMax   = 30 * time.Second
-)
 
 // New builds an Emitter of pool's outbox.
 func New(cfg Config, pool *pgxpool.Pool, nc *nats.Conn, log *slog.Logger, reg prometheus.Registerer) (*Emitter, error) {
@@ -286,7 +267,7 @@ func NewDatabases(cfg Config, dbs []Database, nc *nats.Conn, log *slog.Logger, r
 // Run relays until ctx ends, while holding the emitter's lease: every
 // database's outbox, side by side.
 func (e *Emitter) Run(ctx context.Context) error {
-	kv, err := lease.EnsureBucket(ctx, e.js, "jetproj_emitter_leases", e.cfg.LeaseTTL, e.cfg.Replicas)
+	kv, err := lease.EnsureBucket(ctx, e.js, contract.EmitterLeaseBucket, e.cfg.LeaseTTL, e.cfg.Replicas)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -473,8 +454,8 @@ const maxInFlight = 4096
 func (e *relayer) idleWait(now time.Time) time.Duration {
 	wait := e.cfg.PollInterval
 	for _, s := range e.stalls {
-		if s.until.After(e.readAt) {
-			wait = min(wait, max(s.until.Sub(now), 0))
+		if s.Until.After(e.readAt) {
+			wait = min(wait, max(s.Until.Sub(now), 0))
 		}
 	}
 	return wait
@@ -538,9 +519,9 @@ func (e *relayer) stalledNow(now time.Time) []string {
 	subjs := []string{}
 	for subj, s := range e.stalls {
 		switch {
-		case now.Before(s.until):
+		case now.Before(s.Until):
 			subjs = append(subjs, subj)
-		case now.Sub(s.until) > stallMax:
+		case now.Sub(s.Until) > derived.BackoffMax:
 			e.mu.Lock()
 			delete(e.stalls, subj)
 			e.mu.Unlock()
@@ -588,15 +569,15 @@ SELECT id, projection, partition, subject, generation, emit_seq, event_type, pay
 		// Rows written before schema version 6 name one stream in link_to
 		// and have no metadata.
 		var err error
-		if r.Links, err = projector.OutboxLinks(linkTo, links); err == nil {
-			r.Metadata, err = projector.OutboxMetadata(meta)
+		if r.Links, err = derived.OutboxLinks(linkTo, links); err == nil {
+			r.Metadata, err = derived.OutboxMetadata(meta)
 		}
 		if err != nil {
 			rows.Close()
 			pg.err = fmt.Errorf("emitter: read outbox row %d: %w", r.id, err)
 			return pg
 		}
-		r.Partition = projector.KeyFromStore(r.Partition)
+		r.Partition = derived.LoadedString(r.Partition)
 		// The id is derived from the row rather than read from msg_id, so
 		// that rows written before keys were escaped get safe ids too.
 		r.MsgID = derived.MsgID(r.Projection, r.Generation, r.Partition, r.Seq)
@@ -965,12 +946,10 @@ func (en *engine) finish() (int, error) {
 		e.marks.Drop(en.targets[subj]...)
 		s := e.stalls[subj]
 		if s == nil {
-			s = &stall{wait: stallFirst, since: end}
+			s = &stall{since: end}
 			e.stalls[subj] = s
-		} else {
-			s.wait = min(2*s.wait, stallMax)
 		}
-		s.until = end.Add(s.wait)
+		s.Refused(end)
 		s.err = en.refused[subj].Error()
 	}
 	e.mu.Unlock()
@@ -1014,7 +993,7 @@ func (en *engine) finish() (int, error) {
 func (e *relayer) send(en *engine, q *subjectQueue) bool {
 	ctx := en.ctx
 	r := q.rows[q.next]
-	own := projector.OwnStream(r.Projection)
+	own := contract.ProjectionStream(r.Projection)
 	if r.LinkOnly {
 		// Not published there, but a projection without its stream was
 		// deleted: its rows are dropped, links too.
@@ -1051,7 +1030,7 @@ func (e *relayer) send(en *engine, q *subjectQueue) bool {
 			_, span, tp := tracing.Start(ctx, r.TraceParent, "jetproj.emitter publish "+r.Projection, trace.SpanKindProducer,
 				attribute.String("messaging.destination.name", t.Subject))
 			if tp != "" {
-				msg.Header.Set(tracing.Header, tp)
+				msg.Header.Set(contract.HeaderTraceParent, tp)
 			}
 			span.End()
 		}
@@ -1125,7 +1104,7 @@ func (e *relayer) prefetchMarks(ctx context.Context, batch []row) error {
 		}
 	}
 	for _, r := range batch {
-		add(projector.OwnStream(r.Projection), r.Subject)
+		add(contract.ProjectionStream(r.Projection), r.Subject)
 		for _, l := range r.Links {
 			if stream, subj, err := derived.LinkTarget(l.Stream, r.Subject); err == nil {
 				add(stream, subj)

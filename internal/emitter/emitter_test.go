@@ -24,6 +24,7 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/emitter"
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -79,6 +80,9 @@ type bundle struct {
 	ver  map[string]int64
 	want map[string]int64 // balance per wallet
 }
+
+// admin changes the projections' lifecycle, as the projector commands do.
+func (b *bundle) admin() *projector.Admin { return projector.NewAdmin(b.js, projector.AdminOptions{}) }
 
 func setup(t *testing.T) *bundle {
 	t.Helper()
@@ -211,7 +215,7 @@ func (b *bundle) derived(t *testing.T) []derived {
 func (b *bundle) derivedOf(t *testing.T, name string) []derived {
 	t.Helper()
 	ctx := context.Background()
-	s, err := b.js.Stream(ctx, projector.OwnStream(name))
+	s, err := b.js.Stream(ctx, contract.ProjectionStream(name))
 	if err != nil {
 		return nil // not initialised yet
 	}
@@ -313,7 +317,7 @@ func TestRebuildAndNotLiveEmitNothing(t *testing.T) {
 	before := len(b.derived(t))
 
 	// Rebuild: the read model is rebuilt, nothing is emitted.
-	if err := projector.Reset(ctx, b.js, def.Def(), 1, nil); err != nil {
+	if err := b.admin().Reset(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 30*time.Second, func() error {
@@ -335,7 +339,7 @@ func TestRebuildAndNotLiveEmitNothing(t *testing.T) {
 	}
 
 	// Not live: nothing; switched live: only new events.
-	if err := projector.SetLive(ctx, b.js, def.Def(), 1, false); err != nil {
+	if err := b.admin().SetLive(ctx, def, false); err != nil {
 		t.Fatal(err)
 	}
 	// The runner learns the flag through a watch: deposit to probe wallets
@@ -378,7 +382,7 @@ func TestRebuildAndNotLiveEmitNothing(t *testing.T) {
 		}
 		return nil
 	})
-	if err := projector.SetLive(ctx, b.js, def.Def(), 1, true); err != nil {
+	if err := b.admin().SetLive(ctx, def, true); err != nil {
 		t.Fatal(err)
 	}
 	b.deposit(t, "w2", 5)
@@ -432,14 +436,14 @@ func TestLinkToAndDelete(t *testing.T) {
 		}
 		return err
 	})
-	own, err := count(projector.OwnStream("big_deposits"))
+	own, err := count(contract.ProjectionStream("big_deposits"))
 	if err != nil || own != 2 {
 		t.Fatalf("own stream holds %d, %v; want 2", own, err)
 	}
-	if err := projector.Delete(ctx, b.js, big.Def(), 1, nil); err != nil {
+	if err := b.admin().Delete(ctx, big); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.js.Stream(ctx, projector.OwnStream("big_deposits")); err == nil {
+	if _, err := b.js.Stream(ctx, contract.ProjectionStream("big_deposits")); err == nil {
 		t.Fatal("the deleted projection's stream is still there")
 	}
 	if n, err := count("completed_orders"); err != nil || n != 2 {
@@ -450,11 +454,11 @@ func TestLinkToAndDelete(t *testing.T) {
 	// derived events anew: the linked stream's marks of its previous life
 	// (wallet a's first) must not hide them.
 	stopProjector()
-	if err := projector.Init(ctx, b.js, big.Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, big); err != nil {
 		t.Fatal(err)
 	}
 	for _, live := range []bool{false, true} {
-		if err := projector.SetLive(ctx, b.js, big.Def(), 1, live); err != nil {
+		if err := b.admin().SetLive(ctx, big, live); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -521,7 +525,7 @@ func TestBlueGreen(t *testing.T) {
 	b.projector(t, v1, v2, v3)
 	// 2. Check v2: caught up, equal to v1, nothing emitted.
 	devtest.Eventually(t, 30*time.Second, func() error {
-		st, err := projector.ReadStatus(ctx, b.js, v2.Def(), 1)
+		st, err := b.admin().Status(ctx, v2)
 		if err != nil {
 			return err
 		}
@@ -537,7 +541,7 @@ func TestBlueGreen(t *testing.T) {
 		t.Fatalf("v2 emitted %d events while not live", n)
 	}
 	// 3. Live: v2 emits for new events only.
-	if err := projector.SetLive(ctx, b.js, v2.Def(), 1, true); err != nil {
+	if err := b.admin().SetLive(ctx, v2, true); err != nil {
 		t.Fatal(err)
 	}
 	b.deposit(t, "w3", 50)
@@ -551,14 +555,14 @@ func TestBlueGreen(t *testing.T) {
 		return nil
 	})
 	// v3 has done nothing although the projector handled new events.
-	if st, err := projector.ReadStatus(ctx, b.js, v3.Def(), 1); err != nil || st.Position != 0 || len(st.Owners) != 0 {
+	if st, err := b.admin().Status(ctx, v3); err != nil || st.Position != 0 || len(st.Owners) != 0 {
 		t.Fatalf("v3 (manual start) ran before its start: %+v, %v", st, err)
 	}
 	// 4. Delete v1: its stream and table go; v2 goes on.
-	if err := projector.Delete(ctx, b.js, v1.Def(), 1, nil); err != nil {
+	if err := b.admin().Delete(ctx, v1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.js.Stream(ctx, projector.OwnStream("wallet_balance")); err == nil {
+	if _, err := b.js.Stream(ctx, contract.ProjectionStream("wallet_balance")); err == nil {
 		t.Fatal("v1's stream outlived its delete")
 	}
 	var exists bool
@@ -573,7 +577,7 @@ func TestBlueGreen(t *testing.T) {
 		return nil
 	})
 	// Started, v3 catches up.
-	if err := projector.Start(ctx, b.js, v3.Def(), 1); err != nil {
+	if err := b.admin().Resume(ctx, v3); err != nil {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 30*time.Second, func() error {
@@ -596,7 +600,7 @@ func TestFlushEmitsOncePerBatch(t *testing.T) {
 		b.deposit(t, "w1", int64(100+i))
 		b.deposit(t, "w2", 5)
 	}
-	b.projector(t, walletBalance(b.pool, projection.WithPolling(500*time.Millisecond)))
+	b.projector(t, walletBalance(b.pool, projection.Polling(500*time.Millisecond)))
 	b.emitter(t)
 	b.waitFinals(t)
 	perSubject := map[string]int{}
@@ -619,10 +623,10 @@ func TestRefusedEventIsNotOvertakenByTheNext(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	def := walletBalance(b.pool)
-	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
-	own := projector.OwnStream("wallet_balance")
+	own := contract.ProjectionStream("wallet_balance")
 	setMaxMsgSize := func(n int32) {
 		s, err := b.js.Stream(ctx, own)
 		if err != nil {
@@ -673,7 +677,7 @@ func TestRemovedLinkedStreamIsCreatedAgain(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	subj := projector.EmitSubject("wallet_balance", "wallet/w1")
@@ -713,7 +717,7 @@ func TestRefusedSubjectStallsAlone(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {
@@ -820,7 +824,7 @@ func TestManyStalledSubjectsDoNotHoldTheOthers(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {
@@ -875,7 +879,7 @@ func TestKeysDifferingInUnsafeBytesAreAllEmitted(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	keys := []string{"wallet/a b", "wallet/a\nb", "wallet/a\r\nb", "wallet/a\tb", "wallet/ a b", "wallet/a b "}
@@ -892,7 +896,7 @@ VALUES ('wallet_balance', $1, $2, $3, 1, 'WalletBalanceWasChanged', '{}', 1)`,
 	if len(ds) != len(keys) {
 		t.Fatalf("stream holds %d events for %d partitions: %v", len(ds), len(keys), ds)
 	}
-	s, err := b.js.Stream(ctx, projector.OwnStream("wallet_balance"))
+	s, err := b.js.Stream(ctx, contract.ProjectionStream("wallet_balance"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -901,8 +905,8 @@ VALUES ('wallet_balance', $1, $2, $3, 1, 'WalletBalanceWasChanged', '{}', 1)`,
 		if err != nil {
 			t.Fatalf("%q: %v", k, err)
 		}
-		if got, err := derivedpkg.UnescapeKey(m.Header.Get(emitter.HeaderPartition)); err != nil || got != k {
-			t.Errorf("%q: Partition header %q gives %q, %v", k, m.Header.Get(emitter.HeaderPartition), got, err)
+		if got, err := derivedpkg.UnescapeKey(m.Header.Get(contract.HeaderPartition)); err != nil || got != k {
+			t.Errorf("%q: Partition header %q gives %q, %v", k, m.Header.Get(contract.HeaderPartition), got, err)
 		}
 	}
 }
@@ -916,10 +920,10 @@ func TestUnexpectedDuplicateStallsItsSubject(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
-	own := projector.OwnStream("wallet_balance")
+	own := contract.ProjectionStream("wallet_balance")
 	// Another message holds w1's first id.
 	squatter := nats.NewMsg(projector.EmitSubject("wallet_balance", "wallet/squatter"))
 	squatter.Header.Set(nats.MsgIdHdr, "wallet_balance:0:wallet/w1:1")
@@ -995,7 +999,7 @@ func TestRefusedSubjectWaitsAcrossPages(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	if err := projector.Init(ctx, b.js, walletBalance(b.pool).Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {

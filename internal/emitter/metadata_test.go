@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
-	"github.com/jetproj/jetproj/internal/emitter"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -53,7 +53,7 @@ func metaLinks(opts ...projection.Option) *projection.Projection[lastPos] {
 	projection.On(p, func(_ context.Context, c *projection.Context[lastPos], e projection.Event[MoneyWasAddedToWallet]) error {
 		c.State.Pos = e.Position
 		body := map[string]int64{"pos": e.Position}
-		if err := c.Emit("Deposited", body, projection.WithMetadata(map[string]string{"source": "projector"})); err != nil {
+		if err := c.Emit("Deposited", body, projection.Metadata(map[string]string{"source": "projector"})); err != nil {
 			return err
 		}
 		if err := c.LinkTo("audit_a", "Audited", body, projection.Link("audit_b", "audit_a"), projection.LinkOnly()); err != nil {
@@ -96,13 +96,13 @@ func streamMsgs(t *testing.T, js jetstream.JetStream, stream string) []*jetstrea
 // on a stream holding an event type that does not belong there.
 func checkMetaLinks(t *testing.T, js jetstream.JetStream, deposits map[int64]string) {
 	t.Helper()
-	want := map[string]string{projector.OwnStream("meta_links"): "Deposited", "audit_a": "Audited", "audit_b": "Audited", "theirs": "Shared"}
+	want := map[string]string{contract.ProjectionStream("meta_links"): "Deposited", "audit_a": "Audited", "audit_b": "Audited", "theirs": "Shared"}
 	devtest.Eventually(t, 60*time.Second, func() error {
 		for stream, typ := range want {
 			got := map[int64]bool{}
 			for _, m := range streamMsgs(t, js, stream) {
-				et := m.Header.Get(emitter.HeaderEventType)
-				if et == "Flushed" && stream == projector.OwnStream("meta_links") {
+				et := m.Header.Get(contract.HeaderEventType)
+				if et == "Flushed" && stream == contract.ProjectionStream("meta_links") {
 					continue
 				}
 				if et != typ {
@@ -131,22 +131,22 @@ func checkMetaLinks(t *testing.T, js jetstream.JetStream, deposits map[int64]str
 			h := m.Header
 			wallet := deposits[body.Pos]
 			source := "app"
-			if h.Get(emitter.HeaderEventType) == "Deposited" {
+			if h.Get(contract.HeaderEventType) == "Deposited" {
 				source = "projector" // its own metadata wins
 			}
 			for k, v := range map[string]string{
-				emitter.HeaderCausationID: eventmsg.MsgID(body.Pos), emitter.HeaderCorrelationID: "c-" + wallet,
-				emitter.HeaderSourcePosition: strconv.FormatInt(body.Pos, 10),
-				"Meta-correlation_id":        "c-" + wallet, "Meta-tenant": "t1", "Meta-source": source,
+				contract.HeaderCausationID: contract.EventMsgID(body.Pos), contract.HeaderCorrelationID: "c-" + wallet,
+				contract.HeaderSourcePosition: strconv.FormatInt(body.Pos, 10),
+				"Meta-correlation_id":         "c-" + wallet, "Meta-tenant": "t1", "Meta-source": source,
 			} {
 				if got := h.Get(k); got != v {
-					t.Errorf("%s %s of position %d: header %s = %q, want %q", stream, h.Get(emitter.HeaderEventType), body.Pos, k, got, v)
+					t.Errorf("%s %s of position %d: header %s = %q, want %q", stream, h.Get(contract.HeaderEventType), body.Pos, k, got, v)
 				}
 			}
 			if v := h.Get("Meta-traceparent"); v != "" {
 				t.Errorf("%s: the source's trace context was carried over as metadata: %q", stream, v)
 			}
-			if h.Get(emitter.HeaderEventType) == "Flushed" {
+			if h.Get(contract.HeaderEventType) == "Flushed" {
 				flushed[wallet] = max(flushed[wallet], body.Pos)
 			}
 		}
@@ -238,16 +238,16 @@ VALUES ('old_rows', 'wallet/w1', 'project.old_rows.wallet.w1', 'old_rows:0:walle
 	if err := st.Init(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: projector.OwnStream("old_rows"), Subjects: []string{"project.old_rows.>"}}); err != nil {
+	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: contract.ProjectionStream("old_rows"), Subjects: []string{contract.ProjectionSubjects("old_rows")}}); err != nil {
 		t.Fatal(err)
 	}
 	b.relayAll(t, b.newEmitter(t))
-	for _, stream := range []string{projector.OwnStream("old_rows"), "old_link"} {
+	for _, stream := range []string{contract.ProjectionStream("old_rows"), "old_link"} {
 		ms := streamMsgs(t, b.js, stream)
-		if len(ms) != 1 || ms[0].Header.Get(emitter.HeaderEventType) != "Old" {
+		if len(ms) != 1 || ms[0].Header.Get(contract.HeaderEventType) != "Old" {
 			t.Fatalf("%s holds %d messages, want the old row's", stream, len(ms))
 		}
-		if h := ms[0].Header; h.Get(emitter.HeaderCausationID) != "" || h.Get(nats.MsgIdHdr) != "old_rows:0:wallet/w1:1" {
+		if h := ms[0].Header; h.Get(contract.HeaderCausationID) != "" || h.Get(nats.MsgIdHdr) != "old_rows:0:wallet/w1:1" {
 			t.Fatalf("%s: headers %v", stream, h)
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/statuspage"
 	"github.com/jetproj/jetproj/internal/tracing"
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
 // Config is the emitter service's configuration.
@@ -178,7 +179,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// A connection the server closed for good ends the emitter.
 	ctx, stopGuard := conn.Guard(ctx)
 	defer stopGuard()
-	conn.WarnSingleReplica(cfg.Emitter.Replicas, "EMITTER_STREAM_REPLICAS", "KV_jetproj_emitter_leases", "linked streams")
+	conn.WarnSingleReplica(cfg.Emitter.Replicas, "EMITTER_STREAM_REPLICAS", contract.KVStream(contract.EmitterLeaseBucket), "linked streams")
 	shutdownTracing, err := tracing.Setup(ctx, "jetproj-emitter", log)
 	if err != nil {
 		return fmt.Errorf("tracing: %w", err)

@@ -17,6 +17,7 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/emittersvc"
 	"github.com/jetproj/jetproj/internal/statuspage"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -42,7 +43,7 @@ func TestTenantDatabasesAndStalledSubjectsOnThePage(t *testing.T) {
 		pools = append(pools, p)
 	}
 	def := projection.New[struct{}]("wallet_balance", projection.FromAggregates("wallet"), projection.Postgres(pools[0]))
-	if err := projector.Init(ctx, js, def.Def(), 1); err != nil {
+	if err := projector.NewAdmin(js, projector.AdminOptions{}).Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {
@@ -82,7 +83,7 @@ VALUES ('wallet_balance', $1, $2, '', 1, 'WalletBalanceWasChanged', '{}', 1, $3)
 			t.Errorf("exit %d\n%s", c, stderr.String())
 		}
 	}()
-	s, err := js.Stream(ctx, projector.OwnStream("wallet_balance"))
+	s, err := js.Stream(ctx, contract.ProjectionStream("wallet_balance"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/jetproj/jetproj/internal/lease"
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/internal/tracing"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/subject"
@@ -544,10 +545,10 @@ func (f *Feeder) session(ctx context.Context, stream jetstream.Stream) error {
 				return fail(fmt.Errorf("feeder: event %d: %w", e.Position, err))
 			}
 			// The message continues the trace of the append, if any.
-			if tp := msg.Header.Get(tracing.Header); tp != "" {
+			if tp := msg.Header.Get(contract.HeaderTraceParent); tp != "" {
 				_, span, child := tracing.Start(ctx, tp, "jetproj.feeder publish", trace.SpanKindProducer,
 					attribute.String("messaging.destination.name", msg.Subject), attribute.Int64("jetproj.position", e.Position))
-				msg.Header.Set(tracing.Header, child)
+				msg.Header.Set(contract.HeaderTraceParent, child)
 				span.End()
 			}
 			fut, err := f.js.PublishMsgAsync(msg)
@@ -746,13 +747,13 @@ func (f *Feeder) resolveStart(ctx context.Context, stream jetstream.Stream) (Che
 }
 
 func cursorOf(h nats.Header) (eventstore.Cursor, error) {
-	pos, err := strconv.ParseInt(h.Get(eventmsg.HeaderEventPosition), 10, 64)
+	pos, err := strconv.ParseInt(h.Get(contract.HeaderEventPosition), 10, 64)
 	if err != nil {
-		return eventstore.Cursor{}, fmt.Errorf("no valid %s header", eventmsg.HeaderEventPosition)
+		return eventstore.Cursor{}, fmt.Errorf("no valid %s header", contract.HeaderEventPosition)
 	}
-	tx, err := strconv.ParseUint(h.Get(eventmsg.HeaderEventTransaction), 10, 64)
+	tx, err := strconv.ParseUint(h.Get(contract.HeaderEventTransaction), 10, 64)
 	if err != nil {
-		return eventstore.Cursor{}, fmt.Errorf("no valid %s header", eventmsg.HeaderEventTransaction)
+		return eventstore.Cursor{}, fmt.Errorf("no valid %s header", contract.HeaderEventTransaction)
 	}
 	return eventstore.Cursor{TransactionID: tx, Position: pos}, nil
 }

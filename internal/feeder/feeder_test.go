@@ -24,6 +24,7 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 )
@@ -265,10 +266,10 @@ func TestFeedsEveryEventWithContractHeaders(t *testing.T) {
 	}
 	appendN(t, b.pool, "wallet", 10, 5)
 	b.start(t, feeder.Config{PollInterval: time.Hour})
-	waitStream(t, b.js, "EVENTS", 51, 20*time.Second)
-	verifyExactlyOnce(t, b, "EVENTS")
+	waitStream(t, b.js, contract.EventsStream, 51, 20*time.Second)
+	verifyExactlyOnce(t, b, contract.EventsStream)
 
-	m, err := b.js.Stream(ctx, "EVENTS")
+	m, err := b.js.Stream(ctx, contract.EventsStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +298,7 @@ func TestFeedsEveryEventWithContractHeaders(t *testing.T) {
 
 	// Woken by the notification: the poll interval is an hour.
 	appendN(t, b.pool, "ticket", 1, 1)
-	waitStream(t, b.js, "EVENTS", 52, 10*time.Second)
+	waitStream(t, b.js, contract.EventsStream, 52, 10*time.Second)
 }
 
 // TestGapSafeUnderFire is G1: concurrent writers with random delays inside
@@ -379,7 +380,7 @@ func TestGapSafeUnderFire(t *testing.T) {
 		}
 		return nil
 	})
-	if n, err := streamCount(ctx, b.js, "EVENTS"); err != nil || n > 100 {
+	if n, err := streamCount(ctx, b.js, contract.EventsStream); err != nil || n > 100 {
 		t.Fatalf("with the early transaction open the stream holds %d events (%v), want at most the 100 before it", n, err)
 	}
 	if err := long.Commit(ctx); err != nil {
@@ -387,7 +388,7 @@ func TestGapSafeUnderFire(t *testing.T) {
 	}
 	// Kill the feeder mid-stream, once it has published a good part.
 	devtest.Eventually(t, 60*time.Second, func() error {
-		n, err := streamCount(ctx, b.js, "EVENTS")
+		n, err := streamCount(ctx, b.js, contract.EventsStream)
 		if err == nil && n < 2000 {
 			err = fmt.Errorf("%d published", n)
 		}
@@ -400,9 +401,9 @@ func TestGapSafeUnderFire(t *testing.T) {
 	if total < 10000 || rolled.Load() == 0 {
 		t.Fatalf("committed %d, rolled back %d: the test did not exercise enough", total, rolled.Load())
 	}
-	waitStream(t, b.js, "EVENTS", uint64(total), 60*time.Second)
+	waitStream(t, b.js, contract.EventsStream, uint64(total), 60*time.Second)
 	second.stop(t)
-	verifyExactlyOnce(t, b, "EVENTS")
+	verifyExactlyOnce(t, b, contract.EventsStream)
 	t.Logf("%d events committed, %d rolled back, feeder killed once", total, rolled.Load())
 }
 
@@ -416,10 +417,10 @@ func TestResumesFromTheStreamNotTheWindow(t *testing.T) {
 	cfg := feeder.Config{DuplicateWindow: 100 * time.Millisecond, StreamMaxAge: time.Hour}
 	appendN(t, b.pool, "wallet", 50, 4)
 	r := b.start(t, cfg)
-	waitStream(t, b.js, "EVENTS", 200, 20*time.Second)
+	waitStream(t, b.js, contract.EventsStream, 200, 20*time.Second)
 	r.stop(t)
 
-	kv, err := b.js.KeyValue(ctx, "jetproj_feeder_state")
+	kv, err := b.js.KeyValue(ctx, contract.FeederStateBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -428,9 +429,9 @@ func TestResumesFromTheStreamNotTheWindow(t *testing.T) {
 	}
 	appendN(t, b.pool, "ticket", 20, 2)
 	r = b.start(t, cfg)
-	waitStream(t, b.js, "EVENTS", 240, 20*time.Second)
+	waitStream(t, b.js, contract.EventsStream, 240, 20*time.Second)
 	r.stop(t)
-	verifyExactlyOnce(t, b, "EVENTS")
+	verifyExactlyOnce(t, b, contract.EventsStream)
 }
 
 func TestNATSRestartMidStream(t *testing.T) {
@@ -441,7 +442,7 @@ func TestNATSRestartMidStream(t *testing.T) {
 	appendN(t, b.pool, "wallet", 2000, 10)
 	r := b.start(t, feeder.Config{LeaseTTL: 3 * time.Second})
 	devtest.Eventually(t, 60*time.Second, func() error {
-		n, err := streamCount(ctx, b.js, "EVENTS")
+		n, err := streamCount(ctx, b.js, contract.EventsStream)
 		if err == nil && n < 3000 {
 			err = fmt.Errorf("%d published", n)
 		}
@@ -453,9 +454,9 @@ func TestNATSRestartMidStream(t *testing.T) {
 	}
 	t.Logf("NATS restarted in %v", time.Since(began))
 	appendN(t, b.pool, "ticket", 100, 1)
-	waitStream(t, b.js, "EVENTS", 20100, 30*time.Second)
+	waitStream(t, b.js, contract.EventsStream, 20100, 30*time.Second)
 	r.stop(t)
-	verifyExactlyOnce(t, b, "EVENTS")
+	verifyExactlyOnce(t, b, contract.EventsStream)
 }
 
 // TestPostgresRestartMidStream is not parallel: it restarts the cluster that
@@ -467,7 +468,7 @@ func TestPostgresRestartMidStream(t *testing.T) {
 	appendN(t, b.pool, "wallet", 2000, 10)
 	r := b.start(t, feeder.Config{})
 	devtest.Eventually(t, 60*time.Second, func() error {
-		n, err := streamCount(ctx, b.js, "EVENTS")
+		n, err := streamCount(ctx, b.js, contract.EventsStream)
 		if err == nil && n < 2000 {
 			err = fmt.Errorf("%d published", n)
 		}
@@ -484,9 +485,9 @@ func TestPostgresRestartMidStream(t *testing.T) {
 		_, err := eventstore.Append(ctx, b.pool, "ticket", "after-restart", eventstore.ExpectAny, eventstore.NewEvent{Type: "TicketWasRegistered"})
 		return err
 	})
-	waitStream(t, b.js, "EVENTS", 20001, 90*time.Second)
+	waitStream(t, b.js, contract.EventsStream, 20001, 90*time.Second)
 	r.stop(t)
-	verifyExactlyOnce(t, b, "EVENTS")
+	verifyExactlyOnce(t, b, contract.EventsStream)
 }
 
 func TestOversizedEventStopsTheFeeder(t *testing.T) {
@@ -511,7 +512,7 @@ func TestOversizedEventStopsTheFeeder(t *testing.T) {
 	if st.Stalled == nil || st.Stalled.Position != res.LastPosition || !strings.Contains(st.Error, "max payload") {
 		t.Fatalf("status does not name the event %d: %+v", res.LastPosition, st)
 	}
-	if n, _ := streamCount(ctx, b.js, "EVENTS"); n != 3 {
+	if n, _ := streamCount(ctx, b.js, contract.EventsStream); n != 3 {
 		t.Fatalf("stream holds %d events, want the 3 before the oversized one", n)
 	}
 	rep, err := feeder.ReadReport(ctx, b.js, feeder.Config{})
@@ -532,7 +533,7 @@ func TestOversizedEventDeadLettered(t *testing.T) {
 	}
 	appendN(t, b.pool, "ticket", 2, 1)
 	r := b.start(t, feeder.Config{OnOversized: feeder.OversizedDeadLetter})
-	waitStream(t, b.js, "EVENTS", 5, 20*time.Second)
+	waitStream(t, b.js, contract.EventsStream, 5, 20*time.Second)
 	r.stop(t)
 	var pos int64
 	var reason string
@@ -574,7 +575,7 @@ func TestFiltersAndSideBySideFeeders(t *testing.T) {
 	wallets.stop(t)
 	var types []string
 	for _, m := range streamMsgs(t, b.js, "TICKETS") {
-		types = append(types, m.Headers().Get("Event-Type"))
+		types = append(types, m.Headers().Get(contract.HeaderEventType))
 		if !strings.HasPrefix(m.Subject(), "tickets.") {
 			t.Errorf("subject %s", m.Subject())
 		}
@@ -600,13 +601,13 @@ func TestOneActiveInstance(t *testing.T) {
 	})
 	c := b.start(t, withInstance(cfg, "c"))
 	appendN(t, b.pool, "wallet", 100, 3)
-	waitStream(t, b.js, "EVENTS", 300, 20*time.Second)
+	waitStream(t, b.js, contract.EventsStream, 300, 20*time.Second)
 	if s := c.f.Status().State; s != feeder.StateStandby {
 		t.Fatalf("second instance is %s, want standby", s)
 	}
 	a.kill(t)
 	appendN(t, b.pool, "ticket", 50, 2)
-	waitStream(t, b.js, "EVENTS", 400, 30*time.Second)
+	waitStream(t, b.js, contract.EventsStream, 400, 30*time.Second)
 	devtest.Eventually(t, 10*time.Second, func() error {
 		if s := c.f.Status().State; s != feeder.StateCaughtUp {
 			return fmt.Errorf("standby is %s after takeover, want caught-up", s)
@@ -614,7 +615,7 @@ func TestOneActiveInstance(t *testing.T) {
 		return nil
 	})
 	c.stop(t)
-	verifyExactlyOnce(t, b, "EVENTS")
+	verifyExactlyOnce(t, b, contract.EventsStream)
 	_ = ctx
 }
 
@@ -646,7 +647,7 @@ func TestStreamConfigDifferenceIsReported(t *testing.T) {
 	if err != nil || len(res.Updated) != 2 {
 		t.Fatalf("update: %+v, %v", res, err)
 	}
-	s, _ := b.js.Stream(ctx, "EVENTS")
+	s, _ := b.js.Stream(ctx, contract.EventsStream)
 	if got := s.CachedInfo().Config.Duplicates; got != time.Minute {
 		t.Fatalf("duplicate window %v after update", got)
 	}
@@ -720,7 +721,7 @@ func TestStreamMaxMsgSizeStopsTheFeeder(t *testing.T) {
 				!strings.Contains(st.Error, "max_msg_size") {
 				t.Fatalf("status does not name the event %d and the stream's limit: %+v", res.LastPosition, st)
 			}
-			if n, _ := streamCount(ctx, b.js, "EVENTS"); n != 3 {
+			if n, _ := streamCount(ctx, b.js, contract.EventsStream); n != 3 {
 				t.Fatalf("stream holds %d events, want the 3 before the refused one", n)
 			}
 			r.stop(t)
@@ -732,7 +733,7 @@ func TestStreamMaxMsgSizeStopsTheFeeder(t *testing.T) {
 				}
 				return nil
 			})
-			if n, _ := streamCount(ctx, b.js, "EVENTS"); n != 3 {
+			if n, _ := streamCount(ctx, b.js, contract.EventsStream); n != 3 {
 				t.Fatalf("after a restart the stream holds %d events, want 3", n)
 			}
 		})
@@ -757,7 +758,7 @@ func TestStreamMaxMsgSizeDeadLettered(t *testing.T) {
 	appendN(t, b.pool, "ticket", 2, 1)
 	cfg := feeder.Config{OnOversized: feeder.OversizedDeadLetter}
 	r := b.start(t, cfg)
-	waitStream(t, b.js, "EVENTS", 5, 20*time.Second)
+	waitStream(t, b.js, contract.EventsStream, 5, 20*time.Second)
 	r.stop(t)
 	second, err := eventstore.Append(ctx, b.pool, "wallet", "big-2", eventstore.ExpectAny, big)
 	if err != nil {
@@ -765,7 +766,7 @@ func TestStreamMaxMsgSizeDeadLettered(t *testing.T) {
 	}
 	appendN(t, b.pool, "order", 4, 1)
 	r = b.start(t, cfg)
-	waitStream(t, b.js, "EVENTS", 9, 20*time.Second)
+	waitStream(t, b.js, contract.EventsStream, 9, 20*time.Second)
 	devtest.Eventually(t, 20*time.Second, func() error {
 		if st := r.f.Status(); st.State != feeder.StateCaughtUp {
 			return fmt.Errorf("state %s (%s)", st.State, st.Error)
@@ -810,8 +811,8 @@ func TestStreamMaxMsgSizeDeadLettered(t *testing.T) {
 		want = append(want, p)
 	}
 	var got []int64
-	for _, m := range streamMsgs(t, b.js, "EVENTS") {
-		p, _ := strconv.ParseInt(m.Headers().Get(eventmsg.HeaderEventPosition), 10, 64)
+	for _, m := range streamMsgs(t, b.js, contract.EventsStream) {
+		p, _ := strconv.ParseInt(m.Headers().Get(contract.HeaderEventPosition), 10, 64)
 		got = append(got, p)
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
@@ -845,9 +846,9 @@ func TestPagesCappedByBytes(t *testing.T) {
 	appendN(t, b.pool, "ticket", 50, 2)
 	reg := prometheus.NewRegistry()
 	r := b.startWith(t, feeder.Config{PageBytes: budget}, reg)
-	waitStream(t, b.js, "EVENTS", 161, 30*time.Second)
+	waitStream(t, b.js, contract.EventsStream, 161, 30*time.Second)
 	r.stop(t)
-	verifyExactlyOnce(t, b, "EVENTS")
+	verifyExactlyOnce(t, b, contract.EventsStream)
 
 	h := pageHistogram(t, reg)
 	var within, total uint64
@@ -928,9 +929,9 @@ func TestPositionAndLagWhenPositionsInterleave(t *testing.T) {
 		}
 	}
 	r := b.start(t, feeder.Config{})
-	waitStream(t, b.js, "EVENTS", 5, 20*time.Second)
+	waitStream(t, b.js, contract.EventsStream, 5, 20*time.Second)
 	check(r)
 	r.stop(t)
 	check(b.start(t, feeder.Config{}))
-	verifyExactlyOnce(t, b, "EVENTS")
+	verifyExactlyOnce(t, b, contract.EventsStream)
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/jetproj/jetproj/internal/process"
 	"github.com/jetproj/jetproj/internal/statuspage"
 	"github.com/jetproj/jetproj/internal/tracing"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 )
 
@@ -177,7 +178,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ctx, stopGuard := conn.Guard(ctx)
 	defer stopGuard()
 	conn.WarnSingleReplica(cfg.Feeder.Defaults().StreamReplicas, "FEEDER_STREAM_REPLICAS",
-		cfg.Feeder.Defaults().Stream, "KV_"+cfg.Feeder.Defaults().LeaseBucket, "KV_"+cfg.Feeder.Defaults().StateBucket)
+		cfg.Feeder.Defaults().Stream, contract.KVStream(cfg.Feeder.Defaults().LeaseBucket), contract.KVStream(cfg.Feeder.Defaults().StateBucket))
 	if conn.Embedded != nil {
 		log.Info("embedded NATS server started", "url", conn.Embedded.URL(), "dir", conn.Embedded.Dir())
 	}

@@ -9,12 +9,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
-// Bucket is the KV bucket every service publishes its status to. It lives
-// in memory (status is rebuilt within an interval after a server restart)
-// and its entries expire when their service stops publishing.
-const Bucket = "jetproj_status"
+// The bucket every service publishes its status to is
+// contract.StatusBucket. It lives in memory (status is rebuilt within an
+// interval after a server restart) and its entries expire when their
+// service stops publishing.
 
 // minTTL is the bucket's shortest time to live; longer intervals get a TTL
 // of ttlIntervals intervals.
@@ -45,21 +47,21 @@ func (b *board) bucket(ctx context.Context, create bool) (jetstream.KeyValue, er
 	if b.kv != nil {
 		return b.kv, nil
 	}
-	kv, err := b.js.KeyValue(ctx, Bucket)
+	kv, err := b.js.KeyValue(ctx, contract.StatusBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) && create {
 		kv, err = b.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: Bucket, History: 1, TTL: b.ttl, Storage: jetstream.MemoryStorage, Replicas: b.replicas,
+			Bucket: contract.StatusBucket, History: 1, TTL: b.ttl, Storage: jetstream.MemoryStorage, Replicas: b.replicas,
 			Description: "jetproj services' status, for their status pages",
 		})
 		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = b.js.KeyValue(ctx, Bucket)
+			kv, err = b.js.KeyValue(ctx, contract.StatusBucket)
 		}
 	}
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("statuspage: bucket %s: %w", Bucket, err)
+		return nil, fmt.Errorf("statuspage: bucket %s: %w", contract.StatusBucket, err)
 	}
 	b.kv = kv
 	return kv, nil

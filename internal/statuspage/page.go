@@ -32,6 +32,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/config"
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
 //go:embed assets
@@ -204,7 +205,7 @@ func (p *Page) View(ctx context.Context, since int64) View {
 	entries, err := p.board.readAll(ctx)
 	s := decode(entries)
 	if err != nil {
-		s.errs = append(s.errs, "reading "+Bucket+": "+err.Error())
+		s.errs = append(s.errs, "reading "+contract.StatusBucket+": "+err.Error())
 	}
 	p.mu.Lock()
 	v := build(s, p.hist.last())

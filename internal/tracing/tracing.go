@@ -22,10 +22,9 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 	"go.opentelemetry.io/otel/trace"
-)
 
-// Header is the W3C trace context header on jetproj's messages.
-const Header = "traceparent"
+	"github.com/jetproj/jetproj/pkg/contract"
+)
 
 // Setup installs the W3C propagator and, when OTEL_EXPORTER_OTLP_ENDPOINT
 // or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set, a tracer provider exporting
@@ -62,14 +61,14 @@ func Start(ctx context.Context, traceparent, name string, kind trace.SpanKind, a
 	if traceparent == "" {
 		return ctx, trace.SpanFromContext(context.Background()), ""
 	}
-	ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{Header: traceparent})
+	ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{contract.HeaderTraceParent: traceparent})
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		return ctx, trace.SpanFromContext(context.Background()), ""
 	}
 	ctx, span := tracer().Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
 	carrier := propagation.MapCarrier{}
 	propagation.TraceContext{}.Inject(ctx, carrier)
-	return ctx, span, carrier[Header]
+	return ctx, span, carrier[contract.HeaderTraceParent]
 }
 
 // StartBatch starts the span of a batch of n events, traceparent(i) giving
@@ -104,6 +103,6 @@ func spanContext(traceparent string) trace.SpanContext {
 	if traceparent == "" {
 		return trace.SpanContext{}
 	}
-	ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{Header: traceparent})
+	ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{contract.HeaderTraceParent: traceparent})
 	return trace.SpanContextFromContext(ctx)
 }

@@ -18,7 +18,7 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/emitter"
 	"github.com/jetproj/jetproj/internal/feeder"
-	"github.com/jetproj/jetproj/internal/tracing"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -61,7 +61,7 @@ func TestTraceThroughThePipeline(t *testing.T) {
 		t.Fatal(err)
 	}
 	derived := make(chan *nats.Msg, 4)
-	sub, err := nc.ChanSubscribe("project.wallet_balance.>", derived)
+	sub, err := nc.ChanSubscribe(contract.ProjectionSubjects("wallet_balance"), derived)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestTraceThroughThePipeline(t *testing.T) {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 30*time.Second, func() error {
-		_, err := js.Stream(ctx, "EVENTS")
+		_, err := js.Stream(ctx, contract.EventsStream)
 		return err
 	})
 	start("projector", p.Run)
@@ -101,7 +101,7 @@ func TestTraceThroughThePipeline(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("no derived event")
 	}
-	if got := m.Header.Get(tracing.Header); !strings.Contains(got, traceID) {
+	if got := m.Header.Get(contract.HeaderTraceParent); !strings.Contains(got, traceID) {
 		t.Fatalf("derived event traceparent %q, want trace %s", got, traceID)
 	}
 	// The spans, each the child of the one before, in the app's trace.
@@ -122,7 +122,7 @@ func TestTraceThroughThePipeline(t *testing.T) {
 			t.Fatalf("no span %q in trace %s with parent %s; spans: %v", name, traceID, parent, got)
 		}
 	}
-	if !strings.Contains(m.Header.Get(tracing.Header), parent) {
-		t.Errorf("derived event traceparent %q does not name the emitter's span %s", m.Header.Get(tracing.Header), parent)
+	if !strings.Contains(m.Header.Get(contract.HeaderTraceParent), parent) {
+		t.Errorf("derived event traceparent %q does not name the emitter's span %s", m.Header.Get(contract.HeaderTraceParent), parent)
 	}
 }

@@ -1,6 +1,6 @@
 // Package eventmsg maps stored events to JetStream messages and back: the
-// subject, the headers of the contract and the body. The feeder writes these
-// messages; projections read them.
+// subject, the headers of the contract (their names are package contract's)
+// and the body. The feeder writes these messages; projections read them.
 package eventmsg
 
 import (
@@ -12,48 +12,22 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/subject"
 )
 
-// Header names of an event message. They are part of the contract.
-const (
-	HeaderMsgID            = nats.MsgIdHdr // "Nats-Msg-Id"
-	HeaderEventType        = "Event-Type"
-	HeaderEventPosition    = "Event-Position"
-	HeaderEventTransaction = "Event-Transaction"
-	HeaderAggregateType    = "Aggregate-Type"
-	HeaderAggregateID      = "Aggregate-Id"
-	HeaderAggregateVersion = "Aggregate-Version"
-	HeaderRecordedAt       = "Recorded-At"
-	HeaderTraceParent      = "traceparent"
-	HeaderTraceState       = "tracestate"
-	// MetaPrefix prefixes one header per metadata entry: metadata key
-	// "tenant" becomes header "Meta-tenant". Keys are encoded like subject
-	// tokens (see package subject); values that are JSON strings are sent as
-	// their contents, other JSON values as compact JSON, and values holding
-	// control characters as a quoted JSON string.
-	MetaPrefix = "Meta-"
-)
-
-// MsgID is the deterministic Nats-Msg-Id of the event at position.
-func MsgID(position int64) string { return "event-" + strconv.FormatInt(position, 10) }
-
-// HeaderExpectedLastSequence is the JetStream header that makes the stream
-// refuse a message unless its last sequence is the given one (sequence
-// fencing); NewFenced sets it.
-const HeaderExpectedLastSequence = "Nats-Expected-Last-Sequence"
-
 // New builds the message for e, published under subject prefix (normally
-// "events").
+// contract.EventsPrefix).
 func New(prefix string, e eventstore.Event) (*nats.Msg, error) {
 	return build(prefix, e, false, 0)
 }
 
 // NewFenced is New with the sequence fence the feeder publishes under:
-// header Nats-Expected-Last-Sequence set to lastSeq, so that the stream
-// stores the message only right after its message lastSeq (the same header
-// as jetstream.WithExpectLastSequence, built with the others).
+// header Nats-Expected-Last-Sequence (contract.HeaderExpectedLastSequence)
+// set to lastSeq, so that the stream stores the message only right after
+// its message lastSeq (the same header as jetstream.WithExpectLastSequence,
+// built with the others).
 func NewFenced(prefix string, e eventstore.Event, lastSeq uint64) (*nats.Msg, error) {
 	return build(prefix, e, true, lastSeq)
 }
@@ -67,7 +41,7 @@ func build(prefix string, e eventstore.Event, fenced bool, lastSeq uint64) (*nat
 	// are formatted into one string and the values share one backing
 	// array, so that a message costs a few allocations, not one per header.
 	var buf [96]byte
-	b := append(buf[:0], "event-"...)
+	b := append(buf[:0], contract.EventMsgIDPrefix...)
 	b = strconv.AppendInt(b, e.Position, 10)
 	msgIDEnd := len(b)
 	b = strconv.AppendUint(b, e.TransactionID, 10)
@@ -87,7 +61,7 @@ func build(prefix string, e eventstore.Event, fenced bool, lastSeq uint64) (*nat
 	vals := make([]string, fixed, fixed+2*len(e.Metadata))
 	vals[0] = nums[:msgIDEnd]
 	vals[1] = headerValue(e.Type)
-	vals[2] = nums[len("event-"):msgIDEnd]
+	vals[2] = nums[len(contract.EventMsgIDPrefix):msgIDEnd]
 	vals[3] = nums[msgIDEnd:txEnd]
 	vals[4] = headerValue(e.AggregateType)
 	vals[5] = headerValue(e.AggregateID)
@@ -96,17 +70,17 @@ func build(prefix string, e eventstore.Event, fenced bool, lastSeq uint64) (*nat
 	// Sized for every header, fence included: a key added later would
 	// grow the map for every message.
 	h := make(nats.Header, fixed+2*len(e.Metadata))
-	h[HeaderMsgID] = vals[0:1:1]
-	h[HeaderEventType] = vals[1:2:2]
-	h[HeaderEventPosition] = vals[2:3:3]
-	h[HeaderEventTransaction] = vals[3:4:4]
-	h[HeaderAggregateType] = vals[4:5:5]
-	h[HeaderAggregateID] = vals[5:6:6]
-	h[HeaderAggregateVersion] = vals[6:7:7]
-	h[HeaderRecordedAt] = vals[7:8:8]
+	h[contract.HeaderMsgID] = vals[0:1:1]
+	h[contract.HeaderEventType] = vals[1:2:2]
+	h[contract.HeaderEventPosition] = vals[2:3:3]
+	h[contract.HeaderEventTransaction] = vals[3:4:4]
+	h[contract.HeaderAggregateType] = vals[4:5:5]
+	h[contract.HeaderAggregateID] = vals[5:6:6]
+	h[contract.HeaderAggregateVersion] = vals[6:7:7]
+	h[contract.HeaderRecordedAt] = vals[7:8:8]
 	if fenced {
 		vals[8] = nums[recordedEnd:]
-		h[HeaderExpectedLastSequence] = vals[8:9:9]
+		h[contract.HeaderExpectedLastSequence] = vals[8:9:9]
 	}
 	if len(e.Metadata) > 0 {
 		keys := make([]string, 0, len(e.Metadata))
@@ -118,30 +92,30 @@ func build(prefix string, e eventstore.Event, fenced bool, lastSeq uint64) (*nat
 			v, _ := e.Metadata.String(k)
 			v = headerValue(v)
 			switch k {
-			case HeaderTraceParent, HeaderTraceState:
+			case contract.HeaderTraceParent, contract.HeaderTraceState:
 				vals = append(vals, v)
 				h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
 			}
 			// The name MetaHeader gives; v is already the header value.
 			vals = append(vals, v)
-			h[MetaPrefix+subject.EncodeToken(k)] = vals[len(vals)-1 : len(vals) : len(vals)]
+			h[contract.MetaPrefix+subject.EncodeToken(k)] = vals[len(vals)-1 : len(vals) : len(vals)]
 		}
 	}
 	return &nats.Msg{Subject: subj, Header: h, Data: e.Payload}, nil
 }
 
 // MetaHeader is the header name and value under which an event message
-// carries the metadata entry key: value (MetaPrefix and the key encoded like
-// a subject token; the value as headerValue keeps it). Derived events
-// carry their metadata the same way.
+// carries the metadata entry key: value (contract.MetaPrefix and the key
+// encoded like a subject token; the value as headerValue keeps it).
+// Derived events carry their metadata the same way.
 func MetaHeader(key, value string) (name, val string) {
-	return MetaPrefix + subject.EncodeToken(key), headerValue(value)
+	return contract.MetaPrefix + subject.EncodeToken(key), headerValue(value)
 }
 
 // MetaEntry reverses MetaHeader for a header name and value; ok is false
 // for a header that is not a metadata entry, or whose key was hashed.
 func MetaEntry(name, value string) (key, val string, ok bool) {
-	enc, ok := strings.CutPrefix(name, MetaPrefix)
+	enc, ok := strings.CutPrefix(name, contract.MetaPrefix)
 	if !ok {
 		return "", "", false
 	}
@@ -198,31 +172,31 @@ func Parse(m *nats.Msg) (Event, error) {
 		return v
 	}
 	var err error
-	if e.Position, err = strconv.ParseInt(get(HeaderEventPosition), 10, 64); err != nil {
-		problems = append(problems, "bad "+HeaderEventPosition)
+	if e.Position, err = strconv.ParseInt(get(contract.HeaderEventPosition), 10, 64); err != nil {
+		problems = append(problems, "bad "+contract.HeaderEventPosition)
 	}
-	if v := m.Header.Get(HeaderEventTransaction); v != "" {
+	if v := m.Header.Get(contract.HeaderEventTransaction); v != "" {
 		if e.TransactionID, err = strconv.ParseUint(v, 10, 64); err != nil {
-			problems = append(problems, "bad "+HeaderEventTransaction)
+			problems = append(problems, "bad "+contract.HeaderEventTransaction)
 		}
 	}
-	if e.Version, err = strconv.ParseInt(get(HeaderAggregateVersion), 10, 64); err != nil {
-		problems = append(problems, "bad "+HeaderAggregateVersion)
+	if e.Version, err = strconv.ParseInt(get(contract.HeaderAggregateVersion), 10, 64); err != nil {
+		problems = append(problems, "bad "+contract.HeaderAggregateVersion)
 	}
-	e.Type = unquote(get(HeaderEventType))
-	e.AggregateType = unquote(m.Header.Get(HeaderAggregateType))
-	e.AggregateID = unquote(m.Header.Get(HeaderAggregateID))
-	if _, ok := m.Header[HeaderAggregateType]; !ok {
-		problems = append(problems, "no "+HeaderAggregateType+" header")
+	e.Type = unquote(get(contract.HeaderEventType))
+	e.AggregateType = unquote(m.Header.Get(contract.HeaderAggregateType))
+	e.AggregateID = unquote(m.Header.Get(contract.HeaderAggregateID))
+	if _, ok := m.Header[contract.HeaderAggregateType]; !ok {
+		problems = append(problems, "no "+contract.HeaderAggregateType+" header")
 	}
-	if t := m.Header.Get(HeaderRecordedAt); t != "" {
+	if t := m.Header.Get(contract.HeaderRecordedAt); t != "" {
 		e.RecordedAt, _ = time.Parse(time.RFC3339Nano, t)
 	}
 	if len(problems) > 0 {
 		return e, fmt.Errorf("%w: %s: %s", ErrNotEvent, m.Subject, strings.Join(problems, ", "))
 	}
 	e.Payload = m.Data
-	e.TraceParent = m.Header.Get(HeaderTraceParent)
+	e.TraceParent = m.Header.Get(contract.HeaderTraceParent)
 	for k, v := range m.Header {
 		if len(v) == 0 {
 			continue

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 )
@@ -133,7 +134,7 @@ func TestNewFenced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := eventmsg.HeaderExpectedLastSequence, jetstream.ExpectedLastSeqHeader; got != want {
+	if got, want := contract.HeaderExpectedLastSequence, jetstream.ExpectedLastSeqHeader; got != want {
 		t.Errorf("header name: got %q, want %q", got, want)
 	}
 	if got, want := fenced.Header.Get(jetstream.ExpectedLastSeqHeader), "18446744073709551615"; got != want {

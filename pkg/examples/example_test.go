@@ -6,10 +6,12 @@ import (
 
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projection/projectiontest"
 )
 
 // A projection in a few lines: a name, a source, typed handlers. This one
-// keeps each wallet's balance as a document in the state store.
+// keeps each wallet's balance as a document in the state store; its
+// handlers are tried here in memory, on one wallet's partition.
 func Example() {
 	type Balance struct{ Cents int64 }
 
@@ -22,64 +24,81 @@ func Example() {
 		c.State.Cents -= e.Data.Amount
 		return nil
 	})
+	fmt.Println(p.Name(), p.Validate())
 
-	fmt.Println(p.Name(), p.Kind(), p.SourceConfig().Subjects, p.Validate())
-	// Output: balances partitioned [events.wallet.*] <nil>
+	w := projectiontest.NewPartition(p, "wallet/w-1")
+	err := w.Apply(context.Background(),
+		projectiontest.Event("MoneyWasAddedToWallet", examples.MoneyWasAddedToWallet{Amount: 2500}),
+		projectiontest.Event("MoneyWasWithdrawnFromWallet", examples.MoneyWasWithdrawnFromWallet{Amount: 400}))
+	fmt.Println(w.State.Cents, err)
+	// Output:
+	// balances <nil>
+	// 2100 <nil>
 }
 
 // A global projection sees every event of its source in order, on one
-// replica at a time.
+// replica at a time, in its only partition.
 func Example_global() {
-	var registered int
-	p := projection.New[struct{}]("tickets_registered", projection.FromAggregates("ticket"), projection.AsGlobal())
-	projection.On(p, func(context.Context, *projection.Context[struct{}], projection.Event[examples.TicketWasRegistered]) error {
-		registered++
+	type Count struct{ Registered int }
+	p := projection.New[Count]("tickets_registered", projection.FromAggregates("ticket"), projection.Global())
+	projection.On(p, func(_ context.Context, c *projection.Context[Count], _ projection.Event[examples.TicketWasRegistered]) error {
+		c.State.Registered++
 		return nil
 	})
-	fmt.Println(p.Name(), p.Kind(), p.Handles("TicketWasRegistered"), p.Handles("TicketWasClosed"))
-	// Output: tickets_registered global true false
+
+	all := projectiontest.NewPartition(p, projection.GlobalPartition)
+	for _, typ := range []string{"bug", "feature", "bug"} {
+		_ = all.Apply(context.Background(), projectiontest.Event("TicketWasRegistered", examples.TicketWasRegistered{Type: typ}))
+	}
+	_ = all.Apply(context.Background(), projectiontest.Event("TicketWasClosed", examples.TicketWasClosed{}))
+	fmt.Println(p.Name(), all.State.Registered)
+	// Output: tickets_registered 3
 }
 
 // The example projections, ready for a projector. Building them does not
 // touch the pool, so nil is enough to list them.
 func ExampleAll() {
 	for _, d := range examples.All(nil) {
-		fmt.Println(d.Def().Name(), d.Def().Kind())
+		fmt.Println(d.Def().Name())
 	}
 	// Output:
-	// wallet_balance partitioned
-	// wallet_balance_kv partitioned
-	// ticket_details partitioned
-	// ticket_counts global
-	// order_fulfilment partitioned
-	// high_value_wallets partitioned
+	// wallet_balance
+	// wallet_balance_kv
+	// ticket_details
+	// ticket_counts
+	// order_fulfilment
+	// high_value_wallets
 }
 
-// Handlers can be tried without servers: apply messages to a partition in
+// Handlers can be tried without servers: apply events to a partition in
 // memory.
 func ExampleWalletBalanceKV() {
-	d := examples.WalletBalanceKV().Def()
-	pc := &projection.PartitionContext{Key: "wallet/w-1", State: d.NewState()}
-	for _, m := range []projection.Meta{
-		{Type: "WalletOpened", Raw: []byte(`{"owner":"ann"}`)},
-		{Type: "MoneyWasAddedToWallet", Raw: []byte(`{"amount":2500}`)},
-		{Type: "MoneyWasWithdrawnFromWallet", Raw: []byte(`{"amount":400}`)},
-	} {
-		if err := d.Apply(context.Background(), pc, m); err != nil {
-			fmt.Println(err)
-		}
-	}
-	fmt.Printf("%+v\n", *pc.State.(*examples.WalletDoc))
-	// Output: {Owner:ann Balance:2100}
+	w := projectiontest.NewPartition(examples.WalletBalanceKV(), "wallet/w-1")
+	err := w.Apply(context.Background(),
+		projectiontest.Event("WalletOpened", examples.WalletOpened{Owner: "ann"}),
+		projectiontest.Event("MoneyWasAddedToWallet", examples.MoneyWasAddedToWallet{Amount: 2500}),
+		projectiontest.Event("MoneyWasWithdrawnFromWallet", examples.MoneyWasWithdrawnFromWallet{Amount: 400}))
+	fmt.Printf("%+v %v\n", *w.State, err)
+	// Output: {Owner:ann Balance:2100} <nil>
 }
 
-// A pipeline stage reads another projection's derived events; here one
-// partition per wallet of wallet_balance's stream.
+// A pipeline stage reads another projection's derived events — here
+// wallet_balance's WalletBalanceWasChanged, one partition per wallet — and
+// emits its own when a balance reaches the threshold from below.
 func ExampleHighValueWallets() {
-	d := examples.HighValueWallets(nil).Def()
-	key, _ := d.Partitions().Partition(projection.Message{Subject: "project.wallet_balance.wallet.w-1"})
-	fmt.Println(d.SourceConfig().Stream, d.SourceConfig().Subjects, key)
-	// Output: PROJECT_WALLET_BALANCE [project.wallet_balance.>] wallet/w-1
+	w := projectiontest.NewPartition(examples.HighValueWallets(nil), "wallet/w-1")
+	for _, balance := range []int64{90000, 120000, 130000, 50000, 100000} {
+		_ = w.Apply(context.Background(), projectiontest.Event("WalletBalanceWasChanged",
+			examples.WalletBalanceWasChanged{WalletID: "w-1", Balance: balance}))
+	}
+	for _, e := range w.Emitted {
+		fmt.Println(e.Type, string(e.Payload))
+	}
+	fmt.Println("crossings:", w.State.Crossings)
+	// Output:
+	// WalletBecameHighValue {"walletId":"w-1","balance":120000}
+	// WalletBecameHighValue {"walletId":"w-1","balance":100000}
+	// crossings: 2
 }
 
 // The orders in which an order's three events can arrive, for

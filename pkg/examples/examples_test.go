@@ -17,10 +17,13 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/emitter"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projection/projectiontest"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 
@@ -127,7 +130,7 @@ func (b *bundle) write(t *testing.T, n int) {
 
 func (b *bundle) waitVerified(t *testing.T, within time.Duration, names ...string) {
 	t.Helper()
-	devtest.Eventually(t, within, func() error { return examples.Verify(context.Background(), b.pool, b.js, names...) })
+	devtest.Eventually(t, within, func() error { return examplecheck.Verify(context.Background(), b.pool, b.js, names...) })
 }
 
 func testLogger(t *testing.T, who string) *slog.Logger {
@@ -151,13 +154,13 @@ func TestReadModelsEqualFold(t *testing.T) {
 
 	// The fold is not trivially empty.
 	ctx := context.Background()
-	wallets, _ := examples.ReadWallets(ctx, b.pool)
-	counts, _ := examples.ReadTicketCounts(ctx, b.pool)
+	wallets, _ := examplecheck.ReadWallets(ctx, b.pool)
+	counts, _ := examplecheck.ReadTicketCounts(ctx, b.pool)
 	if len(wallets) < 5 || counts.Open == 0 || counts.Closed == 0 {
 		t.Fatalf("little to compare: %d wallets, counts %+v", len(wallets), counts)
 	}
-	orders, _ := examples.ReadOrders(ctx, b.pool)
-	high, _ := examples.ReadHighValueWallets(ctx, b.pool)
+	orders, _ := examplecheck.ReadOrders(ctx, b.pool)
+	high, _ := examplecheck.ReadHighValueWallets(ctx, b.pool)
 	completed, crossings := 0, int64(0)
 	for _, o := range orders {
 		if o.Completed {
@@ -170,7 +173,7 @@ func TestReadModelsEqualFold(t *testing.T) {
 	if completed == 0 || completed == len(orders) || crossings == 0 {
 		t.Fatalf("little to compare: %d of %d orders completed, %d wallets became of high value", completed, len(orders), crossings)
 	}
-	devtest.Eventually(t, 30*time.Second, func() error { return examples.VerifyDerived(ctx, b.pool, b.js) })
+	devtest.Eventually(t, 30*time.Second, func() error { return examplecheck.VerifyDerived(ctx, b.pool, b.js) })
 }
 
 // TestGlobalAndPartitionedAgree runs the global ticket_counts and the
@@ -190,14 +193,14 @@ func TestGlobalAndPartitionedAgree(t *testing.T) {
 	b.write(t, 500)
 	b.waitVerified(t, 45*time.Second)
 	ctx := context.Background()
-	if err := examples.Agree(ctx, b.pool); err != nil {
+	if err := examplecheck.Agree(ctx, b.pool); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := examples.ReadWallets(ctx, b.pool)
+	rows, err := examplecheck.ReadWallets(ctx, b.pool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	docs, err := examples.ReadWalletDocs(ctx, b.js)
+	docs, err := examplecheck.ReadWalletDocs(ctx, b.js)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,26 +227,25 @@ func TestResetAndPartitionRebuild(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	nc, js := devtest.Connect(t, b.nats)
+	_, js := devtest.Connect(t, b.nats)
+	admin := projector.NewAdmin(js, projector.AdminOptions{Progress: t.Logf})
 	// A partition command goes to the replica owning the partition: wait
 	// until the replica holds every slot.
-	wb := examples.WalletBalance(b.pool).Def()
+	wb := examples.WalletBalance(b.pool)
 	devtest.Eventually(t, 20*time.Second, func() error {
-		st, err := projector.ReadStatus(ctx, js, wb, 1)
+		st, err := admin.Status(ctx, wb)
 		if err != nil || st.Owners["r1"] != st.Slots {
 			return fmt.Errorf("owners %v of %d slots (%v)", st.Owners, st.Slots, err)
 		}
 		return nil
 	})
-	if err := projector.Reset(ctx, js, examples.TicketCounts(b.pool).Def(), 1, t.Logf); err != nil {
+	if err := admin.Reset(ctx, examples.TicketCounts(b.pool)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.pool.Exec(ctx, `UPDATE wallet_balance SET balance = -1 WHERE wallet_id = 'w-1'`); err != nil {
 		t.Fatal(err)
 	}
-	err := projector.PartitionCommand(ctx, nc, js, wb, 1,
-		projector.Command{Op: "rebuild", Partition: "wallet/w-1"})
-	if err != nil {
+	if err := admin.RebuildPartition(ctx, wb, "wallet/w-1"); err != nil {
 		t.Fatal(err)
 	}
 	b.write(t, 200)
@@ -255,67 +257,65 @@ func TestResetAndPartitionRebuild(t *testing.T) {
 func TestHandlersWithoutServers(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	d := examples.WalletBalanceKV().Def()
-	pc := &projection.PartitionContext{Key: "wallet/w-1", State: d.NewState()}
-	for _, e := range []struct{ typ, payload string }{
-		{"WalletOpened", `{"owner":"ann"}`},
-		{"MoneyWasAddedToWallet", `{"amount":500}`},
-		{"MoneyWasWithdrawnFromWallet", `{"amount":120}`},
-		{"SomethingElse", `{}`},
-	} {
-		if err := d.Apply(ctx, pc, projection.Meta{Type: e.typ, Raw: []byte(e.payload), Partition: pc.Key}); err != nil {
-			t.Fatal(err)
-		}
+	kv := projectiontest.NewPartition(examples.WalletBalanceKV(), "wallet/w-1")
+	if err := kv.Apply(ctx,
+		projectiontest.Event("WalletOpened", examples.WalletOpened{Owner: "ann"}),
+		projectiontest.Event("MoneyWasAddedToWallet", examples.MoneyWasAddedToWallet{Amount: 500}),
+		projectiontest.Event("MoneyWasWithdrawnFromWallet", examples.MoneyWasWithdrawnFromWallet{Amount: 120}),
+		projectiontest.Event("SomethingElse", struct{}{}),
+	); err != nil {
+		t.Fatal(err)
 	}
-	if got, want := *pc.State.(*examples.WalletDoc), (examples.WalletDoc{Owner: "ann", Balance: 380}); got != want {
+	if got, want := *kv.State, (examples.WalletDoc{Owner: "ann", Balance: 380}); got != want {
 		t.Fatalf("state %+v, want %+v", got, want)
 	}
-	err := d.Apply(ctx, pc, projection.Meta{Type: "MoneyWasAddedToWallet", Raw: []byte(`{"amount":"x"}`)})
+	err := kv.Apply(ctx, projectiontest.Event("MoneyWasAddedToWallet", json.RawMessage(`{"amount":"x"}`)))
 	if err == nil {
 		t.Fatal("a payload that does not decode is no error")
 	}
 
-	wb := examples.WalletBalance(nil).Def()
-	queued := &statements{}
-	pc = &projection.PartitionContext{Key: "wallet/w-7", State: &examples.WalletState{Balance: 4200}, Queue: queued}
-	if err := wb.Flush(ctx, pc); err != nil {
+	wb := projectiontest.NewPartition(examples.WalletBalance(nil), "wallet/w-7")
+	*wb.State = examples.WalletState{Balance: 4200}
+	if err := wb.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if len(queued.args) != 0 {
-		t.Fatalf("flush queued %v, want nothing (the handlers write)", queued.args)
+	if len(wb.Statements) != 0 {
+		t.Fatalf("flush queued %v, want nothing (the handlers write)", wb.Statements)
 	}
-	if err := wb.Apply(ctx, pc, projection.Meta{Type: "MoneyWasAddedToWallet", Raw: []byte(`{"amount":50}`), AggregateID: "w-7"}); err != nil {
+	deposit := projectiontest.Event("MoneyWasAddedToWallet", examples.MoneyWasAddedToWallet{Amount: 50})
+	deposit.AggregateID = "w-7"
+	if err := wb.Apply(ctx, deposit); err != nil {
 		t.Fatal(err)
 	}
-	if len(queued.args) != 1 || fmt.Sprint(queued.args[0]) != "[w-7 4250]" {
-		t.Fatalf("deposit queued %v, want one upsert of [w-7 4250]", queued.args)
+	if len(wb.Statements) != 1 || fmt.Sprint(wb.Statements[0].Args) != "[w-7 4250]" {
+		t.Fatalf("deposit queued %v, want one upsert of [w-7 4250]", wb.Statements)
 	}
-	if len(pc.Emitted) != 1 || pc.Emitted[0].Type != "WalletBalanceWasChanged" {
-		t.Fatalf("emitted %+v", pc.Emitted)
+	if len(wb.Emitted) != 1 || wb.Emitted[0].Type != "WalletBalanceWasChanged" {
+		t.Fatalf("emitted %+v", wb.Emitted)
 	}
 	var ev examples.WalletBalanceWasChanged
-	if err := json.Unmarshal(pc.Emitted[0].Payload, &ev); err != nil || ev != (examples.WalletBalanceWasChanged{WalletID: "w-7", Balance: 4200}) {
-		t.Fatalf("payload %s (%v)", pc.Emitted[0].Payload, err)
+	if err := json.Unmarshal(wb.Emitted[0].Payload, &ev); err != nil || ev != (examples.WalletBalanceWasChanged{WalletID: "w-7", Balance: 4200}) {
+		t.Fatalf("payload %s (%v)", wb.Emitted[0].Payload, err)
 	}
-	if got := string(pc.Emitted[0].Payload); got != `{"walletId":"w-7","balance":4200}` {
+	if got := string(wb.Emitted[0].Payload); got != `{"walletId":"w-7","balance":4200}` {
 		t.Fatalf("payload %s", got)
 	}
 }
 
 func TestDefinitionsAreValid(t *testing.T) {
 	t.Parallel()
-	want := map[string]projection.Kind{
-		"wallet_balance": projection.Partitioned, "wallet_balance_kv": projection.Partitioned,
-		"ticket_details": projection.Partitioned, "ticket_counts": projection.Global,
-		"order_fulfilment": projection.Partitioned, "high_value_wallets": projection.Partitioned,
+	want := map[string]projectionspec.Kind{
+		"wallet_balance": projectionspec.Partitioned, "wallet_balance_kv": projectionspec.Partitioned,
+		"ticket_details": projectionspec.Partitioned, "ticket_counts": projectionspec.Global,
+		"order_fulfilment": projectionspec.Partitioned, "high_value_wallets": projectionspec.Partitioned,
 	}
 	for _, d := range examples.All(nil) {
 		def := d.Def()
 		if err := def.Validate(); err != nil {
 			t.Error(err)
 		}
-		if k, ok := want[def.Name()]; !ok || k != def.Kind() {
-			t.Errorf("%s: kind %v, want %v (known %v)", def.Name(), def.Kind(), k, ok)
+		if k, ok := want[def.Name()]; !ok || k != projectionspec.Of(def).Kind() {
+			t.Errorf("%s: kind %v, want %v (known %v)", def.Name(), projectionspec.Of(def).Kind(), k, ok)
 		}
 		if got, ok := examples.ByName(nil, def.Name()); !ok || got.Def().Name() != def.Name() {
 			t.Errorf("ByName(%s) = %v, %v", def.Name(), got, ok)
@@ -345,25 +345,25 @@ func TestFold(t *testing.T) {
 		ev("ticket", "t1", "TicketWasClosed", `{}`),
 		ev("order", "o1", "OrderPlaced", `{"customer":"acme","total":5000}`),
 	}
-	wallets, err := examples.FoldWallets(events)
+	wallets, err := examplecheck.FoldWallets(events)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := fmt.Sprint(wallets); got != "map[a:{a ann 700} b:{b bob 0}]" {
 		t.Errorf("wallets %s", got)
 	}
-	tickets, err := examples.FoldTickets(events)
+	tickets, err := examplecheck.FoldTickets(events)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := fmt.Sprint(tickets); got != "map[t1:{t1 bug closed} t2:{t2 feature open}]" {
 		t.Errorf("tickets %s", got)
 	}
-	counts := examples.FoldTicketCounts(events)
-	if counts != (examples.Counts{Open: 1, Closed: 1}) || examples.CountTickets(tickets) != counts {
-		t.Errorf("counts %+v, summed %+v", counts, examples.CountTickets(tickets))
+	counts := examplecheck.FoldTicketCounts(events)
+	if counts != (examplecheck.Counts{Open: 1, Closed: 1}) || examplecheck.CountTickets(tickets) != counts {
+		t.Errorf("counts %+v, summed %+v", counts, examplecheck.CountTickets(tickets))
 	}
-	if _, err := examples.FoldWallets(append(events, ev("wallet", "a", "MoneyWasAddedToWallet", `{"amount":"x"}`))); err == nil {
+	if _, err := examplecheck.FoldWallets(append(events, ev("wallet", "a", "MoneyWasAddedToWallet", `{"amount":"x"}`))); err == nil {
 		t.Error("a payload that does not decode is no error")
 	}
 }
@@ -383,25 +383,25 @@ func TestFoldOrdersAndHighValue(t *testing.T) {
 		ev("payment", "p1", "PaymentSucceeded", `{"orderId":"o1"}`),
 		ev("order", "o2", "OrderPlaced", `{"customer":"globex","total":700}`),
 	}
-	rows, err := examples.FoldOrders(events)
+	rows, err := examplecheck.FoldOrders(events)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got, want := fmt.Sprint(rows), "map[o1:{o1 true acme 5000 true p1 true s1 dhl true} o2:{o2 true globex 700 true p2 false   false}]"; got != want {
 		t.Errorf("orders %s, want %s", got, want)
 	}
-	done, err := examples.ExpectedCompletedOrders(events)
+	done, err := examplecheck.ExpectedCompletedOrders(events)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got, want := fmt.Sprint(done), "map[o1:{o1 acme 5000 dhl}]"; got != want {
 		t.Errorf("completed %s, want %s", got, want)
 	}
-	if _, err := examples.FoldOrders(append(events, ev("payment", "p3", "PaymentSucceeded", `{}`))); err == nil {
+	if _, err := examplecheck.FoldOrders(append(events, ev("payment", "p3", "PaymentSucceeded", `{}`))); err == nil {
 		t.Error("a payment without orderId is no error")
 	}
 
-	high, emitted := examples.FoldHighValue([]examples.WalletBalanceWasChanged{
+	high, emitted := examplecheck.FoldHighValue([]examples.WalletBalanceWasChanged{
 		{WalletID: "a", Balance: 99999}, {WalletID: "a", Balance: 100000}, {WalletID: "b", Balance: 500000},
 		{WalletID: "a", Balance: 200000}, {WalletID: "a", Balance: 0}, {WalletID: "a", Balance: 100001},
 	})
@@ -412,8 +412,3 @@ func TestFoldOrdersAndHighValue(t *testing.T) {
 		t.Errorf("emitted %s, want %s", got, want)
 	}
 }
-
-// statements records what handlers queue with Context.Exec.
-type statements struct{ args [][]any }
-
-func (s *statements) Queue(_ string, args ...any) { s.args = append(s.args, args) }

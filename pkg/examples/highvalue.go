@@ -7,8 +7,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
-	"github.com/jetproj/jetproj/pkg/projector"
 	"github.com/jetproj/jetproj/pkg/subject"
 )
 
@@ -50,7 +50,7 @@ type HighValueState struct {
 // wallet_balance's stream. opts are added to the definition's options
 // (BatchSize, Retries …).
 func HighValueWallets(pool *pgxpool.Pool, opts ...projection.Option) *projection.Projection[HighValueState] {
-	src := projector.OwnStream(WalletBalanceName)
+	src := contract.ProjectionStream(WalletBalanceName)
 	p := projection.New[HighValueState](HighValueWalletsName, append([]projection.Option{
 		projection.FromSubjects(src, subject.ProjectionFilter(WalletBalanceName)),
 		projection.PartitionBy(walletOfBalanceSubject),
@@ -102,6 +102,6 @@ func walletOfBalanceSubject(subj string) string {
 	}
 	// Not wallet_balance's usual shape (e.g. a hashed id token): the
 	// subject's tail identifies the wallet as well.
-	_, rest, _ := strings.Cut(strings.TrimPrefix(subj, subject.ProjectionPrefix+"."), ".")
+	_, rest, _ := strings.Cut(strings.TrimPrefix(subj, contract.ProjectionPrefix+"."), ".")
 	return rest
 }

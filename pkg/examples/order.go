@@ -33,7 +33,7 @@ const CompletedOrdersStream = "completed_orders"
 //
 // # Why per aggregate, and the correlation in the row
 //
-// A partition per order looks natural (WithPartitions with a provider reading
+// A partition per order looks natural (Partitions with a provider reading
 // the orderId of the payload), but the runtime cannot run it correctly: a
 // partition reads its own messages alone — retrying after a handler error,
 // skip, rebuilding one partition — with direct gets on one subject, the

@@ -16,6 +16,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -114,21 +116,21 @@ func TestOrderFulfilmentAnyArrivalOrder(t *testing.T) {
 	appendAll(steps[half:])
 
 	devtest.Eventually(t, 60*time.Second, func() error {
-		if err := examples.Verify(ctx, b.pool, b.js, examples.OrderFulfilmentName); err != nil {
+		if err := examplecheck.Verify(ctx, b.pool, b.js, examples.OrderFulfilmentName); err != nil {
 			return err
 		}
 		if err := outboxEmpty(ctx, b.pool); err != nil {
 			return err
 		}
-		return examples.VerifyDerived(ctx, b.pool, b.js, examples.OrderFulfilmentName)
+		return examplecheck.VerifyDerived(ctx, b.pool, b.js, examples.OrderFulfilmentName)
 	})
 
 	// The reference the checks above compare with is the test's own.
-	events, err := examples.ReadAllEvents(ctx, b.pool)
+	events, err := examplecheck.ReadAllEvents(ctx, b.pool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	expected, err := examples.ExpectedCompletedOrders(events)
+	expected, err := examplecheck.ExpectedCompletedOrders(events)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +139,7 @@ func TestOrderFulfilmentAnyArrivalOrder(t *testing.T) {
 	}
 	// And the streams, read here once more: one event per completed order,
 	// on the subject of the partition that completed it.
-	for _, stream := range []string{projector.OwnStream(examples.OrderFulfilmentName), examples.CompletedOrdersStream} {
+	for _, stream := range []string{contract.ProjectionStream(examples.OrderFulfilmentName), examples.CompletedOrdersStream} {
 		got := completedOn(t, b.js, stream)
 		if len(got) != len(want) {
 			t.Fatalf("%s: %d OrderFullyCompleted, want %d", stream, len(got), len(want))
@@ -189,14 +191,14 @@ func (b *bundle) projectCrashing(t *testing.T, replica string, defs ...projectio
 // orderHas checks that order id's row holds exactly the given steps, and is
 // completed when it holds all three.
 func orderHas(ctx context.Context, pool *pgxpool.Pool, id string, steps []examples.OrderStep) error {
-	rows, err := examples.ReadOrders(ctx, pool)
+	rows, err := examplecheck.ReadOrders(ctx, pool)
 	if err != nil {
 		return err
 	}
 	r := rows[id]
-	want := examples.OrderRow{OrderID: id, Placed: slices.Contains(steps, examples.StepPlaced),
+	want := examplecheck.OrderRow{OrderID: id, Placed: slices.Contains(steps, examples.StepPlaced),
 		Paid: slices.Contains(steps, examples.StepPaid), Delivered: slices.Contains(steps, examples.StepDelivered)}
-	got := examples.OrderRow{OrderID: r.OrderID, Placed: r.Placed, Paid: r.Paid, Delivered: r.Delivered}
+	got := examplecheck.OrderRow{OrderID: r.OrderID, Placed: r.Placed, Paid: r.Paid, Delivered: r.Delivered}
 	if got != want || r.Completed != (len(steps) == 3) {
 		return fmt.Errorf("order %s after %v: %+v", id, steps, r)
 	}
@@ -206,7 +208,7 @@ func orderHas(ctx context.Context, pool *pgxpool.Pool, id string, steps []exampl
 // completedOn reads the OrderFullyCompleted events of a stream by order id.
 func completedOn(t *testing.T, js jetstream.JetStream, stream string) map[string][]examples.OrderFullyCompleted {
 	t.Helper()
-	msgs, err := examples.ReadDerived(context.Background(), js, stream)
+	msgs, err := examplecheck.ReadDerived(context.Background(), js, stream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +261,7 @@ func (w *wallets) change(t *testing.T, id string, delta int64) {
 	w.balance[id] += delta
 	want := w.balance[id]
 	devtest.Eventually(t, 20*time.Second, func() error {
-		changes, err := examples.ReadBalanceChanges(ctx, w.b.js)
+		changes, err := examplecheck.ReadBalanceChanges(ctx, w.b.js)
 		if err != nil {
 			return err
 		}
@@ -279,7 +281,7 @@ func (w *wallets) change(t *testing.T, id string, delta int64) {
 // high_value_wallets' stream by wallet, and checks their subjects.
 func highValueOn(t *testing.T, js jetstream.JetStream) map[string][]int64 {
 	t.Helper()
-	msgs, err := examples.ReadDerived(context.Background(), js, projector.OwnStream(examples.HighValueWalletsName))
+	msgs, err := examplecheck.ReadDerived(context.Background(), js, contract.ProjectionStream(examples.HighValueWalletsName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +307,7 @@ func TestHighValueWallets(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	b.project(t, "wb", examples.WalletBalance(b.pool))
-	waitStream(t, b.js, projector.OwnStream(examples.WalletBalanceName))
+	waitStream(t, b.js, contract.ProjectionStream(examples.WalletBalanceName))
 	b.project(t, "hv", examples.HighValueWallets(b.pool))
 
 	w := &wallets{b: b, balance: map[string]int64{}}
@@ -324,18 +326,18 @@ func TestHighValueWallets(t *testing.T) {
 		w.change(t, c.id, c.delta)
 	}
 	devtest.Eventually(t, 30*time.Second, func() error {
-		if err := examples.Verify(ctx, b.pool, b.js, examples.WalletBalanceName, examples.HighValueWalletsName); err != nil {
+		if err := examplecheck.Verify(ctx, b.pool, b.js, examples.WalletBalanceName, examples.HighValueWalletsName); err != nil {
 			return err
 		}
 		if err := outboxEmpty(ctx, b.pool); err != nil {
 			return err
 		}
-		return examples.VerifyDerived(ctx, b.pool, b.js, examples.HighValueWalletsName)
+		return examplecheck.VerifyDerived(ctx, b.pool, b.js, examples.HighValueWalletsName)
 	})
 	if got, want := fmt.Sprint(highValueOn(t, b.js)), "map[a:[110000 100000 100000] c:[250000]]"; got != want {
 		t.Fatalf("WalletBecameHighValue %s, want %s", got, want)
 	}
-	rows, err := examples.ReadHighValueWallets(ctx, b.pool)
+	rows, err := examplecheck.ReadHighValueWallets(ctx, b.pool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,16 +360,16 @@ func TestPipelineStageFailure(t *testing.T) {
 		return examples.HighValueWallets(b.pool, projection.Retries(1000, 20*time.Millisecond, 200*time.Millisecond))
 	}
 	b.project(t, "wb", examples.WalletBalance(b.pool))
-	waitStream(t, b.js, projector.OwnStream(examples.WalletBalanceName))
+	waitStream(t, b.js, contract.ProjectionStream(examples.WalletBalanceName))
 	stopHV := b.project(t, "hv1", hv())
 	settled := func() error {
-		if err := examples.Verify(ctx, b.pool, b.js, examples.WalletBalanceName, examples.HighValueWalletsName); err != nil {
+		if err := examplecheck.Verify(ctx, b.pool, b.js, examples.WalletBalanceName, examples.HighValueWalletsName); err != nil {
 			return err
 		}
 		if err := outboxEmpty(ctx, b.pool); err != nil {
 			return err
 		}
-		return examples.VerifyDerived(ctx, b.pool, b.js, examples.HighValueWalletsName)
+		return examplecheck.VerifyDerived(ctx, b.pool, b.js, examples.HighValueWalletsName)
 	}
 	b.write(t, 1500)
 	devtest.Eventually(t, 45*time.Second, settled)
@@ -378,7 +380,7 @@ func TestPipelineStageFailure(t *testing.T) {
 	w.change(t, "fail-x", 150000) // wallet_balance publishes it …
 	b.write(t, 500)
 	devtest.Eventually(t, 30*time.Second, func() error {
-		return examples.Verify(ctx, b.pool, b.js, examples.WalletBalanceName) // … and keeps running
+		return examplecheck.Verify(ctx, b.pool, b.js, examples.WalletBalanceName) // … and keeps running
 	})
 	devtest.Eventually(t, 20*time.Second, func() error {
 		var failing bool
@@ -405,9 +407,9 @@ WHERE projection = 'high_value_wallets' AND partition = 'wallet/fail-x'`).Scan(&
 	w.change(t, "stop-y", 200000)
 	b.write(t, 500)
 	devtest.Eventually(t, 30*time.Second, func() error {
-		return examples.Verify(ctx, b.pool, b.js, examples.WalletBalanceName)
+		return examplecheck.Verify(ctx, b.pool, b.js, examples.WalletBalanceName)
 	})
-	if rows, err := examples.ReadHighValueWallets(ctx, b.pool); err != nil || rows["stop-y"] != (examples.HighValueRow{}) {
+	if rows, err := examplecheck.ReadHighValueWallets(ctx, b.pool); err != nil || rows["stop-y"] != (examplecheck.HighValueRow{}) {
 		t.Fatalf("stop-y handled while its stage was stopped: %+v (%v)", rows["stop-y"], err)
 	}
 	b.project(t, "hv2", hv())

@@ -56,7 +56,7 @@ func TicketCounts(pool *pgxpool.Pool) *projection.Projection[struct{}] {
 ON CONFLICT (id) DO UPDATE SET open = 0, closed = 0`)
 	p := projection.New[struct{}](TicketCountsName,
 		projection.FromAggregates("ticket"),
-		projection.AsGlobal(),
+		projection.Global(),
 		projection.Postgres(pool),
 		projection.OnInit(func(ctx context.Context, tx pgx.Tx) error {
 			_, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS ticket_counts (

@@ -7,11 +7,12 @@ import (
 	"testing"
 
 	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projection/projectiontest"
 )
 
 // emitWith runs a handler that emits with opts and returns its error and
 // what it recorded.
-func emitWith(t *testing.T, link string, opts ...projection.EmitOption) ([]projection.Emission, error) {
+func emitWith(t *testing.T, link string, opts ...projection.EmitOption) ([]projectiontest.Emission, error) {
 	t.Helper()
 	p := projection.New[Order]("orders", projection.FromAggregates("order"))
 	projection.On(p, func(_ context.Context, c *projection.Context[Order], _ projection.Event[OrderShipped]) error {
@@ -20,10 +21,9 @@ func emitWith(t *testing.T, link string, opts ...projection.EmitOption) ([]proje
 		}
 		return c.Emit("T", 1, opts...)
 	})
-	d := p.Def()
-	pc := &projection.PartitionContext{Key: "order/o-1", State: d.NewState()}
-	err := d.Apply(context.Background(), pc, projection.Meta{Type: "OrderShipped", Raw: []byte(`{}`)})
-	return pc.Emitted, err
+	pt := projectiontest.NewPartition(p, "order/o-1")
+	err := pt.Apply(context.Background(), projectiontest.Event("OrderShipped", OrderShipped{}))
+	return pt.Emitted, err
 }
 
 func TestEmitOptions(t *testing.T) {
@@ -35,12 +35,12 @@ func TestEmitOptions(t *testing.T) {
 		ok   bool
 	}{
 		{"plain", "", nil, true},
-		{"key at the limit", "", []projection.EmitOption{projection.WithMetadata(map[string]string{long: "v"})}, true},
-		{"key over the limit", "", []projection.EmitOption{projection.WithMetadata(map[string]string{long + "k": "v"})}, false},
+		{"key at the limit", "", []projection.EmitOption{projection.Metadata(map[string]string{long: "v"})}, true},
+		{"key over the limit", "", []projection.EmitOption{projection.Metadata(map[string]string{long + "k": "v"})}, false},
 		// é is two bytes, each encoded in three: 22 of them take 132 bytes.
-		{"non-ASCII key over the limit", "", []projection.EmitOption{projection.WithMetadata(map[string]string{strings.Repeat("é", 22): "v"})}, false},
-		{"non-ASCII key within", "", []projection.EmitOption{projection.WithMetadata(map[string]string{strings.Repeat("é", 21): "v"})}, true},
-		{"empty key", "", []projection.EmitOption{projection.WithMetadata(map[string]string{"": "v"})}, false},
+		{"non-ASCII key over the limit", "", []projection.EmitOption{projection.Metadata(map[string]string{strings.Repeat("é", 22): "v"})}, false},
+		{"non-ASCII key within", "", []projection.EmitOption{projection.Metadata(map[string]string{strings.Repeat("é", 21): "v"})}, true},
+		{"empty key", "", []projection.EmitOption{projection.Metadata(map[string]string{"": "v"})}, false},
 		{"link only without a link", "", []projection.EmitOption{projection.LinkOnly()}, false},
 		{"link only with LinkTo", "a", []projection.EmitOption{projection.LinkOnly()}, true},
 		{"bad link name", "", []projection.EmitOption{projection.Link("not a stream")}, false},
@@ -67,13 +67,13 @@ func TestEmitOptions(t *testing.T) {
 // once, LinkTo's first; LinkExisting marks its streams only.
 func TestEmitOptionsCombine(t *testing.T) {
 	got, err := emitWith(t, "a",
-		projection.WithMetadata(map[string]string{"k": "1", "j": "x"}), projection.WithMetadata(map[string]string{"k": "2"}),
+		projection.Metadata(map[string]string{"k": "1", "j": "x"}), projection.Metadata(map[string]string{"k": "2"}),
 		projection.Link("b", "a"), projection.LinkExisting("theirs"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := got[0]
-	want := []projection.LinkStream{{Stream: "a"}, {Stream: "b"}, {Stream: "theirs", Existing: true}}
+	want := []projectiontest.Link{{Stream: "a"}, {Stream: "b"}, {Stream: "theirs", Existing: true}}
 	if len(e.Links) != len(want) || e.LinkOnly || e.Metadata["k"] != "2" || e.Metadata["j"] != "x" {
 		t.Fatalf("emission %+v", e)
 	}

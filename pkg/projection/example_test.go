@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projection/projectiontest"
 )
 
 type OrderShipped struct {
@@ -26,11 +29,10 @@ func ExampleContext_LinkTo() {
 		}
 		return c.LinkTo(e.Data.Carrier, "OrderWasShipped", e.Data)
 	})
-	d := p.Def()
 	for _, carrier := range []string{"shipped_orders", "not a stream"} {
-		pc := &projection.PartitionContext{Key: "order/o-1", State: d.NewState()}
-		err := d.Apply(context.Background(), pc, projection.Meta{Type: "OrderShipped", Raw: []byte(`{"carrier":"` + carrier + `"}`)})
-		fmt.Println(len(pc.Emitted), err != nil)
+		pt := projectiontest.NewPartition(p, "order/o-1")
+		err := pt.Apply(context.Background(), projectiontest.Event("OrderShipped", OrderShipped{Carrier: carrier}))
+		fmt.Println(len(pt.Emitted), err != nil)
 	}
 	// Output:
 	// 2 false
@@ -45,25 +47,17 @@ func ExampleLinkOnly() {
 	p := projection.New[Order]("orders", projection.FromAggregates("order"))
 	projection.On(p, func(_ context.Context, c *projection.Context[Order], e projection.Event[OrderShipped]) error {
 		return c.Emit("OrderWasShipped", e.Data,
-			projection.WithMetadata(map[string]string{"shipped_by": e.Data.Carrier}),
+			projection.Metadata(map[string]string{"shipped_by": e.Data.Carrier}),
 			projection.Link("shipped_orders", "carrier_feed"),
 			projection.LinkOnly())
 	})
-	d := p.Def()
-	pc := &projection.PartitionContext{Key: "order/o-1", State: d.NewState()}
-	err := d.Apply(context.Background(), pc, projection.Meta{Type: "OrderShipped", Raw: []byte(`{"carrier":"acme"}`)})
-	e := pc.Emitted[0]
-	fmt.Println(err, len(pc.Emitted), e.Links, e.LinkOnly, e.Metadata)
+	pt := projectiontest.NewPartition(p, "order/o-1")
+	err := pt.Apply(context.Background(), projectiontest.Event("OrderShipped", OrderShipped{Carrier: "acme"}))
+	e := pt.Emitted[0]
+	fmt.Println(err, len(pt.Emitted), e.Links, e.LinkOnly, e.Metadata)
 	// Output:
 	// <nil> 1 [{shipped_orders false} {carrier_feed false}] true map[shipped_by:acme]
 }
-
-// statements prints what a handler queues with Context.Exec. In the
-// projector it is the batch's PostgreSQL transaction: the statements travel
-// together with the commit.
-type statements struct{}
-
-func (statements) Queue(sql string, args ...any) { fmt.Println(sql, args) }
 
 type MoneyWasAddedToWallet struct {
 	Amount int64 `json:"amount"`
@@ -72,23 +66,27 @@ type MoneyWasAddedToWallet struct {
 type Wallet struct{ Balance int64 }
 
 // A handler of a projection with a PostgreSQL sink writes its read model by
-// queueing statements: no round trip per statement, and a statement
-// PostgreSQL refuses fails this wallet's partition alone. Without a
-// PostgreSQL sink Exec returns ErrNoPostgres.
+// queueing statements: in the projector they travel with the batch's
+// commit — no round trip per statement — and a statement PostgreSQL
+// refuses fails this wallet's partition alone. Without a PostgreSQL sink
+// Exec returns ErrNoPostgres.
 func ExampleContext_Exec() {
-	p := projection.New[Wallet]("wallet_balance", projection.FromAggregates("wallet"))
-	projection.On(p, func(_ context.Context, c *projection.Context[Wallet], e projection.Event[MoneyWasAddedToWallet]) error {
+	handler := func(_ context.Context, c *projection.Context[Wallet], e projection.Event[MoneyWasAddedToWallet]) error {
 		c.State.Balance += e.Data.Amount
 		return c.Exec(`UPDATE wallet_balance SET balance = $2 WHERE wallet_id = $1`, e.AggregateID, c.State.Balance)
-	})
-	d := p.Def()
-	pc := &projection.PartitionContext{Key: "wallet/w-1", State: d.NewState(), Queue: statements{}}
-	m := projection.Meta{Type: "MoneyWasAddedToWallet", Raw: []byte(`{"amount":500}`), AggregateID: "w-1"}
-	fmt.Println(d.Apply(context.Background(), pc, m))
-	pc.Queue = nil
-	fmt.Println(d.Apply(context.Background(), pc, m))
+	}
+	var pool *pgxpool.Pool // your read model's database
+	p := projection.New[Wallet]("wallet_balance", projection.FromAggregates("wallet"), projection.Postgres(pool))
+	projection.On(p, handler)
+	kv := projection.New[Wallet]("wallet_balance_kv", projection.FromAggregates("wallet"))
+	projection.On(kv, handler)
+
+	deposit := projectiontest.Event("MoneyWasAddedToWallet", MoneyWasAddedToWallet{Amount: 500})
+	deposit.AggregateID = "w-1"
+	pt := projectiontest.NewPartition(p, "wallet/w-1")
+	fmt.Println(pt.Apply(context.Background(), deposit), pt.Statements)
+	fmt.Println(projectiontest.NewPartition(kv, "wallet/w-1").Apply(context.Background(), deposit))
 	// Output:
-	// UPDATE wallet_balance SET balance = $2 WHERE wallet_id = $1 [w-1 500]
-	// <nil>
+	// <nil> [{UPDATE wallet_balance SET balance = $2 WHERE wallet_id = $1 [w-1 500]}]
 	// projection: Exec needs a PostgreSQL sink (projection.Postgres or PostgresPerTenant)
 }

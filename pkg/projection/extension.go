@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/subject"
 )
 
@@ -80,8 +81,8 @@ type AggregatePartitions struct{}
 
 // Partition implements PartitionProvider.
 func (AggregatePartitions) Partition(m Message) (string, error) {
-	t, okT := m.Header["Aggregate-Type"]
-	id, okID := m.Header["Aggregate-Id"]
+	t, okT := m.Header[contract.HeaderAggregateType]
+	id, okID := m.Header[contract.HeaderAggregateID]
 	if !okT || !okID || len(t) == 0 || len(id) == 0 {
 		return "", errors.Join(ErrNoPartition, errors.New("no Aggregate-Type or Aggregate-Id header on "+m.Subject))
 	}
@@ -127,30 +128,10 @@ type PartitionFunc func(m Message) (string, error)
 // Partition implements PartitionProvider.
 func (f PartitionFunc) Partition(m Message) (string, error) { return f(m) }
 
-// WithSource reads the projection's messages from a custom source.
-func WithSource(s Source) Option { return func(d *Definition) { d.customSource = s } }
+// FromSource reads the projection's messages from a custom source.
+func FromSource(s Source) Option { return func(d *Definition) { d.customSource = s } }
 
-// WithPartitions places messages in partitions with a custom provider.
-func WithPartitions(p PartitionProvider) Option { return func(d *Definition) { d.partitions = p } }
-
-// CustomSource is the source set with WithSource, if any.
-func (d *Definition) CustomSource() Source { return d.customSource }
-
-// Partitions is the partition provider in effect.
-func (d *Definition) Partitions() PartitionProvider {
-	switch {
-	case d.kind == Global:
-		return GlobalPartitions{}
-	case d.partitions != nil:
-		return d.partitions
-	case len(d.source.AggregateTypes) > 0:
-		return AggregatePartitions{}
-	case d.source.PartitionKey != nil:
-		f := d.source.PartitionKey
-		return PartitionFunc(func(m Message) (string, error) { return f(m.Subject), nil })
-	default:
-		return SubjectPartitions{Skip: 2}
-	}
-}
+// Partitions places messages in partitions with a custom provider.
+func Partitions(p PartitionProvider) Option { return func(d *Definition) { d.partitions = p } }
 
 var strconvUnquote = func(s string) (string, error) { return strconv.Unquote(s) }

@@ -1,6 +1,8 @@
 package projection
 
-import "github.com/jetproj/jetproj/pkg/subject"
+import (
+	"github.com/jetproj/jetproj/internal/projectionrt"
+)
 
 // Inline marks a projection that is also applied inline: synchronously, in
 // the transaction that appends its events (projector.Inline with
@@ -13,25 +15,9 @@ import "github.com/jetproj/jetproj/pkg/subject"
 // projection applied inline would serialise every append.
 func Inline() Option { return func(d *Definition) { d.inline = true } }
 
-// IsInline reports whether the definition was marked with Inline.
-func (d *Definition) IsInline() bool { return d.inline }
-
-// AggregatePrefix is the subject prefix of an aggregate source's events:
-// "events" for the feeder's stream, FromStream's prefix otherwise; empty
-// for other sources.
-func (d *Definition) AggregatePrefix() string {
-	if len(d.source.AggregateTypes) == 0 {
-		return ""
-	}
-	if d.aggStream != "" {
-		return d.aggPrefix
-	}
-	return subject.EventsPrefix
-}
-
 func (d *Definition) inlineProblems() []string {
 	var errs []string
-	if d.kind == Global {
+	if d.kind == projectionrt.Global {
 		errs = append(errs, "Inline: a global projection cannot be applied inline")
 	}
 	if len(d.source.AggregateTypes) == 0 {

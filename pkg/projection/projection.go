@@ -12,52 +12,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/jetproj/jetproj/internal/projectionrt"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/subject"
 )
-
-// Kind is how a projection divides its events.
-type Kind int
-
-const (
-	// Partitioned projections keep one partition per aggregate (or per
-	// partition key of a streaming source): each partition has its own
-	// position, state and failures, and partitions are shared by replicas.
-	Partitioned Kind = iota
-	// Global projections see every event in stream order, in one partition
-	// run by exactly one replica at a time.
-	Global
-)
-
-func (k Kind) String() string {
-	if k == Global {
-		return "global"
-	}
-	return "partitioned"
-}
-
-// Mode is how the projection is driven.
-type Mode int
-
-const (
-	// EventDriven projections react to new messages within milliseconds.
-	EventDriven Mode = iota
-	// Polling projections look for new messages on an interval, for heavy
-	// batch work that should not run per event.
-	Polling
-)
-
-// SourceConfig says where a projection's messages come from.
-type SourceConfig struct {
-	// Stream is the JetStream stream, EVENTS by default.
-	Stream string
-	// Subjects are the filter subjects pushed to the server.
-	Subjects []string
-	// AggregateTypes is set for sources on the feeder's stream.
-	AggregateTypes []string
-	// PartitionKey maps a message subject to its partition; nil for
-	// aggregate sources (the partition is aggregate_type/aggregate_id).
-	PartitionKey func(subject string) string
-}
 
 // GlobalPartition is the key of a global projection's only partition.
 const GlobalPartition = "global"
@@ -106,7 +64,7 @@ type Context[S any] struct {
 	// State is the partition's state; changes are stored with its position
 	// when the batch commits, and discarded when a handler fails.
 	State *S
-	c     *PartitionContext
+	c     *projectionrt.PartitionContext
 }
 
 // Partition is the partition's key.
@@ -139,11 +97,6 @@ func (c *Context[S]) Exec(sql string, args ...any) error {
 // sink (Postgres or PostgresPerTenant).
 var ErrNoPostgres = errors.New("projection: Exec needs a PostgreSQL sink (projection.Postgres or PostgresPerTenant)")
 
-// StatementQueue takes statements to send with the batch (Context.Exec).
-type StatementQueue interface {
-	Queue(sql string, args ...any)
-}
-
 // Tenant is the tenant of the partition's last delivered event.
 func (c *Context[S]) Tenant() string { return c.c.Tenant }
 
@@ -153,11 +106,11 @@ func (c *Context[S]) Tenant() string { return c.c.Tenant }
 // The derived event carries the metadata of the event that caused it (the
 // event being handled; in the flush hook, the partition's last event of the
 // batch) as Meta-* headers, its id as Causation-Id and its correlation_id
-// entry as Correlation-Id. Options add metadata of its own (WithMetadata)
+// entry as Correlation-Id. Options add metadata of its own (Metadata)
 // and link it to other streams (Link, LinkOnly, LinkExisting). A bad option
 // is an error wrapping ErrInvalidEmission, and nothing is recorded.
 func (c *Context[S]) Emit(eventType string, payload any, opts ...EmitOption) error {
-	return c.c.emit(eventType, payload, "", opts)
+	return emit(c.c, eventType, payload, "", opts)
 }
 
 // LinkTo records a derived event for the named stream as well: it is
@@ -165,7 +118,7 @@ func (c *Context[S]) Emit(eventType string, payload any, opts ...EmitOption) err
 // jetproj on first use, subjects <lowercase stream>.>). With LinkOnly it
 // goes to stream only; Link adds more streams. It takes Emit's options.
 func (c *Context[S]) LinkTo(stream, eventType string, payload any, opts ...EmitOption) error {
-	return c.c.emit(eventType, payload, stream, opts)
+	return emit(c.c, eventType, payload, stream, opts)
 }
 
 // ErrInvalidEmission is matched by the error of Emit or LinkTo when an
@@ -187,16 +140,16 @@ type emitOptions struct {
 	linkOnly bool
 }
 
-// WithMetadata gives the derived event metadata of its own, sent as Meta-*
+// Metadata gives the derived event metadata of its own, sent as Meta-*
 // headers like the feeder's. Its entries win over those carried over from
 // the source event. Keys must not be empty and must encode (as a subject
 // token: letters, digits, '-' and '_' one byte each, any other byte three)
 // into at most MaxMetadataKeyLen bytes; values are any text. The option
 // may be given several times.
-func WithMetadata(meta map[string]string) EmitOption {
+func Metadata(meta map[string]string) EmitOption {
 	return func(o *emitOptions) error {
 		for k, v := range meta {
-			if err := ValidMetadataKey(k); err != nil {
+			if err := validMetadataKey(k); err != nil {
 				return err
 			}
 			if o.meta == nil {
@@ -208,9 +161,9 @@ func WithMetadata(meta map[string]string) EmitOption {
 	}
 }
 
-// ValidMetadataKey reports whether key can travel as a Meta-* header name
+// validMetadataKey reports whether key can travel as a Meta-* header name
 // without being hashed (an error wrapping ErrInvalidEmission if not).
-func ValidMetadataKey(key string) error {
+func validMetadataKey(key string) error {
 	if key == "" {
 		return fmt.Errorf("%w: empty metadata key", ErrInvalidEmission)
 	}
@@ -287,44 +240,8 @@ func (o *emitOptions) addLink(stream string) error {
 	return nil
 }
 
-// Emission is an event derived by a handler or flush hook.
-type Emission struct {
-	Type    string
-	Payload json.RawMessage
-	// Links are the streams it is published to besides (or, with
-	// LinkOnly, instead of) the projection's own, in the order named.
-	Links []LinkStream
-	// LinkOnly: not published on the projection's own stream.
-	LinkOnly bool
-	// Metadata is the emission's own metadata (WithMetadata); the runtime
-	// adds what it carries over from the source event.
-	Metadata map[string]string
-}
-
-// LinkStream is a stream a derived event is linked to.
-type LinkStream struct {
-	Stream string `json:"stream"`
-	// Existing: the user opted in to a stream jetproj did not create
-	// (LinkExisting).
-	Existing bool `json:"existing,omitempty"`
-}
-
-// PartitionContext is the untyped partition context the runtime manages.
-// Users meet it through Context[S].
-type PartitionContext struct {
-	Key string
-	Tx  pgx.Tx
-	// Queue takes the statements of Context.Exec (nil without a
-	// PostgreSQL sink).
-	Queue  StatementQueue
-	Tenant string
-	// State is a pointer to the decoded state value (*S).
-	State any
-	// Emitted collects Emit and LinkTo calls of the current batch.
-	Emitted []Emission
-}
-
-func (c *PartitionContext) emit(eventType string, payload any, link string, opts []EmitOption) error {
+// emit records a derived event in c (Emit and LinkTo).
+func emit(c *projectionrt.PartitionContext, eventType string, payload any, link string, opts []EmitOption) error {
 	if eventType == "" {
 		return fmt.Errorf("%w: Emit needs an event type", ErrInvalidEmission)
 	}
@@ -349,16 +266,16 @@ func (c *PartitionContext) emit(eventType string, payload any, link string, opts
 	if err != nil {
 		return fmt.Errorf("projection: emit %s: %w", eventType, err)
 	}
-	e := Emission{Type: eventType, Payload: b, LinkOnly: o.linkOnly, Metadata: o.meta}
+	e := projectionrt.Emission{Type: eventType, Payload: b, LinkOnly: o.linkOnly, Metadata: o.meta}
 	for _, l := range o.links {
-		e.Links = append(e.Links, LinkStream{Stream: l, Existing: o.existing[l]})
+		e.Links = append(e.Links, projectionrt.LinkStream{Stream: l, Existing: o.existing[l]})
 	}
 	c.Emitted = append(c.Emitted, e)
 	return nil
 }
 
-// HandlerFunc is the untyped form of a handler, used by the runtime.
-type HandlerFunc func(ctx context.Context, pc *PartitionContext, m Meta) error
+// handlerFunc is the untyped form of a handler, which the runtime calls.
+type handlerFunc func(ctx context.Context, pc *projectionrt.PartitionContext, m Meta) error
 
 // Hook runs at a lifecycle step; tx is a transaction on the projection's
 // database (nil without a Postgres sink).
@@ -368,13 +285,14 @@ type Hook func(ctx context.Context, tx pgx.Tx) error
 // before it is rebuilt.
 type PartitionHook func(ctx context.Context, tx pgx.Tx, partition string) error
 
-// Definition is a projection: its name, source, kind, handlers and hooks.
-// Create it with New; add handlers with On.
+// Definition is a projection without its state's type: what a projector
+// runs. Create it with New (a *Projection[S] carries one); add handlers
+// with On.
 type Definition struct {
 	name        string
-	source      SourceConfig
-	kind        Kind
-	mode        Mode
+	source      projectionrt.SourceConfig
+	kind        projectionrt.Kind
+	mode        projectionrt.Mode
 	interval    time.Duration
 	batchSize   int
 	catchUp     int  // CatchUpBatchSize; 0: the default
@@ -386,14 +304,15 @@ type Definition struct {
 	writeEvery  time.Duration
 	pool        *pgxpool.Pool
 	tenantPools map[string]*pgxpool.Pool
+	postgres    bool // Postgres or PostgresPerTenant was given
 	store       any
 	// aggStream and aggPrefix are FromStream's.
 	aggStream, aggPrefix string
 	newState             func() any
 	stateType            reflect.Type
-	handlers             map[string]HandlerFunc
-	catchAll             HandlerFunc
-	flush                func(ctx context.Context, pc *PartitionContext) error
+	handlers             map[string]handlerFunc
+	catchAll             handlerFunc
+	flush                func(ctx context.Context, pc *projectionrt.PartitionContext) error
 	onInit               Hook
 	onReset              Hook
 	onDelete             Hook
@@ -412,7 +331,8 @@ type Projection[S any] struct {
 	*Definition
 }
 
-// Option configures a definition.
+// Option configures a definition given to New. Options are named for what
+// they choose, From… for a source and On… for a hook.
 type Option func(*Definition)
 
 // New defines a projection named name ([a-z0-9_]+) whose partitions carry
@@ -425,7 +345,7 @@ func New[S any](name string, opts ...Option) *Projection[S] {
 		backoffMin:  100 * time.Millisecond,
 		backoffMax:  30 * time.Second,
 		slots:       64,
-		handlers:    map[string]HandlerFunc{},
+		handlers:    map[string]handlerFunc{},
 		newState:    func() any { return new(S) },
 		stateType:   reflect.TypeFor[S](),
 		interval:    time.Second,
@@ -442,8 +362,8 @@ func New[S any](name string, opts ...Option) *Projection[S] {
 		if d.source.Stream != "" {
 			d.errs = append(d.errs, "FromAggregates with FromSubjects: choose one source")
 		}
-		prefix := subject.EventsPrefix
-		d.source.Stream = "EVENTS"
+		prefix := contract.EventsPrefix
+		d.source.Stream = contract.EventsStream
 		if d.aggStream != "" {
 			d.source.Stream, prefix = d.aggStream, d.aggPrefix
 		}
@@ -454,9 +374,9 @@ func New[S any](name string, opts ...Option) *Projection[S] {
 		d.errs = append(d.errs, "FromStream names the stream of FromAggregates, which is missing")
 	}
 	if d.source.Stream == "" && len(d.source.Subjects) == 0 && d.customSource == nil {
-		d.errs = append(d.errs, "no source: use FromAggregates or FromSubjects")
+		d.errs = append(d.errs, "no source: use FromAggregates, FromSubjects or FromSource")
 	}
-	if d.kind == Global {
+	if d.kind == projectionrt.Global {
 		d.slots = 1
 	}
 	return &Projection[S]{d}
@@ -525,17 +445,17 @@ func PartitionBy(f func(subject string) string) Option {
 	return func(d *Definition) { d.source.PartitionKey = f }
 }
 
-// AsGlobal makes the projection global: one partition, every event in
+// Global makes the projection global: one partition, every event in
 // stream order, one active replica.
-func AsGlobal() Option { return func(d *Definition) { d.kind = Global; d.slots = 1 } }
+func Global() Option { return func(d *Definition) { d.kind = projectionrt.Global; d.slots = 1 } }
 
 // BatchSize sets how many messages a batch takes at most while the
-// projection follows the head of its source (default 500). Given alone,
-// it bounds catch-up batches too.
+// projection follows the head of its source (default 500, at most
+// 100,000). Given alone, it bounds catch-up batches too.
 func BatchSize(n int) Option {
 	return func(d *Definition) {
-		if n < 1 || n > MaxBatchSize {
-			d.errs = append(d.errs, fmt.Sprintf("BatchSize %d: want 1 to %d", n, MaxBatchSize))
+		if n < 1 || n > maxBatchSize {
+			d.errs = append(d.errs, fmt.Sprintf("BatchSize %d: want 1 to %d", n, maxBatchSize))
 		}
 		d.batchSize, d.batchSet = n, true
 	}
@@ -545,26 +465,26 @@ func BatchSize(n int) Option {
 // projection is far behind its source (a backlog, a rebuild): larger
 // batches mean fewer commits, flushes and derived events per partition.
 // The default is 8 × the default BatchSize (4,000), or BatchSize when only
-// that was given; a batch also stops at 8 MiB of payload.
+// that was given; at most 100,000. A batch also stops at 8 MiB of payload.
 func CatchUpBatchSize(n int) Option {
 	return func(d *Definition) {
-		if n < 1 || n > MaxBatchSize {
-			d.errs = append(d.errs, fmt.Sprintf("CatchUpBatchSize %d: want 1 to %d", n, MaxBatchSize))
+		if n < 1 || n > maxBatchSize {
+			d.errs = append(d.errs, fmt.Sprintf("CatchUpBatchSize %d: want 1 to %d", n, maxBatchSize))
 		}
 		d.catchUp = n
 	}
 }
 
-// MaxBatchSize bounds BatchSize and CatchUpBatchSize.
-const MaxBatchSize = 100_000
+// maxBatchSize bounds BatchSize and CatchUpBatchSize.
+const maxBatchSize = 100_000
 
-// WithPolling runs the projection on an interval instead of per event.
-func WithPolling(interval time.Duration) Option {
+// Polling runs the projection on an interval instead of per event.
+func Polling(interval time.Duration) Option {
 	return func(d *Definition) {
 		if interval <= 0 {
-			d.errs = append(d.errs, "WithPolling: interval must be positive")
+			d.errs = append(d.errs, "Polling: interval must be positive")
 		}
-		d.mode, d.interval = Polling, interval
+		d.mode, d.interval = projectionrt.Polling, interval
 	}
 }
 
@@ -612,7 +532,9 @@ func Slots(n int) Option {
 // Postgres makes handlers write their read model in pool's database: each
 // batch runs in one transaction (Context.Tx) that also stores the
 // partitions' positions and state, so effects are exactly once.
-func Postgres(pool *pgxpool.Pool) Option { return func(d *Definition) { d.pool = pool } }
+func Postgres(pool *pgxpool.Pool) Option {
+	return func(d *Definition) { d.pool, d.postgres = pool, true }
+}
 
 // PostgresPerTenant routes each tenant (the "tenant" metadata entry of an
 // event) to its own database: a partition's read-model writes, position and
@@ -624,7 +546,7 @@ func PostgresPerTenant(pools map[string]*pgxpool.Pool) Option {
 		if len(pools) == 0 {
 			d.errs = append(d.errs, "PostgresPerTenant: no tenants")
 		}
-		d.tenantPools = pools
+		d.tenantPools, d.postgres = pools, true
 	}
 }
 
@@ -652,9 +574,6 @@ func ManualStart() Option { return func(d *Definition) { d.manualStart = true } 
 // version catches up beside the old one); `projector live <name>` switches
 // it live, after which it emits for new events only.
 func NotLive() Option { return func(d *Definition) { d.notLive = true } }
-
-// Deployment reports the deployment options: manual start, not live.
-func (d *Definition) Deployment() (manualStart, notLive bool) { return d.manualStart, d.notLive }
 
 // OnInit runs when the projection is initialised (idempotent: create
 // tables IF NOT EXISTS).
@@ -695,7 +614,7 @@ func OnType[S, T any](p *Projection[S], eventType string, h func(ctx context.Con
 	if _, dup := p.handlers[eventType]; dup {
 		p.errs = append(p.errs, fmt.Sprintf("two handlers for event type %q", eventType))
 	}
-	p.handlers[eventType] = func(ctx context.Context, pc *PartitionContext, m Meta) error {
+	p.handlers[eventType] = func(ctx context.Context, pc *projectionrt.PartitionContext, m Meta) error {
 		e := Event[T]{Meta: m}
 		if len(m.Raw) > 0 {
 			if err := json.Unmarshal(m.Raw, &e.Data); err != nil {
@@ -708,7 +627,7 @@ func OnType[S, T any](p *Projection[S], eventType string, h func(ctx context.Con
 
 // OnAny adds a handler for every event type that has no handler of its own.
 func OnAny[S any](p *Projection[S], h func(ctx context.Context, c *Context[S], m Meta) error) {
-	p.catchAll = func(ctx context.Context, pc *PartitionContext, m Meta) error {
+	p.catchAll = func(ctx context.Context, pc *projectionrt.PartitionContext, m Meta) error {
 		return h(ctx, &Context[S]{State: pc.State.(*S), c: pc}, m)
 	}
 }
@@ -716,7 +635,7 @@ func OnAny[S any](p *Projection[S], h func(ctx context.Context, c *Context[S], m
 // OnFlush sets a hook that runs once per partition per batch, after its
 // handlers: the place to emit one summarising event per batch.
 func OnFlush[S any](p *Projection[S], h func(ctx context.Context, c *Context[S]) error) {
-	p.flush = func(ctx context.Context, pc *PartitionContext) error {
+	p.flush = func(ctx context.Context, pc *projectionrt.PartitionContext) error {
 		return h(ctx, &Context[S]{State: pc.State.(*S), c: pc})
 	}
 }
@@ -759,94 +678,9 @@ func (d *Definition) Validate() error {
 // Name is the projection's name.
 func (d *Definition) Name() string { return d.name }
 
-// Kind is partitioned or global.
-func (d *Definition) Kind() Kind { return d.kind }
-
-// SourceConfig says where the messages come from.
-func (d *Definition) SourceConfig() SourceConfig { return d.source }
-
-// Spec exposes the settings the runtime needs.
-type Spec struct {
-	BatchSize int
-	// CatchUpBatchSize bounds batches while the source is far ahead.
-	CatchUpBatchSize int
-	MaxAttempts      int
-	BackoffMin       time.Duration
-	BackoffMax       time.Duration
-	Slots            int
-	Mode             Mode
-	Interval         time.Duration
-	// WriteEvery is StateWriteInterval.
-	WriteEvery  time.Duration
-	Pool        *pgxpool.Pool
-	TenantPools map[string]*pgxpool.Pool
-	// Store is CustomStore's store.
-	Store any
-}
-
-// Spec returns the runtime settings.
-func (d *Definition) Spec() Spec {
-	catchUp := d.catchUp
-	switch {
-	case catchUp > 0:
-	case d.batchSet:
-		catchUp = d.batchSize
-	default:
-		catchUp = 8 * d.batchSize
-	}
-	return Spec{BatchSize: d.batchSize, CatchUpBatchSize: max(catchUp, d.batchSize), MaxAttempts: d.maxAttempts, BackoffMin: d.backoffMin, BackoffMax: d.backoffMax,
-		Slots: d.slots, Mode: d.mode, Interval: d.interval, WriteEvery: d.writeEvery, Pool: d.pool, TenantPools: d.tenantPools, Store: d.store}
-}
-
-// Handles reports whether the definition has a handler for eventType.
-func (d *Definition) Handles(eventType string) bool {
-	_, ok := d.handlers[eventType]
-	return ok || d.catchAll != nil
-}
-
-// Apply runs the handler for m on the partition; events without a handler
-// are ignored.
-func (d *Definition) Apply(ctx context.Context, pc *PartitionContext, m Meta) error {
-	h, ok := d.handlers[m.Type]
-	if !ok {
-		h = d.catchAll
-	}
-	if h == nil {
-		return nil
-	}
-	return h(ctx, pc, m)
-}
-
-// Flush runs the flush hook, if any.
-func (d *Definition) Flush(ctx context.Context, pc *PartitionContext) error {
-	if d.flush == nil {
-		return nil
-	}
-	return d.flush(ctx, pc)
-}
-
-// NewState returns a pointer to a fresh zero state.
-func (d *Definition) NewState() any { return d.newState() }
-
-// DecodeState decodes stored state; empty data gives the zero state.
-func (d *Definition) DecodeState(data []byte) (any, error) {
-	s := d.newState()
-	if len(data) == 0 {
-		return s, nil
-	}
-	if err := json.Unmarshal(data, s); err != nil {
-		return nil, fmt.Errorf("projection %s: stored state does not decode into %v: %w", d.name, d.stateType, err)
-	}
-	return s, nil
-}
-
-// Hooks returns the lifecycle hooks (nil when not set).
-func (d *Definition) Hooks() (init, reset, del Hook, resetPartition PartitionHook) {
-	return d.onInit, d.onReset, d.onDelete, d.onResetPart
-}
-
-// Definer is anything that carries a definition: *Projection[S].
+// Definer is anything that carries a definition, as *Projection[S] does:
+// what package projector runs.
 type Definer interface{ Def() *Definition }
 
-// Def returns the untyped definition.
+// Def returns the definition itself: a *Definition is a Definer too.
 func (d *Definition) Def() *Definition { return d }

@@ -13,13 +13,54 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/lease"
+	"github.com/jetproj/jetproj/internal/projectionspec"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
-// Init prepares a projection: its state store, its init hook and its
-// registry entry (active). It is idempotent and also revives a deleted
-// projection.
-func Init(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) error {
+// AdminOptions configure an Admin.
+type AdminOptions struct {
+	// Replicas of the KV buckets and streams an operation creates when they
+	// are missing (the registry, a projection's state bucket, lease bucket
+	// and own stream): 1, 3 or 5, as the running projectors'
+	// Options.Replicas. Default 1.
+	Replicas int
+	// Progress receives the progress lines of long operations (Reset,
+	// Delete); nil discards them.
+	Progress Progress
+}
+
+// Admin changes projections' lifecycle from outside the replicas that run
+// them — what the `projector` commands init, reset, rebuild, delete,
+// start, live, retry, skip and status do — through the NATS server the
+// replicas use. Running replicas follow its changes: they give their slots
+// back while a projection is paused, replay it after a reset, and carry out
+// partition commands for the partitions they own.
+//
+// An Admin holds no resources of its own; it is safe for concurrent use.
+type Admin struct {
+	js       jetstream.JetStream
+	replicas int
+	progress Progress
+}
+
+// NewAdmin returns an Admin working through js. Partition commands (Retry,
+// Skip, RebuildPartition) are requests on js's connection.
+func NewAdmin(js jetstream.JetStream, opts AdminOptions) *Admin {
+	if opts.Progress == nil {
+		opts.Progress = func(string, ...any) {}
+	}
+	return &Admin{js: js, replicas: max(opts.Replicas, 1), progress: opts.Progress}
+}
+
+// Init prepares a projection: its state store, its init hook (OnInit, which
+// creates the read model), its own stream of derived events and its
+// registry entry (active, or paused until Resume when deployed with
+// projection.ManualStart). It is idempotent and also revives a deleted
+// projection. A projector initialises the projections it runs by itself
+// the first time; Init does it beforehand (`projector init`).
+func (a *Admin) Init(ctx context.Context, p projection.Definer) error {
+	d, js, replicas := p.Def(), a.js, a.replicas
 	reg, err := OpenRegistry(ctx, js, replicas)
 	if err != nil {
 		return err
@@ -28,14 +69,14 @@ func Init(ctx context.Context, js jetstream.JetStream, d *projection.Definition,
 	if err := store.Init(ctx); err != nil {
 		return err
 	}
-	init, _, _, _ := d.Hooks()
+	init := projectionspec.Of(d).Hooks().Init
 	if err := runHook(ctx, d, init); err != nil {
 		return fmt.Errorf("projector: %s: init hook: %w", d.Name(), err)
 	}
 	if err := ensureOwnStream(ctx, js, d.Name(), replicas); err != nil {
 		return err
 	}
-	manual, notLive := d.Deployment()
+	manual, notLive := projectionspec.Of(d).Deployment()
 	_, err = reg.Update(ctx, d.Name(), func(e *Entry, exists bool) error {
 		if exists && e.State == StateActive {
 			return nil
@@ -46,7 +87,7 @@ func Init(ctx context.Context, js jetstream.JetStream, d *projection.Definition,
 			// marks must not hide the new ones.
 			e.Generation++
 		}
-		e.State, e.Kind, e.Slots, e.Reason = StateActive, d.Kind().String(), d.Spec().Slots, ""
+		e.State, e.Kind, e.Slots, e.Reason = StateActive, projectionspec.Of(d).Kind().String(), projectionspec.Of(d).Settings().Slots, ""
 		if !exists {
 			e.NotLive = notLive
 			if manual {
@@ -55,9 +96,9 @@ func Init(ctx context.Context, js jetstream.JetStream, d *projection.Definition,
 		}
 		e.Store = "kv"
 		switch {
-		case d.Spec().Pool != nil:
+		case projectionspec.Of(d).Settings().Pool != nil:
 			e.Store = "postgres"
-		case len(d.Spec().TenantPools) > 0:
+		case len(projectionspec.Of(d).Settings().TenantPools) > 0:
 			e.Store = "postgres-per-tenant"
 		}
 		return nil
@@ -65,13 +106,10 @@ func Init(ctx context.Context, js jetstream.JetStream, d *projection.Definition,
 	return err
 }
 
-// OwnStream is the name of a projection's own stream of derived events.
-func OwnStream(name string) string { return "PROJECT_" + strings.ToUpper(name) }
-
 // ensureOwnStream creates the projection's stream, project.<name>.>.
 func ensureOwnStream(ctx context.Context, js jetstream.JetStream, name string, replicas int) error {
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name: OwnStream(name), Subjects: []string{"project." + name + ".>"}, Replicas: max(replicas, 1),
+		Name: contract.ProjectionStream(name), Subjects: []string{contract.ProjectionSubjects(name)}, Replicas: max(replicas, 1),
 		Storage: jetstream.FileStorage, AllowDirect: true, Duplicates: 2 * time.Minute,
 		Description: "jetproj events derived by projection " + name,
 	})
@@ -81,19 +119,23 @@ func ensureOwnStream(ctx context.Context, js jetstream.JetStream, name string, r
 	return nil
 }
 
-// Start starts a projection deployed with ManualStart.
-func Start(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) error {
-	reg, err := OpenRegistry(ctx, js, replicas)
+// Resume lets the replicas run a projection deployed with
+// projection.ManualStart, which Init left paused (`projector start`): its
+// registry entry becomes active, and the replicas running it take its
+// slots. It does not start a projector; Projector.Run does.
+func (a *Admin) Resume(ctx context.Context, p projection.Definer) error {
+	reg, err := OpenRegistry(ctx, a.js, a.replicas)
 	if err != nil {
 		return err
 	}
-	return resume(ctx, reg, d.Name(), false)
+	return resume(ctx, reg, p.Def().Name(), false)
 }
 
-// SetLive switches emission on or off. Switched on, the projection emits for
-// every event appended after SetLive began, and nothing for what it catches
-// up on before that. Switched off, replicas stop emitting as they learn of
-// it (within moments; events they handle until then still emit).
+// SetLive switches emission on or off (`projector live`). Switched on, the
+// projection emits for every event appended after SetLive began, and
+// nothing for what it catches up on before that. Switched off, replicas
+// stop emitting as they learn of it (within moments; events they handle
+// until then still emit). The projection must have been initialised.
 //
 // Switching on takes two registry updates: the first marks the switch in
 // progress (LivePending), then the source's end is read and recorded as
@@ -103,8 +145,9 @@ func Start(ctx context.Context, js jetstream.JetStream, d *projection.Definition
 // not live, however late the replica's copy of the registry is. If SetLive
 // fails half-way, the projection waits (its batches fail and are retried)
 // until SetLive is run again.
-func SetLive(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int, live bool) error {
-	reg, err := OpenRegistry(ctx, js, replicas)
+func (a *Admin) SetLive(ctx context.Context, p projection.Definer, live bool) error {
+	d, js := p.Def(), a.js
+	reg, err := OpenRegistry(ctx, js, a.replicas)
 	if err != nil {
 		return err
 	}
@@ -141,11 +184,11 @@ func SetLive(ctx context.Context, js jetstream.JetStream, d *projection.Definiti
 	return err
 }
 
-func sourceHead(ctx context.Context, js jetstream.JetStream, d *projection.Definition) (uint64, error) {
-	if src := d.CustomSource(); src != nil {
+func sourceHead(ctx context.Context, js jetstream.JetStream, d projection.Definer) (uint64, error) {
+	if src := projectionspec.Of(d).CustomSource(); src != nil {
 		return src.Head(ctx)
 	}
-	s, err := js.Stream(ctx, d.SourceConfig().Stream)
+	s, err := js.Stream(ctx, projectionspec.Of(d).SourceConfig().Stream)
 	if err != nil {
 		return 0, err
 	}
@@ -156,14 +199,15 @@ func sourceHead(ctx context.Context, js jetstream.JetStream, d *projection.Defin
 	return info.State.LastSeq, nil
 }
 
-func runHook(ctx context.Context, d *projection.Definition, h projection.Hook) error {
+func runHook(ctx context.Context, d projection.Definer, h projection.Hook) error {
 	if h == nil {
 		return nil
 	}
-	pools := []*pgxpool.Pool{d.Spec().Pool}
-	if d.Spec().Pool == nil {
+	settings := projectionspec.Of(d).Settings()
+	pools := []*pgxpool.Pool{settings.Pool}
+	if settings.Pool == nil {
 		pools = nil
-		for _, p := range d.Spec().TenantPools {
+		for _, p := range settings.TenantPools {
 			pools = append(pools, p)
 		}
 	}
@@ -171,7 +215,7 @@ func runHook(ctx context.Context, d *projection.Definition, h projection.Hook) e
 		return h(ctx, nil)
 	}
 	for _, pool := range pools {
-		if err := runHookIn(ctx, pool, d.Name(), h); err != nil {
+		if err := runHookIn(ctx, pool, d.Def().Name(), h); err != nil {
 			return err
 		}
 	}
@@ -213,7 +257,7 @@ func pause(ctx context.Context, js jetstream.JetStream, reg *Registry, name, rea
 	}); err != nil {
 		return err
 	}
-	kv, err := js.KeyValue(ctx, leaseBucket(name))
+	kv, err := js.KeyValue(ctx, contract.LeaseBucket(name))
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil
 	}
@@ -261,14 +305,16 @@ func resume(ctx context.Context, reg *Registry, name string, bump bool) error {
 	return err
 }
 
-// Reset pauses the projection, runs its reset hook, removes its positions
-// and state, and resumes it: replicas then rebuild it from the start of its
-// source. Rebuild is Reset under another name (emission is suppressed while
-// replaying, see issue 4).
-func Reset(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int, progress Progress) error {
-	if progress == nil {
-		progress = func(string, ...any) {}
-	}
+// Reset pauses the projection until every replica has given its slots
+// back, runs its reset hook (OnReset), removes its positions and state,
+// and resumes it: replicas then rebuild it from the start of its source,
+// emitting nothing for the messages already there. `projector reset` and
+// `projector rebuild` both do this. A projection still waiting for Resume
+// (ManualStart) stays paused. The derived events a KV-state projection's
+// records still hold are published first; if JetStream refuses them,
+// nothing is reset and the projection goes on as it was.
+func (a *Admin) Reset(ctx context.Context, p projection.Definer) error {
+	d, js, replicas, progress := p.Def(), a.js, a.replicas, a.progress
 	reg, err := OpenRegistry(ctx, js, replicas)
 	if err != nil {
 		return err
@@ -310,7 +356,7 @@ func Reset(ctx context.Context, js jetstream.JetStream, d *projection.Definition
 			return err
 		}
 	}
-	_, reset, _, _ := d.Hooks()
+	reset := projectionspec.Of(d).Hooks().Reset
 	if err := runHook(ctx, d, reset); err != nil {
 		return fmt.Errorf("projector: %s: reset hook: %w", d.Name(), err)
 	}
@@ -337,7 +383,7 @@ func publishKVLeftovers(ctx context.Context, js jetstream.JetStream, d *projecti
 	if err := ensureOwnStream(ctx, js, d.Name(), replicas); err != nil {
 		return err
 	}
-	n, err := publishLeftovers(ctx, js, d.Name(), kv, d.Spec().Slots, replicas)
+	n, err := publishLeftovers(ctx, js, d.Name(), kv, projectionspec.Of(d).Settings().Slots, replicas)
 	if err != nil {
 		return fmt.Errorf("projector: %s: not reset: derived events its records still hold were not published (%w); fix the cause and reset again", d.Name(), err)
 	}
@@ -347,13 +393,13 @@ func publishKVLeftovers(ctx context.Context, js jetstream.JetStream, d *projecti
 	return nil
 }
 
-// Delete pauses the projection, runs its delete hook and removes its state,
-// its lease bucket and (issue 4) its own stream; the registry keeps a
-// "deleted" entry so running replicas do not bring it back.
-func Delete(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int, progress Progress) error {
-	if progress == nil {
-		progress = func(string, ...any) {}
-	}
+// Delete pauses the projection until every replica has given its slots
+// back, runs its delete hook (OnDelete) and removes its positions and
+// state, its lease bucket and its own stream (linked streams stay); the
+// registry keeps a "deleted" entry so running replicas do not bring it
+// back. Init revives it (`projector delete`, `projector init`).
+func (a *Admin) Delete(ctx context.Context, p projection.Definer) error {
+	d, js, replicas, progress := p.Def(), a.js, a.replicas, a.progress
 	reg, err := OpenRegistry(ctx, js, replicas)
 	if err != nil {
 		return err
@@ -361,7 +407,7 @@ func Delete(ctx context.Context, js jetstream.JetStream, d *projection.Definitio
 	if err := pause(ctx, js, reg, d.Name(), "delete", progress); err != nil {
 		return err
 	}
-	_, _, del, _ := d.Hooks()
+	del := projectionspec.Of(d).Hooks().Delete
 	if err := runHook(ctx, d, del); err != nil {
 		return fmt.Errorf("projector: %s: delete hook: %w", d.Name(), err)
 	}
@@ -380,11 +426,11 @@ func Delete(ctx context.Context, js jetstream.JetStream, d *projection.Definitio
 			return err
 		}
 	}
-	if err := js.DeleteKeyValue(ctx, leaseBucket(d.Name())); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+	if err := js.DeleteKeyValue(ctx, contract.LeaseBucket(d.Name())); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return err
 	}
 	// The projection's own stream goes; linked streams stay.
-	if err := js.DeleteStream(ctx, OwnStream(d.Name())); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+	if err := js.DeleteStream(ctx, contract.ProjectionStream(d.Name())); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return err
 	}
 	_, err = reg.Update(ctx, d.Name(), func(e *Entry, _ bool) error {
@@ -393,9 +439,6 @@ func Delete(ctx context.Context, js jetstream.JetStream, d *projection.Definitio
 	})
 	return err
 }
-
-// controlSubject is where partition commands reach the owning replica.
-func controlSubject(name string) string { return "jetproj.control." + name }
 
 // Command is a partition command.
 type Command struct {
@@ -413,12 +456,46 @@ type CommandReply struct {
 // command was carried out directly on the store.
 var ErrNoOwner = errors.New("projector: no replica owns the partition")
 
-// PartitionCommand asks the replica owning the partition to retry it, skip
-// its failing event, or rebuild it. When no replica owns its slot, the
-// command is applied to the store directly under the slot's lease.
-func PartitionCommand(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, d *projection.Definition, replicas int, cmd Command) error {
+// Retry retries a parked partition from its failing event (`projector
+// retry`), once its cause is fixed. partition is the partition's key
+// ("wallet/w-1", projection.GlobalPartition for a global projection).
+//
+// Retry, Skip and RebuildPartition send a request to the replica that
+// owns the partition's slot, which carries the command out and answers at
+// once. When no replica listens (no responders), the command is carried
+// out here, on the state store, under the slot's lease; that fails while a
+// replica holds the slot ("its slot is held"). Nobody answers while a slot
+// changes hands: keep ctx short and try again when it ends, as `projector
+// retry` does (5 s at a time, for 30 s). A NATS user that may not publish
+// to the projection's control subject gets no answer either: the server
+// drops the request and reports nats.ErrPermissionViolation on the
+// connection.
+func (a *Admin) Retry(ctx context.Context, p projection.Definer, partition string) error {
+	return a.partitionCommand(ctx, p.Def(), Command{Op: "retry", Partition: partition})
+}
+
+// Skip skips a parked (or failing) partition's failing event (`projector
+// skip`): the partition goes on from the next one. See Retry for how the
+// command reaches the partition.
+func (a *Admin) Skip(ctx context.Context, p projection.Definer, partition string) error {
+	return a.partitionCommand(ctx, p.Def(), Command{Op: "skip", Partition: partition})
+}
+
+// RebuildPartition rebuilds one partition (`projector rebuild --partition`):
+// its OnResetPartition hook runs, then it handles its events again from the
+// first, emitting nothing for those it had handled. See Retry for how the
+// command reaches the partition.
+func (a *Admin) RebuildPartition(ctx context.Context, p projection.Definer, partition string) error {
+	return a.partitionCommand(ctx, p.Def(), Command{Op: "rebuild", Partition: partition})
+}
+
+// partitionCommand asks the replica owning the partition to carry cmd out.
+// When no replica answers, the command is applied to the store directly
+// under the slot's lease.
+func (a *Admin) partitionCommand(ctx context.Context, d *projection.Definition, cmd Command) error {
+	js, replicas := a.js, a.replicas
 	b, _ := json.Marshal(cmd)
-	msg, err := nc.RequestWithContext(ctx, controlSubject(d.Name()), b)
+	msg, err := js.Conn().RequestWithContext(ctx, contract.ControlSubject(d.Name()), b)
 	if err == nil {
 		var rep CommandReply
 		if err := json.Unmarshal(msg.Data, &rep); err != nil {
@@ -433,14 +510,14 @@ func PartitionCommand(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 		return err
 	}
 	// Nobody answered: take the slot's lease and change the record.
-	slot := SlotOf(cmd.Partition, d.Spec().Slots)
-	kv, err := lease.EnsureBucket(ctx, js, leaseBucket(d.Name()), 6*time.Second, replicas)
+	slot := SlotOf(cmd.Partition, projectionspec.Of(d).Settings().Slots)
+	kv, err := lease.EnsureBucket(ctx, js, contract.LeaseBucket(d.Name()), 6*time.Second, replicas)
 	if err != nil {
 		var mm *lease.ConfigMismatchError
 		if !errors.As(err, &mm) {
 			return err
 		}
-		if kv, err = js.KeyValue(ctx, leaseBucket(d.Name())); err != nil {
+		if kv, err = js.KeyValue(ctx, contract.LeaseBucket(d.Name())); err != nil {
 			return err
 		}
 	}
@@ -485,8 +562,8 @@ func PartitionCommand(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 // batch b: in the database of the partition's tenant for a tenant store (a
 // partition that has no tenant yet never wrote anything there). A hook
 // that panics is an error, not the end of the replica.
-func resetPartition(ctx context.Context, d *projection.Definition, b Batch, rec Record) (err error) {
-	_, _, _, resetPart := d.Hooks()
+func resetPartition(ctx context.Context, d projection.Definer, b Batch, rec Record) (err error) {
+	resetPart := projectionspec.Of(d).Hooks().ResetPartition
 	if resetPart == nil {
 		return nil
 	}
@@ -495,12 +572,12 @@ func resetPartition(ctx context.Context, d *projection.Definition, b Batch, rec 
 			return nil
 		}
 		if err := tb.Use(ctx, rec.Tenant); err != nil {
-			return fmt.Errorf("projector: %s: reset partition %s: %w", d.Name(), rec.Key, err)
+			return fmt.Errorf("projector: %s: reset partition %s: %w", d.Def().Name(), rec.Key, err)
 		}
 	}
 	defer func() {
 		if v := recover(); v != nil {
-			err = fmt.Errorf("projector: %s: OnResetPartition panicked for %s: %v", d.Name(), rec.Key, v)
+			err = fmt.Errorf("projector: %s: OnResetPartition panicked for %s: %v", d.Def().Name(), rec.Key, v)
 		}
 	}()
 	return resetPart(ctx, b.Tx(), rec.Key)
@@ -599,7 +676,7 @@ func (r *runner) control(ctx context.Context, m *nats.Msg) {
 	f := &failure{next: time.Now()}
 	p.setFailure(f)
 	r.markFailing(p)
-	if r.def.Kind() == projection.Global {
+	if r.def.Kind() == projectionspec.Global {
 		f.retrying = true
 		if r.restartAt == 0 || rec.Seq+1 < r.restartAt {
 			r.restartAt = rec.Seq + 1

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/jetproj/jetproj/internal/derived"
-	"github.com/jetproj/jetproj/internal/tracing"
-	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/internal/projectionspec"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -108,7 +108,7 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 	// its derived events answer, linked to the other events' traces.
 	ctx, span, traceparent := r.traceBatch(ctx, p.key(), w.msgs)
 	defer span.End()
-	pc := &projection.PartitionContext{Key: p.key(), Tx: b.Tx(), State: work}
+	pc := &projectionspec.PartitionContext{Key: p.key(), Tx: b.Tx(), State: work}
 	qb, queues := b.(QueueBatch)
 	if queues {
 		pc.Queue = qb
@@ -267,7 +267,7 @@ func (r *runner) applyPartition(ctx context.Context, b Batch, w *work, prev *fai
 }
 
 // emissionLinks are the streams e is linked to.
-func emissionLinks(e projection.Emission) []derived.Link {
+func emissionLinks(e projectionspec.Emission) []derived.Link {
 	if len(e.Links) == 0 {
 		return nil
 	}
@@ -281,13 +281,13 @@ func emissionLinks(e projection.Emission) []derived.Link {
 // emissionMetadata is the metadata of a derived event: its source event's
 // (trace context aside: the derived event carries its own), then its own,
 // which wins.
-func emissionMetadata(src projection.Meta, e projection.Emission) map[string]string {
+func emissionMetadata(src projection.Meta, e projectionspec.Emission) map[string]string {
 	if len(src.Metadata) == 0 && len(e.Metadata) == 0 {
 		return nil
 	}
 	md := make(map[string]string, len(src.Metadata)+len(e.Metadata))
 	for k, v := range src.Metadata {
-		if k != tracing.Header && k != eventmsg.HeaderTraceState {
+		if k != contract.HeaderTraceParent && k != contract.HeaderTraceState {
 			md[k] = v
 		}
 	}
@@ -312,7 +312,7 @@ func (r *runner) causationID(src projection.Meta) string {
 	return stream + ":" + strconv.FormatUint(src.Sequence, 10)
 }
 
-func (r *runner) safeApply(ctx context.Context, pc *projection.PartitionContext, m projection.Meta) (err error) {
+func (r *runner) safeApply(ctx context.Context, pc *projectionspec.PartitionContext, m projection.Meta) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = fmt.Errorf("handler panicked: %v", v)
@@ -321,7 +321,7 @@ func (r *runner) safeApply(ctx context.Context, pc *projection.PartitionContext,
 	return r.def.Apply(ctx, pc, m)
 }
 
-func (r *runner) safeFlush(ctx context.Context, pc *projection.PartitionContext) (err error) {
+func (r *runner) safeFlush(ctx context.Context, pc *projectionspec.PartitionContext) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = fmt.Errorf("flush panicked: %v", v)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -49,7 +50,7 @@ func (r *runner) process(ctx context.Context, msgs []projection.Message, behind 
 			}
 			p = newPart(slot, meta.Partition)
 			rec := Record{Key: meta.Partition, Subject: meta.Subject}
-			if r.def.Kind() == projection.Global {
+			if r.def.Kind() == projectionspec.Global {
 				rec.Subject = ""
 			}
 			r.setRec(p, rec)

@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/jetproj/jetproj/internal/tracing"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
@@ -155,10 +155,10 @@ func (r *runner) msgMeta(m projection.Message) (projection.Meta, error) {
 	}
 	meta := projection.Meta{Subject: m.Subject, Sequence: m.Sequence, Raw: m.Data, RecordedAt: m.Time, Partition: key}
 	h := m.Header
-	meta.Type = h.Get(eventmsg.HeaderEventType)
-	meta.TraceParent = h.Get(tracing.Header)
+	meta.Type = h.Get(contract.HeaderEventType)
+	meta.TraceParent = h.Get(contract.HeaderTraceParent)
 	meta.MsgID = h.Get(nats.MsgIdHdr)
-	if h.Get(eventmsg.HeaderEventPosition) != "" && h.Get(eventmsg.HeaderAggregateVersion) != "" {
+	if h.Get(contract.HeaderEventPosition) != "" && h.Get(contract.HeaderAggregateVersion) != "" {
 		e, err := eventmsg.Parse(&nats.Msg{Subject: m.Subject, Header: h, Data: m.Data})
 		if err == nil {
 			meta.AggregateType, meta.AggregateID, meta.Version, meta.Position = e.AggregateType, e.AggregateID, e.Version, e.Position
@@ -166,7 +166,7 @@ func (r *runner) msgMeta(m projection.Message) (projection.Meta, error) {
 			return meta, nil
 		}
 	}
-	if p := h.Get(eventmsg.HeaderEventPosition); p != "" {
+	if p := h.Get(contract.HeaderEventPosition); p != "" {
 		meta.Position, _ = strconv.ParseInt(p, 10, 64)
 	}
 	for k, v := range h {

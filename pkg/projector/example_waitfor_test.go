@@ -40,7 +40,7 @@ func ExampleWaitFor() {
 ON CONFLICT (wallet) DO UPDATE SET cents = balances.cents + $2`, e.Meta.AggregateID, e.Data.Amount)
 		return err
 	})
-	if err := projector.Init(ctx, js, balances.Def(), 1); err != nil {
+	if err := projector.NewAdmin(js, projector.AdminOptions{}).Init(ctx, balances); err != nil {
 		fmt.Println(err)
 		return
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
-	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 	"github.com/jetproj/jetproj/pkg/projector/partitiontest"
@@ -98,9 +98,9 @@ func aggregateCases() []partitiontest.Case {
 		{Name: "SlashInID", Msg: fm("a", "b/c"), Group: "type a, id b/c"},
 
 		{Name: "NoHeaders", Msg: partitiontest.SubjectMessage("events.wallet.w1"), WantErr: true},
-		{Name: "NoAggregateID", Msg: partitiontest.Without(fm("wallet", "w1"), eventmsg.HeaderAggregateID), WantErr: true},
-		{Name: "NoAggregateType", Msg: partitiontest.Without(fm("wallet", "w1"), eventmsg.HeaderAggregateType), WantErr: true},
-		{Name: "AggregateIDWithoutValues", Msg: partitiontest.WithHeader(fm("wallet", "w1"), eventmsg.HeaderAggregateID), WantErr: true},
+		{Name: "NoAggregateID", Msg: partitiontest.Without(fm("wallet", "w1"), contract.HeaderAggregateID), WantErr: true},
+		{Name: "NoAggregateType", Msg: partitiontest.Without(fm("wallet", "w1"), contract.HeaderAggregateType), WantErr: true},
+		{Name: "AggregateIDWithoutValues", Msg: partitiontest.WithHeader(fm("wallet", "w1"), contract.HeaderAggregateID), WantErr: true},
 	}
 }
 
@@ -116,11 +116,11 @@ func TestAggregatePartitionsSuite(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
 		_, js := devtest.Connect(t, devtest.NATS(t))
-		stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "EVENTS", Subjects: []string{"events.>"}, AllowDirect: true})
+		stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: contract.EventsStream, Subjects: []string{contract.AllEvents}, AllowDirect: true})
 		if err != nil {
 			t.Fatal(err)
 		}
-		src := &projector.JetStreamSource{Stream: stream, Subjects: []string{"events.>"}}
+		src := &projector.JetStreamSource{Stream: stream, Subjects: []string{contract.AllEvents}}
 		cases := aggregateCases()
 		for i, c := range cases {
 			ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: c.Msg.Subject, Header: c.Msg.Header, Data: c.Msg.Data})
@@ -193,7 +193,7 @@ func TestPartitionFuncSuite(t *testing.T) {
 	})
 	t.Run("Hashed", func(t *testing.T) {
 		hashed := projection.PartitionFunc(func(m projection.Message) (string, error) {
-			id := m.Header.Get(eventmsg.HeaderAggregateID)
+			id := m.Header.Get(contract.HeaderAggregateID)
 			if id == "" {
 				return "", fmt.Errorf("%w: no aggregate id on %s", projection.ErrNoPartition, m.Subject)
 			}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/projection"
-	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
@@ -28,7 +27,7 @@ func slotsOf(r *running) []int {
 // projectorInit initialises a projection before replicas run it, as
 // `projector init` does.
 func projectorInit(ctx context.Context, b *bundle, d projection.Definer) error {
-	return projector.Init(ctx, b.js, d.Def(), 1)
+	return b.admin().Init(ctx, d)
 }
 
 // newPool is a pool on a database of the test's own, closed at its end.

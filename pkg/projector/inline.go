@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go"
 
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -35,7 +36,7 @@ import (
 // the aggregate's events it has not seen, quietly (no derived events, as
 // a replay), so the read model never skips an event.
 type InlineProjection struct {
-	def    *projection.Definition
+	def    projectionspec.Spec
 	reg    *Registry
 	prefix string
 	types  map[string]bool
@@ -60,7 +61,7 @@ func InlineRegistry(reg *Registry) InlineOption {
 // marked projection.Inline (and so be partitioned by aggregate, with a
 // Postgres read model).
 func Inline(p projection.Definer, opts ...InlineOption) (*InlineProjection, error) {
-	d := p.Def()
+	d := projectionspec.Of(p)
 	if err := d.Validate(); err != nil {
 		return nil, err
 	}
@@ -84,10 +85,10 @@ func (p *InlineProjection) Name() string { return p.def.Name() }
 // an application that appends with inline projections before (or without)
 // `projector init`. Like Init, it is idempotent.
 func (p *InlineProjection) Init(ctx context.Context) error {
-	if err := NewPGStore(p.def.Spec().Pool, p.def.Name()).Init(ctx); err != nil {
+	if err := NewPGStore(p.def.Settings().Pool, p.def.Name()).Init(ctx); err != nil {
 		return err
 	}
-	init, _, _, _ := p.def.Hooks()
+	init := p.def.Hooks().Init
 	if err := runHook(ctx, p.def, init); err != nil {
 		return fmt.Errorf("projector: %s: init hook: %w", p.def.Name(), err)
 	}
@@ -121,7 +122,7 @@ func (p *InlineProjection) ApplyInline(ctx context.Context, tx pgx.Tx, events []
 	var earlier []eventstore.Event
 	batch := &pgx.Batch{}
 	batch.Queue(`INSERT INTO jetproj.partitions (projection, partition, slot, seq) VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING`,
-		name, skey, SlotOf(key, p.def.Spec().Slots))
+		name, skey, SlotOf(key, p.def.Settings().Slots))
 	batch.Queue(`SELECT `+recordColumns+` FROM jetproj.partitions WHERE projection = $1 AND partition = $2 FOR UPDATE`, name, skey).
 		Query(func(rows pgx.Rows) error {
 			recs, err := scanRecords(rows)
@@ -179,7 +180,7 @@ ORDER BY version`, events[0].AggregateType, events[0].AggregateID, events[0].Pos
 	}
 
 	qtx := &inlineTx{Tx: tx}
-	pc := &projection.PartitionContext{Key: key, Tx: qtx, Queue: qtx, State: state}
+	pc := &projectionspec.PartitionContext{Key: key, Tx: qtx, Queue: qtx, State: state}
 	quiet := 0 // emissions of the events caught up on are dropped
 	var causes []int
 	for i := range metas {

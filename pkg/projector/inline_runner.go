@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -53,7 +54,7 @@ func (r *runner) appliedInline(rec Record, m projection.Meta) bool {
 
 // flushUnlessInlined runs the flush hook, unless every message of the
 // partition's batch was applied inline: the inline run flushed already.
-func (r *runner) flushUnlessInlined(ctx context.Context, pc *projection.PartitionContext, all bool) error {
+func (r *runner) flushUnlessInlined(ctx context.Context, pc *projectionspec.PartitionContext, all bool) error {
 	if all {
 		return nil
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/emitter"
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -317,7 +318,7 @@ func TestInlineProjectionRefused(t *testing.T) {
 	}
 	for name, p := range map[string]*projection.Projection[struct{}]{
 		"not_marked": projection.New[struct{}]("not_marked", projection.FromAggregates("wallet"), projection.Postgres(pool)),
-		"global":     projection.New[struct{}]("global", projection.FromAggregates("wallet"), projection.Postgres(pool), projection.Inline(), projection.AsGlobal()),
+		"global":     projection.New[struct{}]("global", projection.FromAggregates("wallet"), projection.Postgres(pool), projection.Inline(), projection.Global()),
 		"kv":         projection.New[struct{}]("kv", projection.FromAggregates("wallet"), projection.Inline()),
 		"subjects":   projection.New[struct{}]("subjects", projection.FromSubjects("S", "s.>"), projection.Postgres(pool), projection.Inline()),
 	} {
@@ -372,7 +373,7 @@ func inlineServers(t *testing.T, pool *pgxpool.Pool) (*nats.Conn, jetstream.JetS
 func runnerCaughtUp(t *testing.T, js jetstream.JetStream, pool *pgxpool.Pool, name string, wallets []string) {
 	t.Helper()
 	ctx := context.Background()
-	s, err := js.Stream(ctx, "EVENTS")
+	s, err := js.Stream(ctx, contract.EventsStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +387,7 @@ func runnerCaughtUp(t *testing.T, js jetstream.JetStream, pool *pgxpool.Pool, na
 			if err != nil {
 				return err
 			}
-			if pos := last.Header.Get("Event-Position"); pos != fmt.Sprint(head) {
+			if pos := last.Header.Get(contract.HeaderEventPosition); pos != fmt.Sprint(head) {
 				return fmt.Errorf("%s: the stream is at position %s, the store at %d", w, pos, head)
 			}
 			var seq int64
@@ -404,7 +405,7 @@ func runnerCaughtUp(t *testing.T, js jetstream.JetStream, pool *pgxpool.Pool, na
 // derivedOnStream counts the derived events on the projection's stream
 // and fails on a repeated message id.
 func derivedOnStream(ctx context.Context, js jetstream.JetStream, name string) (int, error) {
-	s, err := js.Stream(ctx, projector.OwnStream(name))
+	s, err := js.Stream(ctx, contract.ProjectionStream(name))
 	if err != nil {
 		return 0, err
 	}
@@ -440,7 +441,7 @@ func TestInlineWithTheRunner(t *testing.T) {
 	nc, js := inlineServers(t, pool)
 	const name = "inline_runner"
 	def := inlineWallets(pool, name)
-	if err := projector.Init(ctx, js, def.Def(), 1); err != nil {
+	if err := projector.NewAdmin(js, projector.AdminOptions{}).Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	reg, err := projector.OpenRegistry(ctx, js, 1)
@@ -546,7 +547,7 @@ func TestInlineWithTheRunner(t *testing.T) {
 	}
 
 	// Rebuild through the stream: the same read model, nothing emitted.
-	if err := projector.Reset(ctx, js, def.Def(), 1, nil); err != nil {
+	if err := projector.NewAdmin(js, projector.AdminOptions{}).Reset(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	runnerCaughtUp(t, js, pool, name, wallets)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -41,15 +42,33 @@ type jsSub struct {
 	running sync.WaitGroup
 }
 
-// Stop stops delivery and returns after any deliver call in progress.
+// Stop stops delivery and returns after any deliver call in progress. It
+// waits for the client's consumer to stop for at most stopWait: nats.go's
+// ordered consumer holds its lock while it recreates itself, retrying for
+// as long as the server does not answer, and its Stop waits for that lock.
+// No deliver call runs after Stop returns either way; the client's consumer
+// stops on its own once its retry notices.
 func (s *jsSub) Stop() {
 	s.mu.Lock()
 	s.stopped = true
 	s.mu.Unlock()
-	s.cc.Stop()
-	<-s.cc.Closed()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.cc.Stop()
+		<-s.cc.Closed()
+	}()
+	t := time.NewTimer(stopWait)
+	select {
+	case <-done:
+	case <-t.C:
+	}
+	t.Stop()
 	s.running.Wait()
 }
+
+// stopWait bounds how long jsSub.Stop waits for the client's consumer.
+const stopWait = 5 * time.Second
 
 // enter reports whether a deliver call may run; exit must follow.
 func (s *jsSub) enter() bool {
@@ -65,7 +84,8 @@ func (s *jsSub) enter() bool {
 func (s *jsSub) Err() <-chan error { return s.errs }
 
 // Pending returns how many messages the server holds for the consumer that
-// it has not delivered yet.
+// it has not delivered yet. While nats.go's ordered consumer recreates
+// itself it holds its lock, and Pending waits for it (the runner does not).
 func (s *jsSub) Pending(ctx context.Context) (uint64, error) {
 	info, err := s.cons.Info(ctx)
 	if err != nil {

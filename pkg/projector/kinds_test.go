@@ -16,7 +16,6 @@ import (
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
-	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 type Totals struct {
@@ -27,7 +26,7 @@ type Totals struct {
 }
 
 func totals(name string, opts ...projection.Option) *projection.Projection[Totals] {
-	p := projection.New[Totals](name, append([]projection.Option{projection.FromAggregates("wallet"), projection.AsGlobal()}, opts...)...)
+	p := projection.New[Totals](name, append([]projection.Option{projection.FromAggregates("wallet"), projection.Global()}, opts...)...)
 	projection.OnAny(p, func(_ context.Context, c *projection.Context[Totals], m projection.Meta) error {
 		if m.Sequence <= c.State.LastSeq {
 			return fmt.Errorf("sequence %d after %d", m.Sequence, c.State.LastSeq)
@@ -153,7 +152,7 @@ func TestPolling(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.publishWallets(t, 20, 3)
-	b.run(t, "r1", totals("wallet_totals", projection.WithPolling(200*time.Millisecond)))
+	b.run(t, "r1", totals("wallet_totals", projection.Polling(200*time.Millisecond)))
 	b.waitTotals(t, "wallet_totals", 20*time.Second)
 	b.publishWallets(t, 5, 1)
 	b.waitTotals(t, "wallet_totals", 20*time.Second)
@@ -169,7 +168,7 @@ func TestPollingDrainsABacklogAtOneTick(t *testing.T) {
 	devtest.Slow(t)
 	b := setup(t)
 	b.publishWallets(t, 200, 9)
-	_, reg := b.runWithRegistry(t, "r1", walletBalance("wallet_polled", projection.WithPolling(time.Second), projection.BatchSize(20)))
+	_, reg := b.runWithRegistry(t, "r1", walletBalance("wallet_polled", projection.Polling(time.Second), projection.BatchSize(20)))
 	b.waitFold(t, "wallet_polled", 20*time.Second)
 	before, _ := histogram(t, reg, "jetproj_projector_batch_messages")
 	pace := time.NewTicker(25 * time.Millisecond) // pacing the writes, not synchronising
@@ -222,14 +221,14 @@ func TestFromStreamReadsASecondFeeder(t *testing.T) {
 	defs := []*projection.Projection[Balance]{
 		walletBalance("eu_a", retries, projection.FromStream("EVENTS_EU", "eu")),
 		walletBalance("eu_b", projection.FromStream("EVENTS_EU", "eu"), retries),
-		walletBalance("eu_c", retries, projection.FromSubjects("EVENTS_EU", "eu.wallet.*"), projection.WithPartitions(projection.AggregatePartitions{})),
+		walletBalance("eu_c", retries, projection.FromSubjects("EVENTS_EU", "eu.wallet.*"), projection.Partitions(projection.AggregatePartitions{})),
 	}
 	// walletBalance adds FromAggregates("wallet") first; eu_c must not mix
 	// it with FromSubjects.
 	if err := defs[2].Def().Validate(); err == nil {
 		t.Fatal("FromAggregates with FromSubjects is no error")
 	}
-	defs[2] = projection.New[Balance]("eu_c", retries, projection.FromSubjects("EVENTS_EU", "eu.wallet.*"), projection.WithPartitions(projection.AggregatePartitions{}))
+	defs[2] = projection.New[Balance]("eu_c", retries, projection.FromSubjects("EVENTS_EU", "eu.wallet.*"), projection.Partitions(projection.AggregatePartitions{}))
 	projection.On(defs[2], func(_ context.Context, c *projection.Context[Balance], e projection.Event[MoneyWasAddedToWallet]) error {
 		c.State.Cents += e.Data.Amount
 		return nil
@@ -256,7 +255,7 @@ func TestFromStreamReadsASecondFeeder(t *testing.T) {
 			}
 			return nil
 		})
-		if err := projector.PartitionCommand(ctx, b.nc, b.js, d.Def(), 1, projector.Command{Op: "skip", Partition: "wallet/eu-3"}); err != nil {
+		if err := b.admin().Skip(ctx, d, "wallet/eu-3"); err != nil {
 			t.Fatal(err)
 		}
 		devtest.Eventually(t, 20*time.Second, func() error {
@@ -295,7 +294,7 @@ func TestPartitionOfSeveralSubjectsLosesNothingOnRetry(t *testing.T) {
 	var poison atomic.Bool
 	poison.Store(true)
 	type Sum struct{ N int }
-	p := projection.New[Sum]("multi_sums", projection.FromSubjects("MULTI", "multi.>"), projection.WithPartitions(lastToken{}),
+	p := projection.New[Sum]("multi_sums", projection.FromSubjects("MULTI", "multi.>"), projection.Partitions(lastToken{}),
 		projection.Retries(2, 10*time.Millisecond, 20*time.Millisecond))
 	projection.OnAny(p, func(_ context.Context, c *projection.Context[Sum], m projection.Meta) error {
 		if string(m.Raw) == "poison" && poison.Load() {
@@ -326,7 +325,7 @@ func TestPartitionOfSeveralSubjectsLosesNothingOnRetry(t *testing.T) {
 		return nil
 	})
 	poison.Store(false) // the fix
-	if err := projector.PartitionCommand(ctx, b.nc, b.js, p.Def(), 1, projector.Command{Op: "retry", Partition: "k0"}); err != nil {
+	if err := b.admin().Retry(ctx, p, "k0"); err != nil {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 20*time.Second, func() error {
@@ -356,7 +355,7 @@ func TestGlobalPoisonRetryAndSkip(t *testing.T) {
 		N      int   `json:"n"`
 		Amount int64 `json:"amount"`
 	}
-	p := projection.New[Seen]("global_poison", projection.FromAggregates("wallet"), projection.AsGlobal(),
+	p := projection.New[Seen]("global_poison", projection.FromAggregates("wallet"), projection.Global(),
 		projection.Retries(2, 10*time.Millisecond, 20*time.Millisecond))
 	projection.On(p, func(_ context.Context, c *projection.Context[Seen], e projection.Event[MoneyWasAddedToWallet]) error {
 		switch {
@@ -401,14 +400,14 @@ func TestGlobalPoisonRetryAndSkip(t *testing.T) {
 	parked(13)
 	seen(0, 0) // a partition's batch is all or nothing: it stays before it
 	broken.Store(false)
-	if err := projector.PartitionCommand(ctx, b.nc, b.js, p.Def(), 1, projector.Command{Op: "retry", Partition: projection.GlobalPartition}); err != nil {
+	if err := b.admin().Retry(ctx, p, projection.GlobalPartition); err != nil {
 		t.Fatal(err)
 	}
 	seen(16, 10+13+500)
 	b.publish(t, "w2", "MoneyWasAddedToWallet", `{"amount":666}`)
 	b.publish(t, "w3", "MoneyWasAddedToWallet", `{"amount":7}`)
 	parked(666)
-	if err := projector.PartitionCommand(ctx, b.nc, b.js, p.Def(), 1, projector.Command{Op: "skip", Partition: projection.GlobalPartition}); err != nil {
+	if err := b.admin().Skip(ctx, p, projection.GlobalPartition); err != nil {
 		t.Fatal(err)
 	}
 	seen(17, 10+13+500+7)

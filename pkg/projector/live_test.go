@@ -84,7 +84,7 @@ func TestSetLiveDoesNotWaitForTheWatch(t *testing.T) {
 		t.Fatalf("not live: %d outbox rows (%v), want 0", rows, err)
 	}
 
-	if err := projector.SetLive(ctx, b.js, p.Def(), 1, true); err != nil {
+	if err := projector.NewAdmin(b.js, projector.AdminOptions{}).SetLive(ctx, p, true); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 5 {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/projection"
-	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // A step the loop takes between batches — here a partition command whose
@@ -45,7 +44,7 @@ func TestBusySinceSeesAStepBetweenBatches(t *testing.T) {
 	})
 	done := make(chan error, 1)
 	go func() {
-		done <- projector.PartitionCommand(ctx, r.nc, b.js, def.Def(), 1, projector.Command{Op: "rebuild", Partition: "wallet/w1"})
+		done <- b.admin().RebuildPartition(ctx, def, "wallet/w1")
 	}()
 	select {
 	case <-entered:

@@ -11,15 +11,15 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
-// ProgressBucket is the KV bucket in which replicas publish how far they
-// applied each projection, while someone waits for it (WaitFor): one key
-// per projection and replica, "<projection>.<replica>", holding a
-// ReplicaProgress. It is kept in memory: it only mirrors what the state stores
-// hold, and a replica publishes it again when asked.
-const ProgressBucket = "jetproj_progress"
+// Replicas publish how far they applied each projection, while someone
+// waits for it (WaitFor), in KV bucket contract.ProgressBucket: one key per
+// projection and replica, "<projection>.<replica>", holding a
+// ReplicaProgress. It is kept in memory: it only mirrors what the state
+// stores hold, and a replica publishes it again when asked.
 
 // Publishing progress: while a waiter asked within progressWant, a replica
 // publishes after each change, at most every progressEvery; otherwise it
@@ -33,10 +33,6 @@ const (
 	// maxFailingListed bounds the failing partitions listed per slot.
 	maxFailingListed = 1000
 )
-
-// progressWantSubject is where waiters ask a projection's replicas to
-// publish their progress (core NATS, no reply).
-func progressWantSubject(name string) string { return "jetproj.progress." + name }
 
 // progressKey is the key of a replica's progress for a projection.
 func progressKey(name, replica string) string { return name + "." + kvKeyToken(replica) }
@@ -186,7 +182,7 @@ func partitionsKind(p projection.PartitionProvider) string {
 func (r *runner) runProgress(ctx context.Context) {
 	pp := r.progress
 	wants := make(chan *nats.Msg, 8)
-	sub, err := r.nc.ChanSubscribe(progressWantSubject(r.def.Name()), wants)
+	sub, err := r.nc.ChanSubscribe(contract.ProgressSubject(r.def.Name()), wants)
 	if err != nil {
 		r.log.Warn("progress requests not received; WaitFor cannot see this replica", "error", err)
 		return
@@ -258,7 +254,7 @@ func (r *runner) runProgress(ctx context.Context) {
 // progressConfig is the progress bucket's configuration.
 func progressConfig(replicas int) jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
-		Bucket: ProgressBucket, History: 1, Storage: jetstream.MemoryStorage, Replicas: max(replicas, 1),
+		Bucket: contract.ProgressBucket, History: 1, Storage: jetstream.MemoryStorage, Replicas: max(replicas, 1),
 		TTL:         time.Hour,
 		Description: "jetproj: how far each replica applied each projection, published while someone waits (WaitFor)",
 	}
@@ -267,13 +263,13 @@ func progressConfig(replicas int) jetstream.KeyValueConfig {
 // openProgress opens the progress bucket, creating it when absent (never
 // changing an existing one's settings).
 func openProgress(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.KeyValue(ctx, ProgressBucket)
+	kv, err := js.KeyValue(ctx, contract.ProgressBucket)
 	if !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return kv, err
 	}
 	kv, err = js.CreateKeyValue(ctx, progressConfig(replicas))
 	if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		return js.KeyValue(ctx, ProgressBucket)
+		return js.KeyValue(ctx, contract.ProgressBucket)
 	}
 	return kv, err
 }

@@ -18,6 +18,8 @@ import (
 
 	"github.com/jetproj/jetproj/internal/jsretry"
 	"github.com/jetproj/jetproj/internal/lease"
+	"github.com/jetproj/jetproj/internal/projectionspec"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -55,7 +57,7 @@ type RetryPolicy struct {
 }
 
 // apply overrides spec's retry settings with the policy's non-zero ones.
-func (rp RetryPolicy) apply(spec projection.Spec) projection.Spec {
+func (rp RetryPolicy) apply(spec projectionspec.Settings) projectionspec.Settings {
 	if rp.MaxAttempts > 0 {
 		spec.MaxAttempts = rp.MaxAttempts
 	}
@@ -113,7 +115,7 @@ func New(nc *nats.Conn, opts Options, defs ...projection.Definer) (*Projector, e
 			problems = append(problems, fmt.Errorf("projection %q defined twice", def.Name()))
 		}
 		seen[def.Name()] = true
-		if st := def.Spec().Store; st != nil {
+		if st := projectionspec.Of(def).Settings().Store; st != nil {
 			if _, ok := st.(StateStore); !ok {
 				problems = append(problems, fmt.Errorf("projection %q: CustomStore(%T): not a projector.StateStore", def.Name(), st))
 			}
@@ -133,19 +135,18 @@ func New(nc *nats.Conn, opts Options, defs ...projection.Definer) (*Projector, e
 // StoreFor returns the state store a definition uses: PostgreSQL with its
 // read model when it has a Postgres sink, otherwise a KV bucket.
 func StoreFor(js jetstream.JetStream, d *projection.Definition, replicas int) StateStore {
-	if s, ok := d.Spec().Store.(StateStore); ok {
+	settings := projectionspec.Of(d).Settings()
+	if s, ok := settings.Store.(StateStore); ok {
 		return s
 	}
-	if pool := d.Spec().Pool; pool != nil {
+	if pool := settings.Pool; pool != nil {
 		return NewPGStore(pool, d.Name())
 	}
-	if pools := d.Spec().TenantPools; len(pools) > 0 {
+	if pools := settings.TenantPools; len(pools) > 0 {
 		return NewTenantStore(pools, d.Name())
 	}
-	return NewKVStore(js, "jetproj_state_"+d.Name(), replicas)
+	return NewKVStore(js, contract.StateBucket(d.Name()), replicas)
 }
-
-func leaseBucket(name string) string { return "jetproj_leases_" + name }
 
 // Run initialises the projections that are not yet and runs them all until
 // ctx ends; it returns nil then.
@@ -193,7 +194,8 @@ func (p *Projector) run(ctx context.Context) error {
 
 // prepare initialises d if needed and builds its runner; nil when the
 // projection was deleted and must be initialised again explicitly.
-func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.Definition) (*runner, error) {
+func (p *Projector) prepare(ctx context.Context, reg *Registry, def *projection.Definition) (*runner, error) {
+	d := projectionspec.Of(def)
 	e, ok, err := reg.Get(ctx, d.Name())
 	if err != nil {
 		return nil, err
@@ -203,7 +205,7 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.De
 		return nil, nil
 	}
 	if !ok {
-		if err := Init(ctx, p.js, d, p.opts.Replicas); err != nil {
+		if err := NewAdmin(p.js, AdminOptions{Replicas: p.opts.Replicas}).Init(ctx, def); err != nil {
 			return nil, err
 		}
 		p.log.Info("projection initialised", "projection", d.Name())
@@ -222,19 +224,19 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, d *projection.De
 		if err != nil {
 			return nil, fmt.Errorf("projector: %s: %w", d.Name(), err)
 		}
-		s.Buffer = 2 * d.Spec().BatchSize
+		s.Buffer = 2 * d.Settings().BatchSize
 		source = s
 	}
-	leases, err := lease.EnsureBucket(ctx, p.js, leaseBucket(d.Name()), p.opts.LeaseTTL, p.opts.Replicas)
+	leases, err := lease.EnsureBucket(ctx, p.js, contract.LeaseBucket(d.Name()), p.opts.LeaseTTL, p.opts.Replicas)
 	if err != nil {
 		return nil, err
 	}
-	store := StoreFor(p.js, d, p.opts.Replicas)
+	store := StoreFor(p.js, def, p.opts.Replicas)
 	if err := store.Init(ctx); err != nil {
 		return nil, err
 	}
 	return &runner{
-		def: d, spec: p.opts.Retries.apply(d.Spec()), store: store, js: p.js, nc: p.nc, source: source, parts_: d.Partitions(), leases: leases, reg: reg,
+		def: d, spec: p.opts.Retries.apply(d.Settings()), store: store, js: p.js, nc: p.nc, source: source, parts_: d.Partitions(), leases: leases, reg: reg,
 		replica: p.opts.Replica, ttl: p.opts.LeaseTTL, streamReplicas: p.opts.Replicas, metrics: p.metrics, eventPrefix: aggregatePrefix(d),
 		log:    p.log.With("projection", d.Name()),
 		status: RunnerStatus{Projection: d.Name(), Replica: p.opts.Replica}, unsentLimit: cmp.Or(p.opts.unpublishedLimit, maxUnpublishedTotal),
@@ -263,7 +265,7 @@ func (p *Projector) Definitions() []*projection.Definition { return p.defs }
 
 // aggregatePrefix is the subject prefix of an aggregate source ("events"),
 // from which partitions' subjects are derived; empty for other sources.
-func aggregatePrefix(d *projection.Definition) string {
+func aggregatePrefix(d projectionspec.Spec) string {
 	sc := d.SourceConfig()
 	if len(sc.AggregateTypes) == 0 || len(sc.Subjects) == 0 || d.CustomSource() != nil {
 		return ""

@@ -16,6 +16,7 @@ import (
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -73,6 +74,9 @@ type bundle struct {
 	ver  map[string]int64
 	pos  int64
 }
+
+// admin changes the projections' lifecycle, as the projector commands do.
+func (b *bundle) admin() *projector.Admin { return projector.NewAdmin(b.js, projector.AdminOptions{}) }
 
 func setup(t *testing.T) *bundle {
 	t.Helper()
@@ -186,7 +190,7 @@ func (b *bundle) states(t *testing.T, name string) map[string]projector.Record {
 	t.Helper()
 	ctx := context.Background()
 	out := map[string]projector.Record{}
-	kv, err := b.js.KeyValue(ctx, "jetproj_state_"+name)
+	kv, err := b.js.KeyValue(ctx, contract.StateBucket(name))
 	if err != nil {
 		return out
 	}
@@ -302,7 +306,7 @@ func TestPoisonEventParksOnlyItsPartition(t *testing.T) {
 	}
 	// Skip the poison event: w7 resumes from its own position.
 	ctx := context.Background()
-	if err := projector.PartitionCommand(ctx, b.nc, b.js, def.Def(), 1, projector.Command{Op: "skip", Partition: "wallet/w7"}); err != nil {
+	if err := b.admin().Skip(ctx, def, "wallet/w7"); err != nil {
 		t.Fatal(err)
 	}
 	b.mu.Lock()

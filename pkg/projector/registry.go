@@ -11,11 +11,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/jsretry"
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
-// RegistryBucket is the KV bucket that records every projection's
-// lifecycle state.
-const RegistryBucket = "jetproj_projections"
+// The registry is KV bucket contract.RegistryBucket: every projection's
+// lifecycle state, one Entry per projection, keyed by its name.
 
 // Lifecycle states.
 const (
@@ -60,10 +60,10 @@ type Registry struct {
 // JetStream trouble (jsretry) while ctx lasts.
 func OpenRegistry(ctx context.Context, js jetstream.JetStream, replicas int) (*Registry, error) {
 	cfg := jetstream.KeyValueConfig{
-		Bucket: RegistryBucket, History: 5, Replicas: max(replicas, 1), Storage: jetstream.FileStorage,
+		Bucket: contract.RegistryBucket, History: 5, Replicas: max(replicas, 1), Storage: jetstream.FileStorage,
 		Description: "jetproj projections and their lifecycle state",
 	}
-	kv, err := jsretry.ValueSettling(ctx, "open registry "+RegistryBucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := jsretry.ValueSettling(ctx, "open registry "+contract.RegistryBucket, func(ctx context.Context) (jetstream.KeyValue, error) {
 		return js.CreateOrUpdateKeyValue(ctx, cfg)
 	})
 	if err != nil {
@@ -75,7 +75,7 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream, replicas int) (*R
 // Watch keeps the local copy current until ctx ends. Starting the watch
 // waits through passing JetStream trouble (jsretry) while ctx lasts.
 func (g *Registry) Watch(ctx context.Context) error {
-	w, err := jsretry.ValueSettling(ctx, "watch registry "+RegistryBucket, func(ctx context.Context) (jetstream.KeyWatcher, error) {
+	w, err := jsretry.ValueSettling(ctx, "watch registry "+contract.RegistryBucket, func(ctx context.Context) (jetstream.KeyWatcher, error) {
 		return g.kv.WatchAll(ctx)
 	})
 	if err != nil {

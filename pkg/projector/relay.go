@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/derived"
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
 // Derived events of partitions whose state lives in KV are written in the
@@ -66,25 +67,13 @@ func (r *runner) queueUnsent(p *part) {
 	}
 }
 
-// refusedHold is how long a partition whose derived event JetStream
-// refused waits before it is tried again: from 250 ms, doubling to 30 s.
-type refusedHold struct {
-	until time.Time
-	wait  time.Duration
-}
-
-const (
-	holdFirst = 250 * time.Millisecond
-	holdMax   = 30 * time.Second
-)
-
 // unsentRetry is when the queued partitions should be tried again: within
 // a second, sooner when a refused one's pause ends before.
 func (r *runner) unsentRetry(now time.Time) time.Duration {
 	wait := time.Second
 	for _, p := range r.unsent {
 		if h := r.holds[p]; h != nil {
-			wait = min(wait, max(h.until.Sub(now), time.Millisecond))
+			wait = min(wait, max(h.Until.Sub(now), time.Millisecond))
 		}
 	}
 	return wait
@@ -101,7 +90,7 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 		r.marks = derived.NewTracker(r.js)
 	}
 	if r.holds == nil {
-		r.holds = map[*part]*refusedHold{}
+		r.holds = map[*part]*derived.Backoff{}
 	}
 	now := time.Now()
 	seen := make(map[*part]bool, len(r.unsent))
@@ -111,7 +100,7 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 		case seen[p]:
 		case p.x == nil || len(p.x.outbox) == 0 || !r.current(p):
 			delete(r.holds, p)
-		case r.holds[p] != nil && now.Before(r.holds[p].until):
+		case r.holds[p] != nil && now.Before(r.holds[p].Until):
 			seen[p] = true
 			waiting = append(waiting, p)
 		default:
@@ -154,7 +143,7 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 			e := r.derivedEvent(p, p.x.outbox[i])
 			// Each target is checked and published on its own: a stream
 			// holding the event already is skipped, the others get it.
-			to, err := r.marks.Targets(ctx, OwnStream(r.def.Name()), e, r.streamReplicas)
+			to, err := r.marks.Targets(ctx, contract.ProjectionStream(r.def.Name()), e, r.streamReplicas)
 			if err != nil {
 				refuse(p, err)
 				continue
@@ -210,12 +199,10 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 			r.marks.Drop(targets[p]...)
 			h := r.holds[p]
 			if h == nil {
-				h = &refusedHold{wait: holdFirst}
+				h = &derived.Backoff{}
 				r.holds[p] = h
-			} else {
-				h.wait = min(2*h.wait, holdMax)
 			}
-			h.until = now.Add(h.wait)
+			h.Refused(now)
 			left = append(left, p)
 			continue
 		}
@@ -273,7 +260,7 @@ func publishLeftovers(ctx context.Context, js jetstream.JetStream, name string, 
 			g.Go(func() error {
 				for _, p := range rec.Outbox {
 					e := pendingEvent(name, rec.Key, p)
-					targets, err := marks.Targets(gctx, OwnStream(name), e, replicas)
+					targets, err := marks.Targets(gctx, contract.ProjectionStream(name), e, replicas)
 					if err != nil {
 						return fmt.Errorf("projector: %w", err)
 					}

@@ -10,12 +10,11 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/internal/derived"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
-	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // publishWithMeta appends a deposit whose metadata carries a correlation
@@ -54,7 +53,7 @@ func kvMetaLinks() *projection.Projection[lastPos] {
 	projection.On(p, func(_ context.Context, c *projection.Context[lastPos], e projection.Event[MoneyWasAddedToWallet]) error {
 		c.State.Pos = e.Position
 		body := map[string]int64{"pos": e.Position}
-		if err := c.Emit("Deposited", body, projection.WithMetadata(map[string]string{"source": "projector"})); err != nil {
+		if err := c.Emit("Deposited", body, projection.Metadata(map[string]string{"source": "projector"})); err != nil {
 			return err
 		}
 		if err := c.Emit("Audited", body, projection.Link("kv_audit_a", "kv_audit_b", "kv_audit_a"), projection.LinkOnly()); err != nil {
@@ -74,7 +73,7 @@ func kvMetaLinks() *projection.Projection[lastPos] {
 func (b *bundle) checkKVMetaLinks(t *testing.T, deposits map[int64]string) {
 	t.Helper()
 	ctx := context.Background()
-	own := projector.OwnStream("kv_meta")
+	own := contract.ProjectionStream("kv_meta")
 	want := map[string]string{own: "Deposited", "kv_audit_a": "Audited", "kv_audit_b": "Audited", "kv_theirs": "Shared"}
 	read := func(stream string) []*jetstream.RawStreamMsg {
 		s, err := b.js.Stream(ctx, stream)
@@ -106,7 +105,7 @@ func (b *bundle) checkKVMetaLinks(t *testing.T, deposits map[int64]string) {
 		for stream, typ := range want {
 			got := map[int64]bool{}
 			for _, m := range read(stream) {
-				et := m.Header.Get(derived.HeaderEventType)
+				et := m.Header.Get(contract.HeaderEventType)
 				if et == "Flushed" && stream == own {
 					continue
 				}
@@ -129,16 +128,16 @@ func (b *bundle) checkKVMetaLinks(t *testing.T, deposits map[int64]string) {
 			p, h := pos(m), m.Header
 			wallet := deposits[p]
 			source := "app"
-			if h.Get(derived.HeaderEventType) == "Deposited" {
+			if h.Get(contract.HeaderEventType) == "Deposited" {
 				source = "projector"
 			}
 			for k, v := range map[string]string{
-				derived.HeaderCausationID: eventmsg.MsgID(p), derived.HeaderCorrelationID: "c-" + wallet,
-				derived.HeaderSourcePosition: strconv.FormatInt(p, 10),
-				"Meta-correlation_id":        "c-" + wallet, "Meta-tenant": "t1", "Meta-source": source,
+				contract.HeaderCausationID: contract.EventMsgID(p), contract.HeaderCorrelationID: "c-" + wallet,
+				contract.HeaderSourcePosition: strconv.FormatInt(p, 10),
+				"Meta-correlation_id":         "c-" + wallet, "Meta-tenant": "t1", "Meta-source": source,
 			} {
 				if got := h.Get(k); got != v {
-					t.Errorf("%s %s of position %d: header %s = %q, want %q", stream, h.Get(derived.HeaderEventType), p, k, got, v)
+					t.Errorf("%s %s of position %d: header %s = %q, want %q", stream, h.Get(contract.HeaderEventType), p, k, got, v)
 				}
 			}
 			if v := h.Get("Meta-traceparent"); v != "" {

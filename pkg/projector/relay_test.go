@@ -15,6 +15,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/derived"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -93,7 +94,7 @@ func (b *bundle) waitDerived(t *testing.T, name string) map[string]emitted {
 	t.Helper()
 	var last map[string]emitted
 	devtest.Eventually(t, 60*time.Second, func() error {
-		last = checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream(name)))
+		last = checkOnceInOrder(t, b.streamEvents(t, contract.ProjectionStream(name)))
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		for k, want := range b.fold {
@@ -138,7 +139,7 @@ func TestKVStateProjectionEmitsOncePerBatchInOrder(t *testing.T) {
 		}
 	}
 	emittedN := counter(t, reg, "jetproj_projector_events_emitted_total", "kv_emit")
-	own := len(b.streamEvents(t, projector.OwnStream("kv_emit")))
+	own := len(b.streamEvents(t, contract.ProjectionStream("kv_emit")))
 	if emittedN != own+100 {
 		t.Fatalf("metric counts %d published, streams hold %d + 100 linked", emittedN, own)
 	}
@@ -166,7 +167,7 @@ func TestKVStateDerivedEventsSurviveACrashBeforePublishing(t *testing.T) {
 	def := emittingWallets("kv_crash")
 	// What the dead projector left: w0 handled up to seq 1, its state and
 	// two derived events in the record, the first of them published.
-	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	store := projector.NewKVStore(b.js, "jetproj_state_kv_crash", 1)
@@ -197,20 +198,20 @@ func TestKVStateDerivedEventsSurviveACrashBeforePublishing(t *testing.T) {
 	// The projector takes the slot over and publishes the second only.
 	b.run(t, "r1", def)
 	devtest.Eventually(t, 30*time.Second, func() error {
-		own := checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream("kv_crash")))
+		own := checkOnceInOrder(t, b.streamEvents(t, contract.ProjectionStream("kv_crash")))
 		links := b.streamEvents(t, "kv_links2")
 		if e := own[first.Subject]; e.mark.Seq != 2 || len(links) != 1 {
 			return fmt.Errorf("own stream ends at %+v, linked stream holds %d", e.mark, len(links))
 		}
 		return nil
 	})
-	if n := len(b.streamEvents(t, projector.OwnStream("kv_crash"))); n != 2 {
+	if n := len(b.streamEvents(t, contract.ProjectionStream("kv_crash"))); n != 2 {
 		t.Fatalf("own stream holds %d events, want 2", n)
 	}
 	// A deposit continues the numbering.
 	b.publish(t, "w0", "MoneyWasAddedToWallet", `{"amount":3}`)
 	devtest.Eventually(t, 30*time.Second, func() error {
-		own := checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream("kv_crash")))
+		own := checkOnceInOrder(t, b.streamEvents(t, contract.ProjectionStream("kv_crash")))
 		if e := own[first.Subject]; e.mark.Seq != 3 || e.body.Cents != 3 {
 			return fmt.Errorf("last derived %+v %+v", e.mark, e.body)
 		}
@@ -227,7 +228,7 @@ func TestKVStateEmissionThroughKills(t *testing.T) {
 	def := func() projection.Definer { return emittingWallets("kv_kill", projection.BatchSize(20)) }
 	r1 := b.run(t, "r1", def())
 	devtest.Eventually(t, 30*time.Second, func() error {
-		if len(b.streamEvents(t, projector.OwnStream("kv_kill"))) == 0 {
+		if len(b.streamEvents(t, contract.ProjectionStream("kv_kill"))) == 0 {
 			return fmt.Errorf("nothing emitted yet")
 		}
 		return nil
@@ -287,13 +288,13 @@ func TestReplayingBatchEmitsForNewEventsOnly(t *testing.T) {
 	r := b.run(t, "r1", def)
 	b.waitFold(t, "kv_replay", 30*time.Second)
 	devtest.Eventually(t, 30*time.Second, func() error {
-		if n := len(b.streamEvents(t, projector.OwnStream("kv_replay"))); n != wallets*deposits {
+		if n := len(b.streamEvents(t, contract.ProjectionStream("kv_replay"))); n != wallets*deposits {
 			return fmt.Errorf("%d derived events, want %d", n, wallets*deposits)
 		}
 		return nil
 	})
 	r.stop(t)
-	if err := projector.Reset(ctx, b.js, def.Def(), 1, nil); err != nil {
+	if err := b.admin().Reset(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	// New deposits are in the stream before a replica starts: its first
@@ -308,7 +309,7 @@ func TestReplayingBatchEmitsForNewEventsOnly(t *testing.T) {
 	var after []emitted
 	devtest.Eventually(t, 30*time.Second, func() error {
 		after = after[:0]
-		for _, e := range b.streamEvents(t, projector.OwnStream("kv_replay")) {
+		for _, e := range b.streamEvents(t, contract.ProjectionStream("kv_replay")) {
 			if e.mark.Gen > 0 { // the reset's generation
 				after = append(after, e)
 			}
@@ -338,17 +339,16 @@ func TestPartitionRebuildEmitsForNewEventsOnly(t *testing.T) {
 	const wallets, deposits = 10, 5
 	def := depositEmitter("kv_part_replay")
 	b.publishWallets(t, wallets, deposits)
-	r := b.run(t, "r1", def)
+	b.run(t, "r1", def)
 	b.waitFold(t, "kv_part_replay", 30*time.Second)
-	own := projector.OwnStream("kv_part_replay")
+	own := contract.ProjectionStream("kv_part_replay")
 	devtest.Eventually(t, 30*time.Second, func() error {
 		if n := len(b.streamEvents(t, own)); n != wallets*deposits {
 			return fmt.Errorf("%d derived events, want %d", n, wallets*deposits)
 		}
 		return nil
 	})
-	cmd := projector.Command{Op: "rebuild", Partition: "wallet/w3"}
-	if err := projector.PartitionCommand(ctx, r.nc, b.js, def.Def(), 1, cmd); err != nil {
+	if err := b.admin().RebuildPartition(ctx, def, "wallet/w3"); err != nil {
 		t.Fatal(err)
 	}
 	b.publish(t, "w3", "MoneyWasAddedToWallet", `{"amount":7}`)
@@ -386,7 +386,7 @@ func TestResetPublishesWhatRecordsStillHold(t *testing.T) {
 	ctx := context.Background()
 	b.publishWallets(t, 1, 0)
 	def := emittingWallets("kv_reset_left")
-	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	store := projector.NewKVStore(b.js, "jetproj_state_kv_reset_left", 1)
@@ -410,10 +410,10 @@ func TestResetPublishesWhatRecordsStillHold(t *testing.T) {
 	if _, err := b.js.PublishMsg(ctx, first.Msg(first.Subject)); err != nil {
 		t.Fatal(err)
 	}
-	if err := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf); err != nil {
+	if err := projector.NewAdmin(b.js, projector.AdminOptions{Progress: t.Logf}).Reset(ctx, def); err != nil {
 		t.Fatal(err)
 	}
-	own := b.streamEvents(t, projector.OwnStream("kv_reset_left"))
+	own := b.streamEvents(t, contract.ProjectionStream("kv_reset_left"))
 	checkOnceInOrder(t, own)
 	if len(own) != 2 || own[1].mark.Seq != 2 {
 		t.Fatalf("own stream holds %d events (%+v); want the first and, published by the reset, the second", len(own), own)
@@ -454,7 +454,7 @@ func TestRefusedPartitionWaitsAlone(t *testing.T) {
 			b.publish(t, fmt.Sprintf("w%d", i), "MoneyWasAddedToWallet", fmt.Sprintf(`{"amount":%d}`, round+1))
 		}
 		devtest.Eventually(t, 30*time.Second, func() error {
-			last := checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream(name)))
+			last := checkOnceInOrder(t, b.streamEvents(t, contract.ProjectionStream(name)))
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			for k, want := range b.fold {
@@ -546,10 +546,10 @@ func TestUnpublishedBacklogParksThePartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.publishWallets(t, 3, 12) // w0: 13 events of 40 KiB each, more than a record keeps
-	r := b.run(t, "r1", p)
+	b.run(t, "r1", p)
 	var parked projector.Record
 	devtest.Eventually(t, 60*time.Second, func() error {
-		st, err := projector.ReadStatus(ctx, b.js, p.Def(), 1)
+		st, err := b.admin().Status(ctx, p)
 		if err != nil {
 			return err
 		}
@@ -564,7 +564,7 @@ func TestUnpublishedBacklogParksThePartition(t *testing.T) {
 	}
 	// The other wallets are done, their events published.
 	devtest.Eventually(t, 30*time.Second, func() error {
-		last := checkOnceInOrder(t, b.streamEvents(t, projector.OwnStream(name)))
+		last := checkOnceInOrder(t, b.streamEvents(t, contract.ProjectionStream(name)))
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		for _, k := range []string{"wallet/w1", "wallet/w2"} {
@@ -578,7 +578,7 @@ func TestUnpublishedBacklogParksThePartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 30*time.Second, func() error {
-		return projector.PartitionCommand(ctx, r.nc, b.js, p.Def(), 1, projector.Command{Op: "retry", Partition: "wallet/w0"})
+		return b.admin().Retry(ctx, p, "wallet/w0")
 	})
 	b.waitFold(t, name, 30*time.Second)
 	b.waitDerived(t, name)
@@ -598,7 +598,7 @@ func TestResetRefusedLeftoversChangeNothing(t *testing.T) {
 		hookRuns++
 		return nil
 	}))
-	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	store := projector.NewKVStore(b.js, "jetproj_state_kv_reset_refused", 1)
@@ -619,7 +619,7 @@ func TestResetRefusedLeftoversChangeNothing(t *testing.T) {
 	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "kv_reset_foreign", Subjects: []string{"kv_reset_foreign.>"}}); err != nil {
 		t.Fatal(err)
 	}
-	resetErr := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf)
+	resetErr := projector.NewAdmin(b.js, projector.AdminOptions{Progress: t.Logf}).Reset(ctx, def)
 	if resetErr == nil {
 		t.Fatal("reset with refused leftovers succeeded; want it refused")
 	}
@@ -629,7 +629,7 @@ func TestResetRefusedLeftoversChangeNothing(t *testing.T) {
 	if r, err := store.Get(ctx, slot, "wallet/w0"); err != nil || r == nil || len(r.Outbox) != 1 {
 		t.Fatalf("record after the refused reset: %+v, %v; want it unchanged", r, err)
 	}
-	if st, err := projector.ReadStatus(ctx, b.js, def.Def(), 1); err != nil || st.State != "active" {
+	if st, err := b.admin().Status(ctx, def); err != nil || st.State != "active" {
 		t.Fatalf("status after the refused reset: %+v, %v; want active", st, err)
 	}
 	if !strings.Contains(resetErr.Error(), "not reset") {
@@ -638,13 +638,13 @@ func TestResetRefusedLeftoversChangeNothing(t *testing.T) {
 	if err := b.js.DeleteStream(ctx, "kv_reset_foreign"); err != nil {
 		t.Fatal(err)
 	}
-	if err := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf); err != nil {
+	if err := projector.NewAdmin(b.js, projector.AdminOptions{Progress: t.Logf}).Reset(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	if hookRuns != 1 {
 		t.Fatalf("reset hook ran %d times; want 1", hookRuns)
 	}
-	if own := b.streamEvents(t, projector.OwnStream("kv_reset_refused")); len(own) != 1 {
+	if own := b.streamEvents(t, contract.ProjectionStream("kv_reset_refused")); len(own) != 1 {
 		t.Fatalf("own stream holds %d events; want the leftover", len(own))
 	}
 	if links := b.streamEvents(t, "kv_reset_foreign"); len(links) != 1 {
@@ -668,7 +668,7 @@ func TestKVStateKeysDifferingInUnsafeBytesEachEmit(t *testing.T) {
 	b.run(t, "r1", emittingWallets("kv_keys"))
 	b.waitFold(t, "kv_keys", 30*time.Second)
 	last := b.waitDerived(t, "kv_keys")
-	s, err := b.js.Stream(context.Background(), projector.OwnStream("kv_keys"))
+	s, err := b.js.Stream(context.Background(), contract.ProjectionStream("kv_keys"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -678,8 +678,8 @@ func TestKVStateKeysDifferingInUnsafeBytesEachEmit(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", w, err)
 		}
-		if key, err := derived.UnescapeKey(m.Header.Get(derived.HeaderPartition)); err != nil || key != "wallet/"+w {
-			t.Errorf("%q: Partition header %q gives %q, %v", w, m.Header.Get(derived.HeaderPartition), key, err)
+		if key, err := derived.UnescapeKey(m.Header.Get(contract.HeaderPartition)); err != nil || key != "wallet/"+w {
+			t.Errorf("%q: Partition header %q gives %q, %v", w, m.Header.Get(contract.HeaderPartition), key, err)
 		}
 		if id := m.Header.Get(nats.MsgIdHdr); id != last[subj].id || strings.ContainsAny(id, " \r\n\t") {
 			t.Errorf("%q: message id %q", w, id)
@@ -726,7 +726,7 @@ func TestUnpublishedTotalIsBounded(t *testing.T) {
 	t.Cleanup(func() { run.stop(t) })
 	var parked []projector.Record
 	devtest.Eventually(t, 60*time.Second, func() error {
-		st, err := projector.ReadStatus(ctx, b.js, p.Def(), 1)
+		st, err := b.admin().Status(ctx, p)
 		if err != nil {
 			return err
 		}
@@ -742,12 +742,12 @@ func TestUnpublishedTotalIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 60*time.Second, func() error {
-		st, err := projector.ReadStatus(ctx, b.js, p.Def(), 1)
+		st, err := b.admin().Status(ctx, p)
 		if err != nil {
 			return err
 		}
 		for _, rec := range st.Parked {
-			if err := projector.PartitionCommand(ctx, nc, b.js, p.Def(), 1, projector.Command{Op: "retry", Partition: rec.Key}); err != nil {
+			if err := b.admin().Retry(ctx, p, rec.Key); err != nil {
 				return err
 			}
 		}

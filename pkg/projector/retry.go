@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -32,7 +33,7 @@ func (r *runner) retryDue(ctx context.Context) {
 func (r *runner) catchUp(ctx context.Context, p *part) {
 	f := p.failure()
 	subj := r.subjectOf(p)
-	if r.def.Kind() == projection.Global || subj == "" {
+	if r.def.Kind() == projectionspec.Global || subj == "" {
 		// One partition: read the stream again from its position.
 		f.retrying = true
 		f.next = time.Now().Add(time.Hour)

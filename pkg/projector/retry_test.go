@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -35,7 +36,7 @@ func (s *gatedSource) Next(ctx context.Context, subject string, from uint64) (pr
 // newGatedSource is a closed gatedSource over b's EVENTS wallets.
 func newGatedSource(t *testing.T, b *bundle) *gatedSource {
 	t.Helper()
-	js, err := projector.NewJetStreamSource(context.Background(), b.js, "EVENTS", []string{"events.wallet.*"})
+	js, err := projector.NewJetStreamSource(context.Background(), b.js, contract.EventsStream, []string{"events.wallet.*"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +48,7 @@ func TestRetryReadsDoNotBlockOtherPartitions(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	src := newGatedSource(t, b)
-	def := walletBalance("wallet_balance", projection.WithSource(src), projection.Retries(5, 10*time.Millisecond, 20*time.Millisecond))
+	def := walletBalance("wallet_balance", projection.FromSource(src), projection.Retries(5, 10*time.Millisecond, 20*time.Millisecond))
 	b.publishWallets(t, 20, 1)
 	b.publish(t, "w7", "MoneyWasWithdrawnFromWallet", `{"amount":-5}`)
 	b.run(t, "r1", def)
@@ -132,12 +133,12 @@ func TestCatchUpKeepsLiveMessagesThatArriveDuringItsRead(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	src := newGatedSource(t, b)
-	def := walletBalance("wallet_balance", projection.WithSource(src))
+	def := walletBalance("wallet_balance", projection.FromSource(src))
 	b.publishWallets(t, 20, 2)
 	b.run(t, "r1", def)
 	b.waitFold(t, "wallet_balance", 30*time.Second)
 	devtest.Eventually(t, 30*time.Second, func() error {
-		return projector.PartitionCommand(ctx, b.nc, b.js, def.Def(), 1, projector.Command{Op: "rebuild", Partition: "wallet/w3"})
+		return b.admin().RebuildPartition(ctx, def, "wallet/w3")
 	})
 	// w3's read hangs; its new events and others' go by meanwhile.
 	devtest.Eventually(t, 30*time.Second, func() error {

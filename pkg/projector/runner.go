@@ -19,6 +19,8 @@ import (
 	"github.com/jetproj/jetproj/internal/jsretry"
 	"github.com/jetproj/jetproj/internal/lease"
 	"github.com/jetproj/jetproj/internal/opsserver"
+	"github.com/jetproj/jetproj/internal/projectionspec"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/subject"
 )
@@ -39,8 +41,8 @@ func SlotOf(key string, slots int) int {
 
 // runner runs one projection in this process.
 type runner struct {
-	def     *projection.Definition
-	spec    projection.Spec
+	def     projectionspec.Spec
+	spec    projectionspec.Settings
 	store   StateStore
 	js      jetstream.JetStream
 	nc      *nats.Conn
@@ -82,7 +84,7 @@ type runner struct {
 	// Derived events of KV-state partitions written but not yet published
 	// (relay.go), and what the streams hold.
 	unsent         []*part
-	holds          map[*part]*refusedHold // unsent partitions JetStream refused, paused
+	holds          map[*part]*derived.Backoff // unsent partitions JetStream refused, paused
 	marks          *derived.Tracker
 	streamReplicas int
 	busy           opsserver.Busy // a step of the loop in progress (see liveness.go)
@@ -108,6 +110,9 @@ type runner struct {
 	// consCheck is how often an idle loop asks the source whether the
 	// consumer holds back messages (consumerCheckEvery; tests lower it).
 	consCheck time.Duration
+	// quietRestarts counts consumer restarts by checkConsumer since the
+	// last message.
+	quietRestarts int
 	// states are decoded states of partitions a catch-up handled, as
 	// their stored state encodes them (takeState, keepState).
 	states map[*part]any
@@ -184,7 +189,7 @@ func (r *runner) run(ctx context.Context) error {
 	}()
 
 	ctlCh := make(chan *nats.Msg, 16)
-	ctl, err := r.nc.ChanSubscribe(controlSubject(r.def.Name()), ctlCh)
+	ctl, err := r.nc.ChanSubscribe(contract.ControlSubject(r.def.Name()), ctlCh)
 	if err != nil {
 		return err
 	}
@@ -285,7 +290,7 @@ func (r *runner) run(ctx context.Context) error {
 		got := false
 		var tick <-chan time.Time
 		msgs := r.cons.msgs
-		if r.spec.Mode == projection.Polling && !r.draining {
+		if r.spec.Mode == projectionspec.Polling && !r.draining {
 			// Polling projections look at what arrived once per interval,
 			// and then take all of it, batch after batch.
 			tick, msgs = time.After(r.spec.Interval), nil
@@ -348,17 +353,21 @@ func (r *runner) run(ctx context.Context) error {
 			}
 		}
 		r.busy.Start()
-		r.delivered = time.Now()
+		r.delivered, r.quietRestarts = time.Now(), 0
 		batch := r.collect(first)
 		// Behind: at least another full batch waits.
 		last := batch[len(batch)-1]
 		r.process(ctx, batch, last.Pending >= uint64(r.spec.BatchSize) || (len(batch) >= r.spec.BatchSize && len(r.cons.msgs) > 0))
 		// A polling projection drains what its tick found, then waits for
 		// the next one.
-		r.draining = r.spec.Mode == projection.Polling && (last.Pending > 0 || len(r.cons.msgs) > 0)
+		r.draining = r.spec.Mode == projectionspec.Polling && (last.Pending > 0 || len(r.cons.msgs) > 0)
 		clear(batch) // let the messages go; the buffer is reused
 	}
 }
+
+// errNoAnswer: the subscription did not say in time how many messages it
+// has pending.
+var errNoAnswer = errors.New("projector: the consumer did not answer")
 
 // consumerCheckEvery is how often a runner waiting for messages asks the
 // source whether its consumer holds some back.
@@ -377,19 +386,51 @@ type pendingReporter interface {
 // not checked.
 func (r *runner) checkConsumer(ctx context.Context) {
 	pr, ok := r.cons.sub.(pendingReporter)
-	if !ok || r.spec.Mode == projection.Polling || len(r.cons.msgs) > 0 || time.Since(r.delivered) < cmp.Or(r.consCheck, consumerCheckEvery) {
+	if !ok || r.spec.Mode == projectionspec.Polling || len(r.cons.msgs) > 0 || time.Since(r.delivered) < cmp.Or(r.consCheck, consumerCheckEvery) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	n, err := pr.Pending(ctx)
+	// Asked aside: a subscription stuck in its client (nats.go's ordered
+	// consumer holds its lock while it recreates itself) may not return
+	// when ctx ends.
+	type answer struct {
+		n   uint64
+		err error
+	}
+	ch := make(chan answer, 1)
+	go func() {
+		n, err := pr.Pending(ctx)
+		ch <- answer{n, err}
+	}()
+	var n uint64
+	var err error
+	select {
+	case a := <-ch:
+		n, err = a.n, a.err
+	case <-ctx.Done():
+		err = fmt.Errorf("%w: %w", errNoAnswer, ctx.Err())
+	}
 	switch {
-	case errors.Is(err, jetstream.ErrConsumerNotFound):
+	case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, errNoAnswer):
+		// Gone from the server, or stuck in the client (nats.go's ordered
+		// consumer retries recreating itself for as long as it takes,
+		// holding its lock; seen after a leader SIGKILL).
 	case err != nil || n == 0:
 		return // passing trouble: the next check asks again
 	}
-	r.log.Warn("consumer delivered nothing although the source holds messages for it; restarting it",
-		"pending", n, "idle", time.Since(r.delivered).Round(time.Second), "error", err)
+	// Logged once per episode: while the cluster cannot answer, the check
+	// restarts the consumer every interval.
+	log := r.log.Warn
+	if r.quietRestarts > 0 {
+		log = r.log.Debug
+	}
+	r.quietRestarts++
+	if err != nil {
+		log("consumer did not answer and delivered nothing; restarting it", "idle", time.Since(r.delivered).Round(time.Second), "error", err)
+	} else {
+		log("consumer delivered nothing although the source holds messages for it; restarting it", "pending", n, "idle", time.Since(r.delivered).Round(time.Second))
+	}
 	r.metrics.errors.WithLabelValues(r.def.Name()).Inc()
 	r.restartAt = r.next
 }
@@ -534,7 +575,7 @@ func (r *runner) emitting(seq uint64) bool {
 // the tokens encoded as in package subject.
 func EmitSubject(projection, key string) string {
 	if typ, id, ok := strings.Cut(key, "/"); ok {
-		return "project." + projection + "." + typ + "." + subject.EncodeToken(id)
+		return contract.ProjectionPrefix + "." + projection + "." + typ + "." + subject.EncodeToken(id)
 	}
-	return "project." + projection + "." + subject.EncodeToken(key)
+	return contract.ProjectionPrefix + "." + projection + "." + subject.EncodeToken(key)
 }

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/jetproj/jetproj/internal/lease"
-	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/subject"
 )
 
@@ -230,7 +230,7 @@ func (r *runner) installSlot(ctx context.Context, res loaded) {
 		return
 	}
 	for _, p := range res.extras {
-		if f := p.failure(); f != nil && p.parked() == nil && r.def.Kind() == projection.Global && (r.restartAt == 0 || p.seq+1 < r.restartAt) {
+		if f := p.failure(); f != nil && p.parked() == nil && r.def.Kind() == projectionspec.Global && (r.restartAt == 0 || p.seq+1 < r.restartAt) {
 			r.restartAt = p.seq + 1
 			f.retrying = true
 		}

@@ -23,6 +23,11 @@ type silentSource struct {
 	deliver  int // messages the first subscription delivers
 	consumes atomic.Int32
 	stopped  chan struct{} // closed when the first subscription went quiet
+	// stuck: the first subscription does not answer Pending either (until
+	// release is closed), as nats.go's ordered consumer does while it
+	// retries recreating itself.
+	stuck   bool
+	release chan struct{}
 }
 
 func (s *silentSource) Consume(ctx context.Context, from uint64, deliver func(projection.Message)) (projection.Subscription, error) {
@@ -31,7 +36,7 @@ func (s *silentSource) Consume(ctx context.Context, from uint64, deliver func(pr
 	}
 	// After its first messages the subscription's consumer stops pulling:
 	// the server keeps the others; no error is reported.
-	sub := &silentSub{quiet: make(chan struct{})}
+	sub := &silentSub{quiet: make(chan struct{}), stuck: s.stuck, release: s.release}
 	var n atomic.Int32
 	inner, err := s.JetStreamSource.Consume(ctx, from, func(m projection.Message) {
 		switch k := int(n.Add(1)); {
@@ -55,13 +60,19 @@ func (s *silentSource) Consume(ctx context.Context, from uint64, deliver func(pr
 
 type silentSub struct {
 	projection.Subscription
-	quiet chan struct{}
-	once  sync.Once
+	quiet   chan struct{}
+	once    sync.Once
+	stuck   bool
+	release chan struct{}
 }
 
 func (s *silentSub) Stop() { s.once.Do(s.Subscription.Stop) }
 
 func (s *silentSub) Pending(ctx context.Context) (uint64, error) {
+	if s.stuck {
+		<-s.release // ctx or not
+		return 0, ctx.Err()
+	}
 	return s.Subscription.(interface {
 		Pending(context.Context) (uint64, error)
 	}).Pending(ctx)
@@ -71,13 +82,25 @@ func (s *silentSub) Pending(ctx context.Context) (uint64, error) {
 // is restarted, and the projection catches up.
 func TestSilentConsumerIsRestarted(t *testing.T) {
 	t.Parallel()
+	testQuietConsumer(t, false)
+}
+
+// A consumer that delivers nothing and does not answer how many messages it
+// has pending either (stuck in its client) is restarted too.
+func TestStuckConsumerIsRestarted(t *testing.T) {
+	t.Parallel()
+	testQuietConsumer(t, true)
+}
+
+func testQuietConsumer(t *testing.T, stuck bool) {
 	b := setup(t)
 	js, err := projector.NewJetStreamSource(context.Background(), b.js, "EVENTS", []string{"events.wallet.*"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := &silentSource{JetStreamSource: js, deliver: 5, stopped: make(chan struct{})}
-	def := walletBalance("wallet_balance", projection.WithSource(src))
+	src := &silentSource{JetStreamSource: js, deliver: 5, stopped: make(chan struct{}), stuck: stuck, release: make(chan struct{})}
+	t.Cleanup(func() { close(src.release) })
+	def := walletBalance("wallet_balance", projection.FromSource(src))
 	b.publishWallets(t, 20, 1)
 	nc, err := nats.Connect(b.nats.URL())
 	if err != nil {

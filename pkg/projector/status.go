@@ -8,6 +8,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/internal/projectionspec"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -32,13 +34,16 @@ type Status struct {
 	Parked []Record       `json:"parked,omitempty"`
 }
 
-// ReadStatus reports on a projection from the registry, its leases, its
-// state store and its source stream. It creates and changes no bucket or
-// stream (replicas picks the state store, as the projector would); a
-// PostgreSQL store's tables are brought to the current schema first.
-func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) (Status, error) {
-	st := Status{Name: d.Name(), Kind: d.Kind().String(), Slots: d.Spec().Slots, Owners: map[string]int{}, State: "not initialised"}
-	kv, err := js.KeyValue(ctx, RegistryBucket)
+// Status reports on a projection from the registry, its leases, its state
+// store and its source stream. It creates and changes no bucket or stream;
+// a PostgreSQL store's tables are brought to the current schema first.
+// Head is the source stream's last sequence (`projector status` shows the
+// last message on the projection's own subjects instead).
+func (a *Admin) Status(ctx context.Context, p projection.Definer) (Status, error) {
+	d, js := p.Def(), a.js
+	spec := projectionspec.Of(d)
+	st := Status{Name: d.Name(), Kind: spec.Kind().String(), Slots: spec.Settings().Slots, Owners: map[string]int{}, State: "not initialised"}
+	kv, err := js.KeyValue(ctx, contract.RegistryBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return st, nil // no projection was ever initialised here
 	}
@@ -51,10 +56,10 @@ func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Defin
 	} else if ok {
 		st.State, st.Generation, st.Store = e.State, e.Generation, e.Store
 	}
-	if s, err := js.Stream(ctx, d.SourceConfig().Stream); err == nil {
+	if s, err := js.Stream(ctx, spec.SourceConfig().Stream); err == nil {
 		st.Head = s.CachedInfo().State.LastSeq
 	}
-	if kv, err := js.KeyValue(ctx, leaseBucket(d.Name())); err == nil {
+	if kv, err := js.KeyValue(ctx, contract.LeaseBucket(d.Name())); err == nil {
 		if lister, err := kv.ListKeys(ctx); err == nil {
 			for k := range lister.Keys() {
 				if !strings.HasPrefix(k, "s.") {
@@ -66,7 +71,7 @@ func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Defin
 			}
 		}
 	}
-	store := StoreFor(js, d, replicas)
+	store := StoreFor(js, d, a.replicas)
 	if st.State == "not initialised" {
 		return st, nil
 	}
@@ -87,7 +92,7 @@ func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Defin
 	default:
 		st.Parked, st.Partitions = parked, n
 		first := true
-		for slot := range d.Spec().Slots {
+		for slot := range spec.Settings().Slots {
 			_, wm, err := loadWatermark(ctx, store, slot)
 			if err != nil {
 				return st, err

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -24,11 +25,11 @@ func TestStatusChangesNothing(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	def := walletBalance("kv_status")
-	st, err := projector.ReadStatus(ctx, b.js, def.Def(), 3)
+	st, err := projector.NewAdmin(b.js, projector.AdminOptions{Replicas: 3}).Status(ctx, def)
 	if err != nil || st.State != "not initialised" {
 		t.Fatalf("status before init: %+v, %v; want not initialised", st, err)
 	}
-	if _, err := b.js.KeyValue(ctx, projector.RegistryBucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+	if _, err := b.js.KeyValue(ctx, contract.RegistryBucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
 		t.Fatalf("status created the registry (lookup: %v)", err)
 	}
 	b.publishWallets(t, 5, 2)
@@ -36,7 +37,7 @@ func TestStatusChangesNothing(t *testing.T) {
 	b.waitFold(t, "kv_status", 30*time.Second)
 	before := bucketConfigs(t, b.js)
 	devtest.Eventually(t, 15*time.Second, func() error {
-		st, err := projector.ReadStatus(ctx, b.js, def.Def(), 3)
+		st, err := projector.NewAdmin(b.js, projector.AdminOptions{Replicas: 3}).Status(ctx, def)
 		if err != nil {
 			return err
 		}
@@ -75,13 +76,13 @@ func TestStatusOfAnOlderSchema(t *testing.T) {
 	ctx := context.Background()
 	pool := newPool(t)
 	def := walletBalance("pg_status_v4", projection.Postgres(pool))
-	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := pool.Exec(ctx, `ALTER TABLE jetproj.partitions DROP COLUMN replay; UPDATE jetproj.schema_version SET version = 4`); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := projector.ReadStatus(ctx, b.js, def.Def(), 1); err != nil || st.State != "active" {
+	if st, err := b.admin().Status(ctx, def); err != nil || st.State != "active" {
 		t.Fatalf("status on schema v4: %+v, %v; want it read", st, err)
 	}
 }
@@ -100,28 +101,28 @@ func TestResetKeepsAManualStartWaiting(t *testing.T) {
 		}
 		return nil
 	}))
-	if err := projector.Init(ctx, b.js, def.Def(), 1); err != nil {
+	if err := b.admin().Init(ctx, def); err != nil {
 		t.Fatal(err)
 	}
-	before, err := projector.ReadStatus(ctx, b.js, def.Def(), 1)
+	before, err := b.admin().Status(ctx, def)
 	if err != nil || before.State != "paused" {
 		t.Fatalf("status after init: %+v, %v; want paused until started", before, err)
 	}
-	if err := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf); err == nil {
+	if err := projector.NewAdmin(b.js, projector.AdminOptions{Progress: t.Logf}).Reset(ctx, def); err == nil {
 		t.Fatal("reset with a failing hook succeeded")
 	}
 	failHook = false
-	if err := projector.Reset(ctx, b.js, def.Def(), 1, t.Logf); err != nil {
+	if err := projector.NewAdmin(b.js, projector.AdminOptions{Progress: t.Logf}).Reset(ctx, def); err != nil {
 		t.Fatal(err)
 	}
-	after, err := projector.ReadStatus(ctx, b.js, def.Def(), 1)
+	after, err := b.admin().Status(ctx, def)
 	if err != nil || after.State != "paused" {
 		t.Fatalf("status after reset: %+v, %v; want still waiting to be started", after, err)
 	}
-	if err := projector.Start(ctx, b.js, def.Def(), 1); err != nil {
+	if err := b.admin().Resume(ctx, def); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := projector.ReadStatus(ctx, b.js, def.Def(), 1); err != nil || st.State != "active" {
+	if st, err := b.admin().Status(ctx, def); err != nil || st.State != "active" {
 		t.Fatalf("status after start: %+v, %v; want active", st, err)
 	}
 }

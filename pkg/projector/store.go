@@ -3,13 +3,11 @@ package projector
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
@@ -73,7 +71,7 @@ type Pending struct {
 	Links    []derived.Link `json:"links,omitempty"`
 	LinkOnly bool           `json:"link_only,omitempty"`
 	// Metadata is the event's metadata: the source event's, carried over,
-	// and its own (projection.WithMetadata).
+	// and its own (projection.Metadata).
 	Metadata map[string]string `json:"meta,omitempty"`
 	// CausationID is the source event's id.
 	CausationID string `json:"causation,omitempty"`
@@ -296,38 +294,13 @@ func kvKeyToken(key string) string {
 	return head + "=H" + hex.EncodeToString(sum[:16])
 }
 
-// storedPrefix marks a string that a store holds encoded (storedString).
-const storedPrefix = "\x7fb64:"
-
-// storedString is how stores keep a partition key, subject or tenant:
-// unchanged when it is valid UTF-8 without NUL (PostgreSQL text and JSON
-// strings take it as it is), otherwise storedPrefix and its bytes in
-// base64url, so that no byte is lost or changed (JSON encoders replace
-// invalid UTF-8, PostgreSQL refuses it and NUL). loadedString reverses it.
-func storedString(s string) string {
-	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 && !strings.HasPrefix(s, storedPrefix) {
-		return s
-	}
-	return storedPrefix + base64.RawURLEncoding.EncodeToString([]byte(s))
-}
+// storedString is how stores keep a partition key, subject or tenant
+// (derived.StoredString: unchanged, or encoded when it is not valid UTF-8
+// or holds NUL); loadedString reverses it.
+func storedString(s string) string { return derived.StoredString(s) }
 
 // loadedString is the string storedString stored as s.
-func loadedString(s string) string {
-	enc, ok := strings.CutPrefix(s, storedPrefix)
-	if !ok {
-		return s
-	}
-	b, err := base64.RawURLEncoding.DecodeString(enc)
-	if err != nil {
-		return s
-	}
-	return string(b)
-}
-
-// KeyFromStore is the partition key a store (jetproj.partitions,
-// jetproj.outbox) holds as s: keys that are not valid UTF-8 or hold NUL are
-// stored encoded, "\x7fb64:" and their bytes in base64url.
-func KeyFromStore(s string) string { return loadedString(s) }
+func loadedString(s string) string { return derived.LoadedString(s) }
 
 // storedRecord is r with its strings as a store keeps them.
 func storedRecord(r Record) Record {

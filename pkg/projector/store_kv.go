@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
 // KVStore keeps records in a JetStream KV bucket: key p.<slot>.<key> holds a
@@ -90,8 +92,8 @@ func (s *KVStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64, err
 	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, err
 	}
-	prefix := "$KV." + s.bucket + "."
-	cons, err := s.js.OrderedConsumer(ctx, "KV_"+s.bucket, jetstream.OrderedConsumerConfig{
+	prefix := contract.KVSubjectPrefix(s.bucket)
+	cons, err := s.js.OrderedConsumer(ctx, contract.KVStream(s.bucket), jetstream.OrderedConsumerConfig{
 		FilterSubjects:    []string{prefix + "p." + strconv.Itoa(slot) + ".>"},
 		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
 		InactiveThreshold: 10 * time.Second,
@@ -107,7 +109,7 @@ func (s *KVStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64, err
 	// not leave one per load behind until it times out.
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		_ = s.js.DeleteConsumer(dctx, "KV_"+s.bucket, cons.CachedInfo().Name)
+		_ = s.js.DeleteConsumer(dctx, contract.KVStream(s.bucket), cons.CachedInfo().Name)
 		cancel()
 	}()
 	if info.NumPending == 0 {
@@ -264,7 +266,7 @@ func (s *KVStore) setMarkRev(slot int, rev uint64) {
 
 // Reset purges the bucket.
 func (s *KVStore) Reset(ctx context.Context) error {
-	st, err := s.js.Stream(ctx, "KV_"+s.bucket)
+	st, err := s.js.Stream(ctx, contract.KVStream(s.bucket))
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil
 	}
@@ -410,7 +412,7 @@ func (b *kvBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 		futs = append(futs, pend{key, slot, mark, fut})
 		return nil
 	}
-	prefix := "$KV." + b.s.bucket + "."
+	prefix := contract.KVSubjectPrefix(b.s.bucket)
 	now := time.Now().UTC()
 	for _, p := range b.puts {
 		p.rec.Updated = now

@@ -10,8 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/jetproj/jetproj/internal/derived"
 )
 
 // PGStore keeps records in PostgreSQL tables, written in the same
@@ -123,7 +121,7 @@ CREATE TABLE IF NOT EXISTS jetproj.slots (
 
 // pgSchemaVersion changes whenever pgSchema does. 6: the outbox's links,
 // link_only, metadata and causation_id (rows written before keep link_to
-// and have no metadata; see OutboxLinks). 7: jetproj.partitions' fillfactor.
+// and have no metadata; see derived.OutboxLinks). 7: jetproj.partitions' fillfactor.
 // 8: the emitter's dead letter, jetproj.outbox_dead. 9: jetproj.partitions'
 // tenant.
 const pgSchemaVersion = 9
@@ -404,37 +402,6 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigin
             $13::bool[], $14::text[], $15::text[])
      WITH ORDINALITY AS o(p, pa, s, m, g, q, t, y, l, ss, sp, tp, lo, md, ca, n)
 ORDER BY n`, proj, part, subj, ids, gens, seqs, types, payloads, links, sseqs, spos, traces, only, metas, causes)
-}
-
-// OutboxLinks are the linked streams of an outbox row from its link_to
-// (rows written before schema version 6: one stream) and links (JSON)
-// columns.
-func OutboxLinks(linkTo, links string) ([]derived.Link, error) {
-	var out []derived.Link
-	if linkTo != "" {
-		out = append(out, derived.Link{Stream: linkTo})
-	}
-	if links != "" {
-		var more []derived.Link
-		if err := json.Unmarshal([]byte(links), &more); err != nil {
-			return nil, fmt.Errorf("projector: outbox links %q: %w", links, err)
-		}
-		out = append(out, more...)
-	}
-	return out, nil
-}
-
-// OutboxMetadata is the metadata of an outbox row from its metadata column
-// (empty for rows written before schema version 6).
-func OutboxMetadata(s string) (map[string]string, error) {
-	if s == "" {
-		return nil, nil
-	}
-	var md map[string]string
-	if err := json.Unmarshal([]byte(s), &md); err != nil {
-		return nil, fmt.Errorf("projector: outbox metadata: %w", err)
-	}
-	return md, nil
 }
 
 // Commit checks the fence tokens, writes the records with compare-and-set on

@@ -122,7 +122,7 @@ func TestTenantsNeverSeeEachOthersEvents(t *testing.T) {
 	if _, err := pools["globex"].Exec(ctx, `UPDATE balances SET cents = -1 WHERE wallet = 'globex-w1'`); err != nil {
 		t.Fatal(err)
 	}
-	if err := projector.PartitionCommand(ctx, b.nc, b.js, p.Def(), 1, projector.Command{Op: "rebuild", Partition: "wallet/globex-w1"}); err != nil {
+	if err := b.admin().RebuildPartition(ctx, p, "wallet/globex-w1"); err != nil {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 20*time.Second, func() error {
@@ -140,7 +140,7 @@ func TestTenantsNeverSeeEachOthersEvents(t *testing.T) {
 	for _, r := range replicas {
 		r.stop(t)
 	}
-	if err := projector.Delete(ctx, b.js, p.Def(), 1, nil); err != nil {
+	if err := b.admin().Delete(ctx, p); err != nil {
 		t.Fatal(err)
 	}
 	for tenant, pool := range pools {

@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetproj/jetproj/pkg/eventmsg"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/subject"
@@ -44,8 +44,8 @@ type EventRef struct {
 //
 // It looks the event's aggregate up in db (one query by primary key) and
 // then watches: the event's subject until the feeder has published it,
-// and the progress the replicas publish in KV bucket ProgressBucket while
-// someone waits. It never polls the database.
+// and the progress the replicas publish in KV bucket
+// contract.ProgressBucket while someone waits. It never polls the database.
 //
 // Errors: ErrUnknownProjection, ErrEventNotFound, ErrEventNotInStream,
 // ErrNotWaitable, a *ParkedError (errors.Is ErrParked) when the event's
@@ -144,7 +144,7 @@ func (w *Waiter) WaitForEvent(ctx context.Context, projection string, ev EventRe
 			// The feeder published an event of the aggregate: once
 			// the stream stored it, it can be found. Until then,
 			// look again soon.
-			if p, _ := strconv.ParseInt(m.Header.Get(eventmsg.HeaderEventPosition), 10, 64); p >= ev.Position {
+			if p, _ := strconv.ParseInt(m.Header.Get(contract.HeaderEventPosition), 10, 64); p >= ev.Position {
 				t.lookNow, t.backoff = true, 0
 			}
 		case <-t.retry:
@@ -414,7 +414,7 @@ func findEvent(ctx context.Context, s jetstream.Stream, subj string, position in
 }
 
 func eventPosition(m *jetstream.RawStreamMsg) int64 {
-	p, _ := strconv.ParseInt(m.Header.Get(eventmsg.HeaderEventPosition), 10, 64)
+	p, _ := strconv.ParseInt(m.Header.Get(contract.HeaderEventPosition), 10, 64)
 	return p
 }
 
@@ -517,7 +517,7 @@ func (pw *progressWatch) begin(w *Waiter) {
 	}
 	pw.mu.Unlock()
 	if ask {
-		_ = pw.nc.Publish(progressWantSubject(pw.name), nil)
+		_ = pw.nc.Publish(contract.ProgressSubject(pw.name), nil)
 	}
 }
 
@@ -538,7 +538,7 @@ func (w *Waiter) watch(ctx context.Context, name string) (*progressWatch, error)
 	if w.ctx.Err() != nil {
 		return nil, errors.New("projector: waiter closed")
 	}
-	reg, err := w.js.KeyValue(ctx, RegistryBucket)
+	reg, err := w.js.KeyValue(ctx, contract.RegistryBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownProjection, name)
 	}
@@ -593,7 +593,7 @@ func (pw *progressWatch) follow(ctx context.Context, kw jetstream.KeyWatcher) {
 			}
 			pw.mu.Unlock()
 			if ask {
-				_ = pw.nc.Publish(progressWantSubject(pw.name), nil)
+				_ = pw.nc.Publish(contract.ProgressSubject(pw.name), nil)
 			}
 		case e, ok := <-kw.Updates():
 			if !ok {

@@ -158,7 +158,7 @@ func TestWaitForGlobalAndUnreadEvents(t *testing.T) {
 	b := waitSetup(t)
 	ctx := context.Background()
 	gate := make(chan struct{})
-	def := projection.New[Totals]("wait_totals", projection.FromAggregates("wallet"), projection.AsGlobal())
+	def := projection.New[Totals]("wait_totals", projection.FromAggregates("wallet"), projection.Global())
 	projection.OnAny(def, func(ctx context.Context, c *projection.Context[Totals], m projection.Meta) error {
 		select {
 		case <-gate:

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -60,7 +61,7 @@ func counter(t *testing.T, reg *prometheus.Registry, name, projection string) in
 // bucket: records, watermarks and fences.
 func (b *bundle) stateWrites(t *testing.T, name string) uint64 {
 	t.Helper()
-	s, err := b.js.Stream(context.Background(), "KV_jetproj_state_"+name)
+	s, err := b.js.Stream(context.Background(), contract.KVStream(contract.StateBucket(name)))
 	if err != nil {
 		t.Fatal(err)
 	}

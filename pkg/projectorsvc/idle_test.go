@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/pkg/examples"
 )
 
@@ -20,7 +21,7 @@ func TestBackfillIdleSource(t *testing.T) {
 	b.wallets(t, 30, 100)
 	b.runProjector(t, examples.All)
 	b.wallets(t, 30, 50)
-	devtest.Eventually(t, 20*time.Second, func() error { return examples.Verify(ctx, b.pool, nil, "wallet_balance") })
+	devtest.Eventually(t, 20*time.Second, func() error { return examplecheck.Verify(ctx, b.pool, nil, "wallet_balance") })
 	bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	r := call(bctx, b.env, examples.All, "backfill", "wallet_balance")

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -164,14 +165,14 @@ func (s *service) lag(ctx context.Context, d *projection.Definition, store proje
 	}
 	head, ok := s.subjectsHead(ctx, d)
 	if !ok {
-		stream, err := s.js().Stream(ctx, d.SourceConfig().Stream)
+		stream, err := s.js().Stream(ctx, projectionspec.Of(d).SourceConfig().Stream)
 		if err != nil {
 			return 0, err
 		}
 		head = stream.CachedInfo().State.LastSeq
 	}
 	var pos uint64
-	for slot := range d.Spec().Slots {
+	for slot := range projectionspec.Of(d).Settings().Slots {
 		wm, err := w.Watermark(ctx, slot)
 		if err != nil {
 			return 0, err

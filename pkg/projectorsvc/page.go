@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetproj/jetproj/internal/statuspage"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -70,7 +71,7 @@ func projectionSnap(ctx context.Context, js jetstream.JetStream, d *projection.D
 		return statuspage.ProjectionSnap{}, err
 	}
 	snap := statuspage.ProjectionSnap{Status: st, By: replica, At: time.Now().UTC()}
-	kv, err := js.KeyValue(ctx, projector.RegistryBucket)
+	kv, err := js.KeyValue(ctx, contract.RegistryBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return snap, nil
 	}
@@ -111,14 +112,9 @@ func (a pageActions) Do(ctx context.Context, act statuspage.Action) (string, err
 	case "retry", "skip":
 		err = c.partition(ctx, act.Op, act.Projection, act.Partition)
 	case "start":
-		if err = projector.Start(ctx, c.js(), c.def(act.Projection), c.replicas()); err == nil {
-			c.progress("%s started", act.Projection)
-		}
+		err = c.start(ctx, act.Projection)
 	case "live":
-		live := act.Live == "on"
-		if err = projector.SetLive(ctx, c.js(), c.def(act.Projection), c.replicas(), live); err == nil {
-			c.progress("%s is live: %v (emits for events after the source's current end)", act.Projection, live)
-		}
+		err = c.setLive(ctx, act.Projection, act.Live == "on")
 	default:
 		return "", fmt.Errorf("%w: unknown op %q", statuspage.ErrBadAction, act.Op)
 	}

@@ -1,6 +1,8 @@
 // Package projectorsvc is the projector service: its configuration, its
 // command line (run, status, init, reset, rebuild, backfill, delete, retry,
-// skip) and its wiring of PostgreSQL, NATS and the projector runtime.
+// skip, start, live, wait, healthcheck; each declared once, in the table of
+// commands.go) and its wiring of PostgreSQL, NATS and the projector
+// runtime.
 //
 // The projections themselves are Go code, so a projector binary is built
 // for its projections: its main passes them to Main. services/projector
@@ -23,7 +25,6 @@ import (
 	"log/slog"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -37,8 +38,10 @@ import (
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/internal/pgpool"
 	"github.com/jetproj/jetproj/internal/process"
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/internal/statuspage"
 	"github.com/jetproj/jetproj/internal/tracing"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -51,167 +54,18 @@ type Definitions func(pool *pgxpool.Pool) []projection.Definer
 
 var lookupEnv = os.LookupEnv
 
-const usage = `Usage: projector [command] [arguments]
-
-Commands:
-  run                               run the projections (default); each initialises itself on first start
-  status [--json] [name…]           show every projection (or the named ones): state, position, lag, owners, parked partitions
-  status --watch [name…]            the same every 2s, redrawn in place on a terminal, until Ctrl-C
-  init <name>                       initialise a projection (create its read model); also revives a deleted one
-  reset <name>                      clear the read model and positions; running replicas replay it from the start
-  rebuild <name>                    the same as reset; derived events are not emitted again during the replay
-  rebuild <name> --partition <key>  rebuild one partition (e.g. wallet/w-1) from its first event
-  backfill <name>                   wait until running replicas have caught the projection up (lag 0), with a progress bar, rate and ETA
-  delete <name> --yes               remove the read model, positions, leases and derived-event stream
-  retry <name> <partition>          retry a parked partition from its failing event
-  skip <name> <partition>           skip a parked partition's failing event and go on
-  start <name>                      start a projection deployed with ManualStart
-  live <name> on|off                switch emission of derived events on (new events only) or off
-  wait <name> --position N [--timeout D]
-                                    wait until the projection has applied the event at position N (default timeout 30s);
-                                    exit 0 when it has, 1 on timeout or a parked partition
-  healthcheck                       exit 0 when the local replica's /readyz answers 200 (container health check)
-  help                              print this help
-
-A partition is "<aggregate_type>/<aggregate_id>" (e.g. wallet/w-1), or
-"global" for a global projection. Configuration comes from the environment;
-see README.md. Exit codes: 0 done, 1 failed, 2 bad usage or configuration.
-`
-
-// command is a parsed command line.
-type command struct {
-	name      string
-	args      []string
-	json      bool
-	watch     bool
-	yes       bool
-	partition string
-	position  int64         // wait
-	timeout   time.Duration // wait
-}
-
-// flags each command accepts; value flags take the next argument.
-var commandFlags = map[string]map[string]bool{
-	"run":      {},
-	"status":   {"json": false, "watch": false},
-	"init":     {},
-	"reset":    {},
-	"rebuild":  {"partition": true},
-	"backfill": {},
-	"delete":   {"yes": false},
-	"retry":    {},
-	"skip":     {},
-	"start":    {},
-	"live":     {},
-	"wait":     {"position": true, "timeout": true},
-}
-
-// parseArgs reads the command and its flags, which may come before or after
-// the positional arguments ("--flag", "-flag", "--flag=value").
-func parseArgs(args []string) (command, error) {
-	c := command{name: "run"}
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		c.name, args = args[0], args[1:]
-	}
-	flags, ok := commandFlags[c.name]
-	if !ok {
-		return c, fmt.Errorf("unknown command %q", c.name)
-	}
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" {
-			c.args = append(c.args, args[i+1:]...)
-			break
-		}
-		if !strings.HasPrefix(a, "-") || a == "-" {
-			c.args = append(c.args, a)
-			continue
-		}
-		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if name == "h" || name == "help" {
-			return command{name: "help"}, nil
-		}
-		takesValue, known := flags[name]
-		if !known {
-			return c, fmt.Errorf("%s: unknown flag %s", c.name, a)
-		}
-		switch {
-		case takesValue && !hasValue:
-			if i+1 >= len(args) {
-				return c, fmt.Errorf("%s: flag --%s needs a value", c.name, name)
-			}
-			i++
-			value = args[i]
-		case !takesValue && hasValue:
-			return c, fmt.Errorf("%s: flag --%s takes no value", c.name, name)
-		}
-		switch name {
-		case "json":
-			c.json = true
-		case "watch":
-			c.watch = true
-		case "yes":
-			c.yes = true
-		case "partition":
-			if value == "" {
-				return c, fmt.Errorf("%s: --partition needs a partition key such as wallet/w-1", c.name)
-			}
-			c.partition = value
-		case "position":
-			n, err := strconv.ParseInt(value, 10, 64)
-			if err != nil || n <= 0 {
-				return c, fmt.Errorf("%s: --position needs a positive event store position, not %q", c.name, value)
-			}
-			c.position = n
-		case "timeout":
-			d, err := time.ParseDuration(value)
-			if err != nil || d <= 0 {
-				return c, fmt.Errorf("%s: --timeout needs a positive duration such as 10s, not %q", c.name, value)
-			}
-			c.timeout = d
-		}
-	}
-	want := map[string][2]int{ // min, max positional arguments
-		"run": {0, 0}, "status": {0, 1 << 20}, "init": {1, 1}, "reset": {1, 1}, "rebuild": {1, 1},
-		"backfill": {1, 1}, "delete": {1, 1}, "retry": {2, 2}, "skip": {2, 2}, "start": {1, 1}, "live": {2, 2}, "wait": {1, 1},
-	}[c.name]
-	switch n := len(c.args); {
-	case c.json && c.watch:
-		return c, fmt.Errorf("status: --json and --watch do not go together")
-	case c.name == "wait" && c.position == 0:
-		return c, fmt.Errorf("wait needs --position N, the event store position to wait for")
-	case c.name == "live" && (n != 2 || (c.args[1] != "on" && c.args[1] != "off")):
-		return c, fmt.Errorf("live needs a projection name and on or off")
-	case n < want[0] && want[0] == 2:
-		return c, fmt.Errorf("%s needs a projection name and a partition", c.name)
-	case n < want[0]:
-		return c, fmt.Errorf("%s needs a projection name", c.name)
-	case n > want[1]:
-		return c, fmt.Errorf("%s: unexpected arguments %q", c.name, c.args[want[1]:])
-	}
-	return c, nil
-}
-
 // Main runs the command in args with the projections of defs and returns
 // the exit code: 0 done, 1 failed, 2 bad usage or configuration. environ
 // replaces the process environment when not nil (tests); ctx ends the
 // command like a first SIGINT or SIGTERM does.
 func Main(ctx context.Context, args []string, environ map[string]string, stdout, stderr io.Writer, defs Definitions) int {
-	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
-		fmt.Fprint(stdout, usage)
-		return 0
-	}
-	if len(args) == 1 && args[0] == "healthcheck" {
-		return opsserver.HealthcheckCommand(ctx, environ, stderr)
-	}
 	cmd, err := parseArgs(args)
 	if err != nil {
 		fmt.Fprintf(stderr, "projector: %v\n\n%s", err, usage)
 		return 2
 	}
-	if cmd.name == "help" {
-		fmt.Fprint(stdout, usage)
-		return 0
+	if cmd.standalone != nil {
+		return cmd.standalone(ctx, environ, stdout, stderr)
 	}
 	known, err := names(defs(nil))
 	if err != nil {
@@ -224,26 +78,19 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 		return 2
 	}
 	// The commands' names must be known too.
-	switch cmd.name {
-	case "run":
-	case "status":
-		for _, n := range cmd.args {
-			if !slices.Contains(known, n) {
-				fmt.Fprintf(stderr, "projector: status: no projection %q (known: %s)\n", n, strings.Join(known, ", "))
-				return 2
-			}
-		}
-	default:
-		if !slices.Contains(known, cmd.args[0]) {
-			fmt.Fprintf(stderr, "projector: %s: no projection %q (known: %s)\n", cmd.name, cmd.args[0], strings.Join(known, ", "))
+	for _, n := range cmd.projectionArgs() {
+		if !slices.Contains(known, n) {
+			fmt.Fprintf(stderr, "projector: %s: no projection %q (known: %s)\n", cmd.name, n, strings.Join(known, ", "))
 			return 2
 		}
 	}
-	if cmd.name == "delete" && !cmd.yes {
-		fmt.Fprintf(stderr, "projector: delete removes %s's read model, positions, leases and derived-event stream; run it again with --yes to go ahead\n", cmd.args[0])
-		return 2
+	if cmd.confirm != nil {
+		if err := cmd.confirm(cmd); err != nil {
+			fmt.Fprintf(stderr, "projector: %v\n", err)
+			return 2
+		}
 	}
-	if cmd.name != "run" && cfg.NATS.Embedded() {
+	if !cmd.replica && cfg.NATS.Embedded() {
 		fmt.Fprintf(stderr, "projector: %s needs NATS_URL: the projections' state lives in the NATS server the replicas run against\n", cmd.name)
 		return 2
 	}
@@ -257,8 +104,8 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 	// readiness while it lasts.
 	s := &service{cfg: cfg, log: log, stdout: stdout, stderr: stderr, retry: jsretry.New(log)}
 	ctx = jsretry.NewContext(ctx, s.retry)
-	if err := s.connect(ctx, cmd.name == "run", defs); err != nil {
-		if cmd.name == "run" && ctx.Err() != nil {
+	if err := s.connect(ctx, cmd.replica, defs); err != nil {
+		if cmd.replica && ctx.Err() != nil {
 			log.Info("projector stopped while starting", "error", err)
 			return 0
 		}
@@ -267,47 +114,8 @@ func Main(ctx context.Context, args []string, environ map[string]string, stdout,
 	}
 	defer s.close()
 
-	switch cmd.name {
-	case "run":
-		if err = s.run(ctx); err != nil && ctx.Err() != nil {
-			// Stopped while starting: a stop, not a failure.
-			s.log.Info("projector stopped while starting", "error", err)
-			err = nil
-		}
-	case "status":
-		if cmd.watch {
-			err = s.watch(ctx, cmd.args)
-		} else {
-			err = s.status(ctx, cmd.args, cmd.json)
-		}
-	case "init":
-		err = s.init(ctx, cmd.args[0])
-	case "reset", "rebuild":
-		if cmd.partition != "" {
-			err = s.partition(ctx, "rebuild", cmd.args[0], cmd.partition)
-		} else {
-			err = s.reset(ctx, cmd.name, cmd.args[0])
-		}
-	case "backfill":
-		err = s.backfill(ctx, cmd.args[0])
-	case "delete":
-		err = s.delete(ctx, cmd.args[0])
-	case "retry", "skip":
-		err = s.partition(ctx, cmd.name, cmd.args[0], cmd.args[1])
-	case "start":
-		if err = projector.Start(ctx, s.js(), s.def(cmd.args[0]), s.replicas()); err == nil {
-			s.progress("%s started", cmd.args[0])
-		}
-	case "wait":
-		err = s.wait(ctx, cmd.args[0], cmd.position, cmd.timeout)
-	case "live":
-		live := cmd.args[1] == "on"
-		if err = projector.SetLive(ctx, s.js(), s.def(cmd.args[0]), s.replicas(), live); err == nil {
-			s.progress("%s is live: %v (emits for events after the source's current end)", cmd.args[0], live)
-		}
-	}
-	if err != nil {
-		if cmd.name == "run" {
+	if err := cmd.run(ctx, s, cmd); err != nil {
+		if cmd.replica {
 			log.Error("projector failed", "error", err)
 		} else {
 			fmt.Fprintf(stderr, "projector: %s: %v\n", cmd.name, err)
@@ -375,6 +183,12 @@ func (s *service) js() jetstream.JetStream { return s.conn.JS }
 
 func (s *service) replicas() int { return s.cfg.Projector.StoreReplicas }
 
+// admin changes the projections' lifecycle; its progress lines go to
+// s.stdout.
+func (s *service) admin() *projector.Admin {
+	return projector.NewAdmin(s.js(), projector.AdminOptions{Replicas: s.replicas(), Progress: s.progress})
+}
+
 // def returns the named definition (Main checked that it exists).
 func (s *service) def(name string) *projection.Definition {
 	for _, d := range s.defs {
@@ -425,9 +239,9 @@ func (s *service) runGuarded(ctx context.Context) error {
 	defs := s.selected(nil)
 	var what []string
 	for _, d := range defs {
-		what = append(what, projector.OwnStream(d.Name()), "KV_jetproj_leases_"+d.Name())
+		what = append(what, contract.ProjectionStream(d.Name()), contract.KVStream(contract.LeaseBucket(d.Name())))
 	}
-	s.conn.WarnSingleReplica(s.replicas(), "PROJECTOR_STORE_REPLICAS", append(what, "KV_"+projector.RegistryBucket)...)
+	s.conn.WarnSingleReplica(s.replicas(), "PROJECTOR_STORE_REPLICAS", append(what, contract.KVStream(contract.RegistryBucket))...)
 	if err := s.waitForSources(ctx, defs); err != nil {
 		return err
 	}
@@ -510,13 +324,14 @@ func (s *service) waitForSources(ctx context.Context, defs []*projection.Definit
 	// which that projection's initialisation creates: do not wait for it.
 	own := map[string]bool{}
 	for _, d := range defs {
-		own[projector.OwnStream(d.Name())] = true
+		own[contract.ProjectionStream(d.Name())] = true
 	}
 	for _, d := range defs {
-		if d.CustomSource() != nil || own[d.SourceConfig().Stream] {
+		spec := projectionspec.Of(d)
+		if spec.CustomSource() != nil || own[spec.SourceConfig().Stream] {
 			continue
 		}
-		name := d.SourceConfig().Stream
+		name := spec.SourceConfig().Stream
 		for logged := false; ; {
 			_, err := jsretry.Value(ctx, "source stream "+name, func(ctx context.Context) (jetstream.Stream, error) {
 				return s.js().Stream(ctx, name)
@@ -545,12 +360,12 @@ func (s *service) waitForSources(ctx context.Context, defs []*projection.Definit
 }
 
 func (s *service) init(ctx context.Context, name string) error {
-	if err := projector.Init(ctx, s.js(), s.def(name), s.replicas()); err != nil {
+	if err := s.admin().Init(ctx, s.def(name)); err != nil {
 		return err
 	}
 	// Delete removed the projection's lease bucket and Init does not make
 	// it again; replicas that kept running need it to take the slots back.
-	_, err := lease.EnsureBucket(ctx, s.js(), "jetproj_leases_"+name, s.cfg.Projector.LeaseTTL, s.replicas())
+	_, err := lease.EnsureBucket(ctx, s.js(), contract.LeaseBucket(name), s.cfg.Projector.LeaseTTL, s.replicas())
 	var mismatch *lease.ConfigMismatchError
 	if err != nil && !errors.As(err, &mismatch) {
 		return err
@@ -560,7 +375,7 @@ func (s *service) init(ctx context.Context, name string) error {
 }
 
 func (s *service) reset(ctx context.Context, cmd, name string) error {
-	if err := projector.Reset(ctx, s.js(), s.def(name), s.replicas(), s.progress); err != nil {
+	if err := s.admin().Reset(ctx, s.def(name)); err != nil {
 		return err
 	}
 	if cmd == "rebuild" {
@@ -570,8 +385,24 @@ func (s *service) reset(ctx context.Context, cmd, name string) error {
 	return nil
 }
 
+func (s *service) start(ctx context.Context, name string) error {
+	if err := s.admin().Resume(ctx, s.def(name)); err != nil {
+		return err
+	}
+	s.progress("%s started", name)
+	return nil
+}
+
+func (s *service) setLive(ctx context.Context, name string, live bool) error {
+	if err := s.admin().SetLive(ctx, s.def(name), live); err != nil {
+		return err
+	}
+	s.progress("%s is live: %v (emits for events after the source's current end)", name, live)
+	return nil
+}
+
 func (s *service) delete(ctx context.Context, name string) error {
-	if err := projector.Delete(ctx, s.js(), s.def(name), s.replicas(), s.progress); err != nil {
+	if err := s.admin().Delete(ctx, s.def(name)); err != nil {
 		return err
 	}
 	s.progress("%s deleted; `projector init %s` brings it back", name, name)
@@ -592,38 +423,37 @@ var (
 // projector admin user may, the replicas' own user only receives them.
 var ErrCommandRefused = errors.New("this NATS user may not send partition commands")
 
-// controlPrefix starts the subject of a projection's partition commands
-// (jetproj.control.<name>), which pkg/projector owns.
-const controlPrefix = "jetproj.control."
-
 // commandRefused reports whether the server refused publishing to the
 // projection's control subject. A publish the server refuses is dropped
 // and reported asynchronously, with the subject only in the message's
 // text: the request itself just goes unanswered.
 func (s *service) commandRefused(name string) bool {
 	err := s.conn.NC.LastError()
-	return errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `"`+controlPrefix+name+`"`)
+	return errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `"`+contract.ControlSubject(name)+`"`)
 }
 
 func (s *service) partition(ctx context.Context, op, name, partition string) error {
 	d := s.def(name)
-	if d.Kind() == projection.Global && partition != projection.GlobalPartition {
+	if projectionspec.Of(d).Kind() == projectionspec.Global && partition != projection.GlobalPartition {
 		return fmt.Errorf("%s is global: its only partition is %q", name, projection.GlobalPartition)
 	}
 	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
-	cmd := projector.Command{Op: op, Partition: partition}
+	admin := s.admin()
+	command := map[string]func(context.Context, projection.Definer, string) error{
+		"retry": admin.Retry, "skip": admin.Skip, "rebuild": admin.RebuildPartition,
+	}[op]
 	for said := false; ; {
 		actx, acancel := context.WithTimeout(ctx, attemptTimeout)
-		err := projector.PartitionCommand(actx, s.conn.NC, s.js(), d, s.replicas(), cmd)
+		err := command(actx, d, partition)
 		acancel()
 		if err == nil {
 			break
 		}
 		unanswered := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, lease.ErrHeld)
 		if unanswered && s.commandRefused(name) {
-			return fmt.Errorf("%s %s: %w: the server refused publishing to %s%s; run partition commands as the projector admin user (docs/operations.md, \"NATS users and permissions\")",
-				name, partition, ErrCommandRefused, controlPrefix, name)
+			return fmt.Errorf("%s %s: %w: the server refused publishing to %s; run partition commands as the projector admin user (docs/operations.md, \"NATS users and permissions\")",
+				name, partition, ErrCommandRefused, contract.ControlSubject(name))
 		}
 		if !unanswered || ctx.Err() != nil {
 			if unanswered {

@@ -16,7 +16,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -133,6 +135,13 @@ func TestUsage(t *testing.T) {
 		{[]string{"live", "wallet_balance"}, 2, "live needs a projection name and on or off"},
 		{[]string{"live", "wallet_balance", "maybe"}, 2, "live needs a projection name and on or off"},
 		{[]string{"start"}, 2, "start needs a projection name"},
+		{[]string{"skip", "wallet_balance"}, 2, "skip needs a projection name and a partition"},
+		{[]string{"wait", "wallet_balance"}, 2, "wait needs --position N"},
+		{[]string{"wait", "--position", "3"}, 2, "wait needs a projection name"},
+		{[]string{"run", "x"}, 2, `run: unexpected arguments ["x"]`},
+		{[]string{"help", "--json"}, 0, "Usage: projector"},
+		{[]string{"healthcheck", "x"}, 2, `healthcheck: unexpected arguments ["x"]`},
+		{[]string{"healthcheck", "-h"}, 0, "Usage: projector"},
 	} {
 		r := call(context.Background(), env, examples.All, tc.args...)
 		out := r.stdout + r.stderr
@@ -299,7 +308,7 @@ func TestRunStatusRetrySkip(t *testing.T) {
 		if wb.State != "active" || wb.Store != "postgres" || wb.Partitions != 50 || wb.Owners["r1"] != 64 {
 			return fmt.Errorf("wallet_balance: %+v", wb)
 		}
-		return examples.Verify(context.Background(), b.pool, nil, "wallet_balance")
+		return examplecheck.Verify(context.Background(), b.pool, nil, "wallet_balance")
 	})
 	r := call(context.Background(), b.env, defs, "status")
 	if r.code != 0 {
@@ -348,7 +357,7 @@ func TestRunStatusRetrySkip(t *testing.T) {
 	devtest.Eventually(t, 20*time.Second, func() error {
 		for id, want := range map[string]int{"w-7": 5, "w-9": 4, "w-1": 4} {
 			key := "wallet/" + id
-			rec, err := store.Get(context.Background(), projector.SlotOf(key, d.Spec().Slots), key)
+			rec, err := store.Get(context.Background(), projector.SlotOf(key, projectionspec.Of(d).Settings().Slots), key)
 			if err != nil || rec == nil {
 				return fmt.Errorf("%s: %v %v", key, rec, err)
 			}
@@ -377,7 +386,7 @@ func TestAdminCommands(t *testing.T) {
 	if r := call(ctx, b.env, examples.All, "init", "wallet_balance"); r.code != 0 {
 		t.Fatalf("init: %v", r)
 	}
-	if _, err := examples.ReadWallets(ctx, b.pool); err != nil {
+	if _, err := examplecheck.ReadWallets(ctx, b.pool); err != nil {
 		t.Fatalf("after init: %v", err)
 	}
 	b.runProjector(t, examples.All)
@@ -417,7 +426,7 @@ func TestAdminCommands(t *testing.T) {
 		if r.code != 0 || !strings.Contains(r.stdout, "wallet_balance caught up") {
 			t.Fatalf("backfill: %v", r)
 		}
-		devtest.Eventually(t, 10*time.Second, func() error { return examples.Verify(ctx, b.pool, nil, "wallet_balance") })
+		devtest.Eventually(t, 10*time.Second, func() error { return examplecheck.Verify(ctx, b.pool, nil, "wallet_balance") })
 	}
 	backfill()
 
@@ -428,7 +437,7 @@ func TestAdminCommands(t *testing.T) {
 	if r := call(ctx, b.env, examples.All, "rebuild", "wallet_balance", "--partition", "wallet/w-3"); r.code != 0 {
 		t.Fatalf("rebuild --partition: %v", r)
 	}
-	devtest.Eventually(t, 20*time.Second, func() error { return examples.Verify(ctx, b.pool, nil, "wallet_balance") })
+	devtest.Eventually(t, 20*time.Second, func() error { return examplecheck.Verify(ctx, b.pool, nil, "wallet_balance") })
 
 	// Rebuild all of it after damaging every row.
 	if _, err := b.pool.Exec(ctx, `UPDATE wallet_balance SET balance = 0`); err != nil {
@@ -446,7 +455,7 @@ func TestAdminCommands(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("delete: %v", r)
 	}
-	if _, err := examples.ReadTicketCounts(ctx, b.pool); err == nil {
+	if _, err := examplecheck.ReadTicketCounts(ctx, b.pool); err == nil {
 		t.Fatal("ticket_counts still there after delete")
 	}
 	if st := b.status(t)["ticket_counts"]; st.State != "deleted" {
@@ -467,6 +476,6 @@ func TestAdminCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 20*time.Second, func() error {
-		return examples.Verify(ctx, b.pool, nil, "ticket_counts", "wallet_balance")
+		return examplecheck.Verify(ctx, b.pool, nil, "ticket_counts", "wallet_balance")
 	})
 }

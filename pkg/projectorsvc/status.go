@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/internal/projectionspec"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -31,9 +32,9 @@ func (s *service) readStatus(ctx context.Context, d *projection.Definition) (pro
 }
 
 // ReadStatus is a projection's status as `projector status` shows it:
-// projector.ReadStatus, with the head of the projection's own subjects.
+// projector.Admin.Status, with the head of the projection's own subjects.
 func ReadStatus(ctx context.Context, js jetstream.JetStream, d *projection.Definition, replicas int) (projector.Status, error) {
-	st, err := projector.ReadStatus(ctx, js, d, replicas)
+	st, err := projector.NewAdmin(js, projector.AdminOptions{Replicas: replicas}).Status(ctx, d)
 	if err != nil {
 		return st, err
 	}
@@ -54,8 +55,9 @@ func (s *service) subjectsHead(ctx context.Context, d *projection.Definition) (u
 }
 
 func subjectsHead(ctx context.Context, js jetstream.JetStream, d *projection.Definition) (uint64, bool) {
-	src := d.SourceConfig()
-	if d.CustomSource() != nil || src.Stream == "" || len(src.Subjects) == 0 {
+	spec := projectionspec.Of(d)
+	src := spec.SourceConfig()
+	if spec.CustomSource() != nil || src.Stream == "" || len(src.Subjects) == 0 {
 		return 0, false
 	}
 	stream, err := js.Stream(ctx, src.Stream)

@@ -2,7 +2,8 @@
 // builds the subjects jetproj publishes and subscribes to.
 //
 // Event messages go to events.<aggregate_type>.<aggregate_id> and a
-// projection's derived events to project.<name>.<suffix…>. Aggregate types
+// projection's derived events to project.<name>.<suffix…>; the prefixes and
+// every other name on the wire are package contract's. Aggregate types
 // and ids are free text in the event store, so each one is turned into a
 // single safe token by [EncodeToken]:
 //

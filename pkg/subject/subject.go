@@ -5,27 +5,21 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
-const (
-	// EventsPrefix is the first token of every event subject:
-	// events.<aggregate_type>.<aggregate_id>.
-	EventsPrefix = "events"
-	// AllEvents matches every event subject; it is the EVENTS stream's subject.
-	AllEvents = EventsPrefix + ".>"
+// The prefixes of event and derived-event subjects (contract.EventsPrefix,
+// contract.ProjectionPrefix) and the subjects of whole streams
+// (contract.AllEvents, contract.ProjectionSubjects) are package contract's.
 
-	// ProjectionPrefix is the first token of every derived-event subject:
-	// project.<name>.<suffix…>.
-	ProjectionPrefix = "project"
-
-	// MaxNameLen is the longest valid projection name, in bytes.
-	MaxNameLen = 64
-)
+// MaxNameLen is the longest valid projection name, in bytes.
+const MaxNameLen = 64
 
 // Event returns the subject of an event message:
 // events.<EncodeToken(aggregateType)>.<EncodeToken(aggregateID)>.
 func Event(aggregateType, aggregateID string) string {
-	return EventsPrefix + "." + EncodeToken(aggregateType) + "." + EncodeToken(aggregateID)
+	return contract.EventsPrefix + "." + EncodeToken(aggregateType) + "." + EncodeToken(aggregateID)
 }
 
 // EventWithPrefix is Event with prefix in place of "events", for feeders that
@@ -42,7 +36,7 @@ func EventWithPrefix(prefix, aggregateType, aggregateID string) (string, error) 
 // EventFilter returns the filter subject matching every event of one
 // aggregate type: events.<EncodeToken(aggregateType)>.*.
 func EventFilter(aggregateType string) string {
-	return EventsPrefix + "." + EncodeToken(aggregateType) + ".*"
+	return contract.EventsPrefix + "." + EncodeToken(aggregateType) + ".*"
 }
 
 // ParseEvent returns the aggregate type and id encoded in an event subject
@@ -51,7 +45,7 @@ func EventFilter(aggregateType string) string {
 // ErrHashedToken when a token does not decode; in the hashed case the
 // originals are in the Aggregate-Type / Aggregate-Id headers.
 func ParseEvent(subject string) (aggregateType, aggregateID string, err error) {
-	return ParseEventWithPrefix(EventsPrefix, subject)
+	return ParseEventWithPrefix(contract.EventsPrefix, subject)
 }
 
 // ParseEventWithPrefix is ParseEvent for subjects built by EventWithPrefix
@@ -89,13 +83,13 @@ func ParseEventWithPrefix(prefix, subject string) (aggregateType, aggregateID st
 // one is encoded like a suffix token so that the result is always a valid
 // literal subject.
 func Projection(name string, suffix ...string) string {
-	n := len(ProjectionPrefix) + 1 + len(name)
+	n := len(contract.ProjectionPrefix) + 1 + len(name)
 	for _, s := range suffix {
 		n += 1 + len(s)
 	}
 	var b strings.Builder
 	b.Grow(n)
-	b.WriteString(ProjectionPrefix)
+	b.WriteString(contract.ProjectionPrefix)
 	b.WriteByte('.')
 	b.WriteString(EncodeToken(name))
 	for _, s := range suffix {
@@ -108,7 +102,7 @@ func Projection(name string, suffix ...string) string {
 // ProjectionFilter returns the filter subject matching every derived event of
 // projection name, project.<name>.>: the subject of the projection's stream.
 func ProjectionFilter(name string) string {
-	return ProjectionPrefix + "." + EncodeToken(name) + ".>"
+	return contract.ProjectionSubjects(EncodeToken(name))
 }
 
 // ParseProjection returns the projection name and decoded suffix tokens of a
@@ -117,9 +111,9 @@ func ProjectionFilter(name string) string {
 // name is not valid, and ErrInvalidToken or ErrHashedToken when a suffix
 // token does not decode.
 func ParseProjection(subject string) (name string, suffix []string, err error) {
-	rest, ok := strings.CutPrefix(subject, ProjectionPrefix+".")
+	rest, ok := strings.CutPrefix(subject, contract.ProjectionPrefix+".")
 	if !ok {
-		return "", nil, fmt.Errorf("%w: %q does not start with %q", ErrInvalidSubject, quoteShort(subject), ProjectionPrefix+".")
+		return "", nil, fmt.Errorf("%w: %q does not start with %q", ErrInvalidSubject, quoteShort(subject), contract.ProjectionPrefix+".")
 	}
 	name, rest, more := strings.Cut(rest, ".")
 	if err := ValidName(name); err != nil {

@@ -94,9 +94,6 @@ func TestEventFilter(t *testing.T) {
 			t.Errorf("EventFilter(%q) = %q is not a valid subject", typ, got)
 		}
 	}
-	if subject.AllEvents != "events.>" {
-		t.Errorf("AllEvents = %q", subject.AllEvents)
-	}
 }
 
 func TestEventWithPrefix(t *testing.T) {

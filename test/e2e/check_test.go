@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/subject"
@@ -155,7 +156,7 @@ func lastPosition(t *testing.T, pool *pgxpool.Pool) int64 {
 func streamCount(ctx context.Context, js jetstream.JetStream) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	s, err := js.Stream(ctx, "EVENTS")
+	s, err := js.Stream(ctx, contract.EventsStream)
 	if err != nil {
 		return 0, err
 	}
@@ -188,7 +189,7 @@ func streamMsgs(t *testing.T, js jetstream.JetStream) []*nats.Msg {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s, err := js.Stream(ctx, "EVENTS")
+	s, err := js.Stream(ctx, contract.EventsStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,8 +254,8 @@ func verifyExactlyOnce(t *testing.T, pool *pgxpool.Pool, js jetstream.JetStream)
 			report("Event-Position %d at stream sequences %d and %d", e.Position, prev, seq)
 		}
 		seenID[id], seenPos[e.Position] = seq, seq
-		if id != eventmsg.MsgID(e.Position) {
-			report("message %d: Nats-Msg-Id %q, want %q", seq, id, eventmsg.MsgID(e.Position))
+		if id != contract.EventMsgID(e.Position) {
+			report("message %d: Nats-Msg-Id %q, want %q", seq, id, contract.EventMsgID(e.Position))
 		}
 		row, ok := want[e.Position]
 		agg := e.AggregateType + "/" + e.AggregateID

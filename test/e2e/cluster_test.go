@@ -15,8 +15,9 @@ import (
 
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/examples"
-	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // natsCluster is three nats-server processes clustered over loopback
@@ -195,8 +196,8 @@ func TestClusterNodeRestartsAndLeaderKills(t *testing.T) {
 	cl := startNATSCluster(t)
 	js := cl.connect()
 	url := cl.URL()
-	ownStream := projector.OwnStream(examples.WalletBalanceName)
-	leaseBucket := "KV_jetproj_leases_" + examples.WalletBalanceName
+	ownStream := contract.ProjectionStream(examples.WalletBalanceName)
+	leaseBucket := contract.KVStream(contract.LeaseBucket(examples.WalletBalanceName))
 
 	// Each service checks only its own prefixes: the others' are ignored.
 	r3 := func(env map[string]string) map[string]string {
@@ -236,12 +237,12 @@ func TestClusterNodeRestartsAndLeaderKills(t *testing.T) {
 	// each took.
 	moved := func(what string, since time.Time) {
 		t.Helper()
-		ev, der := lastSeqOf(js, "EVENTS"), lastSeqOf(js, ownStream)
+		ev, der := lastSeqOf(js, contract.EventsStream), lastSeqOf(js, ownStream)
 		var evAt, derAt time.Time
 		devtest.Eventually(t, 60*time.Second, func() error {
 			noExits()
 			now := time.Now()
-			if evAt.IsZero() && lastSeqOf(js, "EVENTS") > ev {
+			if evAt.IsZero() && lastSeqOf(js, contract.EventsStream) > ev {
 				evAt = now
 			}
 			if derAt.IsZero() && lastSeqOf(js, ownStream) > der {
@@ -273,11 +274,11 @@ func TestClusterNodeRestartsAndLeaderKills(t *testing.T) {
 	}
 
 	// SIGKILL the leader of each in turn, then bring the node back.
-	for _, stream := range []string{"EVENTS", ownStream, leaseBucket} {
+	for _, stream := range []string{contract.EventsStream, ownStream, leaseBucket} {
 		var name string
 		devtest.Eventually(t, 30*time.Second, func() (err error) { name, err = leader(js, stream); return err })
 		led := []string{}
-		for _, other := range []string{"EVENTS", ownStream, leaseBucket, "KV_jetproj_feeder_leases", "KV_jetproj_emitter_leases"} {
+		for _, other := range []string{contract.EventsStream, ownStream, leaseBucket, contract.KVStream(contract.FeederLeaseBucket), contract.KVStream(contract.EmitterLeaseBucket)} {
 			if l, err := leader(js, other); err == nil && l == name {
 				led = append(led, other)
 			}
@@ -299,7 +300,7 @@ func TestClusterNodeRestartsAndLeaderKills(t *testing.T) {
 	devtest.Eventually(t, bound, func() error {
 		noExits()
 		ctx := context.Background()
-		if err := examples.Verify(ctx, pool, js, examples.WalletBalanceName); err != nil {
+		if err := examplecheck.Verify(ctx, pool, js, examples.WalletBalanceName); err != nil {
 			return err
 		}
 		return outboxEmpty(ctx, pool)

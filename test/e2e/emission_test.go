@@ -19,10 +19,10 @@ import (
 
 	"github.com/jetproj/jetproj/internal/demo"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
-	"github.com/jetproj/jetproj/internal/emitter"
+	"github.com/jetproj/jetproj/internal/examplecheck"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
-	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // emitterEnv is the environment of an emitter process.
@@ -105,10 +105,10 @@ func readDerived(t *testing.T, js jetstream.JetStream, name string) []derivedMsg
 		for m := range batch.Messages() {
 			n++
 			h := m.Headers()
-			gen, _ := strconv.Atoi(h.Get(emitter.HeaderGeneration))
-			seq, _ := strconv.ParseUint(h.Get(emitter.HeaderEmissionSeq), 10, 64)
+			gen, _ := strconv.Atoi(h.Get(contract.HeaderGeneration))
+			seq, _ := strconv.ParseUint(h.Get(contract.HeaderEmissionSeq), 10, 64)
 			out = append(out, derivedMsg{stream: name, subject: m.Subject(), msgID: h.Get(jetstream.MsgIDHeader),
-				typ: h.Get(emitter.HeaderEventType), gen: gen, seq: seq, data: m.Data()})
+				typ: h.Get(contract.HeaderEventType), gen: gen, seq: seq, data: m.Data()})
 		}
 		if n == 0 && ctx.Err() != nil {
 			t.Fatalf("stream %s: read %d of %d messages", name, len(out), info.State.Msgs)
@@ -172,7 +172,7 @@ func outboxEmpty(ctx context.Context, pool *pgxpool.Pool) error {
 // wallet carries the wallet's final balance.
 func checkFinalBalances(t *testing.T, pool *pgxpool.Pool, bySubject map[string][]derivedMsg) {
 	t.Helper()
-	rows, err := examples.ReadWallets(context.Background(), pool)
+	rows, err := examplecheck.ReadWallets(context.Background(), pool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,22 +274,22 @@ func TestPipelineSurvivesSIGKILL(t *testing.T) {
 
 	devtest.Eventually(t, 180*time.Second, func() error {
 		ctx := context.Background()
-		if err := examples.Verify(ctx, pool, js); err != nil {
+		if err := examplecheck.Verify(ctx, pool, js); err != nil {
 			return err
 		}
 		return outboxEmpty(ctx, pool)
 	})
-	wallets := checkExactlyOnce(t, readDerived(t, js, projector.OwnStream(examples.WalletBalanceName)))
+	wallets := checkExactlyOnce(t, readDerived(t, js, contract.ProjectionStream(examples.WalletBalanceName)))
 	checkFinalBalances(t, pool, wallets)
 	for _, name := range examples.Names() {
 		if name != examples.WalletBalanceName {
-			checkExactlyOnce(t, readDerived(t, js, projector.OwnStream(name)))
+			checkExactlyOnce(t, readDerived(t, js, contract.ProjectionStream(name)))
 		}
 	}
 	// OrderFullyCompleted once per completed order on the own stream and on
 	// completed_orders; WalletBecameHighValue as the fold of wallet_balance's
 	// stream says.
-	if err := examples.VerifyDerived(context.Background(), pool, js); err != nil {
+	if err := examplecheck.VerifyDerived(context.Background(), pool, js); err != nil {
 		t.Error(err)
 	}
 	if n := streamMsgCount(t, js, examples.CompletedOrdersStream); n == 0 {
@@ -381,7 +381,7 @@ func TestEmissionLifecycle(t *testing.T) {
 	env := pipelineEnv(dbURL, ns.URL(), "p1")
 	startProjector(t, "projector p1", env)
 	startEmitter(t, "emitter", emitterEnv(dbURL, ns.URL(), "e1"))
-	own := projector.OwnStream(examples.WalletBalanceName)
+	own := contract.ProjectionStream(examples.WalletBalanceName)
 
 	for i := range 40 {
 		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 5, 100)
@@ -389,7 +389,7 @@ func TestEmissionLifecycle(t *testing.T) {
 	settle := func() {
 		t.Helper()
 		devtest.Eventually(t, 60*time.Second, func() error {
-			if err := examples.Verify(ctx, pool, js, examples.WalletBalanceName); err != nil {
+			if err := examplecheck.Verify(ctx, pool, js, examples.WalletBalanceName); err != nil {
 				return err
 			}
 			return outboxEmpty(ctx, pool)
@@ -400,7 +400,7 @@ func TestEmissionLifecycle(t *testing.T) {
 	if before < 40 {
 		t.Fatalf("%d derived events for 40 wallets", before)
 	}
-	sub := subscribeCount(t, ns.URL(), "project.wallet_balance.>")
+	sub := subscribeCount(t, ns.URL(), contract.ProjectionSubjects(examples.WalletBalanceName))
 
 	// Rebuild: the read model is rebuilt, nothing is emitted or stored in
 	// the outbox meanwhile.
@@ -463,7 +463,7 @@ func TestEmissionLifecycle(t *testing.T) {
 	bySubject := checkExactlyOnce(t, readDerived(t, js, own))
 	for _, id := range []string{"w-2", "w-new"} {
 		ms := bySubject["project.wallet_balance.wallet."+id]
-		rows, err := examples.ReadWallets(ctx, pool)
+		rows, err := examplecheck.ReadWallets(ctx, pool)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -492,8 +492,8 @@ func TestEmissionLifecycle(t *testing.T) {
 	projectorCmd(t, env, "delete", examples.WalletBalanceName, "--yes")
 	projectorCmd(t, env, "delete", examples.OrderFulfilmentName, "--yes")
 	for _, name := range []string{examples.WalletBalanceName, examples.OrderFulfilmentName} {
-		if _, err := js.Stream(ctx, projector.OwnStream(name)); err == nil {
-			t.Errorf("stream %s still exists after delete", projector.OwnStream(name))
+		if _, err := js.Stream(ctx, contract.ProjectionStream(name)); err == nil {
+			t.Errorf("stream %s still exists after delete", contract.ProjectionStream(name))
 		}
 	}
 	if n := streamMsgCount(t, js, linked); n != 1 {
@@ -525,14 +525,14 @@ func TestPipelineStageFailsAndResumes(t *testing.T) {
 	both := []string{examples.WalletBalanceName, examples.HighValueWalletsName}
 	settled := func(names ...string) func() error {
 		return func() error {
-			if err := examples.Verify(ctx, pool, js, names...); err != nil {
+			if err := examplecheck.Verify(ctx, pool, js, names...); err != nil {
 				return err
 			}
 			if err := outboxEmpty(ctx, pool); err != nil {
 				return err
 			}
 			if slices.Contains(names, examples.HighValueWalletsName) {
-				return examples.VerifyDerived(ctx, pool, js, examples.HighValueWalletsName)
+				return examplecheck.VerifyDerived(ctx, pool, js, examples.HighValueWalletsName)
 			}
 			return nil
 		}
@@ -541,7 +541,7 @@ func TestPipelineStageFailsAndResumes(t *testing.T) {
 		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 3, 20000*int64(i%4+1))
 	}
 	devtest.Eventually(t, 60*time.Second, settled(both...))
-	highBefore := streamMsgCount(t, js, projector.OwnStream(examples.HighValueWalletsName))
+	highBefore := streamMsgCount(t, js, contract.ProjectionStream(examples.HighValueWalletsName))
 	if highBefore == 0 {
 		t.Fatal("no wallet became high value")
 	}
@@ -549,23 +549,23 @@ func TestPipelineStageFailsAndResumes(t *testing.T) {
 	// The stage dies; wallet_balance goes on, deriving what the stage will
 	// need.
 	stage.kill()
-	changes := streamMsgCount(t, js, projector.OwnStream(examples.WalletBalanceName))
+	changes := streamMsgCount(t, js, contract.ProjectionStream(examples.WalletBalanceName))
 	for i := range 20 {
 		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 2, 30000)
 	}
 	devtest.Eventually(t, 60*time.Second, settled(examples.WalletBalanceName))
-	if after := streamMsgCount(t, js, projector.OwnStream(examples.WalletBalanceName)); after <= changes {
+	if after := streamMsgCount(t, js, contract.ProjectionStream(examples.WalletBalanceName)); after <= changes {
 		t.Fatalf("wallet_balance emitted nothing while the stage was down (%d → %d)", changes, after)
 	}
-	if n := streamMsgCount(t, js, projector.OwnStream(examples.HighValueWalletsName)); n != highBefore {
+	if n := streamMsgCount(t, js, contract.ProjectionStream(examples.HighValueWalletsName)); n != highBefore {
 		t.Fatalf("high_value_wallets emitted while its process was dead (%d → %d)", highBefore, n)
 	}
 
 	// Back: it resumes where it stopped, nothing missed, nothing twice.
 	startProjector(t, "projector stage", stageEnv)
 	devtest.Eventually(t, 60*time.Second, settled(both...))
-	if n := streamMsgCount(t, js, projector.OwnStream(examples.HighValueWalletsName)); n <= highBefore {
+	if n := streamMsgCount(t, js, contract.ProjectionStream(examples.HighValueWalletsName)); n <= highBefore {
 		t.Errorf("no wallet became high value after the restart (%d → %d)", highBefore, n)
 	}
-	checkExactlyOnce(t, readDerived(t, js, projector.OwnStream(examples.HighValueWalletsName)))
+	checkExactlyOnce(t, readDerived(t, js, contract.ProjectionStream(examples.HighValueWalletsName)))
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -203,7 +205,7 @@ func TestHostileInputNeverStopsThePipeline(t *testing.T) {
 		if err := outboxEmpty(ctx, pool); err != nil {
 			return err
 		}
-		rows, err := examples.ReadWallets(ctx, pool)
+		rows, err := examplecheck.ReadWallets(ctx, pool)
 		if err != nil {
 			return err
 		}
@@ -217,8 +219,8 @@ func TestHostileInputNeverStopsThePipeline(t *testing.T) {
 		}
 		return nil
 	})
-	checkLastDerived(t, js, "PROJECT_WALLET_BALANCE", examples.WalletBalanceName, balance, bad)
-	checkLastDerived(t, js, "PROJECT_WALLET_LEDGER_KV", "wallet_ledger_kv", balance, bad)
+	checkLastDerived(t, js, contract.ProjectionStream(examples.WalletBalanceName), examples.WalletBalanceName, balance, bad)
+	checkLastDerived(t, js, contract.ProjectionStream("wallet_ledger_kv"), "wallet_ledger_kv", balance, bad)
 
 	// ticket_counts: skip the bad registration; the counts then equal the
 	// fold without it.

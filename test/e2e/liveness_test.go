@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/pkg/examples"
 )
@@ -119,7 +120,7 @@ func TestWedgedLoopFailsLiveness(t *testing.T) {
 	wantProbe(t, "projector", penv["OPS_ADDR"], opsserver.HealthPath, http.StatusServiceUnavailable, "loop: wedged: wallet_balance busy for")
 	unlock()
 	wantProbe(t, "projector", penv["OPS_ADDR"], opsserver.HealthPath, http.StatusOK, "loop: ok")
-	devtest.Eventually(t, 30*time.Second, func() error { return examples.Verify(ctx, pool, js, examples.WalletBalanceName) })
+	devtest.Eventually(t, 30*time.Second, func() error { return examplecheck.Verify(ctx, pool, js, examples.WalletBalanceName) })
 
 	// The emitter's round waits to delete the rows it relayed.
 	devtest.Eventually(t, 30*time.Second, func() error { return outboxEmpty(ctx, pool) })

@@ -16,7 +16,8 @@ import (
 
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
-	"github.com/jetproj/jetproj/internal/statuspage"
+	"github.com/jetproj/jetproj/internal/examplecheck"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -58,7 +59,9 @@ func readAPI(s string) []string {
 func streamAPI(s string) []string { return append(readAPI(s), "$JS.API.STREAM.*."+s) }
 
 // kvAPI is what using KV bucket b takes.
-func kvAPI(b string) []string { return append(streamAPI("KV_"+b), "$KV."+b+".>") }
+func kvAPI(b string) []string {
+	return append(streamAPI(contract.KVStream(b)), contract.KVSubjectPrefix(b)+">")
+}
 
 // permSetup is what the services run: the projections of the projector,
 // which of them keep their state in KV and emit (the projector publishes
@@ -75,38 +78,38 @@ type permSetup struct {
 func permissions(setup permSetup) string {
 	// Every service publishes its status for the status pages and reads
 	// the others'.
-	common := append([]string{"$JS.API.INFO", "$JS.FC.>", "_INBOX.>"}, kvAPI(statuspage.Bucket)...)
-	feeder := append([]string{"events.>"}, common...)
-	feeder = append(feeder, streamAPI("EVENTS")...)
-	feeder = append(append(feeder, kvAPI("jetproj_feeder_state")...), kvAPI("jetproj_feeder_leases")...)
+	common := append([]string{"$JS.API.INFO", "$JS.FC.>", "_INBOX.>"}, kvAPI(contract.StatusBucket)...)
+	feeder := append([]string{contract.AllEvents}, common...)
+	feeder = append(feeder, streamAPI(contract.EventsStream)...)
+	feeder = append(append(feeder, kvAPI(contract.FeederStateBucket)...), kvAPI(contract.FeederLeaseBucket)...)
 
 	proj := append([]string{}, common...)
-	proj = append(append(proj, readAPI("EVENTS")...), kvAPI("jetproj_projections")...)
+	proj = append(append(proj, readAPI(contract.EventsStream)...), kvAPI(contract.RegistryBucket)...)
 	// Read-your-writes: replicas publish their progress while someone
 	// waits (projector.WaitFor), who asks on jetproj.progress.<name>.
-	proj = append(proj, kvAPI("jetproj_progress")...)
-	emit := append([]string{"project.>"}, common...)
-	emit = append(emit, kvAPI("jetproj_emitter_leases")...)
+	proj = append(proj, kvAPI(contract.ProgressBucket)...)
+	emit := append([]string{contract.AllProjections}, common...)
+	emit = append(emit, kvAPI(contract.EmitterLeaseBucket)...)
 	for _, n := range setup.projections {
-		proj = append(proj, streamAPI(projector.OwnStream(n))...)
-		proj = append(append(proj, kvAPI("jetproj_leases_"+n)...), kvAPI("jetproj_state_"+n)...)
-		emit = append(emit, readAPI(projector.OwnStream(n))...)
+		proj = append(proj, streamAPI(contract.ProjectionStream(n))...)
+		proj = append(append(proj, kvAPI(contract.LeaseBucket(n))...), kvAPI(contract.StateBucket(n))...)
+		emit = append(emit, readAPI(contract.ProjectionStream(n))...)
 	}
 	for _, n := range setup.kvEmitting {
-		proj = append(proj, "project."+n+".>")
+		proj = append(proj, contract.ProjectionSubjects(n))
 	}
 	for _, l := range setup.kvLinks {
-		proj = append(append(proj, strings.ToLower(l)+".>"), streamAPI(l)...)
+		proj = append(append(proj, contract.LinkedSubjects(l)), streamAPI(l)...)
 	}
 	for _, l := range setup.links {
-		emit = append(emit, strings.ToLower(l)+".>")
+		emit = append(emit, contract.LinkedSubjects(l))
 		emit = append(emit, streamAPI(l)...)
 	}
 	// The admin user of the projector commands: what the commands reach
 	// (they reset, delete and read what the replicas use, and publish what
 	// a KV-state projection's records still hold), and the partition
 	// commands, which no replica sends.
-	admin := append([]string{"jetproj.control.>", "jetproj.progress.>"}, proj...)
+	admin := append([]string{contract.AllControl, contract.AllProgress}, proj...)
 	list := func(subjects []string) string { return `["` + strings.Join(subjects, `", "`) + `"]` }
 	return fmt.Sprintf(`
 authorization {
@@ -118,7 +121,7 @@ authorization {
     }}
     {user: projector, password: projector-pw, permissions: {
       publish: {allow: %s}
-      subscribe: {allow: ["_INBOX.>", "jetproj.control.>", "jetproj.progress.>"]}
+      subscribe: {allow: %s}
     }}
     {user: projector-admin, password: projector-admin-pw, permissions: {
       publish: {allow: %s}
@@ -130,7 +133,7 @@ authorization {
     }}
   ]
 }
-`, list(feeder), list(proj), list(admin), list(emit))
+`, list(feeder), list(proj), list([]string{"_INBOX.>", contract.AllControl, contract.AllProgress}), list(admin), list(emit))
 }
 
 // startSecuredNATS starts a nats-server process with the users above.
@@ -237,13 +240,13 @@ func TestLeastPrivilege(t *testing.T) {
 		t.Fatal(err)
 	}
 	devtest.Eventually(t, 60*time.Second, func() error {
-		if err := examples.Verify(ctx, pool, js, examples.WalletBalanceName, examples.OrderFulfilmentName); err != nil {
+		if err := examplecheck.Verify(ctx, pool, js, examples.WalletBalanceName, examples.OrderFulfilmentName); err != nil {
 			return err
 		}
 		if err := outboxEmpty(ctx, pool); err != nil {
 			return err
 		}
-		if err := examples.VerifyDerived(ctx, pool, js, examples.OrderFulfilmentName); err != nil {
+		if err := examplecheck.VerifyDerived(ctx, pool, js, examples.OrderFulfilmentName); err != nil {
 			return err
 		}
 		// The projector published wallet_ledger_kv's derived events: each
@@ -280,9 +283,9 @@ func TestLeastPrivilege(t *testing.T) {
 		}
 		return lastBalance(ctx, js, "w-poison", 200)
 	})
-	derived := streamMsgCount(t, js, projector.OwnStream(examples.WalletBalanceName))
-	kvDerived := streamMsgCount(t, js, projector.OwnStream(kvLedger))
-	events := streamMsgCount(t, js, "EVENTS")
+	derived := streamMsgCount(t, js, contract.ProjectionStream(examples.WalletBalanceName))
+	kvDerived := streamMsgCount(t, js, contract.ProjectionStream(kvLedger))
+	events := streamMsgCount(t, js, contract.EventsStream)
 
 	for _, c := range []struct{ user, subject string }{
 		{"feeder", "project.wallet_balance.wallet.w-1"},
@@ -297,7 +300,7 @@ func TestLeastPrivilege(t *testing.T) {
 		{"emitter", "jetproj.control.wallet_balance"},
 		{"projector-admin", "events.wallet.w-1"},
 		// The JetStream API and KV of the others' streams and buckets.
-		{"feeder", "$JS.API.STREAM.DELETE." + projector.OwnStream(examples.WalletBalanceName)},
+		{"feeder", "$JS.API.STREAM.DELETE." + contract.ProjectionStream(examples.WalletBalanceName)},
 		{"feeder", "$KV.jetproj_leases_wallet_balance.s.0"},
 		{"projector", "$JS.API.STREAM.DELETE.EVENTS"},
 		{"projector", "$KV.jetproj_feeder_leases.events"},
@@ -347,7 +350,7 @@ func TestLeastPrivilege(t *testing.T) {
 			}
 		}
 	}
-	for stream, n := range map[string]uint64{projector.OwnStream(examples.WalletBalanceName): derived, projector.OwnStream(kvLedger): kvDerived, "EVENTS": events} {
+	for stream, n := range map[string]uint64{contract.ProjectionStream(examples.WalletBalanceName): derived, contract.ProjectionStream(kvLedger): kvDerived, contract.EventsStream: events} {
 		if got := streamMsgCount(t, js, stream); got != n {
 			t.Errorf("%s grew from %d to %d messages", stream, n, got)
 		}
@@ -357,7 +360,7 @@ func TestLeastPrivilege(t *testing.T) {
 // lastBalance checks the last derived event of wallet_ledger_kv for a
 // wallet.
 func lastBalance(ctx context.Context, js jetstream.JetStream, wallet string, want int64) error {
-	s, err := js.Stream(ctx, projector.OwnStream(kvLedger))
+	s, err := js.Stream(ctx, contract.ProjectionStream(kvLedger))
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/contract"
 )
 
 // logTailLines is how much of a process's output a failed test prints.
@@ -312,7 +313,7 @@ func runBinary(t *testing.T, path string, env map[string]string, args ...string)
 // leaseHolder reads the holder of the feeder's lease from the KV bucket
 // jetproj_feeder_leases, key "events".
 func leaseHolder(ctx context.Context, js jetstream.JetStream) (string, error) {
-	kv, err := js.KeyValue(ctx, "jetproj_feeder_leases")
+	kv, err := js.KeyValue(ctx, contract.FeederLeaseBucket)
 	if err != nil {
 		return "", err
 	}

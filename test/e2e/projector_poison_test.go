@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -188,7 +189,7 @@ END $$`)
 		if err := checkWallets(ctx, pool, func(e eventstore.Event) bool { return e.AggregateID == b }, b); err != nil {
 			return err
 		}
-		rows, err := examples.ReadWallets(ctx, pool)
+		rows, err := examplecheck.ReadWallets(ctx, pool)
 		if err != nil {
 			return err
 		}
@@ -207,7 +208,7 @@ END $$`)
 		}
 		return noneParked(t, env)
 	})
-	rows, err := examples.ReadWallets(ctx, pool)
+	rows, err := examplecheck.ReadWallets(ctx, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,18 +267,18 @@ func sqlExec(t *testing.T, pool *pgxpool.Pool, sql string) {
 // store's events, leaving out those drop (when not nil) says; the wallets in
 // ignore are not compared.
 func checkWallets(ctx context.Context, pool *pgxpool.Pool, drop func(eventstore.Event) bool, ignore ...string) error {
-	events, err := examples.ReadAllEvents(ctx, pool)
+	events, err := examplecheck.ReadAllEvents(ctx, pool)
 	if err != nil {
 		return err
 	}
 	if drop != nil {
 		events = slices.DeleteFunc(events, drop)
 	}
-	want, err := examples.FoldWallets(events)
+	want, err := examplecheck.FoldWallets(events)
 	if err != nil {
 		return err
 	}
-	got, err := examples.ReadWallets(ctx, pool)
+	got, err := examplecheck.ReadWallets(ctx, pool)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/demo"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/pkg/examples"
 )
 
@@ -89,6 +90,6 @@ func TestProjectorReplicasSurviveSIGKILL(t *testing.T) {
 	n := <-written
 	t.Logf("%d events written", n)
 	devtest.Eventually(t, 90*time.Second, func() error {
-		return examples.Verify(context.Background(), pool, js, examples.WalletBalanceName, examples.TicketDetailsName, examples.TicketCountsName)
+		return examplecheck.Verify(context.Background(), pool, js, examples.WalletBalanceName, examples.TicketDetailsName, examples.TicketCountsName)
 	})
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/jetproj/jetproj/internal/devenv"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/pkg/examples"
 )
 
@@ -72,7 +73,7 @@ func TestTokenNeverPrinted(t *testing.T) {
 	procs := []*proc{startFeeder(t, "feeder", fenv), startProjector(t, "projector", penv), startEmitter(t, "emitter", eenv)}
 	walletDeposits(t, pool, "w-1", 3, 100)
 	devtest.Eventually(t, 60*time.Second, func() error {
-		if err := examples.Verify(ctx, pool, js, examples.WalletBalanceName); err != nil {
+		if err := examplecheck.Verify(ctx, pool, js, examples.WalletBalanceName); err != nil {
 			return err
 		}
 		return outboxEmpty(ctx, pool)

@@ -15,7 +15,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/internal/examplecheck"
 	"github.com/jetproj/jetproj/internal/opsserver"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -39,7 +41,7 @@ func slotOwners(ctx context.Context, t *testing.T, env map[string]string) map[st
 // read from its lease bucket directly (no process to start: the handover
 // is timed with it).
 func slotsHeld(ctx context.Context, js jetstream.JetStream, projection, replica string) (int, error) {
-	kv, err := js.KeyValue(ctx, "jetproj_leases_"+projection)
+	kv, err := js.KeyValue(ctx, contract.LeaseBucket(projection))
 	if err != nil {
 		return 0, err
 	}
@@ -88,7 +90,7 @@ func TestSIGTERMHandsOverAtOnce(t *testing.T) {
 		if owners["p1"] == 0 || owners["p2"] == 0 || owners["p1"]+owners["p2"] != 64 {
 			return fmt.Errorf("owners %v", owners)
 		}
-		return examples.Verify(ctx, pool, js, examples.WalletBalanceName)
+		return examplecheck.Verify(ctx, pool, js, examples.WalletBalanceName)
 	})
 
 	if err := p1.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -120,7 +122,7 @@ func TestSIGTERMHandsOverAtOnce(t *testing.T) {
 	for i := range 50 {
 		walletDeposits(t, pool, fmt.Sprintf("w-%d", i), 1, 7)
 	}
-	devtest.Eventually(t, 30*time.Second, func() error { return examples.Verify(ctx, pool, js, examples.WalletBalanceName) })
+	devtest.Eventually(t, 30*time.Second, func() error { return examplecheck.Verify(ctx, pool, js, examples.WalletBalanceName) })
 }
 
 // TestSecondSignalExitsAtOnce: while a graceful stop waits (here the
@@ -231,7 +233,7 @@ func TestEmitterSIGTERMHandsOverAtOnce(t *testing.T) {
 		emitters[name] = startEmitter(t, "emitter "+name, env)
 	}
 	walletDeposits(t, pool, "w-1", 1, 100)
-	own := projector.OwnStream(examples.WalletBalanceName)
+	own := contract.ProjectionStream(examples.WalletBalanceName)
 	var active string
 	devtest.Eventually(t, 30*time.Second, func() error {
 		// The first deposit's derived event must have been relayed: an
@@ -246,7 +248,7 @@ func TestEmitterSIGTERMHandsOverAtOnce(t *testing.T) {
 		if err := outboxEmpty(ctx, pool); err != nil {
 			return err
 		}
-		kv, err := js.KeyValue(ctx, "jetproj_emitter_leases")
+		kv, err := js.KeyValue(ctx, contract.EmitterLeaseBucket)
 		if err != nil {
 			return err
 		}

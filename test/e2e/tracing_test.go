@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 )
@@ -95,7 +96,7 @@ func TestTraceExportedOverOTLP(t *testing.T) {
 	}
 	defer nc.Close()
 	derived := make(chan *nats.Msg, 16)
-	sub, err := nc.ChanSubscribe("project.wallet_balance.>", derived)
+	sub, err := nc.ChanSubscribe(contract.ProjectionSubjects("wallet_balance"), derived)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,10 +34,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventmsg"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
-	"github.com/jetproj/jetproj/pkg/subject"
 )
 
 // Case is one message and what the provider must make of it.
@@ -214,7 +214,7 @@ func FeederEvent(e eventstore.Event) projection.Message {
 	if e.RecordedAt.IsZero() {
 		e.RecordedAt = recordedAt
 	}
-	m, err := eventmsg.New(subject.EventsPrefix, e)
+	m, err := eventmsg.New(contract.EventsPrefix, e)
 	if err != nil {
 		panic(fmt.Sprintf("partitiontest: eventmsg.New: %v", err))
 	}

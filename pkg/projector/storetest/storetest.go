@@ -53,6 +53,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 
@@ -1089,7 +1090,7 @@ var since = time.Date(2024, 5, 6, 7, 8, 9, 123456000, time.UTC)
 func fullRecord(key string, seq uint64) projector.Record {
 	return projector.Record{
 		Key:      key,
-		Subject:  "events.wallet." + strings.ReplaceAll(key, " ", "_"),
+		Subject:  contract.EventsPrefix + ".wallet." + strings.ReplaceAll(key, " ", "_"),
 		Seq:      seq,
 		Position: int64(seq)*10 + 3,
 		State:    json.RawMessage(fmt.Sprintf(`{"z": [1, 2.5, "x"], "a": {"seq": %d}, "s": "é\"q"}`, seq)),

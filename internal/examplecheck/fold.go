@@ -1,16 +1,20 @@
-package examples
+package examplecheck
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/internal/projectionspec"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
+	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 
@@ -52,20 +56,20 @@ func FoldWallets(events []eventstore.Event) (map[string]WalletRow, error) {
 			r = WalletRow{WalletID: e.AggregateID}
 		}
 		switch e.Type {
-		case TypeWalletOpened:
-			var d WalletOpened
+		case examples.TypeWalletOpened:
+			var d examples.WalletOpened
 			if err := decode(e, &d); err != nil {
 				return nil, err
 			}
 			r.Owner = d.Owner
-		case TypeMoneyWasAddedToWallet:
-			var d MoneyWasAddedToWallet
+		case examples.TypeMoneyWasAddedToWallet:
+			var d examples.MoneyWasAddedToWallet
 			if err := decode(e, &d); err != nil {
 				return nil, err
 			}
 			r.Balance += d.Amount
-		case TypeMoneyWasWithdrawnFromWallet:
-			var d MoneyWasWithdrawnFromWallet
+		case examples.TypeMoneyWasWithdrawnFromWallet:
+			var d examples.MoneyWasWithdrawnFromWallet
 			if err := decode(e, &d); err != nil {
 				return nil, err
 			}
@@ -90,17 +94,17 @@ func FoldTickets(events []eventstore.Event) (map[string]TicketRow, error) {
 			r = TicketRow{TicketID: e.AggregateID}
 		}
 		switch e.Type {
-		case TypeTicketWasRegistered:
-			var d TicketWasRegistered
+		case examples.TypeTicketWasRegistered:
+			var d examples.TicketWasRegistered
 			if err := decode(e, &d); err != nil {
 				return nil, err
 			}
 			r.Type = d.Type
 			if !ok {
-				r.Status = StatusOpen
+				r.Status = examples.StatusOpen
 			}
-		case TypeTicketWasClosed:
-			r.Status = StatusClosed
+		case examples.TypeTicketWasClosed:
+			r.Status = examples.StatusClosed
 		default:
 			continue
 		}
@@ -117,9 +121,9 @@ func FoldTicketCounts(events []eventstore.Event) Counts {
 			continue
 		}
 		switch e.Type {
-		case TypeTicketWasRegistered:
+		case examples.TypeTicketWasRegistered:
 			c.Open++
-		case TypeTicketWasClosed:
+		case examples.TypeTicketWasClosed:
 			c.Open--
 			c.Closed++
 		}
@@ -134,9 +138,9 @@ func CountTickets(rows map[string]TicketRow) Counts {
 	var c Counts
 	for _, r := range rows {
 		switch r.Status {
-		case StatusOpen:
+		case examples.StatusOpen:
 			c.Open++
-		case StatusClosed:
+		case examples.StatusClosed:
 			c.Closed++
 		}
 	}
@@ -215,17 +219,17 @@ func ReadTicketCounts(ctx context.Context, pool *pgxpool.Pool) (Counts, error) {
 
 // ReadWalletDocs reads every document of wallet_balance_kv, by wallet id,
 // through the projection's state store.
-func ReadWalletDocs(ctx context.Context, js jetstream.JetStream) (map[string]WalletDoc, error) {
-	d := WalletBalanceKV().Def()
+func ReadWalletDocs(ctx context.Context, js jetstream.JetStream) (map[string]examples.WalletDoc, error) {
+	d := examples.WalletBalanceKV().Def()
 	store := projector.StoreFor(js, d, 1)
-	out := map[string]WalletDoc{}
-	for slot := range d.Spec().Slots {
+	out := map[string]examples.WalletDoc{}
+	for slot := range projectionspec.Of(d).Settings().Slots {
 		recs, _, err := store.LoadSlot(ctx, slot)
 		if err != nil {
 			return nil, err
 		}
 		for _, r := range recs {
-			var doc WalletDoc
+			var doc examples.WalletDoc
 			if len(r.State) > 0 {
 				if err := json.Unmarshal(r.State, &doc); err != nil {
 					return nil, fmt.Errorf("examples: %s: %w", r.Key, err)
@@ -253,7 +257,7 @@ type OrderRow struct {
 }
 
 // FoldOrders returns the rows order_fulfilment must hold, by order id: one
-// per order any OrderPlaced, PaymentSucceeded or ShipmentDelivered names,
+// per order any examples.OrderPlaced, examples.PaymentSucceeded or examples.ShipmentDelivered names,
 // completed once all three happened. It relies on the domain's rule that an
 // order has one payment and one shipment (with two, the projection's row
 // keeps whichever was applied last). A payment or shipment without orderId
@@ -270,30 +274,30 @@ func FoldOrders(events []eventstore.Event) (map[string]OrderRow, error) {
 	for _, e := range events {
 		var r OrderRow
 		switch {
-		case e.AggregateType == "order" && e.Type == TypeOrderPlaced:
-			var d OrderPlaced
+		case e.AggregateType == "order" && e.Type == examples.TypeOrderPlaced:
+			var d examples.OrderPlaced
 			if err := decode(e, &d); err != nil {
 				return nil, err
 			}
 			r = row(e.AggregateID)
 			r.Placed, r.Customer, r.Total = true, d.Customer, d.Total
-		case e.AggregateType == "payment" && e.Type == TypePaymentSucceeded:
-			var d PaymentSucceeded
+		case e.AggregateType == "payment" && e.Type == examples.TypePaymentSucceeded:
+			var d examples.PaymentSucceeded
 			if err := decode(e, &d); err != nil {
 				return nil, err
 			}
 			if d.OrderID == "" {
-				return nil, fmt.Errorf("examples: PaymentSucceeded at position %d without orderId", e.Position)
+				return nil, fmt.Errorf("examples: examples.PaymentSucceeded at position %d without orderId", e.Position)
 			}
 			r = row(d.OrderID)
 			r.Paid, r.PaymentID = true, e.AggregateID
-		case e.AggregateType == "shipment" && e.Type == TypeShipmentDelivered:
-			var d ShipmentDelivered
+		case e.AggregateType == "shipment" && e.Type == examples.TypeShipmentDelivered:
+			var d examples.ShipmentDelivered
 			if err := decode(e, &d); err != nil {
 				return nil, err
 			}
 			if d.OrderID == "" {
-				return nil, fmt.Errorf("examples: ShipmentDelivered at position %d without orderId", e.Position)
+				return nil, fmt.Errorf("examples: examples.ShipmentDelivered at position %d without orderId", e.Position)
 			}
 			r = row(d.OrderID)
 			r.Delivered, r.ShipmentID, r.Carrier = true, e.AggregateID, d.Carrier
@@ -306,18 +310,18 @@ func FoldOrders(events []eventstore.Event) (map[string]OrderRow, error) {
 	return rows, nil
 }
 
-// ExpectedCompletedOrders returns the OrderFullyCompleted events
+// ExpectedCompletedOrders returns the examples.OrderFullyCompleted events
 // order_fulfilment must have emitted, by order id: exactly one per order
 // that was placed, paid and delivered, and none for the others.
-func ExpectedCompletedOrders(events []eventstore.Event) (map[string]OrderFullyCompleted, error) {
+func ExpectedCompletedOrders(events []eventstore.Event) (map[string]examples.OrderFullyCompleted, error) {
 	rows, err := FoldOrders(events)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]OrderFullyCompleted{}
+	out := map[string]examples.OrderFullyCompleted{}
 	for id, r := range rows {
 		if r.Completed {
-			out[id] = OrderFullyCompleted{OrderID: id, Customer: r.Customer, Total: r.Total, Carrier: r.Carrier}
+			out[id] = examples.OrderFullyCompleted{OrderID: id, Customer: r.Customer, Total: r.Total, Carrier: r.Carrier}
 		}
 	}
 	return out, nil
@@ -332,22 +336,22 @@ type HighValueRow struct {
 }
 
 // FoldHighValue returns the rows high_value_wallets must hold, by wallet
-// id, and the WalletBecameHighValue events it must have emitted, in order,
-// given the WalletBalanceWasChanged events it reads, in stream order
+// id, and the examples.WalletBecameHighValue events it must have emitted, in order,
+// given the examples.WalletBalanceWasChanged events it reads, in stream order
 // (ReadBalanceChanges): a wallet becomes of high value each time its
-// balance reaches HighValueThreshold from below.
-func FoldHighValue(changes []WalletBalanceWasChanged) (map[string]HighValueRow, []WalletBecameHighValue) {
+// balance reaches examples.HighValueThreshold from below.
+func FoldHighValue(changes []examples.WalletBalanceWasChanged) (map[string]HighValueRow, []examples.WalletBecameHighValue) {
 	rows := map[string]HighValueRow{}
-	var emitted []WalletBecameHighValue
+	var emitted []examples.WalletBecameHighValue
 	for _, c := range changes {
 		r := rows[c.WalletID]
 		r.WalletID, r.Balance = c.WalletID, c.Balance
 		switch {
-		case !r.HighValue && c.Balance >= HighValueThreshold:
+		case !r.HighValue && c.Balance >= examples.HighValueThreshold:
 			r.HighValue = true
 			r.Crossings++
-			emitted = append(emitted, WalletBecameHighValue{WalletID: c.WalletID, Balance: c.Balance})
-		case r.HighValue && c.Balance < HighValueThreshold:
+			emitted = append(emitted, examples.WalletBecameHighValue{WalletID: c.WalletID, Balance: c.Balance})
+		case r.HighValue && c.Balance < examples.HighValueThreshold:
 			r.HighValue = false
 		}
 		rows[c.WalletID] = r
@@ -442,7 +446,7 @@ func ReadDerived(ctx context.Context, js jetstream.JetStream, stream string) ([]
 			}
 			n++
 			seq = md.Sequence.Stream
-			out = append(out, DerivedEvent{Subject: m.Subject(), Type: m.Headers().Get("Event-Type"),
+			out = append(out, DerivedEvent{Subject: m.Subject(), Type: m.Headers().Get(contract.HeaderEventType),
 				MsgID: m.Headers().Get(jetstream.MsgIDHeader), Data: m.Data()})
 			if seq == last {
 				break
@@ -464,23 +468,29 @@ func ReadDerived(ctx context.Context, js jetstream.JetStream, stream string) ([]
 	return out, nil
 }
 
-// ReadBalanceChanges reads the WalletBalanceWasChanged events on
+// ReadBalanceChanges reads the examples.WalletBalanceWasChanged events on
 // wallet_balance's own stream, in stream order: high_value_wallets' input.
-func ReadBalanceChanges(ctx context.Context, js jetstream.JetStream) ([]WalletBalanceWasChanged, error) {
-	msgs, err := ReadDerived(ctx, js, projector.OwnStream(WalletBalanceName))
+func ReadBalanceChanges(ctx context.Context, js jetstream.JetStream) ([]examples.WalletBalanceWasChanged, error) {
+	msgs, err := ReadDerived(ctx, js, contract.ProjectionStream(examples.WalletBalanceName))
 	if err != nil {
 		return nil, err
 	}
-	var out []WalletBalanceWasChanged
+	var out []examples.WalletBalanceWasChanged
 	for _, m := range msgs {
-		if m.Type != TypeWalletBalanceWasChanged {
+		if m.Type != examples.TypeWalletBalanceWasChanged {
 			continue
 		}
-		var c WalletBalanceWasChanged
+		var c examples.WalletBalanceWasChanged
 		if err := json.Unmarshal(m.Data, &c); err != nil {
 			return nil, fmt.Errorf("examples: %s: %w", m.Subject, err)
 		}
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// idOf is the aggregate id of an aggregate partition key ("wallet/w1" → "w1").
+func idOf(partition string) string {
+	_, id, _ := strings.Cut(partition, "/")
+	return id
 }

@@ -1,4 +1,4 @@
-package examples
+package examplecheck
 
 import (
 	"context"
@@ -11,8 +11,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
-	"github.com/jetproj/jetproj/pkg/projector"
+	"github.com/jetproj/jetproj/pkg/examples"
 )
 
 // Verify compares the read models of the named example projections (all
@@ -24,7 +25,7 @@ import (
 // high_value_wallets.
 //
 // high_value_wallets is a pipeline stage: its read model must equal
-// FoldHighValue of the WalletBalanceWasChanged events on wallet_balance's
+// FoldHighValue of the examples.WalletBalanceWasChanged events on wallet_balance's
 // stream, and that stream must hold every wallet's final balance of the
 // event store, so that Verify passes only once the whole pipeline
 // (wallet_balance, the emitter, high_value_wallets) caught up. After a
@@ -37,7 +38,7 @@ import (
 // asynchronously); the end-to-end tests call it after a kill -9.
 func Verify(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, names ...string) error {
 	if len(names) == 0 {
-		names = Names()
+		names = examples.Names()
 	}
 	events, err := ReadAllEvents(ctx, pool)
 	if err != nil {
@@ -47,26 +48,26 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, nam
 	for _, name := range names {
 		var err error
 		switch name {
-		case WalletBalanceName:
+		case examples.WalletBalanceName:
 			err = verifyWallets(ctx, pool, events)
-		case WalletBalanceKVName:
+		case examples.WalletBalanceKVName:
 			err = verifyWalletDocs(ctx, js, events)
-		case TicketDetailsName:
+		case examples.TicketDetailsName:
 			err = verifyTickets(ctx, pool, events)
-		case TicketCountsName:
+		case examples.TicketCountsName:
 			err = verifyCounts(ctx, pool, events)
-		case OrderFulfilmentName:
+		case examples.OrderFulfilmentName:
 			err = verifyOrders(ctx, pool, events)
-		case HighValueWalletsName:
+		case examples.HighValueWalletsName:
 			err = verifyHighValue(ctx, pool, js, events)
 		default:
-			err = fmt.Errorf("no example projection %q (known: %v)", name, Names())
+			err = fmt.Errorf("no example projection %q (known: %v)", name, examples.Names())
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
 		}
 	}
-	if len(errs) == 0 && slices.Contains(names, TicketDetailsName) && slices.Contains(names, TicketCountsName) {
+	if len(errs) == 0 && slices.Contains(names, examples.TicketDetailsName) && slices.Contains(names, examples.TicketCountsName) {
 		if err := Agree(ctx, pool); err != nil {
 			errs = append(errs, err)
 		}
@@ -109,9 +110,9 @@ func verifyWalletDocs(ctx context.Context, js jetstream.JetStream, events []even
 	if err != nil {
 		return err
 	}
-	want := make(map[string]WalletDoc, len(rows))
+	want := make(map[string]examples.WalletDoc, len(rows))
 	for id, r := range rows {
-		want[id] = WalletDoc{Owner: r.Owner, Balance: r.Balance}
+		want[id] = examples.WalletDoc{Owner: r.Owner, Balance: r.Balance}
 	}
 	got, err := ReadWalletDocs(ctx, js)
 	if err != nil {
@@ -217,11 +218,11 @@ func diff[V comparable](got, want map[string]V) error {
 // that emit beyond wallet_balance (order_fulfilment and high_value_wallets;
 // both when names is empty) against what the events imply, exactly:
 //
-//   - order_fulfilment: one OrderFullyCompleted per order that was placed,
+//   - order_fulfilment: one examples.OrderFullyCompleted per order that was placed,
 //     paid and delivered (ExpectedCompletedOrders), with the expected
 //     payload, both on project.order_fulfilment.> and on the linked stream
 //     completed_orders, and none for other orders;
-//   - high_value_wallets: per wallet, the WalletBecameHighValue events
+//   - high_value_wallets: per wallet, the examples.WalletBecameHighValue events
 //     FoldHighValue derives from wallet_balance's stream, in order, each
 //     once.
 //
@@ -230,15 +231,15 @@ func diff[V comparable](got, want map[string]V) error {
 // they replay).
 func VerifyDerived(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, names ...string) error {
 	if len(names) == 0 {
-		names = []string{OrderFulfilmentName, HighValueWalletsName}
+		names = []string{examples.OrderFulfilmentName, examples.HighValueWalletsName}
 	}
 	var errs []error
 	for _, name := range names {
 		var err error
 		switch name {
-		case OrderFulfilmentName:
+		case examples.OrderFulfilmentName:
 			err = verifyCompletedOrders(ctx, pool, js)
-		case HighValueWalletsName:
+		case examples.HighValueWalletsName:
 			err = verifyHighValueEmitted(ctx, js)
 		default:
 			err = fmt.Errorf("no derived events to check for %q", name)
@@ -260,18 +261,18 @@ func verifyCompletedOrders(ctx context.Context, pool *pgxpool.Pool, js jetstream
 		return err
 	}
 	var errs []error
-	for _, stream := range []string{projector.OwnStream(OrderFulfilmentName), CompletedOrdersStream} {
+	for _, stream := range []string{contract.ProjectionStream(examples.OrderFulfilmentName), examples.CompletedOrdersStream} {
 		msgs, err := ReadDerived(ctx, js, stream)
 		if err != nil {
 			return err
 		}
-		got := map[string]OrderFullyCompleted{}
+		got := map[string]examples.OrderFullyCompleted{}
 		var dups []string
 		for _, m := range msgs {
-			if m.Type != TypeOrderFullyCompleted {
+			if m.Type != examples.TypeOrderFullyCompleted {
 				continue
 			}
-			var e OrderFullyCompleted
+			var e examples.OrderFullyCompleted
 			if err := json.Unmarshal(m.Data, &e); err != nil {
 				return fmt.Errorf("%s: %s: %w", stream, m.Subject, err)
 			}
@@ -281,7 +282,7 @@ func verifyCompletedOrders(ctx context.Context, pool *pgxpool.Pool, js jetstream
 			got[e.OrderID] = e
 		}
 		if len(dups) > 0 {
-			errs = append(errs, fmt.Errorf("%s: OrderFullyCompleted more than once for %d orders, e.g. %v", stream, len(dups), dups[:min(5, len(dups))]))
+			errs = append(errs, fmt.Errorf("%s: examples.OrderFullyCompleted more than once for %d orders, e.g. %v", stream, len(dups), dups[:min(5, len(dups))]))
 		}
 		if err := diff(got, want); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", stream, err))
@@ -296,7 +297,7 @@ func verifyHighValueEmitted(ctx context.Context, js jetstream.JetStream) error {
 		return err
 	}
 	_, expected := FoldHighValue(changes)
-	msgs, err := ReadDerived(ctx, js, projector.OwnStream(HighValueWalletsName))
+	msgs, err := ReadDerived(ctx, js, contract.ProjectionStream(examples.HighValueWalletsName))
 	if err != nil {
 		return err
 	}
@@ -305,10 +306,10 @@ func verifyHighValueEmitted(ctx context.Context, js jetstream.JetStream) error {
 		want[e.WalletID] = append(want[e.WalletID], e.Balance)
 	}
 	for _, m := range msgs {
-		if m.Type != TypeWalletBecameHighValue {
+		if m.Type != examples.TypeWalletBecameHighValue {
 			continue
 		}
-		var e WalletBecameHighValue
+		var e examples.WalletBecameHighValue
 		if err := json.Unmarshal(m.Data, &e); err != nil {
 			return fmt.Errorf("%s: %w", m.Subject, err)
 		}

@@ -1,0 +1,69 @@
+package layout
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// The README's Layout section names every directory holding Go files
+// (apart from testdata), and every path it names exists.
+func TestReadmeLayoutMatchesTheTree(t *testing.T) {
+	root := filepath.Join("..", "..")
+	b, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	start := strings.Index(text, "\n## Layout")
+	if start < 0 {
+		t.Fatal("README.md has no ## Layout section")
+	}
+	section := text[start+1:]
+	if end := strings.Index(section[3:], "\n## "); end >= 0 {
+		section = section[:end+3]
+	}
+	named := map[string]bool{}
+	for _, m := range regexp.MustCompile("`((?:pkg|internal|services|test|deploy)/[^`]*)`").FindAllStringSubmatch(section, -1) {
+		named[strings.TrimSuffix(m[1], "/")] = true
+	}
+	var pkgs []string
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if n := d.Name(); path != root && (strings.HasPrefix(n, ".") || n == "testdata" || n == "node_modules") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if strings.HasSuffix(path, ".go") {
+			rel, _ := filepath.Rel(root, filepath.Dir(path))
+			if !slices.Contains(pkgs, rel) {
+				pkgs = append(pkgs, filepath.ToSlash(rel))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pkgs {
+		if !named[p] {
+			t.Errorf("README.md's Layout does not name %s", p)
+		}
+	}
+	for p := range named {
+		if _, err := os.Stat(filepath.Join(root, p)); err != nil {
+			t.Errorf("README.md's Layout names %s, which does not exist", p)
+		}
+	}
+	if len(pkgs) < 20 {
+		t.Fatalf("found only %d Go directories: %v", len(pkgs), pkgs)
+	}
+}
