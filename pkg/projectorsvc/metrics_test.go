@@ -58,8 +58,9 @@ func wantMetric(t *testing.T, addr, name, proj string, want float64) {
 // the events appended meanwhile, and catch up after; a parked partition is
 // counted until it is retried.
 func TestStatusGauges(t *testing.T) {
-	restore := projectorsvc.SetMetricsIntervals(50*time.Millisecond, 100*time.Millisecond)
-	defer restore()
+	// Restored by a cleanup registered first, so it runs last: after the
+	// projector started below, which reads the intervals, has stopped.
+	t.Cleanup(projectorsvc.SetMetricsIntervals(50*time.Millisecond, 100*time.Millisecond))
 	b := setup(t)
 	port, err := devenv.FreePort()
 	if err != nil {
