@@ -51,7 +51,7 @@ var zeroConfigs = map[string]func(t *testing.T){
 	// the environment's defaults give the demo's fixed port and directory.
 	"nats": tagsParse[natsconn.Config](),
 	// projector.New's defaults for the Options these settings fill are
-	// checked in pkg/projector (TestOptionsDefaultsAreTheService's).
+	// checked in pkg/projector (TestOptionsDefaultsAreTheService).
 	"projector": tagsParse[projectorsvc.Settings](),
 	"logging": func(t *testing.T) {
 		// NewLogger treats an empty format and level as the defaults.
