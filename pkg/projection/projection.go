@@ -490,12 +490,12 @@ func Polling(interval time.Duration) Option {
 
 // Retries sets how often a failing partition is tried (default 5) before it
 // is parked, and the backoff between tries (default 100ms doubling to 30s).
-func Retries(maxAttempts int, min, max time.Duration) Option {
+func Retries(maxAttempts int, backoffMin, backoffMax time.Duration) Option {
 	return func(d *Definition) {
-		if maxAttempts < 1 || min <= 0 || max < min {
-			d.errs = append(d.errs, "Retries: want maxAttempts ≥ 1 and 0 < min ≤ max")
+		if maxAttempts < 1 || backoffMin <= 0 || backoffMax < backoffMin {
+			d.errs = append(d.errs, "Retries: want maxAttempts ≥ 1 and 0 < backoffMin ≤ backoffMax")
 		}
-		d.maxAttempts, d.backoffMin, d.backoffMax = maxAttempts, min, max
+		d.maxAttempts, d.backoffMin, d.backoffMax = maxAttempts, backoffMin, backoffMax
 	}
 }
 

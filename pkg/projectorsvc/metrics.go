@@ -31,12 +31,12 @@ type statusGauges struct {
 }
 
 // behind reports the projections more than max messages behind.
-func (g *statusGauges) behind(max uint64) error {
+func (g *statusGauges) behind(limit uint64) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var over []string
 	for name, lag := range g.lags {
-		if lag > max {
+		if lag > limit {
 			over = append(over, fmt.Sprintf("%s %d", name, lag))
 		}
 	}
@@ -44,7 +44,7 @@ func (g *statusGauges) behind(max uint64) error {
 		return nil
 	}
 	slices.Sort(over)
-	return fmt.Errorf("behind by more than %d messages: %s", max, strings.Join(over, ", "))
+	return fmt.Errorf("behind by more than %d messages: %s", limit, strings.Join(over, ", "))
 }
 
 func newStatusGauges(reg prometheus.Registerer) (*statusGauges, error) {

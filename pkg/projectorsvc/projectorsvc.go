@@ -292,8 +292,8 @@ func (s *service) runGuarded(ctx context.Context) error {
 	// the log has the error.
 	ops.Ready("postgres", s.pool.Ping)
 	ops.Wedged(p.BusySince)
-	if max := s.cfg.Projector.ReadyMaxLag; max > 0 {
-		ops.Ready("lag", opsserver.Public(func(context.Context) error { return gauges.behind(max) }))
+	if limit := s.cfg.Projector.ReadyMaxLag; limit > 0 {
+		ops.Ready("lag", opsserver.Public(func(context.Context) error { return gauges.behind(limit) }))
 	}
 	ops.Ready("projections", opsserver.Public(func(context.Context) error {
 		// Ready once every projection of this replica has a runner: they
