@@ -264,7 +264,7 @@ func Emitter(ctx context.Context, t Target, opts EmitterOptions) (EmitterResult,
 	o := opts.withDefaults()
 	batch := o.BatchSize
 	if batch == 0 {
-		batch = 500 // EMITTER_BATCH_SIZE's default
+		batch = emitter.Config{}.Defaults().BatchSize // EMITTER_BATCH_SIZE's default
 	}
 	res := EmitterResult{Date: time.Now(), Rows: o.Rows, Partitions: o.Partitions, BatchSize: batch}
 	pool, err := pgxpool.New(ctx, t.DatabaseURL)
