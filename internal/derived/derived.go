@@ -75,36 +75,42 @@ func (e Event) Mark() Mark { return Mark{Gen: e.Generation, Seq: e.Seq} }
 
 // Msg is the message that publishes e on subj.
 func (e Event) Msg(subj string) *nats.Msg {
-	m := nats.NewMsg(subj)
-	m.Data = e.Payload
 	id := e.MsgID
 	if id == "" {
 		id = MsgID(e.Projection, e.Generation, e.Partition, e.Seq)
 	}
-	m.Header.Set(nats.MsgIdHdr, id)
-	m.Header.Set(contract.HeaderEventType, e.Type)
-	m.Header.Set(contract.HeaderProjection, e.Projection)
-	m.Header.Set(contract.HeaderPartition, EscapeKey(e.Partition))
-	m.Header.Set(contract.HeaderGeneration, strconv.Itoa(e.Generation))
-	m.Header.Set(contract.HeaderEmissionSeq, strconv.FormatUint(e.Seq, 10))
-	m.Header.Set(contract.HeaderSourceSequence, strconv.FormatUint(e.SourceSeq, 10))
+	// One backing array for the header values and a map sized for them: a
+	// relay builds one message per outbox row.
+	vals := make([]string, 0, 10+len(e.Metadata)+1)
+	h := make(nats.Header, cap(vals))
+	set := func(k, v string) {
+		vals = append(vals, v)
+		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	set(nats.MsgIdHdr, id)
+	set(contract.HeaderEventType, e.Type)
+	set(contract.HeaderProjection, e.Projection)
+	set(contract.HeaderPartition, EscapeKey(e.Partition))
+	set(contract.HeaderGeneration, strconv.Itoa(e.Generation))
+	set(contract.HeaderEmissionSeq, strconv.FormatUint(e.Seq, 10))
+	set(contract.HeaderSourceSequence, strconv.FormatUint(e.SourceSeq, 10))
 	if e.SourcePosition > 0 {
-		m.Header.Set(contract.HeaderSourcePosition, strconv.FormatInt(e.SourcePosition, 10))
+		set(contract.HeaderSourcePosition, strconv.FormatInt(e.SourcePosition, 10))
 	}
 	if e.TraceParent != "" {
-		m.Header.Set(contract.HeaderTraceParent, e.TraceParent)
+		set(contract.HeaderTraceParent, e.TraceParent)
 	}
 	if e.CausationID != "" {
-		m.Header.Set(contract.HeaderCausationID, e.CausationID)
+		set(contract.HeaderCausationID, e.CausationID)
 	}
 	for k, v := range e.Metadata {
 		name, val := eventmsg.MetaHeader(k, v)
-		m.Header[name] = []string{val}
+		set(name, val)
 		if k == contract.MetadataCorrelationID {
-			m.Header[contract.HeaderCorrelationID] = []string{val}
+			set(contract.HeaderCorrelationID, val)
 		}
 	}
-	return m
+	return &nats.Msg{Subject: subj, Data: e.Payload, Header: h}
 }
 
 // Target is a stream and subject a derived event is published to.

@@ -166,7 +166,10 @@ type relayer struct {
 	// marks is what each subject's stream holds: generation and emission
 	// sequence of its last derived event.
 	marks *derived.Tracker
-	mu    sync.Mutex
+	// streams memoises ownStream.
+	streams   map[string]string
+	streamsMu sync.Mutex
+	mu        sync.Mutex
 	// acked are the ids of the last round's rows, published and
 	// acknowledged: the next round deletes them.
 	acked []int64
@@ -987,13 +990,30 @@ func (en *engine) finish() (int, error) {
 	return len(en.done), &StalledError{Subjects: order, Err: en.refused[order[0]]}
 }
 
+// ownStream is the stream of the projection's own derived events,
+// contract.ProjectionStream(projection), built once per projection: the
+// relay asks for it for every row.
+func (e *relayer) ownStream(projection string) string {
+	e.streamsMu.Lock()
+	defer e.streamsMu.Unlock()
+	s, ok := e.streams[projection]
+	if !ok {
+		if e.streams == nil || len(e.streams) > 10000 {
+			e.streams = map[string]string{}
+		}
+		s = contract.ProjectionStream(projection)
+		e.streams[projection] = s
+	}
+	return s
+}
+
 // send publishes q's current row to its targets the streams do not hold
 // yet, adding the publishes to en's in flight; it reports whether the row is to
 // be dropped because its projection's stream is gone.
 func (e *relayer) send(en *engine, q *subjectQueue) bool {
 	ctx := en.ctx
 	r := q.rows[q.next]
-	own := contract.ProjectionStream(r.Projection)
+	own := e.ownStream(r.Projection)
 	if r.LinkOnly {
 		// Not published there, but a projection without its stream was
 		// deleted: its rows are dropped, links too.
@@ -1104,7 +1124,7 @@ func (e *relayer) prefetchMarks(ctx context.Context, batch []row) error {
 		}
 	}
 	for _, r := range batch {
-		add(contract.ProjectionStream(r.Projection), r.Subject)
+		add(e.ownStream(r.Projection), r.Subject)
 		for _, l := range r.Links {
 			if stream, subj, err := derived.LinkTarget(l.Stream, r.Subject); err == nil {
 				add(stream, subj)
