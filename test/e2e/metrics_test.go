@@ -46,6 +46,10 @@ func TestFeederLagGauge(t *testing.T) {
 	for _, name := range []string{"f1", "f2"} {
 		envs[name] = feederEnv(dbURL, ns.URL(), name)
 		envs[name]["OPS_ADDR"] = opsAddr(t)
+		// The active feeder keeps its lease (and its lag) for two thirds
+		// of the TTL once NATS is gone: long enough to read the lag on a
+		// busy machine (with the tests' 2 s it was ~1.3 s).
+		envs[name]["FEEDER_LEASE_TTL"] = "30s"
 		startFeeder(t, "feeder "+name, envs[name])
 	}
 	walletDeposits(t, pool, "w-1", 2, 100)
