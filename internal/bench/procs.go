@@ -310,7 +310,7 @@ func (c *NATSCluster) Close() {
 }
 
 func (n *NATSProcess) waitReady(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second) // a cluster elects its meta leader slowly on a busy machine
 	defer cancel()
 	var last error
 	for {
