@@ -235,6 +235,12 @@ func (r *runner) run(ctx context.Context) error {
 			case m := <-ctlCh:
 				r.busy.Start()
 				r.control(ctx, m)
+			case <-time.After(slowLoad):
+				// Loads are bounded (slotLoadTimeout); say what the
+				// projection waits for meanwhile.
+				if len(r.loading) > 0 {
+					r.log.Warn("slots still being read; the projection waits for them", "slots", len(r.loading), "after", slowLoad)
+				}
 			}
 			continue
 		}
@@ -364,6 +370,10 @@ func (r *runner) run(ctx context.Context) error {
 		clear(batch) // let the messages go; the buffer is reused
 	}
 }
+
+// slowLoad is how long the loop waits for slots being read before it says
+// so in the log (and again each slowLoad after).
+const slowLoad = 30 * time.Second
 
 // errNoAnswer: the subscription did not say in time how many messages it
 // has pending.

@@ -154,6 +154,9 @@ const maxLoads = 4
 // collection (installSlot).
 const gcAfterLoaded = 64 << 10
 
+// slotLoadTimeout bounds fencing and reading one slot.
+const slotLoadTimeout = 2 * time.Minute
+
 // loadSlot fences and reads a slot the manager acquired, off the loop (a
 // slot of a projection with a million partitions holds ~16k of them), and
 // hands it to the loop (installSlot).
@@ -163,7 +166,13 @@ func (r *runner) loadSlot(ctx context.Context, slot int, l *lease.Lease) {
 		res := loaded{slot: slot, lease: l}
 		select {
 		case r.loadSem <- struct{}{}:
-			res.parts, res.extras, res.wm, res.err = r.readSlot(ctx, slot, l)
+			// Bounded: the loop waits for every load before it consumes
+			// again, so a read that hangs (a lock the store never grants,
+			// a request never answered) must become an error, which gives
+			// the slot back to be taken again, rather than a silent stall.
+			lctx, cancel := context.WithTimeout(ctx, slotLoadTimeout)
+			res.parts, res.extras, res.wm, res.err = r.readSlot(lctx, slot, l)
+			cancel()
 			<-r.loadSem
 		case <-ctx.Done():
 			res.err = ctx.Err()
