@@ -83,7 +83,12 @@ func startService(name, path string, env map[string]string, args ...string) (*se
 	for k, v := range env {
 		s.cmd.Env = append(s.cmd.Env, k+"="+v)
 	}
-	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	if f, err := os.Create("/tmp/benchsvc-" + name + ".log"); err == nil {
+		s.cmd.Stdout, s.cmd.Stderr = io.MultiWriter(s.out, f), io.MultiWriter(s.out, f)
+	} else {
+		s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	}
+	s.cmd.Env = append(s.cmd.Env, "GOTRACEBACK=all", "LOG_LEVEL=debug")
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("bench: start %s: %w", name, err)
