@@ -52,7 +52,7 @@ func statusPage(o Options, reg *prometheus.Registry, js jetstream.JetStream, poo
 	for i, d := range defs {
 		ds[i] = d.Def()
 	}
-	page.Collect(feedersvc.PageCollector(f, pool, js, feeder.Config{}, reg))
+	page.Collect(feedersvc.PageCollector(f, pool, feedersvc.Lag(f, pool), js, feeder.Config{}, reg))
 	page.Collect(projectorsvc.PageCollector(page, js, p, ds, 1, "demo", reg))
 	page.Collect(emittersvc.PageCollector(emCfg, []emitter.Database{{Pool: pool}}, em.Stalled, reg))
 	addr := o.OpsAddr

@@ -192,9 +192,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	// The store's head is read at most once a second, however often
-	// /metrics is scraped: the pool is the feeder's.
-	behind := opsserver.Cached(opsserver.DefaultCheckTTL, func(ctx context.Context) (int64, error) { return eventstore.Behind(ctx, pool, f.Cursor()) })
+	behind := Lag(f, pool)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "jetproj_feeder_lag",
 		Help: "Committed events in the store this feeder has not published yet (0 on a standby).", ConstLabels: prometheus.Labels{"feeder": f.Config().Name}},
 		func() float64 {
@@ -231,7 +229,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	page.Collect(PageCollector(f, pool, conn.JS, cfg.Feeder, reg))
+	page.Collect(PageCollector(f, pool, behind, conn.JS, cfg.Feeder, reg))
 	ops.Mount("/", page.Handler())
 	log.Info("feeder starting", "name", f.Config().Name, "stream", f.Config().Stream, "instance", f.Config().Instance)
 	err = ops.Serve(ctx, page.Beside(f.Run))

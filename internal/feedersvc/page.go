@@ -8,14 +8,26 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/internal/opsserver"
 	"github.com/jetproj/jetproj/internal/statuspage"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 )
 
+// Lag counts the committed events f has not published yet
+// (eventstore.Behind after its cursor), at most once a second however
+// often /metrics is scraped and the status page asks: the pool is the
+// feeder's.
+func Lag(f *feeder.Feeder, pool eventstore.Querier) func(context.Context) (int64, error) {
+	return opsserver.Cached(opsserver.DefaultCheckTTL, func(ctx context.Context) (int64, error) {
+		return eventstore.Behind(ctx, pool, f.Cursor())
+	})
+}
+
 // PageCollector publishes a feeder instance's status for the status
-// pages: the active instance also reads the store's head and the report
-// `feeder status` prints.
-func PageCollector(f *feeder.Feeder, pool eventstore.Querier, js jetstream.JetStream, cfg feeder.Config, reg prometheus.Gatherer) statuspage.Collector {
+// pages: the active instance also reads the store's head, its lag (behind:
+// the count jetproj_feeder_lag reports) and the report `feeder status`
+// prints.
+func PageCollector(f *feeder.Feeder, pool eventstore.Querier, behind func(context.Context) (int64, error), js jetstream.JetStream, cfg feeder.Config, reg prometheus.Gatherer) statuspage.Collector {
 	return func(ctx context.Context) (map[string]any, error) {
 		c := f.Config()
 		st := f.Status()
@@ -31,7 +43,7 @@ func PageCollector(f *feeder.Feeder, pool eventstore.Querier, js jetstream.JetSt
 		head, err := eventstore.Head(ctx, pool)
 		if err == nil {
 			snap.StoreHead = head
-			snap.Lag, err = eventstore.Behind(ctx, pool, f.Cursor())
+			snap.Lag, err = behind(ctx)
 		}
 		rep, rerr := feeder.ReadReport(ctx, js, cfg)
 		if rerr == nil {

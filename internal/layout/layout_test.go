@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 )
@@ -31,7 +30,7 @@ func TestReadmeLayoutMatchesTheTree(t *testing.T) {
 	for _, m := range regexp.MustCompile("`((?:pkg|internal|services|test|deploy)/[^`]*)`").FindAllStringSubmatch(section, -1) {
 		named[strings.TrimSuffix(m[1], "/")] = true
 	}
-	var pkgs []string
+	dirs := map[string]bool{}
 	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -44,16 +43,14 @@ func TestReadmeLayoutMatchesTheTree(t *testing.T) {
 		}
 		if strings.HasSuffix(path, ".go") {
 			rel, _ := filepath.Rel(root, filepath.Dir(path))
-			if !slices.Contains(pkgs, rel) {
-				pkgs = append(pkgs, filepath.ToSlash(rel))
-			}
+			dirs[filepath.ToSlash(rel)] = true
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range pkgs {
+	for p := range dirs {
 		if !named[p] {
 			t.Errorf("README.md's Layout does not name %s", p)
 		}
@@ -63,7 +60,7 @@ func TestReadmeLayoutMatchesTheTree(t *testing.T) {
 			t.Errorf("README.md's Layout names %s, which does not exist", p)
 		}
 	}
-	if len(pkgs) < 20 {
-		t.Fatalf("found only %d Go directories: %v", len(pkgs), pkgs)
+	if len(dirs) < 20 {
+		t.Fatalf("found only %d Go directories: %v", len(dirs), dirs)
 	}
 }

@@ -240,7 +240,7 @@ func (p *Projector) prepare(ctx context.Context, reg *Registry, def *projection.
 		replica: p.opts.Replica, ttl: p.opts.LeaseTTL, streamReplicas: p.opts.Replicas, metrics: p.metrics, eventPrefix: aggregatePrefix(d),
 		log:    p.log.With("projection", d.Name()),
 		status: RunnerStatus{Projection: d.Name(), Replica: p.opts.Replica}, unsentLimit: cmp.Or(p.opts.unpublishedLimit, maxUnpublishedTotal),
-		consCheck: p.opts.consumerCheck,
+		consCheck: cmp.Or(p.opts.consumerCheck, consumerCheckEvery),
 	}, nil
 }
 

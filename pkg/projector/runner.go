@@ -1,7 +1,6 @@
 package projector
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -108,7 +107,8 @@ type runner struct {
 	// started); checkConsumer compares it with what the source holds.
 	delivered time.Time
 	// consCheck is how often an idle loop asks the source whether the
-	// consumer holds back messages (consumerCheckEvery; tests lower it).
+	// consumer holds back messages (consumerCheckEvery unless a test
+	// lowers it).
 	consCheck time.Duration
 	// quietRestarts counts consumer restarts by checkConsumer since the
 	// last message.
@@ -197,7 +197,7 @@ func (r *runner) run(ctx context.Context) error {
 
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
-	check := time.NewTicker(cmp.Or(r.consCheck, consumerCheckEvery))
+	check := time.NewTicker(r.consCheck)
 	defer check.Stop()
 	defer r.busy.Stop()
 	for {
@@ -396,7 +396,7 @@ type pendingReporter interface {
 // not checked.
 func (r *runner) checkConsumer(ctx context.Context) {
 	pr, ok := r.cons.sub.(pendingReporter)
-	if !ok || r.spec.Mode == projectionspec.Polling || len(r.cons.msgs) > 0 || time.Since(r.delivered) < cmp.Or(r.consCheck, consumerCheckEvery) {
+	if !ok || r.spec.Mode == projectionspec.Polling || len(r.cons.msgs) > 0 || time.Since(r.delivered) < r.consCheck {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
