@@ -422,6 +422,9 @@ func (b *pgBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 // the transaction ends, so no new owner can fence in between) and writes
 // the records; the caller commits.
 func (b *pgBatch) prepare(ctx context.Context) (map[string]uint64, error) {
+	// No partition rolls back from here on: the queued statements go
+	// without a savepoint.
+	b.lazy.unmark()
 	slots := make([]int32, 0, len(b.tokens))
 	for s := range b.tokens {
 		slots = append(slots, int32(s))

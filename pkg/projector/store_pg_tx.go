@@ -3,7 +3,6 @@ package projector
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -12,20 +11,31 @@ import (
 
 // lazyTx is the transaction of a batch. It saves round trips, which is what
 // live batches of a few events pay for: BEGIN is not sent on its own but
-// with the batch's first statement, and neither is a partition's savepoint
-// (a partition that writes nothing sends none). Statements handlers queue
+// with the batch's first statement. Statements handlers queue
 // (Context.Exec) wait in queue and travel with the next statement sent
 // directly, or with the commit: a batch whose handlers only queue costs
 // one round trip for all of its writes.
+//
+// A partition's savepoint is established only when it is needed: when a
+// statement goes to the server while the partition is being applied. A
+// partition that only queues rolls back by dropping its queued statements,
+// and the commit sends every queued statement without savepoints — a
+// statement refused there fails the whole batch, which the runner then
+// replays partition by partition to find it (commitBatch). Savepoints are
+// not free: each is a subtransaction, and thousands of nested ones make
+// every visibility check of the transaction walk them (PostgreSQL's
+// TransactionIdIsCurrentTransactionId took 60 % of the backend's time in
+// catch-up batches that set one per partition).
 type lazyTx struct {
 	pool *pgxpool.Pool
 	// tx is nil until the first statement.
 	tx pgx.Tx
-	// pending names a savepoint to establish before the next statement.
+	// pending names the savepoint of the partition being applied while it
+	// is not on the server yet.
 	pending string
-	// queue holds statements not sent yet, in order; a savepoint asked for
-	// before a queued statement is queued with it, at spAt (-1: none
-	// there).
+	// queue holds statements not sent yet, in order; while pending is set,
+	// those of the partition being applied start at spAt (-1: it queued
+	// none).
 	queue []queuedStmt
 	spAt  int
 }
@@ -36,15 +46,18 @@ type queuedStmt struct {
 	args []any
 }
 
-// mark asks for a savepoint before the next statement.
+// mark starts a partition: its savepoint is name, established on the server
+// before the next statement sent directly.
 func (t *lazyTx) mark(name string) { t.pending, t.spAt = name, -1 }
+
+// unmark drops the pending savepoint: no partition will roll back any more
+// (the batch is about to commit).
+func (t *lazyTx) unmark() { t.pending, t.spAt = "", -1 }
 
 // Queue adds a statement to send with the next round trip.
 func (t *lazyTx) Queue(sql string, args ...any) {
-	if t.pending != "" {
+	if t.pending != "" && t.spAt < 0 {
 		t.spAt = len(t.queue)
-		t.queue = append(t.queue, queuedStmt{sql: "SAVEPOINT " + t.pending})
-		t.pending = ""
 	}
 	t.queue = append(t.queue, queuedStmt{sql: sql, args: args})
 }
@@ -57,11 +70,11 @@ func (t *lazyTx) queued() bool { return len(t.queue) > 0 }
 func (t *lazyTx) rollback(ctx context.Context, name string) error {
 	switch {
 	case t.pending != "":
-		t.pending = ""
-		return nil
-	case t.spAt >= 0:
-		clear(t.queue[t.spAt:])
-		t.queue, t.spAt = t.queue[:t.spAt], -1
+		if t.spAt >= 0 {
+			clear(t.queue[t.spAt:])
+			t.queue = t.queue[:t.spAt]
+		}
+		t.unmark()
 		return nil
 	case t.tx == nil:
 		return nil
@@ -82,30 +95,41 @@ func (t *lazyTx) flush(ctx context.Context) error {
 	return t.SendBatch(ctx, &pgx.Batch{}).Close()
 }
 
-// prefixed returns b with BEGIN, the pending savepoint and the queued
-// statements first, as needed, the number of those, and whether a BEGIN
-// is among them.
-func (t *lazyTx) prefixed(b *pgx.Batch) (*pgx.Batch, int) {
+// prefixed returns b with BEGIN, the queued statements and the pending
+// savepoint (before the statements of the partition that asked for it)
+// first, as needed, and what each of those prefixed statements is: a
+// queued statement's SQL, or "" for BEGIN and the savepoint.
+func (t *lazyTx) prefixed(b *pgx.Batch) (*pgx.Batch, []string) {
 	if t.tx != nil && t.pending == "" && len(t.queue) == 0 {
-		return b, 0
+		return b, nil
 	}
 	nb := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(b.QueuedQueries)+len(t.queue)+2)}
+	what := make([]string, 0, len(t.queue)+2)
 	if t.tx == nil {
 		nb.BeginTx(pgx.TxOptions{})
+		what = append(what, "")
 	}
-	for _, q := range t.queue {
-		nb.Queue(q.sql, q.args...)
+	at := len(t.queue)
+	if t.spAt >= 0 {
+		at = t.spAt
 	}
-	if t.pending != "" {
-		nb.Queue("SAVEPOINT " + t.pending)
+	for i := 0; i <= len(t.queue); i++ {
+		if i == at && t.pending != "" {
+			nb.Queue("SAVEPOINT " + t.pending)
+			what = append(what, "")
+		}
+		if i < len(t.queue) {
+			nb.Queue(t.queue[i].sql, t.queue[i].args...)
+			what = append(what, t.queue[i].sql)
+		}
 	}
-	n := len(nb.QueuedQueries)
 	nb.QueuedQueries = append(nb.QueuedQueries, b.QueuedQueries...)
-	return nb, n
+	return nb, what
 }
 
 // Commit commits what was written; nothing when nothing was.
 func (t *lazyTx) Commit(ctx context.Context) error {
+	t.unmark()
 	if len(t.queue) > 0 {
 		if err := t.flush(ctx); err != nil {
 			return err
@@ -172,13 +196,13 @@ func (t *lazyTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row 
 }
 
 func (t *lazyTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	queue, begin := t.queue, t.tx == nil
-	nb, n := t.prefixed(b)
-	if n == 0 {
+	begin := t.tx == nil
+	nb, what := t.prefixed(b)
+	if len(what) == 0 {
 		return t.tx.SendBatch(ctx, b)
 	}
 	var br pgx.BatchResults
-	if t.tx == nil {
+	if begin {
 		br = t.pool.SendBatch(ctx, nb)
 		// The transaction is known before the batch is read; if the batch
 		// failed before BEGIN, it is closed and says so.
@@ -188,20 +212,15 @@ func (t *lazyTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	}
 	// Sent: whatever its outcome, nothing waits any more.
 	t.queue, t.spAt, t.pending = nil, -1, ""
-	for i := range n {
+	for i, sql := range what {
 		if _, err := br.Exec(); err != nil {
-			switch q := i; {
-			case begin && q == 0:
+			switch {
+			case begin && i == 0:
 				err = fmt.Errorf("projector: begin: %w", err)
+			case sql == "":
+				err = fmt.Errorf("projector: savepoint: %w", err)
 			default:
-				if begin {
-					q--
-				}
-				if q < len(queue) && !strings.HasPrefix(queue[q].sql, "SAVEPOINT ") {
-					err = &StatementError{SQL: queue[q].sql, Err: err}
-				} else {
-					err = fmt.Errorf("projector: savepoint: %w", err)
-				}
+				err = &StatementError{SQL: sql, Err: err}
 			}
 			return &failedBatch{BatchResults: br, err: err}
 		}

@@ -1,0 +1,93 @@
+package projector
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/jetproj/jetproj/internal/devenv/devtest"
+)
+
+// A batch whose partitions only queue statements commits them without a
+// single savepoint: each would be a subtransaction, and thousands of them
+// nested made PostgreSQL's backend spend most of a catch-up batch walking
+// them. A partition that sends a statement directly still gets its
+// savepoint, before its own statements and after the others', and rolls
+// back to it alone.
+func TestQueuedPartitionsCommitWithoutSavepoints(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, devtest.Postgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, `CREATE TABLE sp (v int)`); err != nil {
+		t.Fatal(err)
+	}
+	savepoints := func(lt *lazyTx) int {
+		nb, _ := lt.prefixed(&pgx.Batch{})
+		n := 0
+		for _, q := range nb.QueuedQueries {
+			if strings.HasPrefix(q.SQL, "SAVEPOINT") {
+				n++
+			}
+		}
+		return n
+	}
+
+	lt := &lazyTx{pool: pool, spAt: -1}
+	defer lt.Rollback(ctx) //nolint:errcheck
+	for i := range 100 {
+		lt.mark("p" + string(rune('a'+i%26)))
+		lt.Queue(`INSERT INTO sp VALUES ($1)`, i)
+	}
+	// Were a statement sent now, the last partition's savepoint would go
+	// before its statement, and only that one.
+	if n := savepoints(lt); n != 1 {
+		t.Fatalf("a direct statement now would send %d savepoints, want 1", n)
+	}
+	nb, _ := lt.prefixed(&pgx.Batch{})
+	if q := nb.QueuedQueries[len(nb.QueuedQueries)-2].SQL; !strings.HasPrefix(q, "SAVEPOINT") {
+		t.Fatalf("the savepoint is not right before the last partition's statement: %q", q)
+	}
+	lt.unmark()
+	if n := savepoints(lt); n != 0 {
+		t.Fatalf("the commit would send %d savepoints, want 0", n)
+	}
+
+	// A partition that queued and then failed drops its statements only.
+	lt.mark("px")
+	lt.Queue(`INSERT INTO sp VALUES ($1)`, 1000)
+	if err := lt.rollback(ctx, "px"); err != nil {
+		t.Fatal(err)
+	}
+	// A partition that reads establishes its savepoint; its rollback
+	// undoes what it sent and what it queued, not the others' writes.
+	lt.mark("py")
+	lt.Queue(`INSERT INTO sp VALUES ($1)`, 2000)
+	var n int
+	if err := lt.QueryRow(ctx, `SELECT count(*) FROM sp`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 101 {
+		t.Fatalf("the read saw %d rows, want 101 (100 partitions and its own)", n)
+	}
+	lt.Queue(`INSERT INTO sp VALUES ($1)`, 2001)
+	if err := lt.rollback(ctx, "py"); err != nil {
+		t.Fatal(err)
+	}
+	if err := lt.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var sum int
+	if err := pool.QueryRow(ctx, `SELECT count(*), coalesce(sum(v), 0) FROM sp`).Scan(&n, &sum); err != nil {
+		t.Fatal(err)
+	}
+	if n != 100 || sum != 99*100/2 {
+		t.Fatalf("committed %d rows summing to %d, want the 100 partitions' rows (sum 4950)", n, sum)
+	}
+}
