@@ -240,7 +240,7 @@ func latencyRun(ctx context.Context, t Target, bins *serviceBinaries, o ClusterO
 		return err
 	}
 	runtime.GC()
-	r := &latencyRunner{b: b, nc: nc, failed: make(chan error, 3), o: o}
+	r := &latencyRunner{b: b, nc: nc, failed: make(chan error, 8), o: o}
 	p, e, metricsURL, err := b.startProjection(ctx, examples.WalletBalanceName)
 	r.metricsURL = metricsURL
 	for _, s := range []*service{p, e} {
@@ -270,13 +270,7 @@ func latencyRun(ctx context.Context, t Target, bins *serviceBinaries, o ClusterO
 			}
 		}()
 	}
-	fail := func(err error) error {
-		var logs []string
-		for _, s := range r.procs {
-			logs = append(logs, fmt.Sprintf("--- %s ---\n%s", s.name, s.out.tail(3000)))
-		}
-		return fmt.Errorf("%w\n%s", err, strings.Join(logs, "\n"))
-	}
+	fail := func(err error) error { return fmt.Errorf("%w\n%s", err, failureLogs(r.procs)) }
 
 	po := PipelineOptions{Rate: 50, Duration: time.Second, Writers: o.Writers, Seed: 0x5a5a, Logger: o.Logger}
 	if _, err := measurePipeline(ctx, b.js, nc, t, po, r.failed); err != nil {

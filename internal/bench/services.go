@@ -83,12 +83,10 @@ func startService(name, path string, env map[string]string, args ...string) (*se
 	for k, v := range env {
 		s.cmd.Env = append(s.cmd.Env, k+"="+v)
 	}
-	if f, err := os.Create("/tmp/benchsvc-" + name + ".log"); err == nil {
-		s.cmd.Stdout, s.cmd.Stderr = io.MultiWriter(s.out, f), io.MultiWriter(s.out, f)
-	} else {
-		s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
-	}
-	s.cmd.Env = append(s.cmd.Env, "GOTRACEBACK=all", "LOG_LEVEL=debug")
+	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	// On a failure the benchmark asks for every goroutine's stack
+	// (failureLogs); it changes nothing else.
+	s.cmd.Env = append(s.cmd.Env, "GOTRACEBACK=all")
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("bench: start %s: %w", name, err)
@@ -131,6 +129,37 @@ func (s *service) opsAddr() string {
 		}
 	}
 	return ""
+}
+
+// failureLogs is what a failed run reports of its services: the last lines
+// each logged, and a directory holding each one's whole output followed by
+// the stacks of all its goroutines — the services still running are ended
+// with SIGQUIT for that (GOTRACEBACK=all), so that a stall shows where each
+// goroutine waited.
+func failureLogs(procs []*service) string {
+	var logs []string
+	for _, s := range procs {
+		logs = append(logs, fmt.Sprintf("--- %s ---\n%s", s.name, s.out.tail(3000)))
+	}
+	dir, err := os.MkdirTemp("", "jetproj-bench-failure-")
+	if err != nil {
+		return strings.Join(logs, "\n")
+	}
+	for _, s := range procs {
+		select {
+		case <-s.done:
+		default:
+			_ = s.cmd.Process.Signal(syscall.SIGQUIT)
+			select {
+			case <-s.done:
+			case <-time.After(5 * time.Second):
+			}
+		}
+		s.out.mu.Lock()
+		_ = os.WriteFile(filepath.Join(dir, s.name+".log"), s.out.b, 0o644)
+		s.out.mu.Unlock()
+	}
+	return strings.Join(logs, "\n") + "\nwhole output of each service, with its goroutines' stacks at the failure: " + dir
 }
 
 // stop ends the process with SIGTERM (SIGKILL after 10 s) and waits for it.

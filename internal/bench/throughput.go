@@ -447,13 +447,7 @@ func (b *throughputBench) pipeline(ctx context.Context, name string) (PipelineRu
 	}
 	defer f.stop()
 	procs := []*service{f, p, e}
-	fail := func(err error) (PipelineRun, error) {
-		var logs []string
-		for _, s := range procs {
-			logs = append(logs, fmt.Sprintf("--- %s ---\n%s", s.name, s.out.tail(3000)))
-		}
-		return run, fmt.Errorf("%w\n%s", err, strings.Join(logs, "\n"))
-	}
+	fail := func(err error) (PipelineRun, error) { return run, fmt.Errorf("%w\n%s", err, failureLogs(procs)) }
 
 	var feederDone time.Duration
 	handled := false
