@@ -8,10 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -152,12 +149,12 @@ func RunEmitterCommand(ctx context.Context, args []string, stdout, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	ns, err := startEmitterNATSProcess(ctx)
+	ns, err := StartNATSProcess(ctx)
 	if err != nil {
 		return err
 	}
-	defer ns.close()
-	res, err := Emitter(ctx, Target{DatabaseURL: dbURL, NATSURL: ns.url}, o)
+	defer ns.Close()
+	res, err := Emitter(ctx, Target{DatabaseURL: dbURL, NATSURL: ns.URL(), NATSProcess: true, NATSPID: ns.PID(), PostgresPID: pg.PID()}, o)
 	if err != nil {
 		return err
 	}
@@ -168,89 +165,6 @@ func RunEmitterCommand(ctx context.Context, args []string, stdout, stderr io.Wri
 		fmt.Fprint(stdout, res.Markdown(strings.Join(append([]string{"go run ./internal/cmd/bench emitter"}, args...), " ")))
 	}
 	return nil
-}
-
-// emitterNATSProcess is a nats-server running as a process of its own,
-// built from the module's nats-server version.
-type emitterNATSProcess struct {
-	dir  string
-	url  string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// startEmitterNATSProcess builds nats-server into a temporary directory
-// and starts it with JetStream on a free loopback port.
-func startEmitterNATSProcess(ctx context.Context) (*emitterNATSProcess, error) {
-	dir, err := os.MkdirTemp("", "jetproj-bench-nats-")
-	if err != nil {
-		return nil, err
-	}
-	p := &emitterNATSProcess{dir: dir, done: make(chan struct{})}
-	bin := filepath.Join(dir, "nats-server")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/nats-io/nats-server/v2")
-	if out, err := build.CombinedOutput(); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("bench: build nats-server: %w\n%s", err, out)
-	}
-	port, err := devenv.FreePort()
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	p.url = "nats://127.0.0.1:" + strconv.Itoa(port)
-	log, err := os.Create(filepath.Join(dir, "nats-server.log"))
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	p.cmd = exec.Command(bin, "-js", "-sd", filepath.Join(dir, "js"), "-a", "127.0.0.1", "-p", strconv.Itoa(port))
-	p.cmd.Stdout, p.cmd.Stderr = log, log
-	if err := p.cmd.Start(); err != nil {
-		log.Close()
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("bench: start nats-server: %w", err)
-	}
-	go func() { _ = p.cmd.Wait(); log.Close(); close(p.done) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		nc, err := nats.Connect(p.url)
-		if err == nil {
-			js, _ := jetstream.New(nc)
-			_, err = js.AccountInfo(ctx)
-			nc.Close()
-			if err == nil {
-				return p, nil
-			}
-		}
-		select {
-		case <-p.done:
-			p.close()
-			return nil, fmt.Errorf("bench: nats-server exited (log in %s)", dir)
-		case <-ctx.Done():
-			p.close()
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			p.close()
-			return nil, fmt.Errorf("bench: nats-server not ready: %w", err)
-		}
-	}
-}
-
-// close stops the server and removes its directory.
-func (p *emitterNATSProcess) close() {
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	}
-	os.RemoveAll(p.dir)
 }
 
 // Emitter runs the emitter benchmark against t: each round fills the
@@ -292,7 +206,7 @@ func Emitter(ctx context.Context, t Target, opts EmitterOptions) (EmitterResult,
 		if err != nil {
 			return res, err
 		}
-		run, err := profiled(o.CPUProfileDir, fmt.Sprintf("raw-%d.pprof", round), func() (Run, error) { return rawEmitterPublish(ctx, t, js, msgs) })
+		run, err := profiled(o.CPUProfileDir, fmt.Sprintf("raw-%d.pprof", round), cpuMeasured(t, func() (Run, error) { return rawEmitterPublish(ctx, t, js, msgs) }))
 		if err != nil {
 			return res, fmt.Errorf("round %d raw publish: %w", round, err)
 		}
@@ -300,7 +214,7 @@ func Emitter(ctx context.Context, t Target, opts EmitterOptions) (EmitterResult,
 		res.Raw = append(res.Raw, run)
 		fmt.Fprintf(o.Progress, "round %d/%d  raw publish  %s\n", round, o.Rounds, runLine(run))
 
-		run, err = profiled(o.CPUProfileDir, fmt.Sprintf("emitter-%d.pprof", round), func() (Run, error) { return emitterDrain(ctx, t, js, pool, o) })
+		run, err = profiled(o.CPUProfileDir, fmt.Sprintf("emitter-%d.pprof", round), cpuMeasured(t, func() (Run, error) { return emitterDrain(ctx, t, js, pool, o) }))
 		if err != nil {
 			return res, fmt.Errorf("round %d emitter: %w", round, err)
 		}

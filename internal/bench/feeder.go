@@ -252,12 +252,16 @@ func runLine(r Run) string {
 		if r.ServerCPU > 0 {
 			line += fmt.Sprintf(", nats-server %.2fs", r.ServerCPU.Seconds())
 		}
+		if r.PostgresCPU > 0 {
+			line += fmt.Sprintf(", postgres %.2fs", r.PostgresCPU.Seconds())
+		}
 	}
 	return line
 }
 
-// cpuMeasured wraps a run so that it records the CPU time this process and
-// the nats-server process (when t has one) used during it.
+// cpuMeasured wraps a run so that it records the CPU time this process, the
+// nats-server process (when t has one) and PostgreSQL's processes (when t
+// knows its postmaster) used during it.
 func cpuMeasured(t Target, fn func() (Run, error)) func() (Run, error) {
 	return func() (Run, error) {
 		c0 := processCPU(os.Getpid())
@@ -265,10 +269,14 @@ func cpuMeasured(t Target, fn func() (Run, error)) func() (Run, error) {
 		if t.NATSPID != 0 {
 			s0 = processCPU(t.NATSPID)
 		}
+		p0 := serverCPU(t.PostgresPID)
 		run, err := fn()
 		run.ClientCPU = processCPU(os.Getpid()) - c0
 		if t.NATSPID != 0 {
 			run.ServerCPU = processCPU(t.NATSPID) - s0
+		}
+		if t.PostgresPID != 0 {
+			run.PostgresCPU = serverCPU(t.PostgresPID) - p0
 		}
 		return run, err
 	}

@@ -92,6 +92,9 @@ type Run struct {
 	// when NATS runs as a process of its own, by the nats-server process;
 	// zero when not measured.
 	ClientCPU, ServerCPU time.Duration
+	// PostgresCPU is the CPU time PostgreSQL's processes used during the
+	// run, when the benchmark started PostgreSQL; zero otherwise.
+	PostgresCPU time.Duration
 }
 
 // Rate is the run's events per second.
