@@ -89,11 +89,7 @@ func setup(t *testing.T) *bundle {
 	ctx := context.Background()
 	b := &bundle{nats: devtest.NATS(t), ver: map[string]int64{}, want: map[string]int64{}}
 	_, b.js = devtest.Connect(t, b.nats)
-	var err error
-	if b.pool, err = pgxpool.New(ctx, devtest.Postgres(t)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.pool.Close)
+	b.pool = devtest.Pool(t)
 	if _, _, err := feeder.EnsureStream(ctx, b.js, feeder.Config{}.Defaults()); err != nil {
 		t.Fatal(err)
 	}

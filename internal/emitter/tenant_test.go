@@ -66,11 +66,7 @@ func TestTenantDatabasesRelayedByOneEmitter(t *testing.T) {
 	devtest.Slow(t)
 	b := setup(t) // b.pool: tenant t1's database
 	ctx := context.Background()
-	other, err := pgxpool.New(ctx, devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(other.Close)
+	other := devtest.Pool(t)
 	pools := map[string]*pgxpool.Pool{"t1": b.pool, "t2": other}
 	tenantOf := func(i int) string { return []string{"t1", "t2"}[i%2] }
 	emit := func() (stop, kill func()) {

@@ -21,11 +21,7 @@ func TestMain(m *testing.M) { devtest.Main(m) }
 func setup(t *testing.T) *pgxpool.Pool {
 	t.Helper()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := devtest.Pool(t)
 	if _, err := eventstore.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
@@ -35,11 +31,7 @@ func setup(t *testing.T) *pgxpool.Pool {
 func TestMigrateIsIdempotentAndConcurrent(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := devtest.Pool(t)
 	var wg sync.WaitGroup
 	applied := make([][]int, 4)
 	errs := make([]error, 4)

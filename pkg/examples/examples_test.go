@@ -42,11 +42,7 @@ func setup(t *testing.T) *bundle {
 	t.Helper()
 	ctx := context.Background()
 	b := &bundle{nats: devtest.NATS(t)}
-	var err error
-	if b.pool, err = pgxpool.New(ctx, devtest.Postgres(t)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.pool.Close)
+	b.pool = devtest.Pool(t)
 	if _, err := eventstore.Migrate(ctx, b.pool); err != nil {
 		t.Fatal(err)
 	}

@@ -120,7 +120,7 @@ func TestQueuedStatementFailureParksOnlyItsPartition(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := devtest.Pool(t)
 	if _, err := pool.Exec(ctx, `CREATE TABLE odd (wallet text PRIMARY KEY, cents bigint NOT NULL CHECK (cents < 1000000), applied int NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}

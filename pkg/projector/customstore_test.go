@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
@@ -73,11 +72,7 @@ func (b *auditedBatch) Commit(ctx context.Context) (map[string]uint64, error) {
 // StateStore suite.
 func TestCustomStoreSuite(t *testing.T) {
 	t.Parallel()
-	pool, err := pgxpool.New(context.Background(), devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := devtest.Pool(t)
 	storetest.Run(t, func(t *testing.T) projector.StateStore {
 		return auditedStore{inner: projector.NewPGStore(pool, uniqueName(t)), commits: new(atomic.Int64)}
 	}, storetest.Options{Transactional: true, TokensFenceCommits: true})
@@ -90,7 +85,7 @@ func TestCustomStoreRunsAProjection(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := devtest.Pool(t)
 	st := auditedStore{inner: projector.NewPGStore(pool, "audited"), commits: new(atomic.Int64)}
 	b.publishWallets(t, 50, 3)
 	b.run(t, "r1", walletBalance("audited", projection.CustomStore(st)))

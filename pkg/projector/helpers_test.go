@@ -3,12 +3,9 @@ package projector_test
 import (
 	"context"
 	"encoding/json"
-	"testing"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
 
@@ -28,15 +25,4 @@ func slotsOf(r *running) []int {
 // `projector init` does.
 func projectorInit(ctx context.Context, b *bundle, d projection.Definer) error {
 	return b.admin().Init(ctx, d)
-}
-
-// newPool is a pool on a database of the test's own, closed at its end.
-func newPool(t *testing.T) *pgxpool.Pool {
-	t.Helper()
-	pool, err := pgxpool.New(context.Background(), devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
 }

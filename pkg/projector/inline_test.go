@@ -111,11 +111,7 @@ func count(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) int {
 func inlinePool(t *testing.T) *pgxpool.Pool {
 	t.Helper()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := devtest.Pool(t)
 	if _, err := eventstore.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}

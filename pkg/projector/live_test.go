@@ -23,7 +23,7 @@ func TestSetLiveDoesNotWaitForTheWatch(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := devtest.Pool(t)
 	p := projection.New[struct{}]("live_switch", projection.FromAggregates("wallet"), projection.Postgres(pool), projection.NotLive())
 	projection.On(p, func(ctx context.Context, c *projection.Context[struct{}], e projection.Event[MoneyWasAddedToWallet]) error {
 		return c.Emit("Seen", map[string]int64{"amount": e.Data.Amount})

@@ -105,7 +105,7 @@ func TestPostgresProjectionExactlyOnceWithReplicas(t *testing.T) {
 	t.Parallel()
 	devtest.Slow(t)
 	b := setup(t)
-	pool := newPool(t)
+	pool := devtest.Pool(t)
 	var inFlight sync.Map
 	var overlaps atomic.Int64
 	def := func() *projection.Projection[struct{}] { return pgBalance(pool, &inFlight, &overlaps) }
@@ -171,7 +171,7 @@ func TestCatchUpBatchesCrossAReplicaKill(t *testing.T) {
 	t.Parallel()
 	devtest.Slow(t)
 	b := setup(t)
-	pool := newPool(t)
+	pool := devtest.Pool(t)
 	var inFlight sync.Map
 	var overlaps atomic.Int64
 	def := func() *projection.Projection[struct{}] {

@@ -74,7 +74,7 @@ func TestStatusOfAnOlderSchema(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	pool := newPool(t)
+	pool := devtest.Pool(t)
 	def := walletBalance("pg_status_v4", projection.Postgres(pool))
 	if err := b.admin().Init(ctx, def); err != nil {
 		t.Fatal(err)

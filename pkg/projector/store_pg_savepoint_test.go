@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 )
@@ -20,11 +19,7 @@ import (
 func TestQueuedPartitionsCommitWithoutSavepoints(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := devtest.Pool(t)
 	if _, err := pool.Exec(ctx, `CREATE TABLE sp (v int)`); err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -18,11 +17,7 @@ import (
 func TestPGBatchTransactionCalls(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := devtest.Pool(t)
 	st := projector.NewPGStore(pool, "calls")
 	if err := st.Init(ctx); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package projector_test
 
 import (
-	"context"
 	"fmt"
 	"regexp"
 	"strings"
@@ -45,11 +44,7 @@ func TestKVStoreSuite(t *testing.T) {
 // and checks the slots' tokens in it.
 func TestPGStoreSuite(t *testing.T) {
 	t.Parallel()
-	pool, err := pgxpool.New(context.Background(), devtest.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := devtest.Pool(t)
 	storetest.Run(t, func(t *testing.T) projector.StateStore {
 		return projector.NewPGStore(pool, uniqueName(t))
 	}, storetest.Options{Transactional: true, TokensFenceCommits: true})
@@ -63,11 +58,7 @@ func TestTenantStoreSuite(t *testing.T) {
 	t.Parallel()
 	pools := map[string]*pgxpool.Pool{}
 	for _, tenant := range []string{"acme", "globex"} {
-		pool, err := pgxpool.New(context.Background(), devtest.Postgres(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(pool.Close)
+		pool := devtest.Pool(t)
 		pools[tenant] = pool
 	}
 	storetest.Run(t, func(t *testing.T) projector.StateStore {

@@ -25,11 +25,7 @@ func TestTenantsNeverSeeEachOthersEvents(t *testing.T) {
 	ctx := context.Background()
 	pools := map[string]*pgxpool.Pool{}
 	for _, tenant := range []string{"acme", "globex"} {
-		pool, err := pgxpool.New(ctx, devtest.Postgres(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(pool.Close)
+		pool := devtest.Pool(t)
 		pools[tenant] = pool
 	}
 	p := projection.New[struct{}]("tenant_balances", projection.FromAggregates("wallet"), projection.PostgresPerTenant(pools),

@@ -30,11 +30,7 @@ func waitSetup(t *testing.T) *waitBundle {
 	t.Helper()
 	ctx := context.Background()
 	b := &waitBundle{bundle: setup(t)}
-	var err error
-	if b.pool, err = pgxpool.New(ctx, devtest.Postgres(t)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.pool.Close)
+	b.pool = devtest.Pool(t)
 	if _, err := eventstore.Migrate(ctx, b.pool); err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
@@ -91,6 +92,18 @@ func Postgres(t testing.TB) string {
 		t.Fatalf("create database: %v", err)
 	}
 	return url
+}
+
+// Pool is a connection pool on a fresh database of this test's own
+// (Postgres), closed when the test ends.
+func Pool(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), Postgres(t))
+	if err != nil {
+		t.Fatalf("postgres pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
 
 // NATS starts an embedded NATS server with JetStream for this test, in its own
