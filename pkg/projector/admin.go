@@ -153,7 +153,7 @@ func (a *Admin) SetLive(ctx context.Context, p projection.Definer, live bool) er
 	}
 	e, err := reg.Update(ctx, d.Name(), func(e *Entry, exists bool) error {
 		if !exists {
-			return fmt.Errorf("projector: no projection %q: run init first", d.Name())
+			return fmt.Errorf("%w: %q: run init first", ErrUnknownProjection, d.Name())
 		}
 		if live && e.NotLive {
 			e.LivePending = true
@@ -173,7 +173,7 @@ func (a *Admin) SetLive(ctx context.Context, p projection.Definer, live bool) er
 	}
 	_, err = reg.Update(ctx, d.Name(), func(e *Entry, exists bool) error {
 		if !exists {
-			return fmt.Errorf("projector: no projection %q: run init first", d.Name())
+			return fmt.Errorf("%w: %q: run init first", ErrUnknownProjection, d.Name())
 		}
 		if e.LivePending {
 			e.ReplayUntil = max(e.ReplayUntil, head)
@@ -247,7 +247,7 @@ type Progress func(format string, args ...any)
 func pause(ctx context.Context, js jetstream.JetStream, reg *Registry, name, reason string, progress Progress) error {
 	if _, err := reg.Update(ctx, name, func(e *Entry, exists bool) error {
 		if !exists {
-			return fmt.Errorf("projector: no projection %q: run init first", name)
+			return fmt.Errorf("%w: %q: run init first", ErrUnknownProjection, name)
 		}
 		if !heldBack(*e) {
 			e.Reason = reason // a hold's reason outlives the operation
@@ -295,7 +295,12 @@ func heldBack(e Entry) bool {
 }
 
 func resume(ctx context.Context, reg *Registry, name string, bump bool) error {
-	_, err := reg.Update(ctx, name, func(e *Entry, _ bool) error {
+	_, err := reg.Update(ctx, name, func(e *Entry, exists bool) error {
+		if !exists {
+			// Resuming creates nothing: init does, with the projection's
+			// schema and hooks.
+			return fmt.Errorf("%w: %q: run init first", ErrUnknownProjection, name)
+		}
 		e.State, e.Reason = StateActive, ""
 		if bump {
 			e.Generation++

@@ -80,7 +80,8 @@ var ErrUnknownTenant = errors.New("projector: unknown tenant")
 // Errors of WaitFor.
 var (
 	// ErrUnknownProjection: the registry has no projection of that name
-	// (never initialised, or a typo).
+	// (never initialised, or a typo). Admin's Resume, SetLive and Reset
+	// return it too, and create nothing.
 	ErrUnknownProjection = errors.New("projector: no such projection")
 	// ErrEventNotFound: the event store holds no event at the position
 	// (never appended, or its transaction rolled back).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,5 +125,32 @@ func TestResetKeepsAManualStartWaiting(t *testing.T) {
 	}
 	if st, err := b.admin().Status(ctx, def); err != nil || st.State != "active" {
 		t.Fatalf("status after start: %+v, %v; want active", st, err)
+	}
+}
+
+// Resuming, switching live or resetting a projection nobody initialised
+// says so and creates nothing: a typo must not leave an active registry
+// entry without the projection's schema behind.
+func TestAdminRefusesAProjectionNeverInitialised(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	def := walletBalance("kv_never_initialised")
+	a := b.admin()
+	for name, op := range map[string]func() error{
+		"Resume":  func() error { return a.Resume(ctx, def) },
+		"SetLive": func() error { return a.SetLive(ctx, def, true) },
+		"Reset":   func() error { return a.Reset(ctx, def) },
+	} {
+		if err := op(); !errors.Is(err, projector.ErrUnknownProjection) || !strings.Contains(err.Error(), "run init first") {
+			t.Errorf("%s: got %v, want ErrUnknownProjection saying to run init first", name, err)
+		}
+	}
+	reg, err := projector.OpenRegistry(ctx, b.js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok, err := reg.Get(ctx, def.Def().Name()); err != nil || ok {
+		t.Fatalf("registry entry after the refused operations: %+v, %v; want none", e, err)
 	}
 }
