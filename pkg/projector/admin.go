@@ -457,10 +457,6 @@ type CommandReply struct {
 	Error string `json:"error,omitempty"`
 }
 
-// ErrNoOwner reports that no running replica owns the partition and the
-// command was carried out directly on the store.
-var ErrNoOwner = errors.New("projector: no replica owns the partition")
-
 // Retry retries a parked partition from its failing event (`projector
 // retry`), once its cause is fixed. partition is the partition's key
 // ("wallet/w-1", projection.GlobalPartition for a global projection).
