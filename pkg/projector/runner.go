@@ -113,6 +113,9 @@ type runner struct {
 	// quietRestarts counts consumer restarts by checkConsumer since the
 	// last message.
 	quietRestarts int
+	// unanswered counts checks in a row that got an error rather than an
+	// answer while the consumer delivered nothing.
+	unanswered int
 	// states are decoded states of partitions a catch-up handled, as
 	// their stored state encodes them (takeState, keepState).
 	states map[*part]any
@@ -379,6 +382,11 @@ const slowLoad = 30 * time.Second
 // has pending.
 var errNoAnswer = errors.New("projector: the consumer did not answer")
 
+// maxUnanswered is how many consumer checks in a row may fail (with an
+// error other than the consumer being gone) before the consumer is
+// restarted anyway.
+const maxUnanswered = 3
+
 // consumerCheckEvery is how often a runner waiting for messages asks the
 // source whether its consumer holds some back.
 const consumerCheckEvery = 10 * time.Second
@@ -426,9 +434,20 @@ func (r *runner) checkConsumer(ctx context.Context) {
 		// Gone from the server, or stuck in the client (nats.go's ordered
 		// consumer retries recreating itself for as long as it takes,
 		// holding its lock; seen after a leader SIGKILL).
-	case err != nil || n == 0:
-		return // passing trouble: the next check asks again
+	case err != nil && r.unanswered+1 < maxUnanswered:
+		// Passing trouble (an election): the next check asks again.
+		r.unanswered++
+		r.log.Debug("consumer check got no answer", "error", err, "in_a_row", r.unanswered)
+		return
+	case err != nil:
+		// Every check for maxUnanswered intervals failed while nothing
+		// came: a consumer whose server side was lost with a node may be
+		// asked about for ever; a new one is cheap.
+	case n == 0:
+		r.unanswered = 0
+		return
 	}
+	r.unanswered = 0
 	// Logged once per episode: while the cluster cannot answer, the check
 	// restarts the consumer every interval.
 	log := r.log.Warn

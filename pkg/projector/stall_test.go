@@ -28,6 +28,9 @@ type silentSource struct {
 	// retries recreating itself.
 	stuck   bool
 	release chan struct{}
+	// erring: the first subscription's Pending fails, as a request about a
+	// consumer lost with a node does, for ever.
+	erring bool
 }
 
 func (s *silentSource) Consume(ctx context.Context, from uint64, deliver func(projection.Message)) (projection.Subscription, error) {
@@ -36,7 +39,7 @@ func (s *silentSource) Consume(ctx context.Context, from uint64, deliver func(pr
 	}
 	// After its first messages the subscription's consumer stops pulling:
 	// the server keeps the others; no error is reported.
-	sub := &silentSub{quiet: make(chan struct{}), stuck: s.stuck, release: s.release}
+	sub := &silentSub{quiet: make(chan struct{}), stuck: s.stuck, release: s.release, erring: s.erring}
 	var n atomic.Int32
 	inner, err := s.JetStreamSource.Consume(ctx, from, func(m projection.Message) {
 		switch k := int(n.Add(1)); {
@@ -64,6 +67,7 @@ type silentSub struct {
 	once    sync.Once
 	stuck   bool
 	release chan struct{}
+	erring  bool
 }
 
 func (s *silentSub) Stop() { s.once.Do(s.Subscription.Stop) }
@@ -72,6 +76,9 @@ func (s *silentSub) Pending(ctx context.Context) (uint64, error) {
 	if s.stuck {
 		<-s.release // ctx or not
 		return 0, ctx.Err()
+	}
+	if s.erring {
+		return 0, nats.ErrTimeout
 	}
 	return s.Subscription.(interface {
 		Pending(context.Context) (uint64, error)
@@ -82,23 +89,35 @@ func (s *silentSub) Pending(ctx context.Context) (uint64, error) {
 // is restarted, and the projection catches up.
 func TestSilentConsumerIsRestarted(t *testing.T) {
 	t.Parallel()
-	testQuietConsumer(t, false)
+	testQuietConsumer(t, quietness{})
 }
 
 // A consumer that delivers nothing and does not answer how many messages it
 // has pending either (stuck in its client) is restarted too.
 func TestStuckConsumerIsRestarted(t *testing.T) {
 	t.Parallel()
-	testQuietConsumer(t, true)
+	testQuietConsumer(t, quietness{stuck: true})
 }
 
-func testQuietConsumer(t *testing.T, stuck bool) {
+// A consumer that delivers nothing and whose every check fails (the server
+// does not answer about it) is restarted after a few checks.
+func TestUnansweredConsumerIsRestarted(t *testing.T) {
+	t.Parallel()
+	testQuietConsumer(t, quietness{erring: true})
+}
+
+// quietness is how the first subscription goes quiet (silentSource).
+type quietness struct{ stuck, erring bool }
+
+// testQuietConsumer runs a projection whose first subscription goes quiet
+// as how says, and checks that it catches up.
+func testQuietConsumer(t *testing.T, how quietness) {
 	b := setup(t)
 	js, err := projector.NewJetStreamSource(context.Background(), b.js, "EVENTS", []string{"events.wallet.*"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := &silentSource{JetStreamSource: js, deliver: 5, stopped: make(chan struct{}), stuck: stuck, release: make(chan struct{})}
+	src := &silentSource{JetStreamSource: js, deliver: 5, stopped: make(chan struct{}), stuck: how.stuck, erring: how.erring, release: make(chan struct{})}
 	t.Cleanup(func() { close(src.release) })
 	def := walletBalance("wallet_balance", projection.FromSource(src))
 	b.publishWallets(t, 20, 1)
