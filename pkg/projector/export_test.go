@@ -22,3 +22,10 @@ func WithConsumerCheck(o Options, d time.Duration) Options {
 	o.consumerCheck = d
 	return o
 }
+
+// WithStuckAfter sets how long a loop may be busy with one step before the
+// projector logs it with the goroutines' stacks (stuckAfter), for tests.
+func WithStuckAfter(o Options, d time.Duration) Options {
+	o.stuckAfter = d
+	return o
+}

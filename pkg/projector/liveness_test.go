@@ -3,14 +3,18 @@ package projector_test
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/projection"
+	"github.com/jetproj/jetproj/pkg/projector"
 )
 
 // A step the loop takes between batches — here a partition command whose
@@ -65,4 +69,90 @@ func TestBusySinceSeesAStepBetweenBatches(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A loop busy with one step for long is logged, once, with the stacks of
+// the goroutines — the step's among them — and again when it moves on.
+func TestStuckLoopIsLoggedWithItsStacks(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	entered, release := make(chan struct{}), make(chan struct{})
+	def := walletBalance("kv_stuck", projection.OnResetPartition(func(ctx context.Context, _ pgx.Tx, _ string) error {
+		close(entered)
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}))
+	b.publishWallets(t, 3, 1)
+	logs := &lockedLog{}
+	nc, err := nats.Connect(b.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := projector.WithStuckAfter(projector.Options{Replica: "r1", LeaseTTL: 2 * time.Second,
+		Logger: slog.New(slog.NewJSONHandler(logs, nil))}, 300*time.Millisecond)
+	p, err := projector.New(nc, opts, def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	r := &running{p: p, nc: nc, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- p.Run(rctx) }()
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(func() { unblock(); r.stop(t) })
+	b.waitFold(t, "kv_stuck", 30*time.Second)
+	done := make(chan error, 1)
+	go func() { done <- b.admin().RebuildPartition(ctx, def, "wallet/w1") }()
+	select {
+	case <-entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the partition command never reached its hook")
+	}
+	devtest.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(logs.String(), "projection loop busy with one step for long") {
+			return errors.New("no stuck-loop warning yet")
+		}
+		return nil
+	})
+	out := logs.String()
+	// The hanging hook is this test's closure: its goroutine is in the stacks.
+	if !strings.Contains(out, "TestStuckLoopIsLoggedWithItsStacks.func1(") {
+		t.Errorf("the warning lacks the stuck step's stack:\n%.2000s", out)
+	}
+	unblock()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	devtest.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(logs.String(), "projection loop moving again") {
+			return errors.New("no moving-again line yet")
+		}
+		return nil
+	})
+	if n := strings.Count(logs.String(), "projection loop busy with one step for long"); n != 1 {
+		t.Errorf("stuck-loop warnings: %d, want one per episode", n)
+	}
+}
+
+// lockedLog is a log sink goroutines share.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

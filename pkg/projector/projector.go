@@ -47,6 +47,8 @@ type Options struct {
 	// staleRegistry leaves the registry unwatched, so the local copy
 	// keeps what the replica read at start (tests).
 	staleRegistry bool
+	// stuckAfter overrides stuckAfter (tests).
+	stuckAfter time.Duration
 }
 
 // RetryPolicy is how failing partitions are retried: MaxAttempts before
@@ -171,6 +173,9 @@ func (p *Projector) run(ctx context.Context) error {
 		}
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	wdctx, stopWatchdog := context.WithCancel(gctx)
+	defer stopWatchdog()
+	go p.watchLoops(wdctx, cmp.Or(p.opts.stuckAfter, stuckAfter))
 	for _, d := range p.defs {
 		// Initialising and opening what a projection needs talks to
 		// JetStream many times; passing trouble (an election, a node
