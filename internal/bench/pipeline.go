@@ -221,12 +221,17 @@ type derivedMark struct {
 	at     time.Time
 }
 
-func measurePipeline(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, t Target, o PipelineOptions, failed <-chan error) (PipelineRound, error) {
-	var (
-		mu      sync.Mutex
-		events  = map[int64]time.Time{}
-		derived = map[string][]derivedMark{}
-	)
+// derivedLog is what a core subscriber to wallet_balance's derived events
+// received: for each wallet, the source position each event answers and
+// when it came.
+type derivedLog struct {
+	mu       sync.Mutex
+	byWallet map[string][]derivedMark
+}
+
+// subscribeDerived starts recording wallet_balance's derived events.
+func subscribeDerived(nc *nats.Conn) (*derivedLog, *nats.Subscription, error) {
+	l := &derivedLog{byWallet: map[string][]derivedMark{}}
 	sub, err := nc.Subscribe(contract.ProjectionSubjects(examples.WalletBalanceName), func(m *nats.Msg) {
 		now := time.Now()
 		pos, err := strconv.ParseInt(m.Header.Get(contract.HeaderSourcePosition), 10, 64)
@@ -234,10 +239,32 @@ func measurePipeline(ctx context.Context, js jetstream.JetStream, nc *nats.Conn,
 			return
 		}
 		wallet := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
-		mu.Lock()
-		derived[wallet] = append(derived[wallet], derivedMark{source: pos, at: now})
-		mu.Unlock()
+		l.mu.Lock()
+		l.byWallet[wallet] = append(l.byWallet[wallet], derivedMark{source: pos, at: now})
+		l.mu.Unlock()
 	})
+	return l, sub, err
+}
+
+// covering is when the first derived event of wallet that answers position
+// pos or a later one came; false while none has.
+func (l *derivedLog) covering(wallet string, pos int64) (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, d := range l.byWallet[wallet] {
+		if d.source >= pos {
+			return d.at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+func measurePipeline(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, t Target, o PipelineOptions, failed <-chan error) (PipelineRound, error) {
+	var (
+		mu     sync.Mutex
+		events = map[int64]time.Time{}
+	)
+	derived, sub, err := subscribeDerived(nc)
 	if err != nil {
 		return PipelineRound{}, err
 	}
@@ -310,12 +337,8 @@ func measurePipeline(ctx context.Context, js jetstream.JetStream, nc *nats.Conn,
 		if !ok {
 			return
 		}
-		for _, d := range derived[walletOf[pos]] {
-			if d.source >= pos {
-				return eventAt, d.at, true
-			}
-		}
-		return eventAt, time.Time{}, false
+		derivedAt, ok = derived.covering(walletOf[pos], pos)
+		return eventAt, derivedAt, ok
 	}
 	deadline := time.Now().Add(deliveryTimeout)
 	tick := time.NewTicker(5 * time.Millisecond)

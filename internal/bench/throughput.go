@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -743,43 +742,20 @@ func loadWalletEvents(ctx context.Context, pool *pgxpool.Pool, n, wallets int, s
 	versions := make([]int64, wallets)
 	balances := make([]int64, wallets)
 	next := 0 // wallets opened so far
-	columns := []string{"aggregate_type", "aggregate_id", "version", "event_type", "payload", "metadata"}
-	for done := 0; done < n; {
-		chunk := min(loadChunk, n-done)
-		i := 0
-		src := pgx.CopyFromFunc(func() ([]any, error) {
-			if i == chunk {
-				return nil, nil
-			}
-			i++
-			// Wallets open in order, every other event until all are
-			// open; the other events go to an open wallet at random.
-			var a int
-			if next < wallets && (next == 0 || d.rng.IntN(2) == 0) {
-				a = next
-				next++
-			} else {
-				a = d.rng.IntN(next)
-			}
-			versions[a]++
-			typ, payload := d.walletEvent(versions[a], &balances[a])
-			return []any{aggregateWallet, ids[a], versions[a], typ, payload, d.metadata()}, nil
-		})
-		copied, err := pool.CopyFrom(ctx, pgx.Identifier{"eventstore", "events"}, columns, src)
-		if err != nil {
-			return 0, fmt.Errorf("bench: copy events: %w", err)
+	return copyEvents(ctx, pool, n, func() []any {
+		// Wallets open in order, every other event until all are open;
+		// the other events go to an open wallet at random.
+		var a int
+		if next < wallets && (next == 0 || d.rng.IntN(2) == 0) {
+			a = next
+			next++
+		} else {
+			a = d.rng.IntN(next)
 		}
-		if copied != int64(chunk) {
-			return 0, fmt.Errorf("bench: copied %d events, want %d", copied, chunk)
-		}
-		done += chunk
-	}
-	for _, stmt := range []string{"VACUUM (ANALYZE) eventstore.events", "CHECKPOINT"} {
-		if _, err := pool.Exec(ctx, stmt); err != nil {
-			return 0, fmt.Errorf("bench: %s: %w", stmt, err)
-		}
-	}
-	return eventstore.Head(ctx, pool)
+		versions[a]++
+		typ, payload := d.walletEvent(versions[a], &balances[a])
+		return []any{aggregateWallet, ids[a], versions[a], typ, payload, d.metadata()}
+	})
 }
 
 // walletEvent returns the type and JSON payload (about 200 bytes) of a

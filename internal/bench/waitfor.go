@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -18,7 +17,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/emitter"
-	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/examples"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -147,21 +145,7 @@ func measureWaitFor(ctx context.Context, nc *nats.Conn, pool interface {
 	eventstore.Executor
 	eventstore.Querier
 }, w *projector.Waiter, o WaitForOptions) (WaitForRound, error) {
-	var (
-		mu      sync.Mutex
-		derived = map[string][]derivedMark{}
-	)
-	sub, err := nc.Subscribe(contract.ProjectionSubjects(examples.WalletBalanceName), func(m *nats.Msg) {
-		now := time.Now()
-		pos, err := strconv.ParseInt(m.Header.Get(contract.HeaderSourcePosition), 10, 64)
-		if err != nil {
-			return
-		}
-		wallet := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
-		mu.Lock()
-		derived[wallet] = append(derived[wallet], derivedMark{source: pos, at: now})
-		mu.Unlock()
-	})
+	derived, sub, err := subscribeDerived(nc)
 	if err != nil {
 		return WaitForRound{}, err
 	}
@@ -234,26 +218,17 @@ func measureWaitFor(ctx context.Context, nc *nats.Conn, pool interface {
 		return WaitForRound{}, err
 	}
 	// The derived event covering each append.
-	derivedAt := func(r waited) (time.Time, bool) {
-		for _, d := range derived[r.wallet] {
-			if d.source >= r.pos {
-				return d.at, true
-			}
-		}
-		return time.Time{}, false
-	}
+	derivedAt := func(r waited) (time.Time, bool) { return derived.covering(r.wallet, r.pos) }
 	deadline := time.Now().Add(deliveryTimeout)
 	poll := time.NewTicker(5 * time.Millisecond)
 	defer poll.Stop()
 	for {
-		mu.Lock()
 		missing := 0
 		for _, r := range results {
 			if _, ok := derivedAt(r); !ok {
 				missing++
 			}
 		}
-		mu.Unlock()
 		if missing == 0 {
 			break
 		}
@@ -266,8 +241,6 @@ func measureWaitFor(ctx context.Context, nc *nats.Conn, pool interface {
 		case <-poll.C:
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	toWait := make([]time.Duration, len(results))
 	toDerived := make([]time.Duration, len(results))
 	for i, r := range results {
