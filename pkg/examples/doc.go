@@ -6,7 +6,8 @@
 //     wallet_balance(wallet_id, owner, balance); each batch emits one
 //     WalletBalanceWasChanged per wallet.
 //   - wallet_balance_kv: the same balances as documents in a KV bucket, with
-//     no SQL at all.
+//     no SQL at all, and the same WalletBalanceWasChanged per wallet per
+//     batch, carried in each wallet's record and published by the projector.
 //   - ticket_details: partitioned per ticket, a table ticket_details(ticket_id,
 //     type, status).
 //   - ticket_counts: global, a one-row table ticket_counts(open, closed)

@@ -79,7 +79,16 @@ func ExampleWalletBalanceKV() {
 		projectiontest.Event("MoneyWasAddedToWallet", examples.MoneyWasAddedToWallet{Amount: 2500}),
 		projectiontest.Event("MoneyWasWithdrawnFromWallet", examples.MoneyWasWithdrawnFromWallet{Amount: 400}))
 	fmt.Printf("%+v %v\n", *w.State, err)
-	// Output: {Owner:ann Balance:2100} <nil>
+	// The end of a batch: one derived event, with the balance it ends on.
+	if err := w.Flush(context.Background()); err != nil {
+		fmt.Println(err)
+	}
+	for _, e := range w.Emitted {
+		fmt.Println(e.Type, string(e.Payload))
+	}
+	// Output:
+	// {Owner:ann Balance:2100} <nil>
+	// WalletBalanceWasChanged {"walletId":"w-1","balance":2100}
 }
 
 // A pipeline stage reads another projection's derived events — here

@@ -82,9 +82,11 @@ type WalletDoc struct {
 
 // WalletBalanceKV is wallet_balance without SQL: the read model is the
 // partitions' state itself, one JSON document per wallet in the KV bucket
-// jetproj_state_wallet_balance_kv (read it with ReadWalletDocs, or
-// projector.StoreFor(…).Get). It is the cheapest projection there is, which
-// makes it the benchmarks' yardstick.
+// jetproj_state_wallet_balance_kv (read it with projector.StoreFor(…).Get).
+// Like wallet_balance it emits one WalletBalanceWasChanged per wallet per
+// batch; a KV-state projection's derived events ride in the wallet's record,
+// written with its state, and the projector publishes them to
+// project.wallet_balance_kv.> itself — no outbox, no emitter.
 func WalletBalanceKV() *projection.Projection[WalletDoc] {
 	p := projection.New[WalletDoc](WalletBalanceKVName, projection.FromAggregates("wallet"))
 	projection.On(p, func(_ context.Context, c *projection.Context[WalletDoc], e projection.Event[WalletOpened]) error {
@@ -98,6 +100,9 @@ func WalletBalanceKV() *projection.Projection[WalletDoc] {
 	projection.On(p, func(_ context.Context, c *projection.Context[WalletDoc], e projection.Event[MoneyWasWithdrawnFromWallet]) error {
 		c.State.Balance -= e.Data.Amount
 		return nil
+	})
+	projection.OnFlush(p, func(_ context.Context, c *projection.Context[WalletDoc]) error {
+		return c.Emit(TypeWalletBalanceWasChanged, WalletBalanceWasChanged{WalletID: idOf(c.Partition()), Balance: c.State.Balance})
 	})
 	return p
 }
