@@ -406,6 +406,7 @@ func (r *latencyRunner) kills(ctx context.Context, cl *NATSCluster, res *Cluster
 	}
 	res.Appended = appended
 	stopped := time.Now()
+	r.b.fold = nil // folded afresh
 	if err := r.b.refold(ctx); err != nil {
 		return err
 	}
