@@ -108,6 +108,7 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 			parts = append(parts, p)
 		}
 	}
+	r.seedMarks(parts)
 	type pend struct {
 		p    *part
 		subj string
@@ -197,6 +198,7 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 	for _, p := range parts {
 		if refused[p] != nil {
 			r.marks.Drop(targets[p]...)
+			r.markUnsure(p)
 			h := r.holds[p]
 			if h == nil {
 				h = &derived.Backoff{}
@@ -207,6 +209,7 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 			continue
 		}
 		delete(r.holds, p)
+		delete(r.unsure, p)
 		p.x.outbox = nil
 		if p.x.empty() {
 			p.x = nil
@@ -219,6 +222,36 @@ func (r *runner) sendUnsent(ctx context.Context) error {
 		return fmt.Errorf("projector: derived events of %d partition(s) not published yet (first %s): %w", len(refused), first.key(), refused[first])
 	}
 	return nil
+}
+
+// markUnsure remembers that p's subject may hold events this runner did not
+// see acknowledged.
+func (r *runner) markUnsure(p *part) {
+	if r.unsure == nil {
+		r.unsure = map[*part]bool{}
+	}
+	r.unsure[p] = true
+}
+
+// seedMarks tells the tracker the last event on the own subject of each of
+// parts that is not unsure: the one before its first unpublished event.
+// Such a partition's earlier events were all acknowledged (its record held
+// none unpublished when this runner loaded it, and this runner, the slot's
+// only publisher since, saw each acknowledged), so its subject holds none
+// of those to come; reading the subject's last message from the stream —
+// a request per partition, 20,000 of them for as many wallets after a
+// start — would tell nothing more.
+func (r *runner) seedMarks(parts []*part) {
+	for _, p := range parts {
+		if r.unsure[p] || len(p.x.outbox) == 0 {
+			continue
+		}
+		subj := EmitSubject(r.def.Name(), p.key())
+		if !r.marks.Known(subj) {
+			first := p.x.outbox[0]
+			r.marks.Set(subj, derived.Mark{Gen: first.Generation, Seq: first.Seq - 1})
+		}
+	}
 }
 
 // derivedEvent is a stored derived event of p, ready to publish.

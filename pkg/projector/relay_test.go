@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -758,4 +759,102 @@ func TestUnpublishedTotalIsBounded(t *testing.T) {
 	})
 	b.waitFold(t, name, 30*time.Second)
 	b.waitDerived(t, name)
+}
+
+// A projector publishing the derived events of partitions whose records it
+// loaded without unpublished events, or created, asks the stream nothing
+// about their subjects: it knows what they hold. Only a partition loaded
+// with events in its record (a previous owner may have published some) has
+// its subject's last message read — here w0, which the projector then
+// publishes once, after the one the stream held.
+func TestKVStateEmissionReadsOnlyUnsureSubjects(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const name = "kv_seed"
+	def := emittingWallets(name, projection.BatchSize(25))
+	if err := b.admin().Init(ctx, def); err != nil {
+		t.Fatal(err)
+	}
+	// w0's record as a projector that died after publishing the first of
+	// its two events left it.
+	b.publishWallets(t, 1, 0)
+	store := projector.NewKVStore(b.js, "jetproj_state_"+name, 1)
+	if err := store.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pending := []projector.Pending{
+		{Seq: 1, Type: "WalletBalanceWasChanged", Payload: json.RawMessage(`{"cents":0,"count":1}`), SourceSeq: 1},
+		{Seq: 2, Type: "WalletBalanceWasChanged", Payload: json.RawMessage(`{"cents":0,"count":1}`), SourceSeq: 1},
+	}
+	batch, err := store.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch.Put(projector.SlotOf("wallet/w0", 64), 0, projector.Record{Key: "wallet/w0", Seq: 1, State: json.RawMessage(`{"owner":"o0","cents":0,"count":1}`), Emitted: 2, Outbox: pending})
+	for s := range 64 {
+		batch.Watermark(s, 0, 1)
+	}
+	if _, err := batch.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	subj0 := projector.EmitSubject(name, "wallet/w0")
+	first := derived.Event{Projection: name, Partition: "wallet/w0", Subject: subj0, MsgID: name + ":0:wallet/w0:1", Seq: 1,
+		Type: "WalletBalanceWasChanged", Payload: pending[0].Payload}
+	if _, err := b.js.PublishMsg(ctx, first.Msg(subj0)); err != nil {
+		t.Fatal(err)
+	}
+	// Every read of a message of the projection's stream, by whatever API.
+	var mu sync.Mutex
+	var reads []string
+	for _, api := range []string{"$JS.API.DIRECT.GET." + contract.ProjectionStream(name) + ".>", "$JS.API.DIRECT.GET." + contract.ProjectionStream(name),
+		"$JS.API.STREAM.MSG.GET." + contract.ProjectionStream(name)} {
+		sub, err := b.nc.Subscribe(api, func(m *nats.Msg) {
+			mu.Lock()
+			reads = append(reads, m.Subject+" "+string(m.Data))
+			mu.Unlock()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sub.Unsubscribe() })
+	}
+	if err := b.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// 100 more wallets, 3 events each, handled in batches of 25.
+	for i := 1; i <= 100; i++ {
+		b.publish(t, fmt.Sprintf("w%d", i), "WalletOpened", fmt.Sprintf(`{"owner":"o%d"}`, i))
+	}
+	for range 2 {
+		for i := 1; i <= 100; i++ {
+			b.publish(t, fmt.Sprintf("w%d", i), "MoneyWasAddedToWallet", `{"amount":1}`)
+		}
+	}
+	b.run(t, "r1", def)
+	devtest.Eventually(t, 30*time.Second, func() error {
+		own := checkOnceInOrder(t, b.streamEvents(t, contract.ProjectionStream(name)))
+		if len(own) != 101 || own[subj0].mark.Seq != 2 {
+			return fmt.Errorf("own stream: %d subjects, w0 at %+v", len(own), own[subj0].mark)
+		}
+		for i := 1; i <= 100; i++ {
+			if e := own[projector.EmitSubject(name, fmt.Sprintf("wallet/w%d", i))]; e.body.Count != 3 {
+				return fmt.Errorf("w%d's last derived event: %+v", i, e.body)
+			}
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	// streamEvents reads by sequence (not by subject); the projector's reads
+	// are by subject: only w0's.
+	var bySubject []string
+	for _, r := range reads {
+		if strings.Contains(r, "last_by_subj") || strings.Contains(r, "."+contract.ProjectionStream(name)+".") {
+			bySubject = append(bySubject, r)
+		}
+	}
+	if len(bySubject) != 1 || !strings.Contains(bySubject[0], "w0") {
+		t.Fatalf("reads of a subject's last message: %q; want one, w0's", bySubject)
+	}
 }

@@ -239,6 +239,9 @@ func (r *runner) installSlot(ctx context.Context, res loaded) {
 		return
 	}
 	for _, p := range res.extras {
+		if p.x != nil && len(p.x.outbox) > 0 {
+			r.markUnsure(p)
+		}
 		if f := p.failure(); f != nil && p.parked() == nil && r.def.Kind() == projectionspec.Global && (r.restartAt == 0 || p.seq+1 < r.restartAt) {
 			r.restartAt = p.seq + 1
 			f.retrying = true
@@ -279,6 +282,11 @@ func (r *runner) dropSlot(slot int) {
 		return
 	}
 	delete(r.slots, slot)
+	for p := range r.unsure {
+		if int(p.slot) == slot {
+			delete(r.unsure, p)
+		}
+	}
 	r.metrics.slots.WithLabelValues(r.def.Name()).Set(float64(len(r.slots)))
 	r.log.Info("slot dropped", "slot", slot)
 }
