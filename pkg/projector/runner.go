@@ -82,16 +82,16 @@ type runner struct {
 	batch       []projection.Message // reused between batches
 	// Derived events of KV-state partitions written but not yet published
 	// (relay.go), and what the streams hold.
-	unsent         []*part
-	holds          map[*part]*derived.Backoff // unsent partitions JetStream refused, paused
-	marks          *derived.Tracker
+	unsent []*part
+	holds  map[*part]*derived.Backoff // unsent partitions JetStream refused, paused
+	marks  *derived.Tracker
 	// unsure are the partitions whose own subject may hold derived events
 	// this runner did not see acknowledged: loaded with events in their
 	// record (a previous owner may have published some), or refused (a
 	// refused publish may have landed). Their subject's last event is read
 	// from the stream; every other partition's is known without a read
 	// (seedMarks).
-	unsure map[*part]bool
+	unsure         map[*part]bool
 	streamReplicas int
 	busy           opsserver.Busy // a step of the loop in progress (see liveness.go)
 	// eager sends each partition's queued statements after it (looking for
