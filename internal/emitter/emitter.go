@@ -547,7 +547,11 @@ func (e *relayer) read(ctx context.Context, del, skip []int64, skipSubj []string
 	if skipSubj == nil {
 		skipSubj = []string{}
 	}
-	rows, err := e.pool.Query(ctx, `WITH relayed AS (DELETE FROM jetproj.outbox WHERE id = ANY($2))
+	// The ids to delete are joined (IN a subquery), not matched with
+	// id = ANY($2): planned as a scan with that filter, each row would be
+	// compared with every id of the page, one by one — 5,000 comparisons
+	// a row, 75 % of the backend's time when it happened.
+	rows, err := e.pool.Query(ctx, `WITH relayed AS (DELETE FROM jetproj.outbox WHERE id IN (SELECT unnest($2::bigint[])))
 SELECT id, projection, partition, subject, generation, emit_seq, event_type, payload::text,
        link_to, source_seq, source_position, traceparent, links, link_only, metadata, causation_id FROM jetproj.outbox
  WHERE id NOT IN (SELECT unnest($2::bigint[])) AND id NOT IN (SELECT unnest($3::bigint[]))
