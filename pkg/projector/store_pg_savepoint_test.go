@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -84,5 +85,70 @@ func TestQueuedPartitionsCommitWithoutSavepoints(t *testing.T) {
 	}
 	if n != 100 || sum != 99*100/2 {
 		t.Fatalf("committed %d rows summing to %d, want the 100 partitions' rows (sum 4950)", n, sum)
+	}
+}
+
+// Partitions that each send a statement directly each establish their
+// savepoint; the next partition releases the previous one, so savepoints
+// never nest (thousands of nested ones make every visibility check walk
+// them), and each partition still rolls back alone.
+func TestEstablishedSavepointsDoNotNest(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := devtest.Pool(t)
+	if _, err := pool.Exec(ctx, `CREATE TABLE spn (v int)`); err != nil {
+		t.Fatal(err)
+	}
+	lt := &lazyTx{pool: pool, spAt: -1}
+	defer lt.Rollback(ctx) //nolint:errcheck
+	for i := range 50 {
+		name := fmt.Sprintf("p%d", i)
+		lt.mark(name)
+		var n int
+		if err := lt.QueryRow(ctx, `SELECT count(*) FROM spn`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		lt.Queue(`INSERT INTO spn VALUES ($1)`, i)
+		if i == 30 {
+			// Partition 30 fails after its read: only its insert goes.
+			if err := lt.rollback(ctx, name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := lt.flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var rows, total int
+	if err := lt.QueryRow(ctx, `SELECT count(*), coalesce(sum(v), 0) FROM spn`).Scan(&rows, &total); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 49 || total != 49*50/2-30 {
+		t.Fatalf("the transaction holds %d rows summing to %d, want every partition's but 30's", rows, total)
+	}
+	// p48 was released when p49 began: it no longer exists.
+	if _, err := lt.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT p48"); err == nil {
+		t.Fatal("savepoint p48 still exists: savepoints nest")
+	}
+	lt2 := &lazyTx{pool: pool, spAt: -1}
+	defer lt2.Rollback(ctx) //nolint:errcheck
+	for i := range 3 {
+		lt2.mark(fmt.Sprintf("q%d", i))
+		if _, err := lt2.Exec(ctx, `INSERT INTO spn VALUES ($1)`, 100+i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := lt2.rollback(ctx, "q2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := lt2.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var n, sum int
+	if err := pool.QueryRow(ctx, `SELECT count(*), coalesce(sum(v), 0) FROM spn`).Scan(&n, &sum); err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 || sum != 201 {
+		t.Fatalf("committed %d rows summing to %d, want q0 and q1's (100, 101)", n, sum)
 	}
 }

@@ -33,6 +33,10 @@ type lazyTx struct {
 	// pending names the savepoint of the partition being applied while it
 	// is not on the server yet.
 	pending string
+	// onServer names the savepoint established on the server and not
+	// released yet; the next partition releases it (mark), so that
+	// savepoints never nest deeper than one.
+	onServer string
 	// queue holds statements not sent yet, in order; while pending is set,
 	// those of the partition being applied start at spAt (-1: it queued
 	// none).
@@ -48,7 +52,15 @@ type queuedStmt struct {
 
 // mark starts a partition: its savepoint is name, established on the server
 // before the next statement sent directly.
-func (t *lazyTx) mark(name string) { t.pending, t.spAt = name, -1 }
+func (t *lazyTx) mark(name string) {
+	if t.onServer != "" {
+		// The previous partition is through: its savepoint goes, with the
+		// next round trip, before this partition's statements.
+		t.queue = append(t.queue, queuedStmt{sql: "RELEASE SAVEPOINT " + t.onServer})
+		t.onServer = ""
+	}
+	t.pending, t.spAt = name, -1
+}
 
 // unmark drops the pending savepoint: no partition will roll back any more
 // (the batch is about to commit).
@@ -144,7 +156,7 @@ func (t *lazyTx) Commit(ctx context.Context) error {
 // Rollback abandons the transaction, if it began.
 func (t *lazyTx) Rollback(ctx context.Context) error {
 	clear(t.queue)
-	t.queue, t.spAt, t.pending = t.queue[:0], -1, ""
+	t.queue, t.spAt, t.pending, t.onServer = t.queue[:0], -1, "", ""
 	if t.tx == nil {
 		return nil
 	}
@@ -211,6 +223,9 @@ func (t *lazyTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 		br = t.tx.SendBatch(ctx, nb)
 	}
 	// Sent: whatever its outcome, nothing waits any more.
+	if t.pending != "" {
+		t.onServer = t.pending
+	}
 	t.queue, t.spAt, t.pending = nil, -1, ""
 	for i, sql := range what {
 		if _, err := br.Exec(); err != nil {
