@@ -86,8 +86,8 @@ type ProjectorOptions struct {
 	// (publish-<round>.pprof, catchup-<round>.pprof, read-<round>.pprof,
 	// rebuild-<round>.pprof, replicas-<kind>-<n>.pprof) and a heap profile
 	// of each memory child after its GC (memory-default.pprof,
-	// memory-gomemlimit.pprof). The embedded NATS server runs in this
-	// process, so the CPU profiles include its work.
+	// memory-gomemlimit.pprof). An embedded NATS server (-embedded) runs
+	// in this process, and the CPU profiles then include its work.
 	CPUProfileDir string
 	// Progress receives a line per step and run (nil: discarded).
 	Progress io.Writer
@@ -194,6 +194,8 @@ type ProjectorResult struct {
 	Events     int
 	Aggregates int
 	NATSNoSync bool
+	// Servers describes the servers the benchmark ran against.
+	Servers string
 	// Publish and CatchUp hold each round's raw async publish and projector
 	// catch-up runs, in order.
 	Publish []Run
@@ -313,7 +315,7 @@ func Projector(ctx context.Context, t Target, opts ProjectorOptions) (ProjectorR
 	if err := o.validate(); err != nil {
 		return ProjectorResult{}, err
 	}
-	res := ProjectorResult{Date: time.Now(), Events: o.Events, Aggregates: o.Aggregates, NATSNoSync: t.NATSNoSync,
+	res := ProjectorResult{Date: time.Now(), Events: o.Events, Aggregates: o.Aggregates, NATSNoSync: t.NATSNoSync, Servers: t.Describe(),
 		RebuildBatch: o.RebuildBatch, HandlerDelay: o.HandlerDelay, ScaleEvents: o.ScaleAggregates * o.ScaleEvents}
 	out := o.Progress
 
@@ -507,7 +509,7 @@ func (r ProjectorResult) Summary() string {
 			m.setting()+":", mb(m.RSS), mb(m.Peak), mb(m.HeapInuse), mb(GoalProjectorRSS), verdict(m.Peak <= GoalProjectorRSS),
 			mb(m.LiveHeap), mb(m.RSSAfterGC))
 	}
-	fmt.Fprintf(&b, "  NATS embedded, NoSync=%t; GOMAXPROCS %d\n", r.NATSNoSync, runtime.GOMAXPROCS(0))
+	fmt.Fprintf(&b, "  %s; GOMAXPROCS %d\n", strings.TrimSuffix(r.Servers, "; PostgreSQL throwaway, fsync off"), runtime.GOMAXPROCS(0))
 	return b.String()
 }
 
@@ -558,6 +560,17 @@ func (r ProjectorResult) Markdown(command string) string {
 		}
 	}
 	return b.String()
+}
+
+// StartNATSProcessServer starts only a nats-server process (default
+// settings, its own directory), for benchmarks that need no PostgreSQL.
+// Close stops it and removes its directory.
+func StartNATSProcessServer(ctx context.Context) (*Servers, error) {
+	n, err := StartNATSProcess(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &Servers{NATSProc: n, target: Target{NATSURL: n.URL(), NATSProcess: true, NATSPID: n.PID()}}, nil
 }
 
 // StartNATSServer starts only an embedded NATS server (NoSync, temporary

@@ -246,6 +246,7 @@ func runProjector(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.IntVar(&o.Partitions, "partitions", 1000000, "known partitions of the memory part")
 	fs.StringVar(&o.MemoryLimit, "memlimit", "250MiB", "GOMEMLIMIT of the memory part's second child run (off: no second run)")
 	parts := fs.String("parts", strings.Join(bench.ProjectorParts, ","), "parts to run")
+	embedded := fs.Bool("embedded", false, "run NATS embedded in the benchmark's process (NoSync) instead of a nats-server process")
 	fs.StringVar(&o.CPUProfileDir, "cpuprofile", "", "directory for a CPU profile of each run (publish-N, catchup-N, read-N, rebuild-N, replicas-KIND-N .pprof) and heap profiles of the memory children")
 	c := commonFlags(fs, args, "projectors")
 	if err := c.parse(fs); err != nil {
@@ -268,8 +269,11 @@ func runProjector(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	o.Child = []string{self, childCommand}
 	o.Logger, o.Progress = c.logger(stderr), stdout
-	return c.serve(ctx, stdout, stderr, "starting embedded NATS (NoSync: true, same server for every step) on loopback",
-		bench.StartNATSServer, func(t bench.Target) (report, error) { return bench.Projector(ctx, t, o) })
+	start, say := bench.StartNATSProcessServer, "starting a nats-server process (built from go.mod's module, default settings, same server for every step) on loopback"
+	if *embedded {
+		start, say = bench.StartNATSServer, "starting embedded NATS (NoSync: true, same server for every step) on loopback"
+	}
+	return c.serve(ctx, stdout, stderr, say, start, func(t bench.Target) (report, error) { return bench.Projector(ctx, t, o) })
 }
 
 // commandLine is the command that reproduces this run.
