@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,25 +17,6 @@ import (
 )
 
 func TestMain(m *testing.M) { devtest.Main(m) }
-
-// syncBuffer is an io.Writer for a service's log that the test reads while
-// the service writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestConnectionClosedByServerEndsService (issue 17): when the server closes
 // the emitter's connection with "maximum control line exceeded", after which
@@ -57,7 +37,7 @@ func TestConnectionClosedByServerEndsService(t *testing.T) {
 		"OPS_ADDR":          addr,
 		"LOG_FORMAT":        "json",
 	}
-	var stderr syncBuffer
+	var stderr devtest.LogBuffer
 	code := make(chan int, 1)
 	go func() { code <- emittersvc.Main(t.Context(), nil, env, &strings.Builder{}, &stderr) }()
 	// Running: alive, and holding its lease (nothing JetStream is still

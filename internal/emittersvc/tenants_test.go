@@ -75,7 +75,7 @@ VALUES ('wallet_balance', $1, $2, '', 1, 'WalletBalanceWasChanged', '{}', 1, $3)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	code := make(chan int, 1)
-	var stderr syncBuffer
+	var stderr devtest.LogBuffer
 	go func() { code <- emittersvc.Main(runCtx, nil, env, &strings.Builder{}, &stderr) }()
 	defer func() {
 		cancel()

@@ -1,13 +1,11 @@
 package jsretry_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -68,23 +66,6 @@ func TestBackoffGrowsWithJitter(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestDoWaitsOutAServerRestart: creating a stream while the server is down
 // is retried until the server is back; readiness fails meanwhile and the
 // episode is logged once at its start and once at its end.
@@ -92,7 +73,7 @@ func TestDoWaitsOutAServerRestart(t *testing.T) {
 	t.Parallel()
 	n := devtest.NATS(t)
 	nc, js := devtest.Connect(t, n)
-	var logs syncBuffer
+	var logs devtest.LogBuffer
 	r := jsretry.New(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))).
 		WithBackoff(10*time.Millisecond, 50*time.Millisecond)
 	ctx := jsretry.NewContext(t.Context(), r)

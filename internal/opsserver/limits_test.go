@@ -2,7 +2,6 @@ package opsserver_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -38,24 +36,6 @@ func serve(t *testing.T, s *opsserver.Server) string {
 		}
 	})
 	return "http://" + s.Addr()
-}
-
-// lockedBuffer is a log destination the test reads while the server writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // A flood of probes costs one run of each check per CheckTTL: the
@@ -144,7 +124,7 @@ func TestCachedIgnoresCallerCancellation(t *testing.T) {
 // "failing" and the log has the error, once per change rather than once
 // per probe. Errors marked Public are shown as they are.
 func TestPrivateErrorsAreNotShown(t *testing.T) {
-	var logs lockedBuffer
+	var logs devtest.LogBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	limits := opsserver.DefaultLimits
 	limits.CheckTTL = 0

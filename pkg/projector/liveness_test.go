@@ -24,20 +24,12 @@ func TestBusySinceSeesAStepBetweenBatches(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	entered, release := make(chan struct{}), make(chan struct{})
-	def := walletBalance("kv_busy", projection.OnResetPartition(func(ctx context.Context, _ pgx.Tx, _ string) error {
-		close(entered)
-		select {
-		case <-release:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}))
+	h := newHang()
+	def := walletBalance("kv_busy", projection.OnResetPartition(h.hook))
+	entered := h.entered
 	b.publishWallets(t, 3, 2)
 	r := b.run(t, "r1", def)
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
+	unblock := h.unblock
 	t.Cleanup(unblock) // before the projector stops, should the test fail
 	b.waitFold(t, "kv_busy", 30*time.Second)
 	devtest.Eventually(t, 10*time.Second, func() error {
@@ -77,18 +69,11 @@ func TestStuckLoopIsLoggedWithItsStacks(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	entered, release := make(chan struct{}), make(chan struct{})
-	def := walletBalance("kv_stuck", projection.OnResetPartition(func(ctx context.Context, _ pgx.Tx, _ string) error {
-		close(entered)
-		select {
-		case <-release:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}))
+	h := newHang()
+	def := walletBalance("kv_stuck", projection.OnResetPartition(h.hook))
+	entered := h.entered
 	b.publishWallets(t, 3, 1)
-	logs := &lockedLog{}
+	logs := &devtest.LogBuffer{}
 	nc, err := nats.Connect(b.nats.URL())
 	if err != nil {
 		t.Fatal(err)
@@ -102,8 +87,7 @@ func TestStuckLoopIsLoggedWithItsStacks(t *testing.T) {
 	rctx, cancel := context.WithCancel(ctx)
 	r := &running{p: p, nc: nc, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- p.Run(rctx) }()
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
+	unblock := h.unblock
 	t.Cleanup(func() { unblock(); r.stop(t) })
 	b.waitFold(t, "kv_stuck", 30*time.Second)
 	done := make(chan error, 1)
@@ -120,8 +104,8 @@ func TestStuckLoopIsLoggedWithItsStacks(t *testing.T) {
 		return nil
 	})
 	out := logs.String()
-	// The hanging hook is this test's closure: its goroutine is in the stacks.
-	if !strings.Contains(out, "TestStuckLoopIsLoggedWithItsStacks.func1(") {
+	// The hanging hook's goroutine is in the stacks.
+	if !strings.Contains(out, "projector_test.(*hang).hook(") {
 		t.Errorf("the warning lacks the stuck step's stack:\n%.2000s", out)
 	}
 	unblock()
@@ -139,20 +123,23 @@ func TestStuckLoopIsLoggedWithItsStacks(t *testing.T) {
 	}
 }
 
-// lockedLog is a log sink goroutines share.
-type lockedLog struct {
-	mu sync.Mutex
-	b  strings.Builder
+// hang is a partition-reset hook that blocks until unblocked: a step of the
+// loop that does not end.
+type hang struct {
+	entered, release chan struct{}
+	once             sync.Once
 }
 
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
+func newHang() *hang { return &hang{entered: make(chan struct{}), release: make(chan struct{})} }
+
+func (h *hang) hook(ctx context.Context, _ pgx.Tx, _ string) error {
+	close(h.entered)
+	select {
+	case <-h.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+func (h *hang) unblock() { h.once.Do(func() { close(h.release) }) }
