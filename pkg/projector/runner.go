@@ -369,7 +369,7 @@ func (r *runner) run(ctx context.Context) error {
 			}
 		}
 		r.busy.Start()
-		r.delivered, r.quietRestarts = time.Now(), 0
+		r.delivered, r.quietRestarts, r.unanswered = time.Now(), 0, 0
 		batch := r.collect(first)
 		// Behind: at least another full batch waits.
 		last := batch[len(batch)-1]
