@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -74,21 +73,10 @@ func TestStuckLoopIsLoggedWithItsStacks(t *testing.T) {
 	entered := h.entered
 	b.publishWallets(t, 3, 1)
 	logs := &devtest.LogBuffer{}
-	nc, err := nats.Connect(b.nats.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := projector.WithStuckAfter(projector.Options{Replica: "r1", LeaseTTL: 2 * time.Second,
-		Logger: slog.New(slog.NewJSONHandler(logs, nil))}, 300*time.Millisecond)
-	p, err := projector.New(nc, opts, def)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	r := &running{p: p, nc: nc, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- p.Run(rctx) }()
+	b.runWith(t, projector.WithStuckAfter(projector.Options{Replica: "r1", LeaseTTL: 2 * time.Second,
+		Logger: slog.New(slog.NewJSONHandler(logs, nil))}, 300*time.Millisecond), def)
 	unblock := h.unblock
-	t.Cleanup(func() { unblock(); r.stop(t) })
+	t.Cleanup(unblock) // before the projector stops (cleanups run last first)
 	b.waitFold(t, "kv_stuck", 30*time.Second)
 	done := make(chan error, 1)
 	go func() { done <- b.admin().RebuildPartition(ctx, def, "wallet/w1") }()

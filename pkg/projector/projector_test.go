@@ -149,11 +149,18 @@ type running struct {
 
 func (b *bundle) run(t *testing.T, replica string, defs ...projection.Definer) *running {
 	t.Helper()
+	return b.runWith(t, projector.Options{Replica: replica, LeaseTTL: 2 * time.Second, Logger: testLogger(t)}, defs...)
+}
+
+// runWith starts a replica with opts on a connection of its own; it stops
+// when the test ends.
+func (b *bundle) runWith(t *testing.T, opts projector.Options, defs ...projection.Definer) *running {
+	t.Helper()
 	nc, err := nats.Connect(b.nats.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := projector.New(nc, projector.Options{Replica: replica, LeaseTTL: 2 * time.Second, Logger: testLogger(t)}, defs...)
+	p, err := projector.New(nc, opts, defs...)
 	if err != nil {
 		t.Fatal(err)
 	}

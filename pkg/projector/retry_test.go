@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
@@ -98,21 +96,10 @@ func TestRetryPolicyOverridesTheProjections(t *testing.T) {
 	b := setup(t)
 	b.publishWallets(t, 5, 1)
 	b.publish(t, "w2", "MoneyWasWithdrawnFromWallet", `{"amount":-5}`)
-	nc, err := nats.Connect(b.nats.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The projection would try 5 times, 10 minutes apart.
 	def := walletBalance("wallet_balance", projection.Retries(5, 10*time.Minute, 10*time.Minute))
-	p, err := projector.New(nc, projector.Options{Replica: "r1", LeaseTTL: 2 * time.Second, Logger: testLogger(t),
+	b.runWith(t, projector.Options{Replica: "r1", LeaseTTL: 2 * time.Second, Logger: testLogger(t),
 		Retries: projector.RetryPolicy{MaxAttempts: 2, BackoffMin: 10 * time.Millisecond, BackoffMax: 20 * time.Millisecond}}, def)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{p: p, nc: nc, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- p.Run(ctx) }()
-	t.Cleanup(func() { r.stop(t) })
 	devtest.Eventually(t, 30*time.Second, func() error {
 		rec := b.states(t, "wallet_balance")["wallet/w2"]
 		if rec.Parked == nil {

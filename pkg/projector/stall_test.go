@@ -121,19 +121,7 @@ func testQuietConsumer(t *testing.T, how quietness) {
 	t.Cleanup(func() { close(src.release) })
 	def := walletBalance("wallet_balance", projection.FromSource(src))
 	b.publishWallets(t, 20, 1)
-	nc, err := nats.Connect(b.nats.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := projector.WithConsumerCheck(projector.Options{Replica: "r1", LeaseTTL: 2 * time.Second, Logger: testLogger(t)}, 200*time.Millisecond)
-	p, err := projector.New(nc, opts, def)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{p: p, nc: nc, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- p.Run(ctx) }()
-	t.Cleanup(func() { r.stop(t) })
+	b.runWith(t, projector.WithConsumerCheck(projector.Options{Replica: "r1", LeaseTTL: 2 * time.Second, Logger: testLogger(t)}, 200*time.Millisecond), def)
 	// Events published after it went quiet wait on the server.
 	select {
 	case <-src.stopped:

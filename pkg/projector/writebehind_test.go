@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
@@ -20,20 +19,8 @@ import (
 // runWithRegistry starts a replica whose metrics go to a registry of its own.
 func (b *bundle) runWithRegistry(t *testing.T, replica string, def projection.Definer) (*running, *prometheus.Registry) {
 	t.Helper()
-	nc, err := nats.Connect(b.nats.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
 	reg := prometheus.NewRegistry()
-	p, err := projector.New(nc, projector.Options{Replica: replica, LeaseTTL: 2 * time.Second, Logger: testLogger(t), Registerer: reg}, def)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{p: p, nc: nc, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- p.Run(ctx) }()
-	t.Cleanup(func() { r.stop(t) })
-	return r, reg
+	return b.runWith(t, projector.Options{Replica: replica, LeaseTTL: 2 * time.Second, Logger: testLogger(t), Registerer: reg}, def), reg
 }
 
 func counter(t *testing.T, reg *prometheus.Registry, name, projection string) int {
