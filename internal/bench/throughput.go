@@ -589,7 +589,7 @@ func (b *throughputBench) caughtUp(ctx context.Context, name, metricsURL string)
 		if err != nil {
 			return false, err
 		}
-		return diffWallets(got, b.fold) == nil, nil
+		return examplecheck.Diff(got, b.fold) == nil, nil
 	default:
 		m, err := scrapeMetrics(ctx, b.http, metricsURL, "jetproj_projector_partitions_unpublished")
 		if err != nil || m["jetproj_projector_partitions_unpublished"] != 0 {
@@ -638,7 +638,7 @@ func (b *throughputBench) readModelDiff(ctx context.Context) string {
 	}
 	var outbox int
 	_ = b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox`).Scan(&outbox)
-	return fmt.Sprintf("\nread model: %d wallets, fold of %d events: %d wallets, outbox: %d rows; differences: %v", len(got), b.o.Events, len(b.fold), outbox, diffWallets(got, b.fold))
+	return fmt.Sprintf("\nread model: %d wallets, fold of %d events: %d wallets, outbox: %d rows; differences: %v", len(got), b.o.Events, len(b.fold), outbox, examplecheck.Diff(got, b.fold))
 }
 
 // check compares the results in full once the clock has stopped: read model
@@ -654,7 +654,7 @@ func (b *throughputBench) check(ctx context.Context, name string) (int, error) {
 	case examples.WalletBalanceName:
 		got, err := examplecheck.ReadWallets(ctx, b.pool)
 		if err == nil {
-			err = diffWallets(got, b.fold)
+			err = examplecheck.Diff(got, b.fold)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("read model: %w", err))
@@ -734,16 +734,6 @@ func checkDerived(derived []examplecheck.DerivedEvent, fold map[string]examplech
 		errs = append(errs, fmt.Errorf("%d wallets' last derived event differs from the fold, e.g. %s", len(wrong), strings.Join(wrong[:min(3, len(wrong))], "; ")))
 	}
 	return errors.Join(errs...)
-}
-
-func diffWallets(got, want map[string]examplecheck.WalletRow) error {
-	var bad []string
-	for id, w := range want {
-		if g, ok := got[id]; !ok || g != w {
-			bad = append(bad, fmt.Sprintf("%s: got %+v, want %+v", id, g, w))
-		}
-	}
-	return diffResult(len(got), len(want), bad)
 }
 
 func diffDocs(got map[string]examples.WalletDoc, want map[string]examplecheck.WalletRow) error {

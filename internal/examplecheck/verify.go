@@ -102,7 +102,7 @@ func verifyWallets(ctx context.Context, pool *pgxpool.Pool, events []eventstore.
 	if err != nil {
 		return err
 	}
-	return diff(got, want)
+	return Diff(got, want)
 }
 
 func verifyWalletDocs(ctx context.Context, js jetstream.JetStream, events []eventstore.Event) error {
@@ -118,7 +118,7 @@ func verifyWalletDocs(ctx context.Context, js jetstream.JetStream, events []even
 	if err != nil {
 		return err
 	}
-	return diff(got, want)
+	return Diff(got, want)
 }
 
 func verifyTickets(ctx context.Context, pool *pgxpool.Pool, events []eventstore.Event) error {
@@ -130,7 +130,7 @@ func verifyTickets(ctx context.Context, pool *pgxpool.Pool, events []eventstore.
 	if err != nil {
 		return err
 	}
-	return diff(got, want)
+	return Diff(got, want)
 }
 
 func verifyOrders(ctx context.Context, pool *pgxpool.Pool, events []eventstore.Event) error {
@@ -142,7 +142,7 @@ func verifyOrders(ctx context.Context, pool *pgxpool.Pool, events []eventstore.E
 	if err != nil {
 		return err
 	}
-	return diff(got, want)
+	return Diff(got, want)
 }
 
 func verifyHighValue(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, events []eventstore.Event) error {
@@ -167,14 +167,14 @@ func verifyHighValue(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetSt
 	for id, r := range wallets {
 		stored[id] = r.Balance
 	}
-	if err := diff(final, stored); err != nil {
+	if err := Diff(final, stored); err != nil {
 		return fmt.Errorf("wallet_balance's stream is behind the event store: %w", err)
 	}
 	got, err := ReadHighValueWallets(ctx, pool)
 	if err != nil {
 		return err
 	}
-	return diff(got, want)
+	return Diff(got, want)
 }
 
 func verifyCounts(ctx context.Context, pool *pgxpool.Pool, events []eventstore.Event) error {
@@ -189,8 +189,9 @@ func verifyCounts(ctx context.Context, pool *pgxpool.Pool, events []eventstore.E
 	return nil
 }
 
-// diff describes how got differs from want (at most five keys).
-func diff[V comparable](got, want map[string]V) error {
+// Diff describes how got differs from want, keyed rows of a read model
+// against those of a fold (at most five keys); nil when they are equal.
+func Diff[V comparable](got, want map[string]V) error {
 	var d []string
 	for _, k := range slices.Sorted(maps.Keys(want)) {
 		if g, ok := got[k]; !ok {
@@ -284,7 +285,7 @@ func verifyCompletedOrders(ctx context.Context, pool *pgxpool.Pool, js jetstream
 		if len(dups) > 0 {
 			errs = append(errs, fmt.Errorf("%s: examples.OrderFullyCompleted more than once for %d orders, e.g. %v", stream, len(dups), dups[:min(5, len(dups))]))
 		}
-		if err := diff(got, want); err != nil {
+		if err := Diff(got, want); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", stream, err))
 		}
 	}
@@ -315,7 +316,7 @@ func verifyHighValueEmitted(ctx context.Context, js jetstream.JetStream) error {
 		}
 		got[e.WalletID] = append(got[e.WalletID], e.Balance)
 	}
-	return diff(joined(got), joined(want))
+	return Diff(joined(got), joined(want))
 }
 
 // joined makes per-wallet balance lists comparable.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -286,21 +285,8 @@ func checkWallets(ctx context.Context, pool *pgxpool.Pool, drop func(eventstore.
 		delete(got, id)
 		delete(want, id)
 	}
-	var d []string
-	for _, k := range slices.Sorted(maps.Keys(want)) {
-		if g, ok := got[k]; !ok {
-			d = append(d, fmt.Sprintf("%s missing, want %+v", k, want[k]))
-		} else if g != want[k] {
-			d = append(d, fmt.Sprintf("%s is %+v, want %+v", k, g, want[k]))
-		}
-	}
-	for _, k := range slices.Sorted(maps.Keys(got)) {
-		if _, ok := want[k]; !ok {
-			d = append(d, fmt.Sprintf("%s is %+v, want no such row", k, got[k]))
-		}
-	}
-	if len(d) > 0 {
-		return fmt.Errorf("%d of %d wallets differ from the fold: %s", len(d), len(want), strings.Join(d[:min(len(d), 5)], "; "))
+	if err := examplecheck.Diff(got, want); err != nil {
+		return fmt.Errorf("wallets differ from the fold: %w", err)
 	}
 	return nil
 }
