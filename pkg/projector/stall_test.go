@@ -10,7 +10,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
@@ -131,19 +130,7 @@ func testQuietConsumer(t *testing.T, how quietness) {
 	for i := range 5 {
 		b.publish(t, fmt.Sprintf("w%d", i), "MoneyWasAddedToWallet", `{"amount":1}`)
 	}
-	devtest.Eventually(t, 30*time.Second, func() error {
-		got := b.states(t, "wallet_balance")
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		for k, want := range b.fold {
-			var bal Balance
-			_ = jsonUnmarshal(got[k].State, &bal)
-			if bal != want {
-				return fmt.Errorf("%s: %+v, want %+v (consumer started %d times)", k, bal, want, src.consumes.Load())
-			}
-		}
-		return nil
-	})
+	b.waitFold(t, "wallet_balance", 30*time.Second)
 	if n := src.consumes.Load(); n < 2 {
 		t.Fatalf("consumer started %d times, want a restart", n)
 	}
