@@ -2,10 +2,11 @@ package derived
 
 import (
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"unicode/utf8"
+
+	jsonv1 "github.com/go-json-experiment/json/v1" // encoding/json's behaviour, decoding ~2.5× faster
 )
 
 // The outbox (jetproj.outbox) is written by the projector, in the read
@@ -51,7 +52,7 @@ func OutboxLinks(linkTo, links string) ([]Link, error) {
 	}
 	if links != "" {
 		var more []Link
-		if err := json.Unmarshal([]byte(links), &more); err != nil {
+		if err := jsonv1.Unmarshal([]byte(links), &more); err != nil {
 			return nil, fmt.Errorf("projector: outbox links %q: %w", links, err)
 		}
 		out = append(out, more...)
@@ -66,7 +67,7 @@ func OutboxMetadata(s string) (map[string]string, error) {
 		return nil, nil
 	}
 	var md map[string]string
-	if err := json.Unmarshal([]byte(s), &md); err != nil {
+	if err := jsonv1.Unmarshal([]byte(s), &md); err != nil {
 		return nil, fmt.Errorf("projector: outbox metadata: %w", err)
 	}
 	return md, nil

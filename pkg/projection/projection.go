@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	jsonv1 "github.com/go-json-experiment/json/v1" // encoding/json's behaviour, decoding ~2.5× faster
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -617,7 +619,7 @@ func OnType[S, T any](p *Projection[S], eventType string, h func(ctx context.Con
 	p.handlers[eventType] = func(ctx context.Context, pc *projectionrt.PartitionContext, m Meta) error {
 		e := Event[T]{Meta: m}
 		if len(m.Raw) > 0 {
-			if err := json.Unmarshal(m.Raw, &e.Data); err != nil {
+			if err := jsonv1.Unmarshal(m.Raw, &e.Data); err != nil {
 				return &DecodeError{EventType: m.Type, Sequence: m.Sequence, Err: err}
 			}
 		}

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	jsonv1 "github.com/go-json-experiment/json/v1" // encoding/json's behaviour, decoding ~2.5× faster
+
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -137,7 +139,7 @@ func (s *KVStore) LoadSlot(ctx context.Context, slot int) ([]Record, uint64, err
 		}
 		if op := m.Headers().Get("KV-Operation"); op != "DEL" && op != "PURGE" {
 			var r Record
-			if err := json.Unmarshal(m.Data(), &r); err != nil {
+			if err := jsonv1.Unmarshal(m.Data(), &r); err != nil {
 				return nil, 0, fmt.Errorf("projector: record %s: %w", m.Subject(), err)
 			}
 			loadedRecord(&r)
@@ -170,7 +172,7 @@ func (s *KVStore) Get(ctx context.Context, slot int, key string) (*Record, error
 		return nil, err
 	}
 	var r Record
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
+	if err := jsonv1.Unmarshal(e.Value(), &r); err != nil {
 		return nil, err
 	}
 	loadedRecord(&r)
