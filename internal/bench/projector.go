@@ -204,6 +204,9 @@ type ProjectorResult struct {
 	Read         []Run
 	Rebuild      []CatchUpRun
 	RebuildBatch int
+	// RecordWrite holds each round's raw write of as many records as the
+	// rebuild writes (rawRecordWrite).
+	RecordWrite []Run
 	// Scale holds the replica part's runs.
 	Scale        []ScaleRun
 	ScaleEvents  int
@@ -247,6 +250,18 @@ func (r ProjectorResult) CatchUpRatio() float64 {
 // RebuildRatio is the best rebuild rate over the best raw ordered read rate.
 func (r ProjectorResult) RebuildRatio() float64 {
 	return ratio(r.BestRebuild().Rate(), best(r.Read).Rate())
+}
+
+// RebuildCeiling is the ratio a rebuild would reach if handling cost
+// nothing: the best raw read's time over that time plus the best raw write
+// of the records a rebuild writes once it reaches the head of the stream
+// (write-behind: each partition's record once, after its last event).
+func (r ProjectorResult) RebuildCeiling() float64 {
+	read, write := best(r.Read), best(r.RecordWrite)
+	if read.Elapsed <= 0 || write.Elapsed <= 0 {
+		return 0
+	}
+	return float64(read.Elapsed) / float64(read.Elapsed+write.Elapsed)
 }
 
 // scaleRate is the rate of the replica part's run of kind with n replicas
@@ -447,6 +462,14 @@ func (b *projectorBench) rebuild(ctx context.Context, res *ProjectorResult) erro
 		res.Read = append(res.Read, run)
 		fmt.Fprintf(b.out, "round %d/%d  raw read     %s\n", round, o.Rounds, runLine(run))
 
+		records := min(o.Aggregates, len(b.events))
+		wrun, err := rawRecordWrite(ctx, b.t, records)
+		if err != nil {
+			return fmt.Errorf("round %d raw record write: %w", round, err)
+		}
+		res.RecordWrite = append(res.RecordWrite, wrun)
+		fmt.Fprintf(b.out, "round %d/%d  raw records  %s (records a rebuild writes)\n", round, o.Rounds, runLine(wrun))
+
 		name := fmt.Sprintf("bench_rebuild_%d", round)
 		cr, err := profiled(o.CPUProfileDir, fmt.Sprintf("rebuild-%d.pprof", round), func() (CatchUpRun, error) {
 			return catchUpRun(ctx, b.t, b.js, name, o.RebuildBatch, len(b.events), o.NoWriteBehind, o.Logger)
@@ -479,6 +502,11 @@ func (r ProjectorResult) Summary() string {
 		fmt.Fprintf(&b, "  best of %d runs each; medians: raw read %.0f ev/s  rebuild %.0f ev/s  ratio %.2f\n",
 			len(r.Read), median(r.Read), median(runsOf(r.Rebuild)), ratio(median(runsOf(r.Rebuild)), median(r.Read)))
 		fmt.Fprintf(&b, "  rebuild in batches (mean messages per batch): %s\n", busy(r.Rebuild))
+		if c := r.RebuildCeiling(); c > 0 {
+			w := best(r.RecordWrite)
+			fmt.Fprintf(&b, "  ceiling: raw write of the %d records a rebuild writes %.0f records/s (%.2fs); raw read + raw write gives ratio %.2f at most; the rebuild reaches %.2f of that\n",
+				w.Events, w.Rate(), w.Elapsed.Seconds(), c, r.RebuildRatio()/c)
+		}
 	}
 	if len(r.Scale) > 0 {
 		fmt.Fprintf(&b, "replicas, handler waits %v per event, %d events:", r.HandlerDelay, r.ScaleEvents)
@@ -528,8 +556,13 @@ func (r ProjectorResult) Markdown(command string) string {
 			date, command, r.Events, r.BestPublish().Rate(), r.BestCatchUp().Rate(), r.CatchUpRatio(),
 			best(r.Read).Rate(), r.BestRebuild().Rate(), r.RebuildRatio())
 		fmt.Fprintln(&b)
-		fmt.Fprintf(&b, "Runs (ev/s), raw publish: %s; projector: %s; raw read: %s; rebuild (BatchSize %d): %s.\n\n",
+		fmt.Fprintf(&b, "Runs (ev/s), raw publish: %s; projector: %s; raw read: %s; rebuild (BatchSize %d): %s.\n",
 			rates(r.Publish), rates(runsOf(r.CatchUp)), rates(r.Read), r.RebuildBatch, rates(runsOf(r.Rebuild)))
+		if c := r.RebuildCeiling(); c > 0 {
+			fmt.Fprintf(&b, "Raw record writes (records/s): %s; ceiling (raw read + raw record write) %.2f; the rebuild reaches %.2f of it.\n",
+				rates(r.RecordWrite), c, r.RebuildRatio()/c)
+		}
+		fmt.Fprintln(&b)
 	}
 	if len(r.Scale) > 0 {
 		fmt.Fprintln(&b, "| Date | Projection | Replicas | Events | Rate | Ratio to fewest replicas | Goal |")

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -434,3 +435,68 @@ func dropProjection(ctx context.Context, js jetstream.JetStream, name string) er
 	}
 	return nil
 }
+
+// rawRecordsBucket is the bucket rawRecordWrite writes to.
+const rawRecordsBucket = "jetproj_bench_raw_records"
+
+// rawRecordWrite writes n partition records as a rebuild writes them at the
+// head of the stream — the projector's record JSON (key, subject, position,
+// a wallet state), one per key of a fresh state bucket with the projector's
+// settings, each expecting its key to be new (compare-and-set), up to 4,096
+// acknowledgements pending — but built before the clock starts, with no
+// projector around them: the server's limit for the writes a rebuild of n
+// partitions cannot avoid.
+func rawRecordWrite(ctx context.Context, t Target, n int) (Run, error) {
+	nc, err := nats.Connect(t.NATSURL, nats.Name("jetproj-bench-records"))
+	if err != nil {
+		return Run{}, fmt.Errorf("bench: nats: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(rawRecordWindow), jetstream.WithPublishAsyncTimeout(30*time.Second))
+	if err != nil {
+		return Run{}, err
+	}
+	if err := js.DeleteKeyValue(ctx, rawRecordsBucket); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return Run{}, fmt.Errorf("bench: delete %s: %w", rawRecordsBucket, err)
+	}
+	defer js.DeleteKeyValue(context.WithoutCancel(ctx), rawRecordsBucket) //nolint:errcheck // best effort
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: rawRecordsBucket, History: 1, Storage: jetstream.FileStorage}); err != nil {
+		return Run{}, fmt.Errorf("bench: create %s: %w", rawRecordsBucket, err)
+	}
+	d := newDomain(1)
+	msgs := make([]*nats.Msg, n)
+	now := time.Now().UTC()
+	for i := range msgs {
+		id := d.walletID()
+		data, err := json.Marshal(projector.Record{Key: aggregateWallet + "/" + id, Subject: subject.Event(aggregateWallet, id),
+			Seq: uint64(200_000 + i), State: json.RawMessage(`{"owner":"owner-` + id[:8] + `","cents":123456,"events":3}`), Updated: now})
+		if err != nil {
+			return Run{}, err
+		}
+		msgs[i] = nats.NewMsg(contract.KVSubjectPrefix(rawRecordsBucket) + "p." + strconv.Itoa(i%64) + "." + id)
+		msgs[i].Data = data
+	}
+	start := time.Now()
+	futs := make([]jetstream.PubAckFuture, 0, n)
+	for _, m := range msgs {
+		f, err := js.PublishMsgAsync(m, jetstream.WithExpectLastSequencePerSubject(0), jetstream.WithStallWait(time.Minute))
+		if err != nil {
+			return Run{}, fmt.Errorf("bench: write record: %w", err)
+		}
+		futs = append(futs, f)
+	}
+	for _, f := range futs {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return Run{}, fmt.Errorf("bench: write record: %w", err)
+		case <-ctx.Done():
+			return Run{}, ctx.Err()
+		}
+	}
+	return Run{Events: n, Elapsed: time.Since(start)}, nil
+}
+
+// rawRecordWindow is the acknowledgements rawRecordWrite keeps pending, as
+// many as the projector's commits.
+const rawRecordWindow = 4096

@@ -50,7 +50,7 @@ func TestProjector(t *testing.T) {
 		t.Fatalf("Projector: %v\nprogress:\n%s", err, progress.String())
 	}
 	for name, runs := range map[string]int{
-		"publish": len(res.Publish), "catch-up": len(res.CatchUp), "read": len(res.Read), "rebuild": len(res.Rebuild),
+		"publish": len(res.Publish), "catch-up": len(res.CatchUp), "read": len(res.Read), "rebuild": len(res.Rebuild), "record write": len(res.RecordWrite),
 	} {
 		if runs != 2 {
 			t.Errorf("%s runs: got %d, want 2", name, runs)
@@ -60,6 +60,14 @@ func TestProjector(t *testing.T) {
 		if cr.Events != 600 || cr.Rate() <= 0 || cr.Batches < 1 || cr.InBatches <= 0 {
 			t.Errorf("catch-up run: got %+v, want 600 events at a positive rate in at least one batch", cr)
 		}
+	}
+	for _, w := range res.RecordWrite {
+		if w.Events != 200 || w.Rate() <= 0 {
+			t.Errorf("raw record write: got %+v, want the 200 wallets' records at a positive rate", w)
+		}
+	}
+	if c := res.RebuildCeiling(); c <= 0 || c >= 1 {
+		t.Errorf("rebuild ceiling %.2f, want between 0 and 1", c)
 	}
 	if got, want := len(res.Scale), 4; got != want {
 		t.Fatalf("replica runs: got %d, want %d (partitioned 1, 2; global 1, 2)", got, want)
@@ -81,7 +89,7 @@ func TestProjector(t *testing.T) {
 		t.Errorf("second memory run's GOMEMLIMIT: got %q, want %q", got, want)
 	}
 	sum := res.Summary()
-	for _, want := range []string{"projection catch-up (KV state): 600 events over 200 wallets", "rebuild (BatchSize 100)",
+	for _, want := range []string{"projection catch-up (KV state): 600 events over 200 wallets", "rebuild (BatchSize 100)", "ceiling: raw write of the 200 records",
 		"partitioned speed-up 2 vs 1 replicas", "global 2 vs 1 replicas", "memory, 2000 known partitions", "GOMEMLIMIT=64MiB", "NoSync=true"} {
 		if !strings.Contains(sum, want) {
 			t.Errorf("summary lacks %q:\n%s", want, sum)
