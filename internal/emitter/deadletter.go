@@ -98,7 +98,8 @@ func (e *relayer) deadLetter(ctx context.Context, subjs, reasons []string) error
 	}
 	var moved []string
 	err := inTx(ctx, e.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `DELETE FROM jetproj.outbox WHERE id IN (SELECT unnest($1::bigint[]))`, acked); err != nil {
+		// Planned with its values, so that the ids are hashed (see read).
+		if _, err := tx.Exec(ctx, `DELETE FROM jetproj.outbox WHERE id = ANY($1::bigint[])`, pgx.QueryExecModeCacheDescribe, acked); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, `WITH r AS (SELECT * FROM unnest($1::text[], $2::text[]) AS r(subject, reason)),
