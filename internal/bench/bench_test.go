@@ -130,7 +130,7 @@ func TestPipelineThroughput(t *testing.T) {
 		t.Errorf("wallet_balance derived events: got %d, want at least one per wallet (200)", runs[0].Derived)
 	}
 	sum := res.Summary()
-	for _, want := range []string{"feeder alone", "wallet_balance ", "wallet_balance_kv", "nats-server process"} {
+	for _, want := range []string{"feeder alone", "wallet_balance ", "wallet_balance_kv", "nats-server process", "the machine allows ratio"} {
 		if !strings.Contains(sum, want) {
 			t.Errorf("summary lacks %q:\n%s", want, sum)
 		}
@@ -145,6 +145,26 @@ func TestPipelineThroughput(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("nats-server directory %s not removed: %v", dir, err)
+	}
+}
+
+// TestCPUCeiling checks the arithmetic of the pipeline's CPU ceiling: 200
+// events in 2 s whose processes used 3 CPU-seconds could not have taken
+// less than 1.5 s on 2 cores, i.e. 133 ev/s, 0.67 × a feeder of 200 ev/s.
+func TestCPUCeiling(t *testing.T) {
+	r := bench.ThroughputResult{
+		Feeder: []bench.Run{{Events: 200, Elapsed: time.Second}},
+		Pipelines: map[string][]bench.PipelineRun{"p": {
+			{Run: bench.Run{Events: 200, Elapsed: 4 * time.Second}, CPU: map[string]time.Duration{"feeder": time.Second}},
+			{Run: bench.Run{Events: 200, Elapsed: 2 * time.Second}, CPU: map[string]time.Duration{"feeder": time.Second, "postgres": 2 * time.Second}},
+		}},
+	}
+	cpu, busy, c := r.CPUCeiling("p", 2)
+	if cpu != 3*time.Second || busy != 1.5 || c < 0.66 || c > 0.67 {
+		t.Errorf("CPUCeiling: got %v, %.2f cores busy, ratio %.3f; want 3s, 1.50, 0.667 (the fastest run's)", cpu, busy, c)
+	}
+	if _, _, c := r.CPUCeiling("none", 2); c != 0 {
+		t.Errorf("CPUCeiling of a projection without runs: got %.2f, want 0", c)
 	}
 }
 

@@ -160,6 +160,33 @@ func (r ThroughputResult) MedianRatio(name string) float64 {
 	return ratio(median(pipelineRuns(r.Pipelines[name])), median(r.Feeder))
 }
 
+// CPUCeiling describes what the CPU time of a projection's fastest run
+// allows on this machine: with every process's CPU time (feeder,
+// projector, emitter, nats-server, PostgreSQL) spread perfectly over its
+// cores, the run cannot take less than their sum over the cores, nor reach
+// more than the returned ratio to the best feeder alone. It returns 0 when
+// the run's CPU times were not measured.
+func (r ThroughputResult) CPUCeiling(name string, cores int) (cpu time.Duration, busy, ceiling float64) {
+	runs := r.Pipelines[name]
+	if len(runs) == 0 || cores < 1 {
+		return 0, 0, 0
+	}
+	fastest := runs[0]
+	for _, run := range runs[1:] {
+		if run.Rate() > fastest.Rate() {
+			fastest = run
+		}
+	}
+	for _, d := range fastest.CPU {
+		cpu += d
+	}
+	if cpu <= 0 || fastest.Elapsed <= 0 {
+		return 0, 0, 0
+	}
+	floor := cpu.Seconds() / float64(cores)
+	return cpu, cpu.Seconds() / fastest.Elapsed.Seconds(), ratio(float64(fastest.Events)/floor, r.BestFeeder().Rate())
+}
+
 func pipelineRuns(p []PipelineRun) []Run {
 	out := make([]Run, len(p))
 	for i, x := range p {
@@ -835,6 +862,12 @@ func (r ThroughputResult) Summary() string {
 	for _, name := range r.Projections {
 		if runs := r.Pipelines[name]; len(runs) > 0 && runs[0].Derived == 0 {
 			fmt.Fprintf(&b, "  note: %s emitted no derived events\n", name)
+		}
+	}
+	for _, name := range r.Projections {
+		if cpu, busy, c := r.CPUCeiling(name, runtime.NumCPU()); c > 0 {
+			fmt.Fprintf(&b, "  %-18s fastest run: %.1f CPU-s of all processes, %.2f of %d cores busy; at this CPU per event the machine allows ratio %.2f at most\n",
+				name, cpu.Seconds(), busy, runtime.NumCPU(), c)
 		}
 	}
 	fmt.Fprintf(&b, "  checks passed: read model = fold, outbox empty, last derived event per wallet = final balance, no Nats-Msg-Id twice\n")
