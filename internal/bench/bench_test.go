@@ -148,6 +148,35 @@ func TestPipelineThroughput(t *testing.T) {
 	}
 }
 
+// TestPipeline runs the latency benchmark's whole code path for a second
+// against its headline servers (a nats-server process, PostgreSQL with
+// fsync on), so that it cannot rot.
+func TestPipeline(t *testing.T) {
+	t.Parallel()
+	devtest.Slow(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv, err := bench.StartServersWith(ctx, bench.ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var progress bytes.Buffer
+	res, err := bench.Pipeline(ctx, srv.Target(), bench.PipelineOptions{Rate: 100, Duration: time.Second, Writers: 2, Rounds: 1, Progress: &progress})
+	if err != nil {
+		t.Fatalf("Pipeline: %v\nprogress:\n%s", err, progress.String())
+	}
+	if len(res.Rounds) != 1 || res.Rounds[0].Derived.Events < 50 || res.Rounds[0].Derived.P99 <= 0 {
+		t.Fatalf("rounds: got %+v, want one with about 100 events measured", res.Rounds)
+	}
+	sum := res.Summary()
+	for _, want := range []string{"append → derived event", "NATS a separate nats-server process", "default settings (fsync on)"} {
+		if !strings.Contains(sum, want) {
+			t.Errorf("summary lacks %q:\n%s", want, sum)
+		}
+	}
+}
+
 // TestCPUCeiling checks the arithmetic of the pipeline's CPU ceiling: 200
 // events in 2 s whose processes used 3 CPU-seconds could not have taken
 // less than 1.5 s on 2 cores, i.e. 133 ev/s, 0.67 × a feeder of 200 ev/s.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -115,6 +116,8 @@ func (r PipelineRound) Ratio() float64 {
 // PipelineResult is the outcome of Pipeline.
 type PipelineResult struct {
 	Rounds []PipelineRound
+	// Servers describes the servers the benchmark ran against.
+	Servers string
 }
 
 // Best is the round with the lowest derived p99.
@@ -134,7 +137,7 @@ const pipelineGoal = 25 * time.Millisecond
 // EVENTS.
 func Pipeline(ctx context.Context, t Target, o PipelineOptions) (PipelineResult, error) {
 	o = o.withDefaults()
-	var res PipelineResult
+	res := PipelineResult{Servers: t.Describe()}
 	c, err := connect(ctx, t)
 	if err != nil {
 		return res, err
@@ -397,6 +400,9 @@ func (r PipelineResult) Summary() string {
 	fmt.Fprintf(&b, "  EVENTS   p50 %s  p90 %s  p99 %s  max %s   (feeder stage alone, same appends)\n",
 		ms(best.Events.P50), ms(best.Events.P90), ms(best.Events.P99), ms(best.Events.Max))
 	fmt.Fprintf(&b, "  ratio derived p99 / EVENTS p99: %.1f\n", best.Ratio())
+	if r.Servers != "" {
+		fmt.Fprintf(&b, "  %s; GOMAXPROCS %d\n", r.Servers, runtime.GOMAXPROCS(0))
+	}
 	return b.String()
 }
 

@@ -1,8 +1,10 @@
 // Command bench runs jetproj's benchmarks against throwaway servers that it
 // starts on loopback and removes at exit: a PostgreSQL cluster and a NATS
-// server — for feeder and pipeline-throughput a nats-server process and
-// PostgreSQL with fsync on (-embedded and -fsync-off for the older
-// setting), for the others an embedded NATS server and fsync off.
+// server — for feeder, pipeline, pipeline-throughput and emitter a
+// nats-server process and PostgreSQL with fsync on, projector a nats-server
+// process (-embedded and -fsync-off give the older setting where offered),
+// pipeline-cluster three nats-server processes, for waitfor and inline an
+// embedded NATS server and fsync off.
 //
 // Usage:
 //
@@ -291,13 +293,17 @@ func runPipeline(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.IntVar(&o.Rounds, "rounds", 3, "measured rounds")
 	fs.BoolVar(&o.ReadModelCluster, "readmodel-cluster", false, "keep the read model and outbox in a PostgreSQL cluster of their own")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	var so bench.ServerOptions
+	fs.BoolVar(&so.EmbeddedNATS, "embedded", false, "run NATS embedded in the benchmark's process (NoSync) instead of a nats-server process")
+	fs.BoolVar(&so.FastPostgres, "fsync-off", false, "run PostgreSQL with fsync off instead of its default settings")
 	c := commonFlags(fs, args, "services")
 	if err := c.parse(fs); err != nil {
 		return err
 	}
 	o.Logger, o.Progress = c.logger(stderr), stdout
-	return c.serve(ctx, stdout, stderr, "starting throwaway PostgreSQL (fsync off) and embedded NATS (NoSync: true) on loopback",
-		bench.StartServers, func(t bench.Target) (report, error) {
+	return c.serve(ctx, stdout, stderr, serversBanner(so),
+		func(ctx context.Context) (*bench.Servers, error) { return bench.StartServersWith(ctx, so) },
+		func(t bench.Target) (report, error) {
 			if *cpuprofile != "" {
 				f, err := os.Create(*cpuprofile)
 				if err != nil {
