@@ -66,7 +66,7 @@ func TestPayloadsDecodeAsEncodingJSONDoes(t *testing.T) {
 				}
 				// Messages may differ in wording for malformed escapes;
 				// type errors name the field as encoding/json does.
-				if _, isType := wantErr.(*json.UnmarshalTypeError); isType && de.Err.Error() != wantErr.Error() {
+				if te := (*json.UnmarshalTypeError)(nil); errors.As(wantErr, &te) && de.Err.Error() != wantErr.Error() {
 					t.Fatalf("error %q, encoding/json's %q", de.Err, wantErr)
 				}
 				return
