@@ -180,8 +180,14 @@ func (b *bundle) newEmitter(t *testing.T) *emitter.Emitter {
 // relayAll runs e's rounds until the outbox is empty.
 func (b *bundle) relayAll(t *testing.T, e *emitter.Emitter) {
 	t.Helper()
+	b.relayWithin(t, e, 10*time.Second)
+}
+
+// relayWithin runs e's rounds until the outbox is empty, for at most d.
+func (b *bundle) relayWithin(t *testing.T, e *emitter.Emitter, d time.Duration) {
+	t.Helper()
 	ctx := context.Background()
-	devtest.Eventually(t, 10*time.Second, func() error {
+	devtest.Eventually(t, d, func() error {
 		if _, err := e.RelayOnce(ctx); err != nil {
 			return err
 		}

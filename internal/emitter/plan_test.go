@@ -2,7 +2,6 @@ package emitter_test
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
@@ -60,19 +59,7 @@ FROM generate_series(1, $3::int) AS i`, projector.EmitSubject("wallet_balance", 
 	}
 
 	began := time.Now()
-	devtest.Eventually(t, 20*time.Second, func() error {
-		if _, err := e.RelayOnce(ctx); err != nil {
-			return err
-		}
-		var n int
-		if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM jetproj.outbox`).Scan(&n); err != nil {
-			return err
-		}
-		if n > 0 {
-			return fmt.Errorf("%d rows in the outbox after %v", n, time.Since(began).Round(time.Second))
-		}
-		return nil
-	})
+	b.relayWithin(t, e, 20*time.Second)
 	s, err := b.js.Stream(ctx, contract.ProjectionStream("wallet_balance"))
 	if err != nil {
 		t.Fatal(err)
