@@ -282,7 +282,8 @@ func (r WaitForResult) Markdown(command string) string {
 }
 
 // RunWaitForCommand is `bench waitfor`: it starts throwaway servers (as the
-// pipeline benchmark does) and runs WaitForLatency.
+// pipeline benchmark does: a nats-server process and PostgreSQL with its
+// default settings unless -embedded, -fsync-off) and runs WaitForLatency.
 func RunWaitForCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("waitfor", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -292,6 +293,9 @@ func RunWaitForCommand(ctx context.Context, args []string, stdout, stderr io.Wri
 	fs.IntVar(&o.Writers, "writers", 4, "concurrent writers, each to its own 64 wallets")
 	fs.IntVar(&o.Rounds, "rounds", 3, "measured rounds")
 	markdown := fs.Bool("markdown", false, "also print a markdown table for docs/benchmarks.md")
+	var so ServerOptions
+	fs.BoolVar(&so.EmbeddedNATS, "embedded", false, "run NATS embedded in the benchmark's process (NoSync) instead of a nats-server process")
+	fs.BoolVar(&so.FastPostgres, "fsync-off", false, "run PostgreSQL with fsync off instead of its default settings")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -299,12 +303,12 @@ func RunWaitForCommand(ctx context.Context, args []string, stdout, stderr io.Wri
 		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	o.Logger, o.Progress = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), stdout
-	fmt.Fprintln(stdout, "starting throwaway PostgreSQL (fsync off) and embedded NATS (NoSync: true) on loopback")
-	s, err := StartServers(ctx)
+	s, err := StartServersWith(ctx, so)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
+	fmt.Fprintf(stdout, "servers: %s\n", s.Target().Describe())
 	res, err := WaitForLatency(ctx, s.Target(), o)
 	if err != nil {
 		return err

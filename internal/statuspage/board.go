@@ -14,9 +14,12 @@ import (
 )
 
 // The bucket every service publishes its status to is
-// contract.StatusBucket. It lives in memory (status is rebuilt within an
-// interval after a server restart) and its entries expire when their
-// service stops publishing.
+// contract.StatusBucket. Its entries expire when their service stops
+// publishing. It is kept on file, not in memory: a replicated stream in
+// memory loses its copy on every node that restarts, and a cluster whose
+// nodes restart one after the other can then lose the last full copy with
+// its leader and stay without a leader for good (seen in
+// TestClusterNodeRestartsAndLeaderKills).
 
 // minTTL is the bucket's shortest time to live; longer intervals get a TTL
 // of ttlIntervals intervals.
@@ -50,7 +53,7 @@ func (b *board) bucket(ctx context.Context, create bool) (jetstream.KeyValue, er
 	kv, err := b.js.KeyValue(ctx, contract.StatusBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) && create {
 		kv, err = b.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: contract.StatusBucket, History: 1, TTL: b.ttl, Storage: jetstream.MemoryStorage, Replicas: b.replicas,
+			Bucket: contract.StatusBucket, History: 1, TTL: b.ttl, Storage: jetstream.FileStorage, Replicas: b.replicas,
 			Description: "jetproj services' status, for their status pages",
 		})
 		if errors.Is(err, jetstream.ErrBucketExists) {

@@ -17,11 +17,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/jetproj/jetproj/internal/config"
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/statuspage"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projector"
 )
 
@@ -195,6 +197,13 @@ func TestPagesShareTheBucket(t *testing.T) {
 	}
 	if v.Admin || v.Service != "feeder" {
 		t.Fatalf("feeder page: admin %v, service %q", v.Admin, v.Service)
+	}
+	// On file: a replicated bucket in memory can lose every full copy in
+	// rolling restarts and stay without a leader.
+	if info, err := js.Stream(ctx, contract.KVStream(contract.StatusBucket)); err != nil {
+		t.Fatal(err)
+	} else if st := info.CachedInfo().Config.Storage; st != jetstream.FileStorage {
+		t.Fatalf("status bucket storage %v, want file", st)
 	}
 
 	// The page and its assets, with a policy that allows only them.

@@ -251,10 +251,13 @@ func (r *runner) runProgress(ctx context.Context) {
 	}
 }
 
-// progressConfig is the progress bucket's configuration.
+// progressConfig is the progress bucket's configuration. It is kept on
+// file: a replicated stream in memory loses its copy on every node that
+// restarts, and rolling restarts followed by the loss of the leader can
+// leave it without a leader for good.
 func progressConfig(replicas int) jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
-		Bucket: contract.ProgressBucket, History: 1, Storage: jetstream.MemoryStorage, Replicas: max(replicas, 1),
+		Bucket: contract.ProgressBucket, History: 1, Storage: jetstream.FileStorage, Replicas: max(replicas, 1),
 		TTL:         time.Hour,
 		Description: "jetproj: how far each replica applied each projection, published while someone waits (WaitFor)",
 	}

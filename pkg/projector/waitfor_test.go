@@ -12,9 +12,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
 	"github.com/jetproj/jetproj/internal/feeder"
+	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/eventstore"
 	"github.com/jetproj/jetproj/pkg/projection"
 	"github.com/jetproj/jetproj/pkg/projector"
@@ -142,6 +144,13 @@ func TestWaitForKVState(t *testing.T) {
 		if bal.Count != count[wallet] {
 			t.Fatalf("event %d: %s has %d events right after WaitFor, want %d", i, key, bal.Count, count[wallet])
 		}
+	}
+	// On file: a replicated bucket in memory can lose every full copy in
+	// rolling restarts and stay without a leader.
+	if s, err := b.js.Stream(ctx, contract.KVStream(contract.ProgressBucket)); err != nil {
+		t.Fatal(err)
+	} else if st := s.CachedInfo().Config.Storage; st != jetstream.FileStorage {
+		t.Fatalf("progress bucket storage %v, want file", st)
 	}
 }
 

@@ -1,10 +1,10 @@
 // Command bench runs jetproj's benchmarks against throwaway servers that it
 // starts on loopback and removes at exit: a PostgreSQL cluster and a NATS
-// server — for feeder, pipeline, pipeline-throughput and emitter a
+// server — for feeder, pipeline, pipeline-throughput, emitter and waitfor a
 // nats-server process and PostgreSQL with fsync on, projector a nats-server
 // process (-embedded and -fsync-off give the older setting where offered),
-// pipeline-cluster three nats-server processes, for waitfor and inline an
-// embedded NATS server and fsync off.
+// pipeline-cluster three nats-server processes, inline PostgreSQL with fsync
+// on.
 //
 // Usage:
 //
