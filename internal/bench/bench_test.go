@@ -192,6 +192,16 @@ func TestCPUCeiling(t *testing.T) {
 	if cpu != 3*time.Second || busy != 1.5 || c < 0.66 || c > 0.67 {
 		t.Errorf("CPUCeiling: got %v, %.2f cores busy, ratio %.3f; want 3s, 1.50, 0.667 (the fastest run's)", cpu, busy, c)
 	}
+	// Feeder and PostgreSQL 3 CPU-s but no nats-server measured: no
+	// server ceiling.
+	if c := r.ServerCeiling("p", 2); c != 0 {
+		t.Errorf("ServerCeiling without nats-server's CPU: got %.2f, want 0", c)
+	}
+	r.Pipelines["p"][1].CPU["nats-server"] = time.Second
+	r.Pipelines["p"][1].CPU["projector"] = 10 * time.Second
+	if c := r.ServerCeiling("p", 2); c < 0.49 || c > 0.51 {
+		t.Errorf("ServerCeiling: got %.3f, want 0.5 (4 CPU-s of feeder, PostgreSQL and nats-server on 2 cores: 2 s, 100 ev/s)", c)
+	}
 	if _, _, c := r.CPUCeiling("none", 2); c != 0 {
 		t.Errorf("CPUCeiling of a projection without runs: got %.2f, want 0", c)
 	}
