@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/internal/memorybucket"
 	"github.com/jetproj/jetproj/pkg/contract"
 )
 
@@ -33,13 +35,14 @@ type board struct {
 	js       jetstream.JetStream
 	replicas int
 	ttl      time.Duration
+	log      *slog.Logger
 
 	mu sync.Mutex
 	kv jetstream.KeyValue
 }
 
-func newBoard(js jetstream.JetStream, replicas int, interval time.Duration) *board {
-	return &board{js: js, replicas: max(replicas, 1), ttl: max(minTTL, ttlIntervals*interval)}
+func newBoard(js jetstream.JetStream, replicas int, interval time.Duration, log *slog.Logger) *board {
+	return &board{js: js, replicas: max(replicas, 1), ttl: max(minTTL, ttlIntervals*interval), log: log}
 }
 
 // bucket returns the bucket, creating it when create is set; nil (and no
@@ -66,6 +69,7 @@ func (b *board) bucket(ctx context.Context, create bool) (jetstream.KeyValue, er
 	if err != nil {
 		return nil, fmt.Errorf("statuspage: bucket %s: %w", contract.StatusBucket, err)
 	}
+	memorybucket.Warn(ctx, b.js, contract.StatusBucket, b.log) // once: kv is kept
 	b.kv = kv
 	return kv, nil
 }

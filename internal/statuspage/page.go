@@ -96,7 +96,7 @@ func New(o Options) (*Page, error) {
 		o.Config.Interval = config.Defaults[Config]().Interval
 	}
 	p := &Page{o: o, log: o.Logger.With("component", "statuspage"),
-		board: newBoard(o.JS, o.Replicas, o.Config.Interval), hist: newHistory(o.Config.Interval)}
+		board: newBoard(o.JS, o.Replicas, o.Config.Interval, o.Logger.With("component", "statuspage")), hist: newHistory(o.Config.Interval)}
 	if o.Config.AdminOn() {
 		t, err := ReadTokens(o.Config.AdminTokenFile)
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetproj/jetproj/internal/memorybucket"
 	"github.com/jetproj/jetproj/pkg/contract"
 	"github.com/jetproj/jetproj/pkg/projection"
 )
@@ -196,6 +197,7 @@ func (r *runner) runProgress(ctx context.Context) {
 		timer     = time.NewTimer(time.Hour)
 		key       = progressKey(r.def.Name(), r.replica)
 		force     bool
+		checked   bool // the bucket's storage (memorybucket.Warn)
 	)
 	defer timer.Stop()
 	defer func() {
@@ -236,6 +238,10 @@ func (r *runner) runProgress(ctx context.Context) {
 			if kv, err = openProgress(ctx, r.js, r.streamReplicas); err != nil {
 				r.log.Debug("progress bucket not opened", "error", err)
 				continue
+			}
+			if !checked {
+				checked = true
+				memorybucket.Warn(ctx, r.js, contract.ProgressBucket, r.log)
 			}
 		}
 		snap.Updated = time.Now().UTC()
