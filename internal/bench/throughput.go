@@ -168,19 +168,17 @@ func (r ThroughputResult) MedianRatio(name string) float64 {
 // more than the returned ratio to the best feeder alone. It returns 0 when
 // the run's CPU times were not measured.
 func (r ThroughputResult) CPUCeiling(name string, cores int) (cpu time.Duration, busy, ceiling float64) {
-	runs := r.Pipelines[name]
-	if len(runs) == 0 || cores < 1 {
+	run, ok := r.fastest(name)
+	if !ok {
 		return 0, 0, 0
 	}
-	fastest := fastestRun(runs)
-	for _, d := range fastest.CPU {
+	for _, d := range run.CPU {
 		cpu += d
 	}
-	if cpu <= 0 || fastest.Elapsed <= 0 {
-		return 0, 0, 0
+	if c := r.ceiling(run, cpu, cores); c > 0 {
+		return cpu, cpu.Seconds() / run.Elapsed.Seconds(), c
 	}
-	floor := cpu.Seconds() / float64(cores)
-	return cpu, cpu.Seconds() / fastest.Elapsed.Seconds(), ratio(float64(fastest.Events)/floor, r.BestFeeder().Rate())
+	return 0, 0, 0
 }
 
 // ServerCeiling is CPUCeiling counting only what the servers and the
@@ -189,24 +187,30 @@ func (r ThroughputResult) CPUCeiling(name string, cores int) (cpu time.Duration,
 // nothing, their servers' work for them staying what it was. 0 when those
 // were not measured.
 func (r ThroughputResult) ServerCeiling(name string, cores int) float64 {
-	runs := r.Pipelines[name]
-	if len(runs) == 0 || cores < 1 {
+	run, ok := r.fastest(name)
+	if !ok || run.CPU["nats-server"] <= 0 {
 		return 0
 	}
-	fastest := fastestRun(runs)
-	var cpu time.Duration
-	for _, k := range []string{"feeder", "nats-server", "postgres"} {
-		cpu += fastest.CPU[k]
-	}
-	if cpu <= 0 || fastest.CPU["nats-server"] <= 0 {
-		return 0
-	}
-	return ratio(float64(fastest.Events)/(cpu.Seconds()/float64(cores)), r.BestFeeder().Rate())
+	return r.ceiling(run, run.CPU["feeder"]+run.CPU["nats-server"]+run.CPU["postgres"], cores)
 }
 
-// fastestRun is the run of runs (not empty) with the highest rate.
-func fastestRun(runs []PipelineRun) PipelineRun {
-	return slices.MaxFunc(runs, func(a, b PipelineRun) int { return cmp.Compare(a.Rate(), b.Rate()) })
+// ceiling is the ratio to the best feeder alone of run's events done in
+// cpu spread over cores; 0 when nothing was measured.
+func (r ThroughputResult) ceiling(run PipelineRun, cpu time.Duration, cores int) float64 {
+	if cpu <= 0 || cores < 1 || run.Elapsed <= 0 {
+		return 0
+	}
+	return ratio(float64(run.Events)/(cpu.Seconds()/float64(cores)), r.BestFeeder().Rate())
+}
+
+// fastest is the run of name's pipeline with the highest rate; false when
+// it has none.
+func (r ThroughputResult) fastest(name string) (PipelineRun, bool) {
+	runs := r.Pipelines[name]
+	if len(runs) == 0 {
+		return PipelineRun{}, false
+	}
+	return slices.MaxFunc(runs, func(a, b PipelineRun) int { return cmp.Compare(a.Rate(), b.Rate()) }), true
 }
 
 func pipelineRuns(p []PipelineRun) []Run {
