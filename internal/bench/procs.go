@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -126,7 +125,7 @@ type NATSProcess struct {
 	name string
 	cmd  *exec.Cmd
 	done chan struct{}
-	log  *lockedBuffer
+	log  *boundedBuffer
 	once sync.Once
 }
 
@@ -154,7 +153,7 @@ func StartNATSProcess(ctx context.Context) (*NATSProcess, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("bench: nats config: %w", err)
 	}
-	n := &NATSProcess{dir: dir, port: port, bin: bin, conf: conf, name: "jetproj-bench", log: &lockedBuffer{}}
+	n := &NATSProcess{dir: dir, port: port, bin: bin, conf: conf, name: "jetproj-bench", log: newBoundedBuffer()}
 	if err := n.launch(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -246,7 +245,7 @@ func StartNATSCluster(ctx context.Context, size int) (*NATSCluster, error) {
 			return nil, fmt.Errorf("bench: nats dir: %w", err)
 		}
 		n := &NATSProcess{dir: dir, port: port, bin: bin, conf: filepath.Join(dir, "nats.conf"),
-			name: fmt.Sprintf("n%d", i+1), log: &lockedBuffer{}, done: make(chan struct{})}
+			name: fmt.Sprintf("n%d", i+1), log: newBoundedBuffer(), done: make(chan struct{})}
 		close(n.done) // not started yet
 		c.Nodes = append(c.Nodes, n)
 		body := fmt.Sprintf("server_name: %s\nhost: 127.0.0.1\nport: %d\njetstream {\n  store_dir: %q\n}\ncluster {\n  name: jetproj-bench\n  listen: 127.0.0.1:%d\n  routes: [%s]\n}\n",
@@ -382,27 +381,4 @@ func stopProcess(cmd *exec.Cmd, done <-chan struct{}, grace time.Duration) {
 		_ = cmd.Process.Kill()
 		<-done
 	}
-}
-
-// lockedBuffer is an io.Writer that several goroutines may use at once.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-// tail is the last n bytes written.
-func (b *lockedBuffer) tail(n int) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := b.b.Bytes()
-	if len(s) > n {
-		s = s[len(s)-n:]
-	}
-	return string(bytes.TrimSpace(s))
 }

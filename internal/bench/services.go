@@ -77,7 +77,7 @@ type service struct {
 
 // startService starts path with exactly env and the arguments.
 func startService(name, path string, env map[string]string, args ...string) (*service, error) {
-	s := &service{name: name, out: &boundedBuffer{max: 1 << 20}, done: make(chan struct{})}
+	s := &service{name: name, out: newBoundedBuffer(), done: make(chan struct{})}
 	s.cmd = exec.Command(path, args...)
 	s.cmd.Env = []string{} // not nil: nil would inherit this process's environment
 	for k, v := range env {
@@ -280,6 +280,9 @@ type boundedBuffer struct {
 }
 
 var _ io.Writer = (*boundedBuffer)(nil)
+
+// newBoundedBuffer keeps the last MiB a process writes.
+func newBoundedBuffer() *boundedBuffer { return &boundedBuffer{max: 1 << 20} }
 
 func (b *boundedBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
