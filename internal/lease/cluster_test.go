@@ -20,15 +20,7 @@ import (
 // bucket; the connection is closed when the test ends.
 func clusterKV(t *testing.T, c *natstest.Cluster, bucket string) (jetstream.JetStream, jetstream.KeyValue) {
 	t.Helper()
-	nc, err := nats.Connect(c.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := devtest.Connect(t, c)
 	var kv jetstream.KeyValue
 	devtest.Eventually(t, 30*time.Second, func() (err error) {
 		kv, err = js.KeyValue(t.Context(), bucket)

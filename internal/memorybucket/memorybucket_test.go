@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv/devtest"
@@ -22,15 +21,7 @@ func TestMain(m *testing.M) { devtest.Main(m) }
 func TestWarnsAboutReplicatedBucketsInMemory(t *testing.T) {
 	devtest.Slow(t)
 	c := natstest.StartCluster(t, 3)
-	nc, err := nats.Connect(c.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := devtest.Connect(t, c)
 	ctx := context.Background()
 	for _, tc := range []struct {
 		bucket   string

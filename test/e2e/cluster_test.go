@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetproj/jetproj/internal/devenv"
@@ -100,15 +99,7 @@ func (c *natsCluster) node(name string) *natsServer {
 // node; it reconnects forever and is closed when the test ends.
 func (c *natsCluster) connect() jetstream.JetStream {
 	c.t.Helper()
-	nc, err := nats.Connect(c.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		c.t.Fatalf("connect nats: %v", err)
-	}
-	c.t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		c.t.Fatal(err)
-	}
+	_, js := devtest.Connect(c.t, c)
 	return js
 }
 

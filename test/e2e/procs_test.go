@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,31 +28,13 @@ import (
 // logTailLines is how much of a process's output a failed test prints.
 const logTailLines = 300
 
-// buffer is an io.Writer that several goroutines may use at once.
-type buffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *buffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *buffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // proc is a process started by a test. It is killed when the test ends, and
 // its output is logged when the test failed.
 type proc struct {
 	name   string
 	cmd    *exec.Cmd
-	stdout buffer
-	stderr buffer
+	stdout devtest.LogBuffer
+	stderr devtest.LogBuffer
 	done   chan struct{} // closed when the process has exited
 	state  *os.ProcessState
 }

@@ -146,9 +146,10 @@ func NATS(t testing.TB, opts ...func(*devenv.NATSOptions)) *devenv.NATS {
 	return n
 }
 
-// Connect connects to the server and returns the connection and a JetStream
-// context; both are closed when the test ends.
-func Connect(t testing.TB, n *devenv.NATS) (*nats.Conn, jetstream.JetStream) {
+// Connect connects to the server n (an embedded server, a cluster: what
+// has a URL) and returns the connection, which reconnects for ever, and a
+// JetStream context; both are closed when the test ends.
+func Connect(t testing.TB, n interface{ URL() string }) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
 	nc, err := nats.Connect(n.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
