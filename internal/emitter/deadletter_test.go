@@ -90,11 +90,8 @@ func relayRound(ctx context.Context, e *emitter.Emitter) error {
 func TestRefusedForGoodIsDeadLettered(t *testing.T) {
 	t.Parallel()
 	devtest.Slow(t)
-	b := setup(t)
+	b := setupWalletBalance(t)
 	ctx := context.Background()
-	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
-		t.Fatal(err)
-	}
 	own := contract.ProjectionStream("wallet_balance")
 	b.setMaxMsgSize(t, own, 512)
 	big := fmt.Sprintf(`{"note":%q}`, strings.Repeat("x", 1024))
@@ -196,11 +193,8 @@ func TestRefusedForGoodIsDeadLettered(t *testing.T) {
 // has been refused for longer than EMITTER_DEAD_LETTER_AFTER.
 func TestStalledTooLongIsDeadLettered(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setupWalletBalance(t)
 	ctx := context.Background()
-	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
-		t.Fatal(err)
-	}
 	squatter := nats.NewMsg(projector.EmitSubject("wallet_balance", "wallet/squatter"))
 	squatter.Header.Set(nats.MsgIdHdr, "wallet_balance:0:wallet/w1:1")
 	if _, err := b.js.PublishMsg(ctx, squatter); err != nil {

@@ -96,6 +96,17 @@ func setup(t *testing.T) *bundle {
 	return b
 }
 
+// setupWalletBalance is setup with the wallet_balance projection
+// initialised.
+func setupWalletBalance(t *testing.T) *bundle {
+	t.Helper()
+	b := setup(t)
+	if err := b.admin().Init(context.Background(), walletBalance(b.pool)); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func (b *bundle) deposit(t *testing.T, wallet string, amount int64) {
 	t.Helper()
 	b.pos++
@@ -677,11 +688,8 @@ VALUES ('wallet_balance', 'wallet/w1', $1, $2, $3, 'WalletBalanceWasChanged', $4
 // gets the derived events linked to it after; none is dropped.
 func TestRemovedLinkedStreamIsCreatedAgain(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setupWalletBalance(t)
 	ctx := context.Background()
-	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
-		t.Fatal(err)
-	}
 	subj := projector.EmitSubject("wallet_balance", "wallet/w1")
 	insert := func(seq int) {
 		if _, err := b.pool.Exec(ctx, `INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, emit_seq, event_type, payload, source_seq, link_to)
@@ -717,11 +725,8 @@ VALUES ('wallet_balance', 'wallet/w1', $1, $2, $3, 'WalletBalanceWasChanged', '{
 // is gone, the stalled rows go out in order, each once.
 func TestRefusedSubjectStallsAlone(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setupWalletBalance(t)
 	ctx := context.Background()
-	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -824,11 +829,8 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) *dto.Metri
 // rows are left out of the next rounds' reads.
 func TestManyStalledSubjectsDoNotHoldTheOthers(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setupWalletBalance(t)
 	ctx := context.Background()
-	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -879,11 +881,8 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 // and the Partition header gives the key back.
 func TestKeysDifferingInUnsafeBytesAreAllEmitted(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setupWalletBalance(t)
 	ctx := context.Background()
-	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
-		t.Fatal(err)
-	}
 	keys := []string{"wallet/a b", "wallet/a\nb", "wallet/a\r\nb", "wallet/a\tb", "wallet/ a b", "wallet/a b "}
 	for _, k := range keys {
 		if _, err := b.pool.Exec(ctx, `INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, emit_seq, event_type, payload, source_seq)
@@ -920,11 +919,8 @@ VALUES ('wallet_balance', $1, $2, $3, 1, 'WalletBalanceWasChanged', '{}', 1)`,
 // duplicate window has passed, it is published.
 func TestUnexpectedDuplicateStallsItsSubject(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setupWalletBalance(t)
 	ctx := context.Background()
-	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
-		t.Fatal(err)
-	}
 	own := contract.ProjectionStream("wallet_balance")
 	// Another message holds w1's first id.
 	squatter := nats.NewMsg(projector.EmitSubject("wallet_balance", "wallet/squatter"))
@@ -999,11 +995,8 @@ VALUES ('wallet_balance', $1, $2, $3, 1, 'WalletBalanceWasChanged', '{}', 1)`,
 // out in order, each once.
 func TestRefusedSubjectWaitsAcrossPages(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setupWalletBalance(t)
 	ctx := context.Background()
-	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "foreign", Subjects: []string{"foreign.>"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -25,11 +25,8 @@ import (
 func TestOutboxDrainsWhateverPlanPostgreSQLPicks(t *testing.T) {
 	t.Parallel()
 	devtest.Slow(t)
-	b := setup(t)
+	b := setupWalletBalance(t)
 	ctx := context.Background()
-	if err := b.admin().Init(ctx, walletBalance(b.pool)); err != nil {
-		t.Fatal(err)
-	}
 	const rows, subjects = 30_000, 3_000
 	if _, err := b.pool.Exec(ctx, `INSERT INTO jetproj.outbox (projection, partition, subject, msg_id, emit_seq, event_type, payload, source_seq)
 SELECT 'wallet_balance', 'wallet/w' || (i % $2::int), $1 || (i % $2::int), 'wallet_balance:0:wallet/w' || (i % $2::int) || ':' || i, i, 'WalletBalanceWasChanged', '{}', i
