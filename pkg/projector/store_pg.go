@@ -300,7 +300,7 @@ type pgBatch struct {
 
 // Begin starts a batch. Its transaction begins with its first statement.
 func (s *PGStore) Begin(context.Context) (Batch, error) {
-	return &pgBatch{s: s, lazy: &lazyTx{pool: s.pool}, marks: map[int]uint64{}, tokens: map[int]uint64{}}, nil
+	return &pgBatch{s: s, lazy: newLazyTx(s.pool), marks: map[int]uint64{}, tokens: map[int]uint64{}}, nil
 }
 
 // Tx is the transaction handlers write with: savepoints travel with the

@@ -35,7 +35,7 @@ func TestQueuedPartitionsCommitWithoutSavepoints(t *testing.T) {
 		return n
 	}
 
-	lt := &lazyTx{pool: pool, spAt: -1}
+	lt := newLazyTx(pool)
 	defer lt.Rollback(ctx) //nolint:errcheck
 	for i := range 100 {
 		lt.mark("p" + string(rune('a'+i%26)))
@@ -79,10 +79,7 @@ func TestQueuedPartitionsCommitWithoutSavepoints(t *testing.T) {
 	if err := lt.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	var sum int
-	if err := pool.QueryRow(ctx, `SELECT count(*), coalesce(sum(v), 0) FROM sp`).Scan(&n, &sum); err != nil {
-		t.Fatal(err)
-	}
+	n, sum := countSum(t, pool, "sp")
 	if n != 100 || sum != 99*100/2 {
 		t.Fatalf("committed %d rows summing to %d, want the 100 partitions' rows (sum 4950)", n, sum)
 	}
@@ -99,7 +96,7 @@ func TestEstablishedSavepointsDoNotNest(t *testing.T) {
 	if _, err := pool.Exec(ctx, `CREATE TABLE spn (v int)`); err != nil {
 		t.Fatal(err)
 	}
-	lt := &lazyTx{pool: pool, spAt: -1}
+	lt := newLazyTx(pool)
 	defer lt.Rollback(ctx) //nolint:errcheck
 	for i := range 50 {
 		name := fmt.Sprintf("p%d", i)
@@ -119,10 +116,7 @@ func TestEstablishedSavepointsDoNotNest(t *testing.T) {
 	if err := lt.flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	var rows, total int
-	if err := lt.QueryRow(ctx, `SELECT count(*), coalesce(sum(v), 0) FROM spn`).Scan(&rows, &total); err != nil {
-		t.Fatal(err)
-	}
+	rows, total := countSum(t, lt, "spn")
 	if rows != 49 || total != 49*50/2-30 {
 		t.Fatalf("the transaction holds %d rows summing to %d, want every partition's but 30's", rows, total)
 	}
@@ -130,7 +124,7 @@ func TestEstablishedSavepointsDoNotNest(t *testing.T) {
 	if _, err := lt.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT p48"); err == nil {
 		t.Fatal("savepoint p48 still exists: savepoints nest")
 	}
-	lt2 := &lazyTx{pool: pool, spAt: -1}
+	lt2 := newLazyTx(pool)
 	defer lt2.Rollback(ctx) //nolint:errcheck
 	for i := range 3 {
 		lt2.mark(fmt.Sprintf("q%d", i))
@@ -144,11 +138,20 @@ func TestEstablishedSavepointsDoNotNest(t *testing.T) {
 	if err := lt2.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	var n, sum int
-	if err := pool.QueryRow(ctx, `SELECT count(*), coalesce(sum(v), 0) FROM spn`).Scan(&n, &sum); err != nil {
-		t.Fatal(err)
-	}
+	n, sum := countSum(t, pool, "spn")
 	if n != 2 || sum != 201 {
 		t.Fatalf("committed %d rows summing to %d, want q0 and q1's (100, 101)", n, sum)
 	}
+}
+
+// countSum is the number of rows of table and the sum of their v, as q
+// sees them.
+func countSum(t *testing.T, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, table string) (n, sum int) {
+	t.Helper()
+	if err := q.QueryRow(context.Background(), `SELECT count(*), coalesce(sum(v), 0) FROM `+table).Scan(&n, &sum); err != nil {
+		t.Fatal(err)
+	}
+	return n, sum
 }

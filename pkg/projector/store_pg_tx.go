@@ -45,6 +45,9 @@ type lazyTx struct {
 }
 
 // queuedStmt is a statement waiting in lazyTx.queue.
+// newLazyTx is a batch's transaction on pool, nothing sent yet.
+func newLazyTx(pool *pgxpool.Pool) *lazyTx { return &lazyTx{pool: pool, spAt: -1} }
+
 type queuedStmt struct {
 	sql  string
 	args []any
